@@ -1,0 +1,49 @@
+"""Command line: `python -m cxrlib <command> ...`; each command lives in its module's `cli`."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .errors import UserError
+
+COMMANDS = {
+    "demo-data": ("synth", "generate the synthetic MIMIC-CXR-JPG stand-in"),
+    "cohort": ("cohort", "build the cohort table from metadata and labels"),
+    "fetch": ("physionet", "download the cohort's files from PhysioNet"),
+    "cache": ("cache", "decode the cohort's images once into a resized uint8 cache"),
+    "run": ("runs", "run the pipeline notebooks for a parameter file"),
+    "report": ("runs", "re-render a run's executed notebooks to HTML"),
+    "runs": ("runs", "list runs with their key metrics"),
+    "bench": ("bench", "benchmarks: decode, loader, train, bootstrap (JSON line last)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m cxrlib <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "`python -m cxrlib <command> --help` describes each one."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"cxrlib.{COMMANDS[command][0]}")
+    try:
+        return int(module.cli(command, rest) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The 14 findings in MIMIC-CXR-JPG's column order, and the label policies.
+
+Source tables hold 1.0 (positive), 0.0 (negative), -1.0 (uncertain) and blank
+(not mentioned). A policy maps uncertain and blank values to 0 or 1, or to NaN
+("ignore"), which the loss and the metrics then mask out.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+FINDINGS = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+]
+
+UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
+BLANK_POLICIES = ("zeros", "ignore")
+_POLICY_VALUE = {"zeros": 0.0, "ones": 1.0, "ignore": np.nan}
+
+
+def per_finding(policy, allowed, what: str) -> dict[str, str]:
+    """Expand a policy given globally ("zeros") or per finding ({"Edema": "ones"}).
+
+    A per-finding mapping may hold a "default" key for the findings it does not name;
+    without one, unnamed findings get "zeros", the original project's choice.
+    """
+    if isinstance(policy, str):
+        policy = {"default": policy}
+    if not isinstance(policy, dict):
+        raise ValueError(f"{what} must be one of {list(allowed)} or a mapping finding -> policy, got {policy!r}")
+    unknown = sorted(set(policy) - set(FINDINGS) - {"default"})
+    if unknown:
+        raise ValueError(f"{what} names unknown findings {unknown}; valid names: {FINDINGS}")
+    for finding, value in policy.items():
+        if value not in allowed:
+            raise ValueError(f"{what}[{finding!r}] = {value!r}; choose one of {list(allowed)}")
+    default = policy.get("default", "zeros")
+    return {f: policy.get(f, default) for f in FINDINGS}
+
+
+def apply_policies(raw: pd.DataFrame, uncertain="zeros", blank="zeros") -> pd.DataFrame:
+    """Map raw source values (1, 0, -1, NaN) of the 14 findings to training targets.
+
+    Returns float32 columns holding 0, 1 or NaN (NaN = masked out).
+    """
+    unc = per_finding(uncertain, UNCERTAIN_POLICIES, "uncertain_policy")
+    blk = per_finding(blank, BLANK_POLICIES, "blank_policy")
+    out = {}
+    for f in FINDINGS:
+        col = raw[f].to_numpy(dtype=np.float64)
+        target = np.where(col == 1.0, 1.0, 0.0)
+        target = np.where(col == -1.0, _POLICY_VALUE[unc[f]], target)
+        target = np.where(np.isnan(col), _POLICY_VALUE[blk[f]], target)
+        out[f] = target.astype(np.float32)
+    return pd.DataFrame(out, index=raw.index)
+
+
+def label_matrix(df: pd.DataFrame) -> np.ndarray:
+    """The 14 finding columns as an (N, 14) float32 array; NaN marks a masked label."""
+    return df[FINDINGS].to_numpy(dtype=np.float32)

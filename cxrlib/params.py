@@ -1,0 +1,276 @@
+"""One typed schema for every parameter: YAML files, papermill, CLI flags and Make variables.
+
+A parameter has one name everywhere (`DEVICE=gpu` on the make line is `device: gpu`
+here). Validation happens before any notebook starts: papermill itself only warns
+about names a notebook does not declare.
+
+Credentials are never parameters: papermill writes parameters into the executed
+notebook. `physionet.py` reads them from the environment, ~/.netrc or a prompt.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import UserError
+from .fsutil import atomic_write_text
+from .labels import BLANK_POLICIES, FINDINGS, UNCERTAIN_POLICIES, per_finding
+
+Policy = Union[str, dict]
+
+
+@dataclass
+class Params:
+    # --- run ---
+    name: str = "demo"                  # run folder: runs/<name>/
+    runs_dir: str = "runs"
+    seed: int = 0
+    device: Literal["cpu", "gpu", "auto"] = "auto"
+    deterministic: bool = False         # CPU runs are always deterministic; this also pins cuDNN
+    # --- data and cohort (01) ---
+    data_root: str = "data/demo"        # MIMIC-CXR-JPG root: the CSVs and files/
+    views: list = field(default_factory=lambda: ["AP"])
+    label_source: Literal["negbio", "chexpert"] = "negbio"
+    uncertain_policy: Policy = "zeros"  # zeros | ones | ignore, or {finding: policy, default: policy}
+    blank_policy: Policy = "zeros"      # zeros | ignore, or per finding
+    split_mode: Literal["seed", "official"] = "seed"  # seed: the original project's study_id rule
+    val_fraction: float = 0.0           # carved from the non-test part, per subject, by a stable hash
+    # --- image cache ---
+    cache_dir: str = ""                 # default: <data_root>/cache
+    image_size: int = 256
+    resize: Literal["squash", "letterbox"] = "squash"
+    cache_workers: int = 0              # 0: all cores
+    # --- input pipeline ---
+    mean: Optional[float] = 0.4691      # None: the training images' mean from the cache
+    std: Optional[float] = 0.3046
+    augment: bool = False
+    hflip: bool = False                 # off by default: a flip moves the heart to the right
+    aug_rotate: float = 10.0            # degrees
+    aug_scale: float = 0.10
+    aug_translate: float = 0.05         # fraction of the image size
+    aug_brightness: float = 0.10
+    aug_contrast: float = 0.10
+    num_workers: int = 2
+    # --- model ---
+    arch: Literal["resnet101", "resnet50", "densenet121"] = "resnet101"
+    head: Literal["flatten", "avgpool"] = "flatten"
+    weights: str = "imagenet"           # imagenet | none | path to a state_dict
+    dropout: float = 0.0
+    # --- training (02) ---
+    epochs: int = 100
+    batch_size: int = 64
+    eval_batch_size: int = 128
+    lr: float = 1e-4
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = 0.0
+    grad_clip: float = 0.0              # 0: off
+    pos_weight: bool = False            # BCE pos_weight = neg/pos per finding, from the training labels
+    select_on: Literal["validate", "test"] = "validate"  # "test" only in the presets that copy the original
+    select_metric: Literal["auroc", "accuracy"] = "auroc"
+    patience: int = 5
+    amp: Literal["bf16", "fp16", "off"] = "bf16"  # GPU only
+    channels_last: bool = True          # GPU only
+    compile: bool = False
+    gpus: int = 1
+    resume: bool = False
+    max_train_batches: int = 0          # 0: all; for smoke tests
+    # --- evaluation (03, 04) ---
+    tta: bool = False
+    bootstrap: int = 1000
+    ci_level: float = 0.95
+    compare_with: str = ""              # another run's name, for paired differences
+    topk: int = 6
+    redact_images: bool = False         # reports without any pixel data
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.data_root) / "cache"
+
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Params)}
+_HINTS = typing.get_type_hints(Params)
+FORBIDDEN = ("password", "passwd", "pwd", "username", "user", "token", "secret", "credential")
+
+
+class ParamError(UserError, ValueError):
+    """A parameter is unknown or has the wrong type; the message says how to fix it."""
+
+
+def names() -> list[str]:
+    return list(FIELDS)
+
+
+def _describe(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return " | ".join(map(str, typing.get_args(hint)))
+    if origin is Union:
+        return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None)) + " or null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(key: str, value: Any, hint, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    bad = ParamError(f"{where}: parameter {key!r} = {value!r} should be {_describe(hint)}")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise bad
+        return value
+    if origin is Union:
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a, where)
+            except ParamError:
+                pass
+        raise bad
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise bad
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if hint is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad
+        return list(value)
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    raise bad
+
+
+def validate(values: dict, where: str = "parameters") -> Params:
+    """Build a Params from a mapping; unknown keys and wrong types raise ParamError."""
+    secret = [k for k in values if any(s in k.lower() for s in FORBIDDEN)]
+    if secret:
+        raise ParamError(
+            f"{where}: {secret} look like credentials. Credentials are never parameters "
+            "(papermill writes parameters into the executed notebook). Set PHYSIONET_USERNAME and "
+            "PHYSIONET_PASSWORD in the environment, use ~/.netrc, or answer the prompt."
+        )
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ParamError(
+            f"{where}: unknown parameter(s) {unknown}. Valid parameters: {', '.join(FIELDS)}"
+        )
+    clean = {k: _coerce(k, v, _HINTS[k], where) for k, v in values.items()}
+    p = Params(**clean)
+    try:
+        per_finding(p.uncertain_policy, UNCERTAIN_POLICIES, "uncertain_policy")
+        per_finding(p.blank_policy, BLANK_POLICIES, "blank_policy")
+    except ValueError as e:
+        raise ParamError(f"{where}: {e}") from None
+    checks = [
+        (p.image_size >= 32, "image_size must be at least 32"),
+        (0.0 <= p.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
+        (p.epochs >= 1, "epochs must be at least 1"),
+        (p.batch_size >= 1, "batch_size must be at least 1"),
+        (p.gpus >= 1, "gpus must be at least 1"),
+        (p.lr > 0, "lr must be positive"),
+        (0.0 < p.ci_level < 1.0, "ci_level must be in (0, 1)"),
+        (p.std is None or p.std > 0, "std must be positive (or null to use the cache's statistics)"),
+        (bool(p.views), "views must list at least one ViewPosition, e.g. [AP]"),
+        (p.select_on != "validate" or p.val_fraction > 0 or p.split_mode == "official",
+         "select_on: validate needs a validation split: set val_fraction > 0 or split_mode: official"),
+        (p.name and "/" not in p.name and p.name not in (".", ".."), "name must be a plain folder name"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ParamError(f"{where}: {message}")
+    return p
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` from the command line; the value is read as YAML (so 3, true, [AP, PA] work)."""
+    if "=" not in text:
+        raise ParamError(f"-p {text!r}: write overrides as key=value, e.g. -p epochs=3")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def read_yaml(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"{path}: no such parameter file. The presets are in params/: "
+                         + ", ".join(sorted(p.name for p in Path("params").glob("*.yaml"))))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ParamError(f"{path}: expected a mapping of parameter: value")
+    return data
+
+
+def load(path=None, overrides: Optional[dict] = None) -> Params:
+    """Defaults, then the YAML file, then overrides (CLI -p, Make variables)."""
+    values = read_yaml(path) if path else {}
+    where = str(path) if path else "parameters"
+    values.update(overrides or {})
+    return validate(values, where)
+
+
+def freeze(p: Params, run_dir) -> Path:
+    """Write the resolved parameters to <run_dir>/params.yaml (atomically)."""
+    path = Path(run_dir) / "params.yaml"
+    atomic_write_text(path, "# Frozen, resolved parameters of this run (written by cxrlib).\n"
+                      + yaml.safe_dump(p.to_dict(), sort_keys=False))
+    return path
+
+
+def load_frozen(run_dir) -> Params:
+    path = Path(run_dir) / "params.yaml"
+    if not path.is_file():
+        raise ParamError(f"{path}: no frozen parameters; is {run_dir} a run folder? "
+                         "Start a run with `make demo` or `python -m cxrlib run --params params/NAME.yaml`.")
+    return validate(read_yaml(path), str(path))
+
+
+def from_namespace(namespace: dict, run_dir=None) -> Params:
+    """Params from a notebook's globals after papermill injected them.
+
+    The frozen params.yaml of the run is the base, so a notebook that declares only
+    the parameters it needs still sees the whole configuration of its run.
+    """
+    base = {}
+    if run_dir and (Path(run_dir) / "params.yaml").is_file():
+        base = read_yaml(Path(run_dir) / "params.yaml")
+    base.update({k: namespace[k] for k in FIELDS if k in namespace})
+    return validate(base, "notebook parameters")
