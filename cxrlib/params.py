@@ -81,6 +81,7 @@ class Params:
     gpus: int = 1
     resume: bool = False
     max_train_batches: int = 0          # 0: all; for smoke tests
+    checkpoint_minutes: float = 10.0    # also save last.pt mid-epoch this often (0: at epoch ends only)
     # --- evaluation (03, 04) ---
     tta: bool = False
     bootstrap: int = 1000
@@ -199,17 +200,23 @@ def validate(values: dict, where: str = "parameters") -> Params:
         (p.batch_size >= 1, "batch_size must be at least 1"),
         (p.gpus >= 1, "gpus must be at least 1"),
         (p.lr > 0, "lr must be positive"),
+        (p.checkpoint_minutes >= 0, "checkpoint_minutes must be 0 (epoch ends only) or positive"),
         (0.0 < p.ci_level < 1.0, "ci_level must be in (0, 1)"),
         (p.std is None or p.std > 0, "std must be positive (or null to use the cache's statistics)"),
         (bool(p.views), "views must list at least one ViewPosition, e.g. [AP]"),
-        (p.select_on != "validate" or p.val_fraction > 0 or p.split_mode == "official",
-         "select_on: validate needs a validation split: set val_fraction > 0 or split_mode: official"),
         (p.name and "/" not in p.name and p.name not in (".", ".."), "name must be a plain folder name"),
     ]
     for ok, message in checks:
         if not ok:
             raise ParamError(f"{where}: {message}")
     return p
+
+
+def check_for_training(p: Params, where: str = "parameters") -> None:
+    """Checks that matter only when a model is trained (the cohort alone needs no validation split)."""
+    if p.select_on == "validate" and p.val_fraction <= 0 and p.split_mode != "official":
+        raise ParamError(f"{where}: select_on: validate needs a validation split: set val_fraction > 0 "
+                         "(e.g. 0.1) or split_mode: official")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -258,6 +258,8 @@ def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progr
     root = project_root()
     os.chdir(root)
     run_dir = p.run_dir()
+    if "02_train" in notebooks:
+        params_mod.check_for_training(p)
     _check_existing_run(p, run_dir, notebooks)
     run_dir.mkdir(parents=True, exist_ok=True)
     params_mod.freeze(p, run_dir)

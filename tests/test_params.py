@@ -59,8 +59,10 @@ def test_credentials_are_never_parameters():
 
 
 def test_select_on_validate_needs_a_validation_split():
+    p = params.validate({"select_on": "validate", "val_fraction": 0.0, "split_mode": "seed"})
     with pytest.raises(params.ParamError, match="val_fraction"):
-        params.validate({"select_on": "validate", "val_fraction": 0.0, "split_mode": "seed"})
+        params.check_for_training(p)
+    params.check_for_training(params.validate({"select_on": "test"}))
 
 
 def test_overrides_parse_as_yaml():

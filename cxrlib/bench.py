@@ -1,0 +1,91 @@
+"""Benchmarks: `python -m cxrlib bench <name> [options]`; each prints one JSON line last.
+
+    decode     cache-build decode path vs the original project's per-epoch path, and the entropy-decode floor
+    loader     images/s from the cache vs decoding JPEGs every epoch
+    train      ResNet101 training images/s: the original recipe vs ours
+    bootstrap  1,000 patient-level bootstrap resamples of 7k x 14
+    cohort     cohort selection on tables of real MIMIC-CXR-JPG scale (377k images)
+
+Ratios are always measured side by side in one run, on the same files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+def machine() -> dict:
+    import os
+
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "device": "cpu"}
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def bench_cohort(args) -> dict:
+    from . import cohort, params, synth
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.data_root) if args.data_root else Path(tmp)
+        if not args.data_root:
+            t = time.perf_counter()
+            summary = synth.write_tables(root, subjects=args.subjects, seed=args.seed)
+            print(f"generated MIMIC-scale tables in {time.perf_counter() - t:.1f} s: {summary}", file=sys.stderr)
+        p = params.validate({"data_root": str(root), "val_fraction": 0.1})
+        times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            frame, report = cohort.build_cohort(root, p)
+            times.append(time.perf_counter() - t)
+        return {"bench": "cohort", "metadata_rows": report.metadata_rows, "cohort_images": len(frame),
+                "seconds_best": round(min(times), 3), "seconds_all": [round(x, 3) for x in times],
+                "goal_seconds": 5.0}
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m cxrlib bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="name", required=True)
+    c = sub.add_parser("cohort", help="cohort selection at MIMIC scale")
+    c.add_argument("--data-root", help="existing MIMIC-shaped tables (default: generate 65,379 subjects)")
+    c.add_argument("--subjects", type=int, default=65379)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--repeats", type=int, default=3)
+    for name in ("decode", "loader", "train", "bootstrap"):
+        s = sub.add_parser(name, help=f"see cxrlib bench_{name}")
+        s.add_argument("rest", nargs=argparse.REMAINDER)
+    return ap
+
+
+def cli(command: str, argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.name == "cohort":
+        result = bench_cohort(args)
+    elif args.name == "decode":
+        from .cache import bench_decode
+        result = bench_decode(args.rest)
+    elif args.name == "loader":
+        from .data import bench_loader
+        result = bench_loader(args.rest)
+    elif args.name == "train":
+        from .train import bench_train
+        result = bench_train(args.rest)
+    elif args.name == "bootstrap":
+        from .metrics import bench_bootstrap
+        result = bench_bootstrap(args.rest)
+    else:  # argparse already refuses other names
+        raise UserError(f"unknown benchmark {args.name}")
+    result["machine"] = machine()
+    print(json.dumps(result))
+    return 0
