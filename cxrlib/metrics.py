@@ -1,0 +1,663 @@
+"""Evaluation figures with their uncertainty: ranking, thresholds, calibration.
+
+Conventions: y (N, F) holds 0, 1 or NaN (a masked label, left out of every figure of its
+finding); p (N, F) holds probabilities; groups (N,) holds patient ids (subject_id). F is 14
+(cxrlib.labels.FINDINGS) unless `findings` names other columns.
+
+AUROC and AUPRC follow scikit-learn (roc_auc_score, average_precision_score); the point
+estimates are computed by scikit-learn itself. Confidence intervals come from a patient-level
+(cluster) bootstrap: a resample draws patients with replacement and brings all their images.
+A resample is a vector of row multiplicities, so the bootstrap never copies data: with the
+rows sorted once by score, AUROC is a weighted Mann-Whitney statistic and average precision a
+weighted sum of precisions, both from cumulative sums of the weights (`resample_stats`).
+Thresholds are chosen on the validation split only and then applied to the test split.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .labels import FINDINGS
+
+
+class MetricsInputError(UserError, ValueError):
+    """Labels, probabilities or patient ids of the wrong shape or with impossible values."""
+
+
+def check_inputs(y, p, findings=None, p_name: str = "p"):
+    """y and p as float64 (N, F) arrays and the F finding names; raises MetricsInputError."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    if y.ndim != 2 or p.shape != y.shape:
+        raise MetricsInputError(f"labels y {y.shape} and predictions {p_name} {p.shape} must be (N, F) arrays "
+                                "of the same shape, one row per image and one column per finding")
+    if findings is None:
+        findings = FINDINGS if y.shape[1] == len(FINDINGS) else [f"finding_{j}" for j in range(y.shape[1])]
+    findings = list(findings)
+    if len(findings) != y.shape[1]:
+        raise MetricsInputError(f"findings names {len(findings)} columns but y has {y.shape[1]}")
+    known = ~np.isnan(y)
+    bad = y[known][(y[known] != 0) & (y[known] != 1)]
+    if bad.size:
+        raise MetricsInputError(f"labels y hold {np.unique(bad)[:5].tolist()}; they must be 0, 1 or NaN (masked). "
+                                "Map raw labels with cxrlib.labels.apply_policies first")
+    if not np.isfinite(p[known]).all():
+        raise MetricsInputError(f"predictions {p_name} hold NaN or inf where a label is known; "
+                                "check the predictions file for missing rows")
+    return y, p, findings
+
+
+def _group_index(groups, n: int) -> np.ndarray:
+    """Patient ids (any type) as 0..G-1; None means one patient per image."""
+    if groups is None:
+        return np.arange(n)
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise MetricsInputError(f"groups has shape {groups.shape}; give one patient id (subject_id) per row, "
+                                f"i.e. shape ({n},)")
+    return np.unique(groups, return_inverse=True)[1].ravel()
+
+
+def _num(x) -> Optional[float]:
+    """A float for JSON: NaN becomes None (null)."""
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+# --------------------------------------------------------------------------- point estimates
+def ranking_metrics(y, p, findings=None) -> dict:
+    """AUROC and AUPRC per finding, macro and micro (scikit-learn), with the excluded findings.
+
+    A finding with one class among its unmasked labels has no AUROC; it is left out of the
+    macro average and named in `excluded` and `notes`. Micro pools every unmasked cell.
+    """
+    y, p, findings = check_inputs(y, p, findings)
+    per_finding, excluded, notes = {}, [], []
+    for j, name in enumerate(findings):
+        known = ~np.isnan(y[:, j])
+        t, s = y[known, j], p[known, j]
+        n_pos = int(t.sum())
+        entry = {"n": int(t.size), "n_pos": n_pos, "auroc": float("nan"), "auprc": float("nan")}
+        if 0 < n_pos < t.size:
+            entry["auroc"] = float(roc_auc_score(t, s))
+            entry["auprc"] = float(average_precision_score(t, s))
+        else:
+            excluded.append(name)
+            notes.append(f"{name}: {n_pos} positives among {t.size} labelled images (one class only); "
+                         "no AUROC/AUPRC, left out of the macro averages")
+        per_finding[name] = entry
+    included = [f for f in findings if f not in excluded]
+    macro = {m: float(np.mean([per_finding[f][m] for f in included])) if included else float("nan")
+             for m in ("auroc", "auprc")}
+    known = ~np.isnan(y)
+    t, s = y[known], p[known]
+    micro = {"auroc": float("nan"), "auprc": float("nan")}
+    if 0 < t.sum() < t.size:
+        micro = {"auroc": float(roc_auc_score(t, s)), "auprc": float(average_precision_score(t, s))}
+    return {"per_finding": per_finding, "macro": macro, "micro": micro, "excluded": excluded, "notes": notes}
+
+
+# --------------------------------------------------------------------------- weighted statistics
+@dataclass
+class _RankIndex:
+    """One binary problem (a finding, or all cells pooled), sorted once by score.
+
+    `rows` index the weight matrix, so a cell of the pooled problem carries its image's weight.
+    """
+    neg_rows: np.ndarray   # negatives, scores ascending
+    pos_rows: np.ndarray   # positives, scores descending
+    below: np.ndarray      # per positive: how many negatives score lower
+    not_above: np.ndarray  # per positive: how many negatives score lower or equal
+    last_tied: np.ndarray  # per positive: position of the last positive scoring >= it (ties included)
+
+
+def _rank_index(rows: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> Optional[_RankIndex]:
+    pos = labels == 1
+    if pos.all() or not pos.any():
+        return None
+    neg_order = np.argsort(scores[~pos], kind="stable")
+    neg_sorted = scores[~pos][neg_order]
+    pos_order = np.argsort(-scores[pos], kind="stable")
+    pos_sorted = scores[pos][pos_order]
+    return _RankIndex(
+        neg_rows=rows[~pos][neg_order],
+        pos_rows=rows[pos][pos_order],
+        below=np.searchsorted(neg_sorted, pos_sorted, "left"),
+        not_above=np.searchsorted(neg_sorted, pos_sorted, "right"),
+        last_tied=np.searchsorted(-pos_sorted, -pos_sorted, "right") - 1,
+    )
+
+
+def _weighted_auroc_auprc(ix: Optional[_RankIndex], w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and average precision for each column of the (rows, b) multiplicities w.
+
+    AUROC = sum over positives of w * (negatives below + half the tied ones) / (P * N), which is
+    the trapezoidal area scikit-learn computes. AP = sum over positives of w * precision at the
+    positive's own score (TP and FP counted with ties, as at scikit-learn's distinct thresholds) / P.
+    """
+    b = w.shape[1]
+    if ix is None:
+        return np.full(b, np.nan), np.full(b, np.nan)
+    cneg = np.empty((len(ix.neg_rows) + 1, b))
+    cneg[0] = 0.0
+    np.cumsum(w[ix.neg_rows], axis=0, out=cneg[1:])
+    wp = w[ix.pos_rows]
+    cpos = np.cumsum(wp, axis=0)
+    n_pos, n_neg = cpos[-1], cneg[-1]
+    below = cneg[ix.below]
+    wins = np.einsum("ij,ij->j", wp, below + cneg[ix.not_above])
+    tp = cpos[ix.last_tied]
+    called = tp + (n_neg - below)
+    # A positive of weight 0 with nothing called above it contributes 0 * 0/0; count it as 0.
+    precision = np.divide(tp, called, out=np.zeros_like(tp), where=called > 0)
+    ap_sum = np.einsum("ij,ij->j", wp, precision)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auroc = wins / (2.0 * n_pos * n_neg)
+        auprc = ap_sum / n_pos
+    one_class = (n_pos == 0) | (n_neg == 0)
+    auroc[one_class] = np.nan
+    auprc[one_class] = np.nan
+    return auroc, auprc
+
+
+@dataclass
+class _Plan:
+    """Everything the weighted statistics need, computed once per (y, p)."""
+    findings: list
+    per_finding: list           # _RankIndex or None per finding
+    pooled: Optional[_RankIndex]
+    included: np.ndarray        # findings with two classes: the macro average's members
+    design: np.ndarray          # (N, K) columns whose weighted sums give calibration statistics
+    n_bins: int
+
+
+def _plan(y: np.ndarray, p: np.ndarray, findings: list, n_bins: int = 10) -> _Plan:
+    n, f = y.shape
+    rows = np.arange(n)
+    known = ~np.isnan(y)
+    per = [_rank_index(rows[known[:, j]], p[known[:, j], j], y[known[:, j], j]) for j in range(f)]
+    cell_rows = np.broadcast_to(rows[:, None], y.shape)[known]
+    pooled = _rank_index(cell_rows, p[known], y[known])
+    # Calibration with equal-width bins (scikit-learn's calibration_curve binning): per finding and
+    # bin the weighted count, sum of p and sum of y; ECE = sum over bins |sum y - sum p| / count.
+    bins = np.searchsorted(np.linspace(0, 1, n_bins + 1)[1:-1], np.nan_to_num(p))
+    onehot = np.zeros((n, f * n_bins))
+    onehot[rows[:, None], np.arange(f) * n_bins + bins] = known
+    y0, p0 = np.where(known, y, 0.0), np.where(known, p, 0.0)
+    cols = np.arange(f) * n_bins + bins
+    with_p, with_y = np.zeros_like(onehot), np.zeros_like(onehot)
+    with_p[rows[:, None], cols] = p0
+    with_y[rows[:, None], cols] = y0
+    design = np.concatenate([onehot, with_p, with_y, (p0 - y0) ** 2], axis=1)
+    included = np.array([ix is not None for ix in per])
+    return _Plan(findings, per, pooled, included, design, n_bins)
+
+
+def _stats(plan: _Plan, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Every bootstrap statistic for the (N, b) multiplicities w; arrays with a leading b axis."""
+    f, k = len(plan.findings), len(plan.findings) * plan.n_bins
+    pairs = [_weighted_auroc_auprc(ix, w) for ix in plan.per_finding]
+    out = {"auroc": np.stack([a for a, _ in pairs], 1), "auprc": np.stack([b for _, b in pairs], 1)}
+    for m in ("auroc", "auprc"):
+        # Same members as the point estimate; a resample missing one of them has no macro value.
+        members = out[m][:, plan.included]
+        out[f"{m}_macro"] = members.mean(1) if members.shape[1] else np.full(w.shape[1], np.nan)
+    out["auroc_micro"], out["auprc_micro"] = _weighted_auroc_auprc(plan.pooled, w)
+    sums = w.T @ plan.design
+    count = sums[:, :k].reshape(-1, f, plan.n_bins)
+    gap = np.abs(sums[:, 2 * k:3 * k] - sums[:, k:2 * k]).reshape(-1, f, plan.n_bins)
+    squared = sums[:, 3 * k:]
+    n = count.sum(2)
+    pooled_gap = np.abs((sums[:, 2 * k:3 * k] - sums[:, k:2 * k]).reshape(-1, f, plan.n_bins).sum(1)).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["brier"] = squared / n
+        out["ece"] = gap.sum(2) / n
+        out["brier_pooled"] = squared.sum(1) / n.sum(1)
+        out["ece_pooled"] = pooled_gap / n.sum(1)
+    return out
+
+
+def resample_stats(y, p, weights, findings=None, n_bins: int = 10) -> dict[str, np.ndarray]:
+    """All bootstrap statistics for resamples given as row multiplicities `weights` (B, N).
+
+    Keys: auroc, auprc, brier, ece (B, F); auroc_macro, auroc_micro, auprc_macro, auprc_micro,
+    brier_pooled, ece_pooled (B,). With integer weights each value equals the plain statistic
+    on the data with row i repeated weights[b, i] times; NaN where a resample has one class.
+    """
+    y, p, findings = check_inputs(y, p, findings)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 2 or w.shape[1] != len(y):
+        raise MetricsInputError(f"weights must be (B, {len(y)}), got {w.shape}")
+    return _stats(_plan(y, p, findings, n_bins), np.ascontiguousarray(w.T))
+
+
+def patient_weights(groups, n: int, n_boot: int, seed: int = 0, chunk: int = 64):
+    """Yield (N, b) row multiplicities for n_boot resamples, b <= chunk at a time.
+
+    Each resample draws as many patients as there are, with replacement; every image of a drawn
+    patient comes along (so two images of one patient always share a weight). The draws are the
+    same whatever `chunk` is.
+    """
+    group_of_row = _group_index(groups, n)
+    g = int(group_of_row.max()) + 1 if n else 0
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        draws = rng.integers(0, g, size=(b, g))
+        counts = np.bincount((draws + g * np.arange(b)[:, None]).ravel(), minlength=b * g).reshape(b, g)
+        yield np.ascontiguousarray(counts.T, dtype=np.float64)[group_of_row]
+
+
+def _chunk_size(y: np.ndarray) -> int:
+    # About 4M cells per (cells, b) array keeps a chunk's working set near 200 MB.
+    cells = max(int((~np.isnan(y)).sum()), 1)
+    return int(np.clip(4_000_000 // cells, 8, 256))
+
+
+def _bootstrap(plans: list[_Plan], y, groups, n_boot: int, seed: int, progress: bool) -> list[dict]:
+    """The statistics of every plan on the same n_boot patient resamples (paired when several)."""
+    chunks = [[] for _ in plans]
+    size = _chunk_size(y)
+    weights = patient_weights(groups, len(y), n_boot, seed, size)
+    for w in tqdm(weights, total=-(-n_boot // size), desc="bootstrap", disable=not progress, leave=False):
+        for out, plan in zip(chunks, plans):
+            out.append(_stats(plan, w))
+    return [{k: np.concatenate([c[k] for c in out]) for k in out[0]} for out in chunks]
+
+
+def _interval(samples: np.ndarray, ci_level: float) -> tuple[float, float, int]:
+    valid = samples[~np.isnan(samples)]
+    if not valid.size:
+        return float("nan"), float("nan"), 0
+    tail = 100 * (1 - ci_level) / 2
+    lo, hi = np.percentile(valid, [tail, 100 - tail])
+    return float(lo), float(hi), int(valid.size)
+
+
+def _figure(value, samples, ci_level) -> dict:
+    lo, hi, valid = _interval(samples, ci_level)
+    return {"value": _num(value), "lo": _num(lo), "hi": _num(hi), "n_boot_valid": valid}
+
+
+def _check_boot(n_boot: int, ci_level: float) -> None:
+    if n_boot < 1:
+        raise MetricsInputError(f"bootstrap = {n_boot}: use at least 1 resample (1000 for reported intervals)")
+    if not 0 < ci_level < 1:
+        raise MetricsInputError(f"ci_level = {ci_level}: give a level in (0, 1), e.g. 0.95")
+
+
+# --------------------------------------------------------------------------- summaries
+def summarize(y, p, groups=None, n_boot: int = 1000, seed: int = 0, ci_level: float = 0.95,
+              findings=None, n_bins: int = 10, progress: bool = False) -> dict:
+    """Every figure with its percentile CI from a patient-level bootstrap; JSON-able (NaN -> None).
+
+    Each figure is {value, lo, hi, n_boot_valid}; n_boot_valid < n_boot means some resamples
+    had one class for that finding and were skipped. ECE and Brier use equal-width bins.
+    """
+    _check_boot(n_boot, ci_level)
+    y, p, findings = check_inputs(y, p, findings)
+    point = ranking_metrics(y, p, findings)
+    cal = calibration(y, p, n_bins, "uniform", findings)
+    boot = _bootstrap([_plan(y, p, findings, n_bins)], y, groups, n_boot, seed, progress)[0]
+    per_finding = {}
+    for j, name in enumerate(findings):
+        pf = point["per_finding"][name]
+        per_finding[name] = {"n": pf["n"], "n_pos": pf["n_pos"],
+                             **{m: _figure(pf[m], boot[m][:, j], ci_level) for m in ("auroc", "auprc")},
+                             **{m: _figure(cal["per_finding"][name][m], boot[m][:, j], ci_level)
+                                for m in ("ece", "brier")}}
+    notes = list(point["notes"])
+    for name, entry in per_finding.items():
+        skipped = n_boot - entry["auroc"]["n_boot_valid"]
+        if name not in point["excluded"] and skipped:
+            notes.append(f"{name}: {skipped} of {n_boot} resamples had one class and were skipped")
+    return {
+        "n_images": int(len(y)),
+        "n_patients": int(_group_index(groups, len(y)).max() + 1) if len(y) else 0,
+        "n_boot": n_boot, "seed": seed, "ci_level": ci_level,
+        "ci_method": "percentile; patient-level (cluster) bootstrap",
+        "macro": {m: _figure(point["macro"][m], boot[f"{m}_macro"], ci_level) for m in ("auroc", "auprc")},
+        "micro": {m: _figure(point["micro"][m], boot[f"{m}_micro"], ci_level) for m in ("auroc", "auprc")},
+        "calibration": {"n_bins": n_bins, "strategy": "uniform",
+                        "pooled": {m: _figure(cal["pooled"][m], boot[f"{m}_pooled"], ci_level)
+                                   for m in ("ece", "brier")}},
+        "per_finding": per_finding,
+        "excluded": point["excluded"],
+        "notes": notes,
+    }
+
+
+def frame(summary: dict, averages: bool = True) -> pd.DataFrame:
+    """One row per finding (then macro and micro): AUROC and AUPRC with their CIs, n_pos, n."""
+    def row(name, entry, n_pos, n):
+        return {"finding": name, **{f"{m}{part}": entry[m][key] for m in ("auroc", "auprc")
+                                    for part, key in (("", "value"), ("_lo", "lo"), ("_hi", "hi"))},
+                "n_pos": n_pos, "n": n}
+
+    rows = [row(name, e, e["n_pos"], e["n"]) for name, e in summary["per_finding"].items()]
+    if averages:
+        n_pos = sum(e["n_pos"] for e in summary["per_finding"].values())
+        n = sum(e["n"] for e in summary["per_finding"].values())
+        rows += [row("macro", summary["macro"], pd.NA, pd.NA), row("micro", summary["micro"], n_pos, n)]
+    out = pd.DataFrame(rows)
+    return out.astype({c: "Float64" for c in out.columns if c.startswith("au")} | {"n_pos": "Int64", "n": "Int64"})
+
+
+def paired_bootstrap(y, p_a, p_b, groups=None, n_boot: int = 1000, seed: int = 0, ci_level: float = 0.95,
+                     findings=None, n_bins: int = 10, progress: bool = False) -> dict:
+    """Run B minus run A on the same test rows, both scored on the same patient resamples.
+
+    Each figure is {a, b, diff, lo, hi, p_value, n_boot_valid} with diff = b - a; p_value is the
+    two-sided bootstrap share 2 * min(P(diff* <= 0), P(diff* >= 0)), clipped to 1.
+    """
+    _check_boot(n_boot, ci_level)
+    y, p_a, findings = check_inputs(y, p_a, findings, "p_a")
+    _, p_b, _ = check_inputs(y, p_b, findings, "p_b")
+    points = [ranking_metrics(y, p, findings) for p in (p_a, p_b)]
+    cals = [calibration(y, p, n_bins, "uniform", findings) for p in (p_a, p_b)]
+    plans = [_plan(y, p, findings, n_bins) for p in (p_a, p_b)]
+    boot_a, boot_b = _bootstrap(plans, y, groups, n_boot, seed, progress)
+
+    def compare(a, b, key, column=None):
+        da, db = boot_a[key], boot_b[key]
+        diff = (db - da) if column is None else (db[:, column] - da[:, column])
+        lo, hi, valid = _interval(diff, ci_level)
+        finite = diff[~np.isnan(diff)]
+        share = 2 * min(np.mean(finite <= 0), np.mean(finite >= 0)) if finite.size else np.nan
+        return {"a": _num(a), "b": _num(b), "diff": _num(b - a), "lo": _num(lo), "hi": _num(hi),
+                "p_value": _num(min(share, 1.0)), "n_boot_valid": valid}
+
+    pa, pb = points
+    return {
+        "n_images": int(len(y)), "n_boot": n_boot, "seed": seed, "ci_level": ci_level,
+        "diff": "b - a",
+        "macro": {m: compare(pa["macro"][m], pb["macro"][m], f"{m}_macro") for m in ("auroc", "auprc")},
+        "micro": {m: compare(pa["micro"][m], pb["micro"][m], f"{m}_micro") for m in ("auroc", "auprc")},
+        "calibration": {m: compare(cals[0]["pooled"][m], cals[1]["pooled"][m], f"{m}_pooled")
+                        for m in ("ece", "brier")},
+        "per_finding": {name: {m: compare(pa["per_finding"][name][m], pb["per_finding"][name][m], m, j)
+                               for m in ("auroc", "auprc")} for j, name in enumerate(findings)},
+        "excluded": pa["excluded"],
+    }
+
+
+# --------------------------------------------------------------------------- thresholds
+def choose_thresholds(y_val, p_val, findings=None) -> dict:
+    """Per finding, the max-F1 and the Youden's J threshold, from the VALIDATION split only.
+
+    An image counts as positive when p >= threshold. Never pass test data here: a threshold
+    picked on the test set makes every test figure at that threshold optimistic. NaN where the
+    finding has one class on validation.
+    """
+    y, p, findings = check_inputs(y_val, p_val, findings, "p_val")
+    chosen = {}
+    for j, name in enumerate(findings):
+        known = ~np.isnan(y[:, j])
+        t, s = y[known, j], p[known, j]
+        if not 0 < t.sum() < t.size:
+            chosen[name] = {"f1": float("nan"), "youden": float("nan")}
+            continue
+        precision, recall, cut = precision_recall_curve(t, s)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]
+        fpr, tpr, roc_cut = roc_curve(t, s, drop_intermediate=False)
+        best = roc_cut[np.argmax(tpr - fpr)]
+        if np.isinf(best):  # nothing beats calling every image negative: a cut above every score
+            best = np.nextafter(s.max(), np.inf)
+        chosen[name] = {"f1": float(cut[np.argmax(f1)]), "youden": float(best)}
+    return chosen
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else float("nan")
+
+
+def threshold_metrics(y_test, p_test, thresholds: dict, findings=None) -> pd.DataFrame:
+    """Counts and rates on the test split at thresholds chosen on validation (choose_thresholds).
+
+    One row per finding and rule: threshold, n, TP, FP, TN, FN, sensitivity, specificity, PPV,
+    NPV, F1. Rates with an empty denominator are NaN.
+    """
+    y, p, findings = check_inputs(y_test, p_test, findings, "p_test")
+    missing = [f for f in findings if f not in thresholds]
+    if missing:
+        raise MetricsInputError(f"thresholds has no entry for {missing}; build it with choose_thresholds(y_val, p_val)")
+    rows = []
+    for j, name in enumerate(findings):
+        known = ~np.isnan(y[:, j])
+        t, s = y[known, j] == 1, p[known, j]
+        for rule, cut in thresholds[name].items():
+            row = {"finding": name, "rule": rule, "threshold": cut, "n": int(t.size)}
+            if np.isnan(cut):
+                rows.append(row)
+                continue
+            called = s >= cut
+            tp, fp = int((called & t).sum()), int((called & ~t).sum())
+            fn, tn = int((~called & t).sum()), int((~called & ~t).sum())
+            rows.append({**row, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+                         "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
+                         "ppv": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn),
+                         "f1": _ratio(2 * tp, 2 * tp + fp + fn)})
+    columns = ["finding", "rule", "threshold", "n", "tp", "fp", "tn", "fn",
+               "sensitivity", "specificity", "ppv", "npv", "f1"]
+    out = pd.DataFrame(rows).reindex(columns=columns)
+    return out.astype({c: "Int64" for c in ("n", "tp", "fp", "tn", "fn")})
+
+
+# --------------------------------------------------------------------------- calibration
+def _bin_edges(p: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
+    if strategy == "uniform":
+        return np.linspace(0.0, 1.0, n_bins + 1)
+    if strategy == "quantile":
+        return np.percentile(p, np.linspace(0, 100, n_bins + 1)) if p.size else np.linspace(0, 1, n_bins + 1)
+    raise MetricsInputError(f"strategy = {strategy!r}: use 'uniform' (equal-width bins) or 'quantile'")
+
+
+def reliability_curve(y, p, n_bins: int = 10, strategy: str = "uniform") -> pd.DataFrame:
+    """Bins of predicted probability: bounds, count, mean prediction and observed positive rate.
+
+    y and p are 1-D (NaN labels dropped). Binning as scikit-learn's calibration_curve; empty
+    bins are kept with count 0 so every diagram shows the same bins.
+    """
+    y = np.asarray(y, dtype=np.float64).ravel()
+    p = np.asarray(p, dtype=np.float64).ravel()
+    known = ~np.isnan(y)
+    y, p = y[known], p[known]
+    if p.size and (p.min() < 0 or p.max() > 1):
+        raise MetricsInputError("calibration needs probabilities in [0, 1]; apply a sigmoid to the logits first")
+    edges = _bin_edges(p, n_bins, strategy)
+    ids = np.searchsorted(edges[1:-1], p)
+    count = np.bincount(ids, minlength=n_bins)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_pred = np.bincount(ids, weights=p, minlength=n_bins) / count
+        frac_pos = np.bincount(ids, weights=y, minlength=n_bins) / count
+    return pd.DataFrame({"bin": np.arange(n_bins), "lo": edges[:-1], "hi": edges[1:], "count": count,
+                         "mean_pred": mean_pred, "frac_pos": frac_pos})
+
+
+def ece(y, p, n_bins: int = 10, strategy: str = "uniform") -> float:
+    """Expected calibration error: sum over bins of (count / n) * |positive rate - mean prediction|."""
+    curve = reliability_curve(y, p, n_bins, strategy)
+    used = curve[curve["count"] > 0]
+    n = used["count"].sum()
+    return float((used["count"] * (used["frac_pos"] - used["mean_pred"]).abs()).sum() / n) if n else float("nan")
+
+
+def brier(y, p) -> float:
+    """Mean squared difference between probability and label (NaN labels dropped)."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    p = np.asarray(p, dtype=np.float64).ravel()
+    known = ~np.isnan(y)
+    return float(np.mean((p[known] - y[known]) ** 2)) if known.any() else float("nan")
+
+
+def calibration(y, p, n_bins: int = 10, strategy: str = "uniform", findings=None) -> dict:
+    """ECE and Brier score per finding and pooled over all unmasked cells."""
+    y, p, findings = check_inputs(y, p, findings)
+    per = {name: {"n": int((~np.isnan(y[:, j])).sum()), "ece": ece(y[:, j], p[:, j], n_bins, strategy),
+                  "brier": brier(y[:, j], p[:, j])} for j, name in enumerate(findings)}
+    pooled = {"n": int((~np.isnan(y)).sum()), "ece": ece(y, p, n_bins, strategy), "brier": brier(y, p)}
+    return {"n_bins": n_bins, "strategy": strategy, "per_finding": per, "pooled": pooled}
+
+
+# --------------------------------------------------------------------------- the original project
+ORIGINAL_SELECTION = ("test split; each model was selected ON THE TEST SET by accuracy at 0.5, "
+                      "so these figures are optimistic and have no confidence intervals")
+
+
+def original_project_results() -> dict:
+    """The original project's published test figures, keyed by the preset that reproduces each."""
+    return {
+        "seed-nopos": {"pos_weight": False, "macro": {"auroc": 0.7191, "auprc": 0.2804},
+                       "micro": {"auroc": 0.8360, "auprc": 0.4764}, "selection": ORIGINAL_SELECTION},
+        "seed-pos": {"pos_weight": True, "macro": {"auroc": 0.7594, "auprc": 0.3091},
+                     "micro": {"auroc": 0.8649, "auprc": 0.5313}, "selection": ORIGINAL_SELECTION},
+    }
+
+
+# --------------------------------------------------------------------------- plots
+def _grid(n_panels: int, cols: int = 5, size: float = 2.6):
+    from matplotlib.figure import Figure
+
+    rows = -(-n_panels // cols)
+    fig = Figure(figsize=(cols * size, rows * size + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _ci_text(summary, name, metric) -> str:
+    e = (summary["per_finding"].get(name) or summary.get(name) or {}).get(metric) if summary else None
+    if not e or e["value"] is None:
+        return ""
+    ci = f" [{e['lo']:.3f}, {e['hi']:.3f}]" if e["lo"] is not None else ""
+    return f"{e['value']:.3f}{ci}"
+
+
+def plot_curves(y, p, findings=None, summary: Optional[dict] = None, kind: str = "both"):
+    """ROC and/or PR curves: one panel per finding plus one for all cells pooled (micro).
+
+    kind: 'roc', 'pr' or 'both' (both curves share each unit square). Titles give the AUC,
+    with its CI when `summary` (from summarize) is passed.
+    """
+    y, p, findings = check_inputs(y, p, findings)
+    fig, axes = _grid(len(findings) + 1)
+    known = ~np.isnan(y)
+    problems = [(name, known[:, j], j) for j, name in enumerate(findings)] + [("micro", known, None)]
+    for ax, (name, mask, j) in zip(axes, problems):
+        t, s = (y[mask, j], p[mask, j]) if j is not None else (y[mask], p[mask])
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), aspect="equal")
+        ax.tick_params(labelsize=7)
+        if not 0 < t.sum() < t.size:
+            ax.set_title(f"{name}\none class only", fontsize=8)
+            continue
+        title = [name]
+        if kind in ("roc", "both"):
+            fpr, tpr, _ = roc_curve(t, s)
+            ax.plot(fpr, tpr, color="#4c72b0", lw=1.2, label="ROC")
+            ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
+            title.append("AUROC " + (_ci_text(summary, name, "auroc") or f"{roc_auc_score(t, s):.3f}"))
+        if kind in ("pr", "both"):
+            precision, recall, _ = precision_recall_curve(t, s)
+            ax.step(recall, precision, where="post", color="#dd8452", lw=1.2, label="PR")
+            ax.axhline(t.mean(), color="#dd8452", lw=0.8, ls=":")
+            title.append("AUPRC " + (_ci_text(summary, name, "auprc") or f"{average_precision_score(t, s):.3f}"))
+        ax.set_title("\n".join(title), fontsize=8)
+    axes[0].legend(fontsize=7, loc="lower right")
+    axis = {"roc": ("FPR", "TPR"), "pr": ("recall", "precision"), "both": ("FPR | recall", "TPR | precision")}[kind]
+    fig.supxlabel(axis[0], fontsize=9)
+    fig.supylabel(axis[1], fontsize=9)
+    return fig
+
+
+def plot_forest(summary: dict):
+    """Per-finding AUROC and AUPRC with their CIs (then macro and micro); dots mark AUPRC's chance level."""
+    from matplotlib.figure import Figure
+
+    table = frame(summary)
+    fig = Figure(figsize=(10, 0.3 * len(table) + 1.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    ypos = np.arange(len(table))[::-1]
+    for ax, m, chance in zip(axes, ("auroc", "auprc"), (0.5, None)):
+        value = table[m].to_numpy(dtype=float, na_value=np.nan)
+        err = np.abs(np.vstack([value - table[f"{m}_lo"].to_numpy(float, na_value=np.nan),
+                                table[f"{m}_hi"].to_numpy(float, na_value=np.nan) - value]))
+        ax.errorbar(value, ypos, xerr=np.nan_to_num(err), fmt="o", ms=4, color="#4c72b0", capsize=2)
+        if chance is not None:
+            ax.axvline(chance, color="0.6", lw=0.8, ls=":")
+        else:
+            prevalence = (table["n_pos"] / table["n"]).to_numpy(dtype=float, na_value=np.nan)
+            ax.plot(prevalence, ypos, "|", color="0.5", ms=8, label="prevalence (chance)")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"{m.upper()} ({summary['ci_level']:.0%} CI, {summary['n_boot']} patient resamples)", fontsize=8)
+        ax.grid(axis="x", lw=0.3)
+    axes[0].set_yticks(ypos, table["finding"], fontsize=8)
+    return fig
+
+
+def plot_reliability(y, p, n_bins: int = 10, strategy: str = "uniform", findings=None, per_finding: bool = False):
+    """Reliability diagram (observed rate against mean prediction; bars: share of images per bin).
+
+    Pooled over all cells; with per_finding=True one panel per finding plus the pooled one.
+    """
+    y, p, findings = check_inputs(y, p, findings)
+    panels = [("pooled", y, p)]
+    if per_finding:
+        panels = [(name, y[:, j], p[:, j]) for j, name in enumerate(findings)] + panels
+    fig, axes = _grid(len(panels), cols=5 if per_finding else 1, size=2.6 if per_finding else 4.5)
+    for ax, (name, yy, pp) in zip(axes, panels):
+        curve = reliability_curve(yy, pp, n_bins, strategy)
+        share = curve["count"] / max(curve["count"].sum(), 1)
+        ax.bar((curve["lo"] + curve["hi"]) / 2, share, width=curve["hi"] - curve["lo"], color="0.85", label="share")
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":")
+        used = curve[curve["count"] > 0]
+        ax.plot(used["mean_pred"], used["frac_pos"], "o-", ms=3, color="#4c72b0", label="observed")
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{name}\nECE {ece(yy, pp, n_bins, strategy):.3f}  Brier {brier(yy, pp):.3f}", fontsize=8)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.supxlabel("mean predicted probability", fontsize=9)
+    fig.supylabel("observed positive rate", fontsize=9)
+    return fig
+
+
+# --------------------------------------------------------------------------- benchmark
+def bench_bootstrap(argv=None) -> dict:
+    """Time summarize() (1,000 patient resamples of 7k x 14 by default) on one thread."""
+    from threadpoolctl import threadpool_limits
+
+    ap = argparse.ArgumentParser(prog="python -m cxrlib bench bootstrap")
+    ap.add_argument("--images", type=int, default=7000)
+    ap.add_argument("--patients", type=int, default=0, help="default: one image per patient")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(list(argv or []))
+    rng = np.random.default_rng(args.seed)
+    n = args.images
+    prevalence = np.geomspace(0.01, 0.4, len(FINDINGS))
+    y = (rng.random((n, len(FINDINGS))) < prevalence).astype(np.float64)
+    y[rng.random(y.shape) < 0.02] = np.nan  # a few masked labels, as with the 'ignore' policy
+    logits = rng.normal(size=y.shape) + 1.5 * np.nan_to_num(y) - 2.0
+    p = (1 / (1 + np.exp(-logits))).astype(np.float32).astype(np.float64)  # float32 ties, as in predictions.csv
+    groups = rng.integers(0, args.patients, n) if args.patients else np.arange(n)
+    times = []
+    with threadpool_limits(1):
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            summary = summarize(y, p, groups, n_boot=args.n_boot, seed=args.seed)
+            times.append(time.perf_counter() - t)
+    return {"bench": "bootstrap", "images": n, "patients": summary["n_patients"], "findings": len(FINDINGS),
+            "n_boot": args.n_boot, "threads": 1, "seconds_best": round(min(times), 3),
+            "seconds_all": [round(x, 3) for x in times], "goal_seconds": 10.0,
+            "statistics": "AUROC, AUPRC per finding + macro + micro, ECE, Brier"}
