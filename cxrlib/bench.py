@@ -63,14 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--repeats", type=int, default=3)
     for name in ("decode", "loader", "train", "bootstrap"):
-        s = sub.add_parser(name, help=f"see cxrlib bench_{name}")
-        s.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.add_parser(name, help=f"options: python -m cxrlib bench {name} --help", add_help=False)
     return ap
 
 
 def cli(command: str, argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    # Each benchmark parses its own options; we only pick which one runs.
+    args, rest = _parser().parse_known_args(argv)
+    args.rest = rest
     if args.name == "cohort":
+        if rest:
+            raise UserError(f"bench cohort: unknown options {rest}")
         result = bench_cohort(args)
     elif args.name == "decode":
         from .cache import bench_decode
