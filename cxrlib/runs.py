@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -239,6 +240,15 @@ def strip_images(notebook_path: Path) -> int:
     return removed
 
 
+TEMPLATE_DATA_URLS = re.compile(r"""url\(\s*(?:"data:image/[^"]*"|'data:image/[^']*'|data:image/[^)'"]*)\s*\)""")
+SVG_IMG = re.compile(r'<img\b[^>]*?\bsrc="data:image/svg\+xml;base64,([A-Za-z0-9+/=\s]+)"[^>]*>')
+XML_PROLOG = re.compile(r"^\s*<\?xml[^>]*\?>\s*(?:<!DOCTYPE[^>]*>\s*)?")
+
+
+def _inline_svg(match: re.Match) -> str:
+    return XML_PROLOG.sub("", base64.b64decode(match.group(1)).decode("utf-8"))
+
+
 def render_html(notebook_path: Path, redact: bool = False) -> Path:
     """Standalone HTML (images embedded) beside the executed notebook."""
     import nbformat
@@ -247,8 +257,14 @@ def render_html(notebook_path: Path, redact: bool = False) -> Path:
     nb = nbformat.read(str(notebook_path), as_version=4)
     exporter = HTMLExporter(embed_images=True)
     body, _ = exporter.from_notebook_node(nb)
-    if redact and re.search(r"data:image/(png|jpe?g|gif|webp|bmp)", body):
-        raise UserError(f"{notebook_path}: redact_images is on but the report still holds raster images")
+    if redact:
+        # nbconvert's template embeds its own icons as data URLs (CSS, and a mermaid helper in JS); none
+        # is patient data, but without them a redacted report holds no data:image at all, as grep shows.
+        # Plots (SVG once redacted) go inline as <svg> markup instead of data URLs.
+        body = TEMPLATE_DATA_URLS.sub("none", body).replace("`data:image/svg+xml,${", "`data:,${")
+        body = SVG_IMG.sub(_inline_svg, body)
+        if "data:image" in body or "<image" in body:
+            raise UserError(f"{notebook_path}: redact_images is on but the report still holds embedded images")
     html = notebook_path.with_suffix(".html")
     atomic_write_text(html, body)
     return html
@@ -279,6 +295,11 @@ def headline(run_dir: Path) -> dict:
     return m.get("headline", {})
 
 
+def _num(x, digits: int = 4) -> str:
+    # metrics.json holds null where a figure is undefined (e.g. no resample had both classes).
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
 def print_summary(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     print(f"\nRun folder: {run_dir}/")
@@ -288,7 +309,7 @@ def print_summary(run_dir: Path) -> None:
     if head:
         print("\nTest-set metrics (95% bootstrap CI over patients):")
         for key, v in head.items():
-            print(f"  {key:<14} {v['value']:.4f}  [{v['lo']:.4f}, {v['hi']:.4f}]")
+            print(f"  {key:<14} {_num(v['value'])}  [{_num(v['lo'])}, {_num(v['hi'])}]")
 
 
 def runs_table(runs_dir="runs"):
@@ -301,7 +322,7 @@ def runs_table(runs_dir="runs"):
         row = {"run": run_dir.name, "arch": p.get("arch"), "head": p.get("head"),
                "image_size": p.get("image_size"), "select_on": p.get("select_on")}
         for key, v in headline(run_dir).items():
-            row[key] = f"{v['value']:.4f} [{v['lo']:.3f}, {v['hi']:.3f}]"
+            row[key] = f"{_num(v['value'])} [{_num(v['lo'], 3)}, {_num(v['hi'], 3)}]"
         row["notebooks"] = " ".join(nb[:2] for nb in NOTEBOOKS if (run_dir / f"{nb}.ipynb").is_file())
         rows.append(row)
     return pd.DataFrame(rows)

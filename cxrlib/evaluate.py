@@ -1,0 +1,452 @@
+"""Notebook 03: predict a run's validation and test images once, then every figure with its CI.
+
+    frame = predict_run(run_dir, p)              # -> <run_dir>/predictions.csv
+    report = evaluate_run(run_dir, p, frame)      # -> <run_dir>/metrics.json
+
+Honesty rules. The model is the run's best.pt, chosen by notebook 02 on the split named by
+select_on; when that split is the test set, metrics.json says so (`test_selected`, `warnings`)
+and the notebook shows it in a red box. Decision thresholds are chosen on the validation split
+only (max F1 and Youden's J) and applied to the test split; a fixed 0.5 is reported beside them
+because it is chosen by no data at all. Confidence intervals are percentile intervals of a
+patient-level bootstrap (all images of a subject are drawn together).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import metrics
+from . import params as params_mod
+from .errors import UserError
+from .fsutil import atomic_write_csv, atomic_write_json
+from .labels import FINDINGS
+
+ID_COLUMNS = ["dicom_id", "subject_id", "study_id", "split"]
+PROB_COLUMNS = [f"p_{f}" for f in FINDINGS]
+HEADLINE = {"AUROC macro": ("macro", "auroc"), "AUROC micro": ("micro", "auroc"),
+            "AUPRC macro": ("macro", "auprc"), "AUPRC micro": ("micro", "auprc")}
+FIXED_THRESHOLD = 0.5   # chosen by no data: an honest reference point even without a validation split
+TTA_SHIFT = 0.03        # fraction of the image side per shift; small enough to keep the anatomy in frame
+
+
+def prob_column(finding: str) -> str:
+    return f"p_{finding}"
+
+
+# --------------------------------------------------------------------------- predictions
+class ShiftTTA(nn.Module):
+    """The model on the image and on four copies shifted up/down/left/right; logit of the mean probability.
+
+    Deterministic (no random draws), and returning a logit keeps train.predict's sigmoid exact.
+    Edges are padded with their border pixels, so a shift adds no black band.
+    """
+
+    def __init__(self, model: nn.Module, shift: float = TTA_SHIFT):
+        super().__init__()
+        self.model = model
+        self.offsets = [(0.0, 0.0), (shift, 0.0), (-shift, 0.0), (0.0, shift), (0.0, -shift)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = []
+        for dx, dy in self.offsets:
+            view = x
+            if dx or dy:
+                # affine_grid spans 2 units per image side, so a shift of s of the side is 2 * s.
+                theta = torch.tensor([[1.0, 0.0, 2 * dx], [0.0, 1.0, 2 * dy]], dtype=x.dtype, device=x.device)
+                grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
+                view = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            probs.append(torch.sigmoid(self.model(view).float()))
+        return torch.logit(torch.stack(probs).mean(0), eps=1e-7)
+
+
+def load_best(run_dir, p):
+    """(model in eval mode on its device, the checkpoint's params, device) from <run_dir>/checkpoints/best.pt."""
+    from . import train
+
+    device = train.resolve_device(p)
+    train.configure(p, device)
+    model, trained = train.load_trained(run_dir, "best", device)
+    return model, trained, device
+
+
+def eval_cohort(run_dir, trained):
+    """The run's cohort rows that are in the image cache (with `cache_row`), and the cache."""
+    from . import cache as cache_mod
+    from . import cohort as cohort_mod
+
+    cohort = cohort_mod.read_cohort(Path(run_dir) / "cohort.csv")
+    cache = cache_mod.open_cache(trained.resolved_cache_dir(), trained.image_size, trained.resize)
+    return cache_mod.cohort_with_rows(cohort, cache), cache
+
+
+def predict_run(run_dir, p, splits=("validate", "test"), tta: bool = False, write: bool = True) -> pd.DataFrame:
+    """Probabilities of the best checkpoint on `splits`; written atomically to <run_dir>/predictions.csv.
+
+    Columns: dicom_id, subject_id, study_id, split, p_<finding> x 14, <finding> x 14 (the targets after
+    the label policies; empty = masked). A requested split the cohort lacks is left out, except test.
+    """
+    from . import train
+    from .data import BatchTransform, CacheDataset, make_loader
+    from .labels import label_matrix
+
+    run_dir = Path(run_dir)
+    model, trained, device = load_best(run_dir, p)
+    # Where the cache lives may have moved since training (a copied run folder); the run's params say.
+    trained = params_mod.validate({**trained.to_dict(), "data_root": p.data_root, "cache_dir": p.cache_dir},
+                                  "checkpoint parameters")
+    cohort, cache = eval_cohort(run_dir, trained)
+    chosen = cohort[cohort["split"].isin(list(splits))].reset_index(drop=True)
+    if "test" in splits and not (chosen["split"] == "test").any():
+        raise UserError(f"{run_dir}/cohort.csv has no test image in the cache {cache.dir}; "
+                        "rebuild the cohort and cache with notebook 01")
+    dataset = CacheDataset(cache.images_path, chosen["cache_row"].to_numpy(), label_matrix(chosen))
+    loader = make_loader(dataset, p.eval_batch_size, shuffle=False, num_workers=p.num_workers, seed=p.seed)
+    transform = BatchTransform.from_params(trained, cache.stats).to(device)
+    net = ShiftTTA(model) if tta else model
+    channels_last = device.type == "cuda" and trained.channels_last
+    probs, index = train.predict(net, loader, transform, device, train.amp_dtype(trained, device), channels_last)
+    if not np.array_equal(index, np.arange(len(chosen))):
+        raise RuntimeError("predict returned rows out of order")  # a bug, not a user mistake
+    frame = chosen[ID_COLUMNS].copy()
+    frame[PROB_COLUMNS] = probs.astype(np.float32)
+    frame[FINDINGS] = chosen[FINDINGS].to_numpy(dtype=np.float32)
+    if write:
+        # %.9g round-trips float32 exactly, so tied scores stay tied when read back.
+        atomic_write_csv(run_dir / "predictions.csv", frame, float_format="%.9g")
+    return frame
+
+
+def read_predictions(run_dir) -> pd.DataFrame:
+    path = Path(run_dir) / "predictions.csv"
+    if not path.is_file():
+        raise UserError(f"{path}: no predictions; run notebook 03 for this run first "
+                        f"(make evaluate RUN={Path(run_dir).name})")
+    # float32 as written: %.9g round-trips, so tied scores stay tied and rereading changes nothing.
+    frame = pd.read_csv(path, dtype={c: str for c in ID_COLUMNS} | {c: "float32" for c in PROB_COLUMNS + FINDINGS})
+    missing = [c for c in ID_COLUMNS + PROB_COLUMNS + FINDINGS if c not in frame]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {missing[:5]}; rerun notebook 03 to rewrite it")
+    return frame
+
+
+def arrays(frame: pd.DataFrame, split: str | None = None):
+    """(labels (N, 14) with NaN = masked, probabilities (N, 14), subject ids) of one split."""
+    rows = frame if split is None else frame[frame["split"] == split]
+    return (rows[FINDINGS].to_numpy(dtype=np.float64), rows[PROB_COLUMNS].to_numpy(dtype=np.float64),
+            rows["subject_id"].to_numpy(dtype=str))
+
+
+# --------------------------------------------------------------------------- metrics.json
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(run_dir, p, predictions: pd.DataFrame) -> dict:
+    """What data the figures come from: enough to tell two runs' test sets apart, no private paths."""
+    from . import cache as cache_mod
+
+    run_dir = Path(run_dir)
+    folder = cache_mod.cache_path(p.resolved_cache_dir(), p.image_size, p.resize)
+    manifest = {}
+    if (folder / "manifest.json").is_file():
+        manifest = json.loads((folder / "manifest.json").read_text())
+    return {
+        "data_root_name": Path(p.data_root).resolve().name,
+        "cohort_sha256": _sha256(run_dir / "cohort.csv"),
+        "cache_index_sha256": _sha256(folder / "index.csv"),
+        "cache": {k: manifest.get(k) for k in ("cache_version", "size", "resize", "created", "images", "failed")},
+        "images_per_split": {s: int(n) for s, n in predictions["split"].value_counts().sort_index().items()},
+        "patients_per_split": {s: int(n) for s, n in
+                               predictions.groupby("split")["subject_id"].nunique().sort_index().items()},
+        "predictions_sha256": _sha256(run_dir / "predictions.csv"),
+    }
+
+
+def versions() -> dict:
+    import sklearn
+    import torchvision
+
+    from . import __version__
+
+    out = {"cxrlib": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "numpy": np.__version__, "pandas": pd.__version__,
+           "scikit-learn": sklearn.__version__}
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                           text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = None
+    return out
+
+
+def selection(run_dir, p) -> dict:
+    """How best.pt was chosen, from the run's parameters and history.csv (never from the test figures here)."""
+    from .train import TEST_SELECTION_WARNING, read_history
+
+    history = read_history(run_dir)
+    kept = history[history["selected"].astype(bool)] if len(history) else history
+    best = kept.iloc[-1] if len(kept) else None
+    score = {"auroc": "val_auroc_macro", "accuracy": "val_accuracy"}[p.select_metric]
+    out = {"select_on": p.select_on, "select_metric": p.select_metric,
+           "best_epoch": int(best["epoch"]) if best is not None else None,
+           "best_score": float(best[score]) if best is not None else None,
+           "epochs_run": int(len(history)), "test_selected": p.select_on == "test", "warning": None}
+    if out["test_selected"]:
+        out["warning"] = TEST_SELECTION_WARNING
+    return out
+
+
+def _jsonable(value):
+    """NaN, inf and pd.NA -> None; numpy scalars -> Python numbers (json.dumps writes NaN, which is not JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(value) else float(value)
+    if value is pd.NA:
+        return None
+    return value
+
+
+def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: bool = False,
+                 write: bool = True) -> dict:
+    """Every figure of the run with its CI; written atomically to <run_dir>/metrics.json.
+
+    Per split: metrics.summarize (AUROC, AUPRC per finding, macro, micro; ECE and Brier) on patient
+    resamples. Thresholds come from validation alone. `headline` is the test split's macro and micro
+    AUROC and AUPRC as {value, lo, hi}.
+    """
+    run_dir = Path(run_dir)
+    if predictions is None:
+        predictions = read_predictions(run_dir)
+    splits = [s for s in ("validate", "test") if (predictions["split"] == s).any()]
+    if "test" not in splits:
+        raise UserError(f"{run_dir}/predictions.csv holds no test rows; rerun predict_run with the test split")
+    started = time.perf_counter()
+    summaries = {}
+    for split in splits:
+        y, prob, groups = arrays(predictions, split)
+        summaries[split] = metrics.summarize(y, prob, groups, n_boot=p.bootstrap, seed=p.seed,
+                                             ci_level=p.ci_level, progress=progress)
+    y_test, p_test, _ = arrays(predictions, "test")
+    rules = {f: {"fixed_0.5": FIXED_THRESHOLD} for f in FINDINGS}
+    notes = []
+    if "validate" in splits:
+        y_val, p_val, _ = arrays(predictions, "validate")
+        for f, chosen in metrics.choose_thresholds(y_val, p_val).items():
+            rules[f].update(chosen)
+    else:
+        notes.append("no validation split: only the fixed 0.5 threshold is reported (choosing a threshold "
+                     "on the test set would make the test figures at it optimistic)")
+    at_thresholds = metrics.threshold_metrics(y_test, p_test, rules)
+    test = summaries["test"]
+    for key, (avg, m) in HEADLINE.items():
+        valid = test[avg][m]["n_boot_valid"]
+        if valid < p.bootstrap:
+            notes.append(f"{key}: CI from {valid} of {p.bootstrap} resamples (the others lost every positive or "
+                         "every negative of a finding); it is conditional on those and may not contain the estimate")
+    sel = selection(run_dir, p)
+    warnings_list = [sel["warning"]] if sel["warning"] else []
+    reliability = metrics.reliability_curve(y_test, p_test, test["calibration"]["n_bins"])
+    report = {
+        "run": run_dir.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "headline": {key: {k: test[avg][m][k] for k in ("value", "lo", "hi")} for key, (avg, m) in HEADLINE.items()},
+        "headline_split": "test",
+        "ci": {"level": p.ci_level, "n_boot": p.bootstrap, "seed": p.seed, "method": test["ci_method"]},
+        "splits": summaries,
+        "thresholds": {"chosen_on": "validate" if "validate" in splits else None,
+                       "values": rules,
+                       "test": at_thresholds.to_dict("records")},
+        "calibration": {"test_reliability_pooled": reliability.to_dict("list")},
+        "selection": sel,
+        "test_selected": sel["test_selected"],
+        "warnings": warnings_list,
+        "notes": notes + test["notes"],
+        "data": fingerprint(run_dir, p, predictions),
+        "params": p.to_dict(),
+        "versions": versions(),
+        "original_project": metrics.original_project_results(),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    report = _jsonable(report)
+    if write:
+        atomic_write_json(run_dir / "metrics.json", report)
+    return report
+
+
+def read_metrics(run_dir) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise UserError(f"{path}: no metrics; run notebook 03 for this run first (make evaluate RUN={Path(run_dir).name})")
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- tables for the notebook
+def selection_warning_html(report: dict) -> str | None:
+    """A bold red box for runs whose model was selected on the test set; None otherwise."""
+    if not report.get("test_selected"):
+        return None
+    sel = report["selection"]
+    return ('<div style="border:4px solid #c00000;background:#ffe5e5;color:#8b0000;padding:12px 16px;'
+            'font-size:1.15em;font-weight:bold;margin:8px 0">'
+            "&#9888; THE TEST FIGURES BELOW ARE OPTIMISTIC.<br>"
+            f"This run selected its model (epoch {sel['best_epoch']}) by {sel['select_metric']} on the TEST set. "
+            "The test set was used to pick the model, so it no longer measures unseen data: "
+            "do not report these figures as test performance. Rerun with select_on: validate "
+            "(e.g. params/improved.yaml) for honest figures.</div>")
+
+
+def per_finding_table(report: dict, split: str = "test") -> pd.DataFrame:
+    """AUROC, AUPRC, ECE and Brier per finding (then macro and micro) with their CIs."""
+    summary = report["splits"][split]
+    table = metrics.frame(summary).set_index("finding")
+    for m in ("ece", "brier"):
+        for part, key in (("", "value"), ("_lo", "lo"), ("_hi", "hi")):
+            table[f"{m}{part}"] = pd.Series({f: e[m][key] for f, e in summary["per_finding"].items()}, dtype="Float64")
+    return table
+
+
+def headline_table(report: dict) -> pd.DataFrame:
+    level = report["ci"]["level"]
+    rows = [{"metric": k, "value": v["value"], f"{level:.0%} CI lo": v["lo"], f"{level:.0%} CI hi": v["hi"]}
+            for k, v in report["headline"].items()]
+    return pd.DataFrame(rows).set_index("metric")
+
+
+def threshold_table(report: dict) -> pd.DataFrame:
+    """Test-split counts and rates at each rule's threshold (rules chosen on validation, plus fixed 0.5)."""
+    table = pd.DataFrame(report["thresholds"]["test"])
+    return table.astype({c: "Int64" for c in ("n", "tp", "fp", "tn", "fn")})
+
+
+def calibration_table(report: dict, split: str = "test") -> pd.DataFrame:
+    summary = report["splits"][split]
+    rows = [{"finding": f, **{f"{m}{part}": e[m][key] for m in ("ece", "brier")
+                              for part, key in (("", "value"), ("_lo", "lo"), ("_hi", "hi"))}}
+            for f, e in summary["per_finding"].items()]
+    pooled = summary["calibration"]["pooled"]
+    rows.append({"finding": "pooled", **{f"{m}{part}": pooled[m][key] for m in ("ece", "brier")
+                                          for part, key in (("", "value"), ("_lo", "lo"), ("_hi", "hi"))}})
+    return pd.DataFrame(rows).set_index("finding").astype("Float64")
+
+
+def original_comparison(report: dict) -> pd.DataFrame:
+    """Our test figures (with CIs) beside the original project's published ones, pos_weight off and on.
+
+    `original (same pos_weight)` is the published model trained like this run; the original selected
+    its models on the test set and published no intervals, so a difference inside our CI is no evidence
+    of a difference at all.
+    """
+    original = report.get("original_project") or metrics.original_project_results()
+    off = next(v for v in original.values() if not v["pos_weight"])
+    on = next(v for v in original.values() if v["pos_weight"])
+    pos_weight = bool(report["params"]["pos_weight"])
+    rows = []
+    for key, (avg, m) in HEADLINE.items():
+        ours = report["headline"][key]
+        same = (on if pos_weight else off)[avg][m]
+        inside = ours["lo"] is not None and ours["lo"] <= same <= ours["hi"]
+        rows.append({"metric": key, "ours": ours["value"], "ours_lo": ours["lo"], "ours_hi": ours["hi"],
+                     "original pos_weight off": off[avg][m], "original pos_weight on": on[avg][m],
+                     "ours - original (same pos_weight)": None if ours["value"] is None else ours["value"] - same,
+                     "original inside our CI": inside})
+    table = pd.DataFrame(rows).set_index("metric")
+    table.attrs["note"] = (f"This run: pos_weight {'on' if pos_weight else 'off'}, selected on "
+                           f"{report['selection']['select_on']}. Original: {off['selection']}.")
+    return table
+
+
+# --------------------------------------------------------------------------- two runs
+def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
+    """This run minus the other on the test images both predicted, scored on the same patient resamples.
+
+    Rows: per finding then macro and micro, metrics AUROC and AUPRC (and pooled ECE, Brier);
+    columns this_run, other_run, diff (= this - other), lo, hi, p_value. Refuses when the runs share
+    no test image or label those they share differently (other policies or label source).
+    """
+    run_dir, other_run_dir = Path(run_dir), Path(other_run_dir)
+    ours, theirs = read_predictions(run_dir), read_predictions(other_run_dir)
+    ours, theirs = ours[ours["split"] == "test"], theirs[theirs["split"] == "test"]
+    shared = ours.merge(theirs, on="dicom_id", suffixes=("", "_other"))
+    if shared.empty:
+        raise UserError(f"{run_dir.name} and {other_run_dir.name} share no test image (joined on dicom_id); "
+                        "compare runs built on the same cohort and test split (compare_with)")
+    a_labels = shared[FINDINGS].to_numpy(dtype=np.float64)
+    b_labels = shared[[f"{f}_other" for f in FINDINGS]].to_numpy(dtype=np.float64)
+    same = (a_labels == b_labels) | (np.isnan(a_labels) & np.isnan(b_labels))
+    if not same.all():
+        bad = [f for j, f in enumerate(FINDINGS) if not same[:, j].all()]
+        raise UserError(f"{run_dir.name} and {other_run_dir.name} label the shared test images differently for "
+                        f"{bad[:4]} (another label_source or uncertain/blank policy); paired differences need the "
+                        "same labels: compare runs with the same label settings (compare_with)")
+    p_this = shared[PROB_COLUMNS].to_numpy(dtype=np.float64)
+    p_other = shared[[f"{c}_other" for c in PROB_COLUMNS]].to_numpy(dtype=np.float64)
+    # metrics.paired_bootstrap reports b - a: a is the other run, b this one.
+    result = metrics.paired_bootstrap(a_labels, p_other, p_this, shared["subject_id"].to_numpy(dtype=str),
+                                      n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level)
+    rows = []
+
+    def add(name, metric, e):
+        rows.append({"finding": name, "metric": metric, "this_run": e["b"], "other_run": e["a"], "diff": e["diff"],
+                     "lo": e["lo"], "hi": e["hi"], "p_value": e["p_value"], "n_boot_valid": e["n_boot_valid"]})
+
+    for name, entry in result["per_finding"].items():
+        for m in ("auroc", "auprc"):
+            add(name, m, entry[m])
+    for avg in ("macro", "micro"):
+        for m in ("auroc", "auprc"):
+            add(avg, m, result[avg][m])
+    for m in ("ece", "brier"):
+        add("pooled", m, result["calibration"][m])
+    table = pd.DataFrame(rows)
+    table = table.astype({c: "Float64" for c in ("this_run", "other_run", "diff", "lo", "hi", "p_value")})
+    table.attrs.update(this=run_dir.name, other=other_run_dir.name, shared_images=int(len(shared)),
+                       this_images=int(len(ours)), other_images=int(len(theirs)),
+                       patients=int(shared["subject_id"].nunique()), ci_level=p.ci_level, n_boot=p.bootstrap)
+    return table
+
+
+def plot_differences(table: pd.DataFrame):
+    """Forest plot of the paired differences (this - other) with their CIs, AUROC and AUPRC side by side."""
+    from matplotlib.figure import Figure
+
+    names = list(dict.fromkeys(table.loc[table["metric"].isin(["auroc", "auprc"]), "finding"]))
+    fig = Figure(figsize=(10, 0.3 * len(names) + 1.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    ypos = np.arange(len(names))[::-1]
+    for ax, m in zip(axes, ("auroc", "auprc")):
+        rows = table[table["metric"] == m].set_index("finding").reindex(names)
+        diff = rows["diff"].to_numpy(dtype=float, na_value=np.nan)
+        err = np.abs(np.vstack([diff - rows["lo"].to_numpy(dtype=float, na_value=np.nan),
+                                rows["hi"].to_numpy(dtype=float, na_value=np.nan) - diff]))
+        ax.errorbar(diff, ypos, xerr=np.nan_to_num(err), fmt="o", ms=4, color="#c44e52", capsize=2)
+        ax.axvline(0, color="0.5", lw=0.8)
+        ax.set_xlabel(f"{m.upper()} difference ({table.attrs.get('this', 'this')} - {table.attrs.get('other', 'other')})",
+                      fontsize=8)
+        ax.grid(axis="x", lw=0.3)
+    axes[0].set_yticks(ypos, names, fontsize=8)
+    return fig

@@ -1,0 +1,264 @@
+import hashlib
+import json
+import re
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cxrlib import evaluate, metrics, params, runs
+from cxrlib.cohort import read_cohort
+from cxrlib.errors import UserError
+from cxrlib.labels import FINDINGS
+
+pytestmark = pytest.mark.slow
+
+
+def frozen(run_dir, **overrides):
+    p = params.load_frozen(run_dir)
+    return params.validate({**p.to_dict(), **overrides})
+
+
+# --------------------------------------------------------------------------- the run's files
+def test_every_notebook_ran_and_rendered(tiny_run):
+    for nb in runs.NOTEBOOKS:
+        executed = tiny_run / f"{nb}.ipynb"
+        assert executed.is_file() and (tiny_run / f"{nb}.html").is_file(), nb
+        cells = nbformat.read(str(executed), as_version=4).cells
+        errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, (nb, errors[:1])
+    for name in ("params.yaml", "cohort.csv", "predictions.csv", "metrics.json", "checkpoints/best.pt"):
+        assert (tiny_run / name).is_file(), name
+
+
+def test_predictions_csv_columns_rows_and_labels(tiny_run):
+    predictions = evaluate.read_predictions(tiny_run)
+    assert list(predictions.columns) == evaluate.ID_COLUMNS + evaluate.PROB_COLUMNS + FINDINGS
+    cohort = read_cohort(tiny_run / "cohort.csv")
+    expected = cohort[cohort["split"].isin(["validate", "test"])]
+    assert sorted(predictions["dicom_id"]) == sorted(expected["dicom_id"])   # every image decoded in the demo
+    assert set(predictions["split"]) == {"validate", "test"}
+    probs = predictions[evaluate.PROB_COLUMNS].to_numpy()
+    assert np.isfinite(probs).all() and (probs > 0).all() and (probs < 1).all()
+    merged = predictions.merge(cohort, on="dicom_id", suffixes=("", "_cohort"))
+    assert np.array_equal(merged[FINDINGS].to_numpy(), merged[[f"{f}_cohort" for f in FINDINGS]].to_numpy(),
+                          equal_nan=True)
+    assert (merged["subject_id"] == merged["subject_id_cohort"]).all()
+
+
+def test_predict_run_is_deterministic_and_tta_stays_close(tiny_run):
+    p = frozen(tiny_run)
+    on_disk = evaluate.read_predictions(tiny_run)
+    again = evaluate.predict_run(tiny_run, p, write=False)
+    assert list(again["dicom_id"]) == list(on_disk["dicom_id"])
+    # Same batches, same bits; the float32 text round trip loses nothing.
+    assert np.array_equal(again[evaluate.PROB_COLUMNS].to_numpy(), on_disk[evaluate.PROB_COLUMNS].to_numpy())
+    plain = again.loc[again["split"] == "test", evaluate.PROB_COLUMNS].to_numpy()
+    tta = evaluate.predict_run(tiny_run, p, splits=("test",), tta=True, write=False)[evaluate.PROB_COLUMNS].to_numpy()
+    assert not np.allclose(tta, plain, atol=1e-4) and np.abs(tta - plain).max() < 0.2
+
+
+def test_shift_tta_averages_probabilities_of_the_shifted_views():
+    class LeftBright(nn.Module):      # logit = mean of the left third of the image: a shift changes it
+        def forward(self, x):
+            return x[..., : x.shape[-1] // 3].mean(dim=(1, 2, 3))[:, None].repeat(1, 2)
+
+    x = torch.zeros(2, 1, 30, 30)
+    x[..., :10] = 3.0
+    tta = evaluate.ShiftTTA(LeftBright(), shift=0.1)
+    views = []
+    for dx, dy in tta.offsets:
+        shifted = torch.roll(x, shifts=(round(-dy * 30), round(-dx * 30)), dims=(2, 3))
+        if dx > 0:
+            shifted[..., -3:] = x[..., -1:]      # border padding, as grid_sample's padding_mode="border"
+        if dx < 0:
+            shifted[..., :3] = x[..., :1]
+        views.append(torch.sigmoid(LeftBright()(shifted)))
+    expected = torch.stack(views).mean(0)
+    assert torch.allclose(torch.sigmoid(tta(x)), expected, atol=1e-5)
+    assert not torch.allclose(expected, torch.sigmoid(LeftBright()(x)))
+
+
+# --------------------------------------------------------------------------- metrics.json
+def test_metrics_json_headline_selection_and_fingerprint(tiny_run):
+    report = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(report["headline"]) == {"AUROC macro", "AUROC micro", "AUPRC macro", "AUPRC micro"}
+    test = report["splits"]["test"]
+    for key, figure in report["headline"].items():
+        assert set(figure) == {"value", "lo", "hi"}
+        assert figure["lo"] <= figure["hi"], key
+        average, metric = evaluate.HEADLINE[key]
+        if test[average][metric]["n_boot_valid"] == report["ci"]["n_boot"]:
+            assert figure["lo"] <= figure["value"] <= figure["hi"], key
+        else:
+            # A macro figure needs every finding to keep both classes in a resample; on a tiny test split
+            # some do not, and the interval is conditional on those that do: the report must say so.
+            assert any(note.startswith(f"{key}: CI from") for note in report["notes"]), key
+    for key in ("AUROC micro", "AUPRC micro"):   # micro pools every cell: every resample counts
+        assert test["micro"][key.split()[0].lower()]["n_boot_valid"] == report["ci"]["n_boot"]
+    assert report["headline"]["AUROC micro"]["value"] == test["micro"]["auroc"]["value"]
+    y, p, _ = evaluate.arrays(evaluate.read_predictions(tiny_run), "test")
+    assert test["micro"]["auroc"]["value"] == pytest.approx(metrics.ranking_metrics(y, p)["micro"]["auroc"], abs=1e-12)
+    assert test["n_boot"] == 50 and report["ci"]["level"] == 0.95
+    assert set(report["splits"]) == {"validate", "test"}
+    assert report["selection"]["select_on"] == "validate" and report["selection"]["best_epoch"] == 1
+    assert report["test_selected"] is False and report["warnings"] == []
+    data = report["data"]
+    assert data["cohort_sha256"] == hashlib.sha256((tiny_run / "cohort.csv").read_bytes()).hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{64}", data["cache_index_sha256"])
+    assert data["cache"]["cache_version"] >= 1 and data["cache"]["size"] == 32
+    assert sum(data["images_per_split"].values()) == len(evaluate.read_predictions(tiny_run))
+    assert report["params"]["arch"] == "resnet50" and report["versions"]["torch"] == torch.__version__
+    assert report["original_project"]["seed-pos"]["macro"]["auroc"] == 0.7594
+    json.dumps(report, allow_nan=False)  # strict JSON: no NaN anywhere
+
+
+def test_thresholds_never_look_at_the_test_labels(tiny_run):
+    p = frozen(tiny_run)
+    predictions = evaluate.read_predictions(tiny_run)
+    base = evaluate.evaluate_run(tiny_run, p, predictions, write=False)
+    shuffled = predictions.copy()
+    test = (shuffled["split"] == "test").to_numpy()
+    order = np.random.default_rng(0).permutation(test.sum())
+    shuffled.loc[test, FINDINGS] = shuffled.loc[test, FINDINGS].to_numpy()[order]
+    other = evaluate.evaluate_run(tiny_run, p, shuffled, write=False)
+    assert other["thresholds"]["values"] == base["thresholds"]["values"]
+    assert other["thresholds"]["test"] != base["thresholds"]["test"]   # the shuffle did change the test labels
+    assert base["thresholds"]["chosen_on"] == "validate"
+    # ... whereas the validation labels do move them.
+    flipped = predictions.copy()
+    val = (flipped["split"] == "validate").to_numpy()
+    flipped.loc[val, FINDINGS] = 1.0 - flipped.loc[val, FINDINGS].to_numpy()
+    moved = evaluate.evaluate_run(tiny_run, p, flipped, write=False)
+    assert moved["thresholds"]["values"] != base["thresholds"]["values"]
+
+
+def test_threshold_metrics_on_test_match_hand_counts(tiny_run):
+    report = evaluate.read_metrics(tiny_run)
+    predictions = evaluate.read_predictions(tiny_run)
+    test = predictions[predictions["split"] == "test"]
+    table = evaluate.threshold_table(report)
+    for row in table[table["rule"] == "f1"].dropna(subset=["tp"]).itertuples():
+        y = test[row.finding].to_numpy()
+        called = test[evaluate.prob_column(row.finding)].to_numpy() >= row.threshold
+        known = ~np.isnan(y)
+        assert row.tp == int((called & (y == 1))[known].sum()) and row.fn == int((~called & (y == 1))[known].sum())
+        assert row.threshold == report["thresholds"]["values"][row.finding]["f1"]
+
+
+def test_without_a_validation_split_only_the_fixed_threshold(tiny_run):
+    p = frozen(tiny_run)
+    predictions = evaluate.read_predictions(tiny_run)
+    report = evaluate.evaluate_run(tiny_run, p, predictions[predictions["split"] == "test"], write=False)
+    assert report["thresholds"]["chosen_on"] is None
+    assert all(set(v) == {"fixed_0.5"} for v in report["thresholds"]["values"].values())
+    assert any("no validation split" in n for n in report["notes"])
+    assert set(report["splits"]) == {"test"}
+
+
+def test_selection_on_test_is_flagged_loudly(tiny_run):
+    p = frozen(tiny_run, select_on="test", select_metric="accuracy")
+    report = evaluate.evaluate_run(tiny_run, p, evaluate.read_predictions(tiny_run), write=False)
+    assert report["test_selected"] is True and report["selection"]["test_selected"] is True
+    assert "optimistic" in report["warnings"][0]
+    html = evaluate.selection_warning_html(report)
+    assert "OPTIMISTIC" in html and "color:#8b0000" in html and "font-weight:bold" in html
+    assert evaluate.selection_warning_html(evaluate.read_metrics(tiny_run)) is None
+
+
+def test_original_comparison_puts_our_ci_beside_both_published_models(tiny_run):
+    report = evaluate.read_metrics(tiny_run)
+    table = evaluate.original_comparison(report)
+    assert list(table.index) == ["AUROC macro", "AUROC micro", "AUPRC macro", "AUPRC micro"]
+    assert table.loc["AUROC macro", "original pos_weight off"] == 0.7191
+    assert table.loc["AUPRC micro", "original pos_weight on"] == 0.5313
+    head = report["headline"]["AUROC micro"]
+    assert table.loc["AUROC micro", "ours"] == head["value"] and table.loc["AUROC micro", "ours_lo"] == head["lo"]
+    # demo is pos_weight: false, so the matching published model is the pos_weight-off one.
+    assert table.loc["AUROC micro", "ours - original (same pos_weight)"] == pytest.approx(head["value"] - 0.8360)
+    assert "test set" in table.attrs["note"].lower()
+
+
+# --------------------------------------------------------------------------- two runs
+def test_compare_runs_with_itself_gives_zero_differences(tiny_run):
+    table = evaluate.compare_runs(tiny_run, tiny_run, frozen(tiny_run))
+    assert set(table["metric"]) == {"auroc", "auprc", "ece", "brier"}
+    defined = table.dropna(subset=["diff"])
+    assert len(defined) >= 6
+    assert (defined["diff"] == 0).all() and (defined["lo"] == 0).all() and (defined["hi"] == 0).all()
+    assert (defined["this_run"] == defined["other_run"]).all()
+    assert table.attrs["shared_images"] == table.attrs["this_images"] > 0
+
+
+def test_compare_runs_sees_a_better_run(tiny_run, tmp_path):
+    better = tmp_path / "better"
+    better.mkdir()
+    predictions = evaluate.read_predictions(tiny_run)
+    labels = predictions[FINDINGS].to_numpy()
+    # Nudge every probability towards its label: ranking can only improve.
+    probs = predictions[evaluate.PROB_COLUMNS].to_numpy() + 0.5 * np.nan_to_num(labels)
+    predictions[evaluate.PROB_COLUMNS] = np.clip(probs, 0, 1)
+    predictions.to_csv(better / "predictions.csv", index=False)
+    table = evaluate.compare_runs(better, tiny_run, frozen(tiny_run)).set_index(["finding", "metric"])
+    assert table.loc[("micro", "auroc"), "diff"] > 0 and table.loc[("micro", "auroc"), "lo"] > 0
+    assert table.loc[("micro", "auroc"), "this_run"] > table.loc[("micro", "auroc"), "other_run"]
+
+
+def test_compare_runs_refuses_other_labels_and_disjoint_test_sets(tiny_run, tmp_path):
+    p = frozen(tiny_run)
+    predictions = evaluate.read_predictions(tiny_run)
+    relabelled = tmp_path / "relabelled"
+    relabelled.mkdir()
+    changed = predictions.copy()
+    changed["Edema"] = 1.0 - changed["Edema"]
+    changed.to_csv(relabelled / "predictions.csv", index=False)
+    with pytest.raises(UserError, match="label the shared test images differently.*Edema"):
+        evaluate.compare_runs(tiny_run, relabelled, p)
+    disjoint = tmp_path / "disjoint"
+    disjoint.mkdir()
+    moved = predictions.copy()
+    moved["dicom_id"] = "x" + moved["dicom_id"]
+    moved.to_csv(disjoint / "predictions.csv", index=False)
+    with pytest.raises(UserError, match="share no test image"):
+        evaluate.compare_runs(tiny_run, disjoint, p)
+    with pytest.raises(UserError, match=r"predictions.csv: no predictions; run notebook 03"):
+        evaluate.compare_runs(tiny_run, tmp_path / "never-evaluated", p)
+
+
+# --------------------------------------------------------------------------- reports
+def test_evaluate_notebook_shows_tables_and_figures(tiny_run):
+    html = (tiny_run / "03_evaluate.html").read_text()
+    assert "AUROC macro" in html and "original pos_weight on" in html
+    assert html.count("data:image/png") >= 6   # forest, ROC, PR, two reliability diagrams, ...
+    assert "OPTIMISTIC" not in html and "the test set was not used to choose it" in html
+    assert "compare_with is empty" in html
+
+
+def test_redacted_run_holds_no_image_at_all(tiny_redacted_run):
+    found = []
+    for path in sorted(tiny_redacted_run.glob("*.ipynb")) + sorted(tiny_redacted_run.glob("*.html")):
+        text = path.read_text()
+        for marker in ("image/png", "image/jpeg", "data:image", "<image"):
+            if marker in text:
+                found.append((path.name, marker))
+    assert not found
+    names = {p.name for p in tiny_redacted_run.iterdir()}
+    assert {f"{nb}.{ext}" for nb in runs.NOTEBOOKS for ext in ("ipynb", "html")} <= names
+    # The plots are still there, as vectors.
+    assert "image/svg+xml" in (tiny_redacted_run / "03_evaluate.ipynb").read_text()
+    assert "redact_images is on" in (tiny_redacted_run / "04_error_analysis.html").read_text()
+    # compare_with: tiny (the same model) in notebook 03: paired differences, all zero.
+    assert "tiny-redacted - tiny on the" in (tiny_redacted_run / "03_evaluate.html").read_text()
+
+
+def test_user_mistakes_get_one_clear_line(tmp_path):
+    p = params.validate({"device": "cpu"})
+    with pytest.raises(UserError, match=r"best.pt: no checkpoint; train the run first"):
+        evaluate.predict_run(tmp_path, p)
+    with pytest.raises(UserError, match=r"metrics.json: no metrics; run notebook 03"):
+        evaluate.read_metrics(tmp_path)
+    (tmp_path / "predictions.csv").write_text("dicom_id,split\nx,test\n")
+    with pytest.raises(UserError, match=r"predictions.csv: missing column\(s\)"):
+        evaluate.read_predictions(tmp_path)
