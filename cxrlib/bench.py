@@ -40,7 +40,7 @@ def bench_cohort(args) -> dict:
         root = Path(args.data_root) if args.data_root else Path(tmp)
         if not args.data_root:
             t = time.perf_counter()
-            summary = synth.write_tables(root, subjects=args.subjects, seed=args.seed)
+            summary = synth.generate(root, subjects=args.subjects, seed=args.seed, images=False, progress=False)
             print(f"generated MIMIC-scale tables in {time.perf_counter() - t:.1f} s: {summary}", file=sys.stderr)
         p = params.validate({"data_root": str(root), "val_fraction": 0.1})
         times = []
