@@ -20,7 +20,7 @@ def test_seed_presets_reproduce_the_original_recipe():
     for name, pos in (("seed-nopos", False), ("seed-pos", True)):
         p = params.load(ROOT / "params" / f"{name}.yaml")
         assert (p.views, p.label_source, p.uncertain_policy, p.blank_policy) == (["AP"], "negbio", "zeros", "zeros")
-        assert (p.image_size, p.resize, p.head, p.arch, p.weights) == (256, "squash", "flatten", "resnet101", "imagenet")
+        assert (p.image_size, p.resize, p.head, p.arch, p.weights) == (256, "squash", "flatten", "resnet101", "IMAGENET1K_V1")
         assert (p.optimizer, p.lr, p.batch_size, p.epochs, p.schedule) == ("adam", 1e-4, 64, 100, "constant")
         assert (p.select_on, p.select_metric, p.patience, p.pos_weight) == ("test", "accuracy", 5, pos)
         assert (p.mean, p.std, p.augment, p.amp) == (0.4690693035517775, 0.3045583482083454, False, "off")
