@@ -433,10 +433,12 @@ def _locked(folder: Path):
     with open(folder / ".lock", "a") as handle:
         try:
             import fcntl
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another process is building the cache in {folder}; wait for it to finish, "
-                            "then run this again.") from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # e.g. two presets started at once on one machine: the second reuses the first's work
+                print(f"another process is building the cache in {folder}; waiting for it...", flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
         except (ImportError, OSError):
             pass  # no fcntl (Windows) or no locks on this filesystem (some NFS): go on unlocked
         yield

@@ -27,7 +27,7 @@ from .fsutil import atomic_path, atomic_write_text
 
 NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis"]
 # Make variables that are not parameters: they choose what to run, not how.
-MAKE_CONTROL_VARS = {"PARAMS", "RUN", "A", "B", "PYTHON", "PYTEST_ARGS", "RESUME"}
+MAKE_CONTROL_VARS = {"PARAMS", "RUN", "A", "B", "PYTHON", "PYTEST_ARGS", "RESUME", "WORKERS", "DEMO_DATA_ARGS"}
 
 
 def project_root(start=None) -> Path:
@@ -168,6 +168,34 @@ def _check_existing_run(p: params_mod.Params, run_dir: Path, notebooks: list[str
             f"or delete {run_dir}.")
 
 
+def _ipc_kernel_manager():
+    """A kernel manager whose kernel talks over Unix sockets, not loopback TCP.
+
+    Executed cells and their outputs (patient images, for real data) then never cross a
+    network socket, and the kernel has no reason to warn about unencrypted TCP.
+    """
+    import uuid
+
+    from jupyter_client import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+        @default("ip")
+        def _default_ip(self):
+            # jupyter_client's default is "kernel-ipc" in the working directory: two runs started
+            # from one folder would share sockets. A private path per kernel avoids that.
+            folder = Path(jupyter_runtime_dir())
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return str(folder / f"cxrlib-{uuid.uuid4().hex[:12]}")
+
+    return IPCKernelManager
+
+
 def declared_parameters(notebook: Path) -> list[str]:
     import papermill
 
@@ -196,6 +224,7 @@ def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, prog
                     str(source), str(tmp), parameters=inject, cwd=str(root),
                     progress_bar=progress, kernel_name="python3", language="python",
                     request_save_on_cell_execute=False,
+                    kernel_manager_class=_ipc_kernel_manager(),
                 )
             except PapermillExecutionError as e:
                 os.replace(tmp, output)  # keep the failed notebook for inspection

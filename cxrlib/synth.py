@@ -683,9 +683,9 @@ def _geometry_findings(a, strength: dict, rng):
         a["heart"]["ay"] *= 1 + 0.15 * s
         a["heart"]["cx"] += 0.06 * s
     if (s := strength.get("Enlarged Cardiomediastinum")) and not a["lateral"]:
-        a["med_upper"] = 1 + 1.2 * s
+        a["med_upper"] = 1 + 1.8 * s
     if s := strength.get("Atelectasis"):  # volume loss lifts the hemidiaphragm on that side
-        a["lungs"][_pick_lung(a, rng)]["dome"] -= 0.08 * s
+        a["lungs"][_pick_lung(a, rng)]["dome"] -= 0.12 * s
 
 
 def _draw_findings(D, f, a, visible, strength: dict, rng):
@@ -712,14 +712,14 @@ def _draw_findings(D, f, a, visible, strength: dict, rng):
         lung = lungs[i]
         fissure = lung["cy"] + rng.uniform(0.0, 0.2) + 0.3 * (x - lung["cx"]) / lung["ax"] * lung["lat"]
         lobe = _ramp(y - fissure, 0.03) if rng.random() < 0.7 else _ramp(fissure - 0.3 - y, 0.03)
-        fill += 0.36 * s * lobe * visible[i]
+        fill += 0.45 * s * lobe * visible[i]
     if s := strength.get("Pneumonia"):  # patchy, multifocal, mottled
         mottle = np.clip(0.7 + 0.5 * _smooth_noise(rng, f.h, f.w, 48), 0, None)
         for _ in range(rng.integers(5, 10)):
             lung = lungs[_pick_lung(a, rng)]
             _add_blob(fill, f, lung["cx"] + rng.uniform(-0.6, 0.6) * lung["ax"],
                       lung["cy"] + rng.uniform(0.0, 0.55) * lung["ay"],
-                      rng.uniform(0.04, 0.07), rng.uniform(0.04, 0.07), 0.32 * s, mask=air * mottle)
+                      rng.uniform(0.06, 0.1), rng.uniform(0.06, 0.1), 0.4 * s, mask=air * mottle)
     if s := strength.get("Lung Opacity"):  # broad ground-glass haze over a large zone
         lung = lungs[_pick_lung(a, rng)]
         _add_blob(fill, f, lung["cx"] + rng.uniform(-0.2, 0.2) * lung["ax"],
@@ -729,7 +729,7 @@ def _draw_findings(D, f, a, visible, strength: dict, rng):
         cx = lung["cx"] + lung["lat"] * rng.uniform(0.0, 0.4) * lung["ax"]  # lateral, clear of the heart
         cy = lung["dome"] - rng.uniform(0.15, 0.28)
         half, tilt = rng.uniform(0.13, 0.18), rng.uniform(-0.06, 0.06)
-        _add_stroke(fill, f, [(cx - half, cy - tilt), (cx + half, cy + tilt)], 0.05, 0.4 * s)
+        _add_stroke(fill, f, [(cx - half, cy - tilt), (cx + half, cy + tilt)], 0.08, 0.55 * s)
     if s := strength.get("Pleural Other"):  # thickening along the lateral chest wall
         i = _pick_lung(a, rng)
         lung = lungs[i]
@@ -739,17 +739,17 @@ def _draw_findings(D, f, a, visible, strength: dict, rng):
     D += np.minimum(fill, 0.4 * air)
     if s := strength.get("Lung Lesion"):  # a nodule with a sharp edge
         lung = lungs[_pick_lung(a, rng)]
-        r = rng.uniform(0.07, 0.1)
+        r = rng.uniform(0.10, 0.14)
         _add_disc(D, f, lung["cx"] + rng.uniform(-0.5, 0.5) * lung["ax"],
-                  lung["cy"] + rng.uniform(-0.6, 0.3) * lung["ay"], r, r, 0.55 * s, edge=0.3)
+                  lung["cy"] + rng.uniform(-0.6, 0.3) * lung["ay"], r, r, 0.75 * s, edge=0.2)
     if s := strength.get("Fracture"):  # healing rib fracture: bright callus and a step-off
         lung = lungs[_pick_lung(a, rng)]
         v = rng.uniform(-0.7, 0.3)
         cx = lung["cx"] + lung["lat"] * lung["ax"] * (1 + lung["taper"] * v) * math.sqrt(1 - v * v)
         cy = lung["cy"] + v * lung["ay"]
-        _add_disc(D, f, cx, cy, 0.09, 0.06, 0.55 * s, edge=0.3)
-        _add_stroke(D, f, [(cx - 0.15, cy + 0.04), (cx, cy + 0.04)], 0.035, 0.35 * s)
-        _add_stroke(D, f, [(cx, cy - 0.04), (cx + 0.15, cy - 0.04)], 0.035, 0.35 * s)
+        _add_disc(D, f, cx, cy, 0.12, 0.08, 0.75 * s, edge=0.3)
+        _add_stroke(D, f, [(cx - 0.15, cy + 0.05), (cx, cy + 0.05)], 0.05, 0.45 * s)
+        _add_stroke(D, f, [(cx, cy - 0.05), (cx + 0.15, cy - 0.05)], 0.05, 0.45 * s)
     if s := strength.get("Support Devices"):
         _draw_devices(D, f, a, s, rng)
 

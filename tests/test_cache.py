@@ -264,17 +264,25 @@ def test_user_mistakes_are_explained(tmp_path):
     assert len(pd.read_csv(tmp_path / "files" / "cache" / "16_squash" / "report.csv")) == 2
 
 
-def test_two_builds_of_one_cache_do_not_run_at_once(tmp_path):
+def test_a_second_build_of_one_cache_waits_for_the_first(tmp_path):
     import fcntl
 
     cohort = make_cohort(tmp_path, 2)
     folder = tmp_path / "cache" / "16_squash"
     folder.mkdir(parents=True)
-    with open(folder / ".lock", "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # another open file description: flock sees a second builder
-        with pytest.raises(UserError, match="another process is building"):
-            build(tmp_path, cohort)
-    assert len(build(tmp_path, cohort)) == 2
+    import threading
+    import time
+
+    held = open(folder / ".lock", "a")
+    fcntl.flock(held, fcntl.LOCK_EX)  # another open file description: flock sees a second builder
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(cache=build(tmp_path, cohort)))
+    waiter.start()
+    time.sleep(1.0)
+    assert waiter.is_alive() and "cache" not in result     # waits while the other build holds the lock
+    held.close()                                           # the other build ends
+    waiter.join(timeout=60)
+    assert len(result["cache"]) == 2 and result["cache"].counts["decoded"] == 2
 
 
 def test_cli_builds_and_reports(tmp_path, capsys):

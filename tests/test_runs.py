@@ -1,0 +1,98 @@
+"""The runner: parameters in, a run folder of executed notebooks out; clear errors otherwise."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from cxrlib import cohort, params, runs
+from cxrlib.errors import UserError
+
+from conftest import PROJECT, run_notebooks, tiny_params
+
+
+def cli(*args, cwd=PROJECT):
+    return subprocess.run([sys.executable, "-m", "cxrlib", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_notebook_01_writes_the_cohort_and_shows_the_funnel(tiny_run, tiny_data):
+    p = params.load_frozen(tiny_run)
+    expected, report = cohort.build_cohort(tiny_data, p)
+    written = cohort.read_cohort(tiny_run / "cohort.csv")
+    pd.testing.assert_frame_equal(written, expected.astype(written.dtypes.to_dict()), check_dtype=False)
+    nb = nbformat.read(tiny_run / "01_cohort.ipynb", as_version=4)
+    text = json.dumps([c.get("outputs", []) for c in nb.cells])
+    assert "images in metadata" in text and "subject(s) excluded for a missing label row" in text
+    assert "image/png" in text                       # funnel, prevalence, co-occurrence, sample grid
+    assert json.loads((tiny_run / "cohort_report.json").read_text())["metadata_rows"] == report.metadata_rows
+
+
+def test_injected_parameters_are_the_frozen_ones(tiny_run):
+    frozen = params.load_frozen(tiny_run)
+    nb = nbformat.read(tiny_run / "02_train.ipynb", as_version=4)
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert f"image_size = {frozen.image_size}" in injected.source
+    assert f'run_dir = "{tiny_run}"' in injected.source
+    assert "password" not in injected.source.lower()
+
+
+def test_committed_notebooks_are_clean_and_have_parameters():
+    for path in sorted((PROJECT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert not any(c.outputs or c.execution_count for c in code), f"{path.name} has outputs"
+        tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, path.name
+
+
+def test_notebook_defaults_are_the_demo_preset():
+    """Running a notebook by hand (JupyterLab) without the runner gives the demo."""
+    import papermill
+
+    demo = params.read_yaml(PROJECT / "params" / "demo.yaml")
+    defaults = params.Params()
+    for path in sorted((PROJECT / "notebooks").glob("*.ipynb")):
+        for name, info in papermill.inspect_notebook(str(path)).items():
+            if name == "run_dir":
+                assert info["default"].strip("\"'") == "runs/demo"
+                continue
+            expected = demo.get(name, getattr(defaults, name))
+            assert eval(info["default"]) == expected, f"{path.name}: {name} = {info['default']} but demo.yaml has {expected!r}"
+
+
+def test_a_failing_cell_names_the_notebook_and_the_cell(tiny_data, tmp_path):
+    p = tiny_params(tmp_path / "no-such-data", tmp_path / "runs", "broken")
+    with pytest.raises(UserError, match=r"01_cohort.ipynb failed in cell \d+: UserError: .*not found"):
+        run_notebooks(p, ["01_cohort"])
+    assert (tmp_path / "runs" / "broken" / "01_cohort.html").is_file()   # kept for inspection
+    assert (tmp_path / "runs" / "broken" / "params.yaml").is_file()
+
+
+def test_cli_refuses_unknown_parameters_before_running(tmp_path):
+    out = cli("run", "--params", "params/demo.yaml", "-p", "epochz=3", "-p", f"runs_dir={tmp_path}")
+    assert out.returncode == 2
+    assert "unknown parameter(s) ['epochz']" in out.stderr and "epochs" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not list(tmp_path.iterdir())              # nothing started
+
+
+def test_cli_refuses_a_missing_preset_and_lists_the_presets():
+    out = cli("run", "--params", "params/nope.yaml")
+    assert out.returncode == 2 and "seed-pos.yaml" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_trained_run_is_not_overwritten_with_other_parameters(tiny_run):
+    p = params.load_frozen(tiny_run)
+    changed = params.validate({**p.to_dict(), "lr": p.lr * 10})
+    with pytest.raises(UserError, match="already holds a trained model with other parameters \\(lr\\)"):
+        runs.run(changed, ["02_train"])
+
+
+def test_runs_index_lists_metrics_with_cis(tiny_run):
+    table = runs.runs_table(tiny_run.parent)
+    row = table.set_index("run").loc["tiny"]
+    assert row["notebooks"] == "01 02 03 04"
+    assert "[" in row["AUROC macro"] or "n/a" in row["AUROC macro"]
