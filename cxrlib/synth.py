@@ -683,7 +683,7 @@ def _geometry_findings(a, strength: dict, rng):
         a["heart"]["ay"] *= 1 + 0.15 * s
         a["heart"]["cx"] += 0.06 * s
     if (s := strength.get("Enlarged Cardiomediastinum")) and not a["lateral"]:
-        a["med_upper"] = 1 + 1.8 * s
+        a["med_upper"] = 1 + 2.2 * s
     if s := strength.get("Atelectasis"):  # volume loss lifts the hemidiaphragm on that side
         a["lungs"][_pick_lung(a, rng)]["dome"] -= 0.12 * s
 
@@ -756,7 +756,7 @@ def _draw_findings(D, f, a, visible, strength: dict, rng):
 
 def _draw_pneumothorax(D, f, lung, visible, s):
     """Air between chest wall and a collapsed lung: black, no markings, a thin pleural line."""
-    shrink = 0.35 * s
+    shrink = 0.5 * s
     inner = dict(lung, ax=lung["ax"] * (1 - shrink), ay=lung["ay"] * (1 - 0.6 * shrink),
                  cx=lung["cx"] - lung["lat"] * lung["ax"] * shrink, cy=lung["cy"] + lung["ay"] * shrink * 0.6)
     r2 = _lung_shape(f.x, f.y, inner)
