@@ -590,7 +590,8 @@ def _anatomy(rng, lateral: bool) -> dict:
 def _lung_shape(x, y, lung):
     """Normalised radius^2 of a lung: narrow apex, broad base."""
     v = (y - lung["cy"]) / lung["ay"]
-    return _sq((x - lung["cx"]) / (lung["ax"] * (1 + lung["taper"] * v))) + _sq(v)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # far outside: inf, as it should be
+        return _sq((x - lung["cx"]) / (lung["ax"] * (1 + lung["taper"] * v))) + _sq(v)
 
 
 def _lung_mask(f, lung):
