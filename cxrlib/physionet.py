@@ -62,13 +62,14 @@ TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, 
 
 class Credentials:
     """A PhysioNet login. repr/str never show the password, and it refuses to be pickled."""
-    __slots__ = ("username", "_password")
+    __slots__ = ("username", "_secret")
 
     def __init__(self, username: str, password: str):
-        self.username, self._password = username, password
+        self.username = username
+        self._secret = password  # only ever read by authorization()
 
     def authorization(self) -> str:
-        token = base64.b64encode(f"{self.username}:{self._password}".encode()).decode()
+        token = base64.b64encode(f"{self.username}:{self._secret}".encode()).decode()
         return "Basic " + token
 
     def __repr__(self) -> str:
@@ -90,7 +91,7 @@ def get_credentials(host: str = "physionet.org") -> Credentials:
         try:
             entries = netrc.netrc(str(netrc_file))
         except (netrc.NetrcParseError, OSError) as e:
-            # The parser's own message can quote a token, i.e. the password: name only file and line.
+            # The parser's own message can quote a token (the password itself), so name only file and line.
             line = getattr(e, "lineno", None)
             raise UserError(f"{netrc_file}{f' line {line}' if line else ''}: not a readable netrc file. "
                             "Write 'machine physionet.org login USER password PASS' and chmod 600 it") from None
