@@ -278,14 +278,20 @@ def _inline_svg(match: re.Match) -> str:
     return XML_PROLOG.sub("", base64.b64decode(match.group(1)).decode("utf-8"))
 
 
+# nbconvert's page loads require.js and MathJax from a CDN. Our static reports need neither, and a
+# report of patient data should open without telling a third party that it was opened.
+EXTERNAL_SCRIPTS = re.compile(r'<script\b[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>')
+
+
 def render_html(notebook_path: Path, redact: bool = False) -> Path:
-    """Standalone HTML (images embedded) beside the executed notebook."""
+    """Standalone HTML (images embedded) beside the executed notebook; no script from the network."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(notebook_path), as_version=4)
     exporter = HTMLExporter(embed_images=True)
     body, _ = exporter.from_notebook_node(nb)
+    body = EXTERNAL_SCRIPTS.sub("", body)
     if redact:
         # nbconvert's template embeds its own icons as data URLs (CSS, and a mermaid helper in JS); none
         # is patient data, but without them a redacted report holds no data:image at all, as grep shows.

@@ -96,3 +96,12 @@ def test_runs_index_lists_metrics_with_cis(tiny_run):
     row = table.set_index("run").loc["tiny"]
     assert row["notebooks"] == "01 02 03 04"
     assert "[" in row["AUROC macro"] or "n/a" in row["AUROC macro"]
+
+
+def test_reports_load_no_script_from_the_network(tiny_run):
+    import re
+
+    for html in tiny_run.glob("*.html"):
+        text = html.read_text()
+        assert not re.search(r'<script[^>]*src="https?://', text), html.name
+        assert "data:image/png" in text or html.name.startswith("02")   # figures stay embedded
