@@ -80,8 +80,10 @@ report: setup ## Re-render RUN's executed notebooks to HTML
 runs: setup ## List runs with their key metrics and CIs
 	$(PY) -m cxrlib runs
 
+# Sources and outputs only: papermill's timing metadata differs in every cell and hides the rest.
 diff: setup ## Diff two runs' evaluation notebooks: make diff A=<run> B=<run>
-	$(VENV)/bin/nbdiff runs/$(A)/03_evaluate.ipynb runs/$(B)/03_evaluate.ipynb
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make diff A=<run> B=<run> (runs: $$(ls runs | grep -v README | tr '\n' ' '))"; exit 2; }
+	$(VENV)/bin/nbdiff --sources --outputs runs/$(A)/03_evaluate.ipynb runs/$(B)/03_evaluate.ipynb
 
 bench: setup ## Benchmarks (decode, loader, train); each prints a JSON line last
 	$(PY) -m cxrlib bench decode
