@@ -75,6 +75,7 @@ run: setup ## Notebooks 01-04 for PARAMS
 	$(RUNNER) --params $(PARAMS) --notebooks 01,02,03,04 --summary
 
 report: setup ## Re-render RUN's executed notebooks to HTML
+	@test -n "$(RUN)" || { echo "usage: make report RUN=<run> (runs: $$(ls runs | grep -v README | tr '\n' ' '))"; exit 2; }
 	$(PY) -m cxrlib report --name $(RUN)
 
 runs: setup ## List runs with their key metrics and CIs
