@@ -352,40 +352,23 @@ def plot_cooccurrence(table: pd.DataFrame):
 # --------------------------------------------------------------------------- browser
 def error_browser(errors: pd.DataFrame, images, cams, redact: bool = False):
     """ipywidgets: pick a finding, FP or FN and an index; shows the image and its Grad-CAM."""
-    if redact:
-        print("redact_images is on: no images shown.")
-        return None
-    import ipywidgets as W
     import matplotlib.pyplot as plt
 
     from .explain import overlay
+    from .viz import finding_browser
 
-    finding = W.Dropdown(options=FINDINGS, description="finding")
-    kind = W.ToggleButtons(options=list(KINDS), description="error")
-    index = W.IntSlider(min=0, max=0, description="rank")
-    out = W.Output()
+    def show(i):
+        row = errors.loc[i]
+        fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+        axes[0].imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        axes[1].imshow(overlay(images[i], cams[i]))
+        for ax in axes:
+            ax.axis("off")
+        axes[0].set_title(f"{row['dicom_id']}\n{row['kind']} #{row['rank']}: p({row['finding']}) = {row['p']:.3f}",
+                          fontsize=8)
+        axes[1].set_title("Grad-CAM; other positives: " + (row["other_positives"] or "none"), fontsize=8)
 
-    def draw(*_):
-        rows = errors.index[(errors["finding"] == finding.value) & (errors["kind"] == kind.value)].to_numpy()
-        index.max = max(len(rows) - 1, 0)
-        with out:
-            out.clear_output(wait=True)
-            if not len(rows):
-                print("no such errors on test")
-                return
-            i = rows[min(index.value, len(rows) - 1)]
-            row = errors.loc[i]
-            fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
-            axes[0].imshow(images[i], cmap="gray", vmin=0, vmax=255)
-            axes[1].imshow(overlay(images[i], cams[i]))
-            for ax in axes:
-                ax.axis("off")
-            axes[0].set_title(f"{row['dicom_id']}\n{kind.value} #{row['rank']}: p({row['finding']}) = {row['p']:.3f}",
-                              fontsize=8)
-            axes[1].set_title("Grad-CAM; other positives: " + (row["other_positives"] or "none"), fontsize=8)
-            plt.show()
-
-    for w in (finding, kind, index):
-        w.observe(draw, names="value")
-    draw()
-    return W.VBox([W.HBox([finding, kind]), index, out])
+    return finding_browser(list(KINDS), "error",
+                           lambda finding, kind: errors.index[(errors["finding"] == finding)
+                                                              & (errors["kind"] == kind)].to_numpy(),
+                           show, empty="no such errors on test", redact=redact)

@@ -98,7 +98,6 @@ def predict_run(run_dir, p, splits=("validate", "test"), tta: bool = False, writ
     """
     from . import train
     from .data import BatchTransform, CacheDataset, make_loader
-    from .labels import label_matrix
 
     run_dir = Path(run_dir)
     model, trained, device = load_best(run_dir, p)
@@ -110,7 +109,7 @@ def predict_run(run_dir, p, splits=("validate", "test"), tta: bool = False, writ
     if "test" in splits and not (chosen["split"] == "test").any():
         raise UserError(f"{run_dir}/cohort.csv has no test image in the cache {cache.dir}; "
                         "rebuild the cohort and cache with notebook 01")
-    dataset = CacheDataset(cache.images_path, chosen["cache_row"].to_numpy(), label_matrix(chosen))
+    dataset = CacheDataset.from_cohort(cache, chosen)
     loader = make_loader(dataset, p.eval_batch_size, shuffle=False, num_workers=p.num_workers, seed=p.seed)
     transform = BatchTransform.from_params(trained, cache.stats).to(device)
     net = ShiftTTA(model) if tta else model

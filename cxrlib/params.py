@@ -19,7 +19,7 @@ import yaml
 
 from .errors import UserError
 from .fsutil import atomic_write_text
-from .labels import BLANK_POLICIES, FINDINGS, UNCERTAIN_POLICIES, per_finding
+from .labels import BLANK_POLICIES, UNCERTAIN_POLICIES, per_finding
 
 Policy = Union[str, dict]
 

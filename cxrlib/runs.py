@@ -27,7 +27,7 @@ from .fsutil import atomic_path, atomic_write_text
 
 NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis"]
 # Make variables that are not parameters: they choose what to run, not how.
-MAKE_CONTROL_VARS = {"PARAMS", "RUN", "A", "B", "PYTHON", "PYTEST_ARGS", "RESUME", "WORKERS", "DEMO_DATA_ARGS"}
+MAKE_CONTROL_VARS = {"PARAMS", "RUN", "A", "B", "PYTHON", "PYTEST_ARGS", "WORKERS", "DEMO_DATA_ARGS"}
 
 
 def project_root(start=None) -> Path:
@@ -117,11 +117,9 @@ def make_overrides(make_vars: str, environ=os.environ) -> dict:
         if key not in params_mod.FIELDS:
             valid = " ".join(k.upper() for k in params_mod.FIELDS)
             raise UserError(f"make variable {var} is not a parameter. Parameters as make variables: {valid}; "
-                            f"and PARAMS, RUN, RESUME, A, B")
+                            f"and PARAMS, RUN, A, B, WORKERS, DEMO_DATA_ARGS")
         _, value = params_mod.parse_override(f"{key}={environ.get(var, '')}")
         out[key] = value
-    if make_vars and re.search(r"(?:^|\s)RESUME=", make_vars) and environ.get("RESUME", "") not in ("", "0"):
-        out["resume"] = True
     return out
 
 

@@ -381,8 +381,7 @@ def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
             raise UserError(f"select_metric: auroc needs a finding with both classes on the {params.select_on} "
                             "split, which has none; enlarge val_fraction or use select_metric: accuracy")
     transform = BatchTransform.from_params(params, cache.stats, rank=rank)
-    return (CacheDataset(cache.images_path, train["cache_row"].to_numpy(), labels),
-            CacheDataset(cache.images_path, chosen["cache_row"].to_numpy(), chosen_labels),
+    return (CacheDataset.from_cohort(cache, train), CacheDataset.from_cohort(cache, chosen),
             labels, transform)
 
 

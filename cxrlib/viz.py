@@ -97,8 +97,11 @@ def image_grid(images, cohort: pd.DataFrame, per_finding: int = 4, seed: int = 0
     return fig
 
 
-def image_browser(images, cohort: pd.DataFrame, extra_columns=(), redact: bool = False):
-    """An ipywidgets browser: pick a finding and a label value, step through the images."""
+def finding_browser(options, label: str, rows_for, show, empty: str = "no images", redact: bool = False):
+    """ipywidgets: a finding, a choice among `options` and a slider over rows_for(finding, choice).
+
+    show(row) draws one row with matplotlib; the notebooks' image and error browsers share this.
+    """
     if redact:
         print("redact_images is on: no images shown.")
         return None
@@ -106,32 +109,39 @@ def image_browser(images, cohort: pd.DataFrame, extra_columns=(), redact: bool =
     plt = _plt()
 
     finding = W.Dropdown(options=FINDINGS, description="finding")
-    value = W.ToggleButtons(options=[("positive", 1.0), ("negative", 0.0)], description="label")
+    choice = W.ToggleButtons(options=options, description=label)
     index = W.IntSlider(min=0, max=0, description="image")
     out = W.Output()
 
-    def matches():
-        return cohort.index[cohort[finding.value] == value.value].to_numpy()
-
     def draw(*_):
-        rows = matches()
+        rows = rows_for(finding.value, choice.value)
         index.max = max(len(rows) - 1, 0)
         with out:
             out.clear_output(wait=True)
             if not len(rows):
-                print("no images")
+                print(empty)
                 return
-            row = cohort.loc[rows[index.value]]
-            fig, ax = plt.subplots(figsize=(4, 4))
-            ax.imshow(images[int(row["cache_row"])], cmap="gray", vmin=0, vmax=255)
-            ax.axis("off")
-            positives = [f for f in FINDINGS if row[f] == 1]
-            info = [f"{row['dicom_id']}", f"split {row['split']}", "positive: " + (", ".join(positives) or "none")]
-            info += [f"{c}: {row[c]}" for c in extra_columns if c in row]
-            ax.set_title("\n".join(info), fontsize=7)
+            show(rows[min(index.value, len(rows) - 1)])
             plt.show()
 
-    for w in (finding, value, index):
+    for w in (finding, choice, index):
         w.observe(draw, names="value")
     draw()
-    return W.VBox([W.HBox([finding, value]), index, out])
+    return W.VBox([W.HBox([finding, choice]), index, out])
+
+
+def image_browser(images, cohort: pd.DataFrame, extra_columns=(), redact: bool = False):
+    """Pick a finding and a label value, step through the cohort's images."""
+    def show(i):
+        row = cohort.loc[i]
+        fig, ax = _plt().subplots(figsize=(4, 4))
+        ax.imshow(images[int(row["cache_row"])], cmap="gray", vmin=0, vmax=255)
+        ax.axis("off")
+        positives = [f for f in FINDINGS if row[f] == 1]
+        info = [f"{row['dicom_id']}", f"split {row['split']}", "positive: " + (", ".join(positives) or "none")]
+        info += [f"{c}: {row[c]}" for c in extra_columns if c in row]
+        ax.set_title("\n".join(info), fontsize=7)
+
+    return finding_browser([("positive", 1.0), ("negative", 0.0)], "label",
+                           lambda finding, value: cohort.index[cohort[finding] == value].to_numpy(),
+                           show, redact=redact)

@@ -42,6 +42,18 @@ def run_notebooks(p, notebooks=None):
         os.chdir(cwd)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models gain nothing from more, and OpenMP threads that spin on a busy
+    2-core machine slow a step down many times over."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     from cxrlib import synth

@@ -9,14 +9,7 @@ from cxrlib import model, params
 from cxrlib.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and OpenMP threads that spin on a busy
-    2-core machine slow a step down many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_flatten_head_is_the_original_network():

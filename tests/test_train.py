@@ -29,14 +29,7 @@ TINY = {"device": "cpu", "image_size": 64, "arch": "densenet121", "head": "avgpo
         "checkpoint_minutes": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and OpenMP threads that spin on a busy
-    2-core machine slow a step down many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
