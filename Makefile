@@ -12,7 +12,7 @@ RUN    ?=
 RUNNER  = $(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" $(if $(RUN),--name $(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lab data cohort fetch cache train evaluate run report runs diff bench clean-venv
+.PHONY: help setup demo test lab data cohort fetch cache train evaluate run report runs diff bench gpu-check clean-venv
 
 help: ## List the targets
 	@echo "cxrlib: train and audit multi-label chest X-ray classifiers on MIMIC-CXR-JPG"
@@ -90,6 +90,9 @@ bench: setup ## Benchmarks (decode, loader, train); each prints a JSON line last
 	$(PY) -m cxrlib bench decode
 	$(PY) -m cxrlib bench loader
 	$(PY) -m cxrlib bench train
+
+gpu-check: setup ## The GPU check's steps on this CPU at a tiny size (on a GPU machine: tools/gpu-check)
+	tools/gpu-check --dry-run $(if $(OUT),--out $(OUT))
 
 clean-venv: ## Remove .venv
 	rm -rf $(VENV)

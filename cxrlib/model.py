@@ -36,6 +36,7 @@ ARCHS = {
     "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights, 2048),
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights, 2048),
     "densenet121": (torchvision.models.densenet121, torchvision.models.DenseNet121_Weights, 1024),
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights, 512),   # quick checks
 }
 HEADS = ("flatten", "avgpool")
 

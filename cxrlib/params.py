@@ -57,7 +57,7 @@ class Params:
     aug_contrast: float = 0.10
     num_workers: int = 2
     # --- model ---
-    arch: Literal["resnet101", "resnet50", "densenet121"] = "resnet101"
+    arch: Literal["resnet101", "resnet50", "densenet121", "resnet18"] = "resnet101"
     head: Literal["flatten", "avgpool"] = "flatten"
     weights: str = "imagenet"           # imagenet | none | path to a state_dict
     dropout: float = 0.0

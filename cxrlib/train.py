@@ -90,13 +90,24 @@ def configure(params, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True)
         return
     torch.backends.cudnn.benchmark = not params.deterministic
-    # TF32 on Ampere and newer: cuDNN's default for convolutions, and matmul's before PyTorch 1.12
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    # TF32 on Ampere and newer, except where fp32 is asked for (amp: off, "fp32 as the original").
+    set_tf32(params.amp != "off")
     if params.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # warn_only: a few CUDA backward kernels (adaptive pooling) have no deterministic version.
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for float32 matmuls and convolutions. torch >= 2.9 has fp32_precision and refuses a mix of it
+    with the older allow_tf32 flags, so use the newer one where it exists."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        precision = "tf32" if enabled else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
 
 
 def amp_dtype(params, device: torch.device):
@@ -180,25 +191,49 @@ def new_position() -> dict:
     return {"epoch": 0, "step": 0, "batch": 0, "loss_sum": 0.0, "cells": 0.0, "images": 0, "seconds": 0.0}
 
 
+# On a GPU, reading the loss back (float(loss)) waits for the step to finish, and the CPU then cannot
+# queue the next step's kernels while the GPU runs this one. The loop reads losses back in groups.
+GPU_SYNC_EVERY = 25
+
+
 def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, device, position: dict, *,
                     steps: int, seed: int = 0, rank: int = 0, pos_weight=None, amp=None, grad_clip: float = 0.0,
                     channels_last: bool = False, after_step=None, progress: bool = True) -> dict:
     """Run batches position['batch'] .. steps-1 of epoch position['epoch'], updating `position` in place.
 
-    The loader must already skip the batches done (EpochSampler start_batch). after_step(position)
-    runs after every step (fit saves mid-epoch checkpoints there).
+    The loader must already skip the batches done (EpochSampler start_batch). `position` is brought up
+    to date after every step on the CPU and every GPU_SYNC_EVERY steps on a GPU (and at the epoch's
+    end); after_step(position) runs at each of those points (fit saves mid-epoch checkpoints there).
     """
     model.train()
     transform.train()
     epoch = position["epoch"]
+    sync_every = GPU_SYNC_EVERY if device.type == "cuda" else 1
     bar = tqdm(total=steps, initial=position["batch"], desc=f"epoch {epoch + 1}", unit="batch",
                disable=not progress, leave=False, dynamic_ncols=True)
     started = time.perf_counter()
     done_before, seconds_before = position["images"], position["seconds"]
+    pending = []   # (loss on the device, valid cells, images) of the steps not yet read back
+
+    def catch_up() -> None:
+        losses = torch.stack([loss for loss, _, _ in pending]).tolist()   # the one wait for the GPU
+        for value, (_, cells, count) in zip(losses, pending):
+            position["loss_sum"] += value * cells
+            position["cells"] += cells
+            position["images"] += count
+        elapsed = time.perf_counter() - started
+        position["seconds"] = seconds_before + elapsed   # kept in mid-epoch checkpoints, for img/s
+        bar.update(len(pending))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{(position['images'] - done_before) / elapsed:.1f}")
+        pending.clear()
+        if after_step is not None:
+            after_step(position)
+
     for images, targets, mask, _ in loader:
         if position["batch"] >= steps:
             break
         torch.manual_seed(step_seed(seed, rank, epoch, position["step"]))  # dropout, independent of history
+        cells = float(mask.sum())   # on the CPU, before the copy: no wait for the device
         images = images.to(device, non_blocking=True)
         targets, mask = targets.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         x = transform(images, epoch=epoch, step=position["step"])
@@ -206,18 +241,13 @@ def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, devi
             x = x.contiguous(memory_format=torch.channels_last)
         loss = train_step(model, x, targets, mask, optimizer, scaler, pos_weight, amp, grad_clip)
         scheduler.step()
-        cells = float(mask.sum())
-        position["loss_sum"] += float(loss) * cells
-        position["cells"] += cells
-        position["images"] += len(images)
+        pending.append((loss, cells, len(images)))
         position["step"] += 1
         position["batch"] += 1
-        elapsed = time.perf_counter() - started
-        position["seconds"] = seconds_before + elapsed   # kept in mid-epoch checkpoints, for img/s
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{(position['images'] - done_before) / elapsed:.1f}")
-        if after_step is not None:
-            after_step(position)
+        if len(pending) >= sync_every or position["batch"] >= steps:
+            catch_up()
+    if pending:
+        catch_up()
     bar.close()
     return position
 
@@ -347,6 +377,11 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def under_torchrun() -> bool:
+    """torchrun (torch.distributed.run) sets these for every worker, one process or many."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
+
+
 def check_resumable(saved: dict, current: dict, path) -> None:
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if changed:
@@ -392,15 +427,27 @@ def fit(params, run_dir, cohort: pd.DataFrame | None = None, progress: bool = Tr
     if params.batch_size % world:
         raise UserError(f"batch_size {params.batch_size} is not divisible by the {world} processes (gpus); "
                         f"the global batch is shared equally, so pick a multiple of {world}")
-    if world > 1 and not dist.is_initialized():
+    # Under torchrun even one process joins a process group, so `torchrun --nproc_per_node 1` runs the
+    # DDP code path (NCCL on a GPU) that several GPUs take.
+    initialised_here = (world > 1 or under_torchrun()) and not dist.is_initialized()
+    if initialised_here:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if rank == 0:
+            print(f"distributed: backend {dist.get_backend()}, world size {world}", flush=True)
     try:
         return _fit(params, Path(run_dir), cohort, device, rank, world, progress and rank == 0)
     finally:
-        if world > 1 and dist.is_initialized():
+        if initialised_here and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def steps_per_epoch(images: int, batch: int) -> int:
+    """Batches per epoch; a last batch of one image is left out (a different one each epoch): BatchNorm
+    cannot train on a single image once the feature map is 1 x 1, and its statistics would be noise."""
+    steps = math.ceil(images / batch)
+    return steps - 1 if steps > 1 and images % batch == 1 else steps
 
 
 def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress: bool) -> dict:
@@ -412,7 +459,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     last_path, best_path = folder / "last.pt", folder / "best.pt"
     train_set, eval_set, train_labels, transform = prepare_data(params, run_dir, cohort, rank, world)
     per_rank = params.batch_size // world
-    steps = math.ceil((len(train_set) // world if world > 1 else len(train_set)) / per_rank)
+    steps = steps_per_epoch(len(train_set) // world if world > 1 else len(train_set), per_rank)
     if params.max_train_batches > 0:
         steps = min(steps, params.max_train_batches)
 
@@ -454,7 +501,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     if params.select_on == "test":
         warnings.warn(TEST_SELECTION_WARNING, stacklevel=2)
     net = model
-    if world > 1:
+    if dist.is_available() and dist.is_initialized():
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if params.compile:
         net = torch.compile(net)
@@ -571,6 +618,12 @@ def read_history(run_dir) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- launching
+def torchrun_command(processes: int, run_dir) -> list[str]:
+    """The command launch() runs for gpus > 1 (tools/gpu-check runs it with one process, on NCCL)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", "cxrlib.train", "--run-dir", str(run_dir)]
+
+
 def launch(params, run_dir, cohort: pd.DataFrame | None = None, progress: bool = True) -> dict:
     """Train in this process, or (gpus > 1) under torchrun with its output streamed line by line."""
     run_dir = Path(run_dir)
@@ -582,8 +635,7 @@ def launch(params, run_dir, cohort: pd.DataFrame | None = None, progress: bool =
         from .cohort import write_cohort
 
         write_cohort(cohort, run_dir / "cohort.csv")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={params.gpus}",
-               "-m", "cxrlib.train", "--run-dir", str(run_dir)]
+    command = torchrun_command(params.gpus, run_dir)
     print("$ " + " ".join(command), flush=True)
     env = dict(os.environ, TQDM_MININTERVAL="30", PYTHONUNBUFFERED="1")   # progress bars become log lines
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
@@ -697,8 +749,9 @@ def bench_train(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 20 on a GPU, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=0, help="untimed steps first (default: 5 on a GPU, 1 on CPU)")
     parser.add_argument("--arch", default="resnet101")
-    parser.add_argument("--compile", action="store_true", help="also torch.compile our model")
-    args = parser.parse_args(argv or [])
+    parser.add_argument("--head", default="flatten", choices=["flatten", "avgpool"])
+    parser.add_argument("--compile", action="store_true", help="also time our recipe under torch.compile")
+    args = parser.parse_args([a for a in argv or [] if a != "--"])
     from .model import build
 
     gpu = torch.cuda.is_available()
@@ -709,12 +762,19 @@ def bench_train(argv=None) -> dict:
     if gpu:
         torch.backends.cudnn.benchmark = True
     recipes = {"original": dict(amp=None, channels_last=False, compile=False),
-               "ours": dict(amp=torch.bfloat16, channels_last=True, compile=args.compile)}
-    result = {"bench": "train", "arch": args.arch, "head": "flatten", "image_size": args.size, "batch": batch,
+               "ours": dict(amp=torch.bfloat16, channels_last=True, compile=False)}
+    if args.compile:
+        recipes["ours_compiled"] = dict(amp=torch.bfloat16, channels_last=True, compile=True)
+    result = {"bench": "train", "arch": args.arch, "head": args.head, "image_size": args.size, "batch": batch,
               "steps": steps, "warmup": warmup, "device": str(device)}
     for name, recipe in recipes.items():
         torch.manual_seed(0)
-        model = build(args.arch, "flatten", len(FINDINGS), args.size, "none").to(device)
+        # The original's fp32 also means no TF32 on the GPU; ours allows it, as fit does.
+        set_tf32(recipe["amp"] is not None)
+        if gpu:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        model = build(args.arch, args.head, len(FINDINGS), args.size, "none").to(device)
         if recipe["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         net = torch.compile(model) if recipe["compile"] else model
@@ -736,11 +796,15 @@ def bench_train(argv=None) -> dict:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         result[f"{name}_images_per_s"] = round(batch * steps / seconds, 2)
+        if gpu:
+            result[f"{name}_peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
         result[f"{name}_recipe"] = (f"{'bf16 autocast' if recipe['amp'] else 'fp32'}, "
                                     f"{'channels_last' if recipe['channels_last'] else 'NCHW'}"
                                     f"{', compiled' if recipe['compile'] else ''}")
         del model, net, optimizer
     result["speedup"] = round(result["ours_images_per_s"] / result["original_images_per_s"], 3)
+    if args.compile:
+        result["compiled_speedup"] = round(result["ours_compiled_images_per_s"] / result["original_images_per_s"], 3)
     return result
 
 

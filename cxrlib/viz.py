@@ -72,7 +72,8 @@ def examples_per_finding(cohort: pd.DataFrame, per_finding: int = 4, seed: int =
     picks = []
     for f in FINDINGS:
         pos = cohort.index[cohort[f] == 1].to_numpy()
-        for i in rng.permutation(pos)[:per_finding]:
+        # permute positions, not the array: pandas hands out read-only arrays, which permutation refuses when empty
+        for i in pos[rng.permutation(len(pos))[:per_finding]]:
             picks.append((f, i))
     return pd.DataFrame(picks, columns=["finding", "row"])
 

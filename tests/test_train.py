@@ -350,3 +350,10 @@ def test_bench_train_reports_both_recipes():
     assert result["speedup"] == pytest.approx(result["ours_images_per_s"] / result["original_images_per_s"],
                                               rel=1e-2)
     json.dumps(result)
+
+
+def test_steps_per_epoch_leaves_out_a_last_batch_of_one_image():
+    assert train.steps_per_epoch(64, 32) == 2
+    assert train.steps_per_epoch(65, 32) == 2      # the 65th image would train BatchNorm alone
+    assert train.steps_per_epoch(66, 32) == 3
+    assert train.steps_per_epoch(1, 32) == 1       # nothing else to train on

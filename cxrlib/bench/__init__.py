@@ -5,6 +5,8 @@
     train      ResNet101 training images/s: the original recipe vs ours
     bootstrap  1,000 patient-level bootstrap resamples of 7k x 14
     cohort     cohort selection on tables of real MIMIC-CXR-JPG scale (377k images)
+    cache      the cache build with all cores vs the original decode path, on a dataset's JPEGs
+    pipeline   training images/s end to end (cache -> workers -> device -> step) vs the model-only rate
 
 Ratios are always measured side by side in one run, on the same files.
 """
@@ -19,7 +21,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def machine() -> dict:
@@ -30,12 +32,13 @@ def machine() -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "device": "cpu"}
     if torch.cuda.is_available():
-        info["device"] = torch.cuda.get_device_name(0)
+        info.update(device=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
+                    gpu_memory_gb=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1))
     return info
 
 
 def bench_cohort(args) -> dict:
-    from . import cohort, params, synth
+    from .. import cohort, params, synth
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data_root) if args.data_root else Path(tmp)
@@ -65,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--subjects", type=int, default=65379)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--repeats", type=int, default=3)
-    for name in ("decode", "loader", "train", "bootstrap"):
+    for name in ("decode", "loader", "train", "bootstrap", "cache", "pipeline"):
         sub.add_parser(name, help=f"options: python -m cxrlib bench {name} --help", add_help=False)
     return ap
 
@@ -78,17 +81,20 @@ def cli(command: str, argv: list[str]) -> int:
         if rest:
             raise UserError(f"bench cohort: unknown options {rest}")
         result = bench_cohort(args)
+    elif args.name in ("cache", "pipeline"):
+        from . import pipeline
+        result = getattr(pipeline, f"bench_{args.name}")(args.rest)
     elif args.name == "decode":
-        from .cache import bench_decode
+        from ..cache import bench_decode
         result = bench_decode(args.rest)
     elif args.name == "loader":
-        from .data import bench_loader
+        from ..data import bench_loader
         result = bench_loader(args.rest)
     elif args.name == "train":
-        from .train import bench_train
+        from ..train import bench_train
         result = bench_train(args.rest)
     elif args.name == "bootstrap":
-        from .metrics import bench_bootstrap
+        from ..metrics import bench_bootstrap
         result = bench_bootstrap(args.rest)
     else:  # argparse already refuses other names
         raise UserError(f"unknown benchmark {args.name}")
