@@ -91,21 +91,16 @@ def error_images(run_dir, p, errors: pd.DataFrame) -> tuple[np.ndarray, np.ndarr
     """
     import torch
 
-    from . import params as params_mod
-    from .data import BatchTransform
     from .evaluate import eval_cohort, load_best
     from .explain import GradCAM
 
-    model, trained, device = load_best(run_dir, p)
-    trained = params_mod.validate({**trained.to_dict(), "data_root": p.data_root, "cache_dir": p.cache_dir},
-                                  "checkpoint parameters")
+    model, trained, device, transform = load_best(run_dir, p)
     _, cache = eval_cohort(run_dir, trained)
     rows = cache.rows_for(errors["dicom_id"])
     if (rows < 0).any():
         missing = errors.loc[rows < 0, "dicom_id"].iloc[0]
         raise UserError(f"image {missing} is not in the cache {cache.dir}; rebuild it with notebook 01")
     images = np.asarray(cache.images[rows]) if len(rows) else np.zeros((0, cache.size, cache.size), np.uint8)
-    transform = BatchTransform.from_params(trained, cache.stats).to(device).eval()
     index = np.array([FINDINGS.index(f) for f in errors["finding"]], dtype=np.int64)
     cam = GradCAM(model)
     maps = []

@@ -1,6 +1,6 @@
 """Decode the cohort's JPEGs once into a resized uint8 cache that training memory-maps.
 
-`python -m cxrlib cache --data-root DIR --cohort FILE --size 256` writes <cache_dir>/<S>_<resize>/:
+`python -m cxrlib cache --data-root DIR --cohort FILE --size 256` writes <cache_dir>/<S>_<resize>[_exact]/:
   images.npy     uint8 (rows, S, S); np.load(mmap_mode="r") maps it without reading it
   index.csv      dicom_id, row, path, split, width, height of every image that decoded
   report.csv     dicom_id, path, reason of every image that did not (missing, truncated, not a JPEG)
@@ -8,13 +8,8 @@
   manifest.json  written last, so it marks a complete cache: S, resize, CACHE_VERSION, created,
                  and each source file's size in bytes and mtime (a changed file is decoded again)
 
-Decoding: Image.draft asks libjpeg to scale the DCT by 1/2, 1/4 or 1/8, the smallest scale whose
-output is still at least the target in both dimensions (a 2544x3056 MIMIC image decodes as
-318x382 for S=256), then a bilinear resize finishes the last factor (< 2). PIL's bilinear is a
-convolution whose support grows with the reduction, so it is antialiased, and it is the filter
-the original project's torchvision Resize((S, S)) used. Measured on 1.35 MB synthetic
-2544x3056 q95 JPEGs: PSNR 52.8 dB against the original's full decode + Resize at S=256; LANCZOS
-was no closer (52.2 dB) and 15% slower at S=512 (`python -m cxrlib bench decode`).
+Decoding (fast or exact, the `decode` parameter) is in decode.py; an exact cache lives in
+<S>_<resize>_exact/, so the two never mix.
 
 Rows are in dicom_id order, one per cohort image; a row whose image failed stays zero and is
 not in the index. A build works in <S>_<resize>/.building/ and records which rows are done, so
@@ -29,7 +24,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import time
 import warnings
@@ -39,75 +33,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
+from .decode import DECODE_MODES, RESAMPLE, RESIZE_MODES, decode_one, ignore_sigint
 from .errors import UserError
 from .fsutil import atomic_write_bytes, atomic_write_csv, atomic_write_json
 
 CACHE_VERSION = 1
-RESIZE_MODES = ("squash", "letterbox")
-RESAMPLE = Image.Resampling.BILINEAR
 FLUSH_EVERY = 256          # images between progress checkpoints: at most this much work is lost to a kill
 COPY_CHUNK = 512           # rows per copy from an older cache
 PENDING, OK, FAILED = 0, 1, 2
 REQUIRED_COLUMNS = ("dicom_id", "path", "split")
 
 
-# --------------------------------------------------------------------------- decoding one image
-
-def target_size(width: int, height: int, size: int, resize: str) -> tuple[int, int]:
-    """(width, height) the image is resized to before any padding."""
-    if resize == "squash":
-        return size, size
-    scale = size / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def decode_image(path, size: int, resize: str = "squash") -> tuple[np.ndarray, tuple[int, int]]:
-    """The S x S uint8 cache image of one file, and the source's (width, height)."""
-    # A truncated JPEG must raise, never decode into a half-grey image that trains silently.
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with Image.open(path) as img:
-        source = img.size
-        target = target_size(*source, size, resize)
-        img.draft("L", target)
-        img.load()
-        small = (img if img.mode == "L" else img.convert("L")).resize(target, RESAMPLE)
-    pixels = np.asarray(small, dtype=np.uint8)
-    if resize == "letterbox":
-        canvas = np.zeros((size, size), np.uint8)
-        top, left = (size - target[1]) // 2, (size - target[0]) // 2
-        canvas[top:top + target[1], left:left + target[0]] = pixels
-        pixels = canvas
-    return pixels, source
 
 
-def failure_reason(error: BaseException) -> str:
-    if isinstance(error, FileNotFoundError):
-        return "missing file"
-    if isinstance(error, UnidentifiedImageError):
-        return "cannot identify image (not a JPEG, or garbage bytes)"
-    if isinstance(error, Image.DecompressionBombError):
-        return f"refused as a decompression bomb: {error}"
-    if "truncated" in str(error):
-        return "truncated JPEG"
-    return f"cannot decode ({type(error).__name__}: {error})"
 
 
-def decode_one(task: tuple) -> tuple:
-    """Worker: (row, path, size, resize) -> (row, pixels or None, reason or None, (width, height))."""
-    row, path, size, resize = task
-    try:
-        pixels, source = decode_image(path, size, resize)
-        return row, pixels, None, source
-    except Exception as error:  # any bad file is reported, none stops the build
-        return row, None, failure_reason(error), (0, 0)
 
 
-def _ignore_sigint() -> None:
-    # Ctrl-C goes to the parent, which saves its progress and stops the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 
 
 # --------------------------------------------------------------------------- the cache on disk
@@ -141,6 +89,10 @@ class Cache:
     def resize(self) -> str:
         return self.manifest["resize"]
 
+    @property
+    def decode(self) -> str:
+        return self.manifest.get("decode", "fast")   # caches from before decode modes are fast ones
+
     def rows_for(self, dicom_ids) -> np.ndarray:
         """The cache row of each dicom_id; -1 where it is not in the cache or did not decode."""
         where = pd.Index(self.index["dicom_id"]).get_indexer(pd.Index(np.asarray(dicom_ids, dtype=str)))
@@ -151,8 +103,8 @@ class Cache:
         return len(self.index)
 
 
-def cache_path(cache_dir, size: int, resize: str) -> Path:
-    return Path(cache_dir) / f"{int(size)}_{resize}"
+def cache_path(cache_dir, size: int, resize: str, decode: str = "fast") -> Path:
+    return Path(cache_dir) / (f"{int(size)}_{resize}" + ("" if decode == "fast" else f"_{decode}"))
 
 
 def _read_manifest(folder: Path) -> dict | None:
@@ -163,15 +115,16 @@ def _read_manifest(folder: Path) -> dict | None:
     return manifest if manifest.get("cache_version") == CACHE_VERSION else None
 
 
-def open_cache(cache_dir, size: int, resize: str = "squash") -> Cache:
-    folder = cache_path(cache_dir, size, resize)
+def open_cache(cache_dir, size: int, resize: str = "squash", decode: str = "fast") -> Cache:
+    folder = cache_path(cache_dir, size, resize, decode)
     manifest = _read_manifest(folder)
     if manifest is None:
         hint = (f" An interrupted build is in {folder / '.building'}: rerun the same build to finish it."
                 if (folder / ".building").exists() else "")
         raise UserError(
-            f"no complete image cache in {folder} (size {size}, resize {resize}).{hint} Build it with "
-            f"`python -m cxrlib cache --data-root DIR --cohort COHORT.csv --size {size} --resize {resize}` "
+            f"no complete image cache in {folder} (size {size}, resize {resize}, decode {decode}).{hint} Build it "
+            f"with `python -m cxrlib cache --data-root DIR --cohort COHORT.csv --size {size} --resize {resize} "
+            f"--decode {decode}` "
             "or run notebook 01."
         )
     strings = {"dicom_id": str, "path": str, "split": str}
@@ -239,9 +192,9 @@ def _read_plan(path: Path) -> pd.DataFrame | None:
 class _Build:
     """The state of one build in <final>/.building/: the images file and which rows are done."""
 
-    def __init__(self, folder: Path, plan: pd.DataFrame, size: int, resize: str):
+    def __init__(self, folder: Path, plan: pd.DataFrame, size: int, resize: str, decode: str):
         self.dir = folder / ".building"
-        self.plan, self.size, self.resize = plan, size, resize
+        self.plan, self.size, self.resize, self.decode = plan, size, resize, decode
         n = len(plan)
         self.status = np.zeros(n, np.int8)
         self.width = np.zeros(n, np.int32)
@@ -253,6 +206,9 @@ class _Build:
     def images_path(self) -> Path:
         return self.dir / "images.npy"
 
+    def key(self) -> dict:
+        return {"cache_version": CACHE_VERSION, "size": self.size, "resize": self.resize, "decode": self.decode}
+
     def resume(self) -> bool:
         """Continue an interrupted build of the same images; False if there is none that matches."""
         try:
@@ -263,7 +219,7 @@ class _Build:
         except (OSError, ValueError):
             return False
         old_plan = _read_plan(self.dir / "plan.csv")
-        expected = {"cache_version": CACHE_VERSION, "size": self.size, "resize": self.resize}
+        expected = self.key()
         if (any(state.get(k) != v for k, v in expected.items()) or old_plan is None
                 or not _same_sources(old_plan, self.plan) or images.shape != (len(self.plan), self.size, self.size)):
             return False
@@ -282,8 +238,7 @@ class _Build:
                             "free some space or set cache_dir (--cache-dir) to a larger disk.")
         self.images = open_memmap(self.images_path, mode="w+", dtype=np.uint8, shape=shape)
         atomic_write_csv(self.dir / "plan.csv", self.plan)
-        atomic_write_json(self.dir / "state.json",
-                          {"cache_version": CACHE_VERSION, "size": self.size, "resize": self.resize})
+        atomic_write_json(self.dir / "state.json", self.key())
         self.save()
 
     def save(self) -> None:
@@ -348,14 +303,14 @@ def _mapper(workers: int):
     if workers <= 1:
         yield map
         return
-    with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
+    with multiprocessing.Pool(workers, initializer=ignore_sigint) as pool:
         yield lambda fn, tasks: pool.imap_unordered(fn, tasks, chunksize=4)
 
 
 def _decode_pending(build: _Build, data_root: Path, workers: int, progress: bool, flush_every: int) -> int:
     pending = np.flatnonzero(build.status == PENDING)
     paths = build.plan["path"].to_numpy()
-    tasks = ((int(row), str(data_root / paths[row]), build.size, build.resize) for row in pending)
+    tasks = ((int(row), str(data_root / paths[row]), build.size, build.resize, build.decode) for row in pending)
     bar = tqdm(total=len(build.plan), initial=len(build.plan) - len(pending), unit="img", disable=not progress,
                desc=f"decoding into {build.dir.parent.name}")
     done = 0
@@ -387,7 +342,7 @@ def pixel_stats(images: np.ndarray, rows: np.ndarray) -> dict:
     return {"mean": mean, "std": std, "images": int(len(rows)), "pixels": count, "split": "train"}
 
 
-def _publish(folder: Path, size: int, resize: str, plan: pd.DataFrame, status, width, height, reasons: dict,
+def _publish(folder: Path, key: dict, plan: pd.DataFrame, status, width, height, reasons: dict,
              images: np.ndarray, images_source: Path | None, counts: dict) -> None:
     """Write the final files; manifest.json goes first out and last in, so readers never mix builds."""
     ok = np.flatnonzero(status == OK)
@@ -399,15 +354,14 @@ def _publish(folder: Path, size: int, resize: str, plan: pd.DataFrame, status, w
     train = ok[plan["split"].to_numpy()[ok] == "train"]
     stats = pixel_stats(images, train)
     manifest = {
-        "cache_version": CACHE_VERSION,
-        "size": int(size),
-        "resize": resize,
+        **key,
+        "size": int(key["size"]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "rows": int(len(plan)),
         "images": int(len(ok)),
         "failed": int(len(bad)),
         "last_build": counts,
-        "decoder": {"pillow": Image.__version__, "draft": True, "resample": RESAMPLE.name.lower()},
+        "decoder": {"pillow": Image.__version__, "draft": key["decode"] == "fast", "resample": RESAMPLE.name.lower()},
         "sources": plan[["dicom_id", "path", "split", "bytes", "mtime_ns"]].to_dict(orient="list"),
     }
     (folder / "manifest.json").unlink(missing_ok=True)
@@ -445,14 +399,17 @@ def _locked(folder: Path):
 
 
 def build_cache(data_root, cohort: pd.DataFrame, size: int = 256, resize: str = "squash", cache_dir=None,
-                workers: int = 0, progress: bool = True, flush_every: int = FLUSH_EVERY) -> Cache:
-    """Decode the cohort's images into <cache_dir>/<size>_<resize>/ (only what is not there yet).
+                workers: int = 0, progress: bool = True, flush_every: int = FLUSH_EVERY, decode: str = "fast") -> Cache:
+    """Decode the cohort's images into <cache_dir>/<size>_<resize>[_exact]/ (only what is not there yet).
 
     workers: processes for decoding; 0 means one per available core, 1 decodes in this process.
     """
     if resize not in RESIZE_MODES:
         raise UserError(f"resize {resize!r} is not one of {list(RESIZE_MODES)}; set resize (--resize) to squash "
                         "(the original project's Resize((S, S))) or letterbox (keeps the aspect ratio).")
+    if decode not in DECODE_MODES:
+        raise UserError(f"decode {decode!r} is not one of {list(DECODE_MODES)}; set decode (--decode) to fast "
+                        "(draft-mode JPEG decode) or exact (the original project's full decode + resize).")
     if not isinstance(size, (int, np.integer)) or size < 8:
         raise UserError(f"image_size (--size) is {size!r}; it must be a whole number of pixels, e.g. 256.")
     data_root = Path(data_root)
@@ -462,12 +419,13 @@ def build_cache(data_root, cohort: pd.DataFrame, size: int = 256, resize: str = 
     cache_dir = Path(cache_dir) if cache_dir else data_root / "cache"
     if workers <= 0:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    folder = cache_path(cache_dir, size, resize)
+    folder = cache_path(cache_dir, size, resize, decode)
+    key = {"cache_version": CACHE_VERSION, "size": size, "resize": resize, "decode": decode}
     plan = _plan(data_root, cohort)
     with _locked(folder):
         old = _read_manifest(folder)
         old_plan = None
-        if old is not None and old.get("size") == size and old.get("resize") == resize:
+        if old is not None and all(old.get(k, "fast") == v for k, v in key.items()):
             old_plan = pd.DataFrame(old["sources"]).astype({"dicom_id": str, "path": str, "split": str})
         if old_plan is not None and _same_sources(old_plan, plan):
             shutil.rmtree(folder / ".building", ignore_errors=True)  # a stale build of another cohort
@@ -476,22 +434,22 @@ def build_cache(data_root, cohort: pd.DataFrame, size: int = 256, resize: str = 
                 status, width, height, reasons = _old_state(folder, old_plan)
                 images = np.load(folder / "images.npy", mmap_mode="r")
                 counts = {"decoded": 0, "reused": len(plan), "failed": int((status == FAILED).sum())}
-                _publish(folder, size, resize, plan, status, width, height, reasons, images, None, counts)
-            cache = open_cache(cache_dir, size, resize)
+                _publish(folder, key, plan, status, width, height, reasons, images, None, counts)
+            cache = open_cache(cache_dir, size, resize, decode)
             cache.counts = {"decoded": 0, "reused": len(plan), "failed": len(cache.failures)}
             return _warn_failures(cache)
-        build = _Build(folder, plan, size, resize)
+        build = _Build(folder, plan, size, resize, decode)
         if not build.resume():
             build.start()
         reused = _reuse(build, folder, old_plan, progress) if old_plan is not None else 0
         build.save()
         decoded = _decode_pending(build, data_root, workers, progress, flush_every)
         counts = {"decoded": decoded, "reused": reused, "failed": int((build.status == FAILED).sum())}
-        _publish(folder, size, resize, plan, build.status, build.width, build.height, build.reasons, build.images,
+        _publish(folder, key, plan, build.status, build.width, build.height, build.reasons, build.images,
                  build.images_path, counts)
         build.images = None
         shutil.rmtree(build.dir, ignore_errors=True)
-    cache = open_cache(cache_dir, size, resize)
+    cache = open_cache(cache_dir, size, resize, decode)
     cache.counts = counts
     return _warn_failures(cache)
 
@@ -512,22 +470,16 @@ def _warn_failures(cache: Cache) -> Cache:
 
 # --------------------------------------------------------------------------- command line
 
-def read_cohort(path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"cohort file {path} not found; write it with `python -m cxrlib cohort` (or notebook 01), "
-                        "or pass --cohort runs/<name>/cohort.csv.")
-    return pd.read_csv(path, dtype={"dicom_id": str, "path": str, "split": str, "subject_id": str,
-                                    "study_id": str})
-
-
 def cli(command: str, argv: list[str]) -> int:
+    from .cohort import read_cohort
+
     ap = argparse.ArgumentParser(prog="python -m cxrlib cache",
                                  description="Decode the cohort's JPEGs once into a resized uint8 cache.")
     ap.add_argument("--data-root", default="data/demo", help="MIMIC-CXR-JPG root holding files/")
     ap.add_argument("--cohort", required=True, help="cohort CSV (dicom_id, path, split, ...)")
     ap.add_argument("--size", "--image-size", dest="size", type=int, default=256, help="S of the S x S images")
     ap.add_argument("--resize", choices=RESIZE_MODES, default="squash")
+    ap.add_argument("--decode", choices=DECODE_MODES, default="fast", help="fast (draft mode) or exact (the original's)")
     ap.add_argument("--cache-dir", default="", help="default: <data-root>/cache")
     ap.add_argument("--workers", "--cache-workers", dest="workers", type=int, default=0,
                     help="decoding processes (0: one per core)")
@@ -535,8 +487,8 @@ def cli(command: str, argv: list[str]) -> int:
     args = ap.parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the summary below says the same in one line
-        cache = build_cache(args.data_root, read_cohort(args.cohort), args.size, args.resize,
-                            args.cache_dir or None, args.workers, progress=not args.quiet)
+        cache = build_cache(args.data_root, read_cohort(args.cohort, REQUIRED_COLUMNS), args.size, args.resize,
+                            args.cache_dir or None, args.workers, progress=not args.quiet, decode=args.decode)
     counts = cache.counts
     print(f"cache {cache.dir}: {len(cache)} images ({counts['decoded']} files decoded now, {counts['reused']} reused), "
           f"mean {cache.stats['mean']}, std {cache.stats['std']}")
@@ -544,125 +496,3 @@ def cli(command: str, argv: list[str]) -> int:
         print(f"{len(cache.failures)} image(s) could not be decoded and are left out; see {cache.dir / 'report.csv'}",
               file=sys.stderr)
     return 0
-
-
-# --------------------------------------------------------------------------- benchmark
-
-def synthetic_jpeg(path, seed: int, width: int = 2544, height: int = 3056) -> None:
-    """A MIMIC-sized grayscale JPEG (q95, about 1.35 MB like the real average of 1.5 MB):
-    smooth structure plus fine grain; decoding time follows the compressed size."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.normal(size=(height // 64 + 2, width // 64 + 2)).astype(np.float32)
-    field = np.asarray(Image.fromarray(coarse, mode="F").resize((width, height), Image.Resampling.BICUBIC))
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    field = field * 25 + 128 + 40 * np.sin(xx / 37.0) * np.cos(yy / 53.0)
-    field += rng.normal(scale=1.5, size=(height, width)).astype(np.float32)
-    Image.fromarray(np.clip(field, 0, 255).astype(np.uint8)).save(path, quality=95)
-
-
-def synthetic_jpegs(folder, n: int, data_root: str = "") -> list[Path]:
-    """n full-size JPEGs: the first n under data_root/files if given, else generated into folder."""
-    if data_root:
-        files = sorted(Path(data_root).glob("files/**/*.jpg"))[:n]
-        if not files:
-            raise UserError(f"no JPEGs under {Path(data_root) / 'files'}; generate full-size ones with "
-                            "`python -m cxrlib demo-data --out DIR --image-size full` or leave --data-root out.")
-        return files
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = [folder / f"synthetic_{i}.jpg" for i in range(n)]
-    for i, path in enumerate(files):
-        synthetic_jpeg(path, seed=i)
-    return files
-
-
-def _original_path(size: int):
-    """The original project's per-epoch transform (its Dataset: Image.open(p).convert("L"))."""
-    from torchvision import transforms
-    return transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                               transforms.Normalize([0.4691], [0.3046])])
-
-
-def _draft_decode(path, size: int | None = None) -> None:
-    """Decode only, at the DCT scale the cache uses for size; None: 1/8, the entropy-decode floor
-    (libjpeg must still read every coefficient)."""
-    with Image.open(path) as img:
-        img.draft("L", (size, size) if size else (img.size[0] // 8, img.size[1] // 8))
-        img.load()
-
-
-def _original_decode(path, transform) -> None:
-    with Image.open(path) as img:
-        transform(img.convert("L"))
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
-
-
-def bench_decode(argv=None) -> dict:
-    """`python -m cxrlib bench decode`: per-image decode time of the cache build vs the original path."""
-    import tempfile
-
-    import torch
-
-    ap = argparse.ArgumentParser(prog="python -m cxrlib bench decode")
-    ap.add_argument("--images", type=int, default=8, help="full-size JPEGs, each timed --repeats times")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--sizes", default="256,512")
-    ap.add_argument("--processes", default="1,2", help="process counts for the build's throughput")
-    ap.add_argument("--data-root", default="", help="time these JPEGs (data_root/files/**) instead of synthetic ones")
-    args = ap.parse_args([a for a in argv or [] if a != "--"])  # `bench decode -- --opt` passes the "--"
-    sizes = [int(s) for s in args.sizes.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        files = synthetic_jpegs(tmp, args.images, args.data_root)
-        mean_bytes = float(np.mean([len(Path(f).read_bytes()) for f in files]))  # also warms the page cache
-        methods = {"floor": _draft_decode}
-        for size in sizes:
-            methods[f"ours_{size}"] = lambda p, s=size: decode_image(p, s, "squash")
-            methods[f"original_{size}"] = lambda p, t=_original_path(size): _original_decode(p, t)
-            methods[f"draft_only_{size}"] = lambda p, s=size: _draft_decode(p, s)
-        times = {name: [] for name in methods}
-        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-        threads = torch.get_num_threads()
-        try:
-            if cores:
-                os.sched_setaffinity(0, {min(cores)})  # one core, the same files, methods interleaved
-            torch.set_num_threads(1)
-            for _ in range(args.repeats):
-                for path in files:
-                    for name, method in methods.items():
-                        start = time.perf_counter()
-                        method(path)
-                        times[name].append(time.perf_counter() - start)
-        finally:
-            if cores:
-                os.sched_setaffinity(0, cores)
-            torch.set_num_threads(threads)
-        ms = {name: 1000 * float(np.median(t)) for name, t in times.items()}
-        result = {"bench": "decode", "images": len(files), "repeats": args.repeats,
-                  "mean_file_mb": round(mean_bytes / 1e6, 2), "resample": RESAMPLE.name.lower(),
-                  "floor_ms": round(ms["floor"], 2)}
-        for size in sizes:
-            ours, original = ms[f"ours_{size}"], ms[f"original_{size}"]
-            with Image.open(files[0]) as img:
-                reference = np.asarray(img.convert("L").resize((size, size), Image.Resampling.BILINEAR))
-            result.update({
-                f"ours_ms_{size}": round(ours, 2),
-                f"original_ms_{size}": round(original, 2),
-                f"original_over_ours_{size}": round(original / ours, 2),
-                f"ours_over_floor_{size}": round(ours / ms["floor"], 2),
-                f"draft_only_ms_{size}": round(ms[f"draft_only_{size}"], 2),  # the rest of ours is the resize
-                f"psnr_vs_original_db_{size}": round(_psnr(decode_image(files[0], size)[0], reference), 1),
-            })
-        tasks = [(i, str(files[i % len(files)]), sizes[0], "squash") for i in range(4 * len(files))]
-        for count in [int(p) for p in args.processes.split(",")]:
-            with multiprocessing.Pool(count) as pool:
-                pool.map(decode_one, tasks[:count])  # start-up is not part of the rate
-                start = time.perf_counter()
-                pool.map(decode_one, tasks, chunksize=2)
-                result[f"ours_img_per_s_{sizes[0]}_{count}proc"] = round(len(tasks) / (time.perf_counter() - start), 1)
-    result["goal_original_over_ours"] = 1.5
-    result["goal_ours_over_floor"] = 1.3
-    return result

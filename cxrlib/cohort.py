@@ -30,7 +30,13 @@ import pandas as pd
 from . import params as params_mod
 from .errors import UserError
 from .fsutil import atomic_write_csv, atomic_write_json
-from .labels import BLANK_POLICIES, FINDINGS, UNCERTAIN_POLICIES, apply_policies, per_finding
+from .labels import (
+    BLANK_POLICIES,
+    FINDINGS,
+    UNCERTAIN_POLICIES,
+    apply_policies,
+    per_finding,
+)
 
 PHYSIONET_PAGE = "https://physionet.org/content/mimic-cxr-jpg/2.0.0/"
 TABLES = {
@@ -388,19 +394,23 @@ def write_report(report: CohortReport, path) -> Path:
     return Path(path)
 
 
-def read_cohort(path) -> pd.DataFrame:
-    """Read a cohort CSV back with IDs as strings (as written) and float labels."""
+def read_cohort(path, required=OUTPUT_COLUMNS) -> pd.DataFrame:
+    """Read a cohort CSV back with IDs as strings (as written) and float labels; the one reader of them.
+
+    required: the columns it must have (the cache needs only dicom_id, path and split); with the
+    default, exactly the cohort's columns come back, in order.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no cohort table. Build it with notebook 01 (`make cohort`) or "
                         "`python -m cxrlib cohort --data-root DIR --out FILE.csv`.")
     dtypes = {c: str for c in OUTPUT_COLUMNS[:6]} | {f: "float32" for f in FINDINGS}
     frame = pd.read_csv(path, dtype=dtypes)
-    missing = [c for c in OUTPUT_COLUMNS if c not in frame]
+    missing = [c for c in required if c not in frame]
     if missing:
         raise UserError(f"{path}: missing column(s) {missing}; columns found: {list(frame.columns)}. "
                         "Rebuild it with `python -m cxrlib cohort`.")
-    return frame[OUTPUT_COLUMNS]
+    return frame[list(OUTPUT_COLUMNS)] if required is OUTPUT_COLUMNS else frame
 
 
 # --------------------------------------------------------------------------- command line

@@ -12,7 +12,6 @@ patient-level bootstrap (all images of a subject are drawn together).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import platform
@@ -28,8 +27,9 @@ from torch import nn
 
 from . import metrics
 from . import params as params_mod
+from .checkpoint import read_model_config
 from .errors import UserError
-from .fsutil import atomic_write_csv, atomic_write_json
+from .fsutil import atomic_write_csv, atomic_write_json, sha256_file
 from .labels import FINDINGS
 
 ID_COLUMNS = ["dicom_id", "subject_id", "study_id", "split"]
@@ -71,13 +71,29 @@ class ShiftTTA(nn.Module):
 
 
 def load_best(run_dir, p):
-    """(model in eval mode on its device, the checkpoint's params, device) from <run_dir>/checkpoints/best.pt."""
-    from . import train
+    """(model in eval mode, training params, device, evaluation transform) from <run_dir>/checkpoints/best.pt.
 
-    device = train.resolve_device(p)
-    train.configure(p, device)
-    model, trained = train.load_trained(run_dir, "best", device)
-    return model, trained, device
+    The checkpoint decides what shaped the model (architecture, image size, resize, mean/std); `p`, the
+    run's current parameters, decides where (device) and where the data now lives (data_root, cache_dir:
+    a copied run folder may point elsewhere).
+    """
+    from . import cache as cache_mod
+    from .checkpoint import load_trained
+    from .data import BatchTransform
+    from .runtime import configure, resolve_device
+
+    device = resolve_device(p)
+    configure(p, device)
+    model, trained, config = load_trained(run_dir, "best", device)
+    trained = params_mod.validate({**trained.to_dict(), "data_root": p.data_root, "cache_dir": p.cache_dir},
+                                  "checkpoint parameters")
+    mean, std = config["mean"], config["std"]
+    if mean is None or std is None:   # a checkpoint older than model_config, trained on the cache's statistics
+        stats = cache_mod.open_cache(trained.resolved_cache_dir(), trained.image_size, trained.resize,
+                                      trained.decode).stats
+        mean, std = stats["mean"] if mean is None else mean, stats["std"] if std is None else std
+    transform = BatchTransform(mean, std).to(device).eval()
+    return model, trained, device, transform
 
 
 def eval_cohort(run_dir, trained):
@@ -86,7 +102,7 @@ def eval_cohort(run_dir, trained):
     from . import cohort as cohort_mod
 
     cohort = cohort_mod.read_cohort(Path(run_dir) / "cohort.csv")
-    cache = cache_mod.open_cache(trained.resolved_cache_dir(), trained.image_size, trained.resize)
+    cache = cache_mod.open_cache(trained.resolved_cache_dir(), trained.image_size, trained.resize, trained.decode)
     return cache_mod.cohort_with_rows(cohort, cache), cache
 
 
@@ -96,14 +112,12 @@ def predict_run(run_dir, p, splits=("validate", "test"), tta: bool = False, writ
     Columns: dicom_id, subject_id, study_id, split, p_<finding> x 14, <finding> x 14 (the targets after
     the label policies; empty = masked). A requested split the cohort lacks is left out, except test.
     """
-    from . import train
-    from .data import BatchTransform, CacheDataset, make_loader
+    from .data import CacheDataset, make_loader
+    from .inference import predict
+    from .runtime import amp_dtype
 
     run_dir = Path(run_dir)
-    model, trained, device = load_best(run_dir, p)
-    # Where the cache lives may have moved since training (a copied run folder); the run's params say.
-    trained = params_mod.validate({**trained.to_dict(), "data_root": p.data_root, "cache_dir": p.cache_dir},
-                                  "checkpoint parameters")
+    model, trained, device, transform = load_best(run_dir, p)
     cohort, cache = eval_cohort(run_dir, trained)
     chosen = cohort[cohort["split"].isin(list(splits))].reset_index(drop=True)
     if "test" in splits and not (chosen["split"] == "test").any():
@@ -111,10 +125,9 @@ def predict_run(run_dir, p, splits=("validate", "test"), tta: bool = False, writ
                         "rebuild the cohort and cache with notebook 01")
     dataset = CacheDataset.from_cohort(cache, chosen)
     loader = make_loader(dataset, p.eval_batch_size, shuffle=False, num_workers=p.num_workers, seed=p.seed)
-    transform = BatchTransform.from_params(trained, cache.stats).to(device)
     net = ShiftTTA(model) if tta else model
-    channels_last = device.type == "cuda" and trained.channels_last
-    probs, index = train.predict(net, loader, transform, device, train.amp_dtype(trained, device), channels_last)
+    channels_last = device.type == "cuda" and p.channels_last
+    probs, index = predict(net, loader, transform, device, amp_dtype(trained, device), channels_last)
     if not np.array_equal(index, np.arange(len(chosen))):
         raise RuntimeError("predict returned rows out of order")  # a bug, not a user mistake
     frame = chosen[ID_COLUMNS].copy()
@@ -148,21 +161,16 @@ def arrays(frame: pd.DataFrame, split: str | None = None):
 
 # --------------------------------------------------------------------------- metrics.json
 def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path) if path.is_file() else None
 
 
-def fingerprint(run_dir, p, predictions: pd.DataFrame) -> dict:
+def fingerprint(run_dir, p, predictions: pd.DataFrame, model: dict) -> dict:
     """What data the figures come from: enough to tell two runs' test sets apart, no private paths."""
     from . import cache as cache_mod
 
     run_dir = Path(run_dir)
-    folder = cache_mod.cache_path(p.resolved_cache_dir(), p.image_size, p.resize)
+    folder = cache_mod.cache_path(p.resolved_cache_dir(), model["image_size"], model["resize"],
+                                  model.get("decode", "fast"))
     manifest = {}
     if (folder / "manifest.json").is_file():
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -170,7 +178,7 @@ def fingerprint(run_dir, p, predictions: pd.DataFrame) -> dict:
         "data_root_name": Path(p.data_root).resolve().name,
         "cohort_sha256": _sha256(run_dir / "cohort.csv"),
         "cache_index_sha256": _sha256(folder / "index.csv"),
-        "cache": {k: manifest.get(k) for k in ("cache_version", "size", "resize", "created", "images", "failed")},
+        "cache": {k: manifest.get(k) for k in ("cache_version", "size", "resize", "decode", "created", "images", "failed")},
         "images_per_split": {s: int(n) for s, n in predictions["split"].value_counts().sort_index().items()},
         "patients_per_split": {s: int(n) for s, n in
                                predictions.groupby("split")["subject_id"].nunique().sort_index().items()},
@@ -198,7 +206,7 @@ def versions() -> dict:
 
 def selection(run_dir, p) -> dict:
     """How best.pt was chosen, from the run's parameters and history.csv (never from the test figures here)."""
-    from .train import TEST_SELECTION_WARNING, read_history
+    from .checkpoint import TEST_SELECTION_WARNING, read_history
 
     history = read_history(run_dir)
     kept = history[history["selected"].astype(bool)] if len(history) else history
@@ -268,6 +276,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
             notes.append(f"{key}: CI from {valid} of {p.bootstrap} resamples (the others lost every positive or "
                          "every negative of a finding); it is conditional on those and may not contain the estimate")
     sel = selection(run_dir, p)
+    model = read_model_config(run_dir)   # what shaped the model, from best.pt
     warnings_list = [sel["warning"]] if sel["warning"] else []
     reliability = metrics.reliability_curve(y_test, p_test, test["calibration"]["n_bins"])
     report = {
@@ -285,7 +294,8 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         "test_selected": sel["test_selected"],
         "warnings": warnings_list,
         "notes": notes + test["notes"],
-        "data": fingerprint(run_dir, p, predictions),
+        "data": fingerprint(run_dir, p, predictions, model),
+        "model": model,
         "params": p.to_dict(),
         "versions": versions(),
         "original_project": metrics.original_project_results(),

@@ -5,11 +5,11 @@ A reader never sees a half-written file, and a crash leaves the old file (or non
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -51,3 +51,12 @@ def atomic_write_csv(path, frame, **kwargs) -> None:
     kwargs.setdefault("index", False)
     with atomic_path(path, suffix=".csv") as tmp:
         frame.to_csv(tmp, **kwargs)
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (hashlib drops the GIL, so threads hash in parallel)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -14,14 +14,17 @@ Thresholds are chosen on the validation split only and then applied to the test 
 """
 from __future__ import annotations
 
-import argparse
-import time
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 from tqdm.auto import tqdm
 
 from .errors import UserError
@@ -524,140 +527,14 @@ def original_project_results() -> dict:
 
 
 # --------------------------------------------------------------------------- plots
-def _grid(n_panels: int, cols: int = 5, size: float = 2.6):
-    from matplotlib.figure import Figure
-
-    rows = -(-n_panels // cols)
-    fig = Figure(figsize=(cols * size, rows * size + 0.4), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[n_panels:]:
-        ax.set_visible(False)
-    return fig, axes
 
 
-def _ci_text(summary, name, metric) -> str:
-    e = (summary["per_finding"].get(name) or summary.get(name) or {}).get(metric) if summary else None
-    if not e or e["value"] is None:
-        return ""
-    ci = f" [{e['lo']:.3f}, {e['hi']:.3f}]" if e["lo"] is not None else ""
-    return f"{e['value']:.3f}{ci}"
 
 
-def plot_curves(y, p, findings=None, summary: Optional[dict] = None, kind: str = "both"):
-    """ROC and/or PR curves: one panel per finding plus one for all cells pooled (micro).
-
-    kind: 'roc', 'pr' or 'both' (both curves share each unit square). Titles give the AUC,
-    with its CI when `summary` (from summarize) is passed.
-    """
-    y, p, findings = check_inputs(y, p, findings)
-    fig, axes = _grid(len(findings) + 1)
-    known = ~np.isnan(y)
-    problems = [(name, known[:, j], j) for j, name in enumerate(findings)] + [("micro", known, None)]
-    for ax, (name, mask, j) in zip(axes, problems):
-        t, s = (y[mask, j], p[mask, j]) if j is not None else (y[mask], p[mask])
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), aspect="equal")
-        ax.tick_params(labelsize=7)
-        if not 0 < t.sum() < t.size:
-            ax.set_title(f"{name}\none class only", fontsize=8)
-            continue
-        title = [name]
-        if kind in ("roc", "both"):
-            fpr, tpr, _ = roc_curve(t, s)
-            ax.plot(fpr, tpr, color="#4c72b0", lw=1.2, label="ROC")
-            ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
-            title.append("AUROC " + (_ci_text(summary, name, "auroc") or f"{roc_auc_score(t, s):.3f}"))
-        if kind in ("pr", "both"):
-            precision, recall, _ = precision_recall_curve(t, s)
-            ax.step(recall, precision, where="post", color="#dd8452", lw=1.2, label="PR")
-            ax.axhline(t.mean(), color="#dd8452", lw=0.8, ls=":")
-            title.append("AUPRC " + (_ci_text(summary, name, "auprc") or f"{average_precision_score(t, s):.3f}"))
-        ax.set_title("\n".join(title), fontsize=8)
-    axes[0].legend(fontsize=7, loc="lower right")
-    axis = {"roc": ("FPR", "TPR"), "pr": ("recall", "precision"), "both": ("FPR | recall", "TPR | precision")}[kind]
-    fig.supxlabel(axis[0], fontsize=9)
-    fig.supylabel(axis[1], fontsize=9)
-    return fig
 
 
-def plot_forest(summary: dict):
-    """Per-finding AUROC and AUPRC with their CIs (then macro and micro); dots mark AUPRC's chance level."""
-    from matplotlib.figure import Figure
-
-    table = frame(summary)
-    fig = Figure(figsize=(10, 0.3 * len(table) + 1.2), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    ypos = np.arange(len(table))[::-1]
-    for ax, m, chance in zip(axes, ("auroc", "auprc"), (0.5, None)):
-        value = table[m].to_numpy(dtype=float, na_value=np.nan)
-        err = np.abs(np.vstack([value - table[f"{m}_lo"].to_numpy(float, na_value=np.nan),
-                                table[f"{m}_hi"].to_numpy(float, na_value=np.nan) - value]))
-        ax.errorbar(value, ypos, xerr=np.nan_to_num(err), fmt="o", ms=4, color="#4c72b0", capsize=2)
-        if chance is not None:
-            ax.axvline(chance, color="0.6", lw=0.8, ls=":")
-        else:
-            prevalence = (table["n_pos"] / table["n"]).to_numpy(dtype=float, na_value=np.nan)
-            ax.plot(prevalence, ypos, "|", color="0.5", ms=8, label="prevalence (chance)")
-            ax.legend(fontsize=7, loc="lower right")
-        ax.set_xlim(0, 1)
-        ax.set_xlabel(f"{m.upper()} ({summary['ci_level']:.0%} CI, {summary['n_boot']} patient resamples)", fontsize=8)
-        ax.grid(axis="x", lw=0.3)
-    axes[0].set_yticks(ypos, table["finding"], fontsize=8)
-    return fig
 
 
-def plot_reliability(y, p, n_bins: int = 10, strategy: str = "uniform", findings=None, per_finding: bool = False):
-    """Reliability diagram (observed rate against mean prediction; bars: share of images per bin).
-
-    Pooled over all cells; with per_finding=True one panel per finding plus the pooled one.
-    """
-    y, p, findings = check_inputs(y, p, findings)
-    panels = [("pooled", y, p)]
-    if per_finding:
-        panels = [(name, y[:, j], p[:, j]) for j, name in enumerate(findings)] + panels
-    fig, axes = _grid(len(panels), cols=5 if per_finding else 1, size=2.6 if per_finding else 4.5)
-    for ax, (name, yy, pp) in zip(axes, panels):
-        curve = reliability_curve(yy, pp, n_bins, strategy)
-        share = curve["count"] / max(curve["count"].sum(), 1)
-        ax.bar((curve["lo"] + curve["hi"]) / 2, share, width=curve["hi"] - curve["lo"], color="0.85", label="share")
-        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":")
-        used = curve[curve["count"] > 0]
-        ax.plot(used["mean_pred"], used["frac_pos"], "o-", ms=3, color="#4c72b0", label="observed")
-        ax.set(xlim=(0, 1), ylim=(0, 1))
-        ax.tick_params(labelsize=7)
-        ax.set_title(f"{name}\nECE {ece(yy, pp, n_bins, strategy):.3f}  Brier {brier(yy, pp):.3f}", fontsize=8)
-    axes[0].legend(fontsize=7, loc="upper left")
-    fig.supxlabel("mean predicted probability", fontsize=9)
-    fig.supylabel("observed positive rate", fontsize=9)
-    return fig
 
 
 # --------------------------------------------------------------------------- benchmark
-def bench_bootstrap(argv=None) -> dict:
-    """Time summarize() (1,000 patient resamples of 7k x 14 by default) on one thread."""
-    from threadpoolctl import threadpool_limits
-
-    ap = argparse.ArgumentParser(prog="python -m cxrlib bench bootstrap")
-    ap.add_argument("--images", type=int, default=7000)
-    ap.add_argument("--patients", type=int, default=0, help="default: one image per patient")
-    ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args(list(argv or []))
-    rng = np.random.default_rng(args.seed)
-    n = args.images
-    prevalence = np.geomspace(0.01, 0.4, len(FINDINGS))
-    y = (rng.random((n, len(FINDINGS))) < prevalence).astype(np.float64)
-    y[rng.random(y.shape) < 0.02] = np.nan  # a few masked labels, as with the 'ignore' policy
-    logits = rng.normal(size=y.shape) + 1.5 * np.nan_to_num(y) - 2.0
-    p = (1 / (1 + np.exp(-logits))).astype(np.float32).astype(np.float64)  # float32 ties, as in predictions.csv
-    groups = rng.integers(0, args.patients, n) if args.patients else np.arange(n)
-    times = []
-    with threadpool_limits(1):
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            summary = summarize(y, p, groups, n_boot=args.n_boot, seed=args.seed)
-            times.append(time.perf_counter() - t)
-    return {"bench": "bootstrap", "images": n, "patients": summary["n_patients"], "findings": len(FINDINGS),
-            "n_boot": args.n_boot, "threads": 1, "seconds_best": round(min(times), 3),
-            "seconds_all": [round(x, 3) for x in times], "goal_seconds": 10.0,
-            "statistics": "AUROC, AUPRC per finding + macro + micro, ECE, Brier"}

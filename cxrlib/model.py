@@ -30,6 +30,7 @@ from torch import nn
 
 from .errors import UserError
 from .labels import FINDINGS
+from .params import image_size_problem
 
 ARCHS = {
     # arch: (constructor, weights enum, channels of the last feature map)
@@ -65,11 +66,9 @@ def build(arch: str = "resnet101", head: str = "flatten", num_classes: int = 14,
         raise UserError(f"arch: {arch!r} is not supported; choose one of {list(ARCHS)}")
     if head not in HEADS:
         raise UserError(f"head: {head!r} is not supported; choose one of {list(HEADS)}")
-    if head == "flatten" and image_size % 32:
-        lower, upper = image_size // 32 * 32, image_size // 32 * 32 + 32
-        nearest = " or ".join(str(s) for s in (lower, upper) if s >= 32)
-        raise UserError(f"image_size: {image_size} does not work with head: flatten, whose Linear layer needs "
-                        f"a whole (image_size/32)^2 feature map; use image_size {nearest}, or head: avgpool")
+    problem = image_size_problem(head, image_size)
+    if problem:
+        raise UserError(problem)
     constructor, _, channels = ARCHS[arch]
     backbone = constructor(weights=None)
     full_state = None

@@ -44,6 +44,7 @@ class Params:
     cache_dir: str = ""                 # default: <data_root>/cache
     image_size: int = 256
     resize: Literal["squash", "letterbox"] = "squash"
+    decode: Literal["fast", "exact"] = "fast"   # exact: the original's full decode + resize, pixel for pixel
     cache_workers: int = 0              # 0: all cores
     # --- input pipeline ---
     mean: Optional[float] = 0.4691      # None: the training images' mean from the cache
@@ -99,6 +100,34 @@ class Params:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+# Each field belongs to the stage whose output it shapes. Once a stage has produced its output in a run
+# folder, its fields are fixed for that run (see check_change): runtime fields (where and how fast)
+# may change on any command, evaluate fields at any evaluation.
+STAGES = {
+    "runtime": ("name", "runs_dir", "device", "deterministic", "data_root", "cache_dir", "cache_workers",
+                "num_workers", "channels_last", "compile", "gpus", "resume", "checkpoint_minutes",
+                "eval_batch_size", "redact_images",
+                "epochs", "patience"),   # how long training goes on: a run can be extended
+    "cohort": ("seed", "views", "label_source", "uncertain_policy", "blank_policy", "split_mode", "val_fraction"),
+    "cache": ("image_size", "resize", "decode"),
+    "train": ("mean", "std", "augment", "hflip", "aug_rotate", "aug_scale", "aug_translate", "aug_brightness",
+              "aug_contrast", "arch", "head", "weights", "dropout", "batch_size", "lr", "optimizer",
+              "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "select_on",
+              "select_metric", "amp", "max_train_batches"),
+    "evaluate": ("tta", "bootstrap", "ci_level", "compare_with", "topk"),
+}
+STAGE_OF = {name: stage for stage, names in STAGES.items() for name in names}
+# What each notebook's parameters cell may declare besides run_dir: its own stage's fields.
+NOTEBOOK_KNOBS = {
+    "01_cohort": STAGES["cohort"] + STAGES["cache"],
+    "02_train": STAGES["train"] + ("epochs", "patience", "resume"),
+    "03_evaluate": STAGES["evaluate"],
+    "04_error_analysis": STAGES["evaluate"],
+}
+# What shows that a stage has run in a run folder; the model consumed the cache's pixels, so the cache
+# fields are fixed once there is a checkpoint.
+STAGE_OUTPUTS = {"cohort": "cohort.csv", "cache": "checkpoints/last.pt", "train": "checkpoints/last.pt"}
 
 FIELDS = {f.name: f for f in dataclasses.fields(Params)}
 _HINTS = typing.get_type_hints(Params)
@@ -205,11 +234,22 @@ def validate(values: dict, where: str = "parameters") -> Params:
         (p.std is None or p.std > 0, "std must be positive (or null to use the cache's statistics)"),
         (bool(p.views), "views must list at least one ViewPosition, e.g. [AP]"),
         (p.name and "/" not in p.name and p.name not in (".", ".."), "name must be a plain folder name"),
+        (image_size_problem(p.head, p.image_size) is None, image_size_problem(p.head, p.image_size)),
     ]
     for ok, message in checks:
         if not ok:
             raise ParamError(f"{where}: {message}")
     return p
+
+
+def image_size_problem(head: str, image_size: int) -> str | None:
+    """The one image-size rule: the flatten head's Linear needs a whole (image_size/32)^2 feature map."""
+    if head != "flatten" or image_size % 32 == 0:
+        return None
+    lower = image_size // 32 * 32
+    nearest = " or ".join(str(s) for s in (lower, lower + 32) if s >= 32)
+    return (f"image_size: {image_size} does not work with head: flatten, whose Linear layer needs a whole "
+            f"(image_size/32)^2 feature map; use image_size {nearest}, or head: avgpool")
 
 
 def check_for_training(p: Params, where: str = "parameters") -> None:
@@ -270,14 +310,64 @@ def load_frozen(run_dir) -> Params:
     return validate(read_yaml(path), str(path))
 
 
-def from_namespace(namespace: dict, run_dir=None) -> Params:
-    """Params from a notebook's globals after papermill injected them.
+def fixed_stages(run_dir) -> list[str]:
+    """The stages whose output the run folder already holds: their fields may no longer change."""
+    return [stage for stage, output in STAGE_OUTPUTS.items() if (Path(run_dir) / output).is_file()]
 
-    The frozen params.yaml of the run is the base, so a notebook that declares only
-    the parameters it needs still sees the whole configuration of its run.
+
+def check_change(old: dict, new: Params, run_dir, stages=None) -> None:
+    """The one rule for changing a run: refuse any change to a field of a stage that has produced its output.
+
+    old: the parameters the run folder (or a checkpoint) holds; stages: the fixed ones (default: from
+    the folder). The message lists every refused difference and how to start a new run instead.
     """
-    base = {}
-    if run_dir and (Path(run_dir) / "params.yaml").is_file():
-        base = read_yaml(Path(run_dir) / "params.yaml")
-    base.update({k: namespace[k] for k in FIELDS if k in namespace})
-    return validate(base, "notebook parameters")
+    stages = fixed_stages(run_dir) if stages is None else stages
+    current = new.to_dict()
+    refused = [k for k in current if STAGE_OF[k] in stages and k in old and old[k] != current[k]]
+    if not refused:
+        return
+    name = Path(run_dir).name
+    detail = "; ".join(f"{k} ({STAGE_OF[k]}): {old[k]!r} -> {current[k]!r}" for k in refused)
+    outputs = sorted({STAGE_OUTPUTS[STAGE_OF[k]] for k in refused})
+    raise ParamError(
+        f"run {name!r} already holds {', '.join(outputs)}, made with other parameters: {detail}. Nothing was "
+        f"changed. Start a new run for them (RUN=<new name>, or --name), or delete {run_dir} to redo this one; "
+        "fields that may change on an existing run: " + ", ".join(STAGES["runtime"] + STAGES["evaluate"]))
+
+
+def frozen_if_any(run_dir) -> dict:
+    path = Path(run_dir) / "params.yaml"
+    return read_yaml(path) if path.is_file() else {}
+
+
+def for_notebook(run_dir, namespace: dict) -> Params:
+    """A notebook's Params: the run's frozen params.yaml, with the notebook's own knobs from its namespace.
+
+    A notebook's parameters cell declares run_dir and a few knobs of its own stage (NOTEBOOK_KNOBS).
+    Under the runner they equal params.yaml (it injects them from the same values). Run by hand, a
+    changed knob is checked by check_change like a command-line override, and params.yaml is written
+    only when something changed and the change is allowed. Without params.yaml (a first interactive
+    run) the demo preset is the base, as the notebooks' defaults are.
+    """
+    run_dir = Path(run_dir)
+    frozen = frozen_if_any(run_dir)
+    base = dict(frozen) if frozen else read_yaml(Path(__file__).resolve().parent.parent / "params" / "demo.yaml")
+    if not frozen:
+        base.update(name=run_dir.name, runs_dir=str(run_dir.parent))
+    values = {**base, **{k: namespace[k] for k in FIELDS if k in namespace}}
+    p = validate(values, f"{run_dir}/params.yaml and the notebook's parameters")
+    if p.run_dir().resolve() != run_dir.resolve():
+        raise ParamError(f"run_dir {run_dir} does not match the frozen name/runs_dir ({p.run_dir()}); "
+                         "set run_dir to the run folder itself")
+    if frozen:
+        check_change(frozen, p, run_dir)
+    freeze_if_changed(p, run_dir, frozen)
+    return p
+
+
+def freeze_if_changed(p: Params, run_dir, frozen: dict | None = None) -> None:
+    """Write params.yaml only when the resolved parameters differ from what it holds (or it is missing)."""
+    frozen = frozen_if_any(run_dir) if frozen is None else frozen
+    if not frozen or validate(frozen, "params.yaml").to_dict() != p.to_dict():
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        freeze(p, run_dir)

@@ -20,7 +20,6 @@ import csv
 import errno
 import functools
 import getpass
-import hashlib
 import http.client
 import json
 import logging
@@ -44,7 +43,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .fsutil import atomic_write_json
+from .fsutil import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -241,14 +240,6 @@ def read_checksums(path) -> dict[str, str]:
                             "Delete the file and rerun fetch to download it again")
         sums[str(PurePosixPath(parts[1].lstrip("*")))] = parts[0].lower()
     return sums
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)    # hashlib drops the GIL here, so worker threads hash in parallel
-    return digest.hexdigest()
 
 
 def _content_range_start(value: str | None) -> int | None:

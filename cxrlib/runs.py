@@ -43,14 +43,14 @@ def project_root(start=None) -> Path:
 
 
 # --------------------------------------------------------------------------- notebooks side
-def notebook_setup(redact_images: bool = False) -> Path:
-    """First cell of every notebook: work from the project root, show UserErrors as one line.
+def notebook_setup(run_dir, namespace: dict) -> params_mod.Params:
+    """First cell of every notebook: work from the project root, load the run's parameters, show
+    UserErrors as one line. Returns the run's Params (params.for_notebook).
 
     JupyterLab starts kernels in notebooks/, papermill in the project root; relative paths in
     parameters (data/demo, runs/demo) mean the project root in both cases.
     """
-    root = project_root()
-    os.chdir(root)
+    os.chdir(project_root())
     try:
         from IPython import get_ipython
 
@@ -63,18 +63,20 @@ def notebook_setup(redact_images: bool = False) -> Path:
             return shell.showtraceback((etype, value, tb), tb_offset=tb_offset, exception_only=True)
 
         shell.set_custom_exc((UserError,), show_user_error)
+    p = params_mod.for_notebook(run_dir, namespace)
+    if shell is not None:
         try:
             from matplotlib_inline.backend_inline import set_matplotlib_formats
 
             # SVG keeps plots as vectors: no raster pixels in reports that must hold none.
-            set_matplotlib_formats("svg" if redact_images else "png")
+            set_matplotlib_formats("svg" if p.redact_images else "png")
         except Exception:
             pass
     import pandas as pd
 
     pd.set_option("display.max_columns", 40)
     pd.set_option("display.width", 160)
-    return root
+    return p
 
 
 def is_interactive() -> bool:
@@ -147,23 +149,6 @@ def resolve(params_file=None, name=None, overrides=None, runs_dir=None) -> param
         where = str(frozen)
     values.update(overrides)
     return params_mod.validate(values, where)
-
-
-def _check_existing_run(p: params_mod.Params, run_dir: Path, notebooks: list[str]) -> None:
-    """Never overwrite a trained model with a different configuration by accident."""
-    frozen = run_dir / "params.yaml"
-    if "02_train" not in notebooks or not frozen.is_file() or p.resume:
-        return
-    if not (run_dir / "checkpoints" / "last.pt").is_file():
-        return
-    old = params_mod.read_yaml(frozen)
-    new = p.to_dict()
-    changed = sorted(k for k in new if k not in ("resume",) and old.get(k) != new[k])
-    if changed:
-        raise UserError(
-            f"{run_dir} already holds a trained model with other parameters ({', '.join(changed)}). "
-            f"Continue it with RESUME=1 (make train RUN={p.name} RESUME=1), pick another RUN=<name>, "
-            f"or delete {run_dir}.")
 
 
 def _ipc_kernel_manager():
@@ -309,9 +294,11 @@ def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progr
     run_dir = p.run_dir()
     if "02_train" in notebooks:
         params_mod.check_for_training(p)
-    _check_existing_run(p, run_dir, notebooks)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    params_mod.freeze(p, run_dir)
+    # Every check before the one write: a refused command leaves the run folder as it was.
+    frozen = params_mod.frozen_if_any(run_dir)
+    if frozen:
+        params_mod.check_change(frozen, p, run_dir)
+    params_mod.freeze_if_changed(p, run_dir, frozen)
     for nb in notebooks:
         execute(nb, p, root, run_dir, progress=progress)
     if summary:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import random
 import subprocess
 import sys
 import time
@@ -54,71 +53,32 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import params as params_mod
+from .checkpoint import (
+    TEST_SELECTION_WARNING,
+    load_checkpoint,
+    model_config,
+    plain,
+    read_history,
+    remove_stale_temp_files,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .errors import UserError
-from .fsutil import atomic_path, atomic_write_csv
+from .fsutil import atomic_write_csv
+from .inference import forward_all
 from .labels import FINDINGS, label_matrix
-
-# Parameters that may differ between a checkpoint and the run that resumes it: they change how long
-# or where training runs, or only the evaluation notebooks, never what a step computes.
-RESUMABLE_CHANGES = {"resume", "epochs", "patience", "device", "gpus", "deterministic", "compile", "channels_last",
-                     "num_workers", "eval_batch_size", "checkpoint_minutes", "max_train_batches", "data_root",
-                     "cache_dir", "cache_workers", "name", "runs_dir", "tta", "bootstrap", "ci_level",
-                     "compare_with", "topk", "redact_images"}
-TEST_SELECTION_WARNING = ("select_on: test picks the model by its score on the TEST set (the original project's "
-                          "rule): the test figures of this run are optimistic. Use select_on: validate for honest "
-                          "figures.")
-
-
-# --------------------------------------------------------------------------- device and determinism
-def resolve_device(params, local_rank: int = 0) -> torch.device:
-    """cpu, gpu or auto -> a torch.device; a GPU request without CUDA fails before any work."""
-    if params.device == "gpu" and not torch.cuda.is_available():
-        raise UserError("device: gpu but torch.cuda.is_available() is False: this torch build "
-                        f"({torch.__version__}) sees no CUDA GPU. Use DEVICE=cpu (device: cpu), or install a "
-                        "CUDA build of torch (https://pytorch.org/get-started/locally/) on a machine with a GPU.")
-    if params.device == "cpu" or (params.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if params.gpus > torch.cuda.device_count():
-        raise UserError(f"gpus: {params.gpus} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
-                        f"set GPUS={torch.cuda.device_count()} or fewer")
-    return torch.device("cuda", local_rank)
-
-
-def configure(params, device: torch.device) -> None:
-    """Deterministic CPU runs; on the GPU, cuDNN autotuning unless deterministic is asked for."""
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-        return
-    torch.backends.cudnn.benchmark = not params.deterministic
-    # TF32 on Ampere and newer, except where fp32 is asked for (amp: off, "fp32 as the original").
-    set_tf32(params.amp != "off")
-    if params.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # warn_only: a few CUDA backward kernels (adaptive pooling) have no deterministic version.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def set_tf32(enabled: bool) -> None:
-    """TF32 for float32 matmuls and convolutions. torch >= 2.9 has fp32_precision and refuses a mix of it
-    with the older allow_tf32 flags, so use the newer one where it exists."""
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        precision = "tf32" if enabled else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = precision
-        torch.backends.cudnn.conv.fp32_precision = precision
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
-
-
-def amp_dtype(params, device: torch.device):
-    """The autocast dtype on the GPU (None: fp32). CPU runs never autocast."""
-    if device.type != "cuda":
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[params.amp]
-
-
-def step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, rank, epoch, step, 1]).generate_state(1, np.uint64)[0] >> 1)
+from .runtime import (
+    all_reduce,
+    amp_dtype,
+    broadcast_buffers,
+    configure,
+    distributed,
+    resolve_device,
+    step_seed,
+    torchrun_command,
+    under_torchrun,
+)
 
 
 # --------------------------------------------------------------------------- loss, optimizer, schedule
@@ -253,33 +213,6 @@ def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, devi
 
 
 # --------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def forward_all(model, loader, transform, device, amp=None, channels_last: bool = False, progress: bool = False):
-    """Logits, targets, masks and dataset indices of every item, gathered from all ranks, in index order."""
-    model.eval()
-    transform.eval()
-    empty = torch.empty(0, len(FINDINGS))
-    parts = [(empty, empty, empty, torch.empty(0, dtype=torch.long))]   # a rank may get no item
-    for images, targets, mask, index in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
-        x = transform(images.to(device, non_blocking=True))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(x)
-        parts.append((logits.float().cpu(), targets, mask, torch.as_tensor(index)))
-    if dist.is_available() and dist.is_initialized():
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, parts)
-        parts = [part for rank_parts in gathered for part in rank_parts]
-    logits, targets, mask, index = (torch.cat(column) for column in zip(*parts))
-    order = torch.argsort(index)
-    return logits[order], targets[order], mask[order], index[order]
-
-
-def predict(model, loader, transform, device, amp=None, channels_last: bool = False):
-    """(probabilities (N, 14) float32 ndarray, dataset indices (N,)) for notebook 03."""
-    logits, _, _, index = forward_all(model, loader, transform, device, amp, channels_last)
-    return torch.sigmoid(logits).numpy(), index.numpy()
 
 
 def evaluate(model, loader, transform, device, pos_weight=None, amp=None, channels_last: bool = False,
@@ -314,80 +247,7 @@ def update_selection(selection: dict, score: float, epoch: int, patience: int) -
     return keep, patience > 0 and selection["counter"] >= patience
 
 
-# --------------------------------------------------------------------------- checkpoints
-def rng_state() -> dict:
-    """Every RNG's state as tensors and plain lists, loadable with weights_only=True."""
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": [version, list(internal), gauss],
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path, checkpoint: dict) -> None:
-    """torch.save to a temp file beside `path`, fsync, os.replace: a kill leaves the old file whole."""
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(checkpoint, tmp)
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no checkpoint; train the run first (notebook 02, `make train`)")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a foreign or damaged file
-        raise UserError(f"{path}: cannot be read as a cxrlib checkpoint ({e})") from None
-
-
-def load_trained(run_dir, which: str = "best", device="cpu"):
-    """(model in eval mode, params) from <run_dir>/checkpoints/<which>.pt, for evaluation notebooks."""
-    from .model import build
-
-    checkpoint = load_checkpoint(Path(run_dir) / "checkpoints" / f"{which}.pt")
-    p = params_mod.validate(checkpoint["params"], f"{run_dir}/checkpoints/{which}.pt")
-    model = build(p.arch, p.head, len(FINDINGS), p.image_size, "none", p.dropout)
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), p
-
-
-def _plain(value):
-    """numpy scalars -> Python numbers, so history loads with weights_only=True."""
-    if isinstance(value, (np.floating, float)):
-        return float(value)
-    if isinstance(value, (np.integer, np.bool_)) and not isinstance(value, bool):
-        return bool(value) if isinstance(value, np.bool_) else int(value)
-    return value
-
-
 # --------------------------------------------------------------------------- fit
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def under_torchrun() -> bool:
-    """torchrun (torch.distributed.run) sets these for every worker, one process or many."""
-    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
-
-
-def check_resumable(saved: dict, current: dict, path) -> None:
-    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
-    if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
-        raise UserError(f"{path} was trained with other parameters ({detail}). Resume with the run's own "
-                        "parameters (make train RUN=<name> RESUME=1), or start a new run under another name.")
 
 
 def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
@@ -398,7 +258,7 @@ def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
 
     if cohort is None:
         cohort = cohort_mod.read_cohort(Path(run_dir) / "cohort.csv")
-    cache = cache_mod.open_cache(params.resolved_cache_dir(), params.image_size, params.resize)
+    cache = cache_mod.open_cache(params.resolved_cache_dir(), params.image_size, params.resize, params.decode)
     cohort = cache_mod.cohort_with_rows(cohort, cache)
     train = cohort[cohort["split"] == "train"]
     chosen = cohort[cohort["split"] == params.select_on]
@@ -422,7 +282,7 @@ def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
 
 def fit(params, run_dir, cohort: pd.DataFrame | None = None, progress: bool = True) -> dict:
     """Train (or continue training) the run in run_dir; returns best epoch, best score and paths."""
-    rank, world, local_rank = _distributed()
+    rank, world, local_rank = distributed()
     device = resolve_device(params, local_rank)   # before any work: no GPU -> one clear line
     if params.batch_size % world:
         raise UserError(f"batch_size {params.batch_size} is not divisible by the {world} processes (gpus); "
@@ -474,9 +334,12 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     pos_weight = pos_weight_from_labels(train_labels).to(device) if params.pos_weight else None
     position, selection, history = new_position(), new_selection(), []
 
+    if rank == 0:
+        for stale in remove_stale_temp_files(folder):
+            print(f"removed {stale}, left by a run killed while saving", flush=True)
     if last_path.is_file():
         checkpoint = load_checkpoint(last_path)
-        check_resumable(checkpoint["params"], params.to_dict(), last_path)
+        params_mod.check_change(checkpoint["params"], params, run_dir, stages=["cohort", "cache", "train"])
         if not params.resume and rank == 0:
             print(f"{last_path} exists with the same parameters: continuing it (delete {folder} to start over)",
                   flush=True)
@@ -490,6 +353,8 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
             scaler.load_state_dict(checkpoint["scaler"])
         position, selection, history = checkpoint["position"], checkpoint["selection"], checkpoint["history"]
         set_rng_state(checkpoint["rng"])
+        if "model_config" in checkpoint:   # the statistics trained with, whatever the shared cache says now
+            transform.mean, transform.std = checkpoint["model_config"]["mean"], checkpoint["model_config"]["std"]
         if checkpoint["stopped_early"] or (checkpoint["finished"] and position["epoch"] >= params.epochs):
             return _result(params, run_dir, selection, history, stopped=checkpoint["stopped_early"])
         if rank == 0:
@@ -509,8 +374,9 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     def checkpoint_state(finished=False, stopped=False) -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "position": {k: _plain(v) for k, v in position.items()}, "selection": dict(selection),
+                "position": {k: plain(v) for k, v in position.items()}, "selection": dict(selection),
                 "history": history, "rng": rng_state(), "params": params.to_dict(),
+                "model_config": model_config(params, transform),
                 "cpu_threads": torch.get_num_threads(), "finished": finished, "stopped_early": stopped}
 
     last_saved = [time.monotonic()]
@@ -535,10 +401,10 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
         epoch = position["epoch"]
         sampler.set_epoch(epoch, position["batch"])
         train_one_epoch(net, train_loader, transform, optimizer, scheduler, scaler, device, position, **train_kw)
-        loss_sum, cells, images = _all_reduce([position["loss_sum"], position["cells"], position["images"]], device)
+        loss_sum, cells, images = all_reduce([position["loss_sum"], position["cells"], position["images"]], device)
         # Every rank evaluates rank 0's model, the one saved: DDP broadcasts BatchNorm buffers before each
         # training forward, so after the last one each rank holds its own running statistics.
-        _broadcast_buffers(model)
+        broadcast_buffers(model)
         # the bare model: ranks hold different numbers of evaluation batches, and DDP's forward may sync buffers
         scores = evaluate(model, eval_loader, transform, device, pos_weight, amp,
                           train_kw["channels_last"], progress)
@@ -551,7 +417,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
             "lr": float(scheduler.get_last_lr()[0]), "images_per_s": images / max(position["seconds"], 1e-9),
             "seconds": float(position["seconds"]), "selected": keep, "best_epoch": selection["best_epoch"],
             "patience_counter": selection["counter"], "selected_on_test": params.select_on == "test"})
-        history[-1] = {k: _plain(v) for k, v in history[-1].items()}
+        history[-1] = {k: plain(v) for k, v in history[-1].items()}
         position.update(epoch=epoch + 1, batch=0, loss_sum=0.0, cells=0.0, images=0, seconds=0.0)
         finished = stopped or position["epoch"] >= params.epochs
         if rank == 0:
@@ -571,20 +437,6 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
                 print(f"early stop: no better {params.select_metric} for {params.patience} epochs", flush=True)
             break
     return _result(params, run_dir, selection, history, stopped)
-
-
-def _broadcast_buffers(model: nn.Module) -> None:
-    if dist.is_available() and dist.is_initialized():
-        for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
-
-
-def _all_reduce(values: list, device) -> list:
-    if not (dist.is_available() and dist.is_initialized()):
-        return [float(v) for v in values]
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
 
 
 def _result(params, run_dir: Path, selection: dict, history: list, stopped: bool) -> dict:
@@ -610,18 +462,7 @@ def result_from_history(params, run_dir) -> dict:
     return _result(params, Path(run_dir), selection, history.to_dict("records"), stopped)
 
 
-def read_history(run_dir) -> pd.DataFrame:
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        return pd.DataFrame()
-    return pd.read_csv(path)
-
-
 # --------------------------------------------------------------------------- launching
-def torchrun_command(processes: int, run_dir) -> list[str]:
-    """The command launch() runs for gpus > 1 (tools/gpu-check runs it with one process, on NCCL)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", "cxrlib.train", "--run-dir", str(run_dir)]
 
 
 def launch(params, run_dir, cohort: pd.DataFrame | None = None, progress: bool = True) -> dict:
@@ -630,7 +471,7 @@ def launch(params, run_dir, cohort: pd.DataFrame | None = None, progress: bool =
     if params.gpus <= 1:
         return fit(params, run_dir, cohort, progress)
     resolve_device(params)   # no GPU, or too few: say so here, not in N subprocesses
-    params_mod.freeze(params, run_dir)   # what the workers read
+    params_mod.freeze_if_changed(params, run_dir)   # what the workers read
     if cohort is not None:
         from .cohort import write_cohort
 
@@ -659,7 +500,7 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if _distributed()[0] == 0:
+    if distributed()[0] == 0:
         print(f"best epoch {result['best_epoch']} ({result['select_metric']} {result['best_score']:.4f}); "
               f"checkpoints in {Path(result['best']).parent}", flush=True)
     return 0
@@ -694,118 +535,6 @@ def config_table(params) -> pd.DataFrame:
 def test_selection_html() -> str:
     """The warning a notebook shows, in bold red, when the model is selected on the test set."""
     return f'<p style="color:#b00020;font-weight:bold;font-size:1.1em">&#9888; {TEST_SELECTION_WARNING}</p>'
-
-
-def plot_class_balance(balance: pd.DataFrame):
-    """Prevalence and pos_weight per finding (the output of class_balance)."""
-    import matplotlib.pyplot as plt
-
-    fig, (ax_prev, ax_weight) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    names = balance.index[::-1]
-    ax_prev.barh(names, balance["prevalence"][::-1], color="#4c72b0")
-    ax_prev.set(xlabel="positive / (positive + negative)", title="Prevalence (training split)")
-    ax_weight.barh(names, balance["pos_weight"][::-1], color="#dd8452")
-    ax_weight.set(xlabel="negatives / positives", title="pos_weight (used when pos_weight: true)")
-    fig.tight_layout()
-    return fig
-
-
-def plot_history(history: pd.DataFrame):
-    """Loss curves and the selection split's AUROC per epoch, with the kept epochs marked."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(11, 3.8))
-    split = history["eval_split"].iloc[0] if len(history) else "validate"
-    ax_loss.plot(history["epoch"], history["train_loss"], marker="o", label="train")
-    ax_loss.plot(history["epoch"], history["val_loss"], marker="o", label=split)
-    ax_loss.set(xlabel="epoch", ylabel="masked BCE", title="Loss")
-    ax_auc.plot(history["epoch"], history["val_auroc_macro"], marker="o", label="macro AUROC")
-    ax_auc.plot(history["epoch"], history["val_auroc_micro"], marker="o", label="micro AUROC")
-    kept = history[history["selected"].astype(bool)]
-    if len(kept):
-        best = kept.iloc[-1]
-        for ax in (ax_loss, ax_auc):
-            ax.axvline(best["epoch"], color="grey", linestyle="--", linewidth=1, label=f"best epoch {best['epoch']}")
-    ax_auc.set(xlabel="epoch", ylabel="AUROC", title=f"AUROC on {split}")
-    for ax in (ax_loss, ax_auc):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-# --------------------------------------------------------------------------- benchmark
-def bench_train(argv=None) -> dict:
-    """Training images/s of ResNet101 (flatten head): the original recipe vs ours, in one run.
-
-    original: fp32, NCHW. ours: bf16 autocast + channels_last (+ torch.compile with --compile).
-    Synthetic batches, the real train_step (masked loss, Adam, one optimizer step); warmup excluded.
-    """
-    parser = argparse.ArgumentParser(prog="python -m cxrlib bench train", description=bench_train.__doc__)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=0, help="default: 64 on a GPU, 8 on CPU")
-    parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 20 on a GPU, 3 on CPU)")
-    parser.add_argument("--warmup", type=int, default=0, help="untimed steps first (default: 5 on a GPU, 1 on CPU)")
-    parser.add_argument("--arch", default="resnet101")
-    parser.add_argument("--head", default="flatten", choices=["flatten", "avgpool"])
-    parser.add_argument("--compile", action="store_true", help="also time our recipe under torch.compile")
-    args = parser.parse_args([a for a in argv or [] if a != "--"])
-    from .model import build
-
-    gpu = torch.cuda.is_available()
-    device = torch.device("cuda" if gpu else "cpu")
-    batch = args.batch or (64 if gpu else 8)
-    steps = args.steps or (20 if gpu else 3)
-    warmup = args.warmup or (5 if gpu else 1)
-    if gpu:
-        torch.backends.cudnn.benchmark = True
-    recipes = {"original": dict(amp=None, channels_last=False, compile=False),
-               "ours": dict(amp=torch.bfloat16, channels_last=True, compile=False)}
-    if args.compile:
-        recipes["ours_compiled"] = dict(amp=torch.bfloat16, channels_last=True, compile=True)
-    result = {"bench": "train", "arch": args.arch, "head": args.head, "image_size": args.size, "batch": batch,
-              "steps": steps, "warmup": warmup, "device": str(device)}
-    for name, recipe in recipes.items():
-        torch.manual_seed(0)
-        # The original's fp32 also means no TF32 on the GPU; ours allows it, as fit does.
-        set_tf32(recipe["amp"] is not None)
-        if gpu:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        model = build(args.arch, args.head, len(FINDINGS), args.size, "none").to(device)
-        if recipe["channels_last"]:
-            model = model.to(memory_format=torch.channels_last)
-        net = torch.compile(model) if recipe["compile"] else model
-        net.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        scaler = torch.amp.GradScaler(device.type, enabled=False)
-        x = torch.randn(batch, 1, args.size, args.size, device=device)
-        if recipe["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = (torch.rand(batch, len(FINDINGS), device=device) < 0.15).float()
-        mask = torch.ones_like(y)
-        for i in range(warmup + steps):
-            if i == warmup:
-                if gpu:
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-            train_step(net, x, y, mask, optimizer, scaler, amp=recipe["amp"])
-        if gpu:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        result[f"{name}_images_per_s"] = round(batch * steps / seconds, 2)
-        if gpu:
-            result[f"{name}_peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-        result[f"{name}_recipe"] = (f"{'bf16 autocast' if recipe['amp'] else 'fp32'}, "
-                                    f"{'channels_last' if recipe['channels_last'] else 'NCHW'}"
-                                    f"{', compiled' if recipe['compile'] else ''}")
-        del model, net, optimizer
-    result["speedup"] = round(result["ours_images_per_s"] / result["original_images_per_s"], 3)
-    if args.compile:
-        result["compiled_speedup"] = round(result["ours_compiled_images_per_s"] / result["original_images_per_s"], 3)
-    return result
 
 
 if __name__ == "__main__":

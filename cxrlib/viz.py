@@ -5,9 +5,18 @@ report made with `redact_images: true` holds no pixel data.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import pandas as pd
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
+from . import metrics
 from .labels import FINDINGS
 
 
@@ -146,3 +155,151 @@ def image_browser(images, cohort: pd.DataFrame, extra_columns=(), redact: bool =
     return finding_browser([("positive", 1.0), ("negative", 0.0)], "label",
                            lambda finding, value: cohort.index[cohort[finding] == value].to_numpy(),
                            show, redact=redact)
+
+
+def plot_class_balance(balance: pd.DataFrame):
+    """Prevalence and pos_weight per finding (the output of class_balance)."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_prev, ax_weight) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    names = balance.index[::-1]
+    ax_prev.barh(names, balance["prevalence"][::-1], color="#4c72b0")
+    ax_prev.set(xlabel="positive / (positive + negative)", title="Prevalence (training split)")
+    ax_weight.barh(names, balance["pos_weight"][::-1], color="#dd8452")
+    ax_weight.set(xlabel="negatives / positives", title="pos_weight (used when pos_weight: true)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: pd.DataFrame):
+    """Loss curves and the selection split's AUROC per epoch, with the kept epochs marked."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    split = history["eval_split"].iloc[0] if len(history) else "validate"
+    ax_loss.plot(history["epoch"], history["train_loss"], marker="o", label="train")
+    ax_loss.plot(history["epoch"], history["val_loss"], marker="o", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="masked BCE", title="Loss")
+    ax_auc.plot(history["epoch"], history["val_auroc_macro"], marker="o", label="macro AUROC")
+    ax_auc.plot(history["epoch"], history["val_auroc_micro"], marker="o", label="micro AUROC")
+    kept = history[history["selected"].astype(bool)]
+    if len(kept):
+        best = kept.iloc[-1]
+        for ax in (ax_loss, ax_auc):
+            ax.axvline(best["epoch"], color="grey", linestyle="--", linewidth=1, label=f"best epoch {best['epoch']}")
+    ax_auc.set(xlabel="epoch", ylabel="AUROC", title=f"AUROC on {split}")
+    for ax in (ax_loss, ax_auc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- metrics (notebook 03)
+def _grid(n_panels: int, cols: int = 5, size: float = 2.6):
+    from matplotlib.figure import Figure
+
+    rows = -(-n_panels // cols)
+    fig = Figure(figsize=(cols * size, rows * size + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _ci_text(summary, name, metric) -> str:
+    e = (summary["per_finding"].get(name) or summary.get(name) or {}).get(metric) if summary else None
+    if not e or e["value"] is None:
+        return ""
+    ci = f" [{e['lo']:.3f}, {e['hi']:.3f}]" if e["lo"] is not None else ""
+    return f"{e['value']:.3f}{ci}"
+
+
+def plot_curves(y, p, findings=None, summary: Optional[dict] = None, kind: str = "both"):
+    """ROC and/or PR curves: one panel per finding plus one for all cells pooled (micro).
+
+    kind: 'roc', 'pr' or 'both' (both curves share each unit square). Titles give the AUC,
+    with its CI when `summary` (from summarize) is passed.
+    """
+    y, p, findings = metrics.check_inputs(y, p, findings)
+    fig, axes = _grid(len(findings) + 1)
+    known = ~np.isnan(y)
+    problems = [(name, known[:, j], j) for j, name in enumerate(findings)] + [("micro", known, None)]
+    for ax, (name, mask, j) in zip(axes, problems):
+        t, s = (y[mask, j], p[mask, j]) if j is not None else (y[mask], p[mask])
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), aspect="equal")
+        ax.tick_params(labelsize=7)
+        if not 0 < t.sum() < t.size:
+            ax.set_title(f"{name}\none class only", fontsize=8)
+            continue
+        title = [name]
+        if kind in ("roc", "both"):
+            fpr, tpr, _ = roc_curve(t, s)
+            ax.plot(fpr, tpr, color="#4c72b0", lw=1.2, label="ROC")
+            ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
+            title.append("AUROC " + (_ci_text(summary, name, "auroc") or f"{roc_auc_score(t, s):.3f}"))
+        if kind in ("pr", "both"):
+            precision, recall, _ = precision_recall_curve(t, s)
+            ax.step(recall, precision, where="post", color="#dd8452", lw=1.2, label="PR")
+            ax.axhline(t.mean(), color="#dd8452", lw=0.8, ls=":")
+            title.append("AUPRC " + (_ci_text(summary, name, "auprc") or f"{average_precision_score(t, s):.3f}"))
+        ax.set_title("\n".join(title), fontsize=8)
+    axes[0].legend(fontsize=7, loc="lower right")
+    axis = {"roc": ("FPR", "TPR"), "pr": ("recall", "precision"), "both": ("FPR | recall", "TPR | precision")}[kind]
+    fig.supxlabel(axis[0], fontsize=9)
+    fig.supylabel(axis[1], fontsize=9)
+    return fig
+
+
+def plot_forest(summary: dict):
+    """Per-finding AUROC and AUPRC with their CIs (then macro and micro); dots mark AUPRC's chance level."""
+    from matplotlib.figure import Figure
+
+    table = metrics.frame(summary)
+    fig = Figure(figsize=(10, 0.3 * len(table) + 1.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    ypos = np.arange(len(table))[::-1]
+    for ax, m, chance in zip(axes, ("auroc", "auprc"), (0.5, None)):
+        value = table[m].to_numpy(dtype=float, na_value=np.nan)
+        err = np.abs(np.vstack([value - table[f"{m}_lo"].to_numpy(float, na_value=np.nan),
+                                table[f"{m}_hi"].to_numpy(float, na_value=np.nan) - value]))
+        ax.errorbar(value, ypos, xerr=np.nan_to_num(err), fmt="o", ms=4, color="#4c72b0", capsize=2)
+        if chance is not None:
+            ax.axvline(chance, color="0.6", lw=0.8, ls=":")
+        else:
+            prevalence = (table["n_pos"] / table["n"]).to_numpy(dtype=float, na_value=np.nan)
+            ax.plot(prevalence, ypos, "|", color="0.5", ms=8, label="prevalence (chance)")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"{m.upper()} ({summary['ci_level']:.0%} CI, {summary['n_boot']} patient resamples)", fontsize=8)
+        ax.grid(axis="x", lw=0.3)
+    axes[0].set_yticks(ypos, table["finding"], fontsize=8)
+    return fig
+
+
+def plot_reliability(y, p, n_bins: int = 10, strategy: str = "uniform", findings=None, per_finding: bool = False):
+    """Reliability diagram (observed rate against mean prediction; bars: share of images per bin).
+
+    Pooled over all cells; with per_finding=True one panel per finding plus the pooled one.
+    """
+    y, p, findings = metrics.check_inputs(y, p, findings)
+    panels = [("pooled", y, p)]
+    if per_finding:
+        panels = [(name, y[:, j], p[:, j]) for j, name in enumerate(findings)] + panels
+    fig, axes = _grid(len(panels), cols=5 if per_finding else 1, size=2.6 if per_finding else 4.5)
+    for ax, (name, yy, pp) in zip(axes, panels):
+        curve = metrics.reliability_curve(yy, pp, n_bins, strategy)
+        share = curve["count"] / max(curve["count"].sum(), 1)
+        ax.bar((curve["lo"] + curve["hi"]) / 2, share, width=curve["hi"] - curve["lo"], color="0.85", label="share")
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":")
+        used = curve[curve["count"] > 0]
+        ax.plot(used["mean_pred"], used["frac_pos"], "o-", ms=3, color="#4c72b0", label="observed")
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{name}\nECE {metrics.ece(yy, pp, n_bins, strategy):.3f}  Brier {metrics.brier(yy, pp):.3f}", fontsize=8)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.supxlabel("mean predicted probability", fontsize=9)
+    fig.supylabel("observed positive rate", fontsize=9)
+    return fig

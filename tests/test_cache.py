@@ -8,11 +8,13 @@ import pytest
 from PIL import Image
 
 from cxrlib import cache as cache_mod
-from cxrlib.cache import build_cache, cohort_with_rows, decode_image, open_cache
+from cxrlib import decode as decode_mod
+from cxrlib.cache import build_cache, cohort_with_rows, open_cache
+from cxrlib.decode import decode_image
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
 
-REAL_DECODE = cache_mod.decode_image
+REAL_DECODE = decode_mod.decode_image
 
 
 def write_jpeg(path, width=48, height=40, seed=0, quality=95):
@@ -39,13 +41,13 @@ def count_decodes(monkeypatch, fail_after=None):
     calls = []
     real = REAL_DECODE
 
-    def counting(path, size, resize="squash"):
+    def counting(path, size, resize="squash", mode="fast"):
         if fail_after is not None and len(calls) >= fail_after:
             raise KeyboardInterrupt
         calls.append(os.path.basename(path))
-        return real(path, size, resize)
+        return real(path, size, resize, mode)
 
-    monkeypatch.setattr(cache_mod, "decode_image", counting)
+    monkeypatch.setattr(decode_mod, "decode_image", counting)
     return calls
 
 
@@ -213,14 +215,14 @@ def test_an_interrupted_rebuild_leaves_the_previous_cache_whole(tmp_path, monkey
 KILLED_BUILD = """
 import os, signal, sys
 import pandas as pd
-from cxrlib import cache
-real, calls = cache.decode_image, []
+from cxrlib import cache, decode
+real, calls = decode.decode_image, []
 def dying(*args):
     if len(calls) == 7:
         os.kill(os.getpid(), signal.SIGKILL)  # no finally, no last checkpoint
     calls.append(1)
     return real(*args)
-cache.decode_image = dying
+decode.decode_image = dying
 cache.build_cache(sys.argv[1], pd.read_csv(sys.argv[2]), size=16, workers=1, progress=False, flush_every=3)
 """
 
@@ -294,5 +296,29 @@ def test_cli_builds_and_reports(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0 and "2 images (3 files decoded now, 0 reused)" in out
     assert "1 image(s) could not be decoded" in err
-    with pytest.raises(UserError, match="cohort file"):
+    with pytest.raises(UserError, match="none.csv: no cohort table"):
         cache_mod.cli("cache", ["--data-root", str(tmp_path), "--cohort", str(tmp_path / "none.csv")])
+
+
+def test_exact_decode_is_the_original_path_pixel_for_pixel_and_has_its_own_cache(tmp_path):
+    from torchvision import transforms
+
+    rng = np.random.default_rng(0)
+    pixels = np.clip(rng.normal(128, 60, (300, 260)), 0, 255).astype(np.uint8)
+    pixels[100:140, 60:200] = 255                         # sharp edges, where draft mode differs most
+    path = tmp_path / "files" / "a.jpg"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(pixels).save(path, quality=95)
+    with Image.open(path) as img:
+        original = np.asarray(transforms.Resize((64, 64))(img.convert("L")))
+    exact, _ = decode_image(path, 64, "squash", "exact")
+    fast, _ = decode_image(path, 64, "squash", "fast")
+    assert np.array_equal(exact, original)
+    assert not np.array_equal(fast, original)
+    cohort = pd.DataFrame({"dicom_id": ["a"], "path": ["files/a.jpg"], "split": ["train"]})
+    built = build_cache(tmp_path, cohort, size=64, workers=1, progress=False, decode="exact")
+    assert built.dir.name == "64_squash_exact" and built.decode == "exact"
+    assert np.array_equal(built.images[0], original)
+    assert build_cache(tmp_path, cohort, size=64, workers=1, progress=False).dir.name == "64_squash"
+    with pytest.raises(UserError, match="decode 'slow'"):
+        build_cache(tmp_path, cohort, size=64, workers=1, progress=False, decode="slow")

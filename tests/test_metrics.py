@@ -7,7 +7,8 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxrlib import metrics
+from cxrlib import metrics, viz
+from cxrlib.bench.bootstrap import bench_bootstrap
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
 
@@ -274,9 +275,9 @@ def test_plots_return_figures_that_render():
     y, p = make_data(120, seed=17)
     y[:, 10] = np.where(np.isnan(y[:, 10]), np.nan, 0.0)
     summary = metrics.summarize(y, p, None, n_boot=30)
-    figures = [metrics.plot_curves(y, p, summary=summary), metrics.plot_curves(y, p, kind="pr"),
-               metrics.plot_forest(summary), metrics.plot_reliability(y, p),
-               metrics.plot_reliability(y, p, per_finding=True)]
+    figures = [viz.plot_curves(y, p, summary=summary), viz.plot_curves(y, p, kind="pr"),
+               viz.plot_forest(summary), viz.plot_reliability(y, p),
+               viz.plot_reliability(y, p, per_finding=True)]
     titles = [ax.get_title() for ax in figures[0].axes]
     lo, hi = summary["per_finding"]["Edema"]["auroc"]["lo"], summary["per_finding"]["Edema"]["auroc"]["hi"]
     assert any(t.startswith("Edema\nAUROC") and f"[{lo:.3f}, {hi:.3f}]" in t for t in titles)
@@ -287,6 +288,6 @@ def test_plots_return_figures_that_render():
 
 
 def test_bench_bootstrap_reports_one_thread_timing():
-    result = metrics.bench_bootstrap(["--images", "300", "--n-boot", "50", "--repeats", "1"])
+    result = bench_bootstrap(["--images", "300", "--n-boot", "50", "--repeats", "1"])
     assert result["bench"] == "bootstrap" and result["threads"] == 1 and result["n_boot"] == 50
     assert result["seconds_best"] > 0

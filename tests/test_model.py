@@ -8,7 +8,6 @@ from torch import nn
 from cxrlib import model, params
 from cxrlib.errors import UserError
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

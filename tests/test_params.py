@@ -122,3 +122,29 @@ def test_makefile_lists_every_target_in_help():
     assert phony - {"FORCE"} <= documented | {"FORCE"}
     for target in ("demo", "test", "help", "lab", "setup", "train", "evaluate", "fetch", "cache", "report", "runs", "diff"):
         assert target in documented
+
+
+def test_stages_cover_every_field_once():
+    assert sorted(params.STAGE_OF) == sorted(params.FIELDS)
+    assert sum(len(v) for v in params.STAGES.values()) == len(params.FIELDS)
+
+
+def test_check_change_refuses_fixed_stages_and_allows_runtime_and_evaluate(tmp_path):
+    old = params.validate({"val_fraction": 0.1}).to_dict()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "cohort.csv").write_text("x")
+    # cohort fixed, no checkpoint yet: training fields may still change, cohort fields not
+    params.check_change(old, params.validate({**old, "lr": 0.5, "image_size": 128}), tmp_path)
+    with pytest.raises(params.ParamError, match=r"views \(cohort\): \['AP'\] -> \['PA'\].*RUN=<new name>"):
+        params.check_change(old, params.validate({**old, "views": ["PA"]}), tmp_path)
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
+    for change in ({"lr": 0.5}, {"image_size": 128}, {"arch": "resnet50"}, {"mean": 0.5}):
+        with pytest.raises(params.ParamError, match=next(iter(change))):
+            params.check_change(old, params.validate({**old, **change}), tmp_path)
+    allowed = {"device": "gpu", "num_workers": 0, "epochs": 3, "bootstrap": 10, "compare_with": "x",
+               "redact_images": True, "data_root": "elsewhere", "resume": True}
+    params.check_change(old, params.validate({**old, **allowed}), tmp_path)
+    try:
+        params.check_change(old, params.validate({**old, "lr": 0.5, "seed": 3}), tmp_path)
+    except params.ParamError as e:   # one message lists every refused difference
+        assert "lr (train): 0.0001 -> 0.5" in str(e) and "seed (cohort): 0 -> 3" in str(e)

@@ -10,11 +10,11 @@ import types
 
 import pandas as pd
 import pytest
+from physionet_server import FakePhysioNet, make_release
 
 from cxrlib import physionet
 from cxrlib.__main__ import main
 from cxrlib.errors import UserError
-from physionet_server import FakePhysioNet, make_release
 
 USER, PASSWORD = "alice", "S3cr3t-Pa55-xyz"
 SECRETS = [PASSWORD.encode(), base64.b64encode(f"{USER}:{PASSWORD}".encode())]

@@ -1,16 +1,17 @@
 """The runner: parameters in, a run folder of executed notebooks out; clear errors otherwise."""
 import json
+import re
 import subprocess
 import sys
 
 import nbformat
 import pandas as pd
 import pytest
+import torch
+from conftest import PROJECT, run_notebooks, tiny_params
 
 from cxrlib import cohort, params, runs
 from cxrlib.errors import UserError
-
-from conftest import PROJECT, run_notebooks, tiny_params
 
 
 def cli(*args, cwd=PROJECT):
@@ -33,7 +34,7 @@ def test_injected_parameters_are_the_frozen_ones(tiny_run):
     frozen = params.load_frozen(tiny_run)
     nb = nbformat.read(tiny_run / "02_train.ipynb", as_version=4)
     injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
-    assert f"image_size = {frozen.image_size}" in injected.source
+    assert f"epochs = {frozen.epochs}" in injected.source and "image_size" not in injected.source
     assert f'run_dir = "{tiny_run}"' in injected.source
     assert "password" not in injected.source.lower()
 
@@ -86,7 +87,7 @@ def test_cli_refuses_a_missing_preset_and_lists_the_presets():
 def test_a_trained_run_is_not_overwritten_with_other_parameters(tiny_run):
     p = params.load_frozen(tiny_run)
     changed = params.validate({**p.to_dict(), "lr": p.lr * 10})
-    with pytest.raises(UserError, match="already holds a trained model with other parameters \\(lr\\)"):
+    with pytest.raises(UserError, match=r"already holds checkpoints/last.pt, made with other parameters: lr \(train\)"):
         runs.run(changed, ["02_train"])
 
 
@@ -104,3 +105,29 @@ def test_reports_load_no_script_from_the_network(tiny_run):
         text = html.read_text()
         assert not re.search(r'<script[^>]*src="https?://', text), html.name
         assert "data:image/png" in text or html.name.startswith("02")   # figures stay embedded
+
+
+def snapshot(folder):
+    """Every file under folder with its bytes and mtime: a refused command must change none."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("request_args, refused", [
+    (["--notebooks", "01,02", "-p", "resume=true", "-p", "lr=0.5"], r"lr \(train\)"),          # RESUME=1 LR=0.5
+    (["--notebooks", "03,04", "-p", "image_size=128"], r"image_size \(cache\)"),             # evaluate IMAGE_SIZE=128
+    (["--notebooks", "01,02,03,04", "-p", "views=[PA]"], r"views \(cohort\)"),                # a plain rerun, changed
+])
+def test_a_refused_command_leaves_the_run_folder_byte_identical(tiny_run, tiny_runs_dir, request_args, refused):
+    before = snapshot(tiny_run)
+    done = cli("run", "--name", tiny_run.name, "-p", f"runs_dir={tiny_runs_dir}", *request_args)
+    assert done.returncode == 2 and re.search(refused, done.stderr), done.stderr
+    assert "Nothing was changed" in done.stderr and "Traceback" not in done.stderr
+    assert snapshot(tiny_run) == before
+
+
+def test_evaluation_records_what_shaped_the_model(tiny_run):
+    report = json.loads((tiny_run / "metrics.json").read_text())
+    saved = torch.load(tiny_run / "checkpoints" / "best.pt", weights_only=True, mmap=True)["model_config"]
+    assert report["model"] == saved and report["model"]["image_size"] == 32 and report["model"]["mean"] > 0
+    assert report["data"]["cache"]["size"] == saved["image_size"]

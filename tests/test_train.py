@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cxrlib import cache, params, train
+from cxrlib import cache, checkpoint, params, runtime, train, viz
+from cxrlib.bench import train as bench_train
 from cxrlib.cohort import read_cohort, write_cohort
 from cxrlib.data import BatchTransform, make_loader
 from cxrlib.errors import UserError
@@ -68,7 +69,7 @@ def test_gpu_without_cuda_is_a_clear_error_before_any_work(tmp_path, monkeypatch
         train.fit(p, tmp_path / "run")   # no cohort, no cache: the device is checked first
     assert not (tmp_path / "run").exists()
     auto = params.validate({"device": "auto", "val_fraction": 0.1})
-    assert train.resolve_device(auto) == torch.device("cpu")
+    assert runtime.resolve_device(auto) == torch.device("cpu")
 
 
 def test_batch_size_must_split_across_processes(tmp_path, monkeypatch):
@@ -215,19 +216,19 @@ def test_fit_original_rule_checkpoints_and_history(data_root, tmp_path):
     assert result["best_epoch"] == int(history.loc[history["selected"], "epoch"].iloc[-1])
     assert result["best_score"] == pytest.approx(history["val_accuracy"].max())
     for name in ("last.pt", "best.pt"):
-        checkpoint = torch.load(tmp_path / "run" / "checkpoints" / name, weights_only=True)
-        assert set(checkpoint) >= {"model", "optimizer", "scheduler", "scaler", "position", "selection",
-                                   "history", "rng", "params"}
+        saved = torch.load(tmp_path / "run" / "checkpoints" / name, weights_only=True)
+        assert set(saved) >= {"model", "optimizer", "scheduler", "scaler", "position", "selection",
+                              "history", "rng", "params", "model_config"}
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert last["position"]["step"] == 4 and last["finished"] and last["params"]["select_on"] == "test"
     assert [row["train_loss"] for row in last["history"]] == pytest.approx(history["train_loss"].tolist())
     # the trained model evaluates to the history's last figures
-    model, saved = train.load_trained(tmp_path / "run", "last")
+    model, saved, _ = checkpoint.load_trained(tmp_path / "run", "last")
     assert saved.select_on == "test"
     # a finished run resumes to its result at once; other parameters are refused
     assert train.fit(params.validate({**p.to_dict(), "resume": True}), tmp_path / "run", cohort)["best_epoch"] \
         == result["best_epoch"]
-    with pytest.raises(UserError, match=r"lr: 0.001 -> 0.01"):
+    with pytest.raises(UserError, match=r"lr \(train\): 0.001 -> 0.01"):
         train.fit(params.validate({**p.to_dict(), "lr": 0.01, "resume": True}), tmp_path / "run", cohort)
 
 
@@ -237,9 +238,9 @@ def test_rng_state_round_trips_through_weights_only(tmp_path):
     random.seed(1)
     np.random.seed(2)
     torch.manual_seed(3)
-    train.save_checkpoint(tmp_path / "rng.pt", {"rng": train.rng_state()})
+    checkpoint.save_checkpoint(tmp_path / "rng.pt", {"rng": checkpoint.rng_state()})
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    train.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    checkpoint.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
@@ -316,7 +317,7 @@ def test_ddp_on_gloo_matches_one_process(data_root, tmp_path, monkeypatch):
     assert np.allclose(one["train_loss"], ddp["train_loss"], rtol=0.1)
     # every rank evaluated rank 0's (saved) model, and the gathered evaluation covers the validation
     # split exactly once; per-rank batches of 4 instead of 8 change the logits in the last bits only
-    model, _ = train.load_trained(tmp_path / "two", "last")
+    model, _, _ = checkpoint.load_trained(tmp_path / "two", "last")
     _, eval_set, train_labels, transform = train.prepare_data(two, tmp_path / "two")
     scores = train.evaluate(model, make_loader(eval_set, 8, False, 0, 0), transform, torch.device("cpu"),
                             train.pos_weight_from_labels(train_labels))
@@ -339,13 +340,13 @@ def test_class_balance_and_plot(data_root):
     history = pd.DataFrame({"epoch": [1, 2], "train_loss": [0.7, 0.6], "val_loss": [0.8, 0.7],
                             "val_auroc_macro": [0.6, 0.65], "val_auroc_micro": [0.7, 0.72],
                             "eval_split": ["validate"] * 2, "selected": [True, True]})
-    fig = train.plot_history(history)
+    fig = viz.plot_history(history)
     assert len(fig.axes) == 2
     assert "best epoch 2" in [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
 
 
 def test_bench_train_reports_both_recipes():
-    result = train.bench_train(["--arch", "densenet121", "--size", "64", "--batch", "2", "--steps", "1"])
+    result = bench_train.bench_train(["--arch", "densenet121", "--size", "64", "--batch", "2", "--steps", "1"])
     assert result["original_images_per_s"] > 0 and result["ours_images_per_s"] > 0
     assert result["speedup"] == pytest.approx(result["ours_images_per_s"] / result["original_images_per_s"],
                                               rel=1e-2)
@@ -357,3 +358,39 @@ def test_steps_per_epoch_leaves_out_a_last_batch_of_one_image():
     assert train.steps_per_epoch(65, 32) == 2      # the 65th image would train BatchNorm alone
     assert train.steps_per_epoch(66, 32) == 3
     assert train.steps_per_epoch(1, 32) == 1       # nothing else to train on
+
+
+def test_normalisation_travels_with_the_checkpoint(data_root, tmp_path):
+    """Another run rewriting the shared cache's statistics changes nothing in this run's evaluation."""
+    import json
+    import shutil
+
+    from cxrlib import evaluate
+
+    copy = tmp_path / "data"
+    shutil.copytree(data_root, copy)
+    p = tiny(copy, epochs=1, select_on="validate")
+    cohort = read_cohort(copy / "cohort.csv")
+    train.fit(p, tmp_path / "run", cohort, progress=False)
+    write_cohort(cohort, tmp_path / "run" / "cohort.csv")
+    stats_file = cache.cache_path(copy / "cache", 64, "squash") / "stats.json"
+    trained_with = json.loads(stats_file.read_text())
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)["model_config"]
+    assert (saved["mean"], saved["std"]) == (trained_with["mean"], trained_with["std"])
+    assert saved["image_size"] == 64 and saved["arch"] == "densenet121"
+    before = evaluate.predict_run(tmp_path / "run", p, splits=("validate",), write=False)
+    stats_file.write_text(json.dumps({**trained_with, "mean": trained_with["mean"] + 0.2, "std": 0.1}))
+    after = evaluate.predict_run(tmp_path / "run", p, splits=("validate",), write=False)
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_resume_removes_its_own_stale_temp_checkpoints_only(data_root, tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    stale = [folder / ".last.pt.abc123.pt", folder / ".best.pt.zz.pt"]
+    keep = [folder / "notes.txt", folder / ".other.pt.x.pt", tmp_path / "run" / ".last.pt.q.pt"]
+    for f in stale + keep:
+        f.write_bytes(b"half a checkpoint")
+    p = tiny(data_root, epochs=1, max_train_batches=1)
+    train.fit(p, tmp_path / "run", read_cohort(data_root / "cohort.csv"), progress=False)
+    assert not any(f.exists() for f in stale) and all(f.exists() for f in keep)

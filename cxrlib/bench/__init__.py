@@ -85,16 +85,16 @@ def cli(command: str, argv: list[str]) -> int:
         from . import pipeline
         result = getattr(pipeline, f"bench_{args.name}")(args.rest)
     elif args.name == "decode":
-        from ..cache import bench_decode
+        from .decode import bench_decode
         result = bench_decode(args.rest)
     elif args.name == "loader":
-        from ..data import bench_loader
+        from .loader import bench_loader
         result = bench_loader(args.rest)
     elif args.name == "train":
-        from ..train import bench_train
+        from .train import bench_train
         result = bench_train(args.rest)
     elif args.name == "bootstrap":
-        from ..metrics import bench_bootstrap
+        from .bootstrap import bench_bootstrap
         result = bench_bootstrap(args.rest)
     else:  # argparse already refuses other names
         raise UserError(f"unknown benchmark {args.name}")

@@ -118,6 +118,7 @@ def bench_pipeline(argv=None) -> dict:
     from ..cache import build_cache
     from ..data import BatchTransform, EpochSampler, make_loader
     from ..model import build
+    from ..runtime import set_tf32
 
     ap = argparse.ArgumentParser(prog="python -m cxrlib bench pipeline", description=bench_pipeline.__doc__)
     ap.add_argument("--data-root", required=True, help="a MIMIC-CXR-JPG-shaped folder with files/")
@@ -136,7 +137,7 @@ def bench_pipeline(argv=None) -> dict:
     device = torch.device("cuda" if gpu else "cpu")
     if gpu:
         torch.backends.cudnn.benchmark = True
-        train.set_tf32(args.amp != "off")
+        set_tf32(args.amp != "off")
     amp = torch.bfloat16 if gpu and args.amp == "bf16" else None
     cache = build_cache(args.data_root, jpeg_table(args.data_root), args.size, "squash",
                         cache_dir=args.cache_dir or None, progress=False)

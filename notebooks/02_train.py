@@ -1,0 +1,78 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (cxrlib)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Training: train, or continue where the run stopped
+#
+# Trains the classifier on the run's cohort (`cohort.csv`, from notebook 01) and image cache, with the
+# recipe in the run's frozen `params.yaml` (the configuration table below shows it).
+#
+# - **Resuming.** `checkpoints/last.pt` is written atomically at every epoch end and every
+#   `checkpoint_minutes` within an epoch. Running this notebook again (or `make train RUN=<name> RESUME=1`)
+#   continues from it, batch for batch; on CPU the result is identical to an uninterrupted run.
+# - **Model selection.** `checkpoints/best.pt` is the epoch with the best `select_metric` on the split named
+#   by `select_on`. `validate` is honest. `test` is the original project's rule (best accuracy at 0.5 on
+#   the **test** set, early stop after `patience` epochs without a strictly better score): it makes the test
+#   figures optimistic, and this notebook says so in red.
+# - **Several GPUs.** With `gpus` > 1 training runs under `torchrun` (DDP) and its output appears below;
+#   `batch_size` is the global batch.
+
+# %% tags=["parameters"]
+run_dir = "runs/demo"          # the run folder (notebook 01 must have run); params.yaml holds the recipe
+epochs = 10                    # more than the run had: training goes on from last.pt
+resume = False                 # an existing last.pt with the same parameters is continued either way
+
+# %%
+from IPython.display import HTML, display
+
+from cxrlib import checkpoint, cohort, runs, train, viz
+
+p = runs.notebook_setup(run_dir, globals())
+if p.select_on == "test":
+    display(HTML(train.test_selection_html()))
+train.config_table(p)
+
+# %% [markdown]
+# ## Class balance of the training split, and the pos_weight it implies
+
+# %%
+balance = train.class_balance(cohort.read_cohort(f"{run_dir}/cohort.csv"))
+display(balance.round(3))
+viz.plot_class_balance(balance);
+
+# %% [markdown]
+# ## Train (or resume)
+
+# %%
+result = train.launch(p, run_dir, progress=runs.is_interactive())
+
+# %% [markdown]
+# ## History
+
+# %%
+history = checkpoint.read_history(run_dir)
+display(history.round(4))
+viz.plot_history(history);
+
+# %% [markdown]
+# ## Result
+
+# %%
+print(f"best epoch {result['best_epoch']} of {result['epochs_run']}: {result['select_metric']} "
+      f"{result['best_score']:.4f} on the {result['select_on']} split"
+      + (" (stopped early)" if result["stopped_early"] else ""))
+print(f"best checkpoint: {result['best']}\nlast checkpoint: {result['last']} (resume from here)")
+if result["selected_on_test"]:
+    display(HTML(train.test_selection_html()))

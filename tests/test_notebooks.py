@@ -1,0 +1,46 @@
+"""The notebooks are jupytext pairs: notebooks/NN_name.py (percent format) is the reviewed source and the
+.ipynb beside it (no outputs) what papermill and JupyterLab open. Each declares run_dir and only its own
+stage's knobs; everything else comes from the run's params.yaml."""
+from pathlib import Path
+
+import jupytext
+import nbformat
+import papermill
+import pytest
+
+from cxrlib import params, runs
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def cells(nb) -> list[tuple]:
+    return [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", []))) for c in nb.cells]
+
+
+@pytest.mark.parametrize("name", runs.NOTEBOOKS)
+def test_pairs_are_in_sync(name):
+    script, notebook = NOTEBOOKS / f"{name}.py", NOTEBOOKS / f"{name}.ipynb"
+    assert script.is_file() and notebook.is_file(), f"{name}: both the .py and the .ipynb must be committed"
+    ipynb = nbformat.read(notebook, as_version=4)
+    assert cells(jupytext.read(script)) == cells(ipynb), (
+        f"{name}.py and {name}.ipynb differ: run `.venv/bin/jupytext --sync notebooks/{name}.py` "
+        "(the newer file wins) and commit both")
+    assert ipynb.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent"
+
+
+def test_every_notebook_is_a_pair_and_a_pipeline_step():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(p.stem for p in NOTEBOOKS.glob("*.py")) \
+        == sorted(runs.NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", runs.NOTEBOOKS)
+def test_notebooks_declare_run_dir_and_their_own_knobs_only(name):
+    declared = set(papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb")))
+    assert "run_dir" in declared
+    assert declared - {"run_dir"} <= set(params.NOTEBOOK_KNOBS[name]), declared - set(params.NOTEBOOK_KNOBS[name])
+
+
+def test_a_stale_pair_is_detected(tmp_path):
+    script = tmp_path / "nb.py"
+    script.write_text((NOTEBOOKS / "03_evaluate.py").read_text().replace("bootstrap = 1000", "bootstrap = 10"))
+    assert cells(jupytext.read(script)) != cells(nbformat.read(NOTEBOOKS / "03_evaluate.ipynb", as_version=4))
