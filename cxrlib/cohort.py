@@ -7,7 +7,7 @@ The defaults are the original project's selection, image for image:
   4. NegBio labels, 1 -> 1 and 0, -1, blank -> 0 (labels.apply_policies);
   5. test = the studies whose study_id ends in 8 or 9, train = the rest.
 A subject whose selected study has no label row is dropped (not moved to its next study),
-as the original did; the report lists them. On the real 2.0.0 this gives REFERENCE.
+as the original did; the report lists them. On the real 2.0.0 this gives original.COHORT.
 
 IDs are read as strings exactly as written, so "lowest" is literal string order.
 split_mode "official" takes each selected image's split from mimic-cxr-2.0.0-split; then
@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import params as params_mod
 from .errors import UserError
+from .original import COHORT
 from .fsutil import atomic_write_csv, atomic_write_json
 from .labels import (
     BLANK_POLICIES,
@@ -56,15 +57,6 @@ ID_COLUMNS = ("dicom_id", "subject_id", "study_id")
 SPLITS = ("train", "validate", "test")
 OUTPUT_COLUMNS = ["subject_id", "study_id", "dicom_id", "view", "path", "split", *FINDINGS]
 
-# The original project's cohort on MIMIC-CXR-JPG 2.0.0 (its README and code).
-REFERENCE = {
-    "images": 33_501,
-    "train + validate": 26_807,
-    "test": 6_694,
-    "positives": 58_839,
-    "negatives": 410_175,
-    "label cells": 469_014,
-}
 # The full release has 377,110 metadata rows; a sample or the synthetic stand-in has far fewer.
 FULL_RELEASE_MIN_ROWS = 300_000
 
@@ -287,8 +279,8 @@ def compare_with_reference(report: CohortReport, warn: bool = True) -> pd.DataFr
         "negatives": report.negatives,
         "label cells": report.label_cells,
     }
-    frame = pd.DataFrame({"figure": list(REFERENCE), "ours": [ours[k] for k in REFERENCE],
-                          "reference": list(REFERENCE.values())})
+    frame = pd.DataFrame({"figure": list(COHORT), "ours": [ours[k] for k in COHORT],
+                          "reference": list(COHORT.values())})
     frame["difference"] = frame["ours"] - frame["reference"]
     applies = report.looks_like_full_release() and report.uses_original_rules()
     frame["flag"] = applies & (frame["difference"] != 0)

@@ -1,11 +1,14 @@
-"""Forward passes over a loader: logits in dataset order (gathered across DDP ranks), probabilities."""
+"""Forward passes over a loader: logits in dataset order (gathered across DDP ranks), probabilities, and
+the selection split's loss, macro/micro AUROC and accuracy at 0.5 that fit scores each epoch by."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .labels import FINDINGS
+from .optim import masked_bce
 
 
 @torch.no_grad()
@@ -35,3 +38,20 @@ def predict(model, loader, transform, device, amp=None, channels_last: bool = Fa
     """(probabilities (N, 14) float32 ndarray, dataset indices (N,)) for notebook 03."""
     logits, _, _, index = forward_all(model, loader, transform, device, amp, channels_last)
     return torch.sigmoid(logits).numpy(), index.numpy()
+
+
+def evaluate(model, loader, transform, device, pos_weight=None, amp=None, channels_last: bool = False,
+             progress: bool = False) -> dict:
+    """loss (masked BCE), macro and micro AUROC and accuracy at 0.5 over the valid cells."""
+    from . import metrics
+
+    logits, targets, mask, _ = forward_all(model, loader, transform, device, amp, channels_last, progress)
+    loss = float(masked_bce(logits, targets, mask, None if pos_weight is None else pos_weight.cpu()))
+    probs = torch.sigmoid(logits).numpy()
+    labels = np.where(mask.numpy() > 0, targets.numpy(), np.nan)
+    valid = mask.numpy() > 0
+    # the original's accuracy: (sigmoid > 0.5) == label, averaged over all (valid) cells
+    accuracy = float(((probs > 0.5) == (labels == 1))[valid].mean()) if valid.any() else float("nan")
+    ranking = metrics.ranking_metrics(labels, probs)
+    return {"loss": loss, "auroc_macro": ranking["macro"]["auroc"], "auroc_micro": ranking["micro"]["auroc"],
+            "accuracy": accuracy}

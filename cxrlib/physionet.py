@@ -2,33 +2,20 @@
 
 PhysioNet serves the release over HTTP basic auth at https://physionet.org/files/mimic-cxr-jpg/<version>/.
 We fetch SHA256SUMS.txt and the four tables, then only the images a cohort needs (33,501 of 377,110
-for the original project's), into MIMIC's own layout under the data root.
-
-- Credentials come from PHYSIONET_USERNAME/PHYSIONET_PASSWORD, ~/.netrc ($NETRC) or a prompt, never
-  from parameters: papermill writes parameters into the executed notebooks. The password lives in a
-  Credentials object whose repr hides it; the Authorization header is built per request.
-- Each file streams into <file>.part, resumes with an HTTP Range request after a dropped connection,
-  is checked against SHA256SUMS.txt and only then renamed into place: a file at its final path is a
-  verified one. DIR/.cxrlib-verified.json remembers size+mtime+sha of verified files, so a rerun over
-  30k files does not re-hash 50 GB.
+for the original project's), into MIMIC's own layout under the data root. transfer.py moves one file
+(credentials, Range resume, SHA-256, retries); this module plans, runs workers, and remembers:
+DIR/.cxrlib-verified.json keeps size+mtime+sha of verified files, so a rerun over 30k files does not
+re-hash 50 GB.
 """
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
-import errno
 import functools
-import getpass
-import http.client
 import json
 import logging
-import netrc
-import os
-import random
 import shlex
 import shutil
-import ssl
 import sys
 import threading
 import time
@@ -37,13 +24,16 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
 from .errors import UserError
 from .fsutil import atomic_write_json, sha256_file
+from .transfer import (  # noqa: F401  (AuthError, get_credentials, parse_retry_after, retry_delay: this module's API)
+    AuthError, Client, DiskFull, DiskFullError, Failed, Stopped, download, get_credentials, parse_retry_after,
+    retry_delay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,76 +43,21 @@ SUMS = "SHA256SUMS.txt"
 # 2.1.0 kept the 2.0.0 table names; only its new test-set labels carry the new number.
 TABLES = tuple(f"mimic-cxr-2.0.0-{kind}.csv.gz" for kind in ("metadata", "negbio", "chexpert", "split"))
 STATE = ".cxrlib-verified.json"
-CHUNK = 1 << 20
 TYPICAL_IMAGE_BYTES = 1_500_000   # the release's average; sizes the ETA until real sizes are known
-MAX_RETRY_AFTER_S = 300.0
-TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ssl.SSLError)
 
 
-class Credentials:
-    """A PhysioNet login. repr/str never show the password, and it refuses to be pickled."""
-    __slots__ = ("username", "_secret")
-
-    def __init__(self, username: str, password: str):
-        self.username = username
-        self._secret = password  # only ever read by authorization()
-
-    def authorization(self) -> str:
-        token = base64.b64encode(f"{self.username}:{self._secret}".encode()).decode()
-        return "Basic " + token
-
-    def __repr__(self) -> str:
-        return f"Credentials(username={self.username!r}, password=<hidden>)"
-
-    __str__ = __repr__
-
-    def __reduce_ex__(self, protocol):
-        raise TypeError("Credentials are never serialised")
 
 
-def get_credentials(host: str = "physionet.org") -> Credentials:
-    """PHYSIONET_USERNAME + PHYSIONET_PASSWORD, else the netrc entry for host, else a prompt on a TTY."""
-    user, password = os.environ.get("PHYSIONET_USERNAME"), os.environ.get("PHYSIONET_PASSWORD")
-    if user and password:
-        return Credentials(user, password)
-    netrc_file = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
-    if netrc_file.is_file():
-        try:
-            entries = netrc.netrc(str(netrc_file))
-        except (netrc.NetrcParseError, OSError) as e:
-            # The parser's own message can quote a token (the password itself), so name only file and line.
-            line = getattr(e, "lineno", None)
-            raise UserError(f"{netrc_file}{f' line {line}' if line else ''}: not a readable netrc file. "
-                            "Write 'machine physionet.org login USER password PASS' and chmod 600 it") from None
-        entry = entries.authenticators(host) or entries.authenticators("physionet.org")
-        if entry and entry[0] and entry[2]:
-            return Credentials(entry[0], entry[2])
-    if sys.stdin is not None and sys.stdin.isatty():
-        user = user or input("PhysioNet username: ").strip()
-        return Credentials(user, getpass.getpass(f"PhysioNet password for {user}: "))
-    raise UserError("no PhysioNet credentials. Either set PHYSIONET_USERNAME and PHYSIONET_PASSWORD in the "
-                    f"environment, or add 'machine physionet.org login USER password PASS' to {netrc_file} "
-                    "(chmod 600), or run the command in a terminal to be asked. Never put them in parameters.")
 
 
-class AuthError(UserError):
-    """401/403: wrong credentials or the data use agreement is not signed."""
 
 
-class DiskFullError(UserError):
-    """No space left while writing a file."""
 
 
-class _Failed(Exception):
-    """This one file cannot be fetched; the message is the reason shown in the summary."""
 
 
-class _Stopped(Exception):
-    """Another worker hit a fatal error: give up quietly, keeping the .part for the next run."""
 
 
-class _DiskFull(Exception):
-    pass
 
 
 @dataclass
@@ -147,61 +82,12 @@ class FetchSummary:
         return "\n".join(lines)
 
 
-def retry_delay(attempt: int, backoff: float, cap: float = 60.0, retry_after: float | None = None) -> float:
-    """Exponential backoff with full jitter; a server's Retry-After wins, within reason."""
-    if retry_after is not None:
-        return min(max(retry_after, 0.0), MAX_RETRY_AFTER_S)
-    return random.uniform(0.0, min(cap, backoff * 2 ** attempt))
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return parsedate_to_datetime(value).timestamp() - time.time()
-    except (TypeError, ValueError):
-        return None
 
 
-class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects, but never carry the Authorization header to another host or to plain http."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        old, target = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
-        if new is not None and (old.scheme, old.netloc) != (target.scheme, target.netloc):
-            new.headers.pop("Authorization", None)
-        return new
 
 
-class _Client:
-    """HTTP for one fetch: base URL, credentials, retry policy and a stop flag the workers share."""
-
-    def __init__(self, base_url, credentials, attempts, backoff, timeout):
-        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
-        self.credentials = credentials          # a Credentials, or a callable that returns one
-        self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
-        self.stop = threading.Event()
-        self.on_bytes = lambda n: None
-        self.opener = urllib.request.build_opener(_SameHostRedirects())
-
-    def login(self) -> None:
-        """Resolve the credentials in the main thread, before any worker needs them (a prompt may ask)."""
-        if not isinstance(self.credentials, Credentials):
-            host = urllib.parse.urlsplit(self.base_url).hostname or "physionet.org"
-            self.credentials = self.credentials() if callable(self.credentials) else get_credentials(host)
-
-    def open(self, rel: str, offset: int):
-        req = urllib.request.Request(self.base_url + urllib.parse.quote(rel),
-                                     headers={"User-Agent": "cxrlib-fetch (python urllib)"})
-        req.add_header("Authorization", self.credentials.authorization())
-        if offset:
-            req.add_header("Range", f"bytes={offset}-")
-        return self.opener.open(req, timeout=self.timeout)
 
 
 def _check_base_url(url: str) -> str:
@@ -242,93 +128,12 @@ def read_checksums(path) -> dict[str, str]:
     return sums
 
 
-def _content_range_start(value: str | None) -> int | None:
-    try:   # "bytes 100-199/200"
-        return int(value.split()[1].split("-")[0])
-    except (AttributeError, IndexError, ValueError):
-        return None
 
 
-def _stream(client: _Client, resp, part: Path, offset: int) -> None:
-    """Write one response body into part: appended when the server honoured our Range, else from zero."""
-    if offset and resp.status == 206 and _content_range_start(resp.headers.get("Content-Range")) != offset:
-        part.unlink(missing_ok=True)
-        raise http.client.HTTPException("the server sent a different byte range than asked; restarting")
-    if resp.status != 206:
-        offset = 0      # a 200 to a Range request is the whole file again
-    length = resp.headers.get("Content-Length")
-    received = 0
-    try:
-        with open(part, "ab" if offset else "wb") as f:
-            while chunk := resp.read(CHUNK):
-                if client.stop.is_set():
-                    raise _Stopped
-                f.write(chunk)
-                received += len(chunk)
-                client.on_bytes(len(chunk))
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            part.unlink(missing_ok=True)
-            raise _DiskFull from None
-        raise
-    if length is not None and length.isdigit() and received < int(length):
-        # http.client returns b"" when the peer hangs up early; the .part keeps what arrived.
-        raise http.client.IncompleteRead(b"", int(length) - received)
 
 
-def _transfer(client: _Client, rel: str, part: Path) -> None:
-    """Fetch rel into part, resuming what is there; transient errors are retried with backoff."""
-    failures, last = 0, ""
-    while failures < client.attempts:
-        if client.stop.is_set():
-            raise _Stopped
-        offset = part.stat().st_size if part.exists() else 0
-        retry_after = None
-        try:
-            with client.open(rel, offset) as resp:
-                _stream(client, resp, part, offset)
-            return
-        except urllib.error.HTTPError as e:
-            e.close()
-            if e.code in (401, 403):
-                client.stop.set()
-                raise AuthError(
-                    f"PhysioNet refused the credentials for {client.base_url} (HTTP {e.code}): either the user "
-                    "name or password is wrong, or this account has not signed the MIMIC-CXR-JPG data use "
-                    "agreement on https://physionet.org/content/mimic-cxr-jpg/ (credentialed access). Fix "
-                    "PHYSIONET_USERNAME/PHYSIONET_PASSWORD or ~/.netrc and rerun") from None
-            if e.code == 404:
-                raise _Failed("not on the server (HTTP 404): check --version and the cohort's paths") from None
-            if e.code == 416:
-                return      # the .part already holds the whole file; the checksum decides
-            if e.code not in (408, 429) and e.code < 500:
-                raise _Failed(f"HTTP {e.code} {e.reason}") from None
-            last, retry_after = f"HTTP {e.code} {e.reason}", parse_retry_after(e.headers.get("Retry-After"))
-        except TRANSIENT as e:
-            last = f"{type(e).__name__}: {e}"
-        progressed = part.exists() and part.stat().st_size > offset
-        failures = 0 if progressed else failures + 1    # resuming a flaky connection is not a failure
-        if failures < client.attempts:
-            client.stop.wait(retry_delay(failures, client.backoff, retry_after=retry_after))
-    raise _Failed(f"gave up after {client.attempts} attempts ({last})")
 
 
-def _download(client: _Client, root: Path, rel: str, expected: str | None) -> tuple[int, int, str]:
-    """One file to its final path, verified; returns (size, mtime_ns, sha256) for the verified state."""
-    dest = root / rel
-    part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):      # a checksum mismatch gets one fresh download from zero
-        _transfer(client, rel, part)
-        sha = sha256_file(part)
-        if expected is None or sha == expected:
-            os.replace(part, dest)
-            stat = dest.stat()
-            return stat.st_size, stat.st_mtime_ns, sha
-        part.unlink()
-    raise _Failed(f"checksum mismatch twice (SHA256SUMS.txt says {expected[:12]}..., got {sha[:12]}...)")
 
 
 def _load_state(root: Path) -> dict:
@@ -398,10 +203,10 @@ def _download_all(client, root, pending, sums, state, summary, workers, progress
 
     def one(rel):
         try:
-            return rel, _download(client, root, rel, sums.get(rel)), None
-        except _Failed as e:
+            return rel, download(client, root, rel, sums.get(rel)), None
+        except Failed as e:
             return rel, None, str(e)
-        except _Stopped:    # the worker that set the flag raises the real error
+        except Stopped:    # the worker that set the flag raises the real error
             return rel, None, "stopped before it finished"
 
     def record(rel, result, reason):
@@ -425,7 +230,7 @@ def _download_all(client, root, pending, sums, state, summary, workers, progress
         futures = [pool.submit(one, rel) for rel in pending[1:]]
         for future in as_completed(futures):
             record(*future.result())
-    except _DiskFull:
+    except DiskFull:
         mean = sum(sizes) / len(sizes) if sizes else TYPICAL_IMAGE_BYTES
         raise _disk_full(root, len(pending) - len(summary.downloaded), mean) from None
     finally:
@@ -447,7 +252,7 @@ def fetch(data_root, paths, version: str = "2.0.0", base_url: str | None = None,
     if not 1 <= workers <= 64:
         raise UserError(f"--workers {workers}: use 1 to 64 parallel downloads (8 is a good start)")
     rels = _clean_paths(paths, "cohort")
-    client = _Client(_check_base_url(base_url or DEFAULT_BASE_URL.format(version=version)),
+    client = Client(_check_base_url(base_url or DEFAULT_BASE_URL.format(version=version)),
                      credentials, attempts, backoff, timeout)
     started = time.monotonic()
     try:
@@ -457,11 +262,11 @@ def fetch(data_root, paths, version: str = "2.0.0", base_url: str | None = None,
     if not (root / SUMS).is_file():
         client.login()
         try:
-            _download(client, root, SUMS, None)
-        except _Failed as e:
+            download(client, root, SUMS, None)
+        except Failed as e:
             raise UserError(f"could not download {client.base_url}{SUMS}: {e}. Check --base-url/--version "
                             "and your connection, then rerun") from None
-        except _DiskFull:
+        except DiskFull:
             raise _disk_full(root, len(rels) + 1, TYPICAL_IMAGE_BYTES) from None
     sums = read_checksums(root / SUMS)
     unknown = [rel for rel in rels if rel not in sums]

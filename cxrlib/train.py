@@ -44,11 +44,9 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -66,8 +64,9 @@ from .checkpoint import (
 )
 from .errors import UserError
 from .fsutil import atomic_write_csv
-from .inference import forward_all
-from .labels import FINDINGS, label_matrix
+from .inference import evaluate
+from .labels import label_matrix
+from .optim import make_optimizer, make_scheduler, masked_bce, pos_weight_from_labels
 from .runtime import (
     all_reduce,
     amp_dtype,
@@ -79,54 +78,6 @@ from .runtime import (
     torchrun_command,
     under_torchrun,
 )
-
-
-# --------------------------------------------------------------------------- loss, optimizer, schedule
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, pos_weight=None) -> torch.Tensor:
-    """BCE-with-logits averaged over the valid (mask = 1) cells; masked cells add nothing.
-
-    With no masked cell this is nn.BCEWithLogitsLoss(pos_weight=...)(logits, targets).
-    """
-    loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight, reduction="none")
-    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def pos_weight_from_labels(labels: np.ndarray) -> torch.Tensor:
-    """neg/pos per finding over the training labels (NaN = masked, not counted); 1 where no positive."""
-    labels = np.asarray(labels, dtype=np.float64)
-    pos = (labels == 1).sum(axis=0).astype(np.float64)   # NaN equals neither
-    neg = (labels == 0).sum(axis=0).astype(np.float64)
-    if (pos == 0).any():
-        names = [FINDINGS[j] if labels.shape[1] == len(FINDINGS) else str(j) for j in np.flatnonzero(pos == 0)]
-        warnings.warn(f"pos_weight: no positive training label for {names}; their pos_weight is 1", stacklevel=2)
-    return torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32)
-
-
-def make_optimizer(model: nn.Module, params) -> torch.optim.Optimizer:
-    if params.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
-    """The multiplier of lr for optimizer step `step` (0-based): linear warmup, then constant or cosine to 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def make_scheduler(optimizer, params, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step LambdaLR; its state is just the step count, the function is rebuilt from params."""
-    warmup = round(params.warmup_epochs * steps_per_epoch)
-    total = params.epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        return lr_factor(step, warmup, total, params.schedule)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # --------------------------------------------------------------------------- one step, one epoch
@@ -210,26 +161,6 @@ def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, devi
         catch_up()
     bar.close()
     return position
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def evaluate(model, loader, transform, device, pos_weight=None, amp=None, channels_last: bool = False,
-             progress: bool = False) -> dict:
-    """loss (masked BCE), macro and micro AUROC and accuracy at 0.5 over the valid cells."""
-    from . import metrics
-
-    logits, targets, mask, _ = forward_all(model, loader, transform, device, amp, channels_last, progress)
-    loss = float(masked_bce(logits, targets, mask, None if pos_weight is None else pos_weight.cpu()))
-    probs = torch.sigmoid(logits).numpy()
-    labels = np.where(mask.numpy() > 0, targets.numpy(), np.nan)
-    valid = mask.numpy() > 0
-    # the original's accuracy: (sigmoid > 0.5) == label, averaged over all (valid) cells
-    accuracy = float(((probs > 0.5) == (labels == 1))[valid].mean()) if valid.any() else float("nan")
-    ranking = metrics.ranking_metrics(labels, probs)
-    return {"loss": loss, "auroc_macro": ranking["macro"]["auroc"], "auroc_micro": ranking["micro"]["auroc"],
-            "accuracy": accuracy}
 
 
 # --------------------------------------------------------------------------- model selection
@@ -507,34 +438,6 @@ def main(argv=None) -> int:
 
 
 # --------------------------------------------------------------------------- notebook helpers
-def class_balance(cohort: pd.DataFrame, split: str = "train") -> pd.DataFrame:
-    """Per finding on one split: positives, negatives, masked, prevalence and the pos_weight fit would use."""
-    frame = cohort[cohort["split"] == split]
-    labels = label_matrix(frame)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        weights = pos_weight_from_labels(labels).numpy() if len(frame) else np.ones(len(FINDINGS))
-    pos = (labels == 1).sum(axis=0)
-    neg = (labels == 0).sum(axis=0)
-    masked = np.isnan(labels).sum(axis=0)
-    return pd.DataFrame({"positive": pos, "negative": neg, "masked": masked,
-                         "prevalence": pos / np.maximum(pos + neg, 1), "pos_weight": weights},
-                        index=pd.Index(FINDINGS, name="finding"))
-
-
-def config_table(params) -> pd.DataFrame:
-    """The parameters that shape training, as a one-column table."""
-    names = ["device", "gpus", "arch", "head", "weights", "image_size", "dropout", "epochs", "batch_size", "lr",
-             "optimizer", "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "augment",
-             "select_on", "select_metric", "patience", "amp", "channels_last", "compile", "seed",
-             "checkpoint_minutes", "resume"]
-    values = params.to_dict()
-    return pd.DataFrame({"value": [str(values[n]) for n in names]}, index=pd.Index(names, name="parameter"))
-
-
-def test_selection_html() -> str:
-    """The warning a notebook shows, in bold red, when the model is selected on the test set."""
-    return f'<p style="color:#b00020;font-weight:bold;font-size:1.1em">&#9888; {TEST_SELECTION_WARNING}</p>'
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ report made with `redact_images: true` holds no pixel data.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -17,7 +18,8 @@ from sklearn.metrics import (
 )
 
 from . import metrics
-from .labels import FINDINGS
+from .checkpoint import TEST_SELECTION_WARNING
+from .labels import FINDINGS, label_matrix
 
 
 def _plt():
@@ -303,3 +305,36 @@ def plot_reliability(y, p, n_bins: int = 10, strategy: str = "uniform", findings
     fig.supxlabel("mean predicted probability", fontsize=9)
     fig.supylabel("observed positive rate", fontsize=9)
     return fig
+
+
+# --------------------------------------------------------------------------- training (notebook 02)
+def class_balance(cohort: pd.DataFrame, split: str = "train") -> pd.DataFrame:
+    """Per finding on one split: positives, negatives, masked, prevalence and the pos_weight fit would use."""
+    from .optim import pos_weight_from_labels
+
+    frame = cohort[cohort["split"] == split]
+    labels = label_matrix(frame)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        weights = pos_weight_from_labels(labels).numpy() if len(frame) else np.ones(len(FINDINGS))
+    pos = (labels == 1).sum(axis=0)
+    neg = (labels == 0).sum(axis=0)
+    masked = np.isnan(labels).sum(axis=0)
+    return pd.DataFrame({"positive": pos, "negative": neg, "masked": masked,
+                         "prevalence": pos / np.maximum(pos + neg, 1), "pos_weight": weights},
+                        index=pd.Index(FINDINGS, name="finding"))
+
+
+def config_table(params) -> pd.DataFrame:
+    """The parameters that shape training, as a one-column table."""
+    names = ["device", "gpus", "arch", "head", "weights", "image_size", "dropout", "epochs", "batch_size", "lr",
+             "optimizer", "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "augment",
+             "select_on", "select_metric", "patience", "amp", "channels_last", "compile", "seed",
+             "checkpoint_minutes", "resume"]
+    values = params.to_dict()
+    return pd.DataFrame({"value": [str(values[n]) for n in names]}, index=pd.Index(names, name="parameter"))
+
+
+def test_selection_html() -> str:
+    """The warning a notebook shows, in bold red, when the model is selected on the test set."""
+    return f'<p style="color:#b00020;font-weight:bold;font-size:1.1em">&#9888; {TEST_SELECTION_WARNING}</p>'

@@ -41,14 +41,14 @@ from cxrlib import checkpoint, cohort, runs, train, viz
 
 p = runs.notebook_setup(run_dir, globals())
 if p.select_on == "test":
-    display(HTML(train.test_selection_html()))
-train.config_table(p)
+    display(HTML(viz.test_selection_html()))
+viz.config_table(p)
 
 # %% [markdown]
 # ## Class balance of the training split, and the pos_weight it implies
 
 # %%
-balance = train.class_balance(cohort.read_cohort(f"{run_dir}/cohort.csv"))
+balance = viz.class_balance(cohort.read_cohort(f"{run_dir}/cohort.csv"))
 display(balance.round(3))
 viz.plot_class_balance(balance);
 
@@ -75,4 +75,4 @@ print(f"best epoch {result['best_epoch']} of {result['epochs_run']}: {result['se
       + (" (stopped early)" if result["stopped_early"] else ""))
 print(f"best checkpoint: {result['best']}\nlast checkpoint: {result['last']} (resume from here)")
 if result["selected_on_test"]:
-    display(HTML(train.test_selection_html()))
+    display(HTML(viz.test_selection_html()))

@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import HTML, display
 
-from cxrlib import evaluate, runs, viz
+from cxrlib import compare, evaluate, runs, viz
 
 p = runs.notebook_setup(run_dir, globals())
 
@@ -139,13 +139,13 @@ comparison.round(4)
 
 # %%
 if p.compare_with:
-    differences = evaluate.compare_runs(run_dir, Path(p.runs_dir) / p.compare_with, p)
+    differences = compare.compare_runs(run_dir, Path(p.runs_dir) / p.compare_with, p)
     a = differences.attrs
     print(f"{a['this']} - {a['other']} on the {a['shared_images']} test images both predicted "
           f"({a['patients']} patients; {a['this']} has {a['this_images']}, {a['other']} {a['other_images']}); "
           f"{a['ci_level']:.0%} CIs from {a['n_boot']} paired patient resamples")
     display(differences.round(4))
-    display(evaluate.plot_differences(differences))
+    display(compare.plot_differences(differences))
 else:
     print("compare_with is empty: no paired comparison. Set compare_with: <run name> (make evaluate RUN=... "
           "COMPARE_WITH=<other run>) to compare two runs on the same test images.")

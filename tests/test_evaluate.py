@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from cxrlib import evaluate, metrics, params, runs
+from cxrlib import compare, evaluate, metrics, params, runs
 from cxrlib.cohort import read_cohort
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
@@ -183,7 +183,7 @@ def test_original_comparison_puts_our_ci_beside_both_published_models(tiny_run):
 
 # --------------------------------------------------------------------------- two runs
 def test_compare_runs_with_itself_gives_zero_differences(tiny_run):
-    table = evaluate.compare_runs(tiny_run, tiny_run, frozen(tiny_run))
+    table = compare.compare_runs(tiny_run, tiny_run, frozen(tiny_run))
     assert set(table["metric"]) == {"auroc", "auprc", "ece", "brier"}
     defined = table.dropna(subset=["diff"])
     assert len(defined) >= 6
@@ -201,7 +201,7 @@ def test_compare_runs_sees_a_better_run(tiny_run, tmp_path):
     probs = predictions[evaluate.PROB_COLUMNS].to_numpy() + 0.5 * np.nan_to_num(labels)
     predictions[evaluate.PROB_COLUMNS] = np.clip(probs, 0, 1)
     predictions.to_csv(better / "predictions.csv", index=False)
-    table = evaluate.compare_runs(better, tiny_run, frozen(tiny_run)).set_index(["finding", "metric"])
+    table = compare.compare_runs(better, tiny_run, frozen(tiny_run)).set_index(["finding", "metric"])
     assert table.loc[("micro", "auroc"), "diff"] > 0 and table.loc[("micro", "auroc"), "lo"] > 0
     assert table.loc[("micro", "auroc"), "this_run"] > table.loc[("micro", "auroc"), "other_run"]
 
@@ -215,16 +215,16 @@ def test_compare_runs_refuses_other_labels_and_disjoint_test_sets(tiny_run, tmp_
     changed["Edema"] = 1.0 - changed["Edema"]
     changed.to_csv(relabelled / "predictions.csv", index=False)
     with pytest.raises(UserError, match="label the shared test images differently.*Edema"):
-        evaluate.compare_runs(tiny_run, relabelled, p)
+        compare.compare_runs(tiny_run, relabelled, p)
     disjoint = tmp_path / "disjoint"
     disjoint.mkdir()
     moved = predictions.copy()
     moved["dicom_id"] = "x" + moved["dicom_id"]
     moved.to_csv(disjoint / "predictions.csv", index=False)
     with pytest.raises(UserError, match="share no test image"):
-        evaluate.compare_runs(tiny_run, disjoint, p)
+        compare.compare_runs(tiny_run, disjoint, p)
     with pytest.raises(UserError, match=r"predictions.csv: no predictions; run notebook 03"):
-        evaluate.compare_runs(tiny_run, tmp_path / "never-evaluated", p)
+        compare.compare_runs(tiny_run, tmp_path / "never-evaluated", p)
 
 
 # --------------------------------------------------------------------------- reports

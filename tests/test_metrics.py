@@ -7,7 +7,7 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxrlib import metrics, viz
+from cxrlib import metrics, original, viz
 from cxrlib.bench.bootstrap import bench_bootstrap
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
@@ -263,7 +263,7 @@ def test_bad_inputs_name_the_argument_and_the_fix():
 
 
 def test_original_project_results_are_the_published_figures():
-    r = metrics.original_project_results()
+    r = original.original_project_results()
     assert r["seed-nopos"]["macro"] == {"auroc": 0.7191, "auprc": 0.2804}
     assert r["seed-nopos"]["micro"] == {"auroc": 0.8360, "auprc": 0.4764}
     assert r["seed-pos"]["macro"] == {"auroc": 0.7594, "auprc": 0.3091}

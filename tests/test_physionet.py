@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from physionet_server import FakePhysioNet, make_release
 
-from cxrlib import physionet
+from cxrlib import physionet, transfer
 from cxrlib.__main__ import main
 from cxrlib.errors import UserError
 
@@ -247,7 +247,7 @@ def test_disk_full_is_a_clear_error_and_leaves_no_part(tmp_path, release, server
             raise OSError(errno.ENOSPC, "No space left on device")
 
     real_open = open
-    monkeypatch.setattr(physionet, "open", lambda path, mode="r", *a, **k: FullDisk(real_open(path, mode, *a, **k))
+    monkeypatch.setattr(transfer, "open", lambda path, mode="r", *a, **k: FullDisk(real_open(path, mode, *a, **k))
                         if str(path).endswith(".part") else real_open(path, mode, *a, **k), raising=False)
     with pytest.raises(physionet.DiskFullError, match="no space left on device under .* free about"):
         get(server, root, images)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cxrlib import cache, checkpoint, params, runtime, train, viz
+from cxrlib import cache, checkpoint, optim, params, runtime, train, viz
 from cxrlib.bench import train as bench_train
 from cxrlib.cohort import read_cohort, write_cohort
 from cxrlib.data import BatchTransform, make_loader
@@ -85,15 +85,15 @@ def test_masked_loss_ignores_masked_cells():
     logits, targets = torch.randn(6, 14), (torch.rand(6, 14) < 0.3).float()
     mask = (torch.rand(6, 14) < 0.7).float()
     pos_weight = torch.linspace(0.5, 5.0, 14)
-    loss = train.masked_bce(logits, targets, mask, pos_weight)
+    loss = optim.masked_bce(logits, targets, mask, pos_weight)
     flipped = torch.where(mask > 0, targets, 1 - targets)   # change only what is masked
-    assert torch.equal(loss, train.masked_bce(logits, flipped, mask, pos_weight))
+    assert torch.equal(loss, optim.masked_bce(logits, flipped, mask, pos_weight))
     valid = mask.bool()
     by_hand = nn.functional.binary_cross_entropy_with_logits(
         logits[valid], targets[valid], pos_weight=pos_weight.expand(6, 14)[valid])
     assert torch.allclose(loss, by_hand)
     everything = torch.ones_like(mask)   # no mask: exactly the original's criterion
-    assert torch.allclose(train.masked_bce(logits, targets, everything, pos_weight),
+    assert torch.allclose(optim.masked_bce(logits, targets, everything, pos_weight),
                           nn.BCEWithLogitsLoss(pos_weight=pos_weight)(logits, targets))
 
 
@@ -106,7 +106,7 @@ def test_pos_weight_is_negatives_over_positives():
     labels[:, 3] = 1             # no negative -> 0
     labels[:, 4] = 0             # no positive -> guarded to 1, with a warning
     with pytest.warns(UserWarning, match="Enlarged Cardiomediastinum"):
-        weights = train.pos_weight_from_labels(labels)
+        weights = optim.pos_weight_from_labels(labels)
     assert weights.dtype == torch.float32
     assert weights[:5].tolist() == [4.0, 1.0, 4.0, 0.0, 1.0]
     assert weights[5:].tolist() == [1.0] * 9   # columns 5.. hold no positive either
@@ -115,8 +115,8 @@ def test_pos_weight_is_negatives_over_positives():
 def test_cosine_schedule_with_linear_warmup():
     p = params.validate({"lr": 1e-3, "epochs": 3, "schedule": "cosine", "warmup_epochs": 0.5, "val_fraction": 0.1})
     model = nn.Linear(2, 1)
-    optimizer = train.make_optimizer(model, p)
-    scheduler = train.make_scheduler(optimizer, p, steps_per_epoch=10)   # 5 warmup steps of 30
+    optimizer = optim.make_optimizer(model, p)
+    scheduler = optim.make_scheduler(optimizer, p, steps_per_epoch=10)   # 5 warmup steps of 30
     lrs = []
     for _ in range(30):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -128,9 +128,9 @@ def test_cosine_schedule_with_linear_warmup():
     assert lrs[-1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 24 / 25)))
     assert all(a >= b for a, b in zip(lrs[5:], lrs[6:]))
     constant = params.validate({"lr": 1e-4, "schedule": "constant", "val_fraction": 0.1})
-    optimizer = train.make_optimizer(model, constant)
+    optimizer = optim.make_optimizer(model, constant)
     assert isinstance(optimizer, torch.optim.Adam) and not isinstance(optimizer, torch.optim.AdamW)
-    scheduler = train.make_scheduler(optimizer, constant, steps_per_epoch=7)
+    scheduler = optim.make_scheduler(optimizer, constant, steps_per_epoch=7)
     for _ in range(20):
         optimizer.step()
         scheduler.step()
@@ -320,7 +320,7 @@ def test_ddp_on_gloo_matches_one_process(data_root, tmp_path, monkeypatch):
     model, _, _ = checkpoint.load_trained(tmp_path / "two", "last")
     _, eval_set, train_labels, transform = train.prepare_data(two, tmp_path / "two")
     scores = train.evaluate(model, make_loader(eval_set, 8, False, 0, 0), transform, torch.device("cpu"),
-                            train.pos_weight_from_labels(train_labels))
+                            optim.pos_weight_from_labels(train_labels))
     assert scores["loss"] == pytest.approx(ddp["val_loss"].iloc[-1], rel=1e-5)
     assert scores["auroc_macro"] == pytest.approx(ddp["val_auroc_macro"].iloc[-1], abs=1e-3)
 
@@ -330,7 +330,7 @@ def test_class_balance_and_plot(data_root):
     cohort = read_cohort(data_root / "cohort.csv")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        balance = train.class_balance(cohort)
+        balance = viz.class_balance(cohort)
     train_labels = cohort.loc[cohort["split"] == "train", FINDINGS]
     assert balance.loc["Atelectasis", "positive"] == (train_labels["Atelectasis"] == 1).sum()
     assert (balance["positive"] + balance["negative"] + balance["masked"] == 16).all()

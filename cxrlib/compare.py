@@ -1,0 +1,83 @@
+"""Two runs on the same test images: paired differences on shared patient resamples (notebook 03's compare_with)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .errors import UserError
+from .evaluate import PROB_COLUMNS, read_predictions
+from .labels import FINDINGS
+
+
+def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
+    """This run minus the other on the test images both predicted, scored on the same patient resamples.
+
+    Rows: per finding then macro and micro, metrics AUROC and AUPRC (and pooled ECE, Brier);
+    columns this_run, other_run, diff (= this - other), lo, hi, p_value. Refuses when the runs share
+    no test image or label those they share differently (other policies or label source).
+    """
+    run_dir, other_run_dir = Path(run_dir), Path(other_run_dir)
+    ours, theirs = read_predictions(run_dir), read_predictions(other_run_dir)
+    ours, theirs = ours[ours["split"] == "test"], theirs[theirs["split"] == "test"]
+    shared = ours.merge(theirs, on="dicom_id", suffixes=("", "_other"))
+    if shared.empty:
+        raise UserError(f"{run_dir.name} and {other_run_dir.name} share no test image (joined on dicom_id); "
+                        "compare runs built on the same cohort and test split (compare_with)")
+    a_labels = shared[FINDINGS].to_numpy(dtype=np.float64)
+    b_labels = shared[[f"{f}_other" for f in FINDINGS]].to_numpy(dtype=np.float64)
+    same = (a_labels == b_labels) | (np.isnan(a_labels) & np.isnan(b_labels))
+    if not same.all():
+        bad = [f for j, f in enumerate(FINDINGS) if not same[:, j].all()]
+        raise UserError(f"{run_dir.name} and {other_run_dir.name} label the shared test images differently for "
+                        f"{bad[:4]} (another label_source or uncertain/blank policy); paired differences need the "
+                        "same labels: compare runs with the same label settings (compare_with)")
+    p_this = shared[PROB_COLUMNS].to_numpy(dtype=np.float64)
+    p_other = shared[[f"{c}_other" for c in PROB_COLUMNS]].to_numpy(dtype=np.float64)
+    # metrics.paired_bootstrap reports b - a: a is the other run, b this one.
+    result = metrics.paired_bootstrap(a_labels, p_other, p_this, shared["subject_id"].to_numpy(dtype=str),
+                                      n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level)
+    rows = []
+
+    def add(name, metric, e):
+        rows.append({"finding": name, "metric": metric, "this_run": e["b"], "other_run": e["a"], "diff": e["diff"],
+                     "lo": e["lo"], "hi": e["hi"], "p_value": e["p_value"], "n_boot_valid": e["n_boot_valid"]})
+
+    for name, entry in result["per_finding"].items():
+        for m in ("auroc", "auprc"):
+            add(name, m, entry[m])
+    for avg in ("macro", "micro"):
+        for m in ("auroc", "auprc"):
+            add(avg, m, result[avg][m])
+    for m in ("ece", "brier"):
+        add("pooled", m, result["calibration"][m])
+    table = pd.DataFrame(rows)
+    table = table.astype({c: "Float64" for c in ("this_run", "other_run", "diff", "lo", "hi", "p_value")})
+    table.attrs.update(this=run_dir.name, other=other_run_dir.name, shared_images=int(len(shared)),
+                       this_images=int(len(ours)), other_images=int(len(theirs)),
+                       patients=int(shared["subject_id"].nunique()), ci_level=p.ci_level, n_boot=p.bootstrap)
+    return table
+
+
+def plot_differences(table: pd.DataFrame):
+    """Forest plot of the paired differences (this - other) with their CIs, AUROC and AUPRC side by side."""
+    from matplotlib.figure import Figure
+
+    names = list(dict.fromkeys(table.loc[table["metric"].isin(["auroc", "auprc"]), "finding"]))
+    fig = Figure(figsize=(10, 0.3 * len(names) + 1.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    ypos = np.arange(len(names))[::-1]
+    for ax, m in zip(axes, ("auroc", "auprc")):
+        rows = table[table["metric"] == m].set_index("finding").reindex(names)
+        diff = rows["diff"].to_numpy(dtype=float, na_value=np.nan)
+        err = np.abs(np.vstack([diff - rows["lo"].to_numpy(dtype=float, na_value=np.nan),
+                                rows["hi"].to_numpy(dtype=float, na_value=np.nan) - diff]))
+        ax.errorbar(diff, ypos, xerr=np.nan_to_num(err), fmt="o", ms=4, color="#c44e52", capsize=2)
+        ax.axvline(0, color="0.5", lw=0.8)
+        ax.set_xlabel(f"{m.upper()} difference ({table.attrs.get('this', 'this')} - {table.attrs.get('other', 'other')})",
+                      fontsize=8)
+        ax.grid(axis="x", lw=0.3)
+    axes[0].set_yticks(ypos, names, fontsize=8)
+    return fig
