@@ -50,10 +50,12 @@ data: $(STAMP) data/demo/SHA256SUMS.txt ## Generate the synthetic MIMIC-CXR-JPG 
 demo: setup data ## The whole pipeline on synthetic data, on CPU (minutes)
 	$(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" --params params/demo.yaml $(if $(RUN),--name $(RUN)) --summary
 
-test: setup ## Run the test suite
+test: setup ## Run the test suite (ruff first: lint and import order)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lab: setup ## Open JupyterLab with the venv's kernel
+# jupytext is installed in the venv, so Lab opens notebooks/NN_name.ipynb paired: saving updates the .py too.
+lab: setup ## Open JupyterLab with the venv's kernel (notebooks are jupytext pairs)
 	$(VENV)/bin/jupyter lab --notebook-dir=.
 
 cohort: setup ## Notebook 01: cohort (and image cache) for PARAMS

@@ -29,8 +29,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cache_build import (CACHE_VERSION, FAILED, REQUIRED_COLUMNS, Build, decode_pending, locked, make_plan, old_state,
-                          publish, reuse, same_sources)
+from .cache_build import (
+    CACHE_VERSION,
+    FAILED,
+    REQUIRED_COLUMNS,
+    Build,
+    decode_pending,
+    locked,
+    make_plan,
+    old_state,
+    publish,
+    reuse,
+    same_sources,
+)
 from .decode import DECODE_MODES, RESIZE_MODES
 from .errors import UserError
 

@@ -59,7 +59,7 @@ def brier(y, p) -> float:
 
 def calibration(y, p, n_bins: int = 10, strategy: str = "uniform", findings=None) -> dict:
     """ECE and Brier score per finding and pooled over all unmasked cells."""
-    from .metrics import check_inputs   # metrics imports this module
+    from .metrics import check_inputs  # metrics imports this module
 
     y, p, findings = check_inputs(y, p, findings)
     per = {name: {"n": int((~np.isnan(y[:, j])).sum()), "ece": ece(y[:, j], p[:, j], n_bins, strategy),

@@ -29,7 +29,6 @@ import pandas as pd
 
 from . import params as params_mod
 from .errors import UserError
-from .original import COHORT
 from .fsutil import atomic_write_csv, atomic_write_json
 from .labels import (
     BLANK_POLICIES,
@@ -38,6 +37,7 @@ from .labels import (
     apply_policies,
     per_finding,
 )
+from .original import COHORT
 
 PHYSIONET_PAGE = "https://physionet.org/content/mimic-cxr-jpg/2.0.0/"
 TABLES = {

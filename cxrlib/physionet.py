@@ -31,7 +31,15 @@ from tqdm.auto import tqdm
 from .errors import UserError
 from .fsutil import atomic_write_json, sha256_file
 from .transfer import (  # noqa: F401  (AuthError, get_credentials, parse_retry_after, retry_delay: this module's API)
-    AuthError, Client, DiskFull, DiskFullError, Failed, Stopped, download, get_credentials, parse_retry_after,
+    AuthError,
+    Client,
+    DiskFull,
+    DiskFullError,
+    Failed,
+    Stopped,
+    download,
+    get_credentials,
+    parse_retry_after,
     retry_delay,
 )
 

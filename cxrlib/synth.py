@@ -68,8 +68,24 @@ from .fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from .labels import FINDINGS
 from .synth_draw import jpeg_bytes, render  # noqa: F401  (render: the drawing API, used by the tests)
 from .synth_tables import (  # noqa: F401  (the table constants and builders are this module's API too)
-    CHEXPERT, COOCCURRENCE, LABEL_COLUMNS, LICENSE, METADATA, METADATA_COLUMNS, NEGBIO, RATES, SAMPLED, SMALL_FACTOR,
-    SPLIT, SPLIT_COLUMNS, SUMS, VERSION, _csv_gz, build_tables, image_path, latent_correlation,
+    CHEXPERT,
+    COOCCURRENCE,
+    LABEL_COLUMNS,
+    LICENSE,
+    METADATA,
+    METADATA_COLUMNS,
+    NEGBIO,
+    RATES,
+    SAMPLED,
+    SMALL_FACTOR,
+    SPLIT,
+    SPLIT_COLUMNS,
+    SUMS,
+    VERSION,
+    _csv_gz,
+    build_tables,
+    image_path,
+    latent_correlation,
 )
 
 

@@ -170,7 +170,7 @@ def _draw_base(f, a, rng):
     D += 0.06 * heart * body
     if not a["lateral"]:  # the trachea's air column
         D -= 0.08 * _ramp(0.035 - np.abs(x - 0.005), 0.02) * _ramp(-0.35 - y, 0.1)
-    lo = max(l["dome"] for l in a["lungs"])
+    lo = max(lung["dome"] for lung in a["lungs"])
     D += 0.1 * _ramp(y - lo - 0.05, 0.25) * body  # liver and abdomen below the domes
     if not a["lateral"]:
         _add_disc(D, f, 0.3, a["lungs"][1]["dome"] + 0.12, 0.09, 0.05, -0.1)  # gastric bubble

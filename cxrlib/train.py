@@ -24,8 +24,9 @@ Several GPUs. DDP, one process per GPU, launched by torchrun. batch_size is the 
 each rank takes batch_size // world_size images of every global batch (the EpochSampler deals
 batch k's images across ranks), so the gradients match one process with the same global batch
 up to BatchNorm, whose statistics are per rank (as in torchvision's references without
---sync-bn), and to masked labels, which each rank averages over its own valid cells. Rank 0 alone writes checkpoints and history; every rank computes the same metrics
-from the gathered predictions, so all stop at the same epoch. With device: cpu, gpus: N runs N CPU
+--sync-bn), and to masked labels, which each rank averages over its own valid cells. Rank 0 alone
+writes checkpoints and history; every rank computes the same metrics from the gathered
+predictions, so all stop at the same epoch. With device: cpu, gpus: N runs N CPU
 processes on the gloo backend (the tests do). Several machines:
 
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\

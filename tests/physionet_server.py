@@ -1,8 +1,9 @@
 """A loopback stand-in for PhysioNet's file server: basic auth, Range requests and injected faults.
 
 `faults[rel]` is a list of faults, one consumed per request for that file; `always[rel]` applies to
-every request; `redirects[rel]` answers 302 to another URL (after the auth check). Faults: "500", "503", "429" (with Retry-After: 0), "drop" (send half the body, then
-hang up), "corrupt" (one byte flipped), "ignore-range" (answer 200 with the whole file), "404".
+every request; `redirects[rel]` answers 302 to another URL (after the auth check). Faults: "500",
+"503", "429" (with Retry-After: 0), "drop" (send half the body, then hang up), "corrupt" (one byte
+flipped), "ignore-range" (answer 200 with the whole file), "404".
 """
 from __future__ import annotations
 

@@ -291,3 +291,15 @@ def test_bench_bootstrap_reports_one_thread_timing():
     result = bench_bootstrap(["--images", "300", "--n-boot", "50", "--repeats", "1"])
     assert result["bench"] == "bootstrap" and result["threads"] == 1 and result["n_boot"] == 50
     assert result["seconds_best"] > 0
+
+
+def test_a_split_with_one_patient_gives_degenerate_intervals_not_errors():
+    """Every resample of a one-patient split is that patient: the CI collapses onto the estimate."""
+    rng = np.random.default_rng(0)
+    y = (rng.random((6, len(FINDINGS))) < 0.5).astype(float)
+    y[:, FINDINGS.index("Edema")] = 0.0                      # a finding with no positive at all
+    p = rng.random((6, len(FINDINGS)))
+    summary = metrics.summarize(y, p, np.array(["p1"] * 6), n_boot=20, seed=0)
+    macro = summary["macro"]["auroc"]
+    assert macro["lo"] == pytest.approx(macro["value"]) == pytest.approx(macro["hi"])
+    assert summary["per_finding"]["Edema"]["auroc"]["value"] is None
