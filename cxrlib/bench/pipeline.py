@@ -39,10 +39,10 @@ def jpeg_table(data_root, limit: int = 0) -> pd.DataFrame:
 
 
 def _original_one(task) -> int:
-    from ..cache import _original_decode, _original_path
+    from .decode import original_decode, original_path
 
     path, size = task
-    _original_decode(path, _original_path(size))
+    original_decode(path, original_path(size))
     return 1
 
 
