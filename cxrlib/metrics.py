@@ -1,4 +1,4 @@
-"""Evaluation figures with their uncertainty: ranking, thresholds, calibration.
+"""Evaluation figures with their uncertainty: ranking and thresholds (calibration: calibration.py).
 
 Conventions: y (N, F) holds 0, 1 or NaN (a masked label, left out of every figure of its
 finding); p (N, F) holds probabilities; groups (N,) holds patient ids (subject_id). F is 14
@@ -445,10 +445,6 @@ def threshold_metrics(y_test, p_test, thresholds: dict, findings=None) -> pd.Dat
                          "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
                          "ppv": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn),
                          "f1": _ratio(2 * tp, 2 * tp + fp + fn)})
-    columns = ["finding", "rule", "threshold", "n", "tp", "fp", "tn", "fn",
-               "sensitivity", "specificity", "ppv", "npv", "f1"]
+    columns = ["finding", "rule", "threshold", "n", "tp", "fp", "tn", "fn", "sensitivity", "specificity", "ppv", "npv", "f1"]
     out = pd.DataFrame(rows).reindex(columns=columns)
     return out.astype({c: "Int64" for c in ("n", "tp", "fp", "tn", "fn")})
-
-
-# --------------------------------------------------------------------------- calibration
