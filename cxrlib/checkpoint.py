@@ -82,8 +82,7 @@ def load_trained(run_dir, which: str = "best", device="cpu"):
     path = Path(run_dir) / "checkpoints" / f"{which}.pt"
     checkpoint = load_checkpoint(path)
     p = params_mod.validate(checkpoint["params"], str(path))
-    config = checkpoint.get("model_config") or {**{k: getattr(p, k) for k in MODEL_FIELDS}, "mean": p.mean,
-                                                 "std": p.std}
+    config = saved_model_config(checkpoint, p)
     model = build(config["arch"], config["head"], len(FINDINGS), config["image_size"], "none", config["dropout"])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), p, config
@@ -96,6 +95,11 @@ def read_model_config(run_dir, which: str = "best") -> dict:
         raise UserError(f"{path}: no checkpoint; train the run first (notebook 02, `make train`)")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     p = params_mod.validate(checkpoint["params"], str(path))
+    return saved_model_config(checkpoint, p)
+
+
+def saved_model_config(checkpoint: dict, p) -> dict:
+    """The checkpoint's model_config; for checkpoints older than it, one rebuilt from their params."""
     return checkpoint.get("model_config") or {**{k: getattr(p, k) for k in MODEL_FIELDS}, "mean": p.mean,
                                               "std": p.std}
 

@@ -354,7 +354,8 @@ def for_notebook(run_dir, namespace: dict) -> Params:
     base = dict(frozen) if frozen else read_yaml(Path(__file__).resolve().parent.parent / "params" / "demo.yaml")
     if not frozen:
         base.update(name=run_dir.name, runs_dir=str(run_dir.parent))
-    values = {**base, **{k: namespace[k] for k in FIELDS if k in namespace}}
+    knobs = {k for names in NOTEBOOK_KNOBS.values() for k in names}   # never a stray global that shares a name
+    values = {**base, **{k: namespace[k] for k in knobs if k in namespace}}
     p = validate(values, f"{run_dir}/params.yaml and the notebook's parameters")
     if p.run_dir().resolve() != run_dir.resolve():
         raise ParamError(f"run_dir {run_dir} does not match the frozen name/runs_dir ({p.run_dir()}); "
