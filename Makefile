@@ -1,29 +1,39 @@
 # Thin wrapper: every target calls `python -m cxrlib ...` inside .venv.
 # Make variables that name a parameter reach it under the same name:
 #   make train DEVICE=gpu GPUS=4 EPOCHS=30 PARAMS=params/seed-pos.yaml  ->  device: gpu, gpus: 4, epochs: 30
-# Non-parameter variables: PARAMS (preset file), RUN (run name), A and B (make diff), PYTHON.
+# Non-parameter variables: PARAMS (preset file; the demo's when not given), RUN (run name), A and B (make diff),
+# YES=1 (make clean without asking), LAB_ARGS (extra flags for jupyter lab), PYTHON.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cxrlib-stamp
-PARAMS ?= params/demo.yaml
+PARAMS ?=
 RUN    ?=
 RUNNER  = $(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" $(if $(RUN),--name $(RUN))
+# A missing PARAMS means the demo preset, and the runner says so.
+PRESET  = $(if $(PARAMS),--params $(PARAMS),--params params/demo.yaml --default-params)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lab data cohort fetch cache train evaluate run report runs diff bench gpu-check clean-venv
+.PHONY: help setup demo test lab data cohort fetch cache train evaluate run report runs diff clean bench gpu-check clean-venv
 
 help: ## List the targets
 	@echo "cxrlib: train and audit multi-label chest X-ray classifiers on MIMIC-CXR-JPG"
 	@echo
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
-	@echo "Variables: PARAMS=params/NAME.yaml RUN=<run name> DEVICE=cpu|gpu|auto GPUS=N RESUME=1,"
-	@echo "and any parameter in upper case (EPOCHS=3, BATCH_SIZE=32, ...): see cxrlib/params.py"
+	@echo "Variables: PARAMS=params/NAME.yaml RUN=<run name> DEVICE=cpu|gpu|auto GPUS=N RESUME=1 DATA_ROOT=<dir>,"
+	@echo "and any parameter in upper case (EPOCHS=3, BATCH_SIZE=32, ...): see cxrlib/params.py."
+	@echo "Also: A=, B= (make diff), YES=1 (make clean), LAB_ARGS= (make lab), WORKERS= (make fetch)."
 
-setup: $(STAMP) ## Create .venv (when missing or stale) and install cxrlib with its dependencies
-	@git rev-parse --git-dir >/dev/null 2>&1 && $(VENV)/bin/nbdime config-git --enable >/dev/null 2>&1 || true
+# In a git checkout: nbdime's notebook diffs, and nbstripout as a clean filter, so that outputs saved in
+# JupyterLab (with real data: patient images) never reach a commit (.gitattributes names the notebooks).
+setup: $(STAMP) ## Create .venv (when missing or stale), install cxrlib, and the git filter that strips notebook outputs
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  $(VENV)/bin/nbdime config-git --enable >/dev/null 2>&1 || true; \
+	  git config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout --keep-id' && \
+	  git config filter.nbstripout.smudge cat && git config filter.nbstripout.required true; \
+	fi
 
 # The stamp holds a hash of pyproject.toml, so editing the dependencies rebuilds the venv's install.
 $(STAMP): FORCE
@@ -48,45 +58,50 @@ data/demo/SHA256SUMS.txt: | $(STAMP)
 data: $(STAMP) data/demo/SHA256SUMS.txt ## Generate the synthetic MIMIC-CXR-JPG stand-in into data/demo/
 
 demo: setup data ## The whole pipeline on synthetic data, on CPU (minutes)
-	$(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" --params params/demo.yaml $(if $(RUN),--name $(RUN)) --summary
+	$(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" --params params/demo.yaml $(if $(RUN),--name $(RUN))
 
 test: setup ## Run the test suite (ruff first: lint and import order)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # jupytext is installed in the venv, so Lab opens notebooks/NN_name.ipynb paired: saving updates the .py too.
-lab: setup ## Open JupyterLab with the venv's kernel (notebooks are jupytext pairs)
-	$(VENV)/bin/jupyter lab --notebook-dir=.
+# Root (in a container) needs --allow-root; LAB_ARGS adds any other flag: LAB_ARGS="--no-browser --port 8899".
+lab: setup ## Open JupyterLab with the venv's kernel (notebooks are jupytext pairs); LAB_ARGS= adds flags
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 cohort: setup ## Notebook 01: cohort (and image cache) for PARAMS
-	$(RUNNER) --params $(PARAMS) --notebooks 01
+	$(RUNNER) $(PRESET) --notebooks 01
 
 fetch: setup ## Download the cohort's images from PhysioNet (credentials: env, ~/.netrc or prompt)
-	$(PY) -m cxrlib fetch --params $(PARAMS) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(WORKERS),--workers $(WORKERS))
+	$(PY) -m cxrlib fetch --params $(or $(PARAMS),params/demo.yaml) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(WORKERS),--workers $(WORKERS))
 
 cache: setup ## Decode the cohort's images once into the resized cache (notebook 01, as make cohort)
-	$(RUNNER) --params $(PARAMS) --notebooks 01
+	$(RUNNER) $(PRESET) --notebooks 01
 
 train: setup ## Notebooks 01-02: cohort, cache, train (RESUME=1 RUN=<name> continues a run)
-	$(RUNNER) $(if $(and $(RUN),$(RESUME)),,--params $(PARAMS)) --notebooks 01,02
+	$(RUNNER) $(if $(and $(RUN),$(RESUME)),,$(PRESET)) --notebooks 01,02
 
 evaluate: setup ## Notebooks 03-04 on RUN's best checkpoint (the original's -m test -n name)
 	$(RUNNER) --notebooks 03,04
 
 run: setup ## Notebooks 01-04 for PARAMS
-	$(RUNNER) --params $(PARAMS) --notebooks 01,02,03,04 --summary
+	$(RUNNER) $(PRESET) --notebooks 01,02,03,04
 
 report: setup ## Re-render RUN's executed notebooks to HTML
 	@test -n "$(RUN)" || { echo "usage: make report RUN=<run> (runs: $$(ls runs | grep -v README | tr '\n' ' '))"; exit 2; }
 	$(PY) -m cxrlib report --name $(RUN)
 
-runs: setup ## List runs with their key metrics and CIs
+runs: setup ## List runs: status (stale when trained after evaluation), date, duration, best epoch, figures with CIs
 	$(PY) -m cxrlib runs
 
-# Sources and outputs only: papermill's timing metadata differs in every cell and hides the rest.
-diff: setup ## Diff two runs' evaluation notebooks: make diff A=<run> B=<run>
+# Parameters first, then the headline figures, then notebook sources and text outputs (no images or HTML).
+diff: setup ## Compare two runs: make diff A=<run> B=<run>
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make diff A=<run> B=<run> (runs: $$(ls runs | grep -v README | tr '\n' ' '))"; exit 2; }
-	$(VENV)/bin/nbdiff --sources --outputs runs/$(A)/03_evaluate.ipynb runs/$(B)/03_evaluate.ipynb
+	$(PY) -m cxrlib diff $(A) $(B)
+
+clean: setup ## Remove RUN's checkpoints after asking (YES=1: without); its reports and metrics stay
+	@test -n "$(RUN)" || { echo "usage: make clean RUN=<run> [YES=1] (runs: $$(ls runs | grep -v README | tr '\n' ' '))"; exit 2; }
+	$(PY) -m cxrlib clean --name $(RUN) $(if $(YES),--yes)
 
 bench: setup ## Benchmarks (decode, loader, train); each prints a JSON line last
 	$(PY) -m cxrlib bench decode

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from .errors import UserError
@@ -13,7 +14,9 @@ COMMANDS = {
     "cache": ("cache", "decode the cohort's images once into a resized uint8 cache"),
     "run": ("runs", "run the pipeline notebooks for a parameter file"),
     "report": ("runs", "re-render a run's executed notebooks to HTML"),
-    "runs": ("runs", "list runs with their key metrics"),
+    "runs": ("index", "list runs: status, date, duration, best epoch, headline figures with CIs"),
+    "diff": ("index", "compare two runs: parameters first, then figures and notebook text"),
+    "clean": ("index", "remove a run's checkpoints (after asking), keeping its reports and metrics"),
     "bench": ("bench", "benchmarks: decode, loader, train, bootstrap (JSON line last)"),
 }
 
@@ -40,9 +43,13 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(str(e) or "interrupted; rerun the same command to continue where it stopped", file=sys.stderr,
+              flush=True)
+        sys.stdout.flush()
+        # Leave now: the interpreter's shutdown would print tracebacks of the notebook client's abandoned
+        # tasks (the kernel itself is already shut down by then).
+        os._exit(130)
 
 
 if __name__ == "__main__":

@@ -115,9 +115,10 @@ def error_gallery(errors: pd.DataFrame, images, cams, finding: str, redact: bool
     """One finding's worst FPs and FNs: rows FP image, FP Grad-CAM, FN image, FN Grad-CAM. None when redacted."""
     if redact:
         return None
+    from matplotlib import cm, colors
     from matplotlib.figure import Figure
 
-    from .explain import overlay
+    from .explain import CAM_COLORMAP, overlay
 
     chosen = errors[errors["finding"] == finding]
     k = int(max(chosen["rank"].max() if len(chosen) else 1, 1))
@@ -135,9 +136,16 @@ def error_gallery(errors: pd.DataFrame, images, cams, finding: str, redact: bool
             axes[2 * r, c].imshow(images[i], cmap="gray", vmin=0, vmax=255)
             axes[2 * r, c].set_title(f"#{row['rank']} p={row['p']:.3f}\n{row['dicom_id'][:8]}", fontsize=7)
             axes[2 * r + 1, c].imshow(overlay(images[i], cams[i]))
-            axes[2 * r + 1, c].set_title("Grad-CAM", fontsize=7)
+            blank = not np.asarray(cams[i]).any()
+            axes[2 * r + 1, c].set_title("Grad-CAM: blank*" if blank else "Grad-CAM", fontsize=7)
+    fig.colorbar(cm.ScalarMappable(colors.Normalize(0, 1), CAM_COLORMAP), ax=axes[1::2, :].ravel().tolist(),
+                 shrink=0.6, label="Grad-CAM, share of the map's peak")
     fig.suptitle(f"{finding}: most confident errors on test (FP: label 0, highest p; FN: label 1, lowest p)",
                  fontsize=9)
+    if any(not np.asarray(cams[i]).any() for i in chosen.index):
+        fig.text(0.01, 0.002, "* blank: no region raises this finding's score (Grad-CAM keeps only evidence for "
+                 "the finding). For a false negative that is the error itself: the model saw no sign of it.",
+                 fontsize=7, ha="left", va="bottom", wrap=True)
     return fig
 
 

@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 from .decode import RESAMPLE, decode_one, ignore_sigint
 from .errors import UserError
 from .fsutil import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from .progress import bar as progress_bar
+from .progress import is_batch
 
 CACHE_VERSION = 1
 COPY_CHUNK = 512           # rows per copy from an older cache
@@ -163,8 +165,8 @@ def reuse(build: Build, folder: Path, old_plan: pd.DataFrame, progress: bool) ->
     good = status[old_rows] == OK
     old_images = np.load(folder / "images.npy", mmap_mode="r")
     copy_new, copy_old = new_rows[good], old_rows[good]
-    for start in tqdm(range(0, len(copy_new), COPY_CHUNK), desc="reusing cached rows", disable=not progress,
-                      leave=False):
+    for start in tqdm(range(0, len(copy_new), COPY_CHUNK), desc="reusing cached rows",
+                      disable=not progress or is_batch(), leave=False):
         chunk = slice(start, start + COPY_CHUNK)
         build.images[copy_new[chunk]] = old_images[copy_old[chunk]]
     build.status[copy_new] = OK
@@ -190,8 +192,8 @@ def decode_pending(build: Build, data_root: Path, workers: int, progress: bool, 
     pending = np.flatnonzero(build.status == PENDING)
     paths = build.plan["path"].to_numpy()
     tasks = ((int(row), str(data_root / paths[row]), build.size, build.resize, build.decode) for row in pending)
-    bar = tqdm(total=len(build.plan), initial=len(build.plan) - len(pending), unit="img", disable=not progress,
-               desc=f"decoding into {build.dir.parent.name}")
+    bar = progress_bar(len(build.plan), f"cache {build.dir.parent.name}", "images",
+                       initial=len(build.plan) - len(pending), enabled=progress)
     done = 0
     try:
         with mapper(min(workers, max(1, len(pending)))) as imap:

@@ -1,7 +1,8 @@
 """Checkpoints: save and load atomically, every RNG's state, and what shaped the model.
 
 `last.pt` holds everything a resume needs (model, optimizer, scheduler, scaler, position, selection,
-history, RNG states, params); `best.pt` the selected epoch. Both load with weights_only=True. The
+history, RNG states, params); `best.pt` the selected epoch's weights and what evaluation needs, no
+optimizer state. Both load with weights_only=True. The
 checkpoint is the authority on what shaped its model: `model_config` records the architecture, head,
 image size, resize, label policies and the normalisation mean/std actually used, so evaluation
 reproduces the training input exactly whatever has happened to the shared cache since.
@@ -49,6 +50,16 @@ def save_checkpoint(path, checkpoint: dict) -> None:
     """torch.save to a temp file beside `path`, fsync, os.replace: a kill leaves the old file whole."""
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(checkpoint, tmp)
+
+
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng")
+
+
+def for_evaluation(state: dict) -> dict:
+    """best.pt: the weights and what evaluation reads (params, model_config, selection, history), without the
+    optimizer, scheduler, scaler and RNG states only a resume needs (those live in last.pt): a third of the size
+    with Adam."""
+    return {k: v for k, v in state.items() if k not in RESUME_ONLY}
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

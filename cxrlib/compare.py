@@ -61,6 +61,24 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
     return table
 
 
+def format_p(p, n_valid) -> str:
+    """A bootstrap p-value for reading: none of n resamples crossed 0 means p < 1/n, never 'p = 0'."""
+    if p is None or pd.isna(p):
+        return "n/a"
+    if p == 0:
+        return f"< {max(1.0 / max(int(n_valid), 1), 0.001):.3g}"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """compare_runs' table for a report: figures to 3 decimals, p-values as '< 0.001', n/a for undefined."""
+    out = table.copy()
+    for column in ("this_run", "other_run", "diff", "lo", "hi"):
+        out[column] = [("n/a" if pd.isna(v) else f"{v:.3f}") for v in table[column]]
+    out["p_value"] = [format_p(v, n) for v, n in zip(table["p_value"], table["n_boot_valid"])]
+    return out
+
+
 def plot_differences(table: pd.DataFrame):
     """Forest plot of the paired differences (this - other) with their CIs, AUROC and AUPRC side by side."""
     from matplotlib.figure import Figure

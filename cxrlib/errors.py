@@ -7,3 +7,7 @@ The CLI prints a UserError as one line (no traceback); notebooks show it the sam
 
 class UserError(Exception):
     """A mistake the user can fix: bad input, missing file, wrong parameter, no GPU."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the one line to print: where the work stopped and how to continue it."""

@@ -109,8 +109,15 @@ class GradCAM:
         return index
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """An (H, W) uint8 grayscale image with the (H, W) map in [0, 1] on top ('jet'): (H, W, 3) uint8."""
+CAM_COLORMAP = "inferno"   # perceptually uniform: brightness grows with the value, unlike 'jet'
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.6, cmap: str = CAM_COLORMAP) -> np.ndarray:
+    """An (H, W) uint8 grayscale image with the (H, W) map in [0, 1] on top: (H, W, 3) uint8.
+
+    The colour's weight grows with the map, so where the map is 0 the radiograph shows unchanged (a blank
+    map leaves the plain image, not a dark square).
+    """
     from matplotlib import colormaps
 
     image = np.asarray(image)
@@ -118,7 +125,9 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarra
     if image.ndim != 2 or cam.shape != image.shape:
         raise ValueError(f"overlay needs an (H, W) image and a map of the same shape, got {image.shape} "
                          f"and {cam.shape}")
-    heat = colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
+    cam = np.clip(cam, 0, 1)
+    heat = colormaps[cmap](cam)[..., :3]
     gray = (image.astype(np.float64) / 255.0)[..., None]
-    blend = (1 - alpha) * gray + alpha * heat
+    weight = alpha * cam[..., None]
+    blend = (1 - weight) * gray + weight * heat
     return np.clip(np.rint(blend * 255), 0, 255).astype(np.uint8)

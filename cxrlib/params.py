@@ -201,8 +201,20 @@ def _coerce(key: str, value: Any, hint, where: str) -> Any:
     raise bad
 
 
-def validate(values: dict, where: str = "parameters") -> Params:
-    """Build a Params from a mapping; unknown keys and wrong types raise ParamError."""
+def suggest(name: str, valid) -> str:
+    """'EPOCHS' for 'EPOCHZ': the nearest valid names, for a message."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.6)
+    return " or ".join(close)
+
+
+def validate(values: dict, where: str = "parameters", sources: dict | None = None) -> Params:
+    """Build a Params from a mapping; unknown keys and wrong types raise ParamError.
+
+    sources: where a key's value came from when not from `where` (the make line, -p, a notebook cell).
+    """
+    sources = sources or {}
     secret = [k for k in values if any(s in k.lower() for s in FORBIDDEN)]
     if secret:
         raise ParamError(
@@ -212,10 +224,10 @@ def validate(values: dict, where: str = "parameters") -> Params:
         )
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise ParamError(
-            f"{where}: unknown parameter(s) {unknown}. Valid parameters: {', '.join(FIELDS)}"
-        )
-    clean = {k: _coerce(k, v, _HINTS[k], where) for k, v in values.items()}
+        hints = [f"{k!r} (did you mean {suggest(k, FIELDS)}?)" if suggest(k, FIELDS) else repr(k) for k in unknown]
+        listing = "" if all(suggest(k, FIELDS) for k in unknown) else f". Valid parameters: {', '.join(FIELDS)}"
+        raise ParamError(f"{sources.get(unknown[0], where)}: unknown parameter(s) {', '.join(hints)}{listing}")
+    clean = {k: _coerce(k, v, _HINTS[k], sources.get(k, where)) for k, v in values.items()}
     p = Params(**clean)
     try:
         per_finding(p.uncertain_policy, UNCERTAIN_POLICIES, "uncertain_policy")
@@ -238,7 +250,8 @@ def validate(values: dict, where: str = "parameters") -> Params:
     ]
     for ok, message in checks:
         if not ok:
-            raise ParamError(f"{where}: {message}")
+            field_name = message.split()[0].rstrip(":")   # each message starts with the field it is about
+            raise ParamError(f"{sources.get(field_name, where)}: {message}")
     return p
 
 
@@ -315,7 +328,8 @@ def fixed_stages(run_dir) -> list[str]:
     return [stage for stage, output in STAGE_OUTPUTS.items() if (Path(run_dir) / output).is_file()]
 
 
-def check_change(old: dict, new: Params, run_dir, stages=None) -> None:
+def check_change(old: dict, new: Params, run_dir, stages=None,
+                 instead: str = "Start a new run for them (RUN=<new name>, or --name)") -> None:
     """The one rule for changing a run: refuse any change to a field of a stage that has produced its output.
 
     old: the parameters the run folder (or a checkpoint) holds; stages: the fixed ones (default: from
@@ -331,7 +345,7 @@ def check_change(old: dict, new: Params, run_dir, stages=None) -> None:
     outputs = sorted({STAGE_OUTPUTS[STAGE_OF[k]] for k in refused})
     raise ParamError(
         f"run {name!r} already holds {', '.join(outputs)}, made with other parameters: {detail}. Nothing was "
-        f"changed. Start a new run for them (RUN=<new name>, or --name), or delete {run_dir} to redo this one; "
+        f"changed. {instead}, or delete {run_dir} to redo this one; "
         "fields that may change on an existing run: " + ", ".join(STAGES["runtime"] + STAGES["evaluate"]))
 
 
@@ -361,7 +375,8 @@ def for_notebook(run_dir, namespace: dict) -> Params:
         raise ParamError(f"run_dir {run_dir} does not match the frozen name/runs_dir ({p.run_dir()}); "
                          "set run_dir to the run folder itself")
     if frozen:
-        check_change(frozen, p, run_dir)
+        check_change(frozen, p, run_dir, instead="To try them, set run_dir to a new folder (e.g. runs/<new name>) "
+                     "in the parameters cell, or start a new run from the command line (RUN=<new name>)")
     freeze_if_changed(p, run_dir, frozen)
     return p
 

@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import re
 import sys
@@ -22,12 +20,13 @@ import time
 from pathlib import Path
 
 from . import params as params_mod
-from .errors import UserError
-from .fsutil import atomic_path, atomic_write_text
+from .errors import Interrupted, UserError
+from .index import NOTEBOOKS, print_summary
+from .progress import Streamer
+from .report import render_html, strip_images
 
-NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis"]
 # Make variables that are not parameters: they choose what to run, not how.
-MAKE_CONTROL_VARS = {"PARAMS", "RUN", "A", "B", "PYTHON", "PYTEST_ARGS", "WORKERS", "DEMO_DATA_ARGS"}
+MAKE_CONTROL_VARS = {"PARAMS", "RUN", "A", "B", "YES", "LAB_ARGS", "PYTHON", "PYTEST_ARGS", "WORKERS", "DEMO_DATA_ARGS"}
 
 
 def project_root(start=None) -> Path:
@@ -43,13 +42,16 @@ def project_root(start=None) -> Path:
 
 
 # --------------------------------------------------------------------------- notebooks side
-def notebook_setup(run_dir, namespace: dict) -> params_mod.Params:
+def notebook_setup(run_dir, namespace: dict, show=None) -> params_mod.Params:
     """First cell of every notebook: work from the project root, load the run's parameters, show
-    UserErrors as one line. Returns the run's Params (params.for_notebook).
+    UserErrors and warnings as one line, and the notebook's parameters once, as a table. Returns the
+    run's Params (params.for_notebook). show: the parameters to list (default: the notebook's own knobs).
 
     JupyterLab starts kernels in notebooks/, papermill in the project root; relative paths in
     parameters (data/demo, runs/demo) mean the project root in both cases.
     """
+    import warnings
+
     os.chdir(project_root())
     try:
         from IPython import get_ipython
@@ -63,7 +65,18 @@ def notebook_setup(run_dir, namespace: dict) -> params_mod.Params:
             return shell.showtraceback((etype, value, tb), tb_offset=tb_offset, exception_only=True)
 
         shell.set_custom_exc((UserError,), show_user_error)
+
+        def one_line_warning(message, category, filename, lineno, file=None, line=None):
+            # a report reader needs the message, not our source file and line
+            print(f"warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = one_line_warning
     p = params_mod.for_notebook(run_dir, namespace)
+    import pandas as pd
+
+    pd.set_option("display.max_columns", 40)
+    pd.set_option("display.width", 160)
+    pd.set_option("display.precision", 3)
     if shell is not None:
         try:
             from matplotlib_inline.backend_inline import set_matplotlib_formats
@@ -72,10 +85,14 @@ def notebook_setup(run_dir, namespace: dict) -> params_mod.Params:
             set_matplotlib_formats("svg" if p.redact_images else "png")
         except Exception:
             pass
-    import pandas as pd
+        from IPython.display import Markdown, display
 
-    pd.set_option("display.max_columns", 40)
-    pd.set_option("display.width", 160)
+        from .viz import params_table
+
+        knobs = {k for names in params_mod.NOTEBOOK_KNOBS.values() for k in names}
+        names = list(show) if show is not None else [k for k in namespace if k in knobs]
+        display(Markdown(f"**Run `{p.name}`**: parameters of this notebook (all of them: `{Path(run_dir) / 'params.yaml'}`)"))
+        display(params_table(p, names))
     return p
 
 
@@ -105,7 +122,7 @@ def select_notebooks(spec: str | None) -> list[str]:
     return sorted(set(chosen), key=NOTEBOOKS.index)
 
 
-def make_overrides(make_vars: str, environ=os.environ) -> dict:
+def make_overrides(make_vars: str, environ=os.environ, sources: dict | None = None) -> dict:
     """Parameters from Make's command line: DEVICE=gpu -> device: gpu.
 
     Make passes its command-line variables in $(MAKEOVERRIDES) and exports them, so we read the
@@ -117,16 +134,21 @@ def make_overrides(make_vars: str, environ=os.environ) -> dict:
             continue
         key = var.lower()
         if key not in params_mod.FIELDS:
-            valid = " ".join(k.upper() for k in params_mod.FIELDS)
-            raise UserError(f"make variable {var} is not a parameter. Parameters as make variables: {valid}; "
-                            f"and PARAMS, RUN, A, B, WORKERS, DEMO_DATA_ARGS")
+            names = [k.upper() for k in params_mod.FIELDS] + sorted(MAKE_CONTROL_VARS)
+            close = params_mod.suggest(var, names)
+            raise UserError(f"the make line: {var} is not a parameter"
+                            + (f"; did you mean {close}?" if close else "")
+                            + " Parameters are the names in cxrlib/params.py in upper case (make help lists the others)")
         _, value = params_mod.parse_override(f"{key}={environ.get(var, '')}")
         out[key] = value
+        if sources is not None:
+            sources[key] = f"the make line ({var}={environ.get(var, '')})"
     return out
 
 
-def resolve(params_file=None, name=None, overrides=None, runs_dir=None) -> params_mod.Params:
-    """Preset file, else the run's frozen parameters, then overrides; validated."""
+def resolve(params_file=None, name=None, overrides=None, runs_dir=None, sources=None) -> params_mod.Params:
+    """Preset file, else the run's frozen parameters, then overrides; validated. sources: where each
+    override came from (the make line, -p), named by an error instead of the file."""
     overrides = dict(overrides or {})
     if name:
         overrides["name"] = name
@@ -148,14 +170,17 @@ def resolve(params_file=None, name=None, overrides=None, runs_dir=None) -> param
         values = params_mod.read_yaml(frozen)
         where = str(frozen)
     values.update(overrides)
-    return params_mod.validate(values, where)
+    return params_mod.validate(values, where, sources)
 
 
-def _ipc_kernel_manager():
+def _ipc_kernel_manager(kernel_log: Path | None = None):
     """A kernel manager whose kernel talks over Unix sockets, not loopback TCP.
 
     Executed cells and their outputs (patient images, for real data) then never cross a
-    network socket, and the kernel has no reason to warn about unencrypted TCP.
+    network socket, and the kernel has no reason to warn about unencrypted TCP. The kernel
+    process's own stderr (ipykernel's and C libraries' messages, not the notebook's output)
+    goes to kernel_log: on Ctrl-C the dying kernel would otherwise print its tracebacks on
+    the terminal.
     """
     import uuid
 
@@ -176,6 +201,15 @@ def _ipc_kernel_manager():
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             return str(folder / f"cxrlib-{uuid.uuid4().hex[:12]}")
 
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if kernel_log is not None:
+                with open(kernel_log, "a") as log:   # the child keeps its own copy of the descriptor
+                    log.write(f"--- kernel started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                    log.flush()
+                    kw["stderr"] = log
+                    return await super()._async_launch_kernel(kernel_cmd, **kw)
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+
     return IPCKernelManager
 
 
@@ -186,11 +220,17 @@ def declared_parameters(notebook: Path) -> list[str]:
 
 
 def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, progress: bool = True) -> Path:
+    """Run one notebook into run_dir, streaming its printed output; saved as it runs, kept if it fails.
+
+    papermill writes <notebook>.running.ipynb after every cell and every 30 s within one; it becomes
+    <notebook>.ipynb when the notebook ends, however it ends (a kill leaves only the .running file).
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     source = root / "notebooks" / f"{notebook}.ipynb"
     output = run_dir / f"{notebook}.ipynb"
+    running = run_dir / f"{notebook}.running.ipynb"
     values = p.to_dict()
     declared = declared_parameters(source)
     inject = {k: values[k] for k in declared if k in values}
@@ -199,27 +239,33 @@ def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, prog
     print(f"[{notebook}] running -> {output}", flush=True)
     env_before = os.environ.get("PAPERMILL_EXECUTION")
     os.environ["PAPERMILL_EXECUTION"] = "1"
+    out, err = (Streamer(sys.stdout), Streamer(sys.stderr, live=False)) if progress else (None, None)
     started = time.time()
     try:
-        with atomic_path(output, suffix=".ipynb") as tmp:
-            try:
-                papermill.execute_notebook(
-                    str(source), str(tmp), parameters=inject, cwd=str(root),
-                    progress_bar=progress, kernel_name="python3", language="python",
-                    request_save_on_cell_execute=False,
-                    kernel_manager_class=_ipc_kernel_manager(),
-                )
-            except PapermillExecutionError as e:
-                os.replace(tmp, output)  # keep the failed notebook for inspection
-                render_html(output, redact=p.redact_images)
-                raise UserError(
-                    f"{notebook}.ipynb failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-                    f"  see {output} (and .html beside it)") from None
+        papermill.execute_notebook(
+            str(source), str(running), parameters=inject, cwd=str(root),
+            progress_bar=False, kernel_name="python3", language="python",
+            request_save_on_cell_execute=True, autosave_cell_every=30, stdout_file=out, stderr_file=err,
+            kernel_manager_class=_ipc_kernel_manager(run_dir / "kernel.log"),
+        )
+    except PapermillExecutionError as e:
+        keep_partial(running, output, p.redact_images)
+        raise UserError(
+            f"{notebook}.ipynb failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+            f"  see {output} (and .html beside it)") from None
+    except KeyboardInterrupt:
+        kept = keep_partial(running, output, p.redact_images)
+        raise Interrupted(f"interrupted in {notebook}" + (f" (what ran is in {output})" if kept else "")
+                          + "; rerun the same command to continue where it stopped") from None
     finally:
+        for stream in (out, err):
+            if stream is not None:
+                stream.finish()
         if env_before is None:
             os.environ.pop("PAPERMILL_EXECUTION", None)
         else:
             os.environ["PAPERMILL_EXECUTION"] = env_before
+    promote(running, output)
     if p.redact_images:
         strip_images(output)
     html = render_html(output, redact=p.redact_images)
@@ -227,65 +273,24 @@ def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, prog
     return output
 
 
-IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
+def promote(running: Path, output: Path) -> None:
+    with open(running, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(running, output)
 
 
-def strip_images(notebook_path: Path) -> int:
-    """Remove raster image outputs (and SVGs that embed rasters) from an executed notebook."""
-    import nbformat
-
-    nb = nbformat.read(str(notebook_path), as_version=4)
-    removed = 0
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            data = out.get("data", {})
-            for mime in list(data):
-                if mime in IMAGE_MIMES or (mime == "image/svg+xml" and "<image" in str(data[mime])):
-                    del data[mime]
-                    removed += 1
-            if mime_html := data.get("text/html"):
-                if "data:image" in str(mime_html):
-                    del data["text/html"]
-                    removed += 1
-    with atomic_path(notebook_path, suffix=".ipynb") as tmp:
-        nbformat.write(nb, str(tmp))
-    return removed
-
-
-TEMPLATE_DATA_URLS = re.compile(r"""url\(\s*(?:"data:image/[^"]*"|'data:image/[^']*'|data:image/[^)'"]*)\s*\)""")
-SVG_IMG = re.compile(r'<img\b[^>]*?\bsrc="data:image/svg\+xml;base64,([A-Za-z0-9+/=\s]+)"[^>]*>')
-XML_PROLOG = re.compile(r"^\s*<\?xml[^>]*\?>\s*(?:<!DOCTYPE[^>]*>\s*)?")
-
-
-def _inline_svg(match: re.Match) -> str:
-    return XML_PROLOG.sub("", base64.b64decode(match.group(1)).decode("utf-8"))
-
-
-# nbconvert's page loads require.js and MathJax from a CDN. Our static reports need neither, and a
-# report of patient data should open without telling a third party that it was opened.
-EXTERNAL_SCRIPTS = re.compile(r'<script\b[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>')
-
-
-def render_html(notebook_path: Path, redact: bool = False) -> Path:
-    """Standalone HTML (images embedded) beside the executed notebook; no script from the network."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(str(notebook_path), as_version=4)
-    exporter = HTMLExporter(embed_images=True)
-    body, _ = exporter.from_notebook_node(nb)
-    body = EXTERNAL_SCRIPTS.sub("", body)
-    if redact:
-        # nbconvert's template embeds its own icons as data URLs (CSS, and a mermaid helper in JS); none
-        # is patient data, but without them a redacted report holds no data:image at all, as grep shows.
-        # Plots (SVG once redacted) go inline as <svg> markup instead of data URLs.
-        body = TEMPLATE_DATA_URLS.sub("none", body).replace("`data:image/svg+xml,${", "`data:,${")
-        body = SVG_IMG.sub(_inline_svg, body)
-        if "data:image" in body or "<image" in body:
-            raise UserError(f"{notebook_path}: redact_images is on but the report still holds embedded images")
-    html = notebook_path.with_suffix(".html")
-    atomic_write_text(html, body)
-    return html
+def keep_partial(running: Path, output: Path, redact: bool) -> bool:
+    """The failed or interrupted notebook, as far as it ran, becomes the run's notebook (and its HTML)."""
+    if not running.is_file():
+        return False
+    promote(running, output)
+    try:
+        if redact:
+            strip_images(output)
+        render_html(output, redact=redact)
+    except Exception:   # a notebook cut mid-write: the .ipynb is still there to inspect
+        pass
+    return True
 
 
 def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progress: bool = True) -> Path:
@@ -302,50 +307,8 @@ def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progr
     for nb in notebooks:
         execute(nb, p, root, run_dir, progress=progress)
     if summary:
-        print_summary(run_dir)
+        print_summary(run_dir, notebooks)
     return run_dir
-
-
-# --------------------------------------------------------------------------- reports
-def headline(run_dir: Path) -> dict:
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return {}
-    m = json.loads(path.read_text())
-    return m.get("headline", {})
-
-
-def _num(x, digits: int = 4) -> str:
-    # metrics.json holds null where a figure is undefined (e.g. no resample had both classes).
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def print_summary(run_dir: Path) -> None:
-    run_dir = Path(run_dir)
-    print(f"\nRun folder: {run_dir}/")
-    for html in sorted(run_dir.glob("*.html")):
-        print(f"  report: {html}")
-    head = headline(run_dir)
-    if head:
-        print("\nTest-set metrics (95% bootstrap CI over patients):")
-        for key, v in head.items():
-            print(f"  {key:<14} {_num(v['value'])}  [{_num(v['lo'])}, {_num(v['hi'])}]")
-
-
-def runs_table(runs_dir="runs"):
-    import pandas as pd
-
-    rows = []
-    for frozen in sorted(Path(runs_dir).glob("*/params.yaml")):
-        run_dir = frozen.parent
-        p = params_mod.read_yaml(frozen)
-        row = {"run": run_dir.name, "arch": p.get("arch"), "head": p.get("head"),
-               "image_size": p.get("image_size"), "select_on": p.get("select_on")}
-        for key, v in headline(run_dir).items():
-            row[key] = f"{_num(v['value'])} [{_num(v['lo'], 3)}, {_num(v['hi'], 3)}]"
-        row["notebooks"] = " ".join(nb[:2] for nb in NOTEBOOKS if (run_dir / f"{nb}.ipynb").is_file())
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -359,13 +322,20 @@ def cli(command: str, argv: list[str]) -> int:
         ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter (YAML value), repeatable")
         ap.add_argument("--make-vars", default="", help=argparse.SUPPRESS)
-        ap.add_argument("--summary", action="store_true", help="print the headline metrics and report paths")
-        ap.add_argument("--no-progress", action="store_true")
+        ap.add_argument("--summary", action="store_true", help=argparse.SUPPRESS)   # always on; kept for old scripts
+        ap.add_argument("--default-params", action="store_true", help=argparse.SUPPRESS)   # make: PARAMS not given
+        ap.add_argument("--no-progress", action="store_true", help="do not stream the notebooks' output")
         args = ap.parse_args(argv)
-        overrides = make_overrides(args.make_vars)
-        overrides.update(dict(params_mod.parse_override(o) for o in args.overrides))
-        p = resolve(args.params, args.name, overrides)
-        run(p, select_notebooks(args.notebooks), summary=args.summary, progress=not args.no_progress)
+        sources = {}
+        overrides = make_overrides(args.make_vars, sources=sources)
+        for text in args.overrides:
+            key, value = params_mod.parse_override(text)
+            overrides[key], sources[key] = value, f"-p {text}"
+        if args.default_params and args.params:
+            print(f"PARAMS not given: using {args.params} (the synthetic demo). For real data name a preset, "
+                  "e.g. PARAMS=params/improved.yaml", flush=True)
+        p = resolve(args.params, args.name, overrides, sources=sources)
+        run(p, select_notebooks(args.notebooks), summary=True, progress=not args.no_progress)
         return 0
     if command == "report":
         ap = argparse.ArgumentParser(prog="python -m cxrlib report")
@@ -379,12 +349,5 @@ def cli(command: str, argv: list[str]) -> int:
         redact = params_mod.load_frozen(run_dir).redact_images
         for nb in executed:
             print(render_html(nb, redact=redact))
-        return 0
-    if command == "runs":
-        ap = argparse.ArgumentParser(prog="python -m cxrlib runs")
-        ap.add_argument("--runs-dir", default="runs")
-        args = ap.parse_args(argv)
-        table = runs_table(args.runs_dir)
-        print(table.to_string(index=False) if len(table) else f"no runs under {args.runs_dir}/")
         return 0
     raise UserError(f"unknown command {command}")

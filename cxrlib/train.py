@@ -49,11 +49,11 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import params as params_mod
 from .checkpoint import (
     TEST_SELECTION_WARNING,
+    for_evaluation,
     load_checkpoint,
     model_config,
     plain,
@@ -68,6 +68,8 @@ from .fsutil import atomic_write_csv
 from .inference import evaluate
 from .labels import label_matrix
 from .optim import make_optimizer, make_scheduler, masked_bce, pos_weight_from_labels
+from .progress import bar as progress_bar
+from .progress import duration, is_batch
 from .runtime import (
     all_reduce,
     amp_dtype,
@@ -110,7 +112,7 @@ GPU_SYNC_EVERY = 25
 
 def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, device, position: dict, *,
                     steps: int, seed: int = 0, rank: int = 0, pos_weight=None, amp=None, grad_clip: float = 0.0,
-                    channels_last: bool = False, after_step=None, progress: bool = True) -> dict:
+                    channels_last: bool = False, after_step=None, progress: bool = True, epochs: int = 0) -> dict:
     """Run batches position['batch'] .. steps-1 of epoch position['epoch'], updating `position` in place.
 
     The loader must already skip the batches done (EpochSampler start_batch). `position` is brought up
@@ -121,8 +123,8 @@ def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, devi
     transform.train()
     epoch = position["epoch"]
     sync_every = GPU_SYNC_EVERY if device.type == "cuda" else 1
-    bar = tqdm(total=steps, initial=position["batch"], desc=f"epoch {epoch + 1}", unit="batch",
-               disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(steps, f"epoch {epoch + 1}/{epochs}" if epochs else f"epoch {epoch + 1}", "batches",
+                       initial=position["batch"], enabled=progress)
     started = time.perf_counter()
     done_before, seconds_before = position["images"], position["seconds"]
     pending = []   # (loss on the device, valid cells, images) of the steps not yet read back
@@ -135,8 +137,8 @@ def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, devi
             position["images"] += count
         elapsed = time.perf_counter() - started
         position["seconds"] = seconds_before + elapsed   # kept in mid-epoch checkpoints, for img/s
-        bar.update(len(pending))
         bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{(position['images'] - done_before) / elapsed:.1f}")
+        bar.update(len(pending))
         pending.clear()
         if after_step is not None:
             after_step(position)
@@ -327,10 +329,12 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
                               sampler=range(rank, len(eval_set), world))
     train_kw = dict(steps=steps, seed=params.seed, rank=rank, pos_weight=pos_weight, amp=amp,
                     grad_clip=params.grad_clip, channels_last=device.type == "cuda" and params.channels_last,
-                    after_step=after_step, progress=progress)
+                    after_step=after_step, progress=progress, epochs=params.epochs)
     stopped = False
+    epoch_walls = []   # wall seconds per epoch in this process (training and selection), for the ETA
     while position["epoch"] < params.epochs:
         epoch = position["epoch"]
+        epoch_started = time.monotonic()
         sampler.set_epoch(epoch, position["batch"])
         train_one_epoch(net, train_loader, transform, optimizer, scheduler, scaler, device, position, **train_kw)
         loss_sum, cells, images = all_reduce([position["loss_sum"], position["cells"], position["images"]], device)
@@ -339,7 +343,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
         broadcast_buffers(model)
         # the bare model: ranks hold different numbers of evaluation batches, and DDP's forward may sync buffers
         scores = evaluate(model, eval_loader, transform, device, pos_weight, amp,
-                          train_kw["channels_last"], progress)
+                          train_kw["channels_last"], progress and not is_batch())
         score = scores["auroc_macro" if params.select_metric == "auroc" else "accuracy"]
         keep, stopped = update_selection(selection, score, epoch + 1, params.patience)
         history.append({
@@ -355,20 +359,26 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
         if rank == 0:
             state = checkpoint_state(finished, stopped)
             if keep:
-                save_checkpoint(best_path, state)
+                save_checkpoint(best_path, for_evaluation(state))
             save_checkpoint(last_path, state)
             last_saved[0] = time.monotonic()
             atomic_write_csv(run_dir / "history.csv", pd.DataFrame(history))
-            row = history[-1]
-            print(f"epoch {row['epoch']}/{params.epochs}: train loss {row['train_loss']:.4f}, {params.select_on} "
-                  f"loss {row['val_loss']:.4f}, AUROC macro {row['val_auroc_macro']:.4f} micro "
-                  f"{row['val_auroc_micro']:.4f}, accuracy {row['val_accuracy']:.4f}, "
-                  f"{row['images_per_s']:.1f} img/s{'  * best' if keep else ''}", flush=True)
+            epoch_walls.append(time.monotonic() - epoch_started)
+            left = 0 if finished else params.epochs - position["epoch"]
+            print(epoch_line(history[-1], params, left * sum(epoch_walls) / len(epoch_walls), keep), flush=True)
         if stopped:
             if rank == 0:
                 print(f"early stop: no better {params.select_metric} for {params.patience} epochs", flush=True)
             break
     return _result(params, run_dir, selection, history, stopped)
+
+
+def epoch_line(row: dict, params, eta_seconds: float, keep: bool) -> str:
+    """The one line per epoch that reaches the terminal (streamed by the runner) and the notebook."""
+    return (f"epoch {row['epoch']}/{params.epochs}: train loss {row['train_loss']:.4f}, {params.select_on} loss "
+            f"{row['val_loss']:.4f}, AUROC macro {row['val_auroc_macro']:.4f} micro {row['val_auroc_micro']:.4f}, "
+            f"accuracy {row['val_accuracy']:.4f}, lr {row['lr']:.2e}, {row['images_per_s']:.1f} img/s, "
+            f"epoch {duration(row['seconds'])}, ETA {duration(eta_seconds)}{'  * best' if keep else ''}")
 
 
 def _result(params, run_dir: Path, selection: dict, history: list, stopped: bool) -> dict:
@@ -410,7 +420,7 @@ def launch(params, run_dir, cohort: pd.DataFrame | None = None, progress: bool =
         write_cohort(cohort, run_dir / "cohort.csv")
     command = torchrun_command(params.gpus, run_dir)
     print("$ " + " ".join(command), flush=True)
-    env = dict(os.environ, TQDM_MININTERVAL="30", PYTHONUNBUFFERED="1")   # progress bars become log lines
+    env = dict(os.environ, CXRLIB_BATCH="1", PYTHONUNBUFFERED="1")   # progress lines, not bars, through the pipe
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         for line in proc.stdout:
             print(line, end="", flush=True)

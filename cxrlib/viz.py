@@ -325,14 +325,35 @@ def class_balance(cohort: pd.DataFrame, split: str = "train") -> pd.DataFrame:
                         index=pd.Index(FINDINGS, name="finding"))
 
 
+TRAINING_RECIPE = ["device", "gpus", "arch", "head", "weights", "image_size", "dropout", "epochs", "batch_size", "lr",
+                   "optimizer", "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "augment",
+                   "select_on", "select_metric", "patience", "amp", "channels_last", "compile", "seed",
+                   "checkpoint_minutes", "resume"]
+GPU_ONLY = ("amp", "channels_last")
+
+
+def shown_value(p, name: str) -> str:
+    """A parameter as a person reads it: 1e-03 not 0.0010, what null means, GPU-only settings on a CPU."""
+    value = getattr(p, name)
+    if name in GPU_ONLY and p.device == "cpu":
+        return f"{value} (GPU only; off on this CPU run)" if value not in ("off", False) else str(value)
+    if name in ("mean", "std") and value is None:
+        return "from the cache's training images"
+    if isinstance(value, float):
+        return f"{value:.0e}" if value and abs(value) < 1e-2 else f"{value:g}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def params_table(p, names) -> pd.DataFrame:
+    """Parameters as a small two-column table (the reports show parameters once, this way)."""
+    return pd.DataFrame({"value": [shown_value(p, n) for n in names]}, index=pd.Index(list(names), name="parameter"))
+
+
 def config_table(params) -> pd.DataFrame:
     """The parameters that shape training, as a one-column table."""
-    names = ["device", "gpus", "arch", "head", "weights", "image_size", "dropout", "epochs", "batch_size", "lr",
-             "optimizer", "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "augment",
-             "select_on", "select_metric", "patience", "amp", "channels_last", "compile", "seed",
-             "checkpoint_minutes", "resume"]
-    values = params.to_dict()
-    return pd.DataFrame({"value": [str(values[n]) for n in names]}, index=pd.Index(names, name="parameter"))
+    return params_table(params, TRAINING_RECIPE)
 
 
 def test_selection_html() -> str:

@@ -39,10 +39,9 @@ from IPython.display import HTML, display
 
 from cxrlib import checkpoint, cohort, runs, train, viz
 
-p = runs.notebook_setup(run_dir, globals())
+p = runs.notebook_setup(run_dir, globals(), show=viz.TRAINING_RECIPE)   # the recipe, as a table
 if p.select_on == "test":
     display(HTML(viz.test_selection_html()))
-viz.config_table(p)
 
 # %% [markdown]
 # ## Class balance of the training split, and the pos_weight it implies
@@ -56,7 +55,7 @@ viz.plot_class_balance(balance);
 # ## Train (or resume)
 
 # %%
-result = train.launch(p, run_dir, progress=runs.is_interactive())
+result = train.launch(p, run_dir, progress=True)   # a bar in Lab; progress lines under `make train`
 
 # %% [markdown]
 # ## History

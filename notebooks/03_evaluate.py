@@ -144,7 +144,7 @@ if p.compare_with:
     print(f"{a['this']} - {a['other']} on the {a['shared_images']} test images both predicted "
           f"({a['patients']} patients; {a['this']} has {a['this_images']}, {a['other']} {a['other_images']}); "
           f"{a['ci_level']:.0%} CIs from {a['n_boot']} paired patient resamples")
-    display(differences.round(4))
+    display(compare.readable(differences))
     display(compare.plot_differences(differences))
 else:
     print("compare_with is empty: no paired comparison. Set compare_with: <run name> (make evaluate RUN=... "

@@ -104,6 +104,7 @@ def test_overlay():
     rgb = overlay(image, cam, alpha=0.5)
     assert rgb.shape == (16, 16, 3) and rgb.dtype == np.uint8
     assert np.array_equal(overlay(image, cam, alpha=0.0), np.repeat(image[..., None], 3, axis=2))
-    assert rgb[-1, -1, 0] > rgb[-1, -1, 2]  # hot end of 'jet' is red
+    assert rgb[-1, -1, 0] > rgb[-1, -1, 2]  # hot end of 'inferno' is yellow: red over blue
+    assert np.array_equal(overlay(image, np.zeros_like(cam)), np.repeat(image[..., None], 3, axis=2))  # blank map
     with pytest.raises(ValueError):
         overlay(image, cam[:8])

@@ -92,10 +92,13 @@ def test_a_trained_run_is_not_overwritten_with_other_parameters(tiny_run):
 
 
 def test_runs_index_lists_metrics_with_cis(tiny_run):
-    table = runs.runs_table(tiny_run.parent)
+    from cxrlib import index
+
+    table = index.runs_table(tiny_run.parent)
     row = table.set_index("run").loc["tiny"]
-    assert row["notebooks"] == "01 02 03 04"
-    assert "[" in row["AUROC macro"] or "n/a" in row["AUROC macro"]
+    assert row["status"] == "evaluated" and row["epochs"] == "1/1" and row["best"] == 1
+    assert re.fullmatch(r"(\d\.\d{3}|n/a) \[(\d\.\d{3}|n/a), (\d\.\d{3}|n/a)\]", row["test AUROC macro"])
+    assert not table.isna().any().any()
 
 
 def test_reports_load_no_script_from_the_network(tiny_run):

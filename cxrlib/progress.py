@@ -1,0 +1,138 @@
+"""Progress that reaches the person who started the work, in a notebook, a terminal or a log.
+
+Kernel side. `bar(...)` is a tqdm bar in JupyterLab or a terminal. Under papermill (a batch run) it
+prints plain progress lines instead, at most one per tenth of the work and one every MIN_SECONDS:
+
+    epoch 3/30: 135/300 batches (45%) | loss 0.4123 | 212.4 img/s | ETA 0:41
+
+Runner side. `Streamer` receives the kernel's stdout as papermill reads it, cell by cell. It prints
+every line as it arrives; in a terminal the progress lines drive a live tqdm bar instead.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+from tqdm.auto import tqdm
+
+MIN_SECONDS = float(os.environ.get("CXRLIB_PROGRESS_SECONDS", 10))
+LINE = re.compile(r"^(?P<desc>[^:\n]+): (?P<n>\d+)/(?P<total>\d+) (?P<unit>[\w/]+) \((?P<pct>\d+)%\)(?P<rest>.*)$")
+
+
+def is_batch() -> bool:
+    """True under papermill (the runner sets PAPERMILL_EXECUTION for its kernels) or CXRLIB_BATCH."""
+    return bool(os.environ.get("PAPERMILL_EXECUTION") or os.environ.get("CXRLIB_BATCH"))
+
+
+def duration(seconds: float) -> str:
+    """1:05:09 or 4:09; '?' before there is a rate to estimate from."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class LineBar:
+    """tqdm's update / set_postfix / close, printed as throttled progress lines (see LINE)."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = "", unit: str = "it", stream=None):
+        self.total, self.n, self.desc, self.unit = int(total), int(initial), desc, unit
+        self.stream = stream or sys.stdout
+        self.postfix = ""
+        self.start_n, self.started = self.n, time.monotonic()
+        self.last_print, self.next_fraction = self.started, 0.1 * (int(10 * self.n / max(self.total, 1)) + 1)
+
+    def set_postfix(self, **fields) -> None:
+        self.postfix = " | ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        fraction = self.n / max(self.total, 1)
+        if self.n >= self.total or (fraction >= self.next_fraction and now - self.last_print >= MIN_SECONDS):
+            self.emit(now)
+
+    def emit(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        fraction = self.n / max(self.total, 1)
+        elapsed = now - self.started
+        rate = (self.n - self.start_n) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+        parts = [f"{self.desc}: {self.n}/{self.total} {self.unit} ({int(100 * fraction)}%)"]
+        if self.postfix:
+            parts.append(self.postfix)
+        if not self.postfix and rate:
+            parts.append(f"{rate:.1f} {self.unit}/s")
+        parts.append(f"ETA {duration(eta)}")
+        print(" | ".join(p for p in parts if p), file=self.stream, flush=True)
+        self.last_print = now
+        self.next_fraction = 0.1 * (int(10 * fraction) + 1)
+
+    def close(self) -> None:
+        pass
+
+
+def bar(total: int, desc: str, unit: str, initial: int = 0, enabled: bool = True):
+    """A tqdm bar in Lab or a terminal; progress lines under papermill; nothing when not enabled."""
+    if enabled and is_batch():
+        return LineBar(total, initial, desc, unit)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, leave=False,
+                dynamic_ncols=True)
+
+
+class Streamer:
+    """A file-like sink for a kernel's stdout (papermill's stdout_file): lines out as they come."""
+
+    def __init__(self, out=None, live: bool | None = None):
+        self.out = out or sys.stdout
+        self.live = self.out.isatty() if live is None else live   # a live bar only where a person watches
+        self.buffer = ""
+        self.bar = None
+        self.bar_desc = None
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self.line(line.rstrip("\r"))
+        return len(text)
+
+    def line(self, text: str) -> None:
+        match = LINE.match(text) if self.live else None
+        if match:
+            self.progress(match)
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=self.out)
+        else:
+            print(text, file=self.out, flush=True)
+
+    def progress(self, match: re.Match) -> None:
+        desc, n, total = match["desc"], int(match["n"]), int(match["total"])
+        if self.bar is None or desc != self.bar_desc:
+            self.close()
+            self.bar = tqdm(total=total, desc=desc, unit=match["unit"], file=self.out, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit}{postfix}")
+            self.bar_desc = desc
+        self.bar.n = n
+        self.bar.set_postfix_str(match["rest"].lstrip(" |"), refresh=False)
+        self.bar.refresh()
+        if n >= total:
+            self.close()
+
+    def flush(self) -> None:
+        self.out.flush()   # a partial line waits for its end: papermill flushes after every chunk
+
+    def finish(self) -> None:
+        if self.buffer:
+            self.line(self.buffer)
+            self.buffer = ""
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = self.bar_desc = None

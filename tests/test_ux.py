@@ -1,0 +1,234 @@
+"""What a person sees: streamed progress, Ctrl-C, the runs index, diffs, make-line errors, git hygiene."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import torch
+from conftest import PROJECT, TINY
+
+from cxrlib import index, params, runs
+from cxrlib.errors import UserError
+from cxrlib.progress import LINE, LineBar, Streamer
+
+pytestmark = pytest.mark.slow
+
+
+def cli_args(data_root, runs_dir, name, **overrides):
+    values = {**TINY, "data_root": str(data_root), "runs_dir": str(runs_dir), **overrides}
+    args = [sys.executable, "-m", "cxrlib", "run", "--params", "params/demo.yaml", "--name", name]
+    for key, value in values.items():
+        args += ["-p", f"{key}={json.dumps(value) if isinstance(value, list) else value}"]
+    return args
+
+
+def test_epoch_lines_stream_to_the_terminal_and_ctrl_c_prints_one_line(tiny_data, tmp_path):
+    """Under `python -m cxrlib run` each epoch's line arrives while notebook 02 runs (between its
+    'running' and the end), with progress lines; Ctrl-C then ends with one line and no traceback."""
+    env = dict(os.environ, CXRLIB_PROGRESS_SECONDS="0", PYTHONUNBUFFERED="1")
+    command = cli_args(tiny_data, tmp_path, "stream", epochs=40) + ["--notebooks", "01,02"]
+    proc = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True,   # a process group of its own, as a terminal's foreground job
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines, deadline = [], time.monotonic() + 300
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("epoch 2/40: train loss") or time.monotonic() > deadline:
+                break
+        os.killpg(proc.pid, signal.SIGINT)   # what Ctrl-C does: the whole foreground group
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines += rest.splitlines()
+    started = lines.index(next(x for x in lines if x.startswith("[02_train] running")))
+    epoch1 = lines.index(next(x for x in lines if x.startswith("epoch 1/40: train loss")))
+    progress = [x for x in lines[started:epoch1] if LINE.match(x)]
+    assert started < epoch1 and progress, lines
+    assert LINE.match(progress[-1])["n"] == LINE.match(progress[-1])["total"] == "2"   # max_train_batches 2
+    assert "lr " in lines[epoch1] and "ETA " in lines[epoch1] and "img/s" in lines[epoch1]
+    assert not any(x.startswith("[02_train] done") for x in lines)   # streamed, not printed at the end
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "Task exception" not in err, err[-3000:]
+    assert [x for x in err.splitlines() if x.strip()][-1].startswith("interrupted in 02_train"), err[-2000:]
+    # what ran is kept: the notebook so far, with the epochs it printed
+    kept = nbformat.read(tmp_path / "stream" / "02_train.ipynb", as_version=4)
+    assert "epoch 1/40: train loss" in json.dumps(kept.cells)
+    assert index.status(tmp_path / "stream")["status"] == "training"
+
+
+def test_streamer_gives_a_live_bar_in_a_terminal_and_plain_lines_in_a_log(capsys):
+    class Terminal:
+        text = ""
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            pass
+
+        def isatty(self):
+            return True
+
+    log = Streamer(sys.stdout, live=False)
+    log.write("epoch 1/3: 5/10 batches (50%) | loss 0.5 | ETA 0:05\nhello")
+    log.write(" world\n")
+    log.finish()
+    assert capsys.readouterr().out == "epoch 1/3: 5/10 batches (50%) | loss 0.5 | ETA 0:05\nhello world\n"
+    terminal = Terminal()
+    live = Streamer(terminal)
+    live.write("epoch 1/3: 5/10 batches (50%) | loss 0.5\n")
+    assert live.bar is not None and live.bar.n == 5 and live.bar.total == 10
+    live.write("a log line\nepoch 1/3: 10/10 batches (100%) | loss 0.4\n")
+    assert live.bar is None and "a log line" in terminal.text and "10/10" in terminal.text
+
+
+def test_line_bar_prints_at_most_a_line_per_tenth(capsys, monkeypatch):
+    monkeypatch.setattr("cxrlib.progress.MIN_SECONDS", 0.0)
+    bar = LineBar(total=100, desc="cache demo", unit="images")
+    for _ in range(100):
+        bar.update()
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 10 and all(LINE.match(x) for x in printed)
+    assert printed[-1].startswith("cache demo: 100/100 images (100%)")
+
+
+def test_a_notebook_run_by_hand_cannot_change_a_run(tiny_run):
+    """In JupyterLab, 01 with views = ["AP"] against the AP+PA run is refused before anything is written."""
+    before = {name: (tiny_run / name).read_bytes() for name in ("params.yaml", "cohort.csv")}
+    with pytest.raises(params.ParamError, match=r"views \(cohort\): \['AP', 'PA'\] -> \['AP'\].*set run_dir to a new"):
+        params.for_notebook(tiny_run, {"run_dir": str(tiny_run), "views": ["AP"], "seed": 0})
+    assert before == {name: (tiny_run / name).read_bytes() for name in before}
+    # the same values pass (a notebook opened on its own run works)
+    p = params.for_notebook(tiny_run, {"run_dir": str(tiny_run), "bootstrap": 50, "views": ["AP", "PA"]})
+    assert p.views == ["AP", "PA"]
+
+
+def copy_run(src: Path, dst: Path, **changes) -> Path:
+    dst.mkdir(parents=True)
+    for name in ("params.yaml", "history.csv", "metrics.json", "cohort.csv", "03_evaluate.ipynb", "01_cohort.ipynb"):
+        shutil.copy(src / name, dst / name)
+    if changes:
+        values = params.read_yaml(dst / "params.yaml")
+        values.update(changes, name=dst.name)
+        params.freeze(params.validate(values), dst)
+    return dst
+
+
+def test_runs_index_marks_metrics_older_than_training_as_stale(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "r1", epochs=2)
+    assert index.status(run)["status"] == "evaluated"
+    history = pd.read_csv(run / "history.csv")
+    extra = history.iloc[[-1]].assign(epoch=2, selected=True, best_epoch=2)
+    pd.concat([history, extra]).to_csv(run / "history.csv", index=False)   # trained one epoch further
+    s = index.status(run)
+    assert s["status"] == "stale" and "make evaluate RUN=r1" in " ".join(s["notes"])
+    (run / "metrics.json").unlink()
+    assert index.status(run)["status"] == "trained"
+    table = index.runs_table(tmp_path).set_index("run")
+    assert table.loc["r1", "status"] == "trained" and table.loc["r1", "best"] == 2
+    assert "NaN" not in table.to_string()
+
+
+def test_diff_shows_parameters_first_without_image_or_html_noise(tiny_run, tmp_path):
+    a = copy_run(tiny_run, tmp_path / "a")
+    b = copy_run(tiny_run, tmp_path / "b", epochs=3, image_size=64)
+    text = index.diff_runs(a, b)
+    lines = text.splitlines()
+    assert lines[0].startswith("Parameters that differ")
+    assert lines[1].split() == ["image_size", "32", "|", "64"] and lines[2].split() == ["epochs", "1", "|", "3"]
+    assert lines[3] == ""   # nothing else differs
+    assert "Headline figures" in text and "01_cohort: no difference" in text
+    assert "data:image" not in text and "<table" not in text and "<div" not in text
+
+
+def test_make_line_values_are_attributed_to_the_make_line_and_typos_get_a_suggestion():
+    with pytest.raises(UserError, match=r"the make line: EPOCHZ is not a parameter; did you mean EPOCHS\?"):
+        runs.make_overrides("EPOCHZ=1", {"EPOCHZ": "1"})
+    sources = {}
+    overrides = runs.make_overrides("EPOCHS=abc", {"EPOCHS": "abc"}, sources=sources)
+    with pytest.raises(UserError, match=r"^the make line \(EPOCHS=abc\): parameter 'epochs' = 'abc' should be int"):
+        runs.resolve("params/demo.yaml", None, overrides, sources=sources)
+    with pytest.raises(UserError, match=r"params/x.yaml: unknown parameter\(s\) 'batchsize' \(did you mean batch_size"):
+        params.validate({"batchsize": 3}, "params/x.yaml")
+
+
+def test_make_reports_a_bad_make_line_value_as_from_the_make_line():
+    result = subprocess.run(["make", "--no-print-directory", "cohort", "IMAGE_SIZE=big"], cwd=PROJECT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "error: the make line (IMAGE_SIZE=big): parameter 'image_size' = 'big' should be int" in result.stderr
+    assert "params/demo.yaml" not in result.stderr.split("error:")[-1]
+
+
+def test_a_summary_ends_train_and_evaluate(tiny_run, capsys):
+    index.print_summary(tiny_run, ["02_train", "03_evaluate"])
+    out = capsys.readouterr().out
+    assert "best epoch 1 (chosen on validate by auroc): validate AUROC macro" in out
+    assert "Test set:" in out and "95% CIs from 50 patient resamples" in out
+    head = json.loads((tiny_run / "metrics.json").read_text())["headline"]["AUROC macro"]
+    assert f"AUROC macro  {index.fmt(head['value'])}  [{index.fmt(head['lo'])}, {index.fmt(head['hi'])}]" in out
+
+
+def test_best_checkpoint_holds_no_optimizer_state_and_evaluates_the_same(tiny_run):
+    from cxrlib import evaluate
+
+    folder = tiny_run / "checkpoints"
+    best = torch.load(folder / "best.pt", weights_only=True)
+    last = torch.load(folder / "last.pt", weights_only=True)
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & set(best) and "optimizer" in last
+    assert {"model", "params", "model_config", "selection", "history"} <= set(best)
+    assert (folder / "best.pt").stat().st_size < 0.6 * (folder / "last.pt").stat().st_size   # Adam: 2 moments
+    # one epoch: best and last hold the same weights; the slim file predicts what the run reported
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+    p = params.load_frozen(tiny_run)
+    again = evaluate.predict_run(tiny_run, p)
+    saved = evaluate.read_predictions(tiny_run)
+    columns = [c for c in saved.columns if c.startswith("p_")]
+    assert len(columns) == 14
+    pd.testing.assert_frame_equal(again[columns].reset_index(drop=True), saved[columns].reset_index(drop=True),
+                                  check_exact=False, atol=1e-6)
+
+
+def test_clean_removes_checkpoints_and_keeps_reports(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "c")
+    shutil.copytree(tiny_run / "checkpoints", run / "checkpoints")
+    assert index.clean(run, ask=lambda prompt: "n") == 0 and (run / "checkpoints").is_dir()
+    with pytest.raises(UserError, match="without a terminal to ask; add YES=1"):   # pytest's stdin: no terminal
+        index.clean(run)
+    freed = index.clean(run, assume_yes=True)
+    assert freed > 0 and not (run / "checkpoints").exists() and (run / "metrics.json").is_file()
+    assert "checkpoints removed" in index.status(run)["notes"]
+
+
+def test_nbstripout_filter_strips_outputs_on_git_add(tmp_path):
+    clean = subprocess.run(["git", "config", "--get", "filter.nbstripout.clean"], cwd=PROJECT, capture_output=True,
+                           text=True).stdout.strip()
+    if not clean:
+        if os.environ.get("CI") == "true" or (PROJECT / ".git").exists():
+            pytest.fail("the nbstripout git filter is not configured in this checkout; make setup installs it")
+        pytest.skip("not a git checkout")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True, check=True)  # noqa: E731
+    git("init", "-q")
+    git("config", "filter.nbstripout.clean", clean)
+    git("config", "filter.nbstripout.required", "true")
+    shutil.copy(PROJECT / ".gitattributes", repo / ".gitattributes")
+    nb = nbformat.read(PROJECT / "notebooks" / "02_train.ipynb", as_version=4)
+    nb.cells[2].outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="})]
+    nb.cells[2].execution_count = 7
+    nbformat.write(nb, repo / "02_train.ipynb")
+    git("add", "02_train.ipynb")
+    staged = nbformat.reads(git("show", ":02_train.ipynb").stdout, as_version=4)
+    assert all(not c.get("outputs") for c in staged.cells if c.cell_type == "code")
+    assert [c.id for c in staged.cells] == [c.id for c in nb.cells]   # --keep-id: the jupytext pair stays in sync
+    assert "image/png" in (repo / "02_train.ipynb").read_text()   # the working copy keeps what Lab saved
