@@ -143,9 +143,8 @@ def error_gallery(errors: pd.DataFrame, images, cams, finding: str, redact: bool
     fig.suptitle(f"{finding}: most confident errors on test (FP: label 0, highest p; FN: label 1, lowest p)",
                  fontsize=9)
     if any(not np.asarray(cams[i]).any() for i in chosen.index):
-        fig.text(0.01, 0.002, "* blank: no region raises this finding's score (Grad-CAM keeps only evidence for "
-                 "the finding). For a false negative that is the error itself: the model saw no sign of it.",
-                 fontsize=7, ha="left", va="bottom", wrap=True)
+        fig.supxlabel("* blank: no region raises this finding's score (Grad-CAM keeps only evidence for the finding).\n"
+                      "For a false negative that is the error itself: the model saw no sign of the finding.", fontsize=7)
     return fig
 
 

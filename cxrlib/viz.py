@@ -343,7 +343,18 @@ def shown_value(p, name: str) -> str:
         return f"{value:.0e}" if value and abs(value) < 1e-2 else f"{value:g}"
     if isinstance(value, list):
         return ", ".join(map(str, value))
-    return str(value)
+    return str(value) if value != "" else "(none)"
+
+
+def readable(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A table for a report: floats to `digits` decimals, missing values blank (not <NA> or NaN)."""
+    out = frame.copy()
+    for column in out.columns:
+        if pd.api.types.is_float_dtype(out[column]):
+            out[column] = [("" if pd.isna(v) else f"{v:.{digits}f}") for v in out[column]]
+        elif out[column].isna().any():   # nullable integers (counts) print <NA>
+            out[column] = ["" if pd.isna(v) else str(v) for v in out[column]]
+    return out
 
 
 def params_table(p, names) -> pd.DataFrame:

@@ -74,7 +74,7 @@ evaluate.headline_table(report)
 # has no AUROC and is left out of the macro average. On AUPRC the tick marks chance (the prevalence).
 
 # %%
-evaluate.per_finding_table(report, 'test').round(3)
+viz.readable(evaluate.per_finding_table(report, "test"))
 
 # %%
 viz.plot_forest(report['splits']['test'])
@@ -155,7 +155,7 @@ else:
 
 # %%
 if "validate" in report["splits"]:
-    display(evaluate.per_finding_table(report, "validate").round(3))
+    display(viz.readable(evaluate.per_finding_table(report, "validate")))
 else:
     print("no validation split in this run")
 

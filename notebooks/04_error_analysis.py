@@ -53,7 +53,8 @@ if report.get("test_selected"):
 # ## The most confident errors per finding
 #
 # FP: label 0 with the highest probability; FN: label 1 with the lowest. Grad-CAM shows the regions
-# that raise the finding's logit (red), at the resolution of the last feature map.
+# that raise the finding's logit (bright: see the colorbar), at the resolution of the last feature map.
+# A blank map means no region raises it, and the radiograph shows unchanged.
 
 # %%
 errors = analysis.top_errors(predictions, p.topk)

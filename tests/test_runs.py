@@ -74,7 +74,7 @@ def test_a_failing_cell_names_the_notebook_and_the_cell(tiny_data, tmp_path):
 def test_cli_refuses_unknown_parameters_before_running(tmp_path):
     out = cli("run", "--params", "params/demo.yaml", "-p", "epochz=3", "-p", f"runs_dir={tmp_path}")
     assert out.returncode == 2
-    assert "unknown parameter(s) ['epochz']" in out.stderr and "epochs" in out.stderr
+    assert "error: -p epochz=3: unknown parameter(s) 'epochz' (did you mean epochs?)" in out.stderr
     assert "Traceback" not in out.stderr
     assert not list(tmp_path.iterdir())              # nothing started
 

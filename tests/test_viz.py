@@ -26,3 +26,20 @@ def test_examples_per_finding_is_reproducible_and_takes_all_when_few():
     b = viz.examples_per_finding(frame, per_finding=4, seed=1)
     pd.testing.assert_frame_equal(a, b)
     assert sorted(a["row"]) == [0, 1]
+
+
+def test_report_tables_read_as_people_read_them():
+    import pandas as pd
+
+    from cxrlib import params, viz
+    from cxrlib.compare import format_p
+
+    frame = pd.DataFrame({"auroc": pd.array([0.80157, None], dtype="Float64"),
+                          "n_pos": pd.array([55, None], dtype="Int64"), "finding": ["Edema", "macro"]})
+    shown = viz.readable(frame)
+    assert shown["auroc"].tolist() == ["0.802", ""] and shown["n_pos"].tolist() == ["55", ""]
+    assert "<NA>" not in shown.to_string() and "NaN" not in shown.to_string()
+    p = params.validate({"device": "cpu", "amp": "bf16", "lr": 1e-4, "compare_with": ""})
+    table = viz.params_table(p, ["amp", "lr", "compare_with", "mean"])["value"].tolist()
+    assert table == ["bf16 (GPU only; off on this CPU run)", "1e-04", "(none)", "0.4691"]
+    assert format_p(0.0, 1000) == "< 0.001" and format_p(0.0, 50) == "< 0.02" and format_p(0.0423, 1000) == "0.042"
