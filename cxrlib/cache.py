@@ -34,6 +34,7 @@ from .cache_build import (
     FAILED,
     REQUIRED_COLUMNS,
     Build,
+    cohort_stats,
     decode_pending,
     locked,
     make_plan,
@@ -41,6 +42,7 @@ from .cache_build import (
     publish,
     reuse,
     same_sources,
+    union_plan,
 )
 from .decode import DECODE_MODES, RESIZE_MODES
 from .errors import UserError
@@ -87,6 +89,8 @@ class Cache:
         """The cache row of each dicom_id; -1 where it is not in the cache or did not decode."""
         where = pd.Index(self.index["dicom_id"]).get_indexer(pd.Index(np.asarray(dicom_ids, dtype=str)))
         rows = self.index["row"].to_numpy(dtype=np.int64)
+        if len(rows) == 0:
+            return np.full(len(where), -1, dtype=np.int64)
         return np.where(where >= 0, rows[where], -1)
 
     def __len__(self) -> int:
@@ -137,6 +141,16 @@ def cohort_with_rows(cohort: pd.DataFrame, cache: Cache) -> pd.DataFrame:
     return kept.reset_index(drop=True)
 
 
+def usable_cohort(run_dir, p) -> pd.DataFrame:
+    """The run's cohort.csv without the images that failed to decode: what training and evaluation use."""
+    from .cohort import read_cohort
+
+    cohort = read_cohort(Path(run_dir) / "cohort.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # notebook 01 reported the failures
+        return cohort_with_rows(cohort, open_cache(p.resolved_cache_dir(), p.image_size, p.resize, p.decode))
+
+
 # --------------------------------------------------------------------------- planning a build
 
 
@@ -169,6 +183,7 @@ def build_cache(data_root, cohort: pd.DataFrame, size: int = 256, resize: str = 
         old_plan = None
         if old is not None and all(old.get(k, "fast") == v for k, v in key.items()):
             old_plan = pd.DataFrame(old["sources"]).astype({"dicom_id": str, "path": str, "split": str})
+            plan = union_plan(old_plan, plan)   # another cohort's images stay, at their rows
         if old_plan is not None and same_sources(old_plan, plan):
             shutil.rmtree(folder / ".building", ignore_errors=True)  # a stale build of another cohort
             if not (old_plan["split"].to_numpy() == plan["split"].to_numpy()).all():
@@ -179,7 +194,7 @@ def build_cache(data_root, cohort: pd.DataFrame, size: int = 256, resize: str = 
                 publish(folder, key, plan, status, width, height, reasons, images, None, counts)
             cache = open_cache(cache_dir, size, resize, decode)
             cache.counts = {"decoded": 0, "reused": len(plan), "failed": len(cache.failures)}
-            return _warn_failures(cache)
+            return _for_cohort(cache, cohort)
         build = Build(folder, plan, size, resize, decode)
         if not build.resume():
             build.start()
@@ -193,18 +208,23 @@ def build_cache(data_root, cohort: pd.DataFrame, size: int = 256, resize: str = 
         shutil.rmtree(build.dir, ignore_errors=True)
     cache = open_cache(cache_dir, size, resize, decode)
     cache.counts = counts
-    return _warn_failures(cache)
+    return _for_cohort(cache, cohort)
 
 
-def _warn_failures(cache: Cache) -> Cache:
-    if len(cache) == 0:
+def _for_cohort(cache: Cache, cohort: pd.DataFrame) -> Cache:
+    """The cache as this cohort sees it: its own failures, and the statistics of its training images
+    (a shared cache holds other cohorts' images too)."""
+    ids = set(cohort["dicom_id"].astype(str))
+    cache.failures = cache.failures[cache.failures["dicom_id"].isin(ids)].reset_index(drop=True)
+    if not (cache.rows_for(cohort["dicom_id"]) >= 0).any():
         reasons = cache.failures["reason"].value_counts().to_dict()
-        raise UserError(f"none of the {len(cache.failures)} cohort images could be decoded ({reasons}); is data_root "
+        raise UserError(f"none of the {len(cohort)} cohort images could be decoded ({reasons}); is data_root "
                         f"the folder that holds files/? See {cache.dir / 'report.csv'}. Fetch the images with "
                         "`make fetch`, or point data_root at the MIMIC-CXR-JPG root.")
+    cache.stats = cohort_stats(cache, cohort)
     if len(cache.failures):
         reasons = cache.failures["reason"].value_counts().to_dict()
-        warnings.warn(f"{len(cache.failures)} of {cache.manifest['rows']} images could not be decoded and are "
+        warnings.warn(f"{len(cache.failures)} of {len(cohort)} images could not be decoded and are "
                       f"left out of training and evaluation ({reasons}); see {cache.dir / 'report.csv'}.",
                       stacklevel=3)
     return cache

@@ -58,6 +58,22 @@ def make_plan(data_root: Path, cohort: pd.DataFrame) -> pd.DataFrame:
     return plan
 
 
+def union_plan(old_plan: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
+    """The rows a shared cache keeps: every image it held, at its row, then this cohort's new images.
+
+    Rows are never evicted or moved, so a run that read the index earlier (another cohort, training now)
+    still finds its images at their rows in any later images.npy. This cohort's rows take its current
+    path, split and file size and mtime (a changed file is decoded again, at the same row).
+    """
+    fresh = plan.set_index("dicom_id")
+    old = old_plan.set_index("dicom_id")[plan.columns.drop("dicom_id")].copy()
+    shared = old.index.intersection(fresh.index)
+    old.loc[shared] = fresh.loc[shared, old.columns]
+    added = fresh.loc[fresh.index.difference(old.index)].sort_index()
+    union = pd.concat([old, added]).rename_axis("dicom_id").reset_index()
+    return union.astype({"bytes": np.int64, "mtime_ns": np.int64})
+
+
 def same_sources(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     columns = ["dicom_id", "path", "bytes", "mtime_ns"]
     return len(a) == len(b) and all((a[c].to_numpy() == b[c].to_numpy()).all() for c in columns)
@@ -209,6 +225,13 @@ def decode_pending(build: Build, data_root: Path, workers: int, progress: bool, 
     return done
 
 
+def cohort_stats(cache, cohort: pd.DataFrame) -> dict:
+    """Pixel mean and std of this cohort's training images: a shared cache also holds other cohorts'."""
+    rows = cache.rows_for(cohort.loc[cohort["split"].astype(str) == "train", "dicom_id"])
+    images = np.load(cache.images_path, mmap_mode="r")
+    return pixel_stats(images, np.sort(rows[rows >= 0]))
+
+
 def pixel_stats(images: np.ndarray, rows: np.ndarray) -> dict:
     """Mean and std of the pixels (scaled to [0, 1]) of the given rows, exact via a histogram."""
     histogram = np.zeros(256, np.int64)
@@ -245,7 +268,8 @@ def publish(folder: Path, key: dict, plan: pd.DataFrame, status, width, height, 
         "decoder": {"pillow": Image.__version__, "draft": key["decode"] == "fast", "resample": RESAMPLE.name.lower()},
         "sources": plan[["dicom_id", "path", "split", "bytes", "mtime_ns"]].to_dict(orient="list"),
     }
-    (folder / "manifest.json").unlink(missing_ok=True)
+    # The old manifest stays until the new one replaces it: rows only grow (union_plan), so a reader that
+    # meets the new images.npy with the old index finds every one of its rows where they were.
     if images_source is not None:
         # A hard link keeps the build's copy, so a crash before the manifest can finish again on rerun.
         staged = folder / ".images.npy.tmp"

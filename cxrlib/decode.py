@@ -35,6 +35,8 @@ def decode_image(path, size: int, resize: str = "squash", mode: str = "fast") ->
     # A truncated JPEG must raise, never decode into a half-grey image that trains silently.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     with Image.open(path) as img:
+        if img.format != "JPEG":   # MIMIC-CXR-JPG holds JPEGs only: anything else is a wrong or damaged file
+            raise NotJPEG(f"not a JPEG ({img.format or 'unknown'} data)")
         source = img.size
         target = target_size(*source, size, resize)
         if mode == "fast":
@@ -50,7 +52,13 @@ def decode_image(path, size: int, resize: str = "squash", mode: str = "fast") ->
     return pixels, source
 
 
+class NotJPEG(ValueError):
+    pass
+
+
 def failure_reason(error: BaseException) -> str:
+    if isinstance(error, NotJPEG):
+        return str(error)
     if isinstance(error, FileNotFoundError):
         return "missing file"
     if isinstance(error, UnidentifiedImageError):

@@ -141,7 +141,12 @@ def evaluation_summary(run_dir) -> list[str]:
              f"{data.get('patients_per_split', {}).get(split, '?')} patients; {ci.get('level', 0.95):.0%} CIs from "
              f"{ci.get('n_boot', '?')} patient resamples"]
     for key, v in m["headline"].items():
-        lines.append(f"  {key:<12} {fmt(v['value'])}  [{fmt(v['lo'])}, {fmt(v['hi'])}]")
+        outside = None not in (v["value"], v["lo"], v["hi"]) and not v["lo"] <= v["value"] <= v["hi"]
+        lines.append(f"  {key:<12} {fmt(v['value'])}  [{fmt(v['lo'])}, {fmt(v['hi'])}]"
+                     + ("  (outside its CI: see below)" if outside else ""))
+        if outside:
+            lines.append("    the interval comes from the resamples that kept both classes of every finding (rare "
+                         "findings lose theirs); it is conditional on those and may miss the estimate (notebook 03)")
     if m.get("test_selected"):
         lines.append("  WARNING: the model was selected on the test set: these figures are optimistic")
     return lines

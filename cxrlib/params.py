@@ -189,8 +189,8 @@ def _coerce(key: str, value: Any, hint, where: str) -> Any:
             raise bad
         return value
     if hint is list:
-        if isinstance(value, str):
-            value = [value]
+        if isinstance(value, str):   # VIEWS=AP,PA on the make line means two views
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad
         return list(value)
@@ -240,6 +240,11 @@ def validate(values: dict, where: str = "parameters", sources: dict | None = Non
         (p.epochs >= 1, "epochs must be at least 1"),
         (p.batch_size >= 1, "batch_size must be at least 1"),
         (p.gpus >= 1, "gpus must be at least 1"),
+        (p.num_workers >= 0, "num_workers must be 0 (load in the training process) or more DataLoader workers"),
+        (p.cache_workers >= 0, "cache_workers must be 0 (all cores) or a number of processes"),
+        (p.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
+        (p.bootstrap >= 0, "bootstrap must be 0 (no intervals) or a number of resamples"),
+        (p.topk >= 0, "topk must be 0 or more"),
         (p.lr > 0, "lr must be positive"),
         (p.checkpoint_minutes >= 0, "checkpoint_minutes must be 0 (epoch ends only) or positive"),
         (0.0 < p.ci_level < 1.0, "ci_level must be in (0, 1)"),

@@ -71,7 +71,9 @@ def render_html(notebook_path: Path, redact: bool = False) -> Path:
         body = TEMPLATE_DATA_URLS.sub("none", body).replace("`data:image/svg+xml,${", "`data:,${")
         body = SVG_IMG.sub(_inline_svg, body)
         if "data:image" in body or "<image" in body:
-            raise UserError(f"{notebook_path}: redact_images is on but the report still holds embedded images")
+            raise UserError(f"{notebook_path}: redact_images is on but the report still holds embedded images; "
+                            f"`make report RUN={notebook_path.parent.name}` strips them from the run's notebooks "
+                            "and renders every report again")
     html = notebook_path.with_suffix(".html")
     atomic_write_text(html, body)
     return html

@@ -273,6 +273,30 @@ def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, prog
     return output
 
 
+def redact_reports(run_dir: Path, skip=()) -> list[Path]:
+    """Strip pixel data from every executed notebook of the run (01-04 and any later NN_*.ipynb) and render
+    it again; `skip`: the notebooks about to run (they are written redacted)."""
+    done = []
+    for notebook in sorted(Path(run_dir).glob("[0-9][0-9]_*.ipynb")):
+        if notebook.stem in skip or notebook.name.endswith(".running.ipynb"):
+            continue
+        removed = strip_images(notebook)
+        html = notebook.with_suffix(".html")
+        if removed or not html.is_file() or "data:image" in html.read_text():
+            render_html(notebook, redact=True)
+            print(f"[{notebook.stem}] redacted: {removed} image output(s) removed, report rendered again", flush=True)
+            done.append(notebook)
+    return done
+
+
+def remove_temp_notebooks(run_dir: Path) -> None:
+    """Temp files a killed run left: atomic writes (.<name>.<random><suffix>) of notebooks and reports."""
+    for stale in Path(run_dir).glob(".[0-9][0-9]_*.ipynb.*"):
+        stale.unlink(missing_ok=True)
+    for stale in Path(run_dir).glob(".[0-9][0-9]_*.html.*"):
+        stale.unlink(missing_ok=True)
+
+
 def promote(running: Path, output: Path) -> None:
     with open(running, "rb+") as f:
         os.fsync(f.fileno())
@@ -299,11 +323,18 @@ def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progr
     run_dir = p.run_dir()
     if "02_train" in notebooks:
         params_mod.check_for_training(p)
+        if p.device == "gpu" or p.gpus > 1:   # before notebook 01 builds any cache: no GPU is one line now
+            from .runtime import resolve_device
+
+            resolve_device(p)
     # Every check before the one write: a refused command leaves the run folder as it was.
     frozen = params_mod.frozen_if_any(run_dir)
     if frozen:
         params_mod.check_change(frozen, p, run_dir)
     params_mod.freeze_if_changed(p, run_dir, frozen)
+    remove_temp_notebooks(run_dir)
+    if p.redact_images:   # a property of the run's reports: those made before it was asked for too
+        redact_reports(run_dir, skip=notebooks)
     for nb in notebooks:
         execute(nb, p, root, run_dir, progress=progress)
     if summary:
@@ -331,6 +362,10 @@ def cli(command: str, argv: list[str]) -> int:
         for text in args.overrides:
             key, value = params_mod.parse_override(text)
             overrides[key], sources[key] = value, f"-p {text}"
+        if overrides.get("resume") and not args.name:
+            existing = sorted(f.parent.name for f in Path(overrides.get("runs_dir", "runs")).glob("*/params.yaml"))
+            raise UserError("RESUME=1 continues a run: name it with RUN=<name> (runs: "
+                            + (", ".join(existing) or "none yet") + ")")
         if args.default_params and args.params:
             print(f"PARAMS not given: using {args.params} (the synthetic demo). For real data name a preset, "
                   "e.g. PARAMS=params/improved.yaml", flush=True)
@@ -348,6 +383,8 @@ def cli(command: str, argv: list[str]) -> int:
             raise UserError(f"{run_dir}: no executed notebooks; run `make run RUN={args.name}` first")
         redact = params_mod.load_frozen(run_dir).redact_images
         for nb in executed:
+            if redact:
+                strip_images(nb)   # notebooks executed before redaction was asked for hold images
             print(render_html(nb, redact=redact))
         return 0
     raise UserError(f"unknown command {command}")

@@ -188,11 +188,13 @@ def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
     """The training and selection datasets, their label matrices and the batch transform."""
     from . import cache as cache_mod
     from . import cohort as cohort_mod
+    from .cache_build import cohort_stats
     from .data import BatchTransform, CacheDataset
 
     if cohort is None:
         cohort = cohort_mod.read_cohort(Path(run_dir) / "cohort.csv")
     cache = cache_mod.open_cache(params.resolved_cache_dir(), params.image_size, params.resize, params.decode)
+    cache.stats = cohort_stats(cache, cohort)   # this cohort's training pixels, not the shared cache's
     cohort = cache_mod.cohort_with_rows(cohort, cache)
     train = cohort[cohort["split"] == "train"]
     chosen = cohort[cohort["split"] == params.select_on]

@@ -37,17 +37,17 @@ resume = False                 # an existing last.pt with the same parameters is
 # %%
 from IPython.display import HTML, display
 
-from cxrlib import checkpoint, cohort, runs, train, viz
+from cxrlib import cache, checkpoint, runs, train, viz
 
 p = runs.notebook_setup(run_dir, globals(), show=viz.TRAINING_RECIPE)   # the recipe, as a table
 if p.select_on == "test":
     display(HTML(viz.test_selection_html()))
 
 # %% [markdown]
-# ## Class balance of the training split, and the pos_weight it implies
+# ## Class balance of the training split (images that decoded), and the pos_weight it implies
 
 # %%
-balance = viz.class_balance(cohort.read_cohort(f"{run_dir}/cohort.csv"))
+balance = viz.class_balance(cache.usable_cohort(run_dir, p))   # images that decoded: what training sees
 display(balance.round(3))
 viz.plot_class_balance(balance);
 

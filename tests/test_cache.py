@@ -1,6 +1,7 @@
 import json
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,23 +124,25 @@ def test_build_writes_images_index_manifest_and_stats(tmp_path):
 
 
 def test_bad_images_are_reported_and_left_out(tmp_path):
-    cohort = make_cohort(tmp_path, 5)
+    cohort = make_cohort(tmp_path, 6)
+    Image.fromarray(np.full((40, 48), 128, np.uint8)).save(tmp_path / cohort.loc[5, "path"], format="PNG")
     truncated = tmp_path / cohort.loc[1, "path"]
     write_jpeg(truncated, width=300, height=200, seed=9)
     data = truncated.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     (tmp_path / cohort.loc[2, "path"]).write_bytes(b"this is not a jpeg at all" * 10)
     (tmp_path / cohort.loc[3, "path"]).unlink()
-    with pytest.warns(UserWarning, match="3 of 5 images could not be decoded"):
+    with pytest.warns(UserWarning, match="4 of 6 images could not be decoded"):
         cache = build(tmp_path, cohort)
     reasons = dict(zip(cache.failures["dicom_id"], cache.failures["reason"]))
     assert reasons[cohort.loc[1, "dicom_id"]] == "truncated JPEG"
     assert reasons[cohort.loc[2, "dicom_id"]].startswith("cannot identify image")
     assert reasons[cohort.loc[3, "dicom_id"]] == "missing file"
+    assert reasons[cohort.loc[5, "dicom_id"]] == "not a JPEG (PNG data)"   # a PNG renamed .jpg
     assert len(cache) == 2 and list(cache.failures.columns) == ["dicom_id", "path", "reason"]
     report = pd.read_csv(cache.dir / "report.csv")
-    assert len(report) == 3
-    with pytest.warns(UserWarning, match="3 of 5 cohort images"):
+    assert len(report) == 4
+    with pytest.warns(UserWarning, match="4 of 6 cohort images"):
         kept = cohort_with_rows(cohort, cache)
     assert list(kept["dicom_id"]) == list(cohort.loc[[0, 4], "dicom_id"])
     assert (kept["cache_row"] >= 0).all() and list(kept.columns) == [*cohort.columns, "cache_row"]
@@ -149,7 +152,7 @@ def test_bad_images_are_reported_and_left_out(tmp_path):
         warnings.simplefilter("ignore")
         calls = count_decodes(mp)
         again = build(tmp_path, cohort)
-    assert len(calls) == 1 and len(again) == 3 and again.counts["failed"] == 2
+    assert len(calls) == 1 and len(again) == 3 and again.counts["failed"] == 3
 
 
 def test_interrupted_build_resumes_and_matches_an_uninterrupted_one(tmp_path, monkeypatch):
@@ -322,3 +325,44 @@ def test_exact_decode_is_the_original_path_pixel_for_pixel_and_has_its_own_cache
     assert build_cache(tmp_path, cohort, size=64, workers=1, progress=False).dir.name == "64_squash"
     with pytest.raises(UserError, match="decode 'slow'"):
         build_cache(tmp_path, cohort, size=64, workers=1, progress=False, decode="slow")
+
+
+def _build_in_process(root, cohort_csv, out_json):
+    from cxrlib.cohort import read_cohort
+
+    cohort = read_cohort(cohort_csv)
+    cache = build_cache(root, cohort, size=16, workers=1, progress=False)
+    rows = cache.rows_for(cohort["dicom_id"])
+    Path(out_json).write_text(json.dumps({"rows": rows.tolist(), "stats": cache.stats}))
+
+
+def test_two_cohorts_built_at_once_share_the_cache_without_evicting_each_other(tmp_path):
+    """Two runs with different cohorts (AP only; AP and PA) build one shared cache at the same time: each
+    ends with every one of its images, at rows that later builds never move, and its own statistics."""
+    import multiprocessing
+
+    from cxrlib.cohort import write_cohort
+
+    first = make_cohort(tmp_path, 8)
+    second = pd.concat([first.iloc[::2], make_cohort(tmp_path, 6, start=8)], ignore_index=True)
+    jobs = []
+    for name, cohort in (("a", first), ("b", second)):
+        write_cohort(cohort, tmp_path / f"{name}.csv")
+        jobs.append(multiprocessing.get_context("spawn").Process(
+            target=_build_in_process, args=(tmp_path, tmp_path / f"{name}.csv", tmp_path / f"{name}.json")))
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=120)
+        assert job.exitcode == 0
+    final = open_cache(tmp_path / "cache", 16, "squash")
+    alone = build_cache(tmp_path / "solo", make_cohort(tmp_path / "solo", 14), size=16, workers=1, progress=False)
+    for name, cohort in (("a", first), ("b", second)):
+        seen = json.loads((tmp_path / f"{name}.json").read_text())
+        assert min(seen["rows"]) >= 0                                          # every image was there
+        assert seen["rows"] == final.rows_for(cohort["dicom_id"]).tolist()     # at rows that did not move
+        for dicom_id, row in zip(cohort["dicom_id"], seen["rows"]):
+            np.testing.assert_array_equal(final.images[row], alone.images[alone.rows_for([dicom_id])[0]])
+        train = cohort[cohort["split"] == "train"]
+        assert seen["stats"]["images"] == len(train)                           # its own training images
+    assert len(final) == 14 and cohort_with_rows(second, final).shape[0] == len(second)

@@ -232,3 +232,47 @@ def test_nbstripout_filter_strips_outputs_on_git_add(tmp_path):
     assert all(not c.get("outputs") for c in staged.cells if c.cell_type == "code")
     assert [c.id for c in staged.cells] == [c.id for c in nb.cells]   # --keep-id: the jupytext pair stays in sync
     assert "image/png" in (repo / "02_train.ipynb").read_text()   # the working copy keeps what Lab saved
+
+
+def test_redaction_asked_for_at_evaluation_covers_every_report_of_the_run(tiny_run, tiny_data, tmp_path):
+    """Trained and reported unredacted, then `make evaluate REDACT_IMAGES=true`: 01-04, none holds an image."""
+    from conftest import run_notebooks, tiny_params
+
+    run = tmp_path / "late"
+    shutil.copytree(tiny_run, run)
+    (run / ".02_train.ipynb.x1y2.ipynb").write_text("{}")   # a temp file a killed run left
+    assert "data:image/png" in (run / "01_cohort.html").read_text()
+    run_notebooks(tiny_params(tiny_data, tmp_path, "late", redact_images=True), ["03_evaluate"])
+    found = [(path.name, marker) for path in sorted(run.glob("*.ipynb")) + sorted(run.glob("*.html"))
+             for marker in ("image/png", "image/jpeg", "data:image", "<image") if marker in path.read_text()]
+    assert not found
+    assert {f"{nb}.html" for nb in runs.NOTEBOOKS} <= {p.name for p in run.iterdir()}
+    assert not list(run.glob(".02_train.ipynb.*"))
+
+
+def test_what_the_parameters_and_machine_tell_is_checked_before_any_notebook(tmp_path):
+    assert params.validate({"views": "AP,PA"}, "the make line").views == ["AP", "PA"]   # VIEWS=AP,PA: two views
+    with pytest.raises(params.ParamError, match="num_workers must be 0"):
+        params.validate({"num_workers": -3})
+    env = dict(os.environ, RESUME="1")
+    out = subprocess.run([sys.executable, "-m", "cxrlib", "run", "--make-vars", "RESUME=1", "--params",
+                          "params/demo.yaml", "--default-params", "-p", f"runs_dir={tmp_path}"], cwd=PROJECT,
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "RESUME=1 continues a run: name it with RUN=<name>" in out.stderr
+    if not torch.cuda.is_available():
+        out = subprocess.run([sys.executable, "-m", "cxrlib", "run", "--params", "params/demo.yaml", "-p", "device=gpu",
+                              "-p", f"runs_dir={tmp_path}", "--notebooks", "01,02"], cwd=PROJECT, capture_output=True,
+                             text=True)
+        assert out.returncode == 2 and "device: gpu but torch.cuda.is_available() is False" in out.stderr
+        assert not (tmp_path / "demo" / "cohort.csv").exists() and "[01_cohort] running" not in out.stdout
+
+
+def test_the_summary_says_when_an_interval_misses_its_estimate(tmp_path, capsys):
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "headline_split": "test", "ci": {"level": 0.95, "n_boot": 1000},
+        "data": {"images_per_split": {"test": 102}, "patients_per_split": {"test": 100}},
+        "headline": {"AUPRC macro": {"value": 0.1729, "lo": 0.1832, "hi": 0.2541},
+                     "AUROC macro": {"value": 0.8, "lo": 0.7, "hi": 0.9}}}))
+    lines = index.evaluation_summary(tmp_path)
+    assert lines[1].endswith("(outside its CI: see below)") and "rare findings" in lines[2]
+    assert lines[3].strip().startswith("AUROC macro") and "outside" not in lines[3]
