@@ -139,6 +139,15 @@ class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
         return new
 
 
+# Connection failures in a row, across all files and workers, with no answer from the server in between:
+# then it is gone (down, or the network is), and waiting out every file's retries would take hours.
+SERVER_GONE_AFTER = 4
+
+
+class ServerGone(Exception):
+    pass
+
+
 class Client:
     """HTTP for one fetch: base URL, credentials, retry policy and a stop flag the workers share."""
 
@@ -147,8 +156,24 @@ class Client:
         self.credentials = credentials          # a Credentials, or a callable that returns one
         self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
         self.stop = threading.Event()
+        self.unanswered = 0                     # connection failures in a row, all workers together
+        self.lock = threading.Lock()
         self.on_bytes = lambda n: None
         self.opener = urllib.request.build_opener(_SameHostRedirects())
+
+    def answered(self) -> None:
+        with self.lock:
+            self.unanswered = 0
+
+    def unreachable(self, error: str) -> None:
+        """Count a connection that got no answer; at SERVER_GONE_AFTER in a row, stop every worker."""
+        with self.lock:
+            self.unanswered += 1
+            gone = self.unanswered >= SERVER_GONE_AFTER
+        if gone:
+            self.stop.set()
+            raise ServerGone(f"{urllib.parse.urlsplit(self.base_url).netloc} did not answer {SERVER_GONE_AFTER} "
+                             f"connections in a row ({error})")
 
     def login(self) -> None:
         """Resolve the credentials in the main thread, before any worker needs them (a prompt may ask)."""
@@ -211,10 +236,12 @@ def transfer_file(client: Client, rel: str, part: Path) -> None:
         retry_after = None
         try:
             with client.open(rel, offset) as resp:
+                client.answered()
                 stream_into(client, resp, part, offset)
             return
         except urllib.error.HTTPError as e:
             e.close()
+            client.answered()
             if e.code in (401, 403):
                 client.stop.set()
                 raise AuthError(
@@ -231,6 +258,9 @@ def transfer_file(client: Client, rel: str, part: Path) -> None:
             last, retry_after = f"HTTP {e.code} {e.reason}", parse_retry_after(e.headers.get("Retry-After"))
         except TRANSIENT as e:
             last = f"{type(e).__name__}: {e}"
+            if isinstance(e, (urllib.error.URLError, ConnectionRefusedError, TimeoutError)) and not (
+                    part.exists() and part.stat().st_size > offset):
+                client.unreachable(last)   # no answer at all (not a dropped transfer): maybe the server is gone
         progressed = part.exists() and part.stat().st_size > offset
         failures = 0 if progressed else failures + 1    # resuming a flaky connection is not a failure
         if failures < client.attempts:

@@ -101,6 +101,8 @@ class FakePhysioNet:
                 data = file.read_bytes()
                 if fault == "corrupt":
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
+                if fault == "mangle-path":   # a damaged transfer of a list: one path's byte is garbage
+                    data = data.replace(b"files/p1", b"files/p\xff", 1)
                 start = 0
                 wanted = self.headers.get("Range")
                 if wanted and fault != "ignore-range":

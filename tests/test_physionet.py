@@ -186,10 +186,12 @@ def test_missing_file_is_listed_as_failed(tmp_path, release, server, captured):
     rc = main(["fetch", "--data-root", str(root), "--cohort", str(cohort_csv(tmp_path, [missing, images[1]])),
                "--base-url", server.base_url])
     assert rc == 1 and same(src, root, images[1])
-    assert len(server.requests_for(missing)) == 1      # a 404 is not retried
+    # not in the release's checksum list (fetched a second time to be sure): never requested, never kept unverified
+    assert server.requests_for(missing) == [] and len(server.requests_for("SHA256SUMS.txt")) == 2
     output = captured()
-    assert f"FAILED {missing}: not on the server (HTTP 404)" in output.out
+    assert f"FAILED {missing}: not listed in SHA256SUMS.txt (fetched twice): cannot be verified" in output.out
     assert "1 file(s) failed" in output.err
+    assert not (root / missing).exists()
 
 
 @pytest.mark.parametrize("password", ["wrong-password", None])
@@ -347,3 +349,34 @@ def test_retry_delay_is_jittered_exponential_and_honours_retry_after():
     assert physionet.parse_retry_after("12") == 12.0
     assert 0 < physionet.parse_retry_after("Wed, 21 Oct 2099 07:28:00 GMT")
     assert physionet.parse_retry_after("soon") is None
+
+
+def test_a_damaged_checksum_list_is_fetched_again_and_never_trusted(tmp_path, release, server):
+    src, images = release
+    server.faults["SHA256SUMS.txt"] = ["mangle-path"]        # the list's own transfer is damaged, once
+    summary = get(server, tmp_path / "ok", images)
+    assert summary.ok and all(same(src, tmp_path / "ok", rel) for rel in images)
+    assert len(server.requests_for("SHA256SUMS.txt")) == 2
+    server.always["SHA256SUMS.txt"] = "mangle-path"           # damaged every time: stop, keep nothing unverified
+    with pytest.raises(UserError, match=r"SHA256SUMS.txt line \d+: .*downloaded again and is still malformed"):
+        get(server, tmp_path / "bad", images)
+    assert not list((tmp_path / "bad").glob("files/**/*.jpg"))
+
+
+def test_a_server_that_is_gone_stops_the_fetch_within_seconds(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as probe:                            # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    paths = [f"files/p10/p{10000000 + i}/s{50000000 + i}/{i:08x}-0000aaaa-1111bbbb-2222cccc-3333dddd.jpg"
+             for i in range(1000)]
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "SHA256SUMS.txt").write_text("".join(f"{'ab' * 32}  {rel}\n" for rel in paths))
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"the server is unreachable: .* rerun the same command to continue"):
+        physionet.fetch(root, paths, base_url=f"http://127.0.0.1:{port}/files/mimic-cxr-jpg/2.0.0/", workers=8,
+                        credentials=transfer.Credentials("someone", "secret"), progress=False)   # default backoff
+    assert time.monotonic() - started < 30
