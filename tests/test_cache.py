@@ -366,3 +366,18 @@ def test_two_cohorts_built_at_once_share_the_cache_without_evicting_each_other(t
         train = cohort[cohort["split"] == "train"]
         assert seen["stats"]["images"] == len(train)                           # its own training images
     assert len(final) == 14 and cohort_with_rows(second, final).shape[0] == len(second)
+
+
+def test_a_runs_usable_cohort_leaves_out_the_images_that_failed(tmp_path):
+    from cxrlib import params
+    from cxrlib.cohort import write_cohort
+
+    cohort = make_cohort(tmp_path, 5)
+    (tmp_path / cohort.loc[2, "path"]).write_bytes(b"garbage" * 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build(tmp_path, cohort, size=32)
+    write_cohort(cohort, tmp_path / "run" / "cohort.csv")
+    p = params.validate({"data_root": str(tmp_path), "image_size": 32, "head": "avgpool"})
+    usable = cache_mod.usable_cohort(tmp_path / "run", p)
+    assert list(usable["dicom_id"]) == list(cohort.drop(index=2)["dicom_id"])   # what notebook 02 counts
