@@ -276,3 +276,27 @@ def test_the_summary_says_when_an_interval_misses_its_estimate(tmp_path, capsys)
     lines = index.evaluation_summary(tmp_path)
     assert lines[1].endswith("(outside its CI: see below)") and "rare findings" in lines[2]
     assert lines[3].strip().startswith("AUROC macro") and "outside" not in lines[3]
+
+
+def test_two_runs_with_different_cohorts_started_at_once_keep_all_their_images(tiny_data, tmp_path):
+    """`RUN=a` (views AP) and `RUN=b` (AP and PA) at the same image size, started together: both cohort
+    notebooks build into one shared cache, and afterwards each run trains and evaluates on every one of its
+    images (cache.usable_cohort is what training and evaluation read)."""
+    from cxrlib import cache
+
+    cache_dir = tmp_path / "shared-cache"
+    procs = [subprocess.Popen(cli_args(tiny_data, tmp_path, name, views=views, cache_dir=str(cache_dir),
+                                       image_size=64) + ["--notebooks", "01", "--no-progress"],
+                              cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name, views in (("a", ["AP"]), ("b", ["AP", "PA"]))]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    sizes = {}
+    for name in ("a", "b"):
+        p = params.load_frozen(tmp_path / name)
+        full = pd.read_csv(tmp_path / name / "cohort.csv")
+        usable = cache.usable_cohort(tmp_path / name, p)
+        failed = cache.open_cache(cache_dir, 64, p.resize, p.decode).failures
+        assert len(usable) == len(full) - full["dicom_id"].isin(failed["dicom_id"]).sum()
+        sizes[name] = len(full)
+    assert sizes["b"] > sizes["a"] > 0
