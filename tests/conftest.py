@@ -37,7 +37,7 @@ def run_notebooks(p, notebooks=None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return runs.run(p, notebooks or list(runs.NOTEBOOKS), progress=False)
+            return runs.run(p, list(runs.NOTEBOOKS) if notebooks is None else notebooks, progress=False)
     finally:
         os.chdir(cwd)
 
