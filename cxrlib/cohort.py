@@ -10,34 +10,31 @@ A subject whose selected study has no label row is dropped (not moved to its nex
 as the original did; the report lists them. On the real 2.0.0 this gives original.COHORT.
 
 IDs are read as strings exactly as written, so "lowest" is literal string order.
-split_mode "official" takes each selected image's split from mimic-cxr-2.0.0-split; then
-val_fraction is not applied (the official split has its own validate set).
+studies_per_subject: all keeps every study with an in-view image (rule 2 off), images_per_study: all
+every in-view image of a kept study (rule 3 off); labels are per study, so each image carries its
+study's row. split_mode "official" takes each selected image's split from mimic-cxr-2.0.0-split;
+val_fraction must then be 0 (the official split has its own validate set).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import time
 import warnings
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import params as params_mod
+from .cohort_report import SPLITS, CohortReport, compare_with_reference, prevalence
 from .errors import UserError
 from .fsutil import atomic_write_csv, atomic_write_json
 from .labels import (
-    BLANK_POLICIES,
     FINDINGS,
-    UNCERTAIN_POLICIES,
     apply_policies,
-    per_finding,
 )
-from .original import COHORT
 
 PHYSIONET_PAGE = "https://physionet.org/content/mimic-cxr-jpg/2.0.0/"
 TABLES = {
@@ -54,11 +51,7 @@ COLUMNS = {
     "split": ["dicom_id", "split"],
 }
 ID_COLUMNS = ("dicom_id", "subject_id", "study_id")
-SPLITS = ("train", "validate", "test")
 OUTPUT_COLUMNS = ["subject_id", "study_id", "dicom_id", "view", "path", "split", *FINDINGS]
-
-# The full release has 377,110 metadata rows; a sample or the synthetic stand-in has far fewer.
-FULL_RELEASE_MIN_ROWS = 300_000
 
 
 # --------------------------------------------------------------------------- reading
@@ -153,16 +146,22 @@ def _unique_studies(labels: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- selection
 
-def select_images(metadata: pd.DataFrame, views=("AP",)) -> pd.DataFrame:
-    """Rules 1-3: one image per subject, sorted by subject_id.
+def select_images(metadata: pd.DataFrame, views=("AP",), studies_per_subject: str = "first",
+                  images_per_study: str = "first") -> pd.DataFrame:
+    """Rules 1-3, sorted by (subject_id, study_id, dicom_id).
 
-    Sorting the in-view images by (subject, study, dicom) and keeping each subject's first row
-    picks the lowest study among the studies with an in-view image and, in it, the lowest
-    in-view dicom_id.
+    With the defaults, one image per subject: sorting the in-view images and keeping each subject's first
+    row picks the lowest study among the studies with an in-view image and, in it, the lowest in-view
+    dicom_id. studies_per_subject: all keeps every study with an in-view image; images_per_study: all
+    keeps every in-view image of a kept study.
     """
     in_view = metadata[metadata["ViewPosition"].isin(list(views))]
-    ordered = in_view.sort_values(["subject_id", "study_id", "dicom_id"], kind="stable")
-    chosen = ordered.drop_duplicates("subject_id", keep="first")
+    chosen = in_view.sort_values(["subject_id", "study_id", "dicom_id"], kind="stable")
+    if studies_per_subject == "first":
+        first_study = chosen.groupby("subject_id", sort=False)["study_id"].transform("first")
+        chosen = chosen[chosen["study_id"] == first_study]
+    if images_per_study == "first":
+        chosen = chosen.drop_duplicates(["subject_id", "study_id"], keep="first")
     chosen = chosen.rename(columns={"ViewPosition": "view"})
     return chosen[["subject_id", "study_id", "dicom_id", "view"]].reset_index(drop=True)
 
@@ -200,110 +199,6 @@ def carve_validation(frame: pd.DataFrame, val_fraction: float, seed: int) -> pd.
     return split
 
 
-# --------------------------------------------------------------------------- report
-
-@dataclass
-class CohortReport:
-    """The funnel from metadata to cohort, the exclusions, and label counts per split."""
-    data_root: str
-    settings: dict
-    sources: dict
-    metadata_rows: int
-    images_in_view: int
-    studies_in_view: int
-    subjects_in_view: int
-    subjects_with_labels: int
-    excluded_no_labels: list = field(default_factory=list)   # [{subject_id, study_id}]
-    excluded_no_split: list = field(default_factory=list)    # official mode: image not in the split table
-    split_counts: dict = field(default_factory=dict)
-    positives: int = 0          # training targets after the policies
-    negatives: int = 0
-    ignored: int = 0            # NaN targets (policy "ignore")
-    label_cells: int = 0        # positives + negatives
-    prevalence: list = field(default_factory=list)  # raw source counts per split and finding
-    seconds: float = 0.0
-
-    @property
-    def images(self) -> int:
-        return sum(self.split_counts.values())
-
-    def funnel_frame(self) -> pd.DataFrame:
-        views = ", ".join(self.settings["views"])
-        rows = [
-            ("images in metadata", self.metadata_rows),
-            (f"images in views [{views}]", self.images_in_view),
-            (f"studies with a [{views}] image", self.studies_in_view),
-            ("subjects with such an image (one study each)", self.subjects_in_view),
-            (f"... whose study has a {self.settings['label_source']} label row", self.subjects_with_labels),
-        ]
-        if self.settings["split_mode"] == "official":
-            rows.append(("... whose image is in the official split", self.subjects_with_labels
-                         - len(self.excluded_no_split)))
-        rows += [(f"split: {s}", self.split_counts.get(s, 0)) for s in SPLITS]
-        return pd.DataFrame(rows, columns=["step", "count"])
-
-    def prevalence_frame(self) -> pd.DataFrame:
-        """Rows (split, finding): raw positive / negative / uncertain / blank counts and the positive rate."""
-        frame = pd.DataFrame(self.prevalence, columns=["split", "finding", "images", "positive",
-                                                       "negative", "uncertain", "blank"])
-        frame["positive_rate"] = frame["positive"] / frame["images"].where(frame["images"] > 0)
-        return frame
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def uses_original_rules(self) -> bool:
-        """AP, NegBio, everything but 1 -> 0, the study_id test split (val_fraction may differ)."""
-        s = self.settings
-        policies = {**per_finding(s["uncertain_policy"], UNCERTAIN_POLICIES, "uncertain_policy"),
-                    **{f"blank {k}": v for k, v in per_finding(s["blank_policy"], BLANK_POLICIES, "blank_policy").items()}}
-        return (list(s["views"]) == ["AP"] and s["label_source"] == "negbio" and s["split_mode"] == "seed"
-                and set(policies.values()) == {"zeros"})
-
-    def looks_like_full_release(self) -> bool:
-        return self.metadata_rows >= FULL_RELEASE_MIN_ROWS
-
-
-def compare_with_reference(report: CohortReport, warn: bool = True) -> pd.DataFrame:
-    """Our figures beside the original project's on 2.0.0.
-
-    `flag` marks a difference only when it means something: the input looks like the full
-    release and the settings are the original's. On a sample or synthetic data every figure
-    differs, and that is expected.
-    """
-    ours = {
-        "images": report.images,
-        "train + validate": report.split_counts.get("train", 0) + report.split_counts.get("validate", 0),
-        "test": report.split_counts.get("test", 0),
-        "positives": report.positives,
-        "negatives": report.negatives,
-        "label cells": report.label_cells,
-    }
-    frame = pd.DataFrame({"figure": list(COHORT), "ours": [ours[k] for k in COHORT],
-                          "reference": list(COHORT.values())})
-    frame["difference"] = frame["ours"] - frame["reference"]
-    applies = report.looks_like_full_release() and report.uses_original_rules()
-    frame["flag"] = applies & (frame["difference"] != 0)
-    if warn and frame["flag"].any():
-        differing = ", ".join(f"{r.figure} {r.ours:,} vs {r.reference:,}" for r in frame[frame["flag"]].itertuples())
-        warnings.warn(f"cohort differs from the original project's on MIMIC-CXR-JPG 2.0.0: {differing}. "
-                      "Check that data_root holds the unmodified 2.0.0 CSVs.")
-    return frame
-
-
-def _prevalence(frame: pd.DataFrame, raw: pd.DataFrame) -> list[dict]:
-    rows = []
-    for split in ("all", *SPLITS):
-        mask = np.ones(len(frame), bool) if split == "all" else (frame["split"] == split).to_numpy()
-        values = raw.to_numpy()[mask]
-        for i, finding in enumerate(FINDINGS):
-            col = values[:, i]
-            rows.append({"split": split, "finding": finding, "images": int(mask.sum()),
-                         "positive": int((col == 1).sum()), "negative": int((col == 0).sum()),
-                         "uncertain": int((col == -1).sum()), "blank": int(np.isnan(col).sum())})
-    return rows
-
-
 # --------------------------------------------------------------------------- the cohort
 
 def build_cohort(data_root=None, params: params_mod.Params | None = None) -> tuple[pd.DataFrame, CohortReport]:
@@ -315,14 +210,21 @@ def build_cohort(data_root=None, params: params_mod.Params | None = None) -> tup
     label_path = table_path(root, p.label_source)
     labels = _unique_studies(read_table(root, p.label_source), label_path)
 
+    if p.split_mode == "official" and p.val_fraction > 0:
+        raise params_mod.ParamError("val_fraction must be 0 with split_mode: official, whose split table has its "
+                                    "own validate set (set val_fraction: 0, or split_mode: seed)")
     in_view = metadata["ViewPosition"].isin(list(p.views))
-    chosen = select_images(metadata, p.views)
+    blank_view = metadata["ViewPosition"].isna() | (metadata["ViewPosition"].astype(str).str.strip() == "")
+    chosen = select_images(metadata, p.views, p.studies_per_subject, p.images_per_study)
     merged = chosen.merge(labels.drop(columns="subject_id"), on="study_id", how="left", indicator=True)
     has_labels = (merged.pop("_merge") == "both").to_numpy()
-    excluded_no_labels = merged.loc[~has_labels, ["subject_id", "study_id"]].to_dict("records")
+    excluded_no_labels = (merged.loc[~has_labels, ["subject_id", "study_id"]].drop_duplicates()
+                          .to_dict("records"))
     if excluded_no_labels:
-        warnings.warn(f"{len(excluded_no_labels)} subject(s) dropped: their selected study has no row in "
-                      f"{label_path.name} (as in the original project, they are not moved to another study), "
+        one_study = p.studies_per_subject == "first"
+        warnings.warn(f"{len(excluded_no_labels)} {'subject(s)' if one_study else 'selected stud(ies)'} dropped: "
+                      f"{'their selected study has' if one_study else 'they have'} no row in {label_path.name} "
+                      "(as in the original project, they are not moved to another study), "
                       f"e.g. study {excluded_no_labels[0]['study_id']}.")
     frame = merged[has_labels].reset_index(drop=True)
 
@@ -337,9 +239,6 @@ def build_cohort(data_root=None, params: params_mod.Params | None = None) -> tup
             warnings.warn(f"{len(excluded_no_split)} selected image(s) dropped: not in {split_path.name}, "
                           f"e.g. {excluded_no_split[0]['dicom_id']}.")
         frame = frame[~missing].reset_index(drop=True)
-        if p.val_fraction > 0:
-            warnings.warn("val_fraction is not applied with split_mode: official "
-                          "(the official split has its own validate set).")
     else:
         frame["split"] = seed_splits(frame["study_id"])
         frame["split"] = carve_validation(frame, p.val_fraction, p.seed)
@@ -353,15 +252,19 @@ def build_cohort(data_root=None, params: params_mod.Params | None = None) -> tup
     values = targets.to_numpy()
     report = CohortReport(
         data_root=str(root),
-        settings={k: getattr(p, k) for k in ("views", "label_source", "uncertain_policy", "blank_policy",
-                                             "split_mode", "val_fraction", "seed")},
+        settings={k: getattr(p, k) for k in ("views", "studies_per_subject", "images_per_study", "label_source",
+                                             "uncertain_policy", "blank_policy", "split_mode", "val_fraction",
+                                             "seed")},
         sources={kind: str(table_path(root, kind)) for kind in
                  ("metadata", p.label_source, *(["split"] if p.split_mode == "official" else []))},
         metadata_rows=len(metadata),
         images_in_view=int(in_view.sum()),
+        images_blank_view=int(blank_view.sum()),
+        selected_images=len(chosen),
+        images_with_labels=int(has_labels.sum()),
         studies_in_view=int(metadata.loc[in_view, "study_id"].nunique()),
-        subjects_in_view=len(chosen),
-        subjects_with_labels=int(has_labels.sum()),
+        subjects_in_view=int(chosen["subject_id"].nunique()),
+        subjects_with_labels=int(chosen.loc[has_labels, "subject_id"].nunique()),
         excluded_no_labels=excluded_no_labels,
         excluded_no_split=excluded_no_split,
         split_counts={s: int((frame["split"] == s).sum()) for s in SPLITS},
@@ -369,7 +272,7 @@ def build_cohort(data_root=None, params: params_mod.Params | None = None) -> tup
         negatives=int((values == 0).sum()),
         ignored=int(np.isnan(values).sum()),
         label_cells=int((~np.isnan(values)).sum()),
-        prevalence=_prevalence(frame, raw),
+        prevalence=prevalence(frame, raw),
     )
     report.seconds = round(time.perf_counter() - start, 3)
     return frame, report

@@ -35,6 +35,8 @@ class Params:
     # --- data and cohort (01) ---
     data_root: str = "data/demo"        # MIMIC-CXR-JPG root: the CSVs and files/
     views: list = field(default_factory=lambda: ["AP"])
+    studies_per_subject: Literal["first", "all"] = "first"   # first: the lowest study_id with an in-view image
+    images_per_study: Literal["first", "all"] = "first"      # first: the lowest in-view dicom_id of a study
     label_source: Literal["negbio", "chexpert"] = "negbio"
     uncertain_policy: Policy = "zeros"  # zeros | ones | ignore, or {finding: policy, default: policy}
     blank_policy: Policy = "zeros"      # zeros | ignore, or per finding
@@ -109,7 +111,8 @@ STAGES = {
                 "num_workers", "channels_last", "compile", "gpus", "resume", "checkpoint_minutes",
                 "eval_batch_size", "redact_images",
                 "epochs", "patience"),   # how long training goes on: a run can be extended
-    "cohort": ("seed", "views", "label_source", "uncertain_policy", "blank_policy", "split_mode", "val_fraction"),
+    "cohort": ("seed", "views", "studies_per_subject", "images_per_study", "label_source", "uncertain_policy",
+               "blank_policy", "split_mode", "val_fraction"),
     "cache": ("image_size", "resize", "decode"),
     "train": ("mean", "std", "augment", "hflip", "aug_rotate", "aug_scale", "aug_translate", "aug_brightness",
               "aug_contrast", "arch", "head", "weights", "dropout", "batch_size", "lr", "optimizer",
@@ -237,6 +240,8 @@ def validate(values: dict, where: str = "parameters", sources: dict | None = Non
     checks = [
         (p.image_size >= 32, "image_size must be at least 32"),
         (0.0 <= p.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
+        (p.split_mode != "official" or p.val_fraction == 0, "val_fraction must be 0 with split_mode: official, "
+         "whose split table has its own validate set (set val_fraction: 0, or split_mode: seed)"),
         (p.epochs >= 1, "epochs must be at least 1"),
         (p.batch_size >= 1, "batch_size must be at least 1"),
         (p.gpus >= 1, "gpus must be at least 1"),

@@ -46,7 +46,9 @@ class LineBar:
         self.last_print, self.next_fraction = self.started, 0.1 * (int(10 * self.n / max(self.total, 1)) + 1)
 
     def set_postfix(self, **fields) -> None:
-        self.postfix = " | ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
+        # tqdm-style keys: img_s is shown as img/s
+        self.postfix = " | ".join(f"{k.removesuffix('_s') + '/s' if k.endswith('_s') else k} {v}"
+                                  for k, v in fields.items())
 
     def update(self, n: int = 1) -> None:
         self.n += n

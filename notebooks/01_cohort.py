@@ -14,23 +14,28 @@
 # ---
 
 # %% [markdown]
-# # 01 · Cohort: one AP image per patient, and the image cache
+# # 01 · Cohort: one AP image per patient (or every frontal image), and the image cache
 #
 # From PhysioNet's `mimic-cxr-2.0.0-metadata` and the NegBio (or CheXpert) label table, this notebook
-# builds the original project's cohort:
+# builds the original project's cohort by default:
 #
-# 1. keep images whose `ViewPosition` is exactly one of `views` (the original: `AP`);
-# 2. per subject, take the lowest `study_id` among the studies with such an image;
-# 3. in that study, take the lowest `dicom_id` among those images;
+# 1. keep images whose `ViewPosition` is exactly one of `views` (the original: `AP`); images with a blank
+#    `ViewPosition` are in no view, and the funnel counts them;
+# 2. per subject, take the lowest `study_id` among the studies with such an image
+#    (`studies_per_subject: all` keeps every such study);
+# 3. in that study, take the lowest `dicom_id` among those images (`images_per_study: all` keeps them all);
 # 4. map the labels with the uncertainty and blank policies (the original: -1 and blank → 0);
 # 5. test = studies whose `study_id` ends in 8 or 9 (`split_mode: seed`), optionally with a
-#    validation split carved out of the remaining subjects by a stable hash of `subject_id`.
+#    validation split carved out of the remaining subjects by a stable hash of `subject_id`;
+#    `split_mode: official` takes every image's split from `mimic-cxr-2.0.0-split` instead.
 #
 # It then decodes the selected images once into a resized uint8 cache that training reads from.
 
 # %% tags=["parameters"]
 run_dir = "runs/demo"          # the run folder; params.yaml there holds everything not listed here
 views = ["AP"]                 # ViewPosition values kept (the original: AP)
+studies_per_subject = "first"  # first (the original: the lowest study_id with such an image) | all
+images_per_study = "first"     # first (the original: the lowest dicom_id) | all
 label_source = "negbio"        # negbio | chexpert
 uncertain_policy = "zeros"     # for -1: zeros | ones | ignore, or per finding
 blank_policy = "zeros"         # for blank: zeros | ignore
@@ -50,7 +55,7 @@ from cxrlib import cache, cohort, runs, viz
 p = runs.notebook_setup(run_dir, globals())
 
 # %% [markdown]
-# ## Funnel: images → in view → one study per subject → with labels → per split
+# ## Funnel: images → in view → selected studies and images → with labels → per split
 
 # %%
 frame, report = cohort.build_cohort(p.data_root, p)
@@ -58,8 +63,8 @@ display(report.funnel_frame())
 viz.funnel_plot(report.funnel_frame());
 
 # %% [markdown]
-# Subjects whose selected study has no row in the label table are **excluded**, not moved to another
-# study (the real release has 8 such studies).
+# Selected studies without a row in the label table are **excluded**, never moved to another study
+# (the real release has 8 such studies among the original cohort's).
 
 # %%
 print(f"{len(report.excluded_no_labels)} subject(s) excluded for a missing label row")

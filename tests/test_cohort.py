@@ -144,7 +144,7 @@ def test_missing_label_row_excludes_the_subject(tmp_path):
     assert report.excluded_no_labels == [{"subject_id": "10000002", "study_id": "50000020"}]
     assert report.subjects_in_view == 2 and report.subjects_with_labels == 1
     funnel = report.funnel_frame().set_index("step")["count"]
-    assert funnel.tolist() == [3, 3, 3, 2, 1, 1, 0, 0]
+    assert funnel.tolist() == [3, 0, 3, 3, 2, 2, 1, 1, 0, 0]
 
 
 def test_chexpert_source(tmp_path):
@@ -217,8 +217,9 @@ def test_official_split(tmp_path):
               ("10000002", "50000020", dicom(3), "AP"), ("10000003", "50000030", dicom(4), "AP")]
     split = {dicom(1): "validate", dicom(2): "test", dicom(3): "test", dicom(4): "train"}
     write_tables(tmp_path, images, split=split)
-    with pytest.warns(UserWarning, match="val_fraction is not applied"):
-        frame, report = build(tmp_path, split_mode="official", val_fraction=0.5)
+    with pytest.raises(UserError, match="val_fraction must be 0 with split_mode: official"):
+        build(tmp_path, split_mode="official", val_fraction=0.5)
+    frame, report = build(tmp_path, split_mode="official")
     # study ...18 would be "test" by the seed rule; the official split says validate
     assert frame["split"].tolist() == ["validate", "test", "train"]
     assert report.split_counts == {"train": 1, "validate": 1, "test": 1}
@@ -232,7 +233,7 @@ def test_views_ap_and_pa(tmp_path):
     assert frame[["study_id", "dicom_id", "view"]].values.tolist() == [
         ["50000010", dicom(7), "PA"], ["50000030", dicom(8), "AP"]]
     assert report.images_in_view == 4
-    assert report.funnel_frame()["step"][1] == "images in views [AP, PA]"
+    assert report.funnel_frame()["step"][2] == "images in views [AP, PA]"
 
 
 # --------------------------------------------------------------------------- files and errors
@@ -446,3 +447,49 @@ def write_mimic_scale(root, n_subjects: int = 65_379, seed: int = 0):
     split = rng.choice(["train", "validate", "test"], len(dicoms), p=[0.978, 0.008, 0.014])
     write(root / "mimic-cxr-2.0.0-split.csv.gz", meta[["dicom_id", "study_id", "subject_id"]].assign(split=split))
     return root
+
+
+# --------------------------------------------------------------------------- full-data cohorts
+
+FULL_TABLE = [
+    # subject 1: two studies, the first with two frontal images (AP and PA) and a lateral
+    ("10000001", "50000010", dicom(2), "PA"), ("10000001", "50000010", dicom(1), "AP"),
+    ("10000001", "50000010", dicom(3), "LATERAL"), ("10000001", "50000020", dicom(4), "AP"),
+    # subject 2: a study with a blank view only, then one whose label row is missing, then a PA study
+    ("10000002", "50000030", dicom(5), ""), ("10000002", "50000040", dicom(6), "AP"),
+    ("10000002", "50000050", dicom(7), "PA"), ("10000002", "50000050", dicom(8), "PA"),
+]
+FULL_LABELS = {"50000010": {"Edema": 1.0}, "50000020": {}, "50000030": {}, "50000050": {"Atelectasis": -1.0}}
+
+
+@pytest.mark.parametrize("studies, images, expected", [
+    ("first", "first", [dicom(1)]),                                          # subject 2: first study unlabelled
+    ("first", "all", [dicom(1), dicom(2)]),
+    ("all", "first", [dicom(1), dicom(4), dicom(7)]),
+    ("all", "all", [dicom(1), dicom(2), dicom(4), dicom(7), dicom(8)]),
+])
+def test_studies_and_images_per_subject(tmp_path, studies, images, expected):
+    write_tables(tmp_path, FULL_TABLE, labels=FULL_LABELS)
+    with pytest.warns(UserWarning, match="dropped"):
+        frame, report = build(tmp_path, views=["AP", "PA"], studies_per_subject=studies, images_per_study=images)
+    assert frame["dicom_id"].tolist() == expected
+    assert report.excluded_no_labels == [{"subject_id": "10000002", "study_id": "50000040"}]
+    funnel = report.funnel_frame().set_index("step")["count"]
+    assert funnel.iloc[1] == 1                                   # the blank ViewPosition is counted, not lost
+    assert report.images_in_view == 6 and report.selected_images == len(expected) + 1
+    assert report.images_with_labels == len(expected) == report.images
+    # labels are per study: every image of a study carries its row
+    assert frame.loc[frame["study_id"] == "50000010", "Edema"].eq(1.0).all()
+
+
+def test_official_split_for_every_image_of_a_full_cohort(tmp_path):
+    split = {dicom(1): "train", dicom(2): "train", dicom(4): "validate", dicom(7): "test", dicom(8): "test"}
+    unused = {dicom(3): "train", dicom(5): "test", dicom(6): "train"}   # a lateral, a blank view, no label row
+    write_tables(tmp_path, FULL_TABLE, labels=FULL_LABELS, split={**split, **unused})
+    with pytest.warns(UserWarning, match="dropped"):
+        frame, report = build(tmp_path, views=["AP", "PA"], studies_per_subject="all", images_per_study="all",
+                              split_mode="official")
+    assert dict(zip(frame["dicom_id"], frame["split"])) == split
+    assert report.split_counts == {"train": 2, "validate": 1, "test": 2}
+    assert not report.uses_original_rules()
+
