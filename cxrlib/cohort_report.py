@@ -117,13 +117,14 @@ def compare_with_reference(report: CohortReport, warn: bool = True) -> pd.DataFr
 
 
 def prevalence(frame: pd.DataFrame, raw: pd.DataFrame) -> list[dict]:
+    """Raw source counts (positive, negative, uncertain, blank) per split and finding."""
+    values, splits = raw.to_numpy(dtype=np.float64), frame["split"].to_numpy(dtype=str)
     rows = []
     for split in ("all", *SPLITS):
-        mask = np.ones(len(frame), bool) if split == "all" else (frame["split"] == split).to_numpy()
-        values = raw.to_numpy()[mask]
+        part = values if split == "all" else values[splits == split]
+        counts = {"positive": (part == 1).sum(0), "negative": (part == 0).sum(0), "uncertain": (part == -1).sum(0),
+                  "blank": np.isnan(part).sum(0)}
         for i, finding in enumerate(FINDINGS):
-            col = values[:, i]
-            rows.append({"split": split, "finding": finding, "images": int(mask.sum()),
-                         "positive": int((col == 1).sum()), "negative": int((col == 0).sum()),
-                         "uncertain": int((col == -1).sum()), "blank": int(np.isnan(col).sum())})
+            rows.append({"split": split, "finding": finding, "images": len(part),
+                         **{k: int(v[i]) for k, v in counts.items()}})
     return rows
