@@ -57,7 +57,6 @@ from .checkpoint import (
     load_checkpoint,
     model_config,
     plain,
-    read_history,
     remove_stale_temp_files,
     rng_state,
     save_checkpoint,
@@ -81,6 +80,7 @@ from .runtime import (
     torchrun_command,
     under_torchrun,
 )
+from .selection import fit_result, new_selection, result_from_history, update_selection  # noqa: F401 (API)
 
 
 # --------------------------------------------------------------------------- one step, one epoch
@@ -164,21 +164,6 @@ def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, devi
         catch_up()
     bar.close()
     return position
-
-
-# --------------------------------------------------------------------------- model selection
-def new_selection() -> dict:
-    # best starts at 0 as in the original (best_acc = 0): AUROC and accuracy are never below it.
-    return {"best_score": 0.0, "best_epoch": 0, "counter": 0}
-
-
-def update_selection(selection: dict, score: float, epoch: int, patience: int) -> tuple[bool, bool]:
-    """(keep this epoch?, stop now?) with the original's rule; epoch is 1-based. patience <= 0: never stop."""
-    selection["counter"] += 1
-    keep = bool(score > selection["best_score"])   # strict; NaN never wins
-    if keep:
-        selection.update(best_score=float(score), best_epoch=int(epoch), counter=0)
-    return keep, patience > 0 and selection["counter"] >= patience
 
 
 # --------------------------------------------------------------------------- fit
@@ -292,7 +277,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
         if "model_config" in checkpoint:   # the statistics trained with, whatever the shared cache says now
             transform.mean, transform.std = checkpoint["model_config"]["mean"], checkpoint["model_config"]["std"]
         if checkpoint["stopped_early"] or (checkpoint["finished"] and position["epoch"] >= params.epochs):
-            return _result(params, run_dir, selection, history, stopped=checkpoint["stopped_early"])
+            return fit_result(params, run_dir, selection, history, stopped=checkpoint["stopped_early"])
         if rank == 0:
             print(f"resuming {run_dir.name} at epoch {position['epoch'] + 1}, batch {position['batch']} "
                   f"(step {position['step']})", flush=True)
@@ -372,7 +357,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
             if rank == 0:
                 print(f"early stop: no better {params.select_metric} for {params.patience} epochs", flush=True)
             break
-    return _result(params, run_dir, selection, history, stopped)
+    return fit_result(params, run_dir, selection, history, stopped)
 
 
 def epoch_line(row: dict, params, eta_seconds: float, keep: bool) -> str:
@@ -381,29 +366,6 @@ def epoch_line(row: dict, params, eta_seconds: float, keep: bool) -> str:
             f"{row['val_loss']:.4f}, AUROC macro {row['val_auroc_macro']:.4f} micro {row['val_auroc_micro']:.4f}, "
             f"accuracy {row['val_accuracy']:.4f}, lr {row['lr']:.2e}, {row['images_per_s']:.1f} img/s, "
             f"epoch {duration(row['seconds'])}, ETA {duration(eta_seconds)}{'  * best' if keep else ''}")
-
-
-def _result(params, run_dir: Path, selection: dict, history: list, stopped: bool) -> dict:
-    return {"best_epoch": selection["best_epoch"], "best_score": selection["best_score"],
-            "select_on": params.select_on, "select_metric": params.select_metric,
-            "epochs_run": len(history), "stopped_early": bool(stopped),
-            "selected_on_test": params.select_on == "test",
-            "best": str(run_dir / "checkpoints" / "best.pt"), "last": str(run_dir / "checkpoints" / "last.pt"),
-            "history": str(run_dir / "history.csv")}
-
-
-def result_from_history(params, run_dir) -> dict:
-    """fit's result, rebuilt from history.csv (after a torchrun subprocess)."""
-    history = read_history(run_dir)
-    if history.empty:
-        raise UserError(f"{run_dir}/history.csv has no epoch yet; training did not finish an epoch")
-    best = history[history["selected"]].iloc[-1] if history["selected"].any() else None
-    last = history.iloc[-1]
-    selection = {"best_epoch": int(best["epoch"]) if best is not None else 0,
-                 "best_score": float(best["val_auroc_macro" if params.select_metric == "auroc" else "val_accuracy"])
-                 if best is not None else 0.0}
-    stopped = params.patience > 0 and int(last["patience_counter"]) >= params.patience
-    return _result(params, Path(run_dir), selection, history.to_dict("records"), stopped)
 
 
 # --------------------------------------------------------------------------- launching
