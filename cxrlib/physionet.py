@@ -14,7 +14,6 @@ import csv
 import functools
 import json
 import logging
-import re
 import shlex
 import shutil
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from .checksums import ChecksumListError, read_checksums, server_gone, verified_checksums  # noqa: F401 (API)
 from .errors import UserError
 from .fsutil import atomic_write_json, sha256_file
 from .transfer import (  # noqa: F401  (AuthError, get_credentials, parse_retry_after, retry_delay: this module's API)
@@ -122,61 +122,6 @@ def _clean_paths(paths, where: str) -> list[str]:
                             "files/p10/p10000032/s50414267/<dicom_id>.jpg")
         clean[str(rel)] = None
     return list(clean)
-
-
-CHECKSUM_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *]?(.+)$")
-# A listed path: a known top-level file, or a plain relative path under files/ (no '..', no control bytes).
-LISTED_PATH = re.compile(r"^files/(?:[A-Za-z0-9._ -]+/)*[A-Za-z0-9._ -]+$")
-TOP_LEVEL = re.compile(r"^(?:LICENSE\.txt|README(?:\.md)?|IMAGE_FILENAMES|RECORDS|index\.html|"
-                       r"mimic-cxr-2\.[01]\.0-[a-z-]+\.csv(?:\.gz)?)$")
-
-
-class ChecksumListError(UserError):
-    pass
-
-
-def read_checksums(path) -> dict[str, str]:
-    """SHA256SUMS.txt, parsed strictly: every line a 64-hex digest and a path under files/ or a known
-    top-level file (one or two spaces, maybe a '*' for binary mode). A damaged list raises ChecksumListError."""
-    path, sums = Path(path), {}
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        match = CHECKSUM_LINE.match(line.strip())
-        rel = str(PurePosixPath(match.group(2))) if match else ""
-        if not match or ".." in rel.split("/") or not (LISTED_PATH.match(rel) or TOP_LEVEL.match(rel)):
-            raise ChecksumListError(f"{path} line {number}: expected '<sha256> <relative path>' with the path under "
-                                    f"files/ or a release table, got {line[:120]!r}")
-        sums[rel] = match.group(1).lower()
-    return sums
-
-
-def verified_checksums(client, root: Path, rels: list[str]) -> tuple[dict, list[str]]:
-    """The checksum list, fetched again once when it is malformed or lacks a wanted file (a damaged
-    transfer of the list itself); (sums, the wanted files it still does not list)."""
-    for attempt in (1, 2):
-        try:
-            sums = read_checksums(root / SUMS)
-        except ChecksumListError as e:
-            if attempt == 2:
-                raise ChecksumListError(f"{e}. It was downloaded again and is still malformed: check --base-url "
-                                        "and --version; the fetch stopped and kept no unverified file") from None
-            log.warning("%s is malformed (%s): downloading it again", root / SUMS, e)
-        else:
-            unknown = [rel for rel in rels if rel not in sums]
-            if not unknown or attempt == 2:
-                return sums, unknown
-            log.warning("%d wanted files are not in %s (e.g. %s): downloading the list again", len(unknown),
-                        root / SUMS, unknown[0])
-        (root / SUMS).unlink(missing_ok=True)
-        client.login()
-        try:
-            download(client, root, SUMS, None)
-        except ServerGone as e:
-            raise server_gone(e) from None
-        except Failed as e:
-            raise UserError(f"could not download {client.base_url}{SUMS} again: {e}; rerun later") from None
-    raise AssertionError("unreachable")
 
 
 def _load_state(root: Path) -> dict:
@@ -282,13 +227,6 @@ def _download_all(client, root, pending, sums, state, summary, workers, progress
         client.stop.set()   # wakes sleeping retries; running transfers stop at their next chunk
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-
-
-def server_gone(error, done: int = 0, total: int = 0) -> UserError:
-    where = f" after {done} of {total} files" if total else ""
-    return UserError(f"the server is unreachable: {error}. The fetch stopped{where}; nothing is lost (verified files "
-                     "stay, partial ones resume): check the network or PhysioNet's status, then rerun the same "
-                     "command to continue where it stopped")
 
 
 def fetch(data_root, paths, version: str = "2.0.0", base_url: str | None = None, workers: int = 8,
