@@ -56,14 +56,19 @@ def verified_checksums(client, root: Path, rels: list[str]) -> tuple[dict, list[
             log.warning("%d wanted files are not in %s (e.g. %s): downloading the list again", len(unknown),
                         root / SUMS, unknown[0])
         (root / SUMS).unlink(missing_ok=True)
-        client.login()
-        try:
-            download(client, root, SUMS, None)
-        except ServerGone as e:
-            raise server_gone(e) from None
-        except Failed as e:
-            raise UserError(f"could not download {client.base_url}{SUMS} again: {e}; rerun later") from None
+        download_list(client, root, "rerun later")
     raise AssertionError("unreachable")
+
+
+def download_list(client, root: Path, hint: str) -> None:
+    """SHA256SUMS.txt itself (nothing to verify it against); a failure is one line saying what to do."""
+    client.login()
+    try:
+        download(client, root, SUMS, None)
+    except ServerGone as e:
+        raise server_gone(e) from None
+    except Failed as e:
+        raise UserError(f"could not download {client.base_url}{SUMS}: {e}. {hint}") from None
 
 
 def server_gone(error, done: int = 0, total: int = 0) -> UserError:

@@ -28,7 +28,13 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from .checksums import ChecksumListError, read_checksums, server_gone, verified_checksums  # noqa: F401 (API)
+from .checksums import (  # noqa: F401 (ChecksumListError, read_checksums: this module's API)
+    ChecksumListError,
+    download_list,
+    read_checksums,
+    server_gone,
+    verified_checksums,
+)
 from .errors import UserError
 from .fsutil import atomic_write_json, sha256_file
 from .transfer import (  # noqa: F401  (AuthError, get_credentials, parse_retry_after, retry_delay: this module's API)
@@ -250,14 +256,8 @@ def fetch(data_root, paths, version: str = "2.0.0", base_url: str | None = None,
     except OSError as e:
         raise UserError(f"--data-root {root}: cannot create it ({e.strerror}); choose a writable folder") from None
     if not (root / SUMS).is_file():
-        client.login()
         try:
-            download(client, root, SUMS, None)
-        except ServerGone as e:
-            raise server_gone(e) from None
-        except Failed as e:
-            raise UserError(f"could not download {client.base_url}{SUMS}: {e}. Check --base-url/--version "
-                            "and your connection, then rerun") from None
+            download_list(client, root, "Check --base-url/--version and your connection, then rerun")
         except DiskFull:
             raise _disk_full(root, len(rels) + 1, TYPICAL_IMAGE_BYTES) from None
     sums, unknown = verified_checksums(client, root, rels)
