@@ -13,12 +13,12 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from . import params as params_mod
 from .errors import UserError
 from .fsutil import atomic_path
+from .index import read_history  # noqa: F401 (torch-free, for `make runs`; kept here as this module's API)
 from .labels import FINDINGS
 
 TEST_SELECTION_WARNING = ("select_on: test picks the model by its score on the TEST set (the original project's "
@@ -131,10 +131,3 @@ def plain(value):
     if isinstance(value, (np.integer, np.bool_)) and not isinstance(value, bool):
         return bool(value) if isinstance(value, np.bool_) else int(value)
     return value
-
-
-def read_history(run_dir) -> pd.DataFrame:
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        return pd.DataFrame()
-    return pd.read_csv(path)

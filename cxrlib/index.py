@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from .errors import UserError
+from .params import frozen_if_any
 
 NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis"]
 
@@ -40,11 +40,6 @@ def read_history(run_dir) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
-def frozen(run_dir) -> dict:
-    path = Path(run_dir) / "params.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-
-
 def training_finished(params: dict, history: pd.DataFrame) -> bool:
     if history.empty:
         return False
@@ -56,7 +51,7 @@ def training_finished(params: dict, history: pd.DataFrame) -> bool:
 def status(run_dir) -> dict:
     """What the run folder holds, judged from its files (nothing is loaded into torch)."""
     run_dir = Path(run_dir)
-    params, history, metrics = frozen(run_dir), read_history(run_dir), read_json(run_dir / "metrics.json")
+    params, history, metrics = frozen_if_any(run_dir), read_history(run_dir), read_json(run_dir / "metrics.json")
     notes = [f"{p.name.split('.')[0]} did not finish (running, or killed)" for p in sorted(run_dir.glob("*.running.ipynb"))]
     if metrics:
         sel = metrics.get("selection", {})
@@ -97,7 +92,7 @@ def runs_table(runs_dir="runs") -> pd.DataFrame:
     for params_file in sorted(Path(runs_dir).glob("*/params.yaml")):
         run_dir = params_file.parent
         s = status(run_dir)
-        params = frozen(run_dir)
+        params = frozen_if_any(run_dir)
         row = {"run": run_dir.name, "status": s["status"], "date": s["date"],
                "duration": duration(s["duration"]) if s["duration"] else "-",
                "arch": params.get("arch"), "size": params.get("image_size"), "epochs": s["epochs"],
@@ -115,7 +110,7 @@ def training_summary(run_dir) -> list[str]:
     history = read_history(run_dir)
     if history.empty:
         return []
-    params = frozen(run_dir)
+    params = frozen_if_any(run_dir)
     best = history[history["epoch"] == history["best_epoch"].iloc[-1]]
     lines = [f"Training: {len(history)} of {params.get('epochs')} epochs"
              + (" (stopped early)" if training_finished(params, history) and len(history) < params.get("epochs", 0) else "")]
@@ -195,7 +190,7 @@ def diff_runs(a, b) -> str:
         if not (run / "params.yaml").is_file():
             raise UserError(f"{run}: not a run folder (no params.yaml); runs: "
                             + ", ".join(sorted(p.parent.name for p in run.parent.glob("*/params.yaml"))))
-    pa, pb = frozen(a), frozen(b)
+    pa, pb = frozen_if_any(a), frozen_if_any(b)
     keys = [k for k in dict.fromkeys([*pa, *pb]) if k != "name" and pa.get(k) != pb.get(k)]
     out = [f"Parameters that differ ({a.name} | {b.name}):"]
     width = max([len(k) for k in keys] + [4])

@@ -238,29 +238,28 @@ def validate(values: dict, where: str = "parameters", sources: dict | None = Non
     except ValueError as e:
         raise ParamError(f"{where}: {e}") from None
     checks = [
-        (p.image_size >= 32, "image_size must be at least 32"),
-        (0.0 <= p.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
-        (p.split_mode != "official" or p.val_fraction == 0, "val_fraction must be 0 with split_mode: official, "
+        ("image_size", p.image_size >= 32, "image_size must be at least 32"),
+        ("val_fraction", 0.0 <= p.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
+        ("val_fraction", p.split_mode != "official" or p.val_fraction == 0, "val_fraction must be 0 with split_mode: official, "
          "whose split table has its own validate set (set val_fraction: 0, or split_mode: seed)"),
-        (p.epochs >= 1, "epochs must be at least 1"),
-        (p.batch_size >= 1, "batch_size must be at least 1"),
-        (p.gpus >= 1, "gpus must be at least 1"),
-        (p.num_workers >= 0, "num_workers must be 0 (load in the training process) or more DataLoader workers"),
-        (p.cache_workers >= 0, "cache_workers must be 0 (all cores) or a number of processes"),
-        (p.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
-        (p.bootstrap >= 0, "bootstrap must be 0 (no intervals) or a number of resamples"),
-        (p.topk >= 0, "topk must be 0 or more"),
-        (p.lr > 0, "lr must be positive"),
-        (p.checkpoint_minutes >= 0, "checkpoint_minutes must be 0 (epoch ends only) or positive"),
-        (0.0 < p.ci_level < 1.0, "ci_level must be in (0, 1)"),
-        (p.std is None or p.std > 0, "std must be positive (or null to use the cache's statistics)"),
-        (bool(p.views), "views must list at least one ViewPosition, e.g. [AP]"),
-        (p.name and "/" not in p.name and p.name not in (".", ".."), "name must be a plain folder name"),
-        (image_size_problem(p.head, p.image_size) is None, image_size_problem(p.head, p.image_size)),
+        ("epochs", p.epochs >= 1, "epochs must be at least 1"),
+        ("batch_size", p.batch_size >= 1, "batch_size must be at least 1"),
+        ("gpus", p.gpus >= 1, "gpus must be at least 1"),
+        ("num_workers", p.num_workers >= 0, "num_workers must be 0 (load in the training process) or more DataLoader workers"),
+        ("cache_workers", p.cache_workers >= 0, "cache_workers must be 0 (all cores) or a number of processes"),
+        ("eval_batch_size", p.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
+        ("bootstrap", p.bootstrap >= 0, "bootstrap must be 0 (no intervals) or a number of resamples"),
+        ("topk", p.topk >= 0, "topk must be 0 or more"),
+        ("lr", p.lr > 0, "lr must be positive"),
+        ("checkpoint_minutes", p.checkpoint_minutes >= 0, "checkpoint_minutes must be 0 (epoch ends only) or positive"),
+        ("ci_level", 0.0 < p.ci_level < 1.0, "ci_level must be in (0, 1)"),
+        ("std", p.std is None or p.std > 0, "std must be positive (or null to use the cache's statistics)"),
+        ("views", bool(p.views), "views must list at least one ViewPosition, e.g. [AP]"),
+        ("name", p.name and "/" not in p.name and p.name not in (".", ".."), "name must be a plain folder name"),
+        ("image_size", image_size_problem(p.head, p.image_size) is None, image_size_problem(p.head, p.image_size)),
     ]
-    for ok, message in checks:
+    for field_name, ok, message in checks:   # the field names where its value came from (sources)
         if not ok:
-            field_name = message.split()[0].rstrip(":")   # each message starts with the field it is about
             raise ParamError(f"{sources.get(field_name, where)}: {message}")
     return p
 
