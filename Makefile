@@ -24,7 +24,7 @@ help: ## List the targets
 	@echo
 	@echo "Variables: PARAMS=params/NAME.yaml RUN=<run name> DEVICE=cpu|gpu|auto GPUS=N RESUME=1 DATA_ROOT=<dir>,"
 	@echo "and any parameter in upper case (EPOCHS=3, BATCH_SIZE=32, ...): see cxrlib/params.py."
-	@echo "Also: A=, B= (make diff), YES=1 (make clean), LAB_ARGS= (make lab), WORKERS= (make fetch)."
+	@echo "Also: A=, B= (make diff), YES=1 (make clean), LAB_ARGS= (make lab), WORKERS=, RELEASE=, PRINT_GSUTIL=1 (make fetch)."
 
 # In a git checkout: nbdime's notebook diffs, and nbstripout as a clean filter, so that outputs saved in
 # JupyterLab (with real data: patient images) never reach a commit (.gitattributes names the notebooks).
@@ -73,7 +73,7 @@ cohort: setup ## Notebook 01: cohort (and image cache) for PARAMS
 	$(RUNNER) $(PRESET) --notebooks 01
 
 fetch: setup ## Download the cohort's images from PhysioNet (credentials: env, ~/.netrc or prompt)
-	$(PY) -m cxrlib fetch --params $(or $(PARAMS),params/demo.yaml) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(WORKERS),--workers $(WORKERS))
+	$(PY) -m cxrlib fetch --params $(or $(PARAMS),params/demo.yaml) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(RELEASE),--version $(RELEASE)) $(if $(PRINT_GSUTIL),--print-gsutil)
 
 cache: setup ## Decode the cohort's images once into the resized cache (notebook 01, as make cohort)
 	$(RUNNER) $(PRESET) --notebooks 01

@@ -36,7 +36,7 @@ from .labels import (
     apply_policies,
 )
 
-PHYSIONET_PAGE = "https://physionet.org/content/mimic-cxr-jpg/2.0.0/"
+PHYSIONET_PAGE = "https://physionet.org/content/mimic-cxr-jpg/2.1.0/"
 TABLES = {
     "metadata": "mimic-cxr-2.0.0-metadata",
     "negbio": "mimic-cxr-2.0.0-negbio",

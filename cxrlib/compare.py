@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics
+from . import levels, metrics
 from .errors import UserError
 from .evaluate import PROB_COLUMNS, read_predictions
 from .labels import FINDINGS
@@ -21,10 +21,13 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
     """
     run_dir, other_run_dir = Path(run_dir), Path(other_run_dir)
     ours, theirs = read_predictions(run_dir), read_predictions(other_run_dir)
-    ours, theirs = ours[ours["split"] == "test"], theirs[theirs["split"] == "test"]
-    shared = ours.merge(theirs, on="dicom_id", suffixes=("", "_other"))
+    # At study level both runs' images are aggregated the same way, and the studies are paired.
+    ours, theirs = (levels.rows_at(frame[frame["split"] == "test"], p.eval_level, p.study_aggregate)
+                    for frame in (ours, theirs))
+    key = "study_id" if p.eval_level == "study" else "dicom_id"
+    shared = ours.merge(theirs, on=key, suffixes=("", "_other"))
     if shared.empty:
-        raise UserError(f"{run_dir.name} and {other_run_dir.name} share no test image (joined on dicom_id); "
+        raise UserError(f"{run_dir.name} and {other_run_dir.name} share no test {p.eval_level} (joined on {key}); "
                         "compare runs built on the same cohort and test split (compare_with)")
     a_labels = shared[FINDINGS].to_numpy(dtype=np.float64)
     b_labels = shared[[f"{f}_other" for f in FINDINGS]].to_numpy(dtype=np.float64)
@@ -57,7 +60,8 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
     table = table.astype({c: "Float64" for c in ("this_run", "other_run", "diff", "lo", "hi", "p_value")})
     table.attrs.update(this=run_dir.name, other=other_run_dir.name, shared_images=int(len(shared)),
                        this_images=int(len(ours)), other_images=int(len(theirs)),
-                       patients=int(shared["subject_id"].nunique()), ci_level=p.ci_level, n_boot=p.bootstrap)
+                       patients=int(shared["subject_id"].nunique()), ci_level=p.ci_level, n_boot=p.bootstrap,
+                       level=p.eval_level)
     return table
 
 

@@ -32,11 +32,19 @@ from .errors import UserError
 from .fsutil import atomic_write_csv, atomic_write_json, sha256_file
 from .labels import FINDINGS
 from .original import original_project_results
+from .report_tables import (  # noqa: F401  (the notebook's tables are this module's API too)
+    HEADLINE,
+    calibration_table,
+    headline_table,
+    level_table,
+    original_comparison,
+    per_finding_table,
+    selection_warning_html,
+    threshold_table,
+)
 
 ID_COLUMNS = ["dicom_id", "subject_id", "study_id", "split"]
 PROB_COLUMNS = [f"p_{f}" for f in FINDINGS]
-HEADLINE = {"AUROC macro": ("macro", "auroc"), "AUROC micro": ("micro", "auroc"),
-            "AUPRC macro": ("macro", "auprc"), "AUPRC micro": ("micro", "auprc")}
 FIXED_THRESHOLD = 0.5   # chosen by no data: an honest reference point even without a validation split
 TTA_SHIFT = 0.03        # fraction of the image side per shift; small enough to keep the anatomy in frame
 
@@ -245,8 +253,14 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
 
     Per split: metrics.summarize (AUROC, AUPRC per finding, macro, micro; ECE and Brier) on patient
     resamples. Thresholds come from validation alone. `headline` is the test split's macro and micro
-    AUROC and AUPRC as {value, lo, hi}.
+    AUROC and AUPRC as {value, lo, hi}. Every figure counts the units of eval_level (images, or studies
+    with their images aggregated by study_aggregate); `level.other` holds the test figures at the other
+    level when some study has several images. `gold` scores the test studies the radiologists labelled
+    (gold.py), never used for a threshold or a choice.
     """
+    from . import gold as gold_mod
+    from . import levels
+
     run_dir = Path(run_dir)
     if predictions is None:
         predictions = read_predictions(run_dir)
@@ -254,16 +268,17 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     if "test" not in splits:
         raise UserError(f"{run_dir}/predictions.csv holds no test rows; rerun predict_run with the test split")
     started = time.perf_counter()
+    units = levels.rows_at(predictions, p.eval_level, p.study_aggregate)
     summaries = {}
     for split in splits:
-        y, prob, groups = arrays(predictions, split)
+        y, prob, groups = arrays(units, split)
         summaries[split] = metrics.summarize(y, prob, groups, n_boot=p.bootstrap, seed=p.seed,
                                              ci_level=p.ci_level, progress=progress)
-    y_test, p_test, _ = arrays(predictions, "test")
+    y_test, p_test, _ = arrays(units, "test")
     rules = {f: {"fixed_0.5": FIXED_THRESHOLD} for f in FINDINGS}
     notes = []
     if "validate" in splits:
-        y_val, p_val, _ = arrays(predictions, "validate")
+        y_val, p_val, _ = arrays(units, "validate")
         for f, chosen in metrics.choose_thresholds(y_val, p_val).items():
             rules[f].update(chosen)
     else:
@@ -276,6 +291,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         if valid < p.bootstrap:
             notes.append(f"{key}: CI from {valid} of {p.bootstrap} resamples (the others lost every positive or "
                          "every negative of a finding); it is conditional on those and may not contain the estimate")
+    level = level_section(predictions, units, p, progress)
     sel = selection(run_dir, p)
     model = read_model_config(run_dir)   # what shaped the model, from best.pt
     warnings_list = [sel["warning"]] if sel["warning"] else []
@@ -285,6 +301,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "headline": {key: {k: test[avg][m][k] for k in ("value", "lo", "hi")} for key, (avg, m) in HEADLINE.items()},
         "headline_split": "test",
+        "level": level,
         "ci": {"level": p.ci_level, "n_boot": p.bootstrap, "seed": p.seed, "method": test["ci_method"]},
         "splits": summaries,
         "thresholds": {"chosen_on": "validate" if "validate" in splits else None,
@@ -292,6 +309,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
                        "test": at_thresholds.to_dict("records")},
         "calibration": {"test_reliability_pooled": reliability.to_dict("list")},
         "selection": sel,
+        "gold": gold_mod.gold_section(predictions, gold_mod.read_gold(p.data_root), p, rules),
         "test_selected": sel["test_selected"],
         "warnings": warnings_list,
         "notes": notes + test["notes"],
@@ -308,88 +326,28 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     return report
 
 
+def level_section(predictions: pd.DataFrame, units: pd.DataFrame, p, progress: bool = False) -> dict:
+    """Which unit the figures count (image or study), and the test figures at the other level when they differ."""
+    from . import levels
+
+    several = levels.several_images_per_study(predictions)
+    out = {"headline": p.eval_level, "aggregate": p.study_aggregate if p.eval_level == "study" else None,
+           "units_per_split": levels.units_per_split(units), "several_images_per_study": several, "other": None}
+    if several:
+        other = "image" if p.eval_level == "study" else "study"
+        rows = levels.rows_at(predictions, other, p.study_aggregate)
+        y, prob, groups = arrays(rows, "test")
+        test = metrics.summarize(y, prob, groups, n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level,
+                                 progress=progress)
+        out["other"] = {"level": other, "aggregate": p.study_aggregate if other == "study" else None,
+                        "units_per_split": levels.units_per_split(rows), "test": test,
+                        "headline": {key: {k: test[avg][m][k] for k in ("value", "lo", "hi")}
+                                     for key, (avg, m) in HEADLINE.items()}}
+    return out
+
+
 def read_metrics(run_dir) -> dict:
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         raise UserError(f"{path}: no metrics; run notebook 03 for this run first (make evaluate RUN={Path(run_dir).name})")
     return json.loads(path.read_text())
-
-
-# --------------------------------------------------------------------------- tables for the notebook
-def selection_warning_html(report: dict) -> str | None:
-    """A bold red box for runs whose model was selected on the test set; None otherwise."""
-    if not report.get("test_selected"):
-        return None
-    sel = report["selection"]
-    return ('<div style="border:4px solid #c00000;background:#ffe5e5;color:#8b0000;padding:12px 16px;'
-            'font-size:1.15em;font-weight:bold;margin:8px 0">'
-            "&#9888; THE TEST FIGURES BELOW ARE OPTIMISTIC.<br>"
-            f"This run selected its model (epoch {sel['best_epoch']}) by {sel['select_metric']} on the TEST set. "
-            "The test set was used to pick the model, so it no longer measures unseen data: "
-            "do not report these figures as test performance. Rerun with select_on: validate "
-            "(e.g. params/improved.yaml) for honest figures.</div>")
-
-
-def per_finding_table(report: dict, split: str = "test") -> pd.DataFrame:
-    """AUROC, AUPRC, ECE and Brier per finding (then macro and micro) with their CIs."""
-    summary = report["splits"][split]
-    table = metrics.frame(summary).set_index("finding")
-    for m in ("ece", "brier"):
-        for part, key in (("", "value"), ("_lo", "lo"), ("_hi", "hi")):
-            table[f"{m}{part}"] = pd.Series({f: e[m][key] for f, e in summary["per_finding"].items()}, dtype="Float64")
-    return table
-
-
-def headline_table(report: dict) -> pd.DataFrame:
-    level = report["ci"]["level"]
-    rows = [{"metric": k, "value": v["value"], f"{level:.0%} CI lo": v["lo"], f"{level:.0%} CI hi": v["hi"]}
-            for k, v in report["headline"].items()]
-    return pd.DataFrame(rows).set_index("metric")
-
-
-def threshold_table(report: dict) -> pd.DataFrame:
-    """Test-split counts and rates at each rule's threshold (rules chosen on validation, plus fixed 0.5)."""
-    table = pd.DataFrame(report["thresholds"]["test"])
-    return table.astype({c: "Int64" for c in ("n", "tp", "fp", "tn", "fn")})
-
-
-def calibration_table(report: dict, split: str = "test") -> pd.DataFrame:
-    summary = report["splits"][split]
-    rows = [{"finding": f, **{f"{m}{part}": e[m][key] for m in ("ece", "brier")
-                              for part, key in (("", "value"), ("_lo", "lo"), ("_hi", "hi"))}}
-            for f, e in summary["per_finding"].items()]
-    pooled = summary["calibration"]["pooled"]
-    rows.append({"finding": "pooled", **{f"{m}{part}": pooled[m][key] for m in ("ece", "brier")
-                                          for part, key in (("", "value"), ("_lo", "lo"), ("_hi", "hi"))}})
-    return pd.DataFrame(rows).set_index("finding").astype("Float64")
-
-
-def original_comparison(report: dict) -> pd.DataFrame:
-    """Our test figures (with CIs) beside the original project's published ones, pos_weight off and on.
-
-    `original (same pos_weight)` is the published model trained like this run; the original selected
-    its models on the test set and published no intervals, so a difference inside our CI is no evidence
-    of a difference at all.
-    """
-    original = report.get("original_project") or original_project_results()
-    off = next(v for v in original.values() if not v["pos_weight"])
-    on = next(v for v in original.values() if v["pos_weight"])
-    pos_weight = bool(report["params"]["pos_weight"])
-    rows = []
-    for key, (avg, m) in HEADLINE.items():
-        ours = report["headline"][key]
-        same = (on if pos_weight else off)[avg][m]
-        inside = ours["lo"] is not None and ours["lo"] <= same <= ours["hi"]
-        rows.append({"metric": key, "ours": ours["value"], "ours_lo": ours["lo"], "ours_hi": ours["hi"],
-                     "original pos_weight off": off[avg][m], "original pos_weight on": on[avg][m],
-                     "ours - original (same pos_weight)": None if ours["value"] is None else ours["value"] - same,
-                     "original inside our CI": inside})
-    table = pd.DataFrame(rows).set_index("metric")
-    table.attrs["note"] = (f"This run: pos_weight {'on' if pos_weight else 'off'}, selected on "
-                           f"{report['selection']['select_on']}. Original: {off['selection']}.")
-    return table
-
-
-# --------------------------------------------------------------------------- two runs
-
-

@@ -87,6 +87,8 @@ class Params:
     checkpoint_minutes: float = 10.0    # also save last.pt mid-epoch this often (0: at epoch ends only)
     # --- evaluation (03, 04) ---
     tta: bool = False
+    eval_level: Literal["image", "study"] = "image"      # study: a study's images aggregated, one score per study
+    study_aggregate: Literal["mean", "max"] = "mean"     # how a study's image probabilities become one
     bootstrap: int = 1000
     ci_level: float = 0.95
     compare_with: str = ""              # another run's name, for paired differences
@@ -118,7 +120,7 @@ STAGES = {
               "aug_contrast", "arch", "head", "weights", "dropout", "batch_size", "lr", "optimizer",
               "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "select_on",
               "select_metric", "amp", "max_train_batches"),
-    "evaluate": ("tta", "bootstrap", "ci_level", "compare_with", "topk"),
+    "evaluate": ("tta", "eval_level", "study_aggregate", "bootstrap", "ci_level", "compare_with", "topk"),
 }
 STAGE_OF = {name: stage for stage, names in STAGES.items() for name in names}
 # What each notebook's parameters cell may declare besides run_dir: its own stage's fields.

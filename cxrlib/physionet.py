@@ -58,6 +58,8 @@ PROJECT_PAGE = "https://physionet.org/content/mimic-cxr-jpg/{version}/"
 SUMS = "SHA256SUMS.txt"
 # 2.1.0 kept the 2.0.0 table names; only its new test-set labels carry the new number.
 TABLES = tuple(f"mimic-cxr-2.0.0-{kind}.csv.gz" for kind in ("metadata", "negbio", "chexpert", "split"))
+GOLD_TABLE = "mimic-cxr-2.1.0-test-set-labeled.csv"   # radiologist labels, 2.1.0 on; scoring only
+DEFAULT_VERSION = "2.1.0"
 STATE = ".cxrlib-verified.json"
 TYPICAL_IMAGE_BYTES = 1_500_000   # the release's average; sizes the ETA until real sizes are known
 
@@ -235,7 +237,7 @@ def _download_all(client, root, pending, sums, state, summary, workers, progress
         bar.close()
 
 
-def fetch(data_root, paths, version: str = "2.0.0", base_url: str | None = None, workers: int = 8,
+def fetch(data_root, paths, version: str = DEFAULT_VERSION, base_url: str | None = None, workers: int = 8,
           credentials=None, progress: bool = True, *, attempts: int = 6, backoff: float = 1.0,
           timeout: float = 60.0, desc: str = "images") -> FetchSummary:
     """Make every release-relative path in `paths` a complete, verified file under data_root.
@@ -276,15 +278,28 @@ def fetch(data_root, paths, version: str = "2.0.0", base_url: str | None = None,
     return summary
 
 
-def fetch_release_tables(data_root, version: str = "2.0.0", base_url: str | None = None, workers: int = 4,
+def fetch_release_tables(data_root, version: str = DEFAULT_VERSION, base_url: str | None = None, workers: int = 4,
                          credentials=None, progress: bool = True, **kwargs) -> FetchSummary:
-    """SHA256SUMS.txt and the four tables; a table already unzipped to .csv counts as present."""
+    """SHA256SUMS.txt, the four tables and, from 2.1.0 on, the radiologist labels.
+
+    A table already unzipped to .csv counts as present.
+    """
     root = Path(data_root)
     wanted = [t for t in TABLES if not (root / t[:-3]).is_file() or (root / t).is_file()]
+    if has_gold_labels(version):
+        wanted.append(GOLD_TABLE)
     return fetch(root, wanted, version, base_url, workers, credentials, progress, desc="tables", **kwargs)
 
 
-def gsutil_script(data_root, paths, version: str = "2.0.0") -> str:
+def has_gold_labels(version: str) -> bool:
+    """Whether the release ships mimic-cxr-2.1.0-test-set-labeled.csv (2.1.0 and later)."""
+    try:
+        return tuple(int(x) for x in version.split(".")) >= (2, 1, 0)
+    except ValueError:
+        return False
+
+
+def gsutil_script(data_root, paths, version: str = DEFAULT_VERSION) -> str:
     """A bash script that copies the tables and `paths` from PhysioNet's Google Cloud bucket."""
     dest = shlex.quote(str(data_root).rstrip("/") or ".")
     lines = [
@@ -299,7 +314,8 @@ def gsutil_script(data_root, paths, version: str = "2.0.0") -> str:
         "case \"$PROJECT$BUCKET\" in *'<'*) echo 'edit PROJECT and BUCKET at the top of this script' >&2; exit 1;; esac",
         f"mkdir -p {dest}",
         f"gsutil -u \"$PROJECT\" -m cp \"$BUCKET/{SUMS}\" "
-        + " ".join(f"\"$BUCKET/{t}\"" for t in TABLES) + f" {dest}/",
+        + " ".join(f"\"$BUCKET/{t}\"" for t in TABLES + ((GOLD_TABLE,) if has_gold_labels(version) else ()))
+        + f" {dest}/",
     ]
     if paths:
         lines += [
@@ -341,7 +357,8 @@ def cli(command: str, argv: list[str]) -> int:
     source.add_argument("--cohort", help="CSV with a 'path' column relative to the data root")
     parser.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter of --params")
-    parser.add_argument("--version", default="2.0.0", help="release version (default 2.0.0)")
+    parser.add_argument("--version", default=DEFAULT_VERSION,
+                        help=f"release version (default {DEFAULT_VERSION}; 2.0.0 has no radiologist labels)")
     parser.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
     parser.add_argument("--base-url", help="mirror URL (default https://physionet.org/files/mimic-cxr-jpg/<version>/)")
     parser.add_argument("--print-gsutil", action="store_true",
@@ -381,6 +398,9 @@ def cli(command: str, argv: list[str]) -> int:
 
     tables = fetch_release_tables(data_root, workers=min(args.workers, 4), **common)
     print(tables.text("tables"))
+    if GOLD_TABLE in tables.failed:   # only scores the model: the cohort does not need it
+        print(f"warning: {GOLD_TABLE} could not be fetched ({tables.failed.pop(GOLD_TABLE)}); notebook 03 "
+              "skips the radiologist-label section until a rerun fetches it", file=sys.stderr)
     if not tables.ok:
         print("the cohort needs these tables: fix the failures above and rerun", file=sys.stderr)
         return 1

@@ -26,7 +26,8 @@ from .progress import Streamer
 from .report import render_html, strip_images
 
 # Make variables that are not parameters: they choose what to run, not how.
-MAKE_CONTROL_VARS = {"PARAMS", "RUN", "A", "B", "YES", "LAB_ARGS", "PYTHON", "PYTEST_ARGS", "WORKERS", "DEMO_DATA_ARGS"}
+MAKE_CONTROL_VARS = {"PARAMS", "RUN", "A", "B", "YES", "LAB_ARGS", "PYTHON", "PYTEST_ARGS", "WORKERS", "DEMO_DATA_ARGS",
+                     "RELEASE", "PRINT_GSUTIL"}
 
 
 def project_root(start=None) -> Path:

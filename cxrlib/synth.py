@@ -1,4 +1,4 @@
-"""A synthetic stand-in for MIMIC-CXR-JPG 2.0.0: same files, columns, IDs and folders.
+"""A synthetic stand-in for MIMIC-CXR-JPG 2.1.0: same files, columns, IDs and folders.
 
 Nobody on the team holds the credentialed release, so every downstream step
 (cohort, fetch, cache, training, error analysis) is developed against this tree and
@@ -9,6 +9,10 @@ must then run unchanged on the real one. `generate(out)` writes into `out`:
     mimic-cxr-2.0.0-chexpert.csv.gz     one row per study: subject_id, study_id, 14 findings
     mimic-cxr-2.0.0-negbio.csv.gz       the same from a second "labeler" (about 2% of cells differ)
     mimic-cxr-2.0.0-split.csv.gz        dicom_id, study_id, subject_id, split
+    mimic-cxr-2.1.0-test-set-labeled.csv  radiologist labels for some official test studies
+                                        (study_id, Airspace Opacity for Lung Opacity; synth_gold.py
+                                        says how and how often they disagree with the NLP tables)
+    IMAGE_FILENAMES, RECORDS            one image path / one study folder per line
     files/pXX/pSUBJECT/sSTUDY/DICOM.jpg 8-bit grayscale JPEG, quality 95
     SHA256SUMS.txt                      `<sha256>  <path>` for every other file; written last,
                                         so its presence means "complete"
@@ -33,8 +37,9 @@ Where it follows the real release (see /work/shared/mimic-facts.md):
   study, which the original cohort would select.
 
 Where it deliberately differs:
-- split: per subject 90% train / 5% validate / 5% test (the release: 97.8 / 0.8 / 1.4% of
-  images), so that small demos have validation and test subjects.
+- split: per subject 70% train / 15% validate / 15% test (the release: 97.8 / 0.8 / 1.4% of
+  images), so that small demos have validation and test subjects on the official split.
+- radiologist labels for 60% of the official test studies (the release: 687 studies).
 - image_size="small" (the default) writes JPEGs downscaled by a fixed factor 8 from the
   DICOM size (3056x2544 -> 382x318) so the demo is fast; the metadata keeps the full DICOM
   Rows/Columns. image_size="full" writes exactly Rows x Columns pixels (for decode benchmarks).
@@ -63,6 +68,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import synth_gold
 from .errors import UserError
 from .fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from .labels import FINDINGS
@@ -130,7 +136,7 @@ def _license_text(subjects, seed, image_size, images, max_studies) -> str:
     return (
         "SYNTHETIC DATA - NOT MIMIC-CXR-JPG.\n\n"
         "This folder imitates the layout, file names, columns and identifier formats of\n"
-        "MIMIC-CXR-JPG 2.0.0 (PhysioNet) so that software can be developed without the\n"
+        "MIMIC-CXR-JPG 2.1.0 (PhysioNet) so that software can be developed without the\n"
         "credentialed data. No patient data went into it: the tables are sampled from public\n"
         "summary statistics and the images are drawn by a program. It is not the PhysioNet\n"
         "Credentialed Health Data License; you may use and share this synthetic data freely.\n\n"
@@ -229,6 +235,12 @@ def generate(out, subjects: int = 2000, seed: int = 0, image_size: str = "small"
         data = _csv_gz(tables[key][columns])
         atomic_write_bytes(out / name, data)
         sums[name] = hashlib.sha256(data).hexdigest()
+    gold = synth_gold.gold_table(tables["chexpert"], tables["split"], seed)
+    extra = {synth_gold.GOLD_FILE: gold.to_csv(index=False, lineterminator="\n"),
+             **synth_gold.listing_files(tables["metadata"])}
+    for name, text in extra.items():
+        atomic_write_text(out / name, text)
+        sums[name] = hashlib.sha256(text.encode()).hexdigest()
 
     written = 0
     if images:
@@ -253,7 +265,7 @@ def verify(out) -> list[str]:
 def cli(command: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog=f"python -m cxrlib {command}",
-        description="Write a synthetic MIMIC-CXR-JPG 2.0.0 stand-in (same files, columns, IDs, folders).")
+        description="Write a synthetic MIMIC-CXR-JPG 2.1.0 stand-in (same files, columns, IDs, folders).")
     parser.add_argument("--out", required=True, help="dataset folder to create, e.g. data/demo")
     parser.add_argument("--subjects", type=int, default=2000, help="number of patients (real release: 65379)")
     parser.add_argument("--seed", type=int, default=0)

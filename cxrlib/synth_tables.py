@@ -99,7 +99,7 @@ PROCEDURES_AP = [("CHEST (PORTABLE AP)", .85), ("CHEST PORT. LINE PLACEMENT", .1
                  ("CHEST (SINGLE VIEW)", .05)]
 PROCEDURES_OTHER = [("CHEST (PA AND LAT)", .88), ("CHEST (PRE-OP PA AND LAT)", .08),
                     ("CHEST (SINGLE VIEW)", .04)]
-SPLIT_FRACTIONS = {"train": 0.90, "validate": 0.05, "test": 0.05}
+SPLIT_FRACTIONS = {"train": 0.70, "validate": 0.15, "test": 0.15}
 
 
 def _pick(rng, options, n):

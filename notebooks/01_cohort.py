@@ -35,12 +35,12 @@
 run_dir = "runs/demo"          # the run folder; params.yaml there holds everything not listed here
 views = ["AP"]                 # ViewPosition values kept (the original: AP)
 studies_per_subject = "first"  # first (the original: the lowest study_id with such an image) | all
-images_per_study = "first"     # first (the original: the lowest dicom_id) | all
+images_per_study = "all"       # first (the original: the lowest dicom_id) | all
 label_source = "negbio"        # negbio | chexpert
 uncertain_policy = "zeros"     # for -1: zeros | ones | ignore, or per finding
 blank_policy = "zeros"         # for blank: zeros | ignore
-split_mode = "seed"            # seed (test: study_id ending in 8 or 9) | official
-val_fraction = 0.15            # validation subjects carved from the non-test ones
+split_mode = "official"        # seed (the original: test = study_id ending in 8 or 9) | official
+val_fraction = 0.0             # validation subjects carved from the non-test ones (0 with official)
 seed = 0
 image_size = 64                # the cache's S x S
 resize = "squash"              # squash (the original's Resize((S, S))) | letterbox

@@ -26,10 +26,17 @@
 #   the test split; a fixed 0.5, chosen by no data, is reported beside them.
 # - **Model selection on the test set** (the original project's rule, presets `seed-nopos` and
 #   `seed-pos`) makes every test figure optimistic; this notebook says so in a red box.
+# - **Image or study level** (`eval_level`): labels belong to studies, so at study level a study's
+#   images are scored, their probabilities aggregated (`study_aggregate`), and every figure,
+#   threshold and CI counts studies. Where some study has several images, both levels are shown.
+# - **Radiologist labels** (MIMIC-CXR-JPG 2.1.0) score the test studies they cover, beside the NLP
+#   labels of the same studies; they never choose a model or a threshold.
 
 # %% tags=["parameters"]
 run_dir = "runs/demo"          # the run folder (notebooks 01 and 02 must have run)
 tta = False                    # average over the image and four small shifts of it
+eval_level = "study"           # image | study: the unit every figure counts (labels are per study)
+study_aggregate = "mean"       # mean | max of a study's image probabilities
 bootstrap = 1000               # patient-level resamples for every CI
 ci_level = 0.95
 compare_with = ""              # another run's name: paired differences on the shared test images
@@ -41,6 +48,7 @@ import pandas as pd
 from IPython.display import HTML, display
 
 from cxrlib import compare, evaluate, runs, viz
+from cxrlib import gold as goldlib
 
 p = runs.notebook_setup(run_dir, globals())
 
@@ -66,6 +74,20 @@ else:
 for note in report["notes"]:
     print("note:", note)
 evaluate.headline_table(report)
+
+# %% [markdown]
+# ## Image or study level
+#
+# The headline counts the units of `eval_level`. Labels are per study, so at image level a study
+# with several frontal images counts several times; at study level its images' probabilities are
+# aggregated into one score. The other level is shown here when some study has several images.
+
+# %%
+level = report["level"]
+print(f"headline level: {level['headline']}"
+      + (f" ({level['aggregate']} of each study's image probabilities)" if level["aggregate"] else "")
+      + ("" if level["several_images_per_study"] else "; every study has one image here, so both levels agree"))
+evaluate.level_table(report)
 
 # %% [markdown]
 # ## Per finding: AUROC and AUPRC on test
@@ -135,13 +157,41 @@ print(comparison.attrs["note"])
 comparison.round(4)
 
 # %% [markdown]
+# ## Radiologist labels (MIMIC-CXR-JPG 2.1.0)
+#
+# `mimic-cxr-2.1.0-test-set-labeled.csv` holds radiologists' labels for studies of the official
+# test split. The model's scores on the test studies they cover (study level, patient-bootstrap CIs)
+# are shown against those labels and against the NLP labels of the same studies; both go through
+# the run's uncertain and blank policies. The agreement table asks how noisy the NLP labels are:
+# NegBio and CheXpert against the radiologists on every labelled study of the release.
+# The radiologist labels are never used for training, selection or thresholds.
+
+# %%
+gold = report["gold"]
+if not gold["available"]:
+    print("no radiologist labels:", gold["reason"])
+else:
+    print(f"{gold['studies_in_file']} labelled studies in {gold['file']}; {gold['studies_scored']} of them "
+          f"({gold['patients_scored']} patients) are in this run's test split")
+    if gold.get("reason"):
+        print(gold["reason"])
+    else:
+        display(viz.readable(goldlib.comparison_table(gold)))
+
+# %%
+if gold["available"]:
+    display(viz.readable(goldlib.agreement_frame(gold)[
+        ["n", "gold_pos", "nlp_pos", "sensitivity", "specificity", "kappa", "kappa_lo", "kappa_hi"]]))
+    display(goldlib.plot_agreement(gold))
+
+# %% [markdown]
 # ## Paired comparison with another run (`compare_with`)
 
 # %%
 if p.compare_with:
     differences = compare.compare_runs(run_dir, Path(p.runs_dir) / p.compare_with, p)
     a = differences.attrs
-    print(f"{a['this']} - {a['other']} on the {a['shared_images']} test images both predicted "
+    print(f"{a['this']} - {a['other']} on the {a['shared_images']} test {a['level']}s both predicted "
           f"({a['patients']} patients; {a['this']} has {a['this_images']}, {a['other']} {a['other_images']}); "
           f"{a['ci_level']:.0%} CIs from {a['n_boot']} paired patient resamples")
     display(compare.readable(differences))

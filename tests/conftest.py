@@ -17,7 +17,7 @@ import pytest
 PROJECT = Path(__file__).resolve().parent.parent
 TINY = dict(image_size=32, epochs=1, batch_size=8, eval_batch_size=64, weights="none", arch="resnet50",
             head="avgpool", bootstrap=50, num_workers=0, max_train_batches=2, views=["AP", "PA"],
-            val_fraction=0.2, topk=1, device="cpu", cache_workers=1)
+            topk=1, device="cpu", cache_workers=1)
 
 
 def tiny_params(data_root, runs_dir, name: str, **overrides):

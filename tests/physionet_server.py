@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-PREFIX = "/files/mimic-cxr-jpg/2.0.0/"
+PREFIX = "/files/mimic-cxr-jpg/2.1.0/"
 TABLES = ("metadata", "negbio", "chexpert", "split")
 
 
@@ -130,7 +130,7 @@ class FakePhysioNet:
 
 
 def make_release(root: Path, n_images: int = 6, seed: int = 0) -> list[str]:
-    """A tiny fake release: four gzipped tables, random-bytes .jpg files and SHA256SUMS.txt."""
+    """A tiny fake 2.1.0 release: four gzipped tables, the radiologist labels, random-bytes .jpg files and SHA256SUMS.txt."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     images = []
@@ -144,6 +144,8 @@ def make_release(root: Path, n_images: int = 6, seed: int = 0) -> list[str]:
     tables = [f"mimic-cxr-2.0.0-{kind}.csv.gz" for kind in TABLES]
     for name in tables:
         (root / name).write_bytes(gzip.compress(f"{name}\nsubject_id,study_id\n1,2\n".encode(), mtime=0))
+    tables.append("mimic-cxr-2.1.0-test-set-labeled.csv")   # 2.1.0's radiologist labels
+    (root / tables[-1]).write_text("study_id,Airspace Opacity\n50414267,1.0\n")
     lines = []
     for n, rel in enumerate(tables + images):   # both of sha256sum's separators: text and binary mode
         sha = hashlib.sha256((root / rel).read_bytes()).hexdigest()

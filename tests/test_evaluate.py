@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from cxrlib import compare, evaluate, metrics, params, runs
+from cxrlib import compare, evaluate, levels, metrics, params, runs
+from cxrlib import gold as goldlib
 from cxrlib.cohort import read_cohort
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
@@ -99,8 +100,12 @@ def test_metrics_json_headline_selection_and_fingerprint(tiny_run):
     for key in ("AUROC micro", "AUPRC micro"):   # micro pools every cell: every resample counts
         assert test["micro"][key.split()[0].lower()]["n_boot_valid"] == report["ci"]["n_boot"]
     assert report["headline"]["AUROC micro"]["value"] == test["micro"]["auroc"]["value"]
-    y, p, _ = evaluate.arrays(evaluate.read_predictions(tiny_run), "test")
+    # the demo's eval_level: study, each study's images' probabilities averaged
+    assert report["level"]["headline"] == "study" and report["level"]["aggregate"] == "mean"
+    studies = levels.study_rows(evaluate.read_predictions(tiny_run), "mean")
+    y, p, _ = evaluate.arrays(studies, "test")
     assert test["micro"]["auroc"]["value"] == pytest.approx(metrics.ranking_metrics(y, p)["micro"]["auroc"], abs=1e-12)
+    assert test["n_images"] == report["level"]["units_per_split"]["test"] == len(y)
     assert test["n_boot"] == 50 and report["ci"]["level"] == 0.95
     assert set(report["splits"]) == {"validate", "test"}
     assert report["selection"]["select_on"] == "validate" and report["selection"]["best_epoch"] == 1
@@ -121,8 +126,10 @@ def test_thresholds_never_look_at_the_test_labels(tiny_run):
     base = evaluate.evaluate_run(tiny_run, p, predictions, write=False)
     shuffled = predictions.copy()
     test = (shuffled["split"] == "test").to_numpy()
-    order = np.random.default_rng(0).permutation(test.sum())
-    shuffled.loc[test, FINDINGS] = shuffled.loc[test, FINDINGS].to_numpy()[order]
+    studies = levels.study_rows(predictions[test]).set_index("study_id")[FINDINGS]   # labels are per study
+    order = np.random.default_rng(0).permutation(len(studies))
+    relabelled = studies.iloc[order].set_axis(studies.index)
+    shuffled.loc[test, FINDINGS] = relabelled.loc[shuffled.loc[test, "study_id"]].to_numpy()
     other = evaluate.evaluate_run(tiny_run, p, shuffled, write=False)
     assert other["thresholds"]["values"] == base["thresholds"]["values"]
     assert other["thresholds"]["test"] != base["thresholds"]["test"]   # the shuffle did change the test labels
@@ -135,10 +142,33 @@ def test_thresholds_never_look_at_the_test_labels(tiny_run):
     assert moved["thresholds"]["values"] != base["thresholds"]["values"]
 
 
+def test_radiologist_labels_only_score(tiny_run, tiny_data, tmp_path):
+    """Without the 2.1.0 file every figure, threshold and choice is the same; with it, a gold section."""
+    p = frozen(tiny_run)
+    predictions = evaluate.read_predictions(tiny_run)
+    with_gold = evaluate.evaluate_run(tiny_run, p, predictions, write=False)
+    bare = tmp_path / "release-2.0.0"
+    bare.mkdir()
+    for table in tiny_data.glob("mimic-cxr-2.0.0-*"):
+        (bare / table.name).symlink_to(table)
+    without = evaluate.evaluate_run(tiny_run, params.validate({**p.to_dict(), "data_root": str(bare),
+                                                              "cache_dir": str(p.resolved_cache_dir())}),
+                                    predictions, write=False)
+    assert without["gold"]["available"] is False and "2.1.0" in without["gold"]["reason"]
+    for key in ("headline", "thresholds", "splits", "selection", "level"):
+        assert with_gold[key] == without[key], key
+    gold = with_gold["gold"]
+    assert gold["available"] and gold["studies_scored"] > 0
+    test_studies = set(predictions.loc[predictions["split"] == "test", "study_id"])
+    assert gold["studies_scored"] == len(test_studies & set(goldlib.read_gold(tiny_data)["study_id"]))
+    assert gold["model_vs_gold"]["n_images"] == gold["model_vs_nlp"]["n_images"] == gold["studies_scored"]
+    assert {row["source"] for row in gold["agreement"]} == {"negbio", "chexpert"}
+
+
 def test_threshold_metrics_on_test_match_hand_counts(tiny_run):
     report = evaluate.read_metrics(tiny_run)
     predictions = evaluate.read_predictions(tiny_run)
-    test = predictions[predictions["split"] == "test"]
+    test = levels.study_rows(predictions[predictions["split"] == "test"], "mean")   # the demo's eval_level
     table = evaluate.threshold_table(report)
     for row in table[table["rule"] == "f1"].dropna(subset=["tp"]).itertuples():
         y = test[row.finding].to_numpy()
@@ -222,6 +252,10 @@ def test_compare_runs_refuses_other_labels_and_disjoint_test_sets(tiny_run, tmp_
     moved["dicom_id"] = "x" + moved["dicom_id"]
     moved.to_csv(disjoint / "predictions.csv", index=False)
     with pytest.raises(UserError, match="share no test image"):
+        compare.compare_runs(tiny_run, disjoint, params.validate({**p.to_dict(), "eval_level": "image"}))
+    moved["study_id"] = "x" + moved["study_id"]   # at study level (the demo's) studies are paired
+    moved.to_csv(disjoint / "predictions.csv", index=False)
+    with pytest.raises(UserError, match=r"share no test study \(joined on study_id\)"):
         compare.compare_runs(tiny_run, disjoint, p)
     with pytest.raises(UserError, match=r"predictions.csv: no predictions; run notebook 03"):
         compare.compare_runs(tiny_run, tmp_path / "never-evaluated", p)

@@ -82,15 +82,29 @@ def test_cli_downloads_tables_and_cohort_images_verified(tmp_path, release, serv
     rc = main(["fetch", "--data-root", str(root), "--cohort", str(cohort_csv(tmp_path, images[:4])),
                "--base-url", server.base_url, "--workers", "3"])
     assert rc == 0
-    for rel in physionet.TABLES + (physionet.SUMS,) + tuple(images[:4]):
+    # 2.1.0 by default: the radiologist labels come with the tables
+    for rel in physionet.TABLES + (physionet.GOLD_TABLE, physionet.SUMS) + tuple(images[:4]):
         assert same(src, root, rel), rel
     assert not (root / images[4]).exists()      # only the cohort's images
     assert not list(root.rglob("*.part"))
     assert sorted(r.rel for r in server.requests_for(".jpg")) == sorted(images[:4])
     state = physionet._load_state(root)
-    assert set(state) == set(physionet.TABLES) | set(images[:4])
+    assert set(state) == set(physionet.TABLES) | {physionet.GOLD_TABLE} | set(images[:4])
     out = captured().out
     assert "images: 4 downloaded" in out and "0 failed" in out
+
+
+def test_release_2_0_0_has_no_radiologist_labels_and_a_missing_label_file_is_not_fatal(tmp_path, release, server,
+                                                                                      captured):
+    src, images = release
+    assert not physionet.has_gold_labels("2.0.0") and physionet.has_gold_labels("2.1.0")
+    old = physionet.fetch_release_tables(tmp_path / "old", "2.0.0", server.base_url, progress=False)
+    assert old.ok and not (tmp_path / "old" / physionet.GOLD_TABLE).exists()
+    (src / physionet.GOLD_TABLE).unlink()   # a mirror without it: the cohort does not need it
+    rc = main(["fetch", "--data-root", str(tmp_path / "new"), "--cohort", str(cohort_csv(tmp_path, images[:1])),
+               "--base-url", server.base_url])
+    assert rc == 0
+    assert f"warning: {physionet.GOLD_TABLE} could not be fetched" in captured().err
 
 
 def test_rerun_skips_complete_files_without_requests_or_credentials(tmp_path, release, server, monkeypatch):
@@ -324,7 +338,7 @@ def test_bad_inputs_are_user_errors(tmp_path, release, server):
     with pytest.raises(UserError, match="must not contain a user name"):
         physionet.fetch(tmp_path, images, base_url=f"https://{USER}:{PASSWORD}@physionet.org/x/")
     with pytest.raises(UserError, match="use an https:// URL"):
-        physionet.fetch(tmp_path, images, base_url="http://physionet.org/files/mimic-cxr-jpg/2.0.0/")
+        physionet.fetch(tmp_path, images, base_url="http://physionet.org/files/mimic-cxr-jpg/2.1.0/")
     bad = tmp_path / "bad.csv"
     bad.write_text("dicom_id\nabc\n")
     assert main(["fetch", "--data-root", str(tmp_path), "--cohort", str(bad), "--base-url", server.base_url]) == 2
@@ -377,6 +391,6 @@ def test_a_server_that_is_gone_stops_the_fetch_within_seconds(tmp_path):
     (root / "SHA256SUMS.txt").write_text("".join(f"{'ab' * 32}  {rel}\n" for rel in paths))
     started = time.monotonic()
     with pytest.raises(UserError, match=r"the server is unreachable: .* rerun the same command to continue"):
-        physionet.fetch(root, paths, base_url=f"http://127.0.0.1:{port}/files/mimic-cxr-jpg/2.0.0/", workers=8,
+        physionet.fetch(root, paths, base_url=f"http://127.0.0.1:{port}/files/mimic-cxr-jpg/2.1.0/", workers=8,
                         credentials=transfer.Credentials("someone", "secret"), progress=False)   # default backoff
     assert time.monotonic() - started < 30

@@ -33,7 +33,8 @@ def test_files_and_columns(tree):
     out, _ = tree
     assert sorted(p.name for p in out.iterdir()) == sorted([
         "LICENSE.txt", "SHA256SUMS.txt", "files", "mimic-cxr-2.0.0-metadata.csv.gz",
-        "mimic-cxr-2.0.0-negbio.csv.gz", "mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-split.csv.gz"])
+        "mimic-cxr-2.0.0-negbio.csv.gz", "mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-split.csv.gz",
+        "mimic-cxr-2.1.0-test-set-labeled.csv", "IMAGE_FILENAMES", "RECORDS"])
     assert list(read(out, synth.METADATA).columns) == [
         "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
         "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
@@ -178,7 +179,8 @@ def test_tables_only_and_full_size(tmp_path):
     summary = synth.generate(tmp_path / "t", subjects=50, seed=0, images=False, progress=False)
     assert summary["tables_only"] and summary["images"] > 50
     assert not (tmp_path / "t" / "files").exists()
-    assert len((tmp_path / "t" / "SHA256SUMS.txt").read_text().splitlines()) == 5
+    # LICENSE, four tables, the radiologist labels, IMAGE_FILENAMES, RECORDS
+    assert len((tmp_path / "t" / "SHA256SUMS.txt").read_text().splitlines()) == 8
     job = (0, "x.jpg", 2705, 2539, "AP", np.full(14, np.nan), 10000032)
     with Image.open(io.BytesIO(synth.jpeg_bytes(job, 0, "full"))) as im:
         assert im.mode == "L" and im.size == (2539, 2705)
