@@ -42,10 +42,13 @@ def read_gold(data_root) -> pd.DataFrame | None:
     except (ValueError, OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: could not be read as a CSV ({e}); re-download it with `make fetch`") from None
     frame = frame.rename(columns=RENAMED)
-    missing = [c for c in ["study_id", *FINDINGS] if c not in frame]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {missing} (found {list(frame.columns)}); expected study_id "
-                        "and the 14 findings, with Airspace Opacity for Lung Opacity. Re-download it with `make fetch`")
+    present = [f for f in FINDINGS if f in frame]
+    if "study_id" not in frame or not present:
+        raise UserError(f"{path}: expected a study_id column and the findings (Airspace Opacity for Lung Opacity), "
+                        f"found {list(frame.columns)}. Re-download it with `make fetch`")
+    for finding in FINDINGS:   # a finding the radiologists did not label is masked, never guessed
+        if finding not in frame:
+            frame[finding] = np.nan
     frame["study_id"] = frame["study_id"].str.strip().str.lstrip("s")
     if frame["study_id"].isna().any() or frame["study_id"].duplicated().any():
         raise UserError(f"{path}: every row needs its own study_id (blank or repeated ones found); "

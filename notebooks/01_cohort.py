@@ -39,7 +39,7 @@ images_per_study = "all"       # first (the original: the lowest dicom_id) | all
 label_source = "negbio"        # negbio | chexpert
 uncertain_policy = "zeros"     # for -1: zeros | ones | ignore, or per finding
 blank_policy = "zeros"         # for blank: zeros | ignore
-split_mode = "official"        # seed (the original: test = study_id ending in 8 or 9) | official
+split_mode = "official"        # official | seed (the original: test is study_id ending in 8 or 9)
 val_fraction = 0.0             # validation subjects carved from the non-test ones (0 with official)
 seed = 0
 image_size = 64                # the cache's S x S

@@ -79,12 +79,15 @@ def test_read_gold_maps_airspace_opacity_and_keeps_the_values(tmp_path):
     table = gold.read_gold(tmp_path)
     assert list(table.columns) == ["study_id", *FINDINGS]
     assert table["Lung Opacity"].iloc[0] == -1.0
+    pd.DataFrame({"study_id": ["50000001"], "Edema": [1.0]}).to_csv(tmp_path / gold.GOLD_FILE, index=False)
+    partial = gold.read_gold(tmp_path)   # a finding the file lacks is masked, not refused
+    assert partial["Edema"].tolist() == [1.0] and partial.drop(columns=["study_id", "Edema"]).isna().all().all()
     np.testing.assert_array_equal(table[FINDINGS].to_numpy()[0], np.array(row))
     assert table["study_id"].tolist() == ["50000001"]
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda rows, cols: (rows, [c if c != "Fracture" else "Fractures" for c in cols]), "missing column"),
+    (lambda rows, cols: (rows, ["study"] + cols[1:]), "expected a study_id column"),
     (lambda rows, cols: ([[rows[0][0], 2.0, *rows[0][2:]]], cols), "must be 1, 0, -1 or blank"),
     (lambda rows, cols: (rows + rows, cols), "its own study_id"),
 ])

@@ -52,9 +52,14 @@ def test_notebook_defaults_are_the_demo_preset():
     """Running a notebook by hand (JupyterLab) without the runner gives the demo."""
     import papermill
 
+
     demo = params.read_yaml(PROJECT / "params" / "demo.yaml")
     defaults = params.Params()
     for path in sorted((PROJECT / "notebooks").glob("*.ipynb")):
+        cell = next(c for c in nbformat.read(path, 4).cells if "parameters" in c.metadata.get("tags", []))
+        assigned = {line.split("=")[0].strip() for line in cell.source.splitlines() if re.match(r"\w+ = ", line)}
+        # papermill skips a line it cannot parse (an '=' in its comment, say): the runner could not set it
+        assert set(papermill.inspect_notebook(str(path))) == assigned, path.name
         for name, info in papermill.inspect_notebook(str(path)).items():
             if name == "run_dir":
                 assert info["default"].strip("\"'") == "runs/demo"
