@@ -52,7 +52,6 @@ def test_notebook_defaults_are_the_demo_preset():
     """Running a notebook by hand (JupyterLab) without the runner gives the demo."""
     import papermill
 
-
     demo = params.read_yaml(PROJECT / "params" / "demo.yaml")
     defaults = params.Params()
     for path in sorted((PROJECT / "notebooks").glob("*.ipynb")):
