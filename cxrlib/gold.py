@@ -179,15 +179,27 @@ def gold_section(predictions: pd.DataFrame, gold: pd.DataFrame | None, p, thresh
 
 
 def comparison_table(section: dict) -> pd.DataFrame:
-    """Per finding (then macro, micro): AUROC and AUPRC against the radiologists and the NLP labels."""
+    """Per finding (then macro, micro): AUROC [CI] and AUPRC against the radiologists and the NLP labels."""
     if not section.get("model_vs_gold"):
         return pd.DataFrame()
-    gold, nlp = (metrics.frame(section[k]).set_index("finding") for k in ("model_vs_gold", "model_vs_nlp"))
     label = section["label_source"]
-    table = pd.concat([gold[["n_pos", "auroc", "auroc_lo", "auroc_hi", "auprc"]].add_prefix("radiologists "),
-                       nlp[["n_pos", "auroc", "auroc_lo", "auroc_hi", "auprc"]].add_prefix(f"{label} ")], axis=1)
-    table["AUROC: radiologists - NLP"] = table["radiologists auroc"] - table[f"{label} auroc"]
-    return table
+    columns = {}
+    for name, key in (("radiologists", "model_vs_gold"), (label, "model_vs_nlp")):
+        table = metrics.frame(section[key]).set_index("finding")
+        columns[f"{name}: positives"] = table["n_pos"]
+        columns[f"{name}: AUROC [CI]"] = [_with_ci(*row) for row in table[["auroc", "auroc_lo", "auroc_hi"]]
+                                          .itertuples(index=False)]
+        columns[f"{name}: AUPRC"] = table["auprc"]
+        columns[f"{name}: auroc"] = table["auroc"]
+    out = pd.DataFrame(columns)
+    out["AUROC: radiologists - NLP"] = out["radiologists: auroc"] - out[f"{label}: auroc"]
+    return out.drop(columns=["radiologists: auroc", f"{label}: auroc"])
+
+
+def _with_ci(value, lo, hi) -> str:
+    if pd.isna(value):
+        return "n/a"
+    return f"{value:.3f}" if pd.isna(lo) else f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def agreement_frame(section: dict) -> pd.DataFrame:

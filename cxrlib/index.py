@@ -132,7 +132,11 @@ def evaluation_summary(run_dir) -> list[str]:
         return []
     data, ci = m.get("data", {}), m.get("ci", {})
     split = m.get("headline_split", "test")
-    lines = [f"{split.capitalize()} set: {data.get('images_per_split', {}).get(split, '?')} images of "
+    level = m.get("level") or {}
+    studies = ""
+    if level.get("headline") == "study":
+        studies = f" in {level.get('units_per_split', {}).get(split, '?')} studies (figures per study)"
+    lines = [f"{split.capitalize()} set: {data.get('images_per_split', {}).get(split, '?')} images{studies} of "
              f"{data.get('patients_per_split', {}).get(split, '?')} patients; {ci.get('level', 0.95):.0%} CIs from "
              f"{ci.get('n_boot', '?')} patient resamples"]
     for key, v in m["headline"].items():
