@@ -179,7 +179,9 @@ else:
         display(viz.readable(goldlib.comparison_table(gold)))
 
 # %%
-if gold["available"]:
+if gold["available"] and gold.get("agreement_missing"):
+    print(gold["agreement_missing"])
+if gold["available"] and gold["agreement"]:
     display(viz.readable(goldlib.agreement_frame(gold)[
         ["n", "gold_pos", "nlp_pos", "sensitivity", "specificity", "kappa", "kappa_lo", "kappa_hi"]]))
     display(goldlib.plot_agreement(gold))

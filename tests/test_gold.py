@@ -147,6 +147,10 @@ def test_gold_section_scores_only_labelled_test_studies_with_the_given_threshold
     assert at["threshold"] == 0.5 and at["tp"] == 1 and at["fp"] == 1 and at["fn"] == 1
     assert len(section["agreement"]) == 2 * 14
     assert not gold.comparison_table(section).empty
+    (tmp_path / "mimic-cxr-2.0.0-chexpert.csv").unlink()   # a partial copy: NegBio is still compared
+    partial = gold.gold_section(FRAME, gold.read_gold(tmp_path), p, rules)
+    assert {row["source"] for row in partial["agreement"]} == {"negbio"}
+    assert "no chexpert table" in partial["agreement_missing"]
 
 
 def test_gold_section_without_the_file_or_without_test_overlap(tmp_path):
