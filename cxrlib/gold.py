@@ -22,6 +22,7 @@ import pandas as pd
 from . import metrics
 from .errors import UserError
 from .labels import FINDINGS, apply_policies
+from .report_tables import with_ci
 
 GOLD_FILE = "mimic-cxr-2.1.0-test-set-labeled.csv"
 RENAMED = {"Airspace Opacity": "Lung Opacity"}   # the file's name -> the NLP tables' name
@@ -193,19 +194,13 @@ def comparison_table(section: dict) -> pd.DataFrame:
     for name, key in (("radiologists", "model_vs_gold"), (label, "model_vs_nlp")):
         table = metrics.frame(section[key]).set_index("finding")
         columns[f"{name}: positives"] = table["n_pos"]
-        columns[f"{name}: AUROC [CI]"] = [_with_ci(*row) for row in table[["auroc", "auroc_lo", "auroc_hi"]]
+        columns[f"{name}: AUROC [CI]"] = [with_ci(*row) for row in table[["auroc", "auroc_lo", "auroc_hi"]]
                                           .itertuples(index=False)]
         columns[f"{name}: AUPRC"] = table["auprc"]
         columns[f"{name}: auroc"] = table["auroc"]
     out = pd.DataFrame(columns)
     out["AUROC: radiologists - NLP"] = out["radiologists: auroc"] - out[f"{label}: auroc"]
     return out.drop(columns=["radiologists: auroc", f"{label}: auroc"])
-
-
-def _with_ci(value, lo, hi) -> str:
-    if pd.isna(value):
-        return "n/a"
-    return f"{value:.3f}" if pd.isna(lo) else f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def agreement_frame(section: dict) -> pd.DataFrame:

@@ -50,17 +50,18 @@ def level_table(report: dict) -> pd.DataFrame:
         name = f"{level['other']['level']} level"
         rows[name], units[name] = level["other"]["headline"], level["other"]["units_per_split"].get("test")
     table = pd.DataFrame({name: {"test units": units[name],
-                                 **{f"{k} [CI]": _with_ci(v) for k, v in figures.items()}}
+                                 **{f"{k} [CI]": with_ci(v["value"], v["lo"], v["hi"]) for k, v in figures.items()}}
                           for name, figures in rows.items()})
     return table
 
 
-def _with_ci(figure: dict) -> str:
-    if figure["value"] is None:
+def with_ci(value, lo, hi) -> str:
+    """'0.833 [0.804, 0.857]'; the value alone without an interval, 'n/a' without a value (None or NaN)."""
+    if value is None or pd.isna(value):
         return "n/a"
-    if figure["lo"] is None:
-        return f"{figure['value']:.3f}"
-    return f"{figure['value']:.3f} [{figure['lo']:.3f}, {figure['hi']:.3f}]"
+    if lo is None or pd.isna(lo):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def threshold_table(report: dict) -> pd.DataFrame:
