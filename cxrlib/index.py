@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import shutil
 import sys
 import time
@@ -72,17 +73,31 @@ def status(run_dir) -> dict:
     if state in ("evaluated", "stale", "trained") and not (run_dir / "checkpoints" / "best.pt").is_file():
         notes.append("checkpoints removed")
     files = [f for f in run_dir.iterdir() if f.is_file()] if run_dir.is_dir() else []
-    seconds = 0.0
-    for nb in NOTEBOOKS:
-        path = run_dir / f"{nb}.ipynb"
-        if path.is_file():
-            seconds += float(json.loads(path.read_text()).get("metadata", {}).get("papermill", {}).get("duration") or 0)
+    seconds = sum(notebook_seconds(run_dir / f"{nb}.ipynb") for nb in NOTEBOOKS)
     best = history[history["epoch"] == history["best_epoch"].iloc[-1]] if len(history) else history
     return {"status": state, "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(max(f.stat().st_mtime for f in files)))
             if files else "", "duration": seconds, "epochs": f"{len(history)}/{params.get('epochs', '?')}",
             "best_epoch": int(best["epoch"].iloc[0]) if len(best) else None,
             "best_val": float(best["val_auroc_macro"].iloc[0]) if len(best) else None,
             "metrics": metrics, "notes": notes}
+
+
+def notebook_seconds(path: Path) -> float:
+    """papermill's duration of an executed notebook; 0 when absent.
+
+    The notebook-level metadata follows every cell (nbformat writes keys in order), and its
+    papermill block holds the file's last "duration" key: reading the tail spares parsing a
+    notebook whose outputs (images) run to megabytes. The whole file is parsed when the tail holds none.
+    """
+    if not path.is_file():
+        return 0.0
+    with open(path, "rb") as f:
+        f.seek(max(path.stat().st_size - 65536, 0))
+        found = re.findall(rb'"duration": ([0-9.eE+-]+|null)', f.read())
+    if found:   # null: the notebook never finished
+        return 0.0 if found[-1] == b"null" else float(found[-1])
+    papermill = json.loads(path.read_text()).get("metadata", {}).get("papermill", {})
+    return float(papermill.get("duration") or 0)
 
 
 def runs_table(runs_dir="runs") -> pd.DataFrame:

@@ -302,3 +302,20 @@ def test_two_runs_with_different_cohorts_started_at_once_keep_all_their_images(t
         assert len(usable) == len(full) - full["dicom_id"].isin(failed["dicom_id"]).sum()
         sizes[name] = len(full)
     assert sizes["b"] > sizes["a"] > 0
+
+
+def test_notebook_seconds_reads_the_notebook_level_duration_from_the_tail(tmp_path):
+    import json
+
+    from cxrlib import index
+
+    cells = [{"cell_type": "code", "source": "", "outputs": [{"output_type": "stream", "name": "stdout",
+                                                              "text": "x" * 100_000}],
+              "metadata": {"papermill": {"duration": 7.5}}, "execution_count": 1}]
+    for duration, expected in ((12.25, 12.25), (None, 0.0)):
+        nb = {"cells": cells, "metadata": {"papermill": {"default_parameters": {}, "duration": duration}},
+              "nbformat": 4, "nbformat_minor": 5}
+        path = tmp_path / "01_cohort.ipynb"
+        path.write_text(json.dumps(nb, indent=1))
+        assert index.notebook_seconds(path) == expected
+    assert index.notebook_seconds(tmp_path / "missing.ipynb") == 0.0
