@@ -1,0 +1,192 @@
+"""MIMIC-IV's patients and admissions -> sex, age, race and insurance for every cohort image.
+
+    table, coverage = demographics_for_cohort(cohort, data_root, mimic_iv_root, race_policy="mode")
+
+Used only to audit a trained model by patient group: never a model input. The rules:
+- sex: patients.gender (F / M), else Unknown;
+- age at the study: anchor_age + (year of StudyDate - anchor_year), in bands 18-39, 40-59,
+  60-79, 80+ (under 18 shown as such). MIMIC-CXR's StudyDate and MIMIC-IV's dates are shifted
+  by the same per-patient offset, so the years compare directly; the age is the patient's age
+  in that calendar year, so it can be one year above the age on the study day (before the
+  birthday), and anchor_age is capped at 91;
+- race: every admission's `race` (1.0: `ethnicity`) harmonised into White, Black,
+  Hispanic/Latino, Asian, Other or Unknown (harmonise_race), then one group per patient by
+  `race_policy` (patient_race): mode (the most frequent known group; a tie goes to the group
+  recorded first), first (the first admission's known group) or unknown (a patient recorded
+  as two different known groups becomes Unknown);
+- insurance: the admission whose admittime..dischtime contains the study's date and time, else
+  the admission nearest to it, else Unknown; spellings are kept as data (3.x adds Private).
+Patients missing from MIMIC-IV, or without an admission, are kept as Unknown and counted.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+
+RACE_GROUPS = ("White", "Black", "Hispanic/Latino", "Asian", "Other", "Unknown")
+RACE_POLICIES = ("mode", "first", "unknown")
+UNKNOWN = "Unknown"
+AGE_BANDS = ((0, 17, "<18"), (18, 39, "18-39"), (40, 59, "40-59"), (60, 79, "60-79"), (80, 200, "80+"))
+_NOT_A_RACE = {"", "UNKNOWN", "UNABLE TO OBTAIN", "PATIENT DECLINED TO ANSWER", "UNKNOWN/NOT SPECIFIED",
+               "NAN", "DECLINED TO ANSWER"}
+TABLE_NAMES = ("patients", "admissions")
+
+
+# --------------------------------------------------------------------------- reading
+def table_file(root, name: str) -> Path:
+    """hosp/<name>.csv.gz (2.0 on) or core/<name>.csv.gz (1.0), or the unzipped .csv."""
+    root = Path(root)
+    for module in ("hosp", "core"):
+        for suffix in (".csv.gz", ".csv"):
+            path = root / module / f"{name}{suffix}"
+            if path.is_file():
+                return path
+    raise UserError(f"{name}.csv.gz not found under {root}/hosp/ (MIMIC-IV 2.0 and later) or {root}/core/ "
+                    "(1.0). Download it with `make fetch-demographics` (MIMIC-IV is a separate credentialed "
+                    "project: sign its data use agreement on PhysioNet), or set mimic_iv_root to its folder")
+
+
+def read_patients(root) -> pd.DataFrame:
+    """subject_id (str), gender, anchor_age, anchor_year."""
+    path = table_file(root, "patients")
+    frame = _read(path, ["subject_id", "gender", "anchor_age", "anchor_year"])
+    frame["anchor_age"] = pd.to_numeric(frame["anchor_age"], errors="coerce")
+    frame["anchor_year"] = pd.to_numeric(frame["anchor_year"], errors="coerce")
+    return frame.drop_duplicates("subject_id")
+
+
+def read_admissions(root) -> pd.DataFrame:
+    """subject_id (str), hadm_id, admittime, dischtime (datetimes), insurance, race (1.0's ethnicity)."""
+    path = table_file(root, "admissions")
+    found = list(pd.read_csv(path, nrows=0).columns)
+    race = "race" if "race" in found else "ethnicity"
+    frame = _read(path, ["subject_id", "hadm_id", "admittime", "dischtime", "insurance", race])
+    frame = frame.rename(columns={race: "race"})
+    for column in ("admittime", "dischtime"):
+        frame[column] = pd.to_datetime(frame[column], errors="coerce")
+    return frame
+
+
+def _read(path: Path, columns: list[str]) -> pd.DataFrame:
+    try:
+        found = list(pd.read_csv(path, nrows=0).columns)
+        missing = [c for c in columns if c not in found]
+        if missing:
+            raise UserError(f"{path}: missing column(s) {missing} (found {found}); is it MIMIC-IV's "
+                            f"{path.name.split('.')[0]} table? Re-download it with `make fetch-demographics`")
+        return pd.read_csv(path, usecols=columns, dtype=str)
+    except UserError:
+        raise
+    except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: could not be read ({e}); re-download it with `make fetch-demographics`") from None
+
+
+# --------------------------------------------------------------------------- rules
+def harmonise_race(value) -> str:
+    """One of RACE_GROUPS for a MIMIC-IV race/ethnicity string (e.g. 'HISPANIC/LATINO - PUERTO RICAN')."""
+    text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip().upper()
+    if text in _NOT_A_RACE:
+        return UNKNOWN
+    if text.startswith("HISPANIC") or "LATINO" in text or text == "SOUTH AMERICAN":
+        return "Hispanic/Latino"
+    if text.startswith("WHITE") or text == "PORTUGUESE":
+        return "White"
+    if text.startswith("BLACK"):
+        return "Black"
+    if text.startswith("ASIAN"):
+        return "Asian"
+    return "Other"   # American Indian/Alaska Native, Native Hawaiian/Pacific Islander, multiple, other
+
+
+def patient_race(admissions: pd.DataFrame, policy: str = "mode") -> pd.Series:
+    """subject_id -> race group over every admission of the patient, by `policy` (RACE_POLICIES)."""
+    if policy not in RACE_POLICIES:
+        raise UserError(f"race_policy: {policy!r}; choose one of {list(RACE_POLICIES)}")
+    known = admissions.assign(group=admissions["race"].map(harmonise_race))
+    known = known[known["group"] != UNKNOWN].sort_values(["subject_id", "admittime"], kind="stable")
+    if known.empty:
+        return pd.Series(dtype="str")
+    if policy == "first":
+        return known.groupby("subject_id", sort=False)["group"].first()
+    if policy == "unknown":
+        groups = known.groupby("subject_id", sort=False)["group"]
+        return groups.first().where(groups.nunique() == 1, UNKNOWN)
+    counts = known.groupby(["subject_id", "group"], sort=False).agg(n=("group", "size"),
+                                                                     first=("admittime", "min")).reset_index()
+    counts = counts.sort_values(["subject_id", "n", "first"], ascending=[True, False, True], kind="stable")
+    return counts.drop_duplicates("subject_id").set_index("subject_id")["group"]
+
+
+def age_at(anchor_age, anchor_year, study_year):
+    """anchor_age + (study_year - anchor_year), elementwise; NaN where a part is missing."""
+    return np.asarray(anchor_age, dtype=float) + (np.asarray(study_year, dtype=float)
+                                                  - np.asarray(anchor_year, dtype=float))
+
+
+def age_band(age) -> np.ndarray:
+    age = np.asarray(age, dtype=float)
+    out = np.full(age.shape, UNKNOWN, dtype=object)
+    for lo, hi, name in AGE_BANDS:
+        out[(age >= lo) & (age <= hi)] = name
+    return out
+
+
+def insurance_at(studies: pd.DataFrame, admissions: pd.DataFrame) -> pd.Series:
+    """Per study row (subject_id, when): the insurance of the admission containing `when`, else of the
+    nearest admission (distance to its interval), else Unknown (also without a study time).
+    Index follows `studies`, which must be unique."""
+    joined = studies.loc[studies["when"].notna(), ["subject_id", "when"]].reset_index().merge(
+        admissions[["subject_id", "admittime", "dischtime", "insurance"]], on="subject_id", how="inner")
+    if joined.empty:
+        return pd.Series(UNKNOWN, index=studies.index, dtype="str")
+    end = joined["dischtime"].fillna(joined["admittime"])
+    before = (joined["admittime"] - joined["when"]).dt.total_seconds().clip(lower=0)
+    after = (joined["when"] - end).dt.total_seconds().clip(lower=0)
+    joined["gap"] = (before + after).fillna(np.inf)   # 0 inside the admission
+    best = joined.sort_values(["index", "gap", "admittime"], kind="stable").drop_duplicates("index")
+    out = pd.Series(UNKNOWN, index=studies.index, dtype="str")
+    out.loc[best["index"].to_numpy()] = best["insurance"].fillna(UNKNOWN).to_numpy()
+    return out
+
+
+# --------------------------------------------------------------------------- the join
+def study_times(data_root, study_ids) -> pd.DataFrame:
+    """study_id -> `when` (StudyDate + StudyTime) from the MIMIC-CXR metadata table."""
+    from .cohort import table_path
+
+    path = table_path(data_root, "metadata")
+    meta = pd.read_csv(path, usecols=["study_id", "StudyDate", "StudyTime"], dtype=str)
+    meta = meta[meta["study_id"].isin(set(study_ids))].drop_duplicates("study_id")
+    clock = meta["StudyTime"].fillna("0").str.split(".").str[0].str.zfill(6)
+    meta["when"] = pd.to_datetime(meta["StudyDate"] + clock, format="%Y%m%d%H%M%S", errors="coerce")
+    return meta[["study_id", "when"]]
+
+
+def demographics_for_cohort(cohort: pd.DataFrame, data_root, mimic_iv_root, race_policy: str = "mode"):
+    """(one row per cohort image: dicom_id, subject_id, study_id, sex, age, age_band, race, insurance,
+    in_mimic_iv, has_admission; the coverage counts)."""
+    patients, admissions = read_patients(mimic_iv_root), read_admissions(mimic_iv_root)
+    rows = cohort[["dicom_id", "subject_id", "study_id"]].astype(str).merge(
+        study_times(data_root, cohort["study_id"].astype(str)), on="study_id", how="left")
+    rows = rows.merge(patients, on="subject_id", how="left")
+    rows["sex"] = rows["gender"].map({"F": "F", "M": "M"}).fillna(UNKNOWN)
+    rows["age"] = age_at(rows["anchor_age"], rows["anchor_year"], rows["when"].dt.year)
+    rows["age_band"] = age_band(rows["age"])
+    rows["race"] = rows["subject_id"].map(patient_race(admissions, race_policy)).fillna(UNKNOWN)
+    rows["insurance"] = insurance_at(rows, admissions)
+    rows["in_mimic_iv"] = rows["subject_id"].isin(set(patients["subject_id"]))
+    rows["has_admission"] = rows["subject_id"].isin(set(admissions["subject_id"]))
+    out = rows[["dicom_id", "subject_id", "study_id", "sex", "age", "age_band", "race", "insurance",
+                "in_mimic_iv", "has_admission"]]
+    per_patient = out.drop_duplicates("subject_id")
+    coverage = {"patients": int(len(per_patient)),
+                "in_mimic_iv": int(per_patient["in_mimic_iv"].sum()),
+                "not_in_mimic_iv": int((~per_patient["in_mimic_iv"]).sum()),
+                "without_admission": int((per_patient["in_mimic_iv"] & ~per_patient["has_admission"]).sum()),
+                "images_without_study_date": int(rows["when"].isna().sum()),
+                "race_policy": race_policy}
+    return out, coverage
