@@ -13,6 +13,8 @@ must then run unchanged on the real one. `generate(out)` writes into `out`:
                                         (study_id, Airspace Opacity for Lung Opacity; synth_gold.py
                                         says how and how often they disagree with the NLP tables)
     IMAGE_FILENAMES, RECORDS            one image path / one study folder per line
+    mimic-iv/hosp/patients.csv.gz, admissions.csv.gz   MIMIC-IV demographics (synth_mimic_iv.py;
+                                        another project, so outside SHA256SUMS.txt)
     files/pXX/pSUBJECT/sSTUDY/DICOM.jpg 8-bit grayscale JPEG, quality 95
     SHA256SUMS.txt                      `<sha256>  <path>` for every other file; written last,
                                         so its presence means "complete"
@@ -68,7 +70,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import synth_gold
+from . import synth_gold, synth_mimic_iv
 from .errors import UserError
 from .fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from .labels import FINDINGS
@@ -241,6 +243,10 @@ def generate(out, subjects: int = 2000, seed: int = 0, image_size: str = "small"
     for name, text in extra.items():
         atomic_write_text(out / name, text)
         sums[name] = hashlib.sha256(text.encode()).hexdigest()
+    # MIMIC-IV is another PhysioNet project: its tables sit beside the release, outside its SHA256SUMS.
+    for name, frame in synth_mimic_iv.build(tables["metadata"], seed).items():
+        (out / synth_mimic_iv.FOLDER / "hosp").mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / synth_mimic_iv.FOLDER / "hosp" / f"{name}.csv.gz", synth_mimic_iv.csv_gz(frame))
 
     written = 0
     if images:

@@ -109,3 +109,29 @@ def test_missing_mimic_iv_tables_say_where_they_were_looked_for(tmp_path):
     pd.DataFrame({"subject_id": ["1"]}).to_csv(tmp_path / "hosp" / "patients.csv", index=False)
     with pytest.raises(UserError, match=r"missing column\(s\) \['gender', 'anchor_age', 'anchor_year'\]"):
         dm.read_patients(tmp_path)
+
+
+def test_synthetic_mimic_iv_tables_have_the_release_shape_and_join(tmp_path):
+    from cxrlib import cohort, params, synth, synth_mimic_iv
+
+    synth.generate(tmp_path, subjects=1500, seed=0, images=False, progress=False, max_studies=3)
+    root = tmp_path / synth_mimic_iv.FOLDER
+    patients = pd.read_csv(root / "hosp" / "patients.csv.gz", dtype=str)
+    admissions = pd.read_csv(root / "hosp" / "admissions.csv.gz", dtype=str)
+    assert list(patients.columns) == synth_mimic_iv.PATIENT_COLUMNS
+    assert list(admissions.columns) == synth_mimic_iv.ADMISSION_COLUMNS
+    assert set(patients["gender"]) == {"F", "M"} and patients["anchor_age"].astype(int).between(18, 91).all()
+    assert admissions["admittime"].str.fullmatch(r"2\d{3}-\d\d-\d\d \d\d:\d\d:\d\d").all()
+    assert {"WHITE - RUSSIAN", "UNABLE TO OBTAIN"} <= set(admissions["race"])
+    assert {"Medicare", "Medicaid", "Private", "Other"} <= set(admissions["insurance"])
+    p = params.load("params/demo.yaml", {"data_root": str(tmp_path)})
+    with pytest.warns(UserWarning):
+        frame, _ = cohort.build_cohort(tmp_path, p)
+    table, coverage = dm.demographics_for_cohort(frame, tmp_path, root)
+    assert len(table) == len(frame) and coverage["patients"] == frame["subject_id"].nunique()
+    # about 2% of subjects missing from MIMIC-IV, about 12% of the rest without an admission
+    assert 0.005 < coverage["not_in_mimic_iv"] / coverage["patients"] < 0.05
+    assert 0.06 < coverage["without_admission"] / coverage["in_mimic_iv"] < 0.2
+    assert set(table["race"]) == set(dm.RACE_GROUPS)
+    inside = table[table["has_admission"]]
+    assert (inside["insurance"] != "Unknown").all()   # every patient with an admission gets one
