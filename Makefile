@@ -15,7 +15,7 @@ RUNNER  = $(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" $(if $(RUN),--name 
 PRESET  = $(if $(PARAMS),--params $(PARAMS),--params params/demo.yaml --default-params)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lab data cohort fetch cache train evaluate run report runs diff clean bench gpu-check clean-venv
+.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache train evaluate run report runs diff clean bench gpu-check clean-venv
 
 help: ## List the targets
 	@echo "cxrlib: train and audit multi-label chest X-ray classifiers on MIMIC-CXR-JPG"
@@ -24,7 +24,7 @@ help: ## List the targets
 	@echo
 	@echo "Variables: PARAMS=params/NAME.yaml RUN=<run name> DEVICE=cpu|gpu|auto GPUS=N RESUME=1 DATA_ROOT=<dir>,"
 	@echo "and any parameter in upper case (EPOCHS=3, BATCH_SIZE=32, ...): see cxrlib/params.py."
-	@echo "Also: A=, B= (make diff), YES=1 (make clean), LAB_ARGS= (make lab), WORKERS=, RELEASE=, PRINT_GSUTIL=1 (make fetch)."
+	@echo "Also: A=, B= (make diff), YES=1 (make clean), LAB_ARGS= (make lab), WORKERS=, RELEASE=, PRINT_GSUTIL=1 (make fetch), MIMIC_IV_VERSION= (make fetch-demographics)."
 
 # In a git checkout: nbdime's notebook diffs, and nbstripout as a clean filter, so that outputs saved in
 # JupyterLab (with real data: patient images) never reach a commit (.gitattributes names the notebooks).
@@ -74,6 +74,9 @@ cohort: setup ## Notebook 01: cohort (and image cache) for PARAMS
 
 fetch: setup ## Download the cohort's images from PhysioNet (credentials: env, ~/.netrc or prompt)
 	$(PY) -m cxrlib fetch --params $(or $(PARAMS),params/demo.yaml) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(RELEASE),--version $(RELEASE)) $(if $(PRINT_GSUTIL),--print-gsutil)
+
+fetch-demographics: setup ## Download MIMIC-IV's patients and admissions (a separate agreement) for the audit
+	$(PY) -m cxrlib fetch-demographics --params $(or $(PARAMS),params/demo.yaml) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(MIMIC_IV_VERSION),--version $(MIMIC_IV_VERSION))
 
 cache: setup ## Decode the cohort's images once into the resized cache (notebook 01, as make cohort)
 	$(RUNNER) $(PRESET) --notebooks 01

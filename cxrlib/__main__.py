@@ -11,6 +11,7 @@ COMMANDS = {
     "demo-data": ("synth", "generate the synthetic MIMIC-CXR-JPG stand-in"),
     "cohort": ("cohort", "build the cohort table from metadata and labels"),
     "fetch": ("physionet", "download the cohort's files from PhysioNet"),
+    "fetch-demographics": ("demographics", "download MIMIC-IV's patients and admissions for the audit"),
     "cache": ("cache", "decode the cohort's images once into a resized uint8 cache"),
     "run": ("runs", "run the pipeline notebooks for a parameter file"),
     "report": ("runs", "re-render a run's executed notebooks to HTML"),
@@ -23,7 +24,7 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: python -m cxrlib <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:<18} {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "`python -m cxrlib <command> --help` describes each one."]
     return "\n".join(lines)
 

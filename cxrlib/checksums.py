@@ -12,8 +12,9 @@ log = logging.getLogger("cxrlib.physionet")
 SUMS = "SHA256SUMS.txt"
 
 CHECKSUM_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *]?(.+)$")
-# A listed path: a known top-level file, or a plain relative path under files/ (no '..', no control bytes).
-LISTED_PATH = re.compile(r"^files/(?:[A-Za-z0-9._ -]+/)*[A-Za-z0-9._ -]+$")
+# A listed path: a known top-level file, or a plain relative path under files/ (MIMIC-CXR-JPG) or one of
+# MIMIC-IV's modules (no '..', no control bytes).
+LISTED_PATH = re.compile(r"^(?:files|hosp|core|icu|ed|note)/(?:[A-Za-z0-9._ -]+/)*[A-Za-z0-9._ -]+$")
 TOP_LEVEL = re.compile(r"^(?:LICENSE\.txt|README(?:\.md)?|IMAGE_FILENAMES|RECORDS|index\.html|"
                        r"mimic-cxr-2\.[01]\.0-[a-z-]+\.csv(?:\.gz)?)$")
 

@@ -190,3 +190,67 @@ def demographics_for_cohort(cohort: pd.DataFrame, data_root, mimic_iv_root, race
                 "images_without_study_date": int(rows["when"].isna().sum()),
                 "race_policy": race_policy}
     return out, coverage
+
+
+# --------------------------------------------------------------------------- fetch
+MIMIC_IV_URL = "https://physionet.org/files/mimiciv/{version}/"
+DEFAULT_MIMIC_IV_VERSION = "3.1"
+
+
+def mimic_iv_paths(version: str) -> list[str]:
+    """The two tables the audit needs; version 1.0 kept them under core/."""
+    module = "core" if version.split(".")[0] == "1" else "hosp"
+    return [f"{module}/{name}.csv.gz" for name in TABLE_NAMES]
+
+
+def fetch_demographics(mimic_iv_root, version: str = DEFAULT_MIMIC_IV_VERSION, base_url: str | None = None,
+                       credentials=None, progress: bool = True, **kwargs):
+    """patients and admissions of MIMIC-IV into mimic_iv_root, resumable and checked against its SHA256SUMS."""
+    from .physionet import fetch
+
+    return fetch(mimic_iv_root, mimic_iv_paths(version), version,
+                 base_url or MIMIC_IV_URL.format(version=version), workers=2, credentials=credentials,
+                 progress=progress, desc="MIMIC-IV tables", **kwargs)
+
+
+def default_root(data_root) -> Path:
+    """Where MIMIC-IV's tables go unless mimic_iv_root says otherwise: <data_root>/mimic-iv."""
+    return Path(data_root) / "mimic-iv"
+
+
+def cli(command: str, argv: list[str]) -> int:
+    import argparse
+    import functools
+    import sys
+    import urllib.parse
+
+    from .transfer import get_credentials
+
+    parser = argparse.ArgumentParser(
+        prog=f"python -m cxrlib {command}",
+        description="Download MIMIC-IV's patients and admissions tables (a separate credentialed PhysioNet "
+                    "project) for the audit by patient group. Credentials as for `fetch`.")
+    parser.add_argument("--data-root", help="the MIMIC-CXR-JPG root; the tables go to its mimic-iv/")
+    parser.add_argument("--params", help="parameter file whose data_root to use (when --data-root is not given)")
+    parser.add_argument("--mimic-iv-root", help="put them here instead (default <data-root>/mimic-iv)")
+    parser.add_argument("--version", default=DEFAULT_MIMIC_IV_VERSION,
+                        help=f"MIMIC-IV version (default {DEFAULT_MIMIC_IV_VERSION}; 1.0 keeps them under core/)")
+    parser.add_argument("--base-url", help="mirror URL (default https://physionet.org/files/mimiciv/<version>/)")
+    args = parser.parse_args(argv)
+    if not (args.data_root or args.params or args.mimic_iv_root):
+        raise UserError("fetch-demographics: give --data-root DIR (or --params FILE, whose data_root is used)")
+    data_root = args.data_root
+    if not data_root and args.params:
+        from .params import load
+
+        data_root = load(args.params).data_root
+    root = Path(args.mimic_iv_root) if args.mimic_iv_root else default_root(data_root)
+    host = urllib.parse.urlsplit(args.base_url or MIMIC_IV_URL).hostname or "physionet.org"
+    summary = fetch_demographics(root, args.version, args.base_url,
+                                 credentials=functools.cache(lambda: get_credentials(host)))
+    print(summary.text("MIMIC-IV tables"))
+    if not summary.ok:
+        print("fix the failures above and rerun the same command", file=sys.stderr)
+        return 1
+    print(f"MIMIC-IV tables in {root}")
+    return 0

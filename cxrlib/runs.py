@@ -27,7 +27,7 @@ from .report import render_html, strip_images
 
 # Make variables that are not parameters: they choose what to run, not how.
 MAKE_CONTROL_VARS = {"PARAMS", "RUN", "A", "B", "YES", "LAB_ARGS", "PYTHON", "PYTEST_ARGS", "WORKERS", "DEMO_DATA_ARGS",
-                     "RELEASE", "PRINT_GSUTIL"}
+                     "RELEASE", "PRINT_GSUTIL", "MIMIC_IV_VERSION"}
 
 
 def project_root(start=None) -> Path:

@@ -190,6 +190,16 @@ class Client:
         return self.opener.open(req, timeout=self.timeout)
 
 
+PROJECT_NAMES = {"mimic-cxr-jpg": "MIMIC-CXR-JPG", "mimiciv": "MIMIC-IV"}
+
+
+def project_of(base_url: str) -> tuple[str, str]:
+    """(project name, its PhysioNet page) from a .../files/<project>/<version>/ URL."""
+    parts = urllib.parse.urlsplit(base_url).path.strip("/").split("/")
+    slug = parts[1] if len(parts) > 1 and parts[0] == "files" else "mimic-cxr-jpg"
+    return PROJECT_NAMES.get(slug, slug), f"https://physionet.org/content/{slug}/"
+
+
 def content_range_start(value: str | None) -> int | None:
     try:   # "bytes 100-199/200"
         return int(value.split()[1].split("-")[0])
@@ -244,10 +254,13 @@ def transfer_file(client: Client, rel: str, part: Path) -> None:
             client.answered()
             if e.code in (401, 403):
                 client.stop.set()
+                name, page = project_of(client.base_url)
+                also = (" MIMIC-IV is a separate credentialed project: access to MIMIC-CXR-JPG does not "
+                        "include it, so sign its agreement too." if name == "MIMIC-IV" else "")
                 raise AuthError(
                     f"PhysioNet refused the credentials for {client.base_url} (HTTP {e.code}): either the user "
-                    "name or password is wrong, or this account has not signed the MIMIC-CXR-JPG data use "
-                    "agreement on https://physionet.org/content/mimic-cxr-jpg/ (credentialed access). Fix "
+                    f"name or password is wrong, or this account has not signed the {name} data use "
+                    f"agreement on {page} (credentialed access).{also} Fix "
                     "PHYSIONET_USERNAME/PHYSIONET_PASSWORD or ~/.netrc and rerun") from None
             if e.code == 404:
                 raise Failed("not on the server (HTTP 404): check --version and the cohort's paths") from None

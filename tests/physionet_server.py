@@ -31,8 +31,9 @@ class Request:
 
 
 class FakePhysioNet:
-    def __init__(self, release: Path, username: str, password: str):
+    def __init__(self, release: Path, username: str, password: str, prefix: str = PREFIX):
         self.release = Path(release)
+        self.prefix = prefix
         self.auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
         self.faults: dict[str, list[str]] = {}
         self.always: dict[str, str] = {}
@@ -45,7 +46,7 @@ class FakePhysioNet:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{PREFIX}"
+        return f"http://127.0.0.1:{self.server.server_address[1]}{self.prefix}"
 
     def start(self) -> "FakePhysioNet":
         self.thread.start()
@@ -73,7 +74,8 @@ class FakePhysioNet:
                 pass
 
             def reply(self, status, body=b"", headers=()):
-                rel = urllib.parse.unquote(self.path[len(PREFIX):]) if self.path.startswith(PREFIX) else self.path
+                rel = (urllib.parse.unquote(self.path[len(fake.prefix):]) if self.path.startswith(fake.prefix)
+                       else self.path)
                 with fake.lock:
                     fake.requests.append(Request(rel, self.headers.get("Range"), status,
                                                  "Authorization" in self.headers))
@@ -89,12 +91,12 @@ class FakePhysioNet:
             def do_GET(self):
                 if self.headers.get("Authorization") != fake.auth:
                     return self.reply(401, b"Unauthorized", [("WWW-Authenticate", 'Basic realm="PhysioNet"')])
-                rel = urllib.parse.unquote(self.path[len(PREFIX):])
+                rel = urllib.parse.unquote(self.path[len(fake.prefix):])
                 if rel in fake.redirects:
                     return self.reply(302, b"", [("Location", fake.redirects[rel])])
                 file = fake.release / rel
                 fault = fake._next_fault(rel)
-                if not self.path.startswith(PREFIX) or not file.is_file() or fault == "404":
+                if not self.path.startswith(fake.prefix) or not file.is_file() or fault == "404":
                     return self.reply(404, b"Not Found")
                 if fault in ("500", "503", "429"):
                     return self.reply(int(fault), b"try later", [("Retry-After", "0")])

@@ -394,3 +394,32 @@ def test_a_server_that_is_gone_stops_the_fetch_within_seconds(tmp_path):
         physionet.fetch(root, paths, base_url=f"http://127.0.0.1:{port}/files/mimic-cxr-jpg/2.1.0/", workers=8,
                         credentials=transfer.Credentials("someone", "secret"), progress=False)   # default backoff
     assert time.monotonic() - started < 30
+
+
+def test_fetch_demographics_gets_two_mimic_iv_tables_and_names_its_own_agreement(tmp_path, monkeypatch, captured):
+    import hashlib
+
+    from cxrlib import demographics
+
+    source = tmp_path / "mimiciv"
+    for rel in demographics.mimic_iv_paths("3.1") + ["hosp/labevents.csv.gz"]:
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(rel.encode() * 50)
+    (source / "SHA256SUMS.txt").write_text("".join(
+        f"{hashlib.sha256((source / rel).read_bytes()).hexdigest()}  {rel}\n"
+        for rel in ["hosp/admissions.csv.gz", "hosp/labevents.csv.gz", "hosp/patients.csv.gz"]))
+    fake = FakePhysioNet(source, USER, PASSWORD, prefix="/files/mimiciv/3.1/").start()
+    try:
+        assert main(["fetch-demographics", "--data-root", str(tmp_path / "cxr"), "--base-url", fake.base_url]) == 0
+        got = tmp_path / "cxr" / "mimic-iv"
+        assert sorted(p.relative_to(got).as_posix() for p in got.rglob("*.csv.gz")) == [
+            "hosp/admissions.csv.gz", "hosp/patients.csv.gz"]   # only the two the audit needs
+        assert demographics.mimic_iv_paths("1.0") == ["core/patients.csv.gz", "core/admissions.csv.gz"]
+        monkeypatch.setenv("PHYSIONET_PASSWORD", "n0t-the-Passw0rd")
+        assert main(["fetch-demographics", "--mimic-iv-root", str(tmp_path / "other"),
+                     "--base-url", fake.base_url]) == 2
+        err = captured().err
+        assert "MIMIC-IV data use agreement" in err and "separate credentialed project" in err
+        assert "n0t-the-Passw0rd" not in err
+    finally:
+        fake.stop()
