@@ -1,0 +1,86 @@
+"""The subgroup audit (fairness.py): gaps against a loop bootstrap, multiple testing against statsmodels,
+small-cell suppression, and a planted disparity found where it was planted and nowhere else."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+from statsmodels.stats.multitest import multipletests
+
+from cxrlib import fairness, metrics
+from cxrlib.labels import FINDINGS
+
+
+def test_holm_and_bh_match_statsmodels():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = rng.random(int(rng.integers(1, 30))) ** 3
+        p[rng.random(p.size) < 0.1] = p[0]   # ties
+        assert np.allclose(fairness.holm(p), multipletests(p, method="holm")[1])
+        assert np.allclose(fairness.benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1])
+    with_nan = np.array([0.01, np.nan, 0.04])
+    assert np.allclose(fairness.holm(with_nan)[[0, 2]], multipletests([0.01, 0.04], method="holm")[1])
+    assert np.isnan(fairness.holm(with_nan)[1])
+
+
+def units_and_groups(n_patients=300, images=2, weak_group="B", strength=2.0, weak=0.2, seed=0):
+    """Scores that separate the classes well, except in `weak_group` of attribute `sex`-like 'grp'."""
+    rng = np.random.default_rng(seed)
+    subject = np.repeat(np.arange(n_patients), images).astype(str)
+    grp = np.where(np.arange(n_patients) % 3 == 0, "B", "A")[np.repeat(np.arange(n_patients), images)]
+    other = np.where(rng.random(n_patients) < 0.5, "X", "Y")[np.repeat(np.arange(n_patients), images)]
+    y = (rng.random((len(subject), len(FINDINGS))) < 0.3).astype(float)
+    signal = np.where((grp == weak_group)[:, None], weak, strength)
+    logits = signal * (2 * y - 1) + rng.normal(size=y.shape)
+    units = pd.DataFrame(y, columns=FINDINGS)
+    for j, f in enumerate(FINDINGS):
+        units[f"p_{f}"] = 1 / (1 + np.exp(-logits[:, j]))
+    units["subject_id"] = subject
+    return units, pd.DataFrame({"grp": grp, "other": other})
+
+
+def test_gap_ci_matches_a_brute_force_loop_bootstrap():
+    units, groups = units_and_groups(n_patients=60, images=2, strength=1.0, weak=0.5)
+    thresholds = {f: 0.5 for f in FINDINGS}
+    table = fairness.audit(units, groups, thresholds, n_boot=200, seed=3, min_group_patients=5, attributes=("grp",))
+    row = table[(table["group"] == "B") & (table["finding"] == FINDINGS[0]) & (table["metric"] == "auroc")].iloc[0]
+    y, p = units[FINDINGS[0]].to_numpy(), units[f"p_{FINDINGS[0]}"].to_numpy()
+    inside = groups["grp"].to_numpy() == "B"
+    assert row["value"] == pytest.approx(roc_auc_score(y[inside], p[inside]))
+    assert row["gap"] == pytest.approx(roc_auc_score(y[inside], p[inside]) - roc_auc_score(y[~inside], p[~inside]))
+    gaps, tpr_gaps = [], []
+    weights = np.concatenate(list(metrics.patient_weights(units["subject_id"].to_numpy(str), len(units), 200, 3,
+                                                          chunk=64)), axis=1)
+    for b in range(weights.shape[1]):
+        rows = np.repeat(np.arange(len(units)), weights[:, b].astype(int))   # the resample, spelled out
+        a, r = rows[inside[rows]], rows[~inside[rows]]
+        gaps.append(roc_auc_score(y[a], p[a]) - roc_auc_score(y[r], p[r]))
+        tpr = [((p[s] >= 0.5) & (y[s] == 1)).sum() / (y[s] == 1).sum() for s in (a, r)]
+        tpr_gaps.append(tpr[0] - tpr[1])
+    assert [row["gap_lo"], row["gap_hi"]] == pytest.approx(np.percentile(gaps, [2.5, 97.5]), abs=1e-12)
+    tpr_row = table[(table["group"] == "B") & (table["finding"] == FINDINGS[0]) & (table["metric"] == "tpr")].iloc[0]
+    assert [tpr_row["gap_lo"], tpr_row["gap_hi"]] == pytest.approx(np.percentile(tpr_gaps, [2.5, 97.5]), abs=1e-12)
+
+
+def test_small_groups_are_suppressed_and_carry_no_figures():
+    units, groups = units_and_groups(n_patients=100, images=1)
+    groups.loc[:4, "grp"] = "tiny"          # five patients
+    table = fairness.audit(units, groups, {f: 0.5 for f in FINDINGS}, n_boot=20, min_group_patients=30,
+                           attributes=("grp",))
+    tiny = table[table["group"] == "tiny"]
+    assert len(tiny) == 1 and tiny["n_patients"].iloc[0] == "<30" and tiny["value"].isna().all()
+    assert set(table.columns) == set(fairness.COLUMNS)
+
+
+def test_a_planted_disparity_is_found_and_nothing_where_none_was_planted():
+    units, groups = units_and_groups(n_patients=400, images=1, strength=2.0, weak=0.6)
+    table = fairness.audit(units, groups, {f: 0.5 for f in FINDINGS}, n_boot=300, seed=1,
+                           attributes=("grp", "other"))
+    auroc = table[(table["metric"] == "auroc")]
+    weak = auroc[(auroc["group"] == "B")]
+    assert (weak["gap_hi"] < 0).all() and (weak["p_holm"] < 0.05).all()   # every finding, after Holm
+    unplanted = auroc[auroc["attribute"] == "other"]
+    assert (unplanted["p_holm"] > 0.05).mean() >= 0.95
+    under = table[(table["metric"] == "underdiagnosis") & (table["attribute"] == "grp")]
+    assert set(under["finding"]) == {"any"} and under["value"].between(0, 1).all()
