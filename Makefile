@@ -15,7 +15,7 @@ RUNNER  = $(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" $(if $(RUN),--name 
 PRESET  = $(if $(PARAMS),--params $(PARAMS),--params params/demo.yaml --default-params)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache train evaluate run report runs diff clean bench gpu-check clean-venv
+.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache audit train evaluate run report runs diff clean bench gpu-check clean-venv
 
 help: ## List the targets
 	@echo "cxrlib: train and audit multi-label chest X-ray classifiers on MIMIC-CXR-JPG"
@@ -84,11 +84,14 @@ cache: setup ## Decode the cohort's images once into the resized cache (notebook
 train: setup ## Notebooks 01-02: cohort, cache, train (RESUME=1 RUN=<name> continues a run)
 	$(RUNNER) $(if $(and $(RUN),$(RESUME)),,$(PRESET)) --notebooks 01,02
 
-evaluate: setup ## Notebooks 03-04 on RUN's best checkpoint (the original's -m test -n name)
-	$(RUNNER) --notebooks 03,04
+evaluate: setup ## Notebooks 03-05 on RUN's best checkpoint (the original's -m test -n name)
+	$(RUNNER) --notebooks 03,04,05
 
-run: setup ## Notebooks 01-04 for PARAMS
-	$(RUNNER) $(PRESET) --notebooks 01,02,03,04
+audit: setup ## Notebook 05 on RUN: the audit by patient group (MIMIC-IV demographics)
+	$(RUNNER) --notebooks 05
+
+run: setup ## Notebooks 01-05 for PARAMS
+	$(RUNNER) $(PRESET) --notebooks 01,02,03,04,05
 
 report: setup ## Re-render RUN's executed notebooks to HTML
 	@test -n "$(RUN)" || { echo "usage: make report RUN=<run> (runs: $$(ls runs | grep -v README | tr '\n' ' '))"; exit 2; }

@@ -14,6 +14,7 @@ COMMANDS = {
     "fetch-demographics": ("demographics", "download MIMIC-IV's patients and admissions for the audit"),
     "cache": ("cache", "decode the cohort's images once into a resized uint8 cache"),
     "run": ("runs", "run the pipeline notebooks for a parameter file"),
+    "audit": ("runs", "notebook 05 on a run: the audit by patient group (MIMIC-IV demographics)"),
     "report": ("runs", "re-render a run's executed notebooks to HTML"),
     "runs": ("index", "list runs: status, date, duration, best epoch, headline figures with CIs"),
     "diff": ("index", "compare two runs: parameters first, then figures and notebook text"),

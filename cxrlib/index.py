@@ -24,7 +24,7 @@ import pandas as pd
 from .errors import UserError
 from .params import frozen_if_any
 
-NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis"]
+NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"]
 
 
 def fmt(x, digits: int = 3) -> str:

@@ -94,6 +94,13 @@ class Params:
     compare_with: str = ""              # another run's name, for paired differences
     topk: int = 6
     redact_images: bool = False         # reports without any pixel data
+    # --- audit by patient group (05) ---
+    mimic_iv_root: str = ""             # MIMIC-IV's hosp/ (or 1.0's core/) tables; default <data_root>/mimic-iv
+    race_policy: Literal["mode", "first", "unknown"] = "mode"   # one race per patient across admissions
+    min_group_patients: int = 30        # smaller groups are shown as "<N", never plotted
+
+    def resolved_mimic_iv_root(self) -> Path:
+        return Path(self.mimic_iv_root) if self.mimic_iv_root else Path(self.data_root) / "mimic-iv"
 
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else Path(self.data_root) / "cache"
@@ -111,7 +118,7 @@ class Params:
 STAGES = {
     "runtime": ("name", "runs_dir", "device", "deterministic", "data_root", "cache_dir", "cache_workers",
                 "num_workers", "channels_last", "compile", "gpus", "resume", "checkpoint_minutes",
-                "eval_batch_size", "redact_images",
+                "eval_batch_size", "redact_images", "mimic_iv_root",
                 "epochs", "patience"),   # how long training goes on: a run can be extended
     "cohort": ("seed", "views", "studies_per_subject", "images_per_study", "label_source", "uncertain_policy",
                "blank_policy", "split_mode", "val_fraction"),
@@ -120,7 +127,8 @@ STAGES = {
               "aug_contrast", "arch", "head", "weights", "dropout", "batch_size", "lr", "optimizer",
               "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "select_on",
               "select_metric", "amp", "max_train_batches"),
-    "evaluate": ("tta", "eval_level", "study_aggregate", "bootstrap", "ci_level", "compare_with", "topk"),
+    "evaluate": ("tta", "eval_level", "study_aggregate", "bootstrap", "ci_level", "compare_with", "topk",
+                 "race_policy", "min_group_patients"),
 }
 STAGE_OF = {name: stage for stage, names in STAGES.items() for name in names}
 # What each notebook's parameters cell may declare besides run_dir: its own stage's fields.
@@ -129,6 +137,7 @@ NOTEBOOK_KNOBS = {
     "02_train": STAGES["train"] + ("epochs", "patience", "resume"),
     "03_evaluate": STAGES["evaluate"],
     "04_error_analysis": STAGES["evaluate"],
+    "05_fairness": STAGES["evaluate"],
 }
 # What shows that a stage has run in a run folder; the model consumed the cache's pixels, so the cache
 # fields are fixed once there is a checkpoint.
@@ -252,6 +261,7 @@ def validate(values: dict, where: str = "parameters", sources: dict | None = Non
         ("eval_batch_size", p.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
         ("bootstrap", p.bootstrap >= 0, "bootstrap must be 0 (no intervals) or a number of resamples"),
         ("topk", p.topk >= 0, "topk must be 0 or more"),
+        ("min_group_patients", p.min_group_patients >= 1, "min_group_patients must be at least 1 (30 is usual)"),
         ("lr", p.lr > 0, "lr must be positive"),
         ("checkpoint_minutes", p.checkpoint_minutes >= 0, "checkpoint_minutes must be 0 (epoch ends only) or positive"),
         ("ci_level", 0.0 < p.ci_level < 1.0, "ci_level must be in (0, 1)"),

@@ -388,4 +388,15 @@ def cli(command: str, argv: list[str]) -> int:
                 strip_images(nb)   # notebooks executed before redaction was asked for hold images
             print(render_html(nb, redact=redact))
         return 0
+    if command == "audit":
+        ap = argparse.ArgumentParser(prog="python -m cxrlib audit",
+                                     description="Notebook 05 on a run: the audit by patient group (fairness.csv, "
+                                                 "fairness.json, 05_fairness.html)")
+        ap.add_argument("--run", required=True, help="run name (runs/<name>/; notebook 03 must have run)")
+        ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an audit parameter (race_policy, min_group_patients, bootstrap, mimic_iv_root)")
+        args = ap.parse_args(argv)
+        overrides = dict(params_mod.parse_override(text) for text in args.overrides)
+        run(resolve(None, args.run, overrides), ["05_fairness"], summary=True)
+        return 0
     raise UserError(f"unknown command {command}")

@@ -43,7 +43,8 @@ def units_and_groups(n_patients=300, images=2, weak_group="B", strength=2.0, wea
 def test_gap_ci_matches_a_brute_force_loop_bootstrap():
     units, groups = units_and_groups(n_patients=60, images=2, strength=1.0, weak=0.5)
     thresholds = {f: 0.5 for f in FINDINGS}
-    table = fairness.audit(units, groups, thresholds, n_boot=200, seed=3, min_group_patients=5, attributes=("grp",))
+    table = fairness.audit(units, groups, thresholds, n_boot=200, seed=3, min_group_patients=5, attributes=("grp",),
+                           min_cases=1)
     row = table[(table["group"] == "B") & (table["finding"] == FINDINGS[0]) & (table["metric"] == "auroc")].iloc[0]
     y, p = units[FINDINGS[0]].to_numpy(), units[f"p_{FINDINGS[0]}"].to_numpy()
     inside = groups["grp"].to_numpy() == "B"
@@ -56,7 +57,7 @@ def test_gap_ci_matches_a_brute_force_loop_bootstrap():
         rows = np.repeat(np.arange(len(units)), weights[:, b].astype(int))   # the resample, spelled out
         a, r = rows[inside[rows]], rows[~inside[rows]]
         gaps.append(roc_auc_score(y[a], p[a]) - roc_auc_score(y[r], p[r]))
-        tpr = [((p[s] >= 0.5) & (y[s] == 1)).sum() / (y[s] == 1).sum() for s in (a, r)]
+        tpr = [(((p[s] >= 0.5) & (y[s] == 1)).sum() + 1) / ((y[s] == 1).sum() + 2) for s in (a, r)]   # Agresti-Caffo
         tpr_gaps.append(tpr[0] - tpr[1])
     assert [row["gap_lo"], row["gap_hi"]] == pytest.approx(np.percentile(gaps, [2.5, 97.5]), abs=1e-12)
     tpr_row = table[(table["group"] == "B") & (table["finding"] == FINDINGS[0]) & (table["metric"] == "tpr")].iloc[0]
@@ -84,3 +85,45 @@ def test_a_planted_disparity_is_found_and_nothing_where_none_was_planted():
     assert (unplanted["p_holm"] > 0.05).mean() >= 0.95
     under = table[(table["metric"] == "underdiagnosis") & (table["attribute"] == "grp")]
     assert set(under["finding"]) == {"any"} and under["value"].between(0, 1).all()
+
+
+def test_a_rate_of_all_hits_in_a_small_group_is_not_called_a_disparity():
+    """24 of 24 against 66 of 87 happens by chance; the bootstrap alone would see no spread at all."""
+    rng = np.random.default_rng(5)
+    n = 111
+    y = np.zeros((n, len(FINDINGS)))
+    y[:, 0] = 1
+    hit = np.r_[np.ones(24), rng.permutation(np.r_[np.ones(66), np.zeros(21)])]
+    units = pd.DataFrame(y, columns=FINDINGS)
+    for j, f in enumerate(FINDINGS):
+        units[f"p_{f}"] = np.where(hit == 1, 0.9, 0.1) if j == 0 else 0.5
+    units["subject_id"] = np.arange(n).astype(str)
+    groups = pd.DataFrame({"grp": np.r_[np.full(24, "A"), np.full(87, "B")]})
+    table = fairness.audit(units, groups, {f: 0.5 for f in FINDINGS}, n_boot=300, min_group_patients=10,
+                           attributes=("grp",))
+    tpr = table[(table["metric"] == "tpr") & (table["group"] == "A")].iloc[0]
+    assert tpr["value"] == 1.0 and tpr["gap"] == pytest.approx(1 - 66 / 87)
+    assert 0.001 < tpr["p_value"] < 0.05 and tpr["p_holm"] > tpr["p_value"]   # the two-proportion test's scale
+    assert table.loc[table["metric"] == "ece", "p_value"].isna().all()
+
+
+# --------------------------------------------------------------------------- notebook 05 on the tiny run
+def test_notebook_05_writes_group_level_figures_only(tiny_run):
+    import json
+
+    rows = pd.read_csv(tiny_run / "fairness.csv")
+    assert list(rows.columns) == fairness.COLUMNS
+    summary = json.loads((tiny_run / "fairness.json").read_text())
+    cohort = pd.read_csv(tiny_run / "cohort.csv", dtype=str)
+    assert summary["coverage"]["patients"] == cohort["subject_id"].nunique()
+    assert not any(key in json.dumps(summary["rows"]) for key in cohort["subject_id"].head(20))
+    demographics = pd.read_csv(tiny_run / "demographics.csv", dtype=str)
+    assert len(demographics) == len(cohort) and set(demographics["race"]) <= set(
+        ["White", "Black", "Hispanic/Latino", "Asian", "Other", "Unknown"])
+    html = (tiny_run / "05_fairness.html").read_text()
+    assert "Underdiagnosis" in html and "Holm" in html
+
+
+def test_redaction_covers_notebook_05(tiny_redacted_run):
+    html = (tiny_redacted_run / "05_fairness.html").read_text()
+    assert "data:image/png" not in html   # plots as SVG vectors: no pixel data
