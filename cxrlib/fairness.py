@@ -297,9 +297,8 @@ def plot_gaps(rows: pd.DataFrame, attribute: str, metric: str = "auroc"):
         plt.close(fig)
         return fig
     y = np.arange(len(part))
-    colors = np.where(part["p_holm"] < 0.05, "#c00000", "#4c72b0")
-    err = np.vstack([part["gap"] - part["gap_lo"], part["gap_hi"] - part["gap"]]).clip(min=0)
-    ax.errorbar(part["gap"], y, xerr=np.nan_to_num(err), fmt="none", ecolor=colors, capsize=2)
+    colors = np.where(part["p_holm"] < 0.05, "#c00000", "#4c72b0").tolist()   # errorbar takes one colour only
+    ax.hlines(y, part["gap_lo"].fillna(part["gap"]), part["gap_hi"].fillna(part["gap"]), colors=colors, lw=1.2)
     ax.scatter(part["gap"], y, c=colors, s=14, zorder=3)
     ax.set_yticks(y, [f"{g} · {f}" for g, f in zip(part["group"], part["finding"])], fontsize=7)
     ax.invert_yaxis()
@@ -322,7 +321,7 @@ def plot_underdiagnosis(rows: pd.DataFrame):
     for ax, attribute in zip(axes[0], attributes):
         bars = part[part["attribute"] == attribute]
         err = np.vstack([bars["value"] - bars["lo"], bars["hi"] - bars["value"]]).clip(min=0)
-        colors = np.where(bars["p_holm"] < 0.05, "#c00000", "#4c72b0")
+        colors = np.where(bars["p_holm"] < 0.05, "#c00000", "#4c72b0").tolist()
         ax.bar(np.arange(len(bars)), bars["value"], yerr=np.nan_to_num(err), color=colors, capsize=3)
         ax.set_xticks(np.arange(len(bars)), bars["group"], rotation=60, ha="right", fontsize=7)
         ax.set_title(attribute, fontsize=9)

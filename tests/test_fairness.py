@@ -127,3 +127,13 @@ def test_notebook_05_writes_group_level_figures_only(tiny_run):
 def test_redaction_covers_notebook_05(tiny_redacted_run):
     html = (tiny_redacted_run / "05_fairness.html").read_text()
     assert "data:image/png" not in html   # plots as SVG vectors: no pixel data
+
+
+def test_plots_draw_groups_with_figures_and_say_when_there_are_none():
+    units, groups = units_and_groups(n_patients=200, images=1, strength=2.0, weak=0.6)
+    table = fairness.audit(units, groups, {f: 0.5 for f in FINDINGS}, n_boot=50, attributes=("grp",))
+    figure = fairness.plot_gaps(table, "grp", "auroc")
+    assert len(figure.axes[0].get_yticklabels()) == 2 * len(FINDINGS)
+    assert fairness.plot_underdiagnosis(table).axes
+    empty = fairness.plot_gaps(table.iloc[0:0], "grp")
+    assert "no group" in empty.axes[0].texts[0].get_text()
