@@ -36,29 +36,26 @@ COLUMNS = ["attribute", "group", "finding", "metric", "value", "lo", "hi", "n_pa
            "gap_hi", "p_value", "p_holm", "p_bh"]
 
 
-def holm(p) -> np.ndarray:
-    """Holm's step-down adjusted p-values (NaN stays NaN)."""
+def _adjusted(p, step) -> np.ndarray:
+    """Adjusted p-values: `step` maps the m known p-values, sorted ascending, to their adjusted values;
+    NaN stays NaN and nothing exceeds 1."""
     p = np.asarray(p, dtype=float)
     out = np.full(p.shape, np.nan)
     known = np.flatnonzero(~np.isnan(p))
     order = known[np.argsort(p[known], kind="stable")]
-    m = len(order)
-    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order]) if m else np.array([])
-    out[order] = np.minimum(adjusted, 1.0)
+    if len(order):
+        out[order] = np.minimum(step(p[order], len(order)), 1.0)
     return out
+
+
+def holm(p) -> np.ndarray:
+    """Holm's step-down adjusted p-values."""
+    return _adjusted(p, lambda ps, m: np.maximum.accumulate((m - np.arange(m)) * ps))
 
 
 def benjamini_hochberg(p) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (NaN stays NaN)."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    known = np.flatnonzero(~np.isnan(p))
-    order = known[np.argsort(p[known], kind="stable")]
-    m = len(order)
-    if m:
-        scaled = p[order] * m / np.arange(1, m + 1)
-        out[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
-    return out
+    """Benjamini-Hochberg adjusted p-values."""
+    return _adjusted(p, lambda ps, m: np.minimum.accumulate((ps * m / np.arange(1, m + 1))[::-1])[::-1])
 
 
 def _rates(y, called, w, prior: float = 0.0):
