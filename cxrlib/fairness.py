@@ -21,6 +21,8 @@ fewer than min_cases positives or negatives in the group or the rest is left emp
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -32,6 +34,8 @@ RANKING = ("auroc", "auprc", "ece")
 AT_THRESHOLD = ("tpr", "fpr", "fnr")
 AGRESTI_CAFFO = 1.0   # pseudo-counts per rate in the resamples (point estimates use none)
 PATHOLOGIES = [f for f in FINDINGS if f not in ("No Finding", "Support Devices")]
+PLANTED_FILE = "PLANTED.json"   # synth_mimic_iv.PLANTED_FILE: what the stand-in planted
+UNDER_DETECTION = {"auroc": -1, "auprc": -1, "tpr": -1, "fnr": 1, "underdiagnosis": 1}   # sign of the gap
 COLUMNS = ["attribute", "group", "finding", "metric", "value", "lo", "hi", "n_patients", "gap", "gap_lo",
            "gap_hi", "p_value", "p_holm", "p_bh"]
 
@@ -253,11 +257,14 @@ def audit_run(run_dir, p, progress: bool = False) -> dict:
     rows = audit(units, attributes.reset_index(drop=True), thresholds, n_boot=p.bootstrap, seed=p.seed,
                  ci_level=p.ci_level, min_group_patients=p.min_group_patients)
     atomic_write_csv(run_dir / "fairness.csv", rows)
+    planted_file = p.resolved_mimic_iv_root() / PLANTED_FILE   # only the synthetic stand-in has one
+    planted = json.loads(planted_file.read_text()) if planted_file.is_file() else None
     summary = {"run": run_dir.name, "level": p.eval_level, "threshold_rule": rule, "thresholds": thresholds,
                "coverage": coverage, "min_group_patients": p.min_group_patients, "n_boot": p.bootstrap,
                "ci_level": p.ci_level, "test_units": int(len(units)),
                "groups": group_sizes(attributes, units["subject_id"], p.min_group_patients),
-               "significant": significant(rows).to_dict("records"), "rows": rows.to_dict("records")}
+               "significant": significant(rows).to_dict("records"),
+               "planted": planted_check(rows, planted) if planted else None, "rows": rows.to_dict("records")}
     from .evaluate import _jsonable
 
     atomic_write_json(run_dir / "fairness.json", _jsonable(summary))
@@ -280,6 +287,22 @@ def significant(rows: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     hits = rows[(rows["p_holm"] < alpha)].copy()
     return hits.reindex(hits["gap"].abs().sort_values(ascending=False).index)[
         ["attribute", "group", "finding", "metric", "value", "gap", "gap_lo", "gap_hi", "p_holm", "n_patients"]]
+
+
+def planted_check(rows: pd.DataFrame, planted: dict, alpha: float = 0.05) -> dict:
+    """Did the audit find the disparity the synthetic data planted (PLANTED.json), and nothing elsewhere?
+
+    found: the planted group's gaps in the under-detection direction whose CI excludes 0 and whose
+    Holm p < alpha; elsewhere: Holm-significant gaps on the attributes where nothing was planted.
+    """
+    hits = rows[rows["p_holm"] < alpha]
+    mine = hits[(hits["attribute"] == planted["attribute"]) & (hits["group"] == planted["group"])]
+    sign = mine["metric"].map(UNDER_DETECTION)
+    found = mine[((sign < 0) & (mine["gap_hi"] < 0)) | ((sign > 0) & (mine["gap_lo"] > 0))]
+    elsewhere = hits[hits["attribute"].isin(planted["unplanted"])]
+    keep = ["attribute", "group", "finding", "metric", "value", "gap", "gap_lo", "gap_hi", "p_holm"]
+    return {"planted": planted, "detected": bool(len(found)), "found": found[keep].to_dict("records"),
+            "unplanted_clean": elsewhere.empty, "unplanted_significant": elsewhere[keep].to_dict("records")}
 
 
 def plot_gaps(rows: pd.DataFrame, attribute: str, metric: str = "auroc"):

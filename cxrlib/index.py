@@ -104,11 +104,12 @@ def runs_table(runs_dir="runs") -> pd.DataFrame:
     from .progress import duration
 
     rows = []
-    for params_file in sorted(Path(runs_dir).glob("*/params.yaml")):
+    sweeps = sorted(Path(runs_dir).glob("*/*/params.yaml"))   # sweep members: runs/<sweep>/<member>/
+    for params_file in sorted(Path(runs_dir).glob("*/params.yaml")) + sweeps:
         run_dir = params_file.parent
         s = status(run_dir)
         params = frozen_if_any(run_dir)
-        row = {"run": run_dir.name, "status": s["status"], "date": s["date"],
+        row = {"run": str(run_dir.relative_to(runs_dir)), "status": s["status"], "date": s["date"],
                "duration": duration(s["duration"]) if s["duration"] else "-",
                "arch": params.get("arch"), "size": params.get("image_size"), "epochs": s["epochs"],
                "best": s["best_epoch"] if s["best_epoch"] is not None else "-",
@@ -166,6 +167,25 @@ def evaluation_summary(run_dir) -> list[str]:
     return lines
 
 
+def audit_summary(run_dir: Path) -> list[str]:
+    """fairness.json in a few lines: the Holm-significant gaps and, on the stand-in, the planted one."""
+    audit = json.loads((run_dir / "fairness.json").read_text())
+    hits = audit["significant"]
+    lines = [f"Audit by patient group: {len(hits)} gap(s) survive Holm at 0.05"
+             + "".join(f"\n  {h['attribute']}={h['group']} {h['finding']} {h['metric']}: gap {fmt(h['gap'])} "
+                       f"[{fmt(h['gap_lo'])}, {fmt(h['gap_hi'])}], Holm p {h['p_holm']:.2g}" for h in hits[:5])
+             + (f"\n  ... and {len(hits) - 5} more (05_fairness.html)" if len(hits) > 5 else "")]
+    if check := audit.get("planted"):
+        planted = check["planted"]
+        lines.append(f"  synthetic data, planted: {planted['attribute']}={planted['group']} drawn at "
+                     f"{planted['signature_strength']} strength -> "
+                     + ("DETECTED" if check["detected"] else "NOT DETECTED")
+                     + f" ({len(check['found'])} gap(s)); on {', '.join(planted['unplanted'])}: "
+                     + ("none significant" if check["unplanted_clean"]
+                        else f"{len(check['unplanted_significant'])} significant (false positives)"))
+    return lines
+
+
 def print_summary(run_dir, notebooks=NOTEBOOKS) -> None:
     run_dir = Path(run_dir)
     lines = [f"\nRun folder: {run_dir}/"]
@@ -174,6 +194,8 @@ def print_summary(run_dir, notebooks=NOTEBOOKS) -> None:
         lines += [""] + training_summary(run_dir)
     if "03_evaluate" in notebooks:
         lines += [""] + evaluation_summary(run_dir)
+    if "05_fairness" in notebooks and (run_dir / "fairness.json").is_file():
+        lines += [""] + audit_summary(run_dir)
     print("\n".join(lines), flush=True)
 
 

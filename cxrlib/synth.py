@@ -15,6 +15,7 @@ must then run unchanged on the real one. `generate(out)` writes into `out`:
     IMAGE_FILENAMES, RECORDS            one image path / one study folder per line
     mimic-iv/hosp/patients.csv.gz, admissions.csv.gz   MIMIC-IV demographics (synth_mimic_iv.py;
                                         another project, so outside SHA256SUMS.txt)
+    mimic-iv/PLANTED.json               the planted disparity: women's findings drawn at half strength
     files/pXX/pSUBJECT/sSTUDY/DICOM.jpg 8-bit grayscale JPEG, quality 95
     SHA256SUMS.txt                      `<sha256>  <path>` for every other file; written last,
                                         so its presence means "complete"
@@ -49,6 +50,9 @@ Where it deliberately differs:
   clavicles, spine, noise; lateral views show one lung field with the spine behind. Each
   positive finding has a visible signature (a larger heart, a basal fluid level, an apical
   lucency, tubes and wires, ...); uncertain findings are drawn faintly or not at all.
+- A planted disparity: the findings of female patients (MIMIC-IV's gender F) are drawn at half
+  strength, so that the audit has a known gap to find (synth_mimic_iv.PLANTED; --no-planted-gap
+  draws everyone alike).
 
 Everything is determined by the seed: the tables come from one RNG, each image from an RNG
 seeded with (seed, row of the image in the metadata table) and its anatomy from one seeded
@@ -131,9 +135,10 @@ def _write_chunk(args) -> list[tuple[str, str, bool]]:
 # ---------------------------------------------------------------------------------------
 # The whole tree
 
-def _license_text(subjects, seed, image_size, images, max_studies) -> str:
+def _license_text(subjects, seed, image_size, images, max_studies, planted_gap) -> str:
     command = f"python -m cxrlib demo-data --subjects {subjects} --seed {seed} --image-size {image_size}"
     command += f" --max-studies {max_studies}" if max_studies else ""
+    command += "" if planted_gap else " --no-planted-gap"
     command += " --tables-only" if not images else ""
     return (
         "SYNTHETIC DATA - NOT MIMIC-CXR-JPG.\n\n"
@@ -178,7 +183,7 @@ def _resolve_workers(workers: int) -> int:
 
 
 def _write_images(out: Path, tables: dict, seed: int, image_size: str, n_workers: int, progress: bool,
-                  sums: dict) -> int:
+                  sums: dict, signature_of: dict) -> int:
     """Draw every JPEG not already complete, in parallel; fills sums, returns how many were written."""
     for stray in (out / "files").glob("**/.*.tmp"):  # left by a run killed mid-write
         stray.unlink()
@@ -186,7 +191,8 @@ def _write_images(out: Path, tables: dict, seed: int, image_size: str, n_workers
     subjects = meta["subject_id"].tolist()
     paths = [image_path(*ids) for ids in zip(subjects, meta["study_id"].tolist(), meta["dicom_id"].tolist())]
     jobs = list(zip(range(len(meta)), paths, meta["Rows"].tolist(), meta["Columns"].tolist(),
-                    meta["ViewPosition"].tolist(), tables["image_labels"], subjects))
+                    meta["ViewPosition"].tolist(), tables["image_labels"], subjects,
+                    [signature_of.get(s, 1.0) for s in subjects]))
     size = 16 if image_size == "small" else 1
     chunks = [(str(out), seed, image_size, jobs[i:i + size]) for i in range(0, len(jobs), size)]
     written = 0
@@ -201,13 +207,14 @@ def _write_images(out: Path, tables: dict, seed: int, image_size: str, n_workers
 
 
 def generate(out, subjects: int = 2000, seed: int = 0, image_size: str = "small", workers: int = 0,
-             progress: bool = True, images: bool = True, max_studies: int | None = None) -> dict:
+             progress: bool = True, images: bool = True, max_studies: int | None = None,
+             planted_gap: bool = True) -> dict:
     """Write the synthetic MIMIC-CXR-JPG tree into `out`; returns summary counts.
 
     Rerunning into a complete tree made with the same settings does nothing; an
     interrupted one continues (finished JPEGs are kept). A folder holding anything else
     is refused. images=False writes only the tables (fast, even at the real scale of
-    65,379 subjects).
+    65,379 subjects). planted_gap=False draws every patient's findings at the same strength.
     """
     start = time.time()
     out = Path(out)
@@ -216,7 +223,7 @@ def generate(out, subjects: int = 2000, seed: int = 0, image_size: str = "small"
     if max_studies is not None and max_studies < 1:
         raise UserError(f"--max-studies {max_studies}: must be at least 1 (or leave it out)")
     n_workers = _resolve_workers(workers)
-    license_text = _license_text(subjects, seed, image_size, images, max_studies)
+    license_text = _license_text(subjects, seed, image_size, images, max_studies, planted_gap)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for the synthetic dataset")
     if out.is_dir() and any(out.iterdir()):
@@ -244,13 +251,18 @@ def generate(out, subjects: int = 2000, seed: int = 0, image_size: str = "small"
         atomic_write_text(out / name, text)
         sums[name] = hashlib.sha256(text.encode()).hexdigest()
     # MIMIC-IV is another PhysioNet project: its tables sit beside the release, outside its SHA256SUMS.
-    for name, frame in synth_mimic_iv.build(tables["metadata"], seed).items():
+    mimic_iv = synth_mimic_iv.build(tables["metadata"], seed)
+    for name, frame in mimic_iv.items():
         (out / synth_mimic_iv.FOLDER / "hosp").mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / synth_mimic_iv.FOLDER / "hosp" / f"{name}.csv.gz", synth_mimic_iv.csv_gz(frame))
+    planted_file = out / synth_mimic_iv.FOLDER / synth_mimic_iv.PLANTED_FILE
+    if planted_gap:
+        atomic_write_text(planted_file, json.dumps(synth_mimic_iv.PLANTED, indent=1) + "\n")
+    signature_of = synth_mimic_iv.signature_strength(mimic_iv["patients"], planted_gap)
 
     written = 0
     if images:
-        written = _write_images(out, tables, seed, image_size, n_workers, progress, sums)
+        written = _write_images(out, tables, seed, image_size, n_workers, progress, sums, signature_of)
     if hasattr(os, "sync"):
         os.sync()  # the images are on disk before the "complete" marker is
     atomic_write_text(out / SUMS, "".join(f"{sums[p]}  {p}\n" for p in sorted(sums)))
@@ -280,11 +292,14 @@ def cli(command: str, argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=0, help="processes drawing images; 0 = all cores")
     parser.add_argument("--max-studies", type=int, default=None, help="cap on studies per subject")
     parser.add_argument("--tables-only", action="store_true", help="write the CSV tables but no images")
+    parser.add_argument("--no-planted-gap", action="store_true",
+                        help="draw every patient's findings alike (default: women's at half strength, "
+                             "the disparity the audit should find)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     summary = generate(args.out, subjects=args.subjects, seed=args.seed, image_size=args.image_size,
                        workers=args.workers, progress=not args.no_progress, images=not args.tables_only,
-                       max_studies=args.max_studies)
+                       max_studies=args.max_studies, planted_gap=not args.no_planted_gap)
     state = "already complete, nothing to do" if summary["already_complete"] else f"{summary['seconds']} s"
     print(f"{summary['subjects']} subjects, {summary['studies']} studies, {summary['images']} images "
           f"in {args.out} ({state})")

@@ -322,8 +322,11 @@ def _draw_devices(D, f, a, s, rng):
 
 
 def render(h: int, w: int, view: str, labels: np.ndarray, rng, anatomy_rng, draw_scale: int = 2,
-           blur: float = 0.8) -> np.ndarray:
+           blur: float = 0.8, signature: float = 1.0) -> np.ndarray:
     """One radiograph as an (h, w) uint8 array. labels: FINDINGS order, 1/0/-1/NaN.
+
+    signature scales every finding's strength (the planted disparity draws one group's at less
+    than 1); the RNG draws are the same whatever it is, so only those findings' pixels change.
 
     The anatomy is drawn at 1/draw_scale of the size and upsampled (it is smooth anyway);
     the grain is added at full size, then blurred by `blur` pixels.
@@ -338,6 +341,7 @@ def render(h: int, w: int, view: str, labels: np.ndarray, rng, anatomy_rng, draw
             strength[finding] = rng.uniform(0.8, 1.2)
         elif value == -1.0 and rng.random() < 0.5:
             strength[finding] = rng.uniform(0.2, 0.45)  # uncertain: faint, or not drawn
+    strength = {finding: value * signature for finding, value in strength.items()}
     f = Frame(math.ceil(h / draw_scale), math.ceil(w / draw_scale), rng)
     _geometry_findings(a, strength, rng)
     D, visible = _draw_base(f, a, rng)
@@ -355,15 +359,15 @@ def render(h: int, w: int, view: str, labels: np.ndarray, rng, anatomy_rng, draw
 
 
 def jpeg_bytes(job: tuple, seed: int, image_size: str) -> bytes:
-    """The JPEG for one metadata row. job = (row, rel_path, rows, cols, view, labels, subject_id)."""
-    row, _, rows, cols, view, labels, subject_id = job
+    """The JPEG for one metadata row. job = (row, rel_path, rows, cols, view, labels, subject_id, signature)."""
+    row, _, rows, cols, view, labels, subject_id, signature = job
     rng = np.random.default_rng([seed, 1, row])
     anatomy_rng = np.random.default_rng([seed, 2, subject_id])
     if image_size == "full":  # a light blur on the grain gives JPEG sizes near the release's ~1.5 MB
-        pixels = render(rows, cols, view, labels, rng, anatomy_rng, draw_scale=4, blur=0.75)
+        pixels = render(rows, cols, view, labels, rng, anatomy_rng, draw_scale=4, blur=0.75, signature=signature)
     else:
         pixels = render(max(1, round(rows / SMALL_FACTOR)), max(1, round(cols / SMALL_FACTOR)),
-                        view, labels, rng, anatomy_rng)
+                        view, labels, rng, anatomy_rng, signature=signature)
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()

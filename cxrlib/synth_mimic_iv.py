@@ -8,7 +8,16 @@ Missingness as in the release: MISSING_FROM_MIMIC_IV of the subjects have no pat
 NO_ADMISSION of the others have no admission (seen in the emergency department only), and
 INCONSISTENT_RACE of the patients with two or more admissions carry another race on a later one.
 Most admissions contain one of the subject's studies (inpatients are imaged during their stay).
-Its own RNG stream: the MIMIC-CXR tables and images do not change with it.
+Its own RNG stream: the MIMIC-CXR tables do not change with it.
+
+The planted disparity (PLANTED): for the female patients of this table, every finding is drawn at
+SIGNATURE_STRENGTH of its usual strength (as though overlying soft tissue took away half of its
+contrast), so a model trained on the stand-in under-detects findings in women: lower TPR and
+AUROC, more underdiagnosis. Nothing else depends on a demographic: age, race and insurance are
+drawn independently of the images (insurance follows age), so an audit should find the gap for
+sex (and the race x sex groups of women) and none for age, race or insurance. Subjects missing
+from the patients table are drawn at full strength. demo-data writes this description to
+mimic-iv/PLANTED.json, which the audit reads to say whether it found what was planted.
 """
 from __future__ import annotations
 
@@ -16,6 +25,8 @@ import gzip
 
 import numpy as np
 import pandas as pd
+
+from .fairness import PLANTED_FILE  # noqa: F401  (the audit reads the file this module's caller writes)
 
 FOLDER = "mimic-iv"
 MISSING_FROM_MIMIC_IV = 0.02
@@ -29,6 +40,10 @@ RACES = [("WHITE", .50), ("WHITE - OTHER EUROPEAN", .03), ("WHITE - RUSSIAN", .0
          ("PATIENT DECLINED TO ANSWER", .02)]
 INSURANCE_UNDER_65 = [("Medicaid", .30), ("Private", .45), ("Other", .18), ("Medicare", .05), ("No charge", .02)]
 INSURANCE_65_ON = [("Medicare", .80), ("Private", .10), ("Other", .07), ("Medicaid", .02), ("No charge", .01)]
+SIGNATURE_STRENGTH = 0.5
+PLANTED = {"attribute": "sex", "group": "F", "signature_strength": SIGNATURE_STRENGTH,
+           "effect": "findings drawn fainter, so under-detected: TPR and AUROC lower, underdiagnosis higher",
+           "unplanted": ["age_band", "race", "insurance"]}
 ADMISSION_TYPES = ["EW EMER.", "URGENT", "ELECTIVE", "OBSERVATION ADMIT", "DIRECT EMER."]
 ADMISSION_LOCATIONS = ["EMERGENCY ROOM", "PHYSICIAN REFERRAL", "TRANSFER FROM HOSPITAL", "WALK-IN/SELF REFERRAL"]
 DISCHARGE_LOCATIONS = ["HOME", "HOME HEALTH CARE", "SKILLED NURSING FACILITY", "REHAB", ""]
@@ -106,6 +121,14 @@ def build(metadata: pd.DataFrame, seed: int) -> dict[str, pd.DataFrame]:
     })
     return {"patients": patients[PATIENT_COLUMNS],
             "admissions": admissions.sort_values(["subject_id", "admittime"]).reset_index(drop=True)}
+
+
+def signature_strength(patients: pd.DataFrame, planted: bool = True) -> dict[int, float]:
+    """{subject_id: strength at which its findings are drawn}, for the subjects planted fainter."""
+    if not planted:
+        return {}
+    women = patients.loc[patients["gender"] == PLANTED["group"], "subject_id"]
+    return dict.fromkeys(women.astype(int).tolist(), SIGNATURE_STRENGTH)
 
 
 def csv_gz(frame: pd.DataFrame) -> bytes:

@@ -87,6 +87,26 @@ def test_a_planted_disparity_is_found_and_nothing_where_none_was_planted():
     assert set(under["finding"]) == {"any"} and under["value"].between(0, 1).all()
 
 
+def test_the_planted_check_names_the_gaps_found_and_any_false_positive():
+    units, groups = units_and_groups(n_patients=400, images=1, strength=2.0, weak=0.6)
+    table = fairness.audit(units, groups, {f: 0.5 for f in FINDINGS}, n_boot=300, seed=1,
+                           attributes=("grp", "other"))
+    planted = {"attribute": "grp", "group": "B", "signature_strength": 0.5, "unplanted": ["other"]}
+    check = fairness.planted_check(table, planted)
+    assert check["detected"] and check["unplanted_clean"]
+    found = pd.DataFrame(check["found"])
+    assert {"auroc", "tpr", "fnr"} <= set(found["metric"])
+    assert (found.loc[found["metric"] == "auroc", "gap_hi"] < 0).all()
+    assert (found.loc[found["metric"] == "fnr", "gap_lo"] > 0).all()
+    assert len(found) == ((table["group"] == "B") & (table["p_holm"] < 0.05)
+                          & table["metric"].isin(["auroc", "auprc", "tpr", "fnr", "underdiagnosis"])).sum()
+    wrong_group = fairness.planted_check(table, {**planted, "group": "A"})   # A does better than the rest
+    assert not wrong_group["detected"]
+    swapped = fairness.planted_check(table, {**planted, "attribute": "other", "group": "X", "unplanted": ["grp"]})
+    assert not swapped["detected"] and not swapped["unplanted_clean"]
+    assert {r["group"] for r in swapped["unplanted_significant"]} == {"A", "B"}
+
+
 def test_a_rate_of_all_hits_in_a_small_group_is_not_called_a_disparity():
     """24 of 24 against 66 of 87 happens by chance; the bootstrap alone would see no spread at all."""
     rng = np.random.default_rng(5)

@@ -142,7 +142,7 @@ def test_same_seed_same_bytes_any_worker_count(tree, tmp_path):
     assert (tmp_path / "again" / "SHA256SUMS.txt").read_bytes() == (out / "SHA256SUMS.txt").read_bytes()
     other = synth.build_tables(SUBJECTS, SEED + 1)
     assert not other["metadata"]["dicom_id"].equals(read(out, synth.METADATA)["dicom_id"])
-    job = (0, "x.jpg", 3056, 2544, "AP", np.full(14, np.nan), 10000032)
+    job = (0, "x.jpg", 3056, 2544, "AP", np.full(14, np.nan), 10000032, 1.0)
     assert synth.jpeg_bytes(job, SEED, "small") == synth.jpeg_bytes(job, SEED, "small")
     assert synth.jpeg_bytes(job, SEED, "small") != synth.jpeg_bytes(job, SEED + 1, "small")
 
@@ -182,7 +182,7 @@ def test_tables_only_and_full_size(tmp_path):
     assert not (tmp_path / "t" / "files").exists()
     # LICENSE, four tables, the radiologist labels, IMAGE_FILENAMES, RECORDS
     assert len((tmp_path / "t" / "SHA256SUMS.txt").read_text().splitlines()) == 8
-    job = (0, "x.jpg", 2705, 2539, "AP", np.full(14, np.nan), 10000032)
+    job = (0, "x.jpg", 2705, 2539, "AP", np.full(14, np.nan), 10000032, 1.0)
     with Image.open(io.BytesIO(synth.jpeg_bytes(job, 0, "full"))) as im:
         assert im.mode == "L" and im.size == (2539, 2705)
 
@@ -240,3 +240,49 @@ def test_cardiomegaly_widens_the_bright_heart_shadow():
     neg = [heart_band(False, i) for i in range(25)]
     assert np.mean(pos) > np.mean(neg) + 0.1
     assert np.mean(np.array(pos)[:, None] > np.array(neg)[None, :]) > 0.85  # AUROC of the statistic
+
+
+def test_the_planted_group_draws_every_finding_at_half_strength():
+    """signature scales a finding's pixels: against the same image drawn with (almost) no finding,
+    half the signature gives about half the difference, for every finding."""
+    ratios = {}
+    for finding in FINDINGS[:8] + FINDINGS[9:]:   # all but No Finding
+        labels = np.full(14, np.nan)
+        labels[FINDINGS.index(finding)] = 1.0
+
+        def draw(signature, i):
+            return synth.render(96, 80, "AP", labels, np.random.default_rng([1, i]), np.random.default_rng([9, i]),
+                                draw_scale=1, signature=signature).astype(float)
+
+        energy = [(np.abs(draw(0.5, i) - draw(1e-6, i)).mean(), np.abs(draw(1.0, i) - draw(1e-6, i)).mean())
+                  for i in range(3)]
+        ratios[finding] = np.mean([half / full for half, full in energy])
+    assert all(0.2 < r < 0.75 for r in ratios.values()), ratios
+    assert 0.4 < np.mean(list(ratios.values())) < 0.6
+
+
+def test_the_planted_disparity_touches_only_womens_images(tree, tmp_path):
+    import json
+
+    from cxrlib import synth_mimic_iv
+
+    out, _ = tree
+    planted = json.loads((out / "mimic-iv" / "PLANTED.json").read_text())
+    assert planted == synth_mimic_iv.PLANTED and planted["attribute"] == "sex" and planted["group"] == "F"
+    alike = tmp_path / "alike"
+    synth.generate(alike, subjects=SUBJECTS, seed=SEED, workers=1, progress=False, planted_gap=False)
+    assert not (alike / "mimic-iv" / "PLANTED.json").exists()
+    assert "--no-planted-gap" in (alike / "LICENSE.txt").read_text()
+    gender = pd.read_csv(out / "mimic-iv" / "hosp" / "patients.csv.gz").set_index("subject_id")["gender"]
+    meta = read(out, synth.METADATA)
+    labels = read(out, synth.CHEXPERT).set_index("study_id")[PATHOLOGIES + ["Support Devices"]]
+    changed, drawn = {"F": [], "M": []}, {"F": 0, "M": 0}
+    for subject, study, dicom in meta[["subject_id", "study_id", "dicom_id"]].itertuples(index=False):
+        if subject not in gender.index:
+            continue
+        path = synth.image_path(subject, study, dicom)
+        has_finding = study in labels.index and labels.loc[study].isin([1.0, -1.0]).any()
+        drawn[gender[subject]] += has_finding
+        changed[gender[subject]].append((out / path).read_bytes() != (alike / path).read_bytes())
+    assert not any(changed["M"])                       # men's images are byte for byte the same
+    assert drawn["F"] > 0 and sum(changed["F"]) >= 0.5 * drawn["F"]   # women's with a finding differ
