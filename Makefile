@@ -15,7 +15,7 @@ RUNNER  = $(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" $(if $(RUN),--name 
 PRESET  = $(if $(PARAMS),--params $(PARAMS),--params params/demo.yaml --default-params)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache audit train evaluate run report runs diff clean bench gpu-check clean-venv
+.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache audit train evaluate run sweep compare tensorboard mlflow-ui report runs diff clean bench gpu-check clean-venv
 
 help: ## List the targets
 	@echo "cxrlib: train and audit multi-label chest X-ray classifiers on MIMIC-CXR-JPG"
@@ -24,7 +24,8 @@ help: ## List the targets
 	@echo
 	@echo "Variables: PARAMS=params/NAME.yaml RUN=<run name> DEVICE=cpu|gpu|auto GPUS=N RESUME=1 DATA_ROOT=<dir>,"
 	@echo "and any parameter in upper case (EPOCHS=3, BATCH_SIZE=32, ...): see cxrlib/params.py."
-	@echo "Also: A=, B= (make diff), YES=1 (make clean), LAB_ARGS= (make lab), WORKERS=, RELEASE=, PRINT_GSUTIL=1 (make fetch), MIMIC_IV_VERSION= (make fetch-demographics)."
+	@echo "Also: A=, B= (make diff), YES=1 (make clean), LAB_ARGS= (make lab), WORKERS=, RELEASE=, PRINT_GSUTIL=1 (make fetch), MIMIC_IV_VERSION= (make fetch-demographics),"
+	@echo "GRID=, DRY_RUN=1, WAIT=1 (make sweep), RUNS=, BASELINE= (make compare), PORT=, MLRUNS= (make tensorboard, mlflow-ui)."
 
 # In a git checkout: nbdime's notebook diffs, and nbstripout as a clean filter, so that outputs saved in
 # JupyterLab (with real data: patient images) never reach a commit (.gitattributes names the notebooks).
@@ -92,6 +93,20 @@ audit: setup ## Notebook 05 on RUN: the audit by patient group (MIMIC-IV demogra
 
 run: setup ## Notebooks 01-05 for PARAMS
 	$(RUNNER) $(PRESET) --notebooks 01,02,03,04,05
+
+sweep: setup ## Run a grid of members: make sweep GRID=params/grids/NAME.yaml (a rerun skips finished ones)
+	@test -n "$(GRID)" || { echo "usage: make sweep GRID=params/grids/NAME.yaml (grids: $$(ls params/grids | tr '\n' ' '))"; exit 2; }
+	$(PY) -m cxrlib sweep --grid $(GRID) $(if $(DRY_RUN),--dry-run) $(if $(WAIT),--wait)
+
+compare: setup ## Compare runs: make compare RUNS=<sweep> or RUNS=a,b,c [BASELINE=a] (notebook 06)
+	@test -n "$(RUNS)" || { echo "usage: make compare RUNS=<sweep name> or RUNS=a,b,c [BASELINE=a]"; exit 2; }
+	$(PY) -m cxrlib compare --runs $(RUNS) $(if $(BASELINE),--baseline $(BASELINE))
+
+tensorboard: setup ## TensorBoard on 127.0.0.1 over runs/ (tracker: tensorboard); PORT=6006
+	$(VENV)/bin/tensorboard --logdir runs --host 127.0.0.1 --port $(or $(PORT),6006)
+
+mlflow-ui: setup ## The MLflow UI on 127.0.0.1 over runs/mlruns (tracker: mlflow); PORT=5000, MLRUNS=<store>
+	MLFLOW_ALLOW_FILE_STORE=true $(VENV)/bin/mlflow ui --backend-store-uri "file:$(abspath $(or $(MLRUNS),runs/mlruns))" --host 127.0.0.1 --port $(or $(PORT),5000)
 
 report: setup ## Re-render RUN's executed notebooks to HTML
 	@test -n "$(RUN)" || { echo "usage: make report RUN=<run> (runs: $$(ls runs | grep -v README | tr '\n' ' '))"; exit 2; }

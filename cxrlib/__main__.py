@@ -16,6 +16,8 @@ COMMANDS = {
     "run": ("runs", "run the pipeline notebooks for a parameter file"),
     "audit": ("runs", "notebook 05 on a run: the audit by patient group (MIMIC-IV demographics)"),
     "report": ("runs", "re-render a run's executed notebooks to HTML"),
+    "sweep": ("sweep", "run a grid of members (seeds, ablations), locally or on SLURM; skips finished ones"),
+    "compare": ("group", "several runs or a sweep: headline table, seeds pooled, each against a baseline (06)"),
     "runs": ("index", "list runs: status, date, duration, best epoch, headline figures with CIs"),
     "diff": ("index", "compare two runs: parameters first, then figures and notebook text"),
     "clean": ("index", "remove a run's checkpoints (after asking), keeping its reports and metrics"),

@@ -87,12 +87,16 @@ def top_errors(predictions: pd.DataFrame, k: int, split: str = "test") -> pd.Dat
 def error_images(run_dir, p, errors: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images (n, S, S) from the cache, Grad-CAM maps (n, S, S) in [0, 1]) for the rows of `errors`.
 
-    Each map is for that row's finding, from the run's best checkpoint.
+    Each map is for that row's finding, from the run's best checkpoint (an ensemble: its members' mean map).
     """
     import torch
 
+    from . import ensemble
     from .evaluate import eval_cohort, load_best
     from .explain import GradCAM
+
+    if ensemble.is_ensemble(run_dir):
+        return ensemble.mean_cams(run_dir, p, errors, error_images)
 
     model, trained, device, transform = load_best(run_dir, p)
     _, cache = eval_cohort(run_dir, trained)

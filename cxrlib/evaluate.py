@@ -121,11 +121,15 @@ def predict_run(run_dir, p, splits=("validate", "test"), tta: bool = False, writ
     Columns: dicom_id, subject_id, study_id, split, p_<finding> x 14, <finding> x 14 (the targets after
     the label policies; empty = masked). A requested split the cohort lacks is left out, except test.
     """
+    from . import ensemble
     from .data import CacheDataset, make_loader
     from .inference import predict
     from .runtime import amp_dtype
 
     run_dir = Path(run_dir)
+    if ensemble.is_ensemble(run_dir):   # no checkpoint: the members' mean probability
+        return ensemble.write_predictions(run_dir, splits) if write else ensemble.average_predictions(
+            ensemble.member_dirs(run_dir))
     model, trained, device, transform = load_best(run_dir, p)
     cohort, cache = eval_cohort(run_dir, trained)
     chosen = cohort[cohort["split"].isin(list(splits))].reset_index(drop=True)
@@ -215,8 +219,11 @@ def versions() -> dict:
 
 def selection(run_dir, p) -> dict:
     """How best.pt was chosen, from the run's parameters and history.csv (never from the test figures here)."""
+    from . import ensemble
     from .checkpoint import TEST_SELECTION_WARNING, read_history
 
+    if ensemble.is_ensemble(run_dir):
+        return ensemble.selection(run_dir)
     history = read_history(run_dir)
     kept = history[history["selected"].astype(bool)] if len(history) else history
     best = kept.iloc[-1] if len(kept) else None
@@ -293,7 +300,9 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
                          "every negative of a finding); it is conditional on those and may not contain the estimate")
     level = level_section(predictions, units, p, progress)
     sel = selection(run_dir, p)
-    model = read_model_config(run_dir)   # what shaped the model, from best.pt
+    from .ensemble import is_ensemble, model_config
+
+    model = model_config(run_dir) if is_ensemble(run_dir) else read_model_config(run_dir)   # from best.pt
     warnings_list = [sel["warning"]] if sel["warning"] else []
     reliability = metrics.reliability_curve(y_test, p_test, test["calibration"]["n_bins"])
     report = {

@@ -85,6 +85,8 @@ class Params:
     resume: bool = False
     max_train_batches: int = 0          # 0: all; for smoke tests
     checkpoint_minutes: float = 10.0    # also save last.pt mid-epoch this often (0: at epoch ends only)
+    tracker: Literal["none", "tensorboard", "mlflow"] = "none"   # local stores: runs/<name>/tb/, runs/mlruns/
+    tracking_uri: str = ""              # mlflow only; a remote server is warned about (PhysioNet's DUA)
     # --- evaluation (03, 04) ---
     tta: bool = False
     eval_level: Literal["image", "study"] = "image"      # study: a study's images aggregated, one score per study
@@ -118,7 +120,7 @@ class Params:
 STAGES = {
     "runtime": ("name", "runs_dir", "device", "deterministic", "data_root", "cache_dir", "cache_workers",
                 "num_workers", "channels_last", "compile", "gpus", "resume", "checkpoint_minutes",
-                "eval_batch_size", "redact_images", "mimic_iv_root",
+                "eval_batch_size", "redact_images", "mimic_iv_root", "tracker", "tracking_uri",
                 "epochs", "patience"),   # how long training goes on: a run can be extended
     "cohort": ("seed", "views", "studies_per_subject", "images_per_study", "label_source", "uncertain_policy",
                "blank_policy", "split_mode", "val_fraction"),

@@ -220,7 +220,8 @@ def declared_parameters(notebook: Path) -> list[str]:
     return list(papermill.inspect_notebook(str(notebook)).keys())
 
 
-def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, progress: bool = True) -> Path:
+def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, progress: bool = True,
+            extra: dict | None = None) -> Path:
     """Run one notebook into run_dir, streaming its printed output; saved as it runs, kept if it fails.
 
     papermill writes <notebook>.running.ipynb after every cell and every 30 s within one; it becomes
@@ -237,6 +238,7 @@ def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, prog
     inject = {k: values[k] for k in declared if k in values}
     if "run_dir" in declared:
         inject["run_dir"] = str(run_dir)
+    inject.update({k: v for k, v in (extra or {}).items() if k in declared})   # a notebook's own, not Params
     print(f"[{notebook}] running -> {output}", flush=True)
     env_before = os.environ.get("PAPERMILL_EXECUTION")
     os.environ["PAPERMILL_EXECUTION"] = "1"
@@ -338,6 +340,10 @@ def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progr
         redact_reports(run_dir, skip=notebooks)
     for nb in notebooks:
         execute(nb, p, root, run_dir, progress=progress)
+    if "03_evaluate" in notebooks:
+        from .tracking import finish
+
+        finish(p, run_dir)   # tracker: the test figures and the reports (nothing when tracker: none)
     if summary:
         print_summary(run_dir, notebooks)
     return run_dir

@@ -51,6 +51,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import params as params_mod
+from . import tracking
 from .checkpoint import (
     TEST_SELECTION_WARNING,
     for_evaluation,
@@ -112,12 +113,14 @@ GPU_SYNC_EVERY = 25
 
 def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, device, position: dict, *,
                     steps: int, seed: int = 0, rank: int = 0, pos_weight=None, amp=None, grad_clip: float = 0.0,
-                    channels_last: bool = False, after_step=None, progress: bool = True, epochs: int = 0) -> dict:
+                    channels_last: bool = False, after_step=None, progress: bool = True, epochs: int = 0,
+                    log_step=None) -> dict:
     """Run batches position['batch'] .. steps-1 of epoch position['epoch'], updating `position` in place.
 
     The loader must already skip the batches done (EpochSampler start_batch). `position` is brought up
     to date after every step on the CPU and every GPU_SYNC_EVERY steps on a GPU (and at the epoch's
-    end); after_step(position) runs at each of those points (fit saves mid-epoch checkpoints there).
+    end); after_step(position) runs at each of those points (fit saves mid-epoch checkpoints there), and
+    log_step(step, loss, lr) once per step read back (the tracker).
     """
     model.train()
     transform.train()
@@ -130,11 +133,14 @@ def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, devi
     pending = []   # (loss on the device, valid cells, images) of the steps not yet read back
 
     def catch_up() -> None:
-        losses = torch.stack([loss for loss, _, _ in pending]).tolist()   # the one wait for the GPU
-        for value, (_, cells, count) in zip(losses, pending):
+        losses = torch.stack([loss for loss, _, _, _ in pending]).tolist()   # the one wait for the GPU
+        first_step = position["step"] - len(pending) + 1
+        for i, (value, (_, cells, count, lr)) in enumerate(zip(losses, pending)):
             position["loss_sum"] += value * cells
             position["cells"] += cells
             position["images"] += count
+            if log_step is not None:
+                log_step(first_step + i, value, lr)
         elapsed = time.perf_counter() - started
         position["seconds"] = seconds_before + elapsed   # kept in mid-epoch checkpoints, for img/s
         bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{(position['images'] - done_before) / elapsed:.1f}")
@@ -153,9 +159,10 @@ def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, devi
         x = transform(images, epoch=epoch, step=position["step"])
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        lr = optimizer.param_groups[0]["lr"]
         loss = train_step(model, x, targets, mask, optimizer, scaler, pos_weight, amp, grad_clip)
         scheduler.step()
-        pending.append((loss, cells, len(images)))
+        pending.append((loss, cells, len(images), lr))
         position["step"] += 1
         position["batch"] += 1
         if len(pending) >= sync_every or position["batch"] >= steps:
@@ -317,6 +324,8 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     train_kw = dict(steps=steps, seed=params.seed, rank=rank, pos_weight=pos_weight, amp=amp,
                     grad_clip=params.grad_clip, channels_last=device.type == "cuda" and params.channels_last,
                     after_step=after_step, progress=progress, epochs=params.epochs)
+    tracker = tracking.open_tracker(params, run_dir) if rank == 0 else tracking.Tracker()
+    train_kw["log_step"] = tracker.step
     stopped = False
     epoch_walls = []   # wall seconds per epoch in this process (training and selection), for the ETA
     while position["epoch"] < params.epochs:
@@ -353,10 +362,12 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
             epoch_walls.append(time.monotonic() - epoch_started)
             left = 0 if finished else params.epochs - position["epoch"]
             print(epoch_line(history[-1], params, left * sum(epoch_walls) / len(epoch_walls), keep), flush=True)
+            tracker.epoch(epoch + 1, history[-1])
         if stopped:
             if rank == 0:
                 print(f"early stop: no better {params.select_metric} for {params.patience} epochs", flush=True)
             break
+    tracker.close()
     return fit_result(params, run_dir, selection, history, stopped)
 
 

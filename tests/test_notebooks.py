@@ -11,13 +11,15 @@ import pytest
 from cxrlib import params, runs
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+ALL = runs.NOTEBOOKS + ["06_compare"]   # 06 renders a group of runs (make compare), not one run's step
+GROUP_KNOBS = {"runs", "runs_root", "baseline", "bootstrap", "ci_level", "seed"}
 
 
 def cells(nb) -> list[tuple]:
     return [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", []))) for c in nb.cells]
 
 
-@pytest.mark.parametrize("name", runs.NOTEBOOKS)
+@pytest.mark.parametrize("name", ALL)
 def test_pairs_are_in_sync(name):
     script, notebook = NOTEBOOKS / f"{name}.py", NOTEBOOKS / f"{name}.ipynb"
     assert script.is_file() and notebook.is_file(), f"{name}: both the .py and the .ipynb must be committed"
@@ -30,7 +32,7 @@ def test_pairs_are_in_sync(name):
 
 def test_every_notebook_is_a_pair_and_a_pipeline_step():
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(p.stem for p in NOTEBOOKS.glob("*.py")) \
-        == sorted(runs.NOTEBOOKS)
+        == sorted(ALL)
 
 
 @pytest.mark.parametrize("name", runs.NOTEBOOKS)
@@ -38,6 +40,14 @@ def test_notebooks_declare_run_dir_and_their_own_knobs_only(name):
     declared = set(papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb")))
     assert "run_dir" in declared
     assert declared - {"run_dir"} <= set(params.NOTEBOOK_KNOBS[name]), declared - set(params.NOTEBOOK_KNOBS[name])
+
+
+def test_the_comparison_notebook_declares_its_own_parameters_with_the_demo_defaults():
+    declared = papermill.inspect_notebook(str(NOTEBOOKS / "06_compare.ipynb"))
+    assert set(declared) - {"run_dir"} == GROUP_KNOBS
+    demo = params.load(Path(__file__).resolve().parent.parent / "params" / "demo.yaml")
+    for knob in ("bootstrap", "ci_level", "seed"):
+        assert eval(declared[knob]["default"]) == getattr(demo, knob)
 
 
 def test_a_stale_pair_is_detected(tmp_path):

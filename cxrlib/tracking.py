@@ -1,0 +1,166 @@
+"""Experiment tracking in local stores: tracker: none | tensorboard | mlflow (default none).
+
+- tensorboard: event files in runs/<name>/tb/ (`make tensorboard` serves runs/ on 127.0.0.1).
+- mlflow: a file store in <runs_dir>/mlruns/ (a sweep's members use the one beside the sweep),
+  experiment "cxrlib", one MLflow run per run folder (its id kept in runs/<name>/tracking.json, so a
+  resumed run goes on logging into the same one); `make mlflow-ui` serves it on 127.0.0.1.
+What is logged: the frozen parameters; per training step the loss and learning rate; per epoch the
+validation figures; at the end, the test headline figures and, as MLflow artifacts, metrics.json,
+params.yaml and the HTML reports. Nothing leaves the machine unless tracking_uri names a remote server:
+then a warning about PhysioNet's data use agreement comes first, and the HTML reports (which embed
+patient images on real data) are uploaded only when redact_images is true. MLflow 3 keeps its file
+store in "maintenance mode" behind MLFLOW_ALLOW_FILE_STORE, which cxrlib sets for its own store; a
+database store (tracking_uri: sqlite:///runs/mlflow.db, with sqlalchemy installed) works too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+from .fsutil import atomic_write_json
+
+EXPERIMENT = "cxrlib"
+DUA_WARNING = ("WARNING: tracking_uri {uri} is not on this machine. Parameters, figures and reports logged there "
+               "leave it. PhysioNet's data use agreement forbids sharing MIMIC-CXR data or sending it to third "
+               "parties: log there only what the agreement allows. HTML reports (patient images on real data) "
+               "are uploaded only with redact_images: true.")
+
+
+def mlflow_store(p) -> Path:
+    """<runs_dir>/mlruns, shared by the runs of a folder and by the members of its sweeps."""
+    runs_dir = Path(p.runs_dir).resolve()
+    return (runs_dir.parent if (runs_dir / "sweep.yaml").is_file() else runs_dir) / "mlruns"
+
+
+def is_remote(uri: str) -> bool:
+    return bool(uri) and not uri.startswith("file:") and "://" in uri
+
+
+def flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class Tracker:
+    """No tracking: every call does nothing (tracker: none, and every rank but 0)."""
+
+    def step(self, step: int, loss: float, lr: float) -> None: ...
+
+    def epoch(self, epoch: int, values: dict) -> None: ...
+
+    def final(self, run_dir: Path, p) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TensorBoard(Tracker):
+    def __init__(self, p, run_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("tracker: tensorboard needs the tensorboard package: .venv/bin/pip install tensorboard "
+                            "(it is in cxrlib's dev extras), or set tracker: none") from None
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+        self.writer.add_text("params", "\n".join(f"    {k}: {v}" for k, v in p.to_dict().items()))
+
+    def step(self, step, loss, lr):
+        self.writer.add_scalar("train/loss", loss, step)
+        self.writer.add_scalar("train/lr", lr, step)
+
+    def epoch(self, epoch, values):
+        for key, value in values.items():
+            if key.startswith("val_") and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"validate/{key[4:]}", value, epoch)
+        self.writer.flush()
+
+    def final(self, run_dir, p):
+        report = json.loads((run_dir / "metrics.json").read_text())
+        for key, figure in report["headline"].items():
+            if figure["value"] is not None:
+                self.writer.add_scalar(f"test/{key.lower().replace(' ', '_')}", figure["value"], 0)
+        reports = sorted(path.name for path in run_dir.glob("[0-9][0-9]_*.html"))
+        self.writer.add_text("reports", "\n".join(f"    {run_dir / name}" for name in reports))
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+class MLflow(Tracker):
+    def __init__(self, p, run_dir: Path):
+        try:
+            import mlflow
+        except ImportError:
+            raise UserError("tracker: mlflow needs mlflow: .venv/bin/pip install mlflow-skinny (it is in cxrlib's "
+                            "dev extras), or set tracker: none") from None
+        self.mlflow, self.run_dir = mlflow, run_dir
+        self.uri = p.tracking_uri or mlflow_store(p).as_uri()
+        if is_remote(self.uri):
+            print(DUA_WARNING.format(uri=self.uri), file=sys.stderr, flush=True)
+        if self.uri.startswith("file:"):   # MLflow 3 keeps its file store in "maintenance mode", behind this switch
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.client = mlflow.tracking.MlflowClient(tracking_uri=self.uri)
+        state_path = run_dir / "tracking.json"
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        if state.get("mlflow_run_id") and state.get("tracking_uri") == self.uri:
+            self.run_id = state["mlflow_run_id"]
+        else:
+            experiment = self.client.get_experiment_by_name(EXPERIMENT)
+            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(EXPERIMENT)
+            self.run_id = self.client.create_run(experiment_id, run_name=p.name,
+                                                 tags={"run_dir": str(run_dir)}).info.run_id
+            atomic_write_json(state_path, {"tracking_uri": self.uri, "mlflow_run_id": self.run_id})
+            for key, value in flat(p.to_dict()).items():
+                self.client.log_param(self.run_id, key, str(value)[:500])
+        self.remote = is_remote(self.uri)
+        self.redact = p.redact_images
+
+    def step(self, step, loss, lr):
+        self.client.log_metric(self.run_id, "train_loss", loss, step=step)
+        self.client.log_metric(self.run_id, "lr", lr, step=step)
+
+    def epoch(self, epoch, values):
+        for key, value in values.items():
+            if key.startswith("val_") and isinstance(value, (int, float)):
+                self.client.log_metric(self.run_id, key, value, step=epoch)
+
+    def final(self, run_dir, p):
+        report = json.loads((run_dir / "metrics.json").read_text())
+        for key, figure in report["headline"].items():
+            if figure["value"] is not None:
+                self.client.log_metric(self.run_id, f"test_{key.lower().replace(' ', '_')}", figure["value"])
+        files = [run_dir / "metrics.json", run_dir / "params.yaml"]
+        if not self.remote or self.redact:
+            files += sorted(run_dir.glob("[0-9][0-9]_*.html"))
+        for path in files:
+            self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id)   # a later evaluation logs into the same run again
+
+
+def open_tracker(p, run_dir) -> Tracker:
+    kind = getattr(p, "tracker", "none")
+    if kind == "tensorboard":
+        return TensorBoard(p, Path(run_dir))
+    if kind == "mlflow":
+        return MLflow(p, Path(run_dir))
+    return Tracker()
+
+
+def finish(p, run_dir) -> None:
+    """After the notebooks: the test figures and reports, when metrics.json exists."""
+    run_dir = Path(run_dir)
+    if getattr(p, "tracker", "none") == "none" or not (run_dir / "metrics.json").is_file():
+        return
+    tracker = open_tracker(p, run_dir)
+    try:
+        tracker.final(run_dir, p)
+    finally:
+        tracker.close()

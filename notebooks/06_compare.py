@@ -1,0 +1,75 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (cxrlib)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Comparing runs: a sweep's members, seeds pooled, each against a baseline
+#
+# `make compare RUNS=<sweep>` (or `RUNS=a,b,c`) renders this notebook into the sweep's folder (or
+# `runs/compare-a+b+c/`). Every figure is a test-split figure of runs that were selected on their
+# validation split; the comparison itself selects nothing.
+#
+# - **Members**: each run's headline figures with patient-bootstrap CIs, and what it changed.
+# - **Across seeds**: runs that differ only by seed, pooled: mean and SD (n − 1) of each figure.
+# - **Against the baseline**: each run minus the baseline on the same test units, paired on patients
+#   (the same resamples for both), with Holm's adjustment across the runs compared.
+# - An `ensemble` member (the mean of the members' probabilities) is a run like the others.
+
+# %% tags=["parameters"]
+run_dir = "runs/demo-grid"     # where this report goes: the sweep's folder
+runs = "demo-grid"             # a sweep's name, or run names separated by commas
+runs_root = "runs"             # where those names are folders
+baseline = ""                  # empty: the grid's baseline, else the first run
+bootstrap = 1000               # patient-level resamples for the paired differences
+ci_level = 0.95
+seed = 0
+
+# %%
+from pathlib import Path
+
+from IPython.display import display
+
+from cxrlib import group, viz
+
+Path(run_dir).mkdir(parents=True, exist_ok=True)
+result = group.compare_group(runs, runs_root, baseline, out_dir=run_dir,
+                             overrides={"bootstrap": bootstrap, "ci_level": ci_level, "seed": seed})
+print(f"{len(result['folders'])} runs; baseline {result['baseline']}")
+
+# %% [markdown]
+# ## Members
+
+# %%
+viz.readable(result["headline"])
+
+# %%
+group.plot_members(result["headline"], "auroc_macro")
+
+# %% [markdown]
+# ## Across seeds (mean ± SD)
+
+# %%
+display(viz.readable(result["pooled"]))
+
+# %% [markdown]
+# ## Against the baseline (paired on patients, Holm across runs)
+
+# %%
+viz.readable(result["against_baseline"])
+
+# %% [markdown]
+# ## Training curves, overlaid
+
+# %%
+group.plot_curves(result["folders"])

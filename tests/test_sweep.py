@@ -1,0 +1,266 @@
+"""Sweeps, groups and ensembles: grid expansion, skip and resume, pooled seeds and ensembles against
+hand computations, then a tiny sweep run for real (submitit's local executor, then the local launcher),
+with TensorBoard and MLflow read back by their own readers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cxrlib import ensemble, group, sweep
+from cxrlib.evaluate import PROB_COLUMNS
+from cxrlib.labels import FINDINGS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_grid(tmp_path, **grid) -> Path:
+    path = tmp_path / f"{grid.pop('file', 'g')}.yaml"
+    path.write_text(yaml.safe_dump({"base": str(ROOT / "params" / "demo.yaml"), **grid}, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------- the grid
+def test_expansion_product_then_list_then_seeds_with_readable_names(tmp_path):
+    grid = sweep.read_grid(write_grid(tmp_path, vary={"pos_weight": [False, True], "lr": [0.001, 0.0003]},
+                                      members=[{"name": "big", "image_size": 128}, {"views": ["AP", "PA"]}],
+                                      seeds=[0, 1]))
+    names = [n for n, _ in sweep.expand(grid)]
+    assert names[:4] == ["pos_weight-false_lr-0.001_seed-0", "pos_weight-false_lr-0.001_seed-1",
+                         "pos_weight-false_lr-0.0003_seed-0", "pos_weight-false_lr-0.0003_seed-1"]
+    assert names[8:] == ["big_seed-0", "big_seed-1", "views-AP+PA_seed-0", "views-AP+PA_seed-1"]
+    assert len(names) == (2 * 2 + 2) * 2 == len(set(names))
+    overrides = dict(sweep.expand(grid))
+    assert overrides["big_seed-1"] == {"image_size": 128, "seed": 1}
+    assert overrides["pos_weight-true_lr-0.0003_seed-0"] == {"pos_weight": True, "lr": 0.0003, "seed": 0}
+    plain = sweep.read_grid(write_grid(tmp_path, file="plain"))
+    assert sweep.expand(plain) == [("base", {})]
+
+
+def test_member_parameters_and_their_folders(tmp_path):
+    grid = sweep.read_grid(write_grid(tmp_path, name="s", set={"epochs": 2}, vary={"pos_weight": [True]}, seeds=[3]))
+    (name, overrides), = sweep.expand(grid)
+    p = sweep.member_params(grid, name, overrides, runs_dir=str(tmp_path / "runs"))
+    assert (p.epochs, p.pos_weight, p.seed, p.name) == (2, True, 3, "pos_weight-true_seed-3")
+    assert p.run_dir() == tmp_path / "runs" / "s" / "pos_weight-true_seed-3"
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"vary": {"epochz": [1, 2]}}, "epochz"),
+    ({"vary": {"seed": [1, 2]}}, "seeds:"),
+    ({"vary": {"lr": 0.1}}, "vary"),
+    ({"launcher": "kubernetes"}, "local or slurm"),
+    ({"sweeps": 3}, "unknown key"),
+    ({"members": [{"lr": 0.1}, {"lr": 0.1}]}, "twice"),
+    ({"vary": {"lr": [0.1]}, "baseline": "nope"}, "baseline 'nope'"),
+    ({"slurm": {"partitions": "gpu"}}, "slurm"),
+])
+def test_bad_grids_name_the_file_and_the_key(tmp_path, grid, message):
+    path = write_grid(tmp_path, **grid)
+    with pytest.raises(sweep.UserError) as e:
+        sweep.plan(sweep.read_grid(path), runs_dir=str(tmp_path / "runs"))
+    assert message in str(e.value) and str(path.name) in str(e.value)
+
+
+def test_plan_skips_finished_resumes_unfinished_and_refuses_a_changed_finished_stage(tmp_path, monkeypatch):
+    runs_dir = str(tmp_path / "runs")
+    path = write_grid(tmp_path, name="s", vary={"pos_weight": [False, True]})
+    members = sweep.plan(sweep.read_grid(path), runs_dir)
+    assert [m["status"] for m in members] == ["new", "new"]
+    done, half = members[0]["dir"], members[1]["dir"]
+    (done / sweep.DONE).write_text("{}")
+    (half / "checkpoints").mkdir()
+    (half / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert [m["status"] for m in sweep.plan(sweep.read_grid(path), runs_dir)] == ["finished", "unfinished"]
+    ran = []
+    monkeypatch.setattr("cxrlib.runs.run", lambda p, notebooks, **kw: ran.append((p.name, p.resume, notebooks)))
+    sweep.run_member(Path(runs_dir) / "s", done.name)
+    sweep.run_member(Path(runs_dir) / "s", half.name)
+    assert ran == [(half.name, True, ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"])]
+    assert (half / sweep.DONE).is_file()
+    (done / "cohort.csv").write_text("x")   # the cohort stage has run: its fields are fixed
+    path.write_text(path.read_text().replace("name: s", "name: s\nset: {views: [PA]}"))
+    with pytest.raises(sweep.UserError, match="views"):
+        sweep.plan(sweep.read_grid(path), runs_dir)
+
+
+# --------------------------------------------------------------------------- groups and ensembles
+def fake_run(folder: Path, seed: int, auroc: float, extra: dict | None = None) -> None:
+    folder.mkdir(parents=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump({"name": folder.name, "seed": seed, **(extra or {})}))
+    headline = {group.HEADLINE_KEY[k]: {"value": auroc + i / 10, "lo": auroc - 0.05, "hi": auroc + 0.05}
+                for i, k in enumerate(group.FIGURES)}
+    (folder / "metrics.json").write_text(json.dumps({
+        "headline": headline, "params": {"seed": seed}, "selection": {"best_epoch": 3},
+        "splits": {"validate": {"macro": {"auroc": {"value": auroc - 0.01}}}}}))
+
+
+def test_pooled_seeds_are_the_mean_and_sample_sd_of_the_members(tmp_path):
+    for seed, value in enumerate([0.70, 0.74, 0.75]):
+        fake_run(tmp_path / f"a{seed}", seed, value, {"pos_weight": False})
+    for seed, value in enumerate([0.80, 0.78]):
+        fake_run(tmp_path / f"b{seed}", seed, value, {"pos_weight": True})
+    table = group.headline_table(sorted(tmp_path.iterdir()))
+    assert list(table["setting"]) == ["pos_weight=False"] * 3 + ["pos_weight=True"] * 2
+    pooled = group.pooled_seeds(table).set_index("setting")
+    a = np.array([0.70, 0.74, 0.75])
+    assert pooled.loc["pos_weight=False", "auroc_macro_mean"] == pytest.approx(a.mean())
+    assert pooled.loc["pos_weight=False", "auroc_macro_sd"] == pytest.approx(np.sqrt(((a - a.mean()) ** 2).sum() / 2))
+    assert pooled.loc["pos_weight=True", "auprc_macro_mean"] == pytest.approx(0.79 + 0.1)
+    assert pooled.loc["pos_weight=True", "auroc_macro_sd"] == pytest.approx(np.std([0.80, 0.78], ddof=1))
+    assert pooled.loc["pos_weight=True", "seeds"] == 2
+
+
+def fake_predictions(folder: Path, rng, n: int = 40) -> pd.DataFrame:
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"dicom_id": [f"d{i}" for i in range(n)], "subject_id": [str(i // 2) for i in range(n)],
+                          "study_id": [str(i) for i in range(n)], "split": ["validate", "test"] * (n // 2)})
+    frame[PROB_COLUMNS] = rng.random((n, len(FINDINGS))).astype(np.float32)
+    frame[FINDINGS] = (rng.random((n, len(FINDINGS))) < 0.3).astype(np.float32)
+    frame.sample(frac=1, random_state=int(rng.integers(100))).to_csv(folder / "predictions.csv", index=False,
+                                                                     float_format="%.9g")
+    return frame
+
+
+def test_the_ensemble_is_the_mean_of_its_members_row_by_row(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [fake_predictions(tmp_path / f"m{i}", rng) for i in range(3)]
+    for i, frame in enumerate(frames[1:], start=1):   # the same labels, other scores
+        frame[FINDINGS] = frames[0][FINDINGS].to_numpy()
+        frame.to_csv(tmp_path / f"m{i}" / "predictions.csv", index=False, float_format="%.9g")
+    out = ensemble.average_predictions([tmp_path / f"m{i}" for i in range(3)]).set_index("dicom_id")
+    by_hand = sum(f.set_index("dicom_id")[PROB_COLUMNS].astype(np.float64) for f in frames) / 3
+    assert np.allclose(out.loc[by_hand.index, PROB_COLUMNS].to_numpy(np.float64), by_hand.to_numpy(), atol=1e-7)
+    other = tmp_path / "other"
+    fake_predictions(other, rng)   # its own labels
+    with pytest.raises(sweep.UserError, match="labels"):
+        ensemble.average_predictions([tmp_path / "m0", other])
+
+
+# --------------------------------------------------------------------------- a tiny sweep, run for real
+@pytest.fixture(scope="module")
+def tiny_sweep(tiny_data, tmp_path_factory):
+    """Two tiny members through submitit's local executor (one logs to TensorBoard, one to MLflow), then
+    their ensemble and the comparison (notebook 06)."""
+    import os
+    import warnings
+
+    from conftest import TINY
+
+    from cxrlib import runs
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    path = write_grid(tmp, file="tiny", name="tiny-sweep",
+                      set={**TINY, "data_root": str(tiny_data), "arch": "resnet18", "bootstrap": 30},
+                      members=[{"name": "tb", "tracker": "tensorboard", "seed": 0},
+                               {"name": "mlf", "tracker": "mlflow", "seed": 1}],
+                      notebooks=["01", "02", "03"], ensemble=True, baseline="tb")
+    runs_dir = tmp / "runs"
+    cwd = os.getcwd()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = sweep.sweep(path, str(runs_dir), cluster="local", wait=True, progress=False)
+            compared = group.compare_group("tiny-sweep", runs_dir, out_dir=runs_dir / "tiny-sweep")
+            base = sweep.params_mod.load_frozen(runs_dir / "tiny-sweep" / "tb")
+            runs.execute("06_compare", base, runs.project_root(), runs_dir / "tiny-sweep", progress=False,
+                         extra={"runs": "tiny-sweep", "runs_root": str(runs_dir)})
+    finally:
+        os.chdir(cwd)
+    assert result["failed"] == {}, result["failed"]
+    return path, runs_dir, result, compared
+
+
+def test_submitit_runs_the_members_as_jobs_and_a_rerun_skips_them(tiny_sweep, capsys):
+    path, runs_dir, result, _ = tiny_sweep
+    assert result["failed"] == {} and len(result["jobs"]) == 2
+    assert {job.job_id for job in result["jobs"]} and all(job.state in ("DONE", "FINISHED", "COMPLETED")
+                                                         for job in result["jobs"])
+    for name in ("tb", "mlf"):
+        member = runs_dir / "tiny-sweep" / name
+        assert (member / sweep.DONE).is_file() and (member / "metrics.json").is_file()
+        assert (member / "03_evaluate.html").is_file() and not (member / "04_error_analysis.ipynb").exists()
+    again = sweep.sweep(path, str(runs_dir), cluster="local", wait=True, progress=False)
+    assert [m["status"] for m in again["members"]] == ["finished", "finished"] and again["jobs"] == []
+
+
+def test_the_ensemble_pseudo_run_averages_its_members_and_is_evaluated_like_a_run(tiny_sweep):
+    _, runs_dir, _, _ = tiny_sweep
+    folder = runs_dir / "tiny-sweep" / "ensemble"
+    members = [pd.read_csv(runs_dir / "tiny-sweep" / m / "predictions.csv", dtype={"dicom_id": str}).set_index("dicom_id")
+               for m in ("tb", "mlf")]
+    mean = pd.read_csv(folder / "predictions.csv", dtype={"dicom_id": str}).set_index("dicom_id")
+    by_hand = (members[0][PROB_COLUMNS] + members[1].loc[members[0].index, PROB_COLUMNS]) / 2
+    assert np.allclose(mean.loc[by_hand.index, PROB_COLUMNS], by_hand, atol=1e-6)
+    report = json.loads((folder / "metrics.json").read_text())
+    assert report["selection"]["ensemble_of"].keys() == {"tb", "mlf"} and report["model"]["ensemble_of"] == 2
+    best = max(("tb", "mlf"), key=lambda m: ensemble.validation_auroc(runs_dir / "tiny-sweep" / m))
+    assert report["params"]["compare_with"] == best                      # chosen on validation
+    assert "Paired comparison" in (folder / "03_evaluate.html").read_text()
+
+
+def test_the_comparison_pools_seeds_and_pairs_each_run_with_the_baseline(tiny_sweep):
+    _, runs_dir, _, compared = tiny_sweep
+    table = compared["headline"].set_index("run")
+    assert set(table.index) == {"tb", "mlf", "ensemble"} and table.loc["ensemble", "ensemble"]
+    pooled = compared["pooled"].iloc[0]
+    values = table.loc[["tb", "mlf"], "auroc_macro"].astype(float)
+    assert pooled["seeds"] == 2 and pooled["auroc_macro_mean"] == pytest.approx(values.mean())
+    assert pooled["auroc_macro_sd"] == pytest.approx(values.std(ddof=1))
+    against = compared["against_baseline"]
+    assert set(against["run"]) == {"mlf", "ensemble"} and (against["baseline"] == "tb").all()
+    diff = against[(against["run"] == "mlf") & (against["metric"] == "auroc_macro")].iloc[0]
+    assert diff["diff"] == pytest.approx(table.loc["mlf", "auroc_macro"] - table.loc["tb", "auroc_macro"], abs=1e-9)
+    assert (against["p_holm"] >= against["p_value"]).all()
+    html = (runs_dir / "tiny-sweep" / "06_compare.html").read_text()
+    assert "Across seeds" in html and "Against the baseline" in html
+    assert json.loads((runs_dir / "tiny-sweep" / "comparison.json").read_text())["baseline"] == "tb"
+
+
+def test_tensorboard_and_mlflow_hold_what_the_members_logged(tiny_sweep):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, runs_dir, _, _ = tiny_sweep
+    events = EventAccumulator(str(runs_dir / "tiny-sweep" / "tb" / "tb"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == [1, 2] and len(events.Scalars("train/lr")) == 2
+    history = pd.read_csv(runs_dir / "tiny-sweep" / "tb" / "history.csv")
+    assert events.Scalars("validate/auroc_macro")[0].value == pytest.approx(history["val_auroc_macro"].iloc[0], rel=1e-6)
+    metrics = json.loads((runs_dir / "tiny-sweep" / "tb" / "metrics.json").read_text())
+    assert events.Scalars("test/auroc_macro")[0].value == pytest.approx(metrics["headline"]["AUROC macro"]["value"])
+
+    state = json.loads((runs_dir / "tiny-sweep" / "mlf" / "tracking.json").read_text())
+    assert state["tracking_uri"] == (runs_dir / "mlruns").resolve().as_uri()
+    client = MlflowClient(tracking_uri=state["tracking_uri"])
+    run = client.get_run(state["mlflow_run_id"])
+    assert run.data.params["seed"] == "1" and run.data.params["tracker"] == "mlflow"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+    mlf = json.loads((runs_dir / "tiny-sweep" / "mlf" / "metrics.json").read_text())
+    assert run.data.metrics["test_auroc_macro"] == pytest.approx(mlf["headline"]["AUROC macro"]["value"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "params.yaml", "01_cohort.html", "03_evaluate.html"} <= artifacts
+
+
+def test_the_local_launcher_resumes_an_unfinished_member(tiny_sweep):
+    import os
+
+    path, runs_dir, _, _ = tiny_sweep
+    member = runs_dir / "tiny-sweep" / "tb"
+    (member / sweep.DONE).unlink()
+    trained = (member / "checkpoints" / "last.pt").stat().st_mtime_ns
+    grid = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**grid, "ensemble": False, "notebooks": ["02"]}, sort_keys=False))   # quick
+    cwd = os.getcwd()
+    try:
+        result = sweep.sweep(path, str(runs_dir), progress=False)
+    finally:
+        os.chdir(cwd)
+    assert [m["status"] for m in result["members"]] == ["unfinished", "finished"] and result["failed"] == {}
+    assert (member / sweep.DONE).is_file() and sweep.params_mod.load_frozen(member).resume
+    assert (member / "checkpoints" / "last.pt").stat().st_mtime_ns == trained   # resumed a finished training
