@@ -20,6 +20,35 @@ TINY = dict(image_size=32, epochs=1, batch_size=8, eval_batch_size=64, weights="
             topk=1, device="cpu", cache_workers=1)
 
 
+GPU_CHECK = {}   # the dry run of tools/gpu-check, started in the background when its test is collected
+
+
+def pytest_collection_finish(session):
+    """tools/gpu-check --dry-run is one long subprocess (about 3 min): start it as soon as its test is
+    collected, so that it runs on the second core while the rest of the suite runs; the test waits for it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    if not any(item.nodeid.startswith("tests/test_gpu_check.py") for item in session.items):
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="gpu-check-dry-"))
+    GPU_CHECK.update(tmp=tmp, out=tmp / "out", started=__import__("time").monotonic())
+    with open(tmp / "stdout", "w") as out, open(tmp / "stderr", "w") as err:   # files: a full pipe would stall it
+        GPU_CHECK["proc"] = subprocess.Popen(
+            [sys.executable, str(PROJECT / "tools" / "gpu-check"), "--dry-run", "--budget", "560", "--out",
+             str(tmp / "out"), "--work", str(tmp / "work")], cwd=PROJECT, stdout=out, stderr=err)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    proc = GPU_CHECK.get("proc")
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if GPU_CHECK.get("tmp"):
+        shutil.rmtree(GPU_CHECK["tmp"], ignore_errors=True)
+
+
 def tiny_params(data_root, runs_dir, name: str, **overrides):
     from cxrlib import params
 

@@ -5,20 +5,18 @@ each step to the end, and the CPU-only facts must hold: kill-and-resume through 
 bit-identical, bf16 and fp32 agree (the CPU never autocasts), torchrun with one process uses gloo.
 """
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import PROJECT
+from conftest import GPU_CHECK
 
 
 @pytest.mark.slow
-def test_gpu_check_dry_run(tmp_path):
-    out, work = tmp_path / "out", tmp_path / "work"
-    done = subprocess.run([sys.executable, str(PROJECT / "tools" / "gpu-check"), "--dry-run", "--budget", "560",
-                           "--out", str(out), "--work", str(work)], cwd=PROJECT, capture_output=True, text=True,
-                          timeout=660)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+def test_gpu_check_dry_run():
+    proc = GPU_CHECK["proc"]   # started by conftest.py when this test was collected
+    proc.wait(timeout=660)
+    stdout, stderr = ((GPU_CHECK["tmp"] / name).read_text() for name in ("stdout", "stderr"))
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-2000:]
+    out = GPU_CHECK["out"]
     summary = json.loads((out / "gpu-check.json").read_text())
     steps = summary["steps"]
     assert summary["mode"] == "dry-run"

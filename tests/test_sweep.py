@@ -264,3 +264,65 @@ def test_the_local_launcher_resumes_an_unfinished_member(tiny_sweep):
     assert [m["status"] for m in result["members"]] == ["unfinished", "finished"] and result["failed"] == {}
     assert (member / sweep.DONE).is_file() and sweep.params_mod.load_frozen(member).resume
     assert (member / "checkpoints" / "last.pt").stat().st_mtime_ns == trained   # resumed a finished training
+
+
+def test_a_remote_tracking_uri_is_warned_about_and_gets_no_reports_with_images(tmp_path, monkeypatch, capsys):
+    from cxrlib import params, tracking
+
+    logged = []
+
+    class FakeClient:   # stands in for a remote MLflow server: nothing here may reach the network
+        def __init__(self, tracking_uri):
+            logged.append(("uri", tracking_uri))
+
+        def get_experiment_by_name(self, name):
+            return None
+
+        def create_experiment(self, name):
+            return "1"
+
+        def create_run(self, experiment_id, run_name, tags):
+            return type("R", (), {"info": type("I", (), {"run_id": "abc"})})
+
+        def __getattr__(self, name):
+            return lambda *args, **kw: logged.append((name, args[1:] if len(args) > 1 else args))
+
+    monkeypatch.setattr("mlflow.tracking.MlflowClient", FakeClient)
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"headline": {"AUROC macro": {"value": 0.8}}}))
+    (run_dir / "params.yaml").write_text("name: r\n")
+    (run_dir / "03_evaluate.html").write_text("<img src='data:image/png;base64,AAAA'>")
+    p = params.validate({"name": "r", "runs_dir": str(tmp_path), "tracker": "mlflow",
+                         "tracking_uri": "https://mlflow.example.org"})
+    tracking.finish(p, run_dir)
+    err = capsys.readouterr().err
+    assert "not on this machine" in err and "PhysioNet" in err
+    uploaded = [args[0] for name, args in logged if name == "log_artifact"]
+    assert uploaded and not any(path.endswith(".html") for path in uploaded)
+    assert ("uri", "https://mlflow.example.org") in logged
+    redacted = params.validate({**p.to_dict(), "redact_images": True})
+    logged.clear()
+    tracking.finish(redacted, run_dir)
+    assert any(args[0].endswith("03_evaluate.html") for name, args in logged if name == "log_artifact")
+    assert not tracking.is_remote((tmp_path / "mlruns").as_uri()) and tracking.is_remote("http://127.0.0.1:5000")
+
+
+def test_an_ensembles_grad_cam_is_the_mean_of_its_members_maps(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "params.yaml").write_text(yaml.safe_dump({"name": name, "image_size": 32 if name == "a" else 64}))
+    (tmp_path / "ensemble").mkdir()
+    (tmp_path / "ensemble" / ensemble.ENSEMBLE_FILE).write_text(json.dumps({"members": ["a", "b"]}))
+    errors = pd.DataFrame({"dicom_id": ["x", "y"], "finding": ["Edema", "Edema"]})
+
+    def one_member(member, p, rows):   # a constant map per member, at the member's own size
+        size = p.image_size
+        return np.full((len(rows), size, size), 7, np.uint8), np.full((len(rows), size, size), 0.2 if member.name == "a" else 0.6,
+                                                                      np.float32)
+
+    from cxrlib.params import Params
+
+    images, cams = ensemble.mean_cams(tmp_path / "ensemble", Params(), errors, one_member)
+    assert images.shape == (2, 32, 32) and cams.shape == (2, 32, 32)
+    assert np.allclose(cams, 0.4)   # b's 64 px map resampled to a's 32 px, then averaged
