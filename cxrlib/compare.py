@@ -1,4 +1,5 @@
-"""Two runs on the same test images: paired differences on shared patient resamples (notebook 03's compare_with)."""
+"""Two runs on the same test images: paired differences on shared patient resamples (notebook 03's compare_with),
+and DeLong's test clustered by patient beside them for AUROC (per finding, macro), Holm-adjusted across findings."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,8 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
     """This run minus the other on the test images both predicted, scored on the same patient resamples.
 
     Rows: per finding then macro and micro, metrics AUROC and AUPRC (and pooled ECE, Brier);
-    columns this_run, other_run, diff (= this - other), lo, hi, p_value. Refuses when the runs share
+    columns this_run, other_run, diff (= this - other), lo, hi, p_value (bootstrap), p_holm (across findings);
+    for AUROC also delong_se, delong_p and delong_p_holm (with_delong). Refuses when the runs share
     no test image or label those they share differently (other policies or label source).
     """
     run_dir, other_run_dir = Path(run_dir), Path(other_run_dir)
@@ -57,11 +59,35 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
     for m in ("ece", "brier"):
         add("pooled", m, result["calibration"][m])
     table = pd.DataFrame(rows)
-    table = table.astype({c: "Float64" for c in ("this_run", "other_run", "diff", "lo", "hi", "p_value")})
+    table = with_delong(table, a_labels, p_this, p_other, shared["subject_id"].to_numpy(dtype=str))
+    table = table.astype({c: "Float64" for c in ("this_run", "other_run", "diff", "lo", "hi", "p_value", "delong_se",
+                                                 "delong_p", "p_holm", "delong_p_holm")})
     table.attrs.update(this=run_dir.name, other=other_run_dir.name, shared_images=int(len(shared)),
                        this_images=int(len(ours)), other_images=int(len(theirs)),
                        patients=int(shared["subject_id"].nunique()), ci_level=p.ci_level, n_boot=p.bootstrap,
                        level=p.eval_level)
+    return table
+
+
+def with_delong(table: pd.DataFrame, y, p_this, p_other, patients) -> pd.DataFrame:
+    """DeLong's test (clustered by patient) beside the bootstrap for each finding's AUROC and the macro one,
+    and Holm's adjustment across the findings of both tests' p-values (per metric for the bootstrap)."""
+    from .fairness import holm
+
+    table = table.assign(delong_se=np.nan, delong_p=np.nan, p_holm=np.nan, delong_p_holm=np.nan)
+    for j, name in enumerate(FINDINGS):
+        row = (table["finding"] == name) & (table["metric"] == "auroc")
+        result = metrics.delong_test(y[:, j], p_this[:, j], p_other[:, j], clusters=patients)
+        table.loc[row, ["delong_se", "delong_p"]] = [result["se"], result["p"]]
+    macro = metrics.delong_macro(y, p_this, p_other, clusters=patients)
+    table.loc[(table["finding"] == "macro") & (table["metric"] == "auroc"), ["delong_se", "delong_p"]] = \
+        [macro["se"], macro["p"]]
+    per_finding = table["finding"].isin(FINDINGS)
+    for metric in ("auroc", "auprc"):
+        rows = per_finding & (table["metric"] == metric)
+        table.loc[rows, "p_holm"] = holm(table.loc[rows, "p_value"].to_numpy(float))
+    rows = per_finding & (table["metric"] == "auroc")
+    table.loc[rows, "delong_p_holm"] = holm(table.loc[rows, "delong_p"].to_numpy(float))
     return table
 
 
@@ -80,6 +106,9 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     for column in ("this_run", "other_run", "diff", "lo", "hi"):
         out[column] = [("n/a" if pd.isna(v) else f"{v:.3f}") for v in table[column]]
     out["p_value"] = [format_p(v, n) for v, n in zip(table["p_value"], table["n_boot_valid"])]
+    for column in ("p_holm", "delong_p", "delong_p_holm"):
+        out[column] = ["" if pd.isna(v) else ("< 0.001" if v < 0.001 else f"{v:.3f}") for v in table[column]]
+    out["delong_se"] = ["" if pd.isna(v) else f"{v:.4f}" for v in table["delong_se"]]
     return out
 
 

@@ -8,8 +8,8 @@
 - `pooled_seeds`: runs that differ only by seed pooled into one row per setting: mean and SD
   (n - 1 in the denominator) across seeds of each headline figure, and the number of seeds.
 - `against_baseline`: each run minus the baseline on the shared test units, patient-paired bootstrap
-  (compare.compare_runs): difference, CI and p for AUROC and AUPRC macro, with Holm's adjustment
-  across the runs compared, per metric.
+  (compare.compare_runs): difference, CI and p for AUROC and AUPRC macro, and the clustered DeLong p
+  for AUROC macro, each with Holm's adjustment across the runs compared, per metric.
 The baseline is the grid's `baseline:`, else the first run. Notebook 06 renders all three.
 """
 from __future__ import annotations
@@ -116,11 +116,13 @@ def against_baseline(folders: list[Path], baseline: str, p=None) -> pd.DataFrame
             rows.append({"run": folder.name, "baseline": baseline, "metric": f"{metric}_macro",
                          "run_value": float(entry["this_run"]), "baseline_value": float(entry["other_run"]),
                          "diff": float(entry["diff"]), "lo": float(entry["lo"]), "hi": float(entry["hi"]),
-                         "p_value": float(entry["p_value"]), "n_boot_valid": int(entry["n_boot_valid"])})
+                         "p_value": float(entry["p_value"]), "n_boot_valid": int(entry["n_boot_valid"]),
+                         "delong_p": float(entry["delong_p"]) if pd.notna(entry["delong_p"]) else float("nan")})
     out = pd.DataFrame(rows, columns=["run", "baseline", "metric", "run_value", "baseline_value", "diff", "lo", "hi",
-                                      "p_value", "n_boot_valid", "p_holm"])
+                                      "p_value", "n_boot_valid", "p_holm", "delong_p", "delong_p_holm"])
     for metric, part in out.groupby("metric"):
         out.loc[part.index, "p_holm"] = holm(part["p_value"].to_numpy(float))
+        out.loc[part.index, "delong_p_holm"] = holm(part["delong_p"].to_numpy(float))
     return out
 
 
@@ -202,7 +204,7 @@ def print_tables(result: dict) -> None:
                           "auprc_macro_sd"]].to_string(index=False))
         if len(result["against_baseline"]):
             print(f"\nagainst {result['baseline']} (paired patient bootstrap; Holm across runs):")
-            print(result["against_baseline"][["run", "metric", "diff", "lo", "hi", "p_value", "p_holm"]]
+            print(result["against_baseline"][["run", "metric", "diff", "lo", "hi", "p_value", "p_holm", "delong_p"]]
                   .to_string(index=False))
 
 

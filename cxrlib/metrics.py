@@ -10,7 +10,8 @@ estimates are computed by scikit-learn itself. Confidence intervals come from a 
 A resample is a vector of row multiplicities, so the bootstrap never copies data: with the
 rows sorted once by score, AUROC is a weighted Mann-Whitney statistic and average precision a
 weighted sum of precisions, both from cumulative sums of the weights (`resample_stats`).
-Thresholds are chosen on the validation split only and then applied to the test split.
+Thresholds are chosen on the validation split only and then applied to the test split. The paired
+AUROC test (DeLong's, with Obuchowski's variance for patients with several images) is delong.py's.
 """
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import (
     average_precision_score,
-    precision_recall_curve,
     roc_auc_score,
-    roc_curve,
 )
 from tqdm.auto import tqdm
 
 from .calibration import MetricsInputError, brier, calibration, ece, reliability_curve  # noqa: F401  (this module's API too)
+from .delong import delong_macro, delong_test  # noqa: F401  (paired AUROC tests, clustered)
 from .labels import FINDINGS
+from .thresholds import choose_thresholds, threshold_metrics  # noqa: F401  (this module's API too)
 
 
 def check_inputs(y, p, findings=None, p_name: str = "p"):
@@ -386,65 +387,3 @@ def paired_bootstrap(y, p_a, p_b, groups=None, n_boot: int = 1000, seed: int = 0
                                for m in ("auroc", "auprc")} for j, name in enumerate(findings)},
         "excluded": pa["excluded"],
     }
-
-
-# --------------------------------------------------------------------------- thresholds
-def choose_thresholds(y_val, p_val, findings=None) -> dict:
-    """Per finding, the max-F1 and the Youden's J threshold, from the VALIDATION split only.
-
-    An image counts as positive when p >= threshold. Never pass test data here: a threshold
-    picked on the test set makes every test figure at that threshold optimistic. NaN where the
-    finding has one class on validation.
-    """
-    y, p, findings = check_inputs(y_val, p_val, findings, "p_val")
-    chosen = {}
-    for j, name in enumerate(findings):
-        known = ~np.isnan(y[:, j])
-        t, s = y[known, j], p[known, j]
-        if not 0 < t.sum() < t.size:
-            chosen[name] = {"f1": float("nan"), "youden": float("nan")}
-            continue
-        precision, recall, cut = precision_recall_curve(t, s)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]
-        fpr, tpr, roc_cut = roc_curve(t, s, drop_intermediate=False)
-        best = roc_cut[np.argmax(tpr - fpr)]
-        if np.isinf(best):  # nothing beats calling every image negative: a cut above every score
-            best = np.nextafter(s.max(), np.inf)
-        chosen[name] = {"f1": float(cut[np.argmax(f1)]), "youden": float(best)}
-    return chosen
-
-
-def _ratio(a: int, b: int) -> float:
-    return a / b if b else float("nan")
-
-
-def threshold_metrics(y_test, p_test, thresholds: dict, findings=None) -> pd.DataFrame:
-    """Counts and rates on the test split at thresholds chosen on validation (choose_thresholds).
-
-    One row per finding and rule: threshold, n, TP, FP, TN, FN, sensitivity, specificity, PPV,
-    NPV, F1. Rates with an empty denominator are NaN.
-    """
-    y, p, findings = check_inputs(y_test, p_test, findings, "p_test")
-    missing = [f for f in findings if f not in thresholds]
-    if missing:
-        raise MetricsInputError(f"thresholds has no entry for {missing}; build it with choose_thresholds(y_val, p_val)")
-    rows = []
-    for j, name in enumerate(findings):
-        known = ~np.isnan(y[:, j])
-        t, s = y[known, j] == 1, p[known, j]
-        for rule, cut in thresholds[name].items():
-            row = {"finding": name, "rule": rule, "threshold": cut, "n": int(t.size)}
-            if np.isnan(cut):
-                rows.append(row)
-                continue
-            called = s >= cut
-            tp, fp = int((called & t).sum()), int((called & ~t).sum())
-            fn, tn = int((~called & t).sum()), int((~called & ~t).sum())
-            rows.append({**row, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-                         "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
-                         "ppv": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn),
-                         "f1": _ratio(2 * tp, 2 * tp + fp + fn)})
-    columns = ["finding", "rule", "threshold", "n", "tp", "fp", "tn", "fn", "sensitivity", "specificity", "ppv", "npv", "f1"]
-    out = pd.DataFrame(rows).reindex(columns=columns)
-    return out.astype({c: "Int64" for c in ("n", "tp", "fp", "tn", "fn")})

@@ -20,35 +20,6 @@ TINY = dict(image_size=32, epochs=1, batch_size=8, eval_batch_size=64, weights="
             topk=1, device="cpu", cache_workers=1)
 
 
-GPU_CHECK = {}   # the dry run of tools/gpu-check, started in the background when its test is collected
-
-
-def pytest_collection_finish(session):
-    """tools/gpu-check --dry-run is one long subprocess (about 3 min): start it as soon as its test is
-    collected, so that it runs on the second core while the rest of the suite runs; the test waits for it."""
-    import subprocess
-    import sys
-    import tempfile
-
-    if not any(item.nodeid.startswith("tests/test_gpu_check.py") for item in session.items):
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="gpu-check-dry-"))
-    GPU_CHECK.update(tmp=tmp, out=tmp / "out", started=__import__("time").monotonic())
-    with open(tmp / "stdout", "w") as out, open(tmp / "stderr", "w") as err:   # files: a full pipe would stall it
-        GPU_CHECK["proc"] = subprocess.Popen(
-            [sys.executable, str(PROJECT / "tools" / "gpu-check"), "--dry-run", "--budget", "560", "--out",
-             str(tmp / "out"), "--work", str(tmp / "work")], cwd=PROJECT, stdout=out, stderr=err)
-
-
-def pytest_sessionfinish(session, exitstatus):
-    proc = GPU_CHECK.get("proc")
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    if GPU_CHECK.get("tmp"):
-        shutil.rmtree(GPU_CHECK["tmp"], ignore_errors=True)
-
-
 def tiny_params(data_root, runs_dir, name: str, **overrides):
     from cxrlib import params
 
@@ -105,14 +76,18 @@ def tiny_run(tiny_data, tiny_runs_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_redacted_run(tiny_run, tiny_data, tiny_runs_dir) -> Path:
-    """The tiny run's trained model, all four notebooks again with redact_images: true (and compare_with: tiny)."""
+    """The tiny run's trained model and its notebooks 01-02 (images and all), then notebooks 03-05 with
+    redact_images: true (and compare_with: tiny): asked for at evaluation, redaction strips 01 and 02 too."""
     target = tiny_runs_dir / "tiny-redacted"
     (target / "checkpoints").mkdir(parents=True)
-    for name in ("cohort.csv", "history.csv", "checkpoints/best.pt", "checkpoints/last.pt"):
+    for name in ("cohort.csv", "history.csv", "checkpoints/best.pt", "checkpoints/last.pt", "01_cohort.ipynb",
+                 "02_train.ipynb"):
         try:
+            if name.endswith(".ipynb"):
+                raise OSError("copied: redaction rewrites it")
             os.link(tiny_run / name, target / name)   # checkpoints are replaced atomically, never written in place
         except OSError:
             shutil.copy2(tiny_run / name, target / name)
     p = tiny_params(tiny_data, tiny_runs_dir, "tiny-redacted", redact_images=True, resume=True,
                     compare_with="tiny")
-    return run_notebooks(p)
+    return run_notebooks(p, ["03_evaluate", "04_error_analysis", "05_fairness"])

@@ -4,6 +4,7 @@ import re
 
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -234,6 +235,18 @@ def test_compare_runs_sees_a_better_run(tiny_run, tmp_path):
     table = compare.compare_runs(better, tiny_run, frozen(tiny_run)).set_index(["finding", "metric"])
     assert table.loc[("micro", "auroc"), "diff"] > 0 and table.loc[("micro", "auroc"), "lo"] > 0
     assert table.loc[("micro", "auroc"), "this_run"] > table.loc[("micro", "auroc"), "other_run"]
+    # DeLong beside the bootstrap: per finding it is metrics.delong_test on the shared units, clustered by patient
+    p = frozen(tiny_run)
+    units = levels.rows_at(predictions[predictions["split"] == "test"], p.eval_level, p.study_aggregate)
+    other = levels.rows_at(evaluate.read_predictions(tiny_run).query("split == 'test'"), p.eval_level, p.study_aggregate)
+    finding = next(f for f in FINDINGS if pd.notna(table.loc[(f, "auroc"), "delong_p"]))
+    expected = metrics.delong_test(units[finding], units[f"p_{finding}"], other[f"p_{finding}"],
+                                   clusters=units["subject_id"])
+    assert table.loc[(finding, "auroc"), "delong_p"] == pytest.approx(expected["p"], rel=1e-9)
+    assert table.loc[(finding, "auroc"), "delong_se"] == pytest.approx(expected["se"], rel=1e-9)
+    assert table.loc[("macro", "auroc"), "delong_p"] < 0.05
+    per_finding = table.loc[FINDINGS].xs("auroc", level="metric")["delong_p_holm"].dropna()
+    assert (per_finding >= table.loc[FINDINGS].xs("auroc", level="metric")["delong_p"].dropna()).all()
 
 
 def test_compare_runs_refuses_other_labels_and_disjoint_test_sets(tiny_run, tmp_path):
