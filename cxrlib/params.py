@@ -308,17 +308,19 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def read_yaml(path) -> dict:
-    path = Path(path)
+def read_yaml(path, missing: str = "", expected: str = "a mapping of parameter: value", error=None) -> dict:
+    """A YAML file holding a mapping; a missing file, bad YAML or another shape raise `error` (ParamError)
+    naming the file. missing: what to say when it does not exist (default: the presets in params/)."""
+    path, error = Path(path), error or ParamError
     if not path.is_file():
-        raise ParamError(f"{path}: no such parameter file. The presets are in params/: "
-                         + ", ".join(sorted(p.name for p in Path("params").glob("*.yaml"))))
+        raise error(f"{path}: " + (missing or "no such parameter file. The presets are in params/: "
+                                   + ", ".join(sorted(p.name for p in Path("params").glob("*.yaml")))))
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ParamError(f"{path}: not valid YAML ({e})") from None
+        raise error(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
-        raise ParamError(f"{path}: expected a mapping of parameter: value")
+        raise error(f"{path}: expected {expected}")
     return data
 
 

@@ -53,18 +53,10 @@ class GridError(UserError):
 
 # --------------------------------------------------------------------------- the grid
 def read_grid(path) -> dict:
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        shipped = sorted(str(p) for p in Path("params/grids").glob("*.yaml"))
-        raise GridError(f"{path}: no such grid file. Grids: {', '.join(shipped) or 'none in params/grids/'}")
-    try:
-        grid = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise GridError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(grid, dict):
-        raise GridError(f"{path}: expected a mapping with base:, vary:, seeds: ... (see cxrlib/sweep.py)")
+    shipped = ", ".join(sorted(str(p) for p in Path("params/grids").glob("*.yaml"))) or "none in params/grids/"
+    grid = params_mod.read_yaml(path, missing=f"no such grid file. Grids: {shipped}", error=GridError,
+                                expected="a mapping with base:, vary:, seeds: ... (see cxrlib/sweep.py)")
     unknown = sorted(set(grid) - set(GRID_KEYS))
     if unknown:
         raise GridError(f"{path}: unknown key(s) {unknown}; a grid file has {', '.join(GRID_KEYS)}. Parameters "
