@@ -219,7 +219,7 @@ def launch_local(sweep_dir: Path, members: list[dict], parallel: int, progress: 
             print(f"[sweep] {m['name']}: {m['status']}", flush=True)
             try:
                 run_member(sweep_dir, m["name"], progress=progress)
-            except (UserError, Exception) as e:   # the next member still runs; the summary names this one
+            except Exception as e:   # the next member still runs; the summary names this one
                 failed[m["name"]] = f"{type(e).__name__}: {e}"
                 print(f"[sweep] {m['name']} failed: {failed[m['name']]}", flush=True)
         return failed
