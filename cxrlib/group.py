@@ -71,8 +71,9 @@ def headline_table(folders: list[Path]) -> pd.DataFrame:
     changed = settings(folders)
     for folder in folders:
         report = json.loads((folder / "metrics.json").read_text())
-        row = {"run": folder.name, "setting": setting_label(changed[folder.name]),
-               "seed": report["params"]["seed"], "ensemble": (folder / "ensemble.json").is_file(),
+        is_ensemble = (folder / "ensemble.json").is_file()   # its parameters are its best member's
+        row = {"run": folder.name, "setting": "ensemble of the members" if is_ensemble else setting_label(changed[folder.name]),
+               "seed": report["params"]["seed"], "ensemble": is_ensemble,
                "val_auroc_macro": report["splits"].get("validate", {}).get("macro", {}).get("auroc", {}).get("value"),
                "best_epoch": report["selection"].get("best_epoch")}
         for key in FIGURES:
