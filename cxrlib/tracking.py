@@ -49,6 +49,17 @@ def flat(values: dict, prefix: str = "") -> dict:
     return out
 
 
+def validation_figures(values: dict) -> dict:
+    """history.csv's numeric val_* columns of one epoch, without the prefix."""
+    return {k[4:]: v for k, v in values.items() if k.startswith("val_") and isinstance(v, (int, float))}
+
+
+def test_figures(run_dir: Path) -> dict:
+    """metrics.json's test headline as {auroc_macro: value, ...} (undefined figures left out)."""
+    report = json.loads((run_dir / "metrics.json").read_text())
+    return {key.lower().replace(" ", "_"): f["value"] for key, f in report["headline"].items() if f["value"] is not None}
+
+
 class Tracker:
     """No tracking: every call does nothing (tracker: none, and every rank but 0)."""
 
@@ -76,16 +87,13 @@ class TensorBoard(Tracker):
         self.writer.add_scalar("train/lr", lr, step)
 
     def epoch(self, epoch, values):
-        for key, value in values.items():
-            if key.startswith("val_") and isinstance(value, (int, float)):
-                self.writer.add_scalar(f"validate/{key[4:]}", value, epoch)
+        for key, value in validation_figures(values).items():
+            self.writer.add_scalar(f"validate/{key}", value, epoch)
         self.writer.flush()
 
     def final(self, run_dir, p):
-        report = json.loads((run_dir / "metrics.json").read_text())
-        for key, figure in report["headline"].items():
-            if figure["value"] is not None:
-                self.writer.add_scalar(f"test/{key.lower().replace(' ', '_')}", figure["value"], 0)
+        for key, value in test_figures(run_dir).items():
+            self.writer.add_scalar(f"test/{key}", value, 0)
         reports = sorted(path.name for path in run_dir.glob("[0-9][0-9]_*.html"))
         self.writer.add_text("reports", "\n".join(f"    {run_dir / name}" for name in reports))
         self.writer.flush()
@@ -128,15 +136,12 @@ class MLflow(Tracker):
         self.client.log_metric(self.run_id, "lr", lr, step=step)
 
     def epoch(self, epoch, values):
-        for key, value in values.items():
-            if key.startswith("val_") and isinstance(value, (int, float)):
-                self.client.log_metric(self.run_id, key, value, step=epoch)
+        for key, value in validation_figures(values).items():
+            self.client.log_metric(self.run_id, f"val_{key}", value, step=epoch)
 
     def final(self, run_dir, p):
-        report = json.loads((run_dir / "metrics.json").read_text())
-        for key, figure in report["headline"].items():
-            if figure["value"] is not None:
-                self.client.log_metric(self.run_id, f"test_{key.lower().replace(' ', '_')}", figure["value"])
+        for key, value in test_figures(run_dir).items():
+            self.client.log_metric(self.run_id, f"test_{key}", value)
         files = [run_dir / "metrics.json", run_dir / "params.yaml"]
         if not self.remote or self.redact:
             files += sorted(run_dir.glob("[0-9][0-9]_*.html"))
