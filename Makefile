@@ -15,7 +15,7 @@ RUNNER  = $(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" $(if $(RUN),--name 
 PRESET  = $(if $(PARAMS),--params $(PARAMS),--params params/demo.yaml --default-params)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache audit train evaluate run sweep compare tensorboard mlflow-ui report runs diff clean bench gpu-check clean-venv
+.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache audit train evaluate run sweep compare tensorboard mlflow-ui report card export runs diff clean bench gpu-check clean-venv
 
 help: ## List the targets
 	@echo "cxrlib: train and audit multi-label chest X-ray classifiers on MIMIC-CXR-JPG"
@@ -58,12 +58,16 @@ data/demo/SHA256SUMS.txt: | $(STAMP)
 
 data: $(STAMP) data/demo/SHA256SUMS.txt ## Generate the synthetic MIMIC-CXR-JPG stand-in into data/demo/
 
-demo: setup data ## The whole pipeline on synthetic data, on CPU (minutes)
+demo: setup data ## The whole pipeline on synthetic data, on CPU (minutes), then its ONNX export and model card
 	$(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" --params params/demo.yaml $(if $(RUN),--name $(RUN))
+	$(PY) -m cxrlib export --run $(or $(RUN),demo) --format onnx
+	$(PY) -m cxrlib card --run $(or $(RUN),demo)
 
+# One pytest worker per core, at most 4 (TEST_WORKERS=0: one process); PYTEST_ARGS adds flags, e.g. -k cohort.
+TEST_WORKERS ?= auto
 test: setup ## Run the test suite (ruff first: lint and import order)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --maxprocesses 4 --dist loadscope) $(PYTEST_ARGS)
 
 # jupytext is installed in the venv, so Lab opens notebooks/NN_name.ipynb paired: saving updates the .py too.
 # Root (in a container) needs --allow-root; LAB_ARGS adds any other flag: LAB_ARGS="--no-browser --port 8899".
@@ -111,6 +115,14 @@ mlflow-ui: setup ## The MLflow UI on 127.0.0.1 over runs/mlruns (tracker: mlflow
 report: setup ## Re-render RUN's executed notebooks to HTML
 	@test -n "$(RUN)" || { echo "usage: make report RUN=<run> (runs: $$(ls runs | grep -v README | tr '\n' ' '))"; exit 2; }
 	$(PY) -m cxrlib report --name $(RUN)
+
+card: setup ## RUN's model card: runs/<run>/MODEL_CARD.md and .html (from metrics.json and the run folder)
+	@test -n "$(RUN)" || { echo "usage: make card RUN=<run> (runs: $$(ls runs | grep -v README | tr '\n' ' '))"; exit 2; }
+	$(PY) -m cxrlib card --run $(RUN)
+
+export: setup ## RUN's best model as FORMAT=onnx (default) or torchscript, checked against PyTorch
+	@test -n "$(RUN)" || { echo "usage: make export RUN=<run> [FORMAT=onnx|torchscript] (runs: $$(ls runs | grep -v README | tr '\n' ' '))"; exit 2; }
+	$(PY) -m cxrlib export --run $(RUN) --format $(or $(FORMAT),onnx)
 
 runs: setup ## List runs: status (stale when trained after evaluation), date, duration, best epoch, figures with CIs
 	$(PY) -m cxrlib runs

@@ -30,19 +30,35 @@ def target_size(width: int, height: int, size: int, resize: str) -> tuple[int, i
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def decode_image(path, size: int, resize: str = "squash", mode: str = "fast") -> tuple[np.ndarray, tuple[int, int]]:
-    """The S x S uint8 cache image of one file, and the source's (width, height)."""
+def grey(img: Image.Image) -> Image.Image:
+    """8-bit grey; a 16-bit PNG is scaled by 255/65535 rather than clipped at 255 as PIL's convert would."""
+    if img.mode == "L":
+        return img
+    if img.mode.startswith("I"):
+        pixels = np.asarray(img, dtype=np.float64)
+        full = 65535.0 if img.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        return Image.fromarray(np.clip(np.rint(pixels * (255.0 / full)), 0, 255).astype(np.uint8))
+    return img.convert("L")
+
+
+def decode_image(path, size: int, resize: str = "squash", mode: str = "fast",
+                 formats: tuple[str, ...] = ("JPEG",)) -> tuple[np.ndarray, tuple[int, int]]:
+    """The S x S uint8 cache image of one file, and the source's (width, height).
+
+    The cache takes JPEGs only (MIMIC-CXR-JPG holds nothing else: another format is a wrong or damaged
+    file); `predict` passes formats=("JPEG", "PNG").
+    """
     # A truncated JPEG must raise, never decode into a half-grey image that trains silently.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     with Image.open(path) as img:
-        if img.format != "JPEG":   # MIMIC-CXR-JPG holds JPEGs only: anything else is a wrong or damaged file
-            raise NotJPEG(f"not a JPEG ({img.format or 'unknown'} data)")
+        if img.format not in formats:
+            raise NotJPEG(f"not a {' or '.join(formats)} ({img.format or 'unknown'} data)")
         source = img.size
         target = target_size(*source, size, resize)
-        if mode == "fast":
+        if mode == "fast" and img.format == "JPEG":
             img.draft("L", target)
         img.load()
-        small = (img if img.mode == "L" else img.convert("L")).resize(target, RESAMPLE)
+        small = grey(img).resize(target, RESAMPLE)
     pixels = np.asarray(small, dtype=np.uint8)
     if resize == "letterbox":
         canvas = np.zeros((size, size), np.uint8)

@@ -305,6 +305,15 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     model = model_config(run_dir) if is_ensemble(run_dir) else read_model_config(run_dir)   # from best.pt
     warnings_list = [sel["warning"]] if sel["warning"] else []
     reliability = metrics.reliability_curve(y_test, p_test, test["calibration"]["n_bins"])
+    recal = None
+    if p.calibration != "none" and "validate" in splits:
+        from . import recalibration
+
+        fitted = recalibration.fit(p.calibration, y_val, p_val)
+        recal = recalibration.section(fitted, y_test, p_test, arrays(units, "test")[2], p, test["calibration"]["n_bins"])
+        notes += [f"recalibration: {n}" for n in fitted["notes"]]
+    elif p.calibration != "none":
+        notes.append(f"calibration: {p.calibration} needs a validation split to be fitted on; not recalibrated")
     report = {
         "run": run_dir.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -317,6 +326,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
                        "values": rules,
                        "test": at_thresholds.to_dict("records")},
         "calibration": {"test_reliability_pooled": reliability.to_dict("list")},
+        "recalibration": recal,
         "selection": sel,
         "gold": gold_mod.gold_section(predictions, gold_mod.read_gold(p.data_root), p, rules),
         "test_selected": sel["test_selected"],

@@ -96,6 +96,8 @@ class Params:
     compare_with: str = ""              # another run's name, for paired differences
     topk: int = 6
     redact_images: bool = False         # reports without any pixel data
+    report_code: Literal["show", "hide"] = "hide"   # hide: HTML of notebooks 03-06 without their code cells
+    calibration: Literal["none", "temperature", "isotonic"] = "none"   # fitted on validation, applied to test
     # --- audit by patient group (05) ---
     mimic_iv_root: str = ""             # MIMIC-IV's hosp/ (or 1.0's core/) tables; default <data_root>/mimic-iv
     race_policy: Literal["mode", "first", "unknown"] = "mode"   # one race per patient across admissions
@@ -120,7 +122,7 @@ class Params:
 STAGES = {
     "runtime": ("name", "runs_dir", "device", "deterministic", "data_root", "cache_dir", "cache_workers",
                 "num_workers", "channels_last", "compile", "gpus", "resume", "checkpoint_minutes",
-                "eval_batch_size", "redact_images", "mimic_iv_root", "tracker", "tracking_uri",
+                "eval_batch_size", "redact_images", "report_code", "mimic_iv_root", "tracker", "tracking_uri",
                 "epochs", "patience"),   # how long training goes on: a run can be extended
     "cohort": ("seed", "views", "studies_per_subject", "images_per_study", "label_source", "uncertain_policy",
                "blank_policy", "split_mode", "val_fraction"),
@@ -129,7 +131,7 @@ STAGES = {
               "aug_contrast", "arch", "head", "weights", "dropout", "batch_size", "lr", "optimizer",
               "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "select_on",
               "select_metric", "amp", "max_train_batches"),
-    "evaluate": ("tta", "eval_level", "study_aggregate", "bootstrap", "ci_level", "compare_with", "topk",
+    "evaluate": ("tta", "eval_level", "study_aggregate", "calibration", "bootstrap", "ci_level", "compare_with", "topk",
                  "race_policy", "min_group_patients"),
 }
 STAGE_OF = {name: stage for stage, names in STAGES.items() for name in names}
@@ -346,6 +348,18 @@ def load_frozen(run_dir) -> Params:
         raise ParamError(f"{path}: no frozen parameters; is {run_dir} a run folder? "
                          "Start a run with `make demo` or `python -m cxrlib run --params params/NAME.yaml`.")
     return validate(read_yaml(path), str(path))
+
+
+def run_folder(value, runs_dir: str = "runs") -> tuple[Path, Params]:
+    """A run named on the command line (--run): a folder holding params.yaml, or a name under runs_dir."""
+    path = Path(value)
+    if not (path / "params.yaml").is_file():
+        path = Path(runs_dir) / str(value)
+    if not (path / "params.yaml").is_file():
+        existing = sorted(f.parent.name for f in Path(runs_dir).glob("*/params.yaml"))
+        raise ParamError(f"--run {value}: not a run folder (no params.yaml there or in {runs_dir}/{value}); "
+                         f"runs: {', '.join(existing) or 'none yet (make demo makes runs/demo)'}")
+    return path, load_frozen(path)
 
 
 def fixed_stages(run_dir) -> list[str]:

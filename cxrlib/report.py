@@ -9,6 +9,7 @@ from pathlib import Path
 from .errors import UserError
 from .fsutil import atomic_path, atomic_write_text
 
+CODE_HIDDEN_IN = ("03_", "04_", "05_", "06_")   # report_code: hide (01 and 02 document how the data was made)
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
 
 
@@ -48,8 +49,9 @@ def _inline_svg(match: re.Match) -> str:
 EXTERNAL_SCRIPTS = re.compile(r'<script\b[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>')
 
 
-def render_html(notebook_path: Path, redact: bool = False) -> Path:
-    """Standalone HTML (images embedded) beside the executed notebook; no script from the network."""
+def render_html(notebook_path: Path, redact: bool = False, hide_code: bool = False) -> Path:
+    """Standalone HTML (images embedded) beside the executed notebook; no script from the network.
+    hide_code: no input cells and no prompts (nbconvert's exclude_input), only what the cells showed."""
     import nbformat
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
@@ -57,7 +59,8 @@ def render_html(notebook_path: Path, redact: bool = False) -> Path:
     notebook_path = Path(notebook_path)
     nb = nbformat.read(str(notebook_path), as_version=4)
     # The parameters cells (papermill's and the notebook's) are code; notebook_setup shows them as a table.
-    exporter = HTMLExporter(embed_images=True)
+    exporter = HTMLExporter(embed_images=True, exclude_input=hide_code, exclude_input_prompt=hide_code,
+                            exclude_output_prompt=hide_code)
     exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags=("parameters", "injected-parameters"),
                                                          enabled=True), enabled=True)
     # The page title: the run and the notebook (nbconvert would write "Notebook" on every page).

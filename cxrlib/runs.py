@@ -23,7 +23,7 @@ from . import params as params_mod
 from .errors import Interrupted, UserError
 from .index import NOTEBOOKS, print_summary
 from .progress import Streamer
-from .report import render_html, strip_images
+from .report import CODE_HIDDEN_IN, render_html, strip_images
 
 # Make variables that are not parameters: they choose what to run, not how.
 MAKE_CONTROL_VARS = {"PARAMS", "RUN", "A", "B", "YES", "LAB_ARGS", "PYTHON", "PYTEST_ARGS", "WORKERS", "DEMO_DATA_ARGS",
@@ -252,12 +252,12 @@ def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, prog
             kernel_manager_class=_ipc_kernel_manager(run_dir / "kernel.log"),
         )
     except PapermillExecutionError as e:
-        keep_partial(running, output, p.redact_images)
+        keep_partial(running, output, p)
         raise UserError(
             f"{notebook}.ipynb failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
             f"  see {output} (and .html beside it)") from None
     except KeyboardInterrupt:
-        kept = keep_partial(running, output, p.redact_images)
+        kept = keep_partial(running, output, p)
         raise Interrupted(f"interrupted in {notebook}" + (f" (what ran is in {output})" if kept else "")
                           + "; rerun the same command to continue where it stopped") from None
     finally:
@@ -271,12 +271,19 @@ def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, prog
     promote(running, output)
     if p.redact_images:
         strip_images(output)
-    html = render_html(output, redact=p.redact_images)
+    html = render(output, p)
     print(f"[{notebook}] done in {time.time() - started:.0f} s -> {html}", flush=True)
     return output
 
 
-def redact_reports(run_dir: Path, skip=()) -> list[Path]:
+def render(notebook: Path, p: params_mod.Params) -> Path:
+    """The notebook's HTML report: without pixel data under redact_images; with report_code: hide, the
+    reports people hand around (03-06) show figures and tables, not code."""
+    hide = p.report_code == "hide" and Path(notebook).name[:3] in CODE_HIDDEN_IN
+    return render_html(notebook, redact=p.redact_images, hide_code=hide)
+
+
+def redact_reports(run_dir: Path, p: params_mod.Params, skip=()) -> list[Path]:
     """Strip pixel data from every executed notebook of the run (01-04 and any later NN_*.ipynb) and render
     it again; `skip`: the notebooks about to run (they are written redacted)."""
     done = []
@@ -286,7 +293,7 @@ def redact_reports(run_dir: Path, skip=()) -> list[Path]:
         removed = strip_images(notebook)
         html = notebook.with_suffix(".html")
         if removed or not html.is_file() or "data:image" in html.read_text():
-            render_html(notebook, redact=True)
+            render(notebook, p)
             print(f"[{notebook.stem}] redacted: {removed} image output(s) removed, report rendered again", flush=True)
             done.append(notebook)
     return done
@@ -306,15 +313,15 @@ def promote(running: Path, output: Path) -> None:
     os.replace(running, output)
 
 
-def keep_partial(running: Path, output: Path, redact: bool) -> bool:
+def keep_partial(running: Path, output: Path, p: params_mod.Params) -> bool:
     """The failed or interrupted notebook, as far as it ran, becomes the run's notebook (and its HTML)."""
     if not running.is_file():
         return False
     promote(running, output)
     try:
-        if redact:
+        if p.redact_images:
             strip_images(output)
-        render_html(output, redact=redact)
+        render(output, p)
     except Exception:   # a notebook cut mid-write: the .ipynb is still there to inspect
         pass
     return True
@@ -337,7 +344,7 @@ def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progr
     params_mod.freeze_if_changed(p, run_dir, frozen)
     remove_temp_notebooks(run_dir)
     if p.redact_images:   # a property of the run's reports: those made before it was asked for too
-        redact_reports(run_dir, skip=notebooks)
+        redact_reports(run_dir, p, skip=notebooks)
     for nb in notebooks:
         execute(nb, p, root, run_dir, progress=progress)
     if "03_evaluate" in notebooks:
@@ -388,11 +395,11 @@ def cli(command: str, argv: list[str]) -> int:
         executed = [run_dir / f"{nb}.ipynb" for nb in NOTEBOOKS if (run_dir / f"{nb}.ipynb").is_file()]
         if not executed:
             raise UserError(f"{run_dir}: no executed notebooks; run `make run RUN={args.name}` first")
-        redact = params_mod.load_frozen(run_dir).redact_images
+        p = params_mod.load_frozen(run_dir)
         for nb in executed:
-            if redact:
+            if p.redact_images:
                 strip_images(nb)   # notebooks executed before redaction was asked for hold images
-            print(render_html(nb, redact=redact))
+            print(render(nb, p))
         return 0
     if command == "audit":
         ap = argparse.ArgumentParser(prog="python -m cxrlib audit",

@@ -15,6 +15,49 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one intra-op thread each (papermill kernels and subprocesses inherit
+    # it), or OpenMP threads spinning against the other worker slow both many times over.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+# Under pytest -n (make test), the test files that use one expensive shared fixture go to one worker,
+# which builds it once. (xdist's own --dist loadgroup marks do not reach pytest 9's node ids.)
+SHARED_FIXTURES = {"tiny_sweep": "tiny-sweep", "audited": "planted", "tiny_run": "tiny-run",
+                   "tiny_redacted_run": "tiny-run"}
+
+
+def file_groups() -> dict[str, str]:
+    groups = {}
+    for path in sorted((PROJECT / "tests").glob("test_*.py")):
+        text = path.read_text()
+        found = next((group for name, group in SHARED_FIXTURES.items() if name in text), None)
+        if found:
+            groups[path.relative_to(PROJECT).as_posix()] = found
+    return groups
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = file_groups()
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        """A file that uses a shared fixture is one unit with the other files using it; every other test
+        is a unit of its own. Units go out largest first, then in collection order (the slow tests first)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return groups.get(nodeid.split("::", 1)[0], nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, so that the last test to finish on one worker is not a long one started
+    while the other sat idle."""
+    items.sort(key=lambda item: not item.get_closest_marker("slow"))
 TINY = dict(image_size=32, epochs=1, batch_size=8, eval_batch_size=64, weights="none", arch="resnet50",
             head="avgpool", bootstrap=50, num_workers=0, max_train_batches=2, views=["AP", "PA"],
             topk=1, device="cpu", cache_workers=1)

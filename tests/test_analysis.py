@@ -154,4 +154,4 @@ def test_error_analysis_notebook_shows_its_figures(tiny_run):
     assert html.count("data:image/png") >= 5 + len(FINDINGS)   # a gallery per finding, then the breakdowns
     for heading in ("Label uncertainty", "Image properties", "Co-occurring findings", "auroc_uncertain_vs_negative"):
         assert heading in html
-    assert "Errors by view" in html   # the tiny run has AP and PA images
+    assert "no breakdown by view" not in html and ">PA<" in html   # the tiny run has AP and PA images: a table by view

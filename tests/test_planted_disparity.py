@@ -48,7 +48,7 @@ def audited(tmp_path_factory):
     scores, thresholds = frame[["subject_id", *FINDINGS]].copy(), {}
     for j, finding in enumerate(FINDINGS):
         train = (split == "train") & ~np.isnan(y[:, j])
-        model = LogisticRegression(C=0.05, max_iter=500).fit(x[train], y[train, j])
+        model = LogisticRegression(C=0.05, tol=1e-9, max_iter=10000).fit(x[train], y[train, j])
         scores[f"p_{finding}"] = model.predict_proba(x)[:, 1]
         validate = split == "validate"
         thresholds[finding] = best_f1_threshold(scores[f"p_{finding}"].to_numpy()[validate], y[validate, j])

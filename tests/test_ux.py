@@ -29,11 +29,13 @@ def cli_args(data_root, runs_dir, name, **overrides):
     return args
 
 
-def test_epoch_lines_stream_to_the_terminal_and_ctrl_c_prints_one_line(tiny_data, tmp_path):
+def test_epoch_lines_stream_to_the_terminal_and_ctrl_c_prints_one_line(tiny_data, tiny_run, tmp_path):
     """Under `python -m cxrlib run` each epoch's line arrives while notebook 02 runs (between its
     'running' and the end), with progress lines; Ctrl-C then ends with one line and no traceback."""
     env = dict(os.environ, CXRLIB_PROGRESS_SECONDS="0", PYTHONUNBUFFERED="1")
-    command = cli_args(tiny_data, tmp_path, "stream", epochs=40) + ["--notebooks", "01,02"]
+    (tmp_path / "stream").mkdir()
+    shutil.copy2(tiny_run / "cohort.csv", tmp_path / "stream" / "cohort.csv")   # the tiny run's cohort and cache
+    command = cli_args(tiny_data, tmp_path, "stream", epochs=40) + ["--notebooks", "02"]
     proc = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True,   # a process group of its own, as a terminal's foreground job
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

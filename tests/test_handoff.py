@@ -1,0 +1,185 @@
+"""From run to use: recalibration against closed forms and sklearn, the exported files against PyTorch and
+against predictions.csv, predict on the source JPEGs against predictions.csv, and the model card."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxrlib import card, evaluate, export, levels, params, predict, recalibration
+from cxrlib.__main__ import main
+from cxrlib.cohort import read_cohort
+from cxrlib.labels import FINDINGS
+from cxrlib.metrics import ranking_metrics
+
+
+# --------------------------------------------------------------------------- recalibration
+def test_temperature_has_the_closed_form_of_one_repeated_score():
+    # Every score is p0 and a share q of the labels is positive: the log loss is least where
+    # sigmoid(logit(p0) / T) = q, so T = logit(p0) / logit(q).
+    p0, q = 0.9, 0.7
+    y = np.r_[np.ones(70), np.zeros(30)]
+    t = recalibration.fit_temperature(y, np.full(100, p0))
+    assert t == pytest.approx(np.log(p0 / (1 - p0)) / np.log(q / (1 - q)), rel=1e-7)
+
+
+def test_temperature_zeroes_the_log_loss_gradient_and_keeps_the_ranking():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, 2000)
+    y = (rng.random(2000) < 1 / (1 + np.exp(-z / 2.5))).astype(float)   # overconfident scores: T near 2.5
+    p = 1 / (1 + np.exp(-z))
+    t = recalibration.fit_temperature(y, p)
+    s = 1 / (1 + np.exp(-z / t))
+    assert 2.0 < t < 3.0 and abs(np.mean((s - y) * z)) < 1e-6   # d(loss)/d(1/T) = mean((s - y) z) = 0
+    fitted = recalibration.fit("temperature", y[:, None], p[:, None], findings=["x"])
+    out = recalibration.apply(fitted, p[:, None], findings=["x"])
+    assert np.allclose(out[:, 0], s, atol=1e-9)
+    assert ranking_metrics(y[:, None], out, ["x"])["macro"]["auroc"] == pytest.approx(
+        ranking_metrics(y[:, None], p[:, None], ["x"])["macro"]["auroc"], abs=1e-12)
+
+
+def test_isotonic_equals_sklearns_isotonic_regression_inside_and_outside_the_fitted_range():
+    from sklearn.isotonic import IsotonicRegression
+
+    rng = np.random.default_rng(1)
+    p_val = rng.uniform(0.1, 0.9, 500)
+    y_val = (rng.random(500) < p_val ** 2).astype(float)
+    y_val[::7] = np.nan   # masked cells are left out of the fit
+    fitted = recalibration.fit("isotonic", y_val[:, None], p_val[:, None], findings=["x"])
+    p_test = np.r_[rng.uniform(0, 1, 300), 0.0, 1.0]
+    known = ~np.isnan(y_val)
+    reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(p_val[known], y_val[known])
+    assert np.allclose(recalibration.apply(fitted, p_test[:, None], ["x"])[:, 0], reference.predict(p_test), atol=1e-12)
+
+
+def test_a_finding_with_one_class_on_validation_is_left_as_it_was_and_said_so():
+    y = np.c_[np.ones(20), np.r_[np.ones(10), np.zeros(10)]]
+    p = np.linspace(0.05, 0.95, 20)[:, None].repeat(2, 1)
+    fitted = recalibration.fit("temperature", y, p, findings=["a", "b"])
+    assert fitted["per_finding"]["a"] is None and "a: one class" in fitted["notes"][0]
+    out = recalibration.apply(fitted, p, ["a", "b"])
+    assert np.array_equal(out[:, 0], p[:, 0]) and not np.allclose(out[:, 1], p[:, 1])
+    with pytest.raises(recalibration.UserError, match="calibration = 'platt'"):
+        recalibration.fit("platt", y, p, ["a", "b"])
+
+
+def test_the_run_is_recalibrated_on_validation_and_reports_before_and_after(tiny_run):
+    p = params.validate({**params.load_frozen(tiny_run).to_dict(), "calibration": "temperature"})
+    predictions = evaluate.read_predictions(tiny_run)
+    report = evaluate.evaluate_run(tiny_run, p, predictions, write=False)
+    recal = report["recalibration"]
+    units = levels.rows_at(predictions, p.eval_level, p.study_aggregate)   # what every figure counts
+    y_val, p_val, _ = evaluate.arrays(units, "validate")
+    by_hand = recalibration.fit("temperature", y_val, p_val)
+    for f in FINDINGS:
+        ours, theirs = recal["per_finding"][f], by_hand["per_finding"][f]
+        assert (ours is None) == (theirs is None) and (ours is None or ours["T"] == pytest.approx(theirs["T"]))
+    assert recal["fitted_on"] == "validate"
+    y_test, p_test, _ = evaluate.arrays(units, "test")
+    from cxrlib.metrics import calibration as cal
+
+    after = cal(y_test, recalibration.apply(by_hand, p_test), 10, "uniform", FINDINGS)["pooled"]["ece"]
+    assert recal["after"]["ece"]["value"] == pytest.approx(after, abs=1e-9)
+    assert recal["after"]["ece"]["lo"] <= recal["after"]["ece"]["hi"]
+    assert recal["after_minus_before"]["ece"]["diff"] == pytest.approx(
+        after - report["splits"]["test"]["calibration"]["pooled"]["ece"]["value"], abs=1e-9)
+    assert report["headline"] == evaluate.read_metrics(tiny_run)["headline"]   # discrimination: the model's scores
+
+
+# --------------------------------------------------------------------------- export
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_export_matches_pytorch_and_predictions_csv(tiny_run, tmp_path, fmt):
+    p = params.load_frozen(tiny_run)
+    out = tmp_path / f"model{export.FORMATS[fmt]}"
+    summary = export.export_run(tiny_run, p, fmt, out)
+    assert summary["parity"]["max_abs_prob_diff"] < 1e-4 and summary["parity"]["images"] > 10
+    meta = export.read_metadata(out)
+    assert meta["findings"] == FINDINGS and meta["input"]["image_size"] == p.image_size
+    f1 = {f: v["f1"] for f, v in evaluate.read_metrics(tiny_run)["thresholds"]["values"].items()}
+    assert meta["thresholds"]["values"] == {f: pytest.approx(0.5 if f1[f] is None else f1[f]) for f in FINDINGS}
+    # Independently of export's own check: the file on cached images against notebook 03's predictions.
+    cohort, cache = evaluate.eval_cohort(tiny_run, p)
+    test = cohort[cohort["split"] == "test"].head(20)
+    _, probs = export.run_exported(out, np.ascontiguousarray(cache.images[test["cache_row"].to_numpy()]))
+    expected = evaluate.read_predictions(tiny_run).set_index("dicom_id").loc[test["dicom_id"], evaluate.PROB_COLUMNS]
+    assert probs.shape == (20, 14) and np.abs(probs - expected.to_numpy()).max() < 1e-4
+    if fmt == "onnx":
+        batch_of_one = export.run_exported(out, np.ascontiguousarray(cache.images[test["cache_row"].to_numpy()[:1]]))[1]
+        assert np.abs(batch_of_one - expected.to_numpy()[:1]).max() < 1e-4   # the batch axis is dynamic
+
+
+# --------------------------------------------------------------------------- predict
+def test_predicting_the_source_jpegs_reproduces_predictions_csv(tiny_run, tmp_path, capsys):
+    p = params.load_frozen(tiny_run)
+    cohort = read_cohort(tiny_run / "cohort.csv")
+    test = cohort[cohort["split"] == "test"].head(12)
+    files = [str(p.data_root) + "/" + path for path in test["path"]]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really")
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    cached, cache = evaluate.eval_cohort(tiny_run, p)
+    first = cached.set_index("dicom_id").loc[test["dicom_id"].iloc[0], "cache_row"]
+    Image.fromarray(np.asarray(cache.images[first])).save(folder / "first.PNG")   # the cached pixels, as a PNG
+    frame, skipped, _ = predict.predict_files(tiny_run, p, files + [str(broken), str(folder), "nope.jpg"],
+                                              batch_size=5, progress=False)
+    expected = evaluate.read_predictions(tiny_run).set_index("dicom_id").loc[test["dicom_id"], evaluate.PROB_COLUMNS]
+    assert list(frame["path"][:12]) == files
+    assert np.abs(frame[evaluate.PROB_COLUMNS].to_numpy()[:12] - expected.to_numpy()).max() < 1e-5
+    assert np.abs(frame[evaluate.PROB_COLUMNS].to_numpy()[12] - expected.to_numpy()[0]).max() < 1e-5   # same pixels, no resize
+    assert dict(skipped) == {"nope.jpg": "no such file or folder", str(broken): dict(skipped)[str(broken)]}
+    thresholds = json.loads((tiny_run / "metrics.json").read_text())["thresholds"]["values"]
+    f = "Support Devices"
+    cut = 0.5 if thresholds[f]["f1"] is None else thresholds[f]["f1"]
+    assert (frame[f"call_{f}"] == (frame[f"p_{f}"] >= cut)).all()
+    out = tmp_path / "preds.csv"
+    assert main(["predict", "--run", str(tiny_run), *files[:3], "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    written = pd.read_csv(out)
+    assert len(written) == 3 and np.allclose(written[evaluate.PROB_COLUMNS], expected.to_numpy()[:3], atol=1e-6)
+    assert main(["predict", "--run", str(tiny_run), str(broken), "--no-progress"]) == 1
+    assert f"skipped {broken}:" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the model card
+def test_the_model_card_is_written_from_the_run_folder(tiny_run, tmp_path):
+    copy = tmp_path / tiny_run.name
+    copy.mkdir()
+    for name in ("metrics.json", "params.yaml", "cohort_report.json", "fairness.json"):
+        if (tiny_run / name).is_file():
+            shutil.copy2(tiny_run / name, copy / name)
+    md, page = card.write_card(copy)
+    text = md.read_text()
+    report = json.loads((copy / "metrics.json").read_text())
+    macro = report["headline"]["AUROC macro"]
+    assert f"| AUROC macro | {macro['value']:.3f} [{macro['lo']:.3f}, {macro['hi']:.3f}] |" in text
+    for item, where in card.TRIPOD_AI + card.CLAIM:
+        assert f"| {item} | {where} |" in text
+    assert "credentialed data" in text and "Not a medical device" in text
+    assert ("model was selected on the test split" in text) == report["test_selected"]
+    assert "<table>" in page.read_text() and "data:image" not in page.read_text()
+
+
+# --------------------------------------------------------------------------- reports to hand around
+def test_reports_of_03_to_05_hide_their_code_unless_asked_and_01_02_show_it(tiny_run, tmp_path):
+    from cxrlib import runs
+
+    assert "predict_run" in (tiny_run / "03_evaluate.ipynb").read_text()       # the notebook keeps its code
+    assert "predict_run" not in (tiny_run / "03_evaluate.html").read_text()     # report_code: hide (the default)
+    assert "error_images" not in (tiny_run / "04_error_analysis.html").read_text()
+    assert "build_cohort" in (tiny_run / "01_cohort.html").read_text()
+    shutil.copy2(tiny_run / "03_evaluate.ipynb", tmp_path / "03_evaluate.ipynb")
+    shown = params.validate({**params.load_frozen(tiny_run).to_dict(), "report_code": "show"})
+    assert "predict_run" in runs.render(tmp_path / "03_evaluate.ipynb", shown).read_text()
+
+
+def test_the_commands_name_a_missing_run_and_export_from_the_command_line(tiny_run, tmp_path, capsys):
+    assert main(["card", "--run", "no-such-run"]) == 2
+    assert "--run no-such-run: not a run folder" in capsys.readouterr().err
+    out = tmp_path / "m.pt"
+    assert main(["export", "--run", str(tiny_run), "--format", "torchscript", "--out", str(out)]) == 0
+    assert "parity with PyTorch" in capsys.readouterr().out and out.is_file()
+    assert json.loads((tmp_path / "export.json").read_text())["parity"]["max_abs_prob_diff"] < 1e-4
