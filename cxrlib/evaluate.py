@@ -281,7 +281,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         y, prob, groups = arrays(units, split)
         summaries[split] = metrics.summarize(y, prob, groups, n_boot=p.bootstrap, seed=p.seed,
                                              ci_level=p.ci_level, progress=progress)
-    y_test, p_test, _ = arrays(units, "test")
+    y_test, p_test, test_groups = arrays(units, "test")
     rules = {f: {"fixed_0.5": FIXED_THRESHOLD} for f in FINDINGS}
     notes = []
     if "validate" in splits:
@@ -310,7 +310,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         from . import recalibration
 
         fitted = recalibration.fit(p.calibration, y_val, p_val)
-        recal = recalibration.section(fitted, y_test, p_test, arrays(units, "test")[2], p, test["calibration"]["n_bins"])
+        recal = recalibration.section(fitted, y_test, p_test, test_groups, p, test["calibration"]["n_bins"])
         notes += [f"recalibration: {n}" for n in fitted["notes"]]
     elif p.calibration != "none":
         notes.append(f"calibration: {p.calibration} needs a validation split to be fitted on; not recalibrated")

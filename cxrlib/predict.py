@@ -57,13 +57,11 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     """(one row per readable image: path, p_<finding> x 14, call_<finding> x 14 [, cal_<finding> x 14],
     [(path, reason)] for the files skipped, the thresholds' note)."""
     from . import analysis, evaluate, recalibration
-    from .checkpoint import read_model_config
     from .runtime import amp_dtype
 
     run_dir = Path(run_dir)
     files, skipped = find_images(inputs)
-    model, trained, device, transform = evaluate.load_best(run_dir, p)
-    config = read_model_config(run_dir)
+    model, trained, device, transform = evaluate.load_best(run_dir, p)   # trained: the checkpoint's own params
     metrics_file = run_dir / "metrics.json"
     report = evaluate.read_metrics(run_dir) if metrics_file.is_file() else None
     if report:
@@ -73,7 +71,7 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     calibrator = (report or {}).get("recalibration")
     amp = amp_dtype(trained, device)
     rows, probs = [], []
-    args = (config["image_size"], config["resize"], config.get("decode", "fast"))
+    args = (trained.image_size, trained.resize, trained.decode)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # PIL decodes without the GIL
         for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch", disable=not progress):
             batch = files[start:start + batch_size]
