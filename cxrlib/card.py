@@ -76,6 +76,10 @@ def _ci(entry, digits: int = 3) -> str:
     return f"{entry['value']:.{digits}f} [{entry['lo']:.{digits}f}, {entry['hi']:.{digits}f}]"
 
 
+def _num(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _table(header: list[str], rows: list[list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
@@ -115,7 +119,7 @@ def model_section(params: dict, report: dict) -> list[str]:
             f"- {model.get('arch', params['arch'])}, head `{model.get('head', params['head'])}`, initialised from "
             f"`{params['weights']}`; input {model.get('image_size')} x {model.get('image_size')} grey, resize "
             f"`{model.get('resize')}`, decode `{model.get('decode', 'fast')}`, normalised with mean "
-            f"{model.get('mean')} and std {model.get('std')}.",
+            f"{_num(model.get('mean'))} and std {_num(model.get('std'))}.",
             f"- Training: {params['optimizer']} lr {params['lr']}, batch {params['batch_size']}, up to {params['epochs']} "
             f"epochs (patience {params['patience']}), pos_weight {params['pos_weight']}, augment {params['augment']}, "
             f"amp `{params['amp']}`, seed {params['seed']}.",
