@@ -144,7 +144,7 @@ if recal is None:
 else:
     from cxrlib import recalibration
 
-    print(f"{recal['method']}, fitted on {recal['fitted_on']}; " + "; ".join(recal["notes"]))
+    print(f"{recal['method']}, fitted on {recal['fitted_on']}" + "".join(f"; {note}" for note in recal["notes"]))
     display(recalibration.before_after(report).round(4))
     viz.plot_reliability(y_test, recalibration.apply(recal, p_test))
 
@@ -214,7 +214,8 @@ if gold["available"] and gold["agreement"]:
 if p.compare_with:
     differences = compare.compare_runs(run_dir, Path(p.runs_dir) / p.compare_with, p)
     a = differences.attrs
-    print(f"{a['this']} - {a['other']} on the {a['shared_images']} test {a['level']}s both predicted "
+    units = "studies" if a["level"] == "study" else "images"
+    print(f"{a['this']} - {a['other']} on the {a['shared_images']} test {units} both predicted "
           f"({a['patients']} patients; {a['this']} has {a['this_images']}, {a['other']} {a['other_images']}); "
           f"{a['ci_level']:.0%} CIs from {a['n_boot']} paired patient resamples")
     display(compare.readable(differences))
