@@ -92,7 +92,7 @@ def parity_images(run_dir: Path, trained, n: int = PARITY_IMAGES) -> np.ndarray:
 
 def _write_onnx(net: Deployable, example: torch.Tensor, path: Path, meta: dict) -> None:
     try:
-        import onnx
+        import onnx  # noqa: F401  (torch.onnx needs it; checked here for a clear message)
     except ImportError:
         raise UserError("FORMAT=onnx needs the onnx and onnxruntime packages: `pip install onnx onnxruntime "
                         "onnxscript` in the venv (make setup installs them), or use FORMAT=torchscript") from None
@@ -101,13 +101,10 @@ def _write_onnx(net: Deployable, example: torch.Tensor, path: Path, meta: dict) 
         program = torch.onnx.export(net, (example,), dynamo=True, input_names=["images"],
                                     output_names=["logits", "probabilities"], dynamic_shapes=({0: batch},),
                                     opset_version=OPSET, external_data=False, verbose=False)
+        # The metadata goes into the in-memory model, so the file is written once.
+        program.model.metadata_props.update(cxrlib=json.dumps(meta), findings=",".join(FINDINGS))
+        program.model.doc_string = f"cxrlib run {meta['run']}: 14 chest X-ray findings. {SHARING_NOTE}"
         program.save(str(tmp))
-        proto = onnx.load(str(tmp))
-        for key, value in (("cxrlib", json.dumps(meta)), ("findings", ",".join(FINDINGS))):
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        proto.doc_string = f"cxrlib run {meta['run']}: 14 chest X-ray findings. {SHARING_NOTE}"
-        onnx.save(proto, str(tmp))
 
 
 @contextlib.contextmanager
