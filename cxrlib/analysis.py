@@ -278,7 +278,7 @@ def breakdown(frame: pd.DataFrame, by: str, thresholds: dict, n_boot: int = 200,
         micro = summary["micro"]["auroc"]
         row.update(auroc_micro=micro["value"], auroc_micro_lo=micro["lo"], auroc_micro_hi=micro["hi"],
                    auroc_macro=summary["macro"]["auroc"]["value"],
-                   findings_in_macro=len(FINDINGS) - len(summary["excluded"]))
+                   findings_in_macro=len(summary["macro_findings"]))
         rows.append(row)
     table = pd.DataFrame(rows).set_index(by)
     return table.astype({c: "Float64" for c in ("auroc_micro", "auroc_micro_lo", "auroc_micro_hi", "auroc_macro")})

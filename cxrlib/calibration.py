@@ -4,11 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-
-
-class MetricsInputError(UserError, ValueError):
-    """Labels, probabilities or patient ids of the wrong shape or with impossible values."""
+from .metric_inputs import MetricsInputError, check_inputs
 
 
 def _bin_edges(p: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
@@ -59,8 +55,6 @@ def brier(y, p) -> float:
 
 def calibration(y, p, n_bins: int = 10, strategy: str = "uniform", findings=None) -> dict:
     """ECE and Brier score per finding and pooled over all unmasked cells."""
-    from .metrics import check_inputs  # metrics imports this module
-
     y, p, findings = check_inputs(y, p, findings)
     per = {name: {"n": int((~np.isnan(y[:, j])).sum()), "ece": ece(y[:, j], p[:, j], n_bins, strategy),
                   "brier": brier(y[:, j], p[:, j])} for j, name in enumerate(findings)}

@@ -249,7 +249,7 @@ def build_cohort(data_root=None, params: params_mod.Params | None = None) -> tup
         frame = frame[~missing].reset_index(drop=True)
     else:
         frame["split"] = seed_splits(frame["study_id"])
-        frame["split"] = carve_validation(frame, p.val_fraction, p.seed)
+        frame["split"] = carve_validation(frame, p.val_fraction, p.split_seed)
 
     raw = frame[FINDINGS]
     targets = apply_policies(raw, p.uncertain_policy, p.blank_policy)
@@ -262,7 +262,7 @@ def build_cohort(data_root=None, params: params_mod.Params | None = None) -> tup
         data_root=str(root),
         settings={k: getattr(p, k) for k in ("views", "studies_per_subject", "images_per_study", "label_source",
                                              "uncertain_policy", "blank_policy", "split_mode", "val_fraction",
-                                             "seed")},
+                                             "split_seed")},
         sources={kind: str(table_path(root, kind)) for kind in
                  ("metadata", p.label_source, *(["split"] if p.split_mode == "official" else []))},
         metadata_rows=len(metadata),

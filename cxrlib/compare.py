@@ -11,6 +11,7 @@ from . import levels, metrics
 from .errors import UserError
 from .evaluate import PROB_COLUMNS, read_predictions
 from .labels import FINDINGS
+from .multiplicity import holm
 
 
 def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
@@ -43,7 +44,8 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
     p_other = shared[[f"{c}_other" for c in PROB_COLUMNS]].to_numpy(dtype=np.float64)
     # metrics.paired_bootstrap reports b - a: a is the other run, b this one.
     result = metrics.paired_bootstrap(a_labels, p_other, p_this, shared["subject_id"].to_numpy(dtype=str),
-                                      n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level)
+                                      n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level,
+                                      min_positives=p.min_positives)
     rows = []
 
     def add(name, metric, e):
@@ -59,29 +61,36 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
     for m in ("ece", "brier"):
         add("pooled", m, result["calibration"][m])
     table = pd.DataFrame(rows)
-    table = with_delong(table, a_labels, p_this, p_other, shared["subject_id"].to_numpy(dtype=str))
+    estimable = np.array([f in result["macro_findings"] for f in FINDINGS])
+    table = with_delong(table, a_labels, p_this, p_other, shared["subject_id"].to_numpy(dtype=str), estimable)
     table = table.astype({c: "Float64" for c in ("this_run", "other_run", "diff", "lo", "hi", "p_value", "delong_se",
                                                  "delong_p", "p_holm", "delong_p_holm")})
     table.attrs.update(this=run_dir.name, other=other_run_dir.name, shared_images=int(len(shared)),
                        this_images=int(len(ours)), other_images=int(len(theirs)),
                        patients=int(shared["subject_id"].nunique()), ci_level=p.ci_level, n_boot=p.bootstrap,
-                       level=p.eval_level)
+                       level=p.eval_level, macro_findings=result["macro_findings"],
+                       min_positives=p.min_positives)
     return table
 
 
-def with_delong(table: pd.DataFrame, y, p_this, p_other, patients) -> pd.DataFrame:
+def with_delong(table: pd.DataFrame, y, p_this, p_other, patients, estimable) -> pd.DataFrame:
     """DeLong's test (clustered by patient) beside the bootstrap for each finding's AUROC and the macro one,
-    and Holm's adjustment across the findings of both tests' p-values (per metric for the bootstrap)."""
-    from .fairness import holm
+    and Holm's adjustment across the findings of both tests' p-values (per metric for the bootstrap).
 
+    estimable: per finding, whether it has min_positives positive and negative units; the others get no
+    test (as in the bootstrap) and stay out of the macro, so both tests compare the same macro.
+    """
     table = table.assign(delong_se=np.nan, delong_p=np.nan, p_holm=np.nan, delong_p_holm=np.nan)
     for j, name in enumerate(FINDINGS):
+        if not estimable[j]:
+            continue
         row = (table["finding"] == name) & (table["metric"] == "auroc")
         result = metrics.delong_test(y[:, j], p_this[:, j], p_other[:, j], clusters=patients)
         table.loc[row, ["delong_se", "delong_p"]] = [result["se"], result["p"]]
-    macro = metrics.delong_macro(y, p_this, p_other, clusters=patients)
+    macro = metrics.delong_macro(y, p_this, p_other, clusters=patients, findings=FINDINGS, include=estimable)
     table.loc[(table["finding"] == "macro") & (table["metric"] == "auroc"), ["delong_se", "delong_p"]] = \
         [macro["se"], macro["p"]]
+    table.attrs["delong_macro_findings"] = macro["included"]
     per_finding = table["finding"].isin(FINDINGS)
     for metric in ("auroc", "auprc"):
         rows = per_finding & (table["metric"] == metric)
@@ -91,12 +100,11 @@ def with_delong(table: pd.DataFrame, y, p_this, p_other, patients) -> pd.DataFra
     return table
 
 
-def format_p(p, n_valid) -> str:
-    """A bootstrap p-value for reading: none of n resamples crossed 0 means p < 1/n, never 'p = 0'."""
+def format_p(p, n_valid=None) -> str:
+    """A p-value for reading: three decimals, '< 0.001' below that, 'n/a' when there is none. Bootstrap
+    p-values are never 0 (metrics.bootstrap_p: at least 2 / (B + 1)), so none prints as certainty."""
     if p is None or pd.isna(p):
         return "n/a"
-    if p == 0:
-        return f"< {max(1.0 / max(int(n_valid), 1), 0.001):.3g}"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
@@ -105,9 +113,8 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
     for column in ("this_run", "other_run", "diff", "lo", "hi"):
         out[column] = [("n/a" if pd.isna(v) else f"{v:.3f}") for v in table[column]]
-    out["p_value"] = [format_p(v, n) for v, n in zip(table["p_value"], table["n_boot_valid"])]
-    for column in ("p_holm", "delong_p", "delong_p_holm"):
-        out[column] = ["" if pd.isna(v) else ("< 0.001" if v < 0.001 else f"{v:.3f}") for v in table[column]]
+    for column in ("p_value", "p_holm", "delong_p", "delong_p_holm"):
+        out[column] = ["" if pd.isna(v) else format_p(v) for v in table[column]]
     out["delong_se"] = ["" if pd.isna(v) else f"{v:.4f}" for v in table["delong_se"]]
     return out
 

@@ -7,15 +7,22 @@ A patient with several images is a cluster: his images are not independent, and 
 (Biometrics 1988) would count them as if they were. The variance here is Obuchowski's (Biometrics
 1997) for clustered ROC data: the structural components V10 (each positive's share of negatives
 ranked below it) and V01 (each negative's share of positives above it) are summed per cluster, and
-the variances and covariance of the two AUCs come from those cluster sums. With one unit per cluster
-the estimator is exactly DeLong's (the positive-negative cross term vanishes), and the test checks
-that against an independent implementation. Ties count one half. diff = auc_a - auc_b; p is two-sided,
-from the normal distribution of diff / se.
+the variances and covariance of the two AUCs come from those cluster sums, each with its own
+small-sample factor k/(k-1) over the clusters that hold positives (k10), negatives (k01) or either (K).
+With one unit per cluster the estimator is exactly DeLong's (the positive-negative cross term
+vanishes), and the test checks that against an independent implementation. Ties count one half.
+diff = auc_a - auc_b; p is two-sided, from the normal distribution of diff / se.
 
-The macro AUROC (the mean over findings with both classes) has correlated terms: the same patients
-carry every finding. Its variance sums each cluster's influence, d10_i / M + d01_i / N for every
-finding's AUC difference averaged over findings, squared, times K / (K - 1) over the K clusters:
-the same structural components, combined across findings as Obuchowski combines them within one.
+A finding needs at least two clusters with a positive and two with a negative: with one, its V10 has
+no spread to estimate (the variance would be 0 whatever the data), so delong_test returns no p and
+delong_macro leaves the finding out and names it in `left_out`.
+
+The macro AUROC (the mean over the findings kept) has correlated terms: the same patients carry every
+finding. Var(mean of the F differences) = (1/F^2) * sum over findings j, l of Cov(d_j, d_l), where
+the diagonal is each finding's own clustered variance (the one delong_test uses) and the
+cross-finding covariances come from the cluster influences psi_j = d10_j / m_j + d01_j / n_j:
+Cov(d_j, d_l) = K / (K - 1) * sum over clusters of psi_j * psi_l. tests/test_delong.py checks the
+size of the resulting test by simulation (equal AUROCs by construction), at rare and clustered counts.
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ import math
 
 import numpy as np
 from scipy.stats import rankdata
+
+MIN_CLUSTERS = 2   # clusters with a positive (and with a negative) a finding needs for a variance
 
 
 def _components(y: np.ndarray, score: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -35,87 +44,119 @@ def _components(y: np.ndarray, score: np.ndarray) -> tuple[float, np.ndarray, np
     return float(below.sum() / (m * n)), below / n, above / m
 
 
-def _cluster_sums(values: np.ndarray, cluster_index: np.ndarray, n_clusters: int) -> np.ndarray:
-    return np.bincount(cluster_index, weights=values, minlength=n_clusters)
-
-
 def _p_two_sided(diff: float, se: float) -> tuple[float, float]:
     z = diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
     return z, (math.erfc(abs(z) / math.sqrt(2)) if math.isfinite(z) else 0.0)
 
 
-def delong_macro(y, p_a, p_b, clusters=None) -> dict:
-    """delong_test for the macro AUROC of (N, F) labels (NaN masked) and two (N, F) score arrays."""
+def _finding(y: np.ndarray, scores: tuple, cluster_index: np.ndarray, k: int) -> dict:
+    """One finding's AUCs and clustered structural components for each score (rows already unmasked).
+
+    d10[s] and d01[s] are per-cluster sums of V10 - AUC and V01 - AUC (zero for a cluster without
+    positives, resp. negatives); k10 and k01 count the clusters that hold positives and negatives.
+    """
+    pos_cluster, neg_cluster = cluster_index[y == 1], cluster_index[y == 0]
+    m_i = np.bincount(pos_cluster, minlength=k).astype(float)
+    n_i = np.bincount(neg_cluster, minlength=k).astype(float)
+    out = {"m": int(len(pos_cluster)), "n": int(len(neg_cluster)), "k10": int((m_i > 0).sum()),
+           "k01": int((n_i > 0).sum()), "auc": [], "d10": [], "d01": []}
+    if out["m"] == 0 or out["n"] == 0:
+        return out
+    for score in scores:
+        auc, v10, v01 = _components(y, score)
+        out["auc"].append(auc)
+        out["d10"].append(np.bincount(pos_cluster, weights=v10, minlength=k) - m_i * auc)
+        out["d01"].append(np.bincount(neg_cluster, weights=v01, minlength=k) - n_i * auc)
+    return out
+
+
+def _estimable(f: dict) -> bool:
+    return f["k10"] >= MIN_CLUSTERS and f["k01"] >= MIN_CLUSTERS
+
+
+def _covariance(f: dict, a: int, b: int, k: int) -> float:
+    """Obuchowski's covariance of score a's and score b's AUC on one finding."""
+    m, n, k10, k01 = f["m"], f["n"], f["k10"], f["k01"]
+    s10 = k10 / ((k10 - 1) * m) * float(f["d10"][a] @ f["d10"][b])
+    s01 = k01 / ((k01 - 1) * n) * float(f["d01"][a] @ f["d01"][b])
+    s11 = k / (k - 1) * float(f["d10"][a] @ f["d01"][b] + f["d10"][b] @ f["d01"][a]) / 2
+    return s10 / m + s01 / n + 2 * s11 / (m * n)
+
+
+def _difference_variance(f: dict, k: int) -> float:
+    return max(_covariance(f, 0, 0, k) + _covariance(f, 1, 1, k) - 2 * _covariance(f, 0, 1, k), 0.0)
+
+
+def _influence(f: dict) -> np.ndarray:
+    """Per cluster: its share of the AUC difference's deviation (A minus B)."""
+    return (f["d10"][0] - f["d10"][1]) / f["m"] + (f["d01"][0] - f["d01"][1]) / f["n"]
+
+
+def _cluster_index(ids) -> tuple[np.ndarray, int]:
+    _, index = np.unique(np.asarray(ids), return_inverse=True)
+    index = index.ravel()
+    return index, (int(index.max()) + 1 if len(index) else 0)
+
+
+def delong_macro(y, p_a, p_b, clusters=None, findings=None, include=None) -> dict:
+    """delong_test for the macro AUROC of (N, F) labels (NaN masked) and two (N, F) score arrays.
+
+    The macro is the mean over the findings with at least MIN_CLUSTERS clusters holding a positive and
+    as many holding a negative, and, when `include` (F booleans) is given, only over those it allows
+    (the caller's own estimability rule, e.g. metrics' min_positives). `left_out` names the others with
+    the reason.
+    """
     y, p_a, p_b = (np.asarray(v, dtype=float) for v in (y, p_a, p_b))
-    ids = np.arange(len(y)) if clusters is None else np.asarray(clusters)
-    _, cluster_index = np.unique(ids, return_inverse=True)
-    k = int(cluster_index.max()) + 1 if len(ids) else 0
-    influence, diffs, aucs = np.zeros(k), [], []
-    for j in range(y.shape[1]):
+    names = list(findings) if findings is not None else [str(j) for j in range(y.shape[1])]
+    cluster_index, k = _cluster_index(np.arange(len(y)) if clusters is None else clusters)
+    allowed = np.ones(y.shape[1], bool) if include is None else np.asarray(include, bool)
+    kept, left_out = [], []
+    for j, name in enumerate(names):
         known = ~np.isnan(y[:, j])
-        t, rows = y[known, j], cluster_index[known]
-        m, n = int((t == 1).sum()), int((t == 0).sum())
-        if m == 0 or n == 0:
-            continue
-        per = []
-        for score in (p_a[known, j], p_b[known, j]):
-            auc, v10, v01 = _components(t, score)
-            d10 = _cluster_sums(v10, rows[t == 1], k) - np.bincount(rows[t == 1], minlength=k) * auc
-            d01 = _cluster_sums(v01, rows[t == 0], k) - np.bincount(rows[t == 0], minlength=k) * auc
-            per.append((auc, d10 / m + d01 / n))
-        aucs.append((per[0][0], per[1][0]))
-        diffs.append(per[0][0] - per[1][0])
-        influence += per[0][1] - per[1][1]
-    if not diffs or k < 2:
-        return {"auc_a": float("nan"), "auc_b": float("nan"), "diff": float("nan"), "se": float("nan"),
-                "z": float("nan"), "p": float("nan"), "findings": len(diffs)}
-    influence /= len(diffs)
-    se = math.sqrt(k / (k - 1) * float(influence @ influence))
-    diff = float(np.mean(diffs))
+        f = _finding(y[known, j], (p_a[known, j], p_b[known, j]), cluster_index[known], k)
+        if not allowed[j]:
+            left_out.append({"finding": name, "reason": "not estimable by the caller's rule (too few positives)"})
+        elif not _estimable(f):
+            left_out.append({"finding": name, "reason": f"{f['k10']} patient(s) with a positive and {f['k01']} "
+                                                        f"with a negative; a variance needs {MIN_CLUSTERS} of each"})
+        else:
+            kept.append((name, f))
+    nan = float("nan")
+    out = {"auc_a": nan, "auc_b": nan, "diff": nan, "se": nan, "z": nan, "p": nan, "findings": len(kept),
+           "included": [name for name, _ in kept], "left_out": left_out, "clusters": k}
+    if not kept or k < 2:
+        return out
+    influences = np.stack([_influence(f) for _, f in kept])          # (F, K)
+    covariance = k / (k - 1) * influences @ influences.T              # cross-finding terms
+    np.fill_diagonal(covariance, [_difference_variance(f, k) for _, f in kept])
+    se = math.sqrt(max(float(covariance.sum()), 0.0)) / len(kept)
+    diff = float(np.mean([f["auc"][0] - f["auc"][1] for _, f in kept]))
     z, p = _p_two_sided(diff, se)
-    return {"auc_a": float(np.mean([a for a, _ in aucs])), "auc_b": float(np.mean([b for _, b in aucs])),
-            "diff": diff, "se": se, "z": z, "p": p, "findings": len(diffs), "clusters": k}
+    return {**out, "auc_a": float(np.mean([f["auc"][0] for _, f in kept])),
+            "auc_b": float(np.mean([f["auc"][1] for _, f in kept])), "diff": diff, "se": se, "z": z, "p": p}
 
 
 def delong_test(y, p_a, p_b, clusters=None) -> dict:
     """Compare the AUROC of scores p_a and p_b for binary labels y (NaN rows are left out).
 
-    clusters: one id per unit (the patient); None treats every unit as its own cluster.
+    clusters: one id per unit (the patient); None treats every unit as its own cluster. With fewer than
+    MIN_CLUSTERS clusters holding a positive (or a negative) the AUCs are given but no se and no p.
     """
     y = np.asarray(y, dtype=float)
     p_a, p_b = np.asarray(p_a, dtype=float), np.asarray(p_b, dtype=float)
     ids = np.arange(len(y)) if clusters is None else np.asarray(clusters)
     keep = ~np.isnan(y) & ~np.isnan(p_a) & ~np.isnan(p_b)
     y, p_a, p_b, ids = y[keep], p_a[keep], p_b[keep], ids[keep]
-    m, n = int((y == 1).sum()), int((y == 0).sum())
-    out = {"auc_a": float("nan"), "auc_b": float("nan"), "diff": float("nan"), "se": float("nan"),
-           "z": float("nan"), "p": float("nan"), "n_pos": m, "n_neg": n}
-    if m == 0 or n == 0:
+    cluster_index, k = _cluster_index(ids)
+    f = _finding(y, (p_a, p_b), cluster_index, k)
+    nan = float("nan")
+    out = {"auc_a": nan, "auc_b": nan, "diff": nan, "se": nan, "z": nan, "p": nan, "n_pos": f["m"], "n_neg": f["n"]}
+    if not f["auc"]:
         return out
-    _, cluster_index = np.unique(ids, return_inverse=True)
-    k = int(cluster_index.max()) + 1
-    pos_cluster, neg_cluster = cluster_index[y == 1], cluster_index[y == 0]
-    m_i = np.bincount(pos_cluster, minlength=k).astype(float)
-    n_i = np.bincount(neg_cluster, minlength=k).astype(float)
-    k10, k01 = int((m_i > 0).sum()), int((n_i > 0).sum())
-    aucs, d10, d01 = [], [], []
-    for score in (p_a, p_b):
-        auc, v10, v01 = _components(y, score)
-        aucs.append(auc)
-        d10.append(_cluster_sums(v10, pos_cluster, k) - m_i * auc)   # zero for clusters without positives
-        d01.append(_cluster_sums(v01, neg_cluster, k) - n_i * auc)
-    if k10 < 2 or k01 < 2:
-        return {**out, "auc_a": aucs[0], "auc_b": aucs[1], "diff": aucs[0] - aucs[1]}
-
-    def covariance(a: int, b: int) -> float:
-        s10 = k10 / ((k10 - 1) * m) * float(d10[a] @ d10[b])
-        s01 = k01 / ((k01 - 1) * n) * float(d01[a] @ d01[b])
-        s11 = k / (k - 1) * float(d10[a] @ d01[b] + d10[b] @ d01[a]) / 2
-        return s10 / m + s01 / n + 2 * s11 / (m * n)
-
-    var = covariance(0, 0) + covariance(1, 1) - 2 * covariance(0, 1)
-    diff = aucs[0] - aucs[1]
-    se = math.sqrt(max(var, 0.0))
-    z, p = _p_two_sided(diff, se)
-    return {**out, "auc_a": aucs[0], "auc_b": aucs[1], "diff": diff, "se": se, "z": z, "p": p,
-            "var_a": covariance(0, 0), "var_b": covariance(1, 1), "cov": covariance(0, 1), "clusters": k}
+    out.update(auc_a=f["auc"][0], auc_b=f["auc"][1], diff=f["auc"][0] - f["auc"][1])
+    if not _estimable(f):
+        return out
+    se = math.sqrt(_difference_variance(f, k))
+    z, p = _p_two_sided(out["diff"], se)
+    return {**out, "se": se, "z": z, "p": p, "var_a": _covariance(f, 0, 0, k), "var_b": _covariance(f, 1, 1, k),
+            "cov": _covariance(f, 0, 1, k), "clusters": k}

@@ -4,9 +4,11 @@
 
 Used only to audit a trained model by patient group: never a model input. The rules:
 - sex: patients.gender (F / M), else Unknown;
-- age at the study: anchor_age + (year of StudyDate - anchor_year), in bands 18-39, 40-59,
-  60-79, 80+ (under 18 shown as such). MIMIC-CXR's StudyDate and MIMIC-IV's dates are shifted
-  by the same per-patient offset, so the years compare directly; the age is the patient's age
+- age at the study: anchor_age + (year of StudyDate - anchor_year), in bands by `age_bands`:
+  cxrlib (<18, 18-39, 40-59, 60-79, 80+) or seyyed-kalantari (0-20, 20-40, 40-60, 60-80, 80+, each
+  band [lo, hi) in whole years, as in Seyyed-Kalantari et al., Nature Medicine 2021). MIMIC-CXR's
+  StudyDate and MIMIC-IV's dates are shifted by the same per-patient offset, so the years compare
+  directly; the age is the patient's age
   in that calendar year, so it can be one year above the age on the study day (before the
   birthday), and anchor_age is capped at 91;
 - race: every admission's `race` (1.0: `ethnicity`) harmonised into White, Black,
@@ -31,6 +33,9 @@ RACE_GROUPS = ("White", "Black", "Hispanic/Latino", "Asian", "Other", "Unknown")
 RACE_POLICIES = ("mode", "first", "unknown")
 UNKNOWN = "Unknown"
 AGE_BANDS = ((0, 17, "<18"), (18, 39, "18-39"), (40, 59, "40-59"), (60, 79, "60-79"), (80, 200, "80+"))
+AGE_BAND_SCHEMES = {"cxrlib": AGE_BANDS,
+                    "seyyed-kalantari": ((0, 19, "0-20"), (20, 39, "20-40"), (40, 59, "40-60"), (60, 79, "60-80"),
+                                         (80, 200, "80+"))}
 _NOT_A_RACE = {"", "UNKNOWN", "UNABLE TO OBTAIN", "PATIENT DECLINED TO ANSWER", "UNKNOWN/NOT SPECIFIED",
                "NAN", "DECLINED TO ANSWER"}
 TABLE_NAMES = ("patients", "admissions")
@@ -127,10 +132,12 @@ def age_at(anchor_age, anchor_year, study_year):
                                                   - np.asarray(anchor_year, dtype=float))
 
 
-def age_band(age) -> np.ndarray:
-    age = np.asarray(age, dtype=float)
+def age_band(age, scheme: str = "cxrlib") -> np.ndarray:
+    if scheme not in AGE_BAND_SCHEMES:
+        raise UserError(f"age_bands: {scheme!r}; choose one of {list(AGE_BAND_SCHEMES)}")
+    age = np.floor(np.asarray(age, dtype=float))   # whole years: 19.5 is in 0-20, never between bands
     out = np.full(age.shape, UNKNOWN, dtype=object)
-    for lo, hi, name in AGE_BANDS:
+    for lo, hi, name in AGE_BAND_SCHEMES[scheme]:
         out[(age >= lo) & (age <= hi)] = name
     return out
 
@@ -166,7 +173,8 @@ def study_times(data_root, study_ids) -> pd.DataFrame:
     return meta[["study_id", "when"]]
 
 
-def demographics_for_cohort(cohort: pd.DataFrame, data_root, mimic_iv_root, race_policy: str = "mode"):
+def demographics_for_cohort(cohort: pd.DataFrame, data_root, mimic_iv_root, race_policy: str = "mode",
+                            age_bands: str = "cxrlib"):
     """(one row per cohort image: dicom_id, subject_id, study_id, sex, age, age_band, race, insurance,
     in_mimic_iv, has_admission; the coverage counts)."""
     patients, admissions = read_patients(mimic_iv_root), read_admissions(mimic_iv_root)
@@ -175,7 +183,7 @@ def demographics_for_cohort(cohort: pd.DataFrame, data_root, mimic_iv_root, race
     rows = rows.merge(patients, on="subject_id", how="left")
     rows["sex"] = rows["gender"].map({"F": "F", "M": "M"}).fillna(UNKNOWN)
     rows["age"] = age_at(rows["anchor_age"], rows["anchor_year"], rows["when"].dt.year)
-    rows["age_band"] = age_band(rows["age"])
+    rows["age_band"] = age_band(rows["age"], age_bands)
     rows["race"] = rows["subject_id"].map(patient_race(admissions, race_policy)).fillna(UNKNOWN)
     rows["insurance"] = insurance_at(rows, admissions)
     rows["in_mimic_iv"] = rows["subject_id"].isin(set(patients["subject_id"]))

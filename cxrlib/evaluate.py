@@ -13,7 +13,6 @@ patient-level bootstrap (all images of a subject are drawn together).
 from __future__ import annotations
 
 import json
-import math
 import platform
 import subprocess
 import time
@@ -29,7 +28,7 @@ from . import metrics
 from . import params as params_mod
 from .checkpoint import read_model_config
 from .errors import UserError
-from .fsutil import atomic_write_csv, atomic_write_json, sha256_file
+from .fsutil import atomic_write_csv, atomic_write_json, jsonable, sha256_file
 from .labels import FINDINGS
 from .original import original_project_results
 from .report_tables import (  # noqa: F401  (the notebook's tables are this module's API too)
@@ -237,23 +236,6 @@ def selection(run_dir, p) -> dict:
     return out
 
 
-def _jsonable(value):
-    """NaN, inf and pd.NA -> None; numpy scalars -> Python numbers (json.dumps writes NaN, which is not JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return None if not math.isfinite(value) else float(value)
-    if value is pd.NA:
-        return None
-    return value
-
-
 def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: bool = False,
                  write: bool = True) -> dict:
     """Every figure of the run with its CI; written atomically to <run_dir>/metrics.json.
@@ -280,7 +262,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     for split in splits:
         y, prob, groups = arrays(units, split)
         summaries[split] = metrics.summarize(y, prob, groups, n_boot=p.bootstrap, seed=p.seed,
-                                             ci_level=p.ci_level, progress=progress)
+                                             ci_level=p.ci_level, progress=progress, min_positives=p.min_positives)
     y_test, p_test, test_groups = arrays(units, "test")
     rules = {f: {"fixed_0.5": FIXED_THRESHOLD} for f in FINDINGS}
     notes = []
@@ -295,7 +277,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     test = summaries["test"]
     for key, (avg, m) in HEADLINE.items():
         valid = test[avg][m]["n_boot_valid"]
-        if valid < p.bootstrap:
+        if test[avg][m]["conditional"]:
             notes.append(f"{key}: CI from {valid} of {p.bootstrap} resamples (the others lost every positive or "
                          "every negative of a finding); it is conditional on those and may not contain the estimate")
     level = level_section(predictions, units, p, progress)
@@ -317,8 +299,10 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     report = {
         "run": run_dir.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "headline": {key: {k: test[avg][m][k] for k in ("value", "lo", "hi")} for key, (avg, m) in HEADLINE.items()},
+        "headline": headline(test),
         "headline_split": "test",
+        "macro": {"findings": test["macro_findings"], "not_estimable": test["not_estimable"],
+                  "one_class": test["excluded"], "min_positives": p.min_positives},
         "level": level,
         "ci": {"level": p.ci_level, "n_boot": p.bootstrap, "seed": p.seed, "method": test["ci_method"]},
         "splits": summaries,
@@ -339,10 +323,16 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         "original_project": original_project_results(),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    report = _jsonable(report)
+    report = jsonable(report)
     if write:
         atomic_write_json(run_dir / "metrics.json", report)
     return report
+
+
+def headline(summary: dict) -> dict:
+    """The test split's macro and micro AUROC and AUPRC: {value, lo, hi, n_boot_valid, conditional}."""
+    return {key: {k: summary[avg][m][k] for k in ("value", "lo", "hi", "n_boot_valid", "conditional")}
+            for key, (avg, m) in HEADLINE.items()}
 
 
 def level_section(predictions: pd.DataFrame, units: pd.DataFrame, p, progress: bool = False) -> dict:
@@ -357,11 +347,10 @@ def level_section(predictions: pd.DataFrame, units: pd.DataFrame, p, progress: b
         rows = levels.rows_at(predictions, other, p.study_aggregate)
         y, prob, groups = arrays(rows, "test")
         test = metrics.summarize(y, prob, groups, n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level,
-                                 progress=progress)
+                                 progress=progress, min_positives=p.min_positives)
         out["other"] = {"level": other, "aggregate": p.study_aggregate if other == "study" else None,
                         "units_per_split": levels.units_per_split(rows), "test": test,
-                        "headline": {key: {k: test[avg][m][k] for k in ("value", "lo", "hi")}
-                                     for key, (avg, m) in HEADLINE.items()}}
+                        "headline": headline(test)}
     return out
 
 

@@ -1,185 +1,100 @@
-"""The audit by patient group: per-group figures, each group's gap from the rest, underdiagnosis.
+"""The audit by patient group: per-group figures, gaps between groups, and one error rate for the whole audit.
 
     rows = audit(units, groups, thresholds, n_boot=1000, seed=0, min_group_patients=30)
 
-`units` are the scored test rows (images or studies, as the run's eval_level says) with p_<finding>
-and <finding> columns and subject_id; `groups` holds one column per attribute (sex, age_band,
-race, insurance, race_sex) aligned with them; `thresholds` are the validation-chosen ones
-({finding: value}), applied unchanged. For each attribute, group and finding:
-- AUROC, AUPRC and ECE within the group; TPR, FPR and FNR at the threshold;
-- underdiagnosis (finding "any"): among units with at least one pathology positive, the share
-  predicted "No Finding" at its threshold (Seyyed-Kalantari et al., Nature Medicine 2021);
-- gap = the group's value minus the rest of the test set's, with a percentile CI and a two-sided
-  p-value (the gap over its bootstrap standard error; rates resampled with Agresti-Caffo's one
-  added hit and miss, so that 10 of 10 does not look certain) from the same patient resamples (one draw of
-  patients serves every group, so a patient's images move together), and p-values adjusted across groups x findings of each
-  (attribute, metric): Holm (family-wise) and Benjamini-Hochberg (false discovery rate). ECE gaps
-  get a CI but no p-value: ECE grows as a sample shrinks, so a small group's gap is partly its size.
-Groups with fewer than min_group_patients patients are reported as "<N" with no figures
-(small cells identify people and give no stable estimate) and are never plotted; a figure with
-fewer than min_cases positives or negatives in the group or the rest is left empty.
+`units` are the scored test rows (images or studies, as the run's eval_level says) with p_<finding>,
+<finding> and subject_id; `groups` holds one column per attribute (sex, age_band, race, insurance,
+race_sex) aligned with them; `thresholds` are the validation-chosen ones ({finding: value}).
+
+The procedure, declared before any figure is seen:
+- Comparisons. Within an attribute, the groups with a known value and at least min_group_patients
+  patients are compared. Two such groups give ONE comparison (the first in sorted order against the
+  other: F vs M, never also M vs F); more give each group against the rest of them. Unknown and
+  suppressed units are left out of every comparison; Unknown's own figures are still reported.
+- Primary tests (the audit's decisions): for each comparison of sex, age_band, race and insurance,
+  (1) the macro AUROC gap, the mean over findings with min_cases positives and negatives on both sides
+  of each side's AUROC (prevalence-free ranking), and (2) the underdiagnosis gap: the rate at which a
+  unit whose No Finding label is 0 is called "No Finding" at its threshold, i.e. the No Finding
+  false-positive rate of Seyyed-Kalantari et al. (Nature Medicine 2021). Decisions are Bonferroni over
+  all primary tests of the audit (m of them, family-wise error <= alpha under any dependence), and each
+  primary gap's interval is Bonferroni-simultaneous at 1 - alpha / m: a gap is significant exactly when
+  that interval excludes 0. (Holm would reject at least as much but has no intervals that match.)
+- Exploratory tests, no decisions: per finding AUROC, TPR and FPR gaps, the share of units with a
+  pathology called "No Finding" (`missed_pathology`, which earlier versions called underdiagnosis), and
+  every race_sex comparison. Benjamini-Hochberg q-values across all of them, and per-comparison 95%
+  intervals. FNR is 1 - TPR and is not reported twice. AUPRC and ECE gaps get intervals and no test:
+  AUPRC moves with a group's prevalence, ECE with its size.
+- Intervals: estimate +- z * SE, where SE is the patient bootstrap's standard deviation (one draw of
+  patients serves every group, so a patient's images move together), never below the SE the gap would
+  have under no difference (two-proportion, or Hanley-McNeil for AUROC): a rate of 24 of 24 varies in
+  no resample. A group's own rate gets Wilson's interval on its effective sample size (n over the
+  bootstrap's design effect). Every interval contains its estimate; ranges are clipped to [0, 1].
+- Small cells: a group under min_group_patients patients is shown as "<N" with no figures. If that
+  leaves one hidden cell in a margin whose total is known (an attribute's groups; a race's or a sex's
+  race_sex cells), the next smallest cell's count is hidden too (complementary suppression), so no
+  count can be recovered by subtraction; its figures stay.
 """
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pandas as pd
 
 from . import metrics
 from .labels import FINDINGS
+from .multiplicity import benjamini_hochberg, bonferroni, normal_quantile, p_from_z
 
 ATTRIBUTES = ("sex", "age_band", "race", "insurance", "race_sex")
-RANKING = ("auroc", "auprc", "ece")
-AT_THRESHOLD = ("tpr", "fpr", "fnr")
-AGRESTI_CAFFO = 1.0   # pseudo-counts per rate in the resamples (point estimates use none)
+PRIMARY_ATTRIBUTES = ("sex", "age_band", "race", "insurance")   # race_sex: exploratory (many small cells)
+UNKNOWN = "Unknown"
 PATHOLOGIES = [f for f in FINDINGS if f not in ("No Finding", "Support Devices")]
-PLANTED_FILE = "PLANTED.json"   # synth_mimic_iv.PLANTED_FILE: what the stand-in planted
-UNDER_DETECTION = {"auroc": -1, "auprc": -1, "tpr": -1, "fnr": 1, "underdiagnosis": 1}   # sign of the gap
-COLUMNS = ["attribute", "group", "finding", "metric", "value", "lo", "hi", "n_patients", "gap", "gap_lo",
-           "gap_hi", "p_value", "p_holm", "p_bh"]
+NO_FINDING = FINDINGS.index("No Finding")
+PER_FINDING = ("auroc", "auprc", "ece", "tpr", "fpr")
+TESTED_PER_FINDING = ("auroc", "tpr", "fpr")
+RATES = ("tpr", "fpr", "underdiagnosis", "missed_pathology")
+PRIMARY_METRICS = ("auroc_macro", "underdiagnosis")
+UNDER_DETECTION = {"auroc": -1, "auroc_macro": -1, "tpr": -1, "underdiagnosis": 1, "missed_pathology": 1}
+COLUMNS = ["attribute", "group", "reference", "finding", "metric", "tier", "value", "lo", "hi", "n_patients", "gap",
+           "gap_lo", "gap_hi", "ci", "p_value", "p_adjusted", "adjustment", "significant"]
 
 
-def _adjusted(p, step) -> np.ndarray:
-    """Adjusted p-values: `step` maps the m known p-values, sorted ascending, to their adjusted values;
-    NaN stays NaN and nothing exceeds 1."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    known = np.flatnonzero(~np.isnan(p))
-    order = known[np.argsort(p[known], kind="stable")]
-    if len(order):
-        out[order] = np.minimum(step(p[order], len(order)), 1.0)
-    return out
+# --------------------------------------------------------------------------- statistics for a set of weights
+class _Units:
+    """The audited units once: labels, calls and the ranking plan shared by every group and resample."""
+
+    def __init__(self, units: pd.DataFrame, thresholds: dict):
+        self.y = units[FINDINGS].to_numpy(np.float64)
+        self.p = units[[f"p_{f}" for f in FINDINGS]].to_numpy(np.float64)
+        called = self.p >= np.array([thresholds[f] for f in FINDINGS], dtype=float)
+        known = ~np.isnan(self.y)
+        self.pos = np.where(known, np.nan_to_num(self.y), 0.0)
+        self.neg = np.where(known, 1 - np.nan_to_num(self.y), 0.0)
+        self.called = called.astype(float)
+        self.healthy_call = self.called[:, NO_FINDING]
+        self.not_healthy = self.neg[:, NO_FINDING]                                     # No Finding label 0
+        self.pathology = (np.nan_to_num(units[PATHOLOGIES].to_numpy(np.float64)) == 1).any(1).astype(float)
+        self.plan = metrics.resample_plan(self.y, self.p, list(FINDINGS))
+        self.subjects = units["subject_id"].to_numpy(str)
+
+    def stats(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Every audited statistic for row weights w (N, b): (b, F) per finding, (b,) for the rest."""
+        ranked = metrics.plan_stats(self.plan, w)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = {m: ranked[m] for m in ("auroc", "auprc", "ece")}
+            out["tpr"] = (w.T @ (self.pos * self.called)) / (w.T @ self.pos)
+            out["fpr"] = (w.T @ (self.neg * self.called)) / (w.T @ self.neg)
+            out["underdiagnosis"] = (w.T @ (self.not_healthy * self.healthy_call)) / (w.T @ self.not_healthy)
+            out["missed_pathology"] = (w.T @ (self.pathology * self.healthy_call)) / (w.T @ self.pathology)
+        return out
+
+    def counts(self, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Cases behind each statistic inside `mask`: positives and negatives per finding, the rates' denominators."""
+        return {"pos": self.pos[mask].sum(0), "neg": self.neg[mask].sum(0),
+                "underdiagnosis": self.not_healthy[mask].sum(), "missed_pathology": self.pathology[mask].sum()}
 
 
-def holm(p) -> np.ndarray:
-    """Holm's step-down adjusted p-values."""
-    return _adjusted(p, lambda ps, m: np.maximum.accumulate((m - np.arange(m)) * ps))
-
-
-def benjamini_hochberg(p) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values."""
-    return _adjusted(p, lambda ps, m: np.minimum.accumulate((ps * m / np.arange(1, m + 1))[::-1])[::-1])
-
-
-def _rates(y, called, w, prior: float = 0.0):
-    """TPR, FPR, FNR per finding for the (N, b) weights w; y (N, F) with NaN masked, called (N, F) bools.
-
-    prior adds that many hits and misses to every count (Agresti-Caffo: 1), which the resamples use so
-    that a rate of 10 of 10 does not get a zero-width interval.
-    """
-    known = ~np.isnan(y)
-    pos, neg = np.where(known, np.nan_to_num(y), 0.0), np.where(known, 1 - np.nan_to_num(y), 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpr = (w.T @ (pos * called) + prior) / (w.T @ pos + 2 * prior)
-        fpr = (w.T @ (neg * called) + prior) / (w.T @ neg + 2 * prior)
-    return {"tpr": tpr, "fpr": fpr, "fnr": 1 - tpr}
-
-
-def _underdiagnosis(has_finding, said_no_finding, w, prior: float = 0.0):
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (w.T @ (has_finding * said_no_finding) + prior) / (w.T @ has_finding + 2 * prior)
-
-
-def _statistics(plan, y, called, has_finding, said_no_finding, w, prior: float = 0.0) -> dict[str, np.ndarray]:
-    """Every audited statistic for weights w (N, b): (b, F) arrays, underdiagnosis (b,)."""
-    ranked = metrics._stats(plan, w)
-    return {**{m: ranked[m] for m in RANKING}, **_rates(y, called, w, prior),
-            "underdiagnosis": _underdiagnosis(has_finding, said_no_finding, w, prior)}
-
-
-def _enough(metric: str, pos: np.ndarray, neg: np.ndarray, cases: float, min_cases: int) -> np.ndarray:
-    """Per finding: whether the group (and the rest) hold enough cases for the metric to mean anything."""
-    if metric in ("auroc", "auprc"):
-        return (pos >= min_cases) & (neg >= min_cases)
-    if metric in ("tpr", "fnr"):
-        return pos >= min_cases
-    if metric == "fpr":
-        return neg >= min_cases
-    if metric == "underdiagnosis":
-        return np.array([cases >= min_cases])
-    return pos + neg >= min_cases
-
-
-def audit(units: pd.DataFrame, groups: pd.DataFrame, thresholds: dict, n_boot: int = 1000, seed: int = 0,
-          ci_level: float = 0.95, min_group_patients: int = 30, attributes=ATTRIBUTES,
-          min_cases: int = 10) -> pd.DataFrame:
-    """One row per (attribute, group, finding, metric) with COLUMNS; see the module docstring.
-
-    A figure whose group or rest has fewer than min_cases positives (or negatives, as the metric
-    needs) is left empty: a TPR of 2 of 2 has a bootstrap interval, but it means nothing, and its
-    p-value is kept out of the adjustment.
-    """
-    y = units[FINDINGS].to_numpy(np.float64)
-    p = units[[f"p_{f}" for f in FINDINGS]].to_numpy(np.float64)
-    cut = np.array([thresholds[f] for f in FINDINGS], dtype=float)
-    called = p >= cut
-    has_finding = (np.nan_to_num(units[PATHOLOGIES].to_numpy(np.float64)) == 1).any(1).astype(float)
-    said_no_finding = called[:, FINDINGS.index("No Finding")].astype(float)
-    plan = metrics._plan(y, p, list(FINDINGS))
-    subjects = units["subject_id"].to_numpy(str)
-    args = (plan, y, called, has_finding, said_no_finding)
-    everyone = np.ones((len(units), 1))
-    masks = {(a, g): (groups[a].to_numpy() == g) for a in attributes for g in sorted(pd.unique(groups[a]))}
-    patients = {key: len(np.unique(subjects[mask])) for key, mask in masks.items()}
-    kept = {key: mask for key, mask in masks.items() if patients[key] >= min_group_patients}
-
-    def point(mask):
-        return _statistics(*args, everyone * mask[:, None])
-
-    estimates = {key: (point(mask), point(~mask)) for key, mask in kept.items()}
-    pooled = point(np.ones(len(units), bool))
-    samples = {key: ([], []) for key in kept}
-    for w in metrics.patient_weights(subjects, len(units), n_boot, seed, chunk=64):
-        for key, mask in kept.items():
-            inside, outside = samples[key]
-            inside.append(_statistics(*args, w * mask[:, None], AGRESTI_CAFFO))
-            outside.append(_statistics(*args, w * ~mask[:, None], AGRESTI_CAFFO))
-    tail = 100 * (1 - ci_level) / 2
-    rows = []
-    for (attribute, group), mask in masks.items():
-        n = patients[(attribute, group)]
-        if (attribute, group) not in kept:
-            rows.append({"attribute": attribute, "group": group, "finding": "all", "metric": "suppressed",
-                         "n_patients": f"<{min_group_patients}"})
-            continue
-        (value, rest), (inside, outside) = estimates[(attribute, group)], samples[(attribute, group)]
-        counts = [(np.nansum(y[m] == 1, 0), np.nansum(y[m] == 0, 0), has_finding[m].sum()) for m in (mask, ~mask)]
-        for metric in (*RANKING, *AT_THRESHOLD, "underdiagnosis"):
-            enough = (_enough(metric, *counts[0], min_cases) & _enough(metric, *counts[1], min_cases))
-            boot_in = np.concatenate([s[metric] for s in inside])
-            boot_gap = boot_in - np.concatenate([s[metric] for s in outside])
-            names = ["any"] if metric == "underdiagnosis" else FINDINGS
-            for j, finding in enumerate(names):
-                if not enough[j]:
-                    rows.append({"attribute": attribute, "group": group, "finding": finding, "metric": metric,
-                                 "n_patients": n})
-                    continue
-                col = (lambda a: a[:, j]) if metric != "underdiagnosis" else (lambda a: a)
-                own, gap = col(boot_in), col(boot_gap)
-                v = float(col(value[metric])[0])
-                g = v - float(col(rest[metric])[0])
-                floor = _null_se(metric, float(col(pooled[metric])[0]), j, counts)
-                # ECE grows as a sample shrinks (binning noise), so a small group's ECE gap is partly its
-                # size: reported with its CI, not tested.
-                tested = metric != "ece"
-                rows.append({"attribute": attribute, "group": group, "finding": finding, "metric": metric,
-                             "value": v, **_interval(own, tail, ""), "n_patients": n, "gap": g,
-                             **_interval(gap, tail, "gap_"),
-                             "p_value": _p_two_sided(g, gap, floor) if tested else np.nan})
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    for (attribute, metric), family in table[table["metric"] != "suppressed"].groupby(["attribute", "metric"]):
-        table.loc[family.index, "p_holm"] = holm(family["p_value"])
-        table.loc[family.index, "p_bh"] = benjamini_hochberg(family["p_value"])
-    return table
-
-
-def _interval(samples: np.ndarray, tail: float, prefix: str) -> dict:
-    valid = samples[~np.isnan(samples)]
-    if not valid.size:
-        return {f"{prefix}lo": np.nan, f"{prefix}hi": np.nan}
-    lo, hi = np.percentile(valid, [tail, 100 - tail])
-    return {f"{prefix}lo": float(lo), f"{prefix}hi": float(hi)}
+def _macro(auroc: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Mean AUROC over the member findings, per resample (NaN if a resample lost one of them)."""
+    return auroc[:, members].mean(1) if members.any() else np.full(len(auroc), np.nan)
 
 
 def _hanley_mcneil(auc: float, n_pos: float, n_neg: float) -> float:
@@ -189,163 +104,247 @@ def _hanley_mcneil(auc: float, n_pos: float, n_neg: float) -> float:
     return float(np.sqrt(max(variance, 0.0)))
 
 
-def _null_se(metric: str, pooled: float, j: int, counts) -> float:
-    """The gap's standard error if group and rest shared the whole test set's value (0 for ECE).
-
-    A bootstrap cannot see the spread of a rate of 24 of 24, or of an AUROC of 1.0: every resample
-    repeats it. The two-proportion test's (and Hanley-McNeil's) null standard error is the floor.
-    """
-    (pos_g, neg_g, cases_g), (pos_r, neg_r, cases_r) = counts
-    if metric in ("tpr", "fnr", "fpr", "underdiagnosis"):
-        n_g, n_r = {"fpr": (neg_g[j], neg_r[j]), "underdiagnosis": (cases_g, cases_r)}.get(
-            metric, (pos_g[j], pos_r[j]))
-        rate = pooled if metric != "fnr" else 1 - pooled
-        return float(np.sqrt(rate * (1 - rate) * (1 / n_g + 1 / n_r)))
-    if metric in ("auroc", "auprc") and not np.isnan(pooled):
-        auc = pooled if metric == "auroc" else 0.5   # AUPRC: a generous floor at chance ranking
-        return float(np.hypot(_hanley_mcneil(auc, pos_g[j], neg_g[j]), _hanley_mcneil(auc, pos_r[j], neg_r[j])))
-    return 0.0
+def _sd(samples: np.ndarray) -> float:
+    valid = samples[~np.isnan(samples)]
+    return float(np.std(valid, ddof=1)) if valid.size > 1 else float("nan")
 
 
-def _p_two_sided(gap: float, gaps: np.ndarray, floor: float = 0.0) -> float:
-    """Two-sided p of a zero gap: the gap over its standard error (a Wald test).
-
-    The standard error is the bootstrap's (it follows the patients' clustering), never below the
-    null standard error `floor`. Counting resamples beyond 0 instead cannot go below 1/n_boot, which
-    a Holm adjustment over 28 or more tests lifts above any usual level.
-    """
-    from statistics import NormalDist
-
-    valid = gaps[~np.isnan(gaps)]
-    if valid.size < 2 or np.isnan(gap):
-        return np.nan
-    se = max(float(np.std(valid, ddof=1)), floor)
-    if se == 0:
-        return 1.0 if gap == 0 else 0.0
-    return float(2 * (1 - NormalDist().cdf(abs(gap) / se)))
+def _wilson(rate: float, n: float, z: float) -> tuple[float, float]:
+    """Wilson's score interval for a proportion on n (effective) trials; always contains `rate`."""
+    if not n > 0 or np.isnan(rate):
+        return float("nan"), float("nan")
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(min(centre - half, rate)), float(max(centre + half, rate))
 
 
-def with_intersection(demographics: pd.DataFrame) -> pd.DataFrame:
-    """The demographics table with race_sex (e.g. 'Black / F') for the intersectional audit."""
-    return demographics.assign(race_sex=demographics["race"].astype(str) + " / " + demographics["sex"].astype(str))
+# --------------------------------------------------------------------------- groups, comparisons, suppression
+def _hidden(counts: dict, margins: list[list], minimum: int) -> tuple[set, set]:
+    """(cells under `minimum`, cells hidden to protect them): while a margin (cells summing to a published
+    total) has exactly one hidden cell, hide its smallest visible cell."""
+    small = {c for c, n in counts.items() if n < minimum}
+    complementary: set = set()
+    changed = True
+    while changed:
+        changed = False
+        for margin in margins:
+            cells = [c for c in margin if c in counts and counts[c] > 0]
+            hidden = [c for c in cells if c in small or c in complementary]
+            visible = sorted((c for c in cells if c not in hidden), key=lambda c: (counts[c], str(c)))
+            if len(hidden) == 1 and visible:
+                complementary.add(visible[0])
+                changed = True
+    return small, complementary
 
 
-# --------------------------------------------------------------------------- a run
-def audit_run(run_dir, p, progress: bool = False) -> dict:
-    """Demographics for the run's cohort (demographics.csv), the audit of its test units (fairness.csv,
-    fairness.json); the thresholds are metrics.json's validation-chosen max-F1 ones (fixed 0.5 without)."""
-    from pathlib import Path
-
-    from . import cohort as cohort_mod
-    from . import demographics, levels
-    from .evaluate import read_metrics, read_predictions
-    from .fsutil import atomic_write_csv, atomic_write_json
-
-    run_dir = Path(run_dir)
-    report = read_metrics(run_dir)
-    rule = "f1" if report["thresholds"]["chosen_on"] else "fixed_0.5"
-    thresholds = {f: report["thresholds"]["values"][f].get(rule, 0.5) for f in FINDINGS}
-    cohort = cohort_mod.read_cohort(run_dir / "cohort.csv")
-    table, coverage = demographics.demographics_for_cohort(cohort, p.data_root, p.resolved_mimic_iv_root(),
-                                                           p.race_policy)
-    atomic_write_csv(run_dir / "demographics.csv", table)   # per image: stays in the run folder
-    test = read_predictions(run_dir)
-    test = test[test["split"] == "test"]
-    units = levels.rows_at(test, p.eval_level, p.study_aggregate).reset_index(drop=True)
-    key = "study_id" if p.eval_level == "study" else "dicom_id"
-    attributes = with_intersection(table.drop_duplicates(key).set_index(key)).loc[units[key].to_numpy()]
-    rows = audit(units, attributes.reset_index(drop=True), thresholds, n_boot=p.bootstrap, seed=p.seed,
-                 ci_level=p.ci_level, min_group_patients=p.min_group_patients)
-    atomic_write_csv(run_dir / "fairness.csv", rows)
-    planted_file = p.resolved_mimic_iv_root() / PLANTED_FILE   # only the synthetic stand-in has one
-    planted = json.loads(planted_file.read_text()) if planted_file.is_file() else None
-    summary = {"run": run_dir.name, "level": p.eval_level, "threshold_rule": rule, "thresholds": thresholds,
-               "coverage": coverage, "min_group_patients": p.min_group_patients, "n_boot": p.bootstrap,
-               "ci_level": p.ci_level, "test_units": int(len(units)),
-               "groups": group_sizes(attributes, units["subject_id"], p.min_group_patients),
-               "significant": significant(rows).to_dict("records"),
-               "planted": planted_check(rows, planted) if planted else None, "rows": rows.to_dict("records")}
-    from .evaluate import _jsonable
-
-    atomic_write_json(run_dir / "fairness.json", _jsonable(summary))
-    return summary
+def _margins(attribute: str, values: list) -> list[list]:
+    margins = [list(values)]
+    if attribute == "race_sex":   # "race / sex": each race's cells and each sex's cells sum to published totals
+        parts = {v: str(v).split(" / ", 1) for v in values}
+        for index in (0, 1):
+            for key in {p[index] for p in parts.values() if len(p) == 2}:
+                margins.append([v for v, p in parts.items() if len(p) == 2 and p[index] == key])
+    return margins
 
 
-def group_sizes(attributes: pd.DataFrame, subjects: pd.Series, min_group_patients: int) -> list[dict]:
-    """Patients per (attribute, group); a small group's count shown as '<N'."""
-    out = []
-    for attribute in ATTRIBUTES:
-        counts = pd.Series(subjects.to_numpy()).groupby(attributes[attribute].to_numpy()).nunique()
-        out += [{"attribute": attribute, "group": g,
-                 "patients": int(n) if n >= min_group_patients else f"<{min_group_patients}"}
-                for g, n in counts.items()]
+def plan_groups(groups: pd.DataFrame, subjects: np.ndarray, attributes, min_group_patients: int) -> dict:
+    """Per attribute: {value: mask}, patients per value, the suppressed and complementary cells, and the
+    comparisons [(group, reference name, reference mask)]."""
+    out = {}
+    for attribute in attributes:
+        column = groups[attribute].astype(str).to_numpy()
+        values = sorted(pd.unique(column))
+        masks = {v: column == v for v in values}
+        patients = {v: int(len(np.unique(subjects[m]))) for v, m in masks.items()}
+        small, complementary = _hidden(patients, _margins(attribute, values), min_group_patients)
+        known = [v for v in values if v != UNKNOWN and v not in small]
+        if len(known) == 2:
+            comparisons = [(known[0], known[1], masks[known[1]])]
+        elif len(known) > 2:
+            comparisons = [(v, "rest", np.any([masks[o] for o in known if o != v], axis=0)) for v in known]
+        else:
+            comparisons = []
+        out[attribute] = {"masks": masks, "patients": patients, "small": small, "complementary": complementary,
+                          "known": known, "comparisons": comparisons}
     return out
 
 
-def significant(rows: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """The gaps that survive Holm at alpha, largest first."""
-    hits = rows[(rows["p_holm"] < alpha)].copy()
-    return hits.reindex(hits["gap"].abs().sort_values(ascending=False).index)[
-        ["attribute", "group", "finding", "metric", "value", "gap", "gap_lo", "gap_hi", "p_holm", "n_patients"]]
+def group_sizes(plan: dict, min_group_patients: int) -> list[dict]:
+    """Patients per (attribute, group) as published: '<N' for a small cell, 'hidden' for its complement."""
+    out = []
+    for attribute, part in plan.items():
+        for value, n in part["patients"].items():
+            shown = (f"<{min_group_patients}" if value in part["small"] else
+                     "hidden (complementary suppression)" if value in part["complementary"] else n)
+            out.append({"attribute": attribute, "group": value, "patients": shown})
+    return out
 
 
-def planted_check(rows: pd.DataFrame, planted: dict, alpha: float = 0.05) -> dict:
-    """Did the audit find the disparity the synthetic data planted (PLANTED.json), and nothing elsewhere?
+# --------------------------------------------------------------------------- the audit
+def audit(units: pd.DataFrame, groups: pd.DataFrame, thresholds: dict, n_boot: int = 1000, seed: int = 0,
+          ci_level: float = 0.95, min_group_patients: int = 30, attributes=ATTRIBUTES, min_cases: int = 10,
+          alpha: float = 0.05) -> pd.DataFrame:
+    """One row per (attribute, group, finding, metric) with COLUMNS; the procedure is the module docstring's."""
+    data = _Units(units, thresholds)
+    n = len(units)
+    plan = plan_groups(groups, data.subjects, attributes, min_group_patients)
+    # Every mask whose statistics are needed: each shown group, and each comparison's reference.
+    sides = {}
+    for attribute, part in plan.items():
+        for value, mask in part["masks"].items():
+            if value not in part["small"]:
+                sides[(attribute, value)] = mask
+        for group, reference, mask in part["comparisons"]:
+            if reference == "rest":
+                sides[(attribute, f"rest of {group}")] = mask
+    point = {key: data.stats(mask[:, None].astype(float)) for key, mask in sides.items()}
+    chunks: dict = {key: [] for key in sides}
+    for w in metrics.patient_weights(data.subjects, n, n_boot, seed, chunk=64):
+        for key, mask in sides.items():
+            chunks[key].append(data.stats(w * mask[:, None]))
+    boot = {key: {m: np.concatenate([c[m] for c in parts]) for m in parts[0]} for key, parts in chunks.items()}
+    whole = data.stats(np.ones((n, 1)))
+    z_row = normal_quantile(ci_level)
+    rows = []
+    for attribute, part in plan.items():
+        for value in part["patients"]:
+            rows += _group_rows(attribute, value, part, point, boot, data, z_row, min_group_patients, min_cases)
+        for group, reference, ref_mask in part["comparisons"]:
+            ref_key = (attribute, f"rest of {group}") if reference == "rest" else (attribute, reference)
+            counts = (data.counts(part["masks"][group]), data.counts(ref_mask))
+            rows += _gap_rows(attribute, group, reference, (attribute, group), ref_key, point, boot, whole, counts,
+                              min_cases)
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS + ["se"])
+    for column in ("reference", "tier", "ci", "adjustment"):
+        table[column] = table[column].astype(object)
+    return _decide(table, alpha, ci_level)[COLUMNS]
 
-    found: the planted group's gaps in the under-detection direction whose CI excludes 0 and whose
-    Holm p < alpha; elsewhere: Holm-significant gaps on the attributes where nothing was planted.
-    """
-    hits = rows[rows["p_holm"] < alpha]
-    mine = hits[(hits["attribute"] == planted["attribute"]) & (hits["group"] == planted["group"])]
-    sign = mine["metric"].map(UNDER_DETECTION)
-    found = mine[((sign < 0) & (mine["gap_hi"] < 0)) | ((sign > 0) & (mine["gap_lo"] > 0))]
-    elsewhere = hits[hits["attribute"].isin(planted["unplanted"])]
-    keep = ["attribute", "group", "finding", "metric", "value", "gap", "gap_lo", "gap_hi", "p_holm"]
-    return {"planted": planted, "detected": bool(len(found)), "found": found[keep].to_dict("records"),
-            "unplanted_clean": elsewhere.empty, "unplanted_significant": elsewhere[keep].to_dict("records")}
+
+def _group_rows(attribute, value, part, point, boot, data, z, min_group_patients, min_cases) -> list[dict]:
+    """The group's own figures (no gap): per finding, the rates, and its macro AUROC."""
+    base = {"attribute": attribute, "group": value, "reference": ""}
+    if value in part["small"]:
+        return [{**base, "finding": "all", "metric": "suppressed", "tier": "suppressed",
+                 "n_patients": f"<{min_group_patients}"}]
+    shown = "hidden" if value in part["complementary"] else part["patients"][value]
+    own, samples, counts = point[(attribute, value)], boot[(attribute, value)], data.counts(part["masks"][value])
+    enough = (counts["pos"] >= min_cases) & (counts["neg"] >= min_cases)
+    rows = []
+
+    def add(finding, metric, v, lo, hi):
+        rows.append({**base, "finding": finding, "metric": metric, "tier": "descriptive", "value": v, "lo": lo,
+                     "hi": hi, "n_patients": shown})
+
+    for metric in PER_FINDING:
+        for j, finding in enumerate(FINDINGS):
+            need = {"tpr": counts["pos"][j] >= min_cases, "fpr": counts["neg"][j] >= min_cases}.get(metric, enough[j])
+            v = float(own[metric][0, j])
+            if not need or np.isnan(v):
+                add(finding, metric, np.nan, np.nan, np.nan)
+                continue
+            sd = _sd(samples[metric][:, j])
+            if metric in RATES:
+                trials = counts["pos"][j] if metric == "tpr" else counts["neg"][j]
+                lo, hi = _wilson(v, trials / _design_effect(sd, v, trials), z)
+            else:
+                floor = _hanley_mcneil(v, counts["pos"][j], counts["neg"][j]) if metric == "auroc" else 0.0
+                se = max(sd, floor)
+                lo, hi = max(v - z * se, 0.0), min(v + z * se, 1.0)
+            add(finding, metric, v, lo, hi)
+    for metric in ("underdiagnosis", "missed_pathology"):
+        v, trials = float(own[metric][0]), counts[metric]
+        if trials < min_cases or np.isnan(v):
+            add("any", metric, np.nan, np.nan, np.nan)
+            continue
+        lo, hi = _wilson(v, trials / _design_effect(_sd(samples[metric]), v, trials), z)
+        add("any", metric, v, lo, hi)
+    v = float(_macro(own["auroc"], enough)[0])
+    se = _sd(_macro(samples["auroc"], enough))
+    add("macro", "auroc_macro", v, *((max(v - z * se, 0.0), min(v + z * se, 1.0)) if enough.any() else (np.nan,) * 2))
+    return rows
 
 
-def plot_gaps(rows: pd.DataFrame, attribute: str, metric: str = "auroc"):
-    """Forest plot: each group's gap from the rest per finding, with its CI; Holm-significant in red."""
-    import matplotlib.pyplot as plt
-
-    part = rows[(rows["attribute"] == attribute) & (rows["metric"] == metric)].dropna(subset=["gap"])
-    fig, ax = plt.subplots(figsize=(7, 0.22 * max(len(part), 4) + 1))
-    if part.empty:
-        ax.text(0.5, 0.5, f"no group of {attribute} has enough patients", ha="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        plt.close(fig)
-        return fig
-    y = np.arange(len(part))
-    colors = np.where(part["p_holm"] < 0.05, "#c00000", "#4c72b0").tolist()   # errorbar takes one colour only
-    ax.hlines(y, part["gap_lo"].fillna(part["gap"]), part["gap_hi"].fillna(part["gap"]), colors=colors, lw=1.2)
-    ax.scatter(part["gap"], y, c=colors, s=14, zorder=3)
-    ax.set_yticks(y, [f"{g} · {f}" for g, f in zip(part["group"], part["finding"])], fontsize=7)
-    ax.invert_yaxis()
-    ax.axvline(0, color="grey", lw=0.8)
-    ax.set_xlabel(f"{metric.upper()} gap: group minus the rest (patient-bootstrap CI; red: Holm p < 0.05)")
-    ax.set_title(attribute)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+def _design_effect(sd: float, rate: float, trials: float) -> float:
+    """The bootstrap variance over the binomial one (at least 1): patients with several units count less."""
+    binomial = rate * (1 - rate) / trials if trials > 0 else 0.0
+    return max(1.0, sd * sd / binomial) if binomial > 0 and not np.isnan(sd) else 1.0
 
 
-def plot_underdiagnosis(rows: pd.DataFrame):
-    """Per attribute and group: the share of patients with a finding predicted 'No Finding', with its CI."""
-    import matplotlib.pyplot as plt
+def _gap_rows(attribute, group, reference, key, ref_key, point, boot, whole, counts, min_cases) -> list[dict]:
+    """The group minus its reference for every metric, with the SE each test and interval will use."""
+    exploratory = attribute not in PRIMARY_ATTRIBUTES
+    (mine, ref), (cg, cr) = (point[key], point[ref_key]), counts
+    base = {"attribute": attribute, "group": group, "reference": reference}
+    rows = []
 
-    part = rows[(rows["metric"] == "underdiagnosis")].dropna(subset=["value"])
-    attributes = [a for a in ATTRIBUTES if a in set(part["attribute"])]
-    fig, axes = plt.subplots(1, max(len(attributes), 1), figsize=(3.2 * max(len(attributes), 1), 3.4),
-                             sharey=True, squeeze=False)
-    for ax, attribute in zip(axes[0], attributes):
-        bars = part[part["attribute"] == attribute]
-        err = np.vstack([bars["value"] - bars["lo"], bars["hi"] - bars["value"]]).clip(min=0)
-        colors = np.where(bars["p_holm"] < 0.05, "#c00000", "#4c72b0").tolist()
-        ax.bar(np.arange(len(bars)), bars["value"], yerr=np.nan_to_num(err), color=colors, capsize=3)
-        ax.set_xticks(np.arange(len(bars)), bars["group"], rotation=60, ha="right", fontsize=7)
-        ax.set_title(attribute, fontsize=9)
-    axes[0][0].set_ylabel("underdiagnosis rate\n(finding present, 'No Finding' predicted)")
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    def add(finding, metric, gap, samples, floor, tier):
+        rows.append({**base, "finding": finding, "metric": metric, "tier": tier, "gap": gap,
+                     "se": max(_sd(samples), floor) if not np.isnan(gap) else np.nan})
+
+    both = lambda c: (c["pos"] >= min_cases) & (c["neg"] >= min_cases)  # noqa: E731
+    members = both(cg) & both(cr)
+    for metric in PER_FINDING:
+        tier = "exploratory" if metric in TESTED_PER_FINDING else "descriptive"
+        for j, finding in enumerate(FINDINGS):
+            need = {"tpr": min(cg["pos"][j], cr["pos"][j]) >= min_cases,
+                    "fpr": min(cg["neg"][j], cr["neg"][j]) >= min_cases}.get(metric, members[j])
+            gap = float(mine[metric][0, j] - ref[metric][0, j]) if need else np.nan
+            floor = _null_se(metric, float(whole[metric][0, j]), (cg["pos"][j], cg["neg"][j]),
+                             (cr["pos"][j], cr["neg"][j]))
+            add(finding, metric, gap, boot[key][metric][:, j] - boot[ref_key][metric][:, j], floor, tier)
+    for metric in ("underdiagnosis", "missed_pathology"):
+        need = min(cg[metric], cr[metric]) >= min_cases
+        gap = float(mine[metric][0] - ref[metric][0]) if need else np.nan
+        floor = _null_se("rate", float(whole[metric][0]), cg[metric], cr[metric])
+        tier = "primary" if metric == "underdiagnosis" and not exploratory else "exploratory"
+        add("any", metric, gap, boot[key][metric] - boot[ref_key][metric], floor, tier)
+    gap = float(_macro(mine["auroc"], members)[0] - _macro(ref["auroc"], members)[0]) if members.any() else np.nan
+    floor = float(np.sqrt(sum(_null_se("auroc", float(whole["auroc"][0, j]), (cg["pos"][j], cg["neg"][j]),
+                                       (cr["pos"][j], cr["neg"][j])) ** 2 for j in np.flatnonzero(members))))
+    floor /= max(int(members.sum()), 1)
+    add("macro", "auroc_macro", gap, _macro(boot[key]["auroc"], members) - _macro(boot[ref_key]["auroc"], members),
+        floor, "exploratory" if exploratory else "primary")
+    return rows
+
+
+def _null_se(metric: str, pooled: float, group, rest) -> float:
+    """The gap's SE if both sides shared the whole test set's value: two proportions, or Hanley-McNeil."""
+    if np.isnan(pooled):
+        return 0.0
+    if metric in ("tpr", "fpr", "rate"):
+        n_g, n_r = (group, rest) if metric == "rate" else (group[0], rest[0]) if metric == "tpr" else (group[1], rest[1])
+        return float(np.sqrt(pooled * (1 - pooled) * (1 / n_g + 1 / n_r))) if min(n_g, n_r) > 0 else 0.0
+    if metric == "auroc" and min(*group, *rest) > 0:
+        return float(np.hypot(_hanley_mcneil(pooled, *group), _hanley_mcneil(pooled, *rest)))
+    return 0.0
+
+
+def _decide(table: pd.DataFrame, alpha: float, ci_level: float) -> pd.DataFrame:
+    """p-values, the audit-wide adjustment and the intervals that match each decision rule."""
+    table = table.copy()
+    se = table.pop("se") if "se" in table else pd.Series(np.nan, index=table.index)
+    gap, se = table["gap"].to_numpy(float), se.to_numpy(float)
+    tested = table["tier"].isin(["primary", "exploratory"]).to_numpy() & ~np.isnan(gap) & (se > 0)
+    z = np.divide(gap, se, out=np.full(len(gap), np.nan), where=tested)
+    table["p_value"] = [p_from_z(v) if t else np.nan for v, t in zip(z, tested)]
+    degenerate = table["tier"].isin(["primary", "exploratory"]).to_numpy() & ~np.isnan(gap) & (se == 0)
+    table.loc[degenerate, "p_value"] = np.where(gap[degenerate] == 0, 1.0, 0.0)
+    primary = (table["tier"] == "primary").to_numpy() & table["p_value"].notna().to_numpy()
+    exploratory = (table["tier"] == "exploratory").to_numpy() & table["p_value"].notna().to_numpy()
+    m = int(primary.sum())
+    table.loc[primary, "p_adjusted"] = bonferroni(table.loc[primary, "p_value"].to_numpy(float))
+    table.loc[primary, "adjustment"] = f"Bonferroni over the audit's {m} primary tests"
+    table.loc[exploratory, "p_adjusted"] = benjamini_hochberg(table.loc[exploratory, "p_value"].to_numpy(float))
+    table.loc[exploratory, "adjustment"] = f"Benjamini-Hochberg q over {int(exploratory.sum())} exploratory tests"
+    z_sim = normal_quantile(1 - alpha / max(m, 1))
+    z_one = normal_quantile(ci_level)
+    width = np.where((table["tier"] == "primary").to_numpy(), z_sim, z_one) * np.nan_to_num(se)
+    has_gap = ~np.isnan(gap)
+    table.loc[has_gap, "gap_lo"] = np.maximum(gap - width, -1.0)[has_gap]
+    table.loc[has_gap, "gap_hi"] = np.minimum(gap + width, 1.0)[has_gap]
+    table.loc[has_gap, "ci"] = np.where((table["tier"] == "primary").to_numpy(),
+                                        f"simultaneous {1 - alpha:.0%} (Bonferroni, m={m})",
+                                        f"per comparison {ci_level:.0%}")[has_gap]
+    table["significant"] = pd.array([bool(p < alpha) if ok else pd.NA for p, ok in
+                                     zip(table["p_adjusted"].to_numpy(float), primary)], dtype="boolean")
+    return table

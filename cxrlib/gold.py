@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics
+from . import metrics, report_tables
 from .errors import UserError
 from .labels import FINDINGS, apply_policies
 from .report_tables import with_ci
@@ -177,7 +177,8 @@ def gold_section(predictions: pd.DataFrame, gold: pd.DataFrame | None, p, thresh
     groups = studies["subject_id"].to_numpy(str)
     y_gold = studies[[f"gold_{f}" for f in FINDINGS]].to_numpy(np.float64)
     y_nlp = studies[FINDINGS].to_numpy(np.float64)
-    common = dict(groups=groups, n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level)
+    common = dict(groups=groups, n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level,
+                  min_positives=p.min_positives)
     section["model_vs_gold"] = metrics.summarize(y_gold, prob, **common)
     section["model_vs_nlp"] = metrics.summarize(y_nlp, prob, **common)   # same resamples: same patients, seed
     if thresholds:
@@ -192,7 +193,7 @@ def comparison_table(section: dict) -> pd.DataFrame:
     label = section["label_source"]
     columns = {}
     for name, key in (("radiologists", "model_vs_gold"), (label, "model_vs_nlp")):
-        table = metrics.frame(section[key]).set_index("finding")
+        table = report_tables.frame(section[key]).set_index("finding")
         columns[f"{name}: positives"] = table["n_pos"]
         columns[f"{name}: AUROC [CI]"] = [with_ci(*row) for row in table[["auroc", "auroc_lo", "auroc_hi"]]
                                           .itertuples(index=False)]

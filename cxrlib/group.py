@@ -100,7 +100,7 @@ def pooled_seeds(table: pd.DataFrame) -> pd.DataFrame:
 def against_baseline(folders: list[Path], baseline: str, p=None) -> pd.DataFrame:
     """Each run minus the baseline, paired on patients; Holm across the runs, per metric."""
     from .compare import compare_runs
-    from .fairness import holm
+    from .multiplicity import holm
 
     by_name = {f.name: f for f in folders}
     if baseline not in by_name:
@@ -167,8 +167,7 @@ def plot_curves(folders: list[Path], column: str = "val_auroc_macro"):
 def compare_group(spec: str, runs_dir="runs", baseline: str = "", out_dir=None, overrides=None) -> dict:
     """The three tables for the runs of `spec`; written to <out_dir>/comparison.json (group-level figures).
     The paired bootstrap uses the baseline's evaluation parameters, with `overrides` (bootstrap, seed, ...)."""
-    from .evaluate import _jsonable
-    from .fsutil import atomic_write_json
+    from .fsutil import atomic_write_json, jsonable
 
     folders, default_baseline = resolve_runs(spec, runs_dir)
     baseline = baseline or default_baseline
@@ -181,7 +180,7 @@ def compare_group(spec: str, runs_dir="runs", baseline: str = "", out_dir=None, 
               "pooled": pooled_seeds(table), "against_baseline": against_baseline(folders, baseline, p)}
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "comparison.json",
-                          _jsonable({k: v.to_dict("records") if isinstance(v, pd.DataFrame) else v
+                          jsonable({k: v.to_dict("records") if isinstance(v, pd.DataFrame) else v
                                      for k, v in result.items()}))
     return {**result, "folders": folders}
 

@@ -168,22 +168,10 @@ def evaluation_summary(run_dir) -> list[str]:
 
 
 def audit_summary(run_dir: Path) -> list[str]:
-    """fairness.json in a few lines: the Holm-significant gaps and, on the stand-in, the planted one."""
-    audit = json.loads((run_dir / "fairness.json").read_text())
-    hits = audit["significant"]
-    lines = [f"Audit by patient group: {len(hits)} gap(s) survive Holm at 0.05"
-             + "".join(f"\n  {h['attribute']}={h['group']} {h['finding']} {h['metric']}: gap {fmt(h['gap'])} "
-                       f"[{fmt(h['gap_lo'])}, {fmt(h['gap_hi'])}], Holm p {h['p_holm']:.2g}" for h in hits[:5])
-             + (f"\n  ... and {len(hits) - 5} more (05_fairness.html)" if len(hits) > 5 else "")]
-    if check := audit.get("planted"):
-        planted = check["planted"]
-        lines.append(f"  synthetic data, planted: {planted['attribute']}={planted['group']} drawn at "
-                     f"{planted['signature_strength']} strength -> "
-                     + ("DETECTED" if check["detected"] else "NOT DETECTED")
-                     + f" ({len(check['found'])} gap(s)); on {', '.join(planted['unplanted'])}: "
-                     + ("none significant" if check["unplanted_clean"]
-                        else f"{len(check['unplanted_significant'])} significant (false positives)"))
-    return lines
+    """fairness.json in a few lines: the significant primary gaps and, on the stand-in, the planted one."""
+    from .fairness_report import summary_lines  # lazy: it imports evaluate (torch); the run lister needs neither
+
+    return summary_lines(json.loads((run_dir / "fairness.json").read_text()))
 
 
 def print_summary(run_dir, notebooks=NOTEBOOKS) -> None:

@@ -12,6 +12,15 @@ rows sorted once by score, AUROC is a weighted Mann-Whitney statistic and averag
 weighted sum of precisions, both from cumulative sums of the weights (`resample_stats`).
 Thresholds are chosen on the validation split only and then applied to the test split. The paired
 AUROC test (DeLong's, with Obuchowski's variance for patients with several images) is delong.py's.
+
+Estimable findings. A finding with fewer than `min_positives` positive (or negative) units in a split
+keeps its counts and point estimate, flagged `estimable: false`, but gets no CI and stays out of the
+macro averages, which name the findings they cover (`macro_findings`). The default, MIN_POSITIVES = 10,
+comes from the coverage of the patient-bootstrap percentile interval for one AUROC (binormal scores,
+AUROC 0.86, 300 negatives; tests/test_metrics.py repeats it): about 52% at 2 positives, 70% at 3, 80%
+at 5, 85% at 10 and 91% at 20 or more. Below 10 the interval no longer means what its level says.
+Every CI carries `n_boot_valid`; one built from fewer than CONDITIONAL_SHARE of the resamples (the rest
+lost every positive of a finding) is `conditional: true`, and the reports say so beside it.
 """
 from __future__ import annotations
 
@@ -19,82 +28,52 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import (
     average_precision_score,
     roc_auc_score,
 )
 from tqdm.auto import tqdm
 
-from .calibration import MetricsInputError, brier, calibration, ece, reliability_curve  # noqa: F401  (this module's API too)
+from .calibration import brier, calibration, ece, reliability_curve  # noqa: F401  (this module's API too)
 from .delong import delong_macro, delong_test  # noqa: F401  (paired AUROC tests, clustered)
-from .labels import FINDINGS
+from .metric_inputs import MetricsInputError, check_inputs, group_index, json_number  # noqa: F401  (API)
 from .thresholds import choose_thresholds, threshold_metrics  # noqa: F401  (this module's API too)
 
-
-def check_inputs(y, p, findings=None, p_name: str = "p"):
-    """y and p as float64 (N, F) arrays and the F finding names; raises MetricsInputError."""
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    if y.ndim != 2 or p.shape != y.shape:
-        raise MetricsInputError(f"labels y {y.shape} and predictions {p_name} {p.shape} must be (N, F) arrays "
-                                "of the same shape, one row per image and one column per finding")
-    if findings is None:
-        findings = FINDINGS if y.shape[1] == len(FINDINGS) else [f"finding_{j}" for j in range(y.shape[1])]
-    findings = list(findings)
-    if len(findings) != y.shape[1]:
-        raise MetricsInputError(f"findings names {len(findings)} columns but y has {y.shape[1]}")
-    known = ~np.isnan(y)
-    bad = y[known][(y[known] != 0) & (y[known] != 1)]
-    if bad.size:
-        raise MetricsInputError(f"labels y hold {np.unique(bad)[:5].tolist()}; they must be 0, 1 or NaN (masked). "
-                                "Map raw labels with cxrlib.labels.apply_policies first")
-    if not np.isfinite(p[known]).all():
-        raise MetricsInputError(f"predictions {p_name} hold NaN or inf where a label is known; "
-                                "check the predictions file for missing rows")
-    return y, p, findings
-
-
-def _group_index(groups, n: int) -> np.ndarray:
-    """Patient ids (any type) as 0..G-1; None means one patient per image."""
-    if groups is None:
-        return np.arange(n)
-    groups = np.asarray(groups)
-    if groups.shape != (n,):
-        raise MetricsInputError(f"groups has shape {groups.shape}; give one patient id (subject_id) per row, "
-                                f"i.e. shape ({n},)")
-    return np.unique(groups, return_inverse=True)[1].ravel()
-
-
-def _num(x) -> Optional[float]:
-    """A float for JSON: NaN becomes None (null)."""
-    x = float(x)
-    return None if np.isnan(x) else x
+MIN_POSITIVES = 10          # positive and negative units a finding needs for a CI and a place in the macro
+CONDITIONAL_SHARE = 0.99    # a CI from fewer valid resamples than this share is conditional on them
 
 
 # --------------------------------------------------------------------------- point estimates
-def ranking_metrics(y, p, findings=None) -> dict:
-    """AUROC and AUPRC per finding, macro and micro (scikit-learn), with the excluded findings.
+def ranking_metrics(y, p, findings=None, min_positives: int = 1) -> dict:
+    """AUROC and AUPRC per finding, macro and micro (scikit-learn), with the findings left out.
 
-    A finding with one class among its unmasked labels has no AUROC; it is left out of the
-    macro average and named in `excluded` and `notes`. Micro pools every unmasked cell.
+    A finding with one class among its unmasked labels has no AUROC (`excluded`); one with fewer than
+    min_positives positives or negatives has its figures but is not `estimable` (`not_estimable`).
+    Neither enters the macro averages, whose members are `macro_findings`; `notes` says why.
+    Micro pools every unmasked cell.
     """
     y, p, findings = check_inputs(y, p, findings)
-    per_finding, excluded, notes = {}, [], []
+    per_finding, excluded, not_estimable, notes = {}, [], [], []
     for j, name in enumerate(findings):
         known = ~np.isnan(y[:, j])
         t, s = y[known, j], p[known, j]
         n_pos = int(t.sum())
-        entry = {"n": int(t.size), "n_pos": n_pos, "auroc": float("nan"), "auprc": float("nan")}
+        n_neg = int(t.size) - n_pos
+        entry = {"n": int(t.size), "n_pos": n_pos, "n_neg": n_neg, "auroc": float("nan"), "auprc": float("nan"),
+                 "estimable": bool(min(n_pos, n_neg) >= max(min_positives, 1))}
         if 0 < n_pos < t.size:
             entry["auroc"] = float(roc_auc_score(t, s))
             entry["auprc"] = float(average_precision_score(t, s))
         else:
             excluded.append(name)
-            notes.append(f"{name}: {n_pos} positives among {t.size} labelled images (one class only); "
+            notes.append(f"{name}: {n_pos} positives among {t.size} labelled units (one class only); "
                          "no AUROC/AUPRC, left out of the macro averages")
+        if name not in excluded and not entry["estimable"]:
+            not_estimable.append(name)
+            notes.append(f"{name}: {n_pos} positive and {n_neg} negative units, fewer than min_positives = "
+                         f"{min_positives}: point estimate only (no CI), left out of the macro averages")
         per_finding[name] = entry
-    included = [f for f in findings if f not in excluded]
+    included = [f for f in findings if per_finding[f]["estimable"] and f not in excluded]
     macro = {m: float(np.mean([per_finding[f][m] for f in included])) if included else float("nan")
              for m in ("auroc", "auprc")}
     known = ~np.isnan(y)
@@ -102,7 +81,8 @@ def ranking_metrics(y, p, findings=None) -> dict:
     micro = {"auroc": float("nan"), "auprc": float("nan")}
     if 0 < t.sum() < t.size:
         micro = {"auroc": float(roc_auc_score(t, s)), "auprc": float(average_precision_score(t, s))}
-    return {"per_finding": per_finding, "macro": macro, "micro": micro, "excluded": excluded, "notes": notes}
+    return {"per_finding": per_finding, "macro": macro, "micro": micro, "excluded": excluded,
+            "not_estimable": not_estimable, "macro_findings": included, "notes": notes}
 
 
 # --------------------------------------------------------------------------- weighted statistics
@@ -169,17 +149,18 @@ def _weighted_auroc_auprc(ix: Optional[_RankIndex], w: np.ndarray) -> tuple[np.n
 
 
 @dataclass
-class _Plan:
+class ResamplePlan:
     """Everything the weighted statistics need, computed once per (y, p)."""
     findings: list
     per_finding: list           # _RankIndex or None per finding
     pooled: Optional[_RankIndex]
-    included: np.ndarray        # findings with two classes: the macro average's members
+    included: np.ndarray        # findings with two classes and min_positives of each: the macro's members
     design: np.ndarray          # (N, K) columns whose weighted sums give calibration statistics
     n_bins: int
 
 
-def _plan(y: np.ndarray, p: np.ndarray, findings: list, n_bins: int = 10) -> _Plan:
+def resample_plan(y, p, findings: list, n_bins: int = 10, min_positives: int = 1) -> ResamplePlan:
+    """The rank indexes and calibration design of (y, p), for plan_stats on any number of weight sets."""
     n, f = y.shape
     rows = np.arange(n)
     known = ~np.isnan(y)
@@ -197,11 +178,12 @@ def _plan(y: np.ndarray, p: np.ndarray, findings: list, n_bins: int = 10) -> _Pl
     with_p[rows[:, None], cols] = p0
     with_y[rows[:, None], cols] = y0
     design = np.concatenate([onehot, with_p, with_y, (p0 - y0) ** 2], axis=1)
-    included = np.array([ix is not None for ix in per])
-    return _Plan(findings, per, pooled, included, design, n_bins)
+    counts = np.stack([np.nansum(y == 1, 0), np.nansum(y == 0, 0)])
+    included = np.array([ix is not None for ix in per]) & (counts.min(0) >= max(min_positives, 1))
+    return ResamplePlan(findings, per, pooled, included, design, n_bins)
 
 
-def _stats(plan: _Plan, w: np.ndarray) -> dict[str, np.ndarray]:
+def plan_stats(plan: ResamplePlan, w: np.ndarray) -> dict[str, np.ndarray]:
     """Every bootstrap statistic for the (N, b) multiplicities w; arrays with a leading b axis."""
     f, k = len(plan.findings), len(plan.findings) * plan.n_bins
     pairs = [_weighted_auroc_auprc(ix, w) for ix in plan.per_finding]
@@ -236,7 +218,7 @@ def resample_stats(y, p, weights, findings=None, n_bins: int = 10) -> dict[str, 
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 2 or w.shape[1] != len(y):
         raise MetricsInputError(f"weights must be (B, {len(y)}), got {w.shape}")
-    return _stats(_plan(y, p, findings, n_bins), np.ascontiguousarray(w.T))
+    return plan_stats(resample_plan(y, p, findings, n_bins), np.ascontiguousarray(w.T))
 
 
 def patient_weights(groups, n: int, n_boot: int, seed: int = 0, chunk: int = 64):
@@ -246,7 +228,7 @@ def patient_weights(groups, n: int, n_boot: int, seed: int = 0, chunk: int = 64)
     patient comes along (so two images of one patient always share a weight). The draws are the
     same whatever `chunk` is.
     """
-    group_of_row = _group_index(groups, n)
+    group_of_row = group_index(groups, n)
     g = int(group_of_row.max()) + 1 if n else 0
     rng = np.random.default_rng(seed)
     for start in range(0, n_boot, chunk):
@@ -262,14 +244,14 @@ def _chunk_size(y: np.ndarray) -> int:
     return int(np.clip(4_000_000 // cells, 8, 256))
 
 
-def _bootstrap(plans: list[_Plan], y, groups, n_boot: int, seed: int, progress: bool) -> list[dict]:
+def _bootstrap(plans: list[ResamplePlan], y, groups, n_boot: int, seed: int, progress: bool) -> list[dict]:
     """The statistics of every plan on the same n_boot patient resamples (paired when several)."""
     chunks = [[] for _ in plans]
     size = _chunk_size(y)
     weights = patient_weights(groups, len(y), n_boot, seed, size)
     for w in tqdm(weights, total=-(-n_boot // size), desc="bootstrap", disable=not progress, leave=False):
         for out, plan in zip(chunks, plans):
-            out.append(_stats(plan, w))
+            out.append(plan_stats(plan, w))
     return [{k: np.concatenate([c[k] for c in out]) for k in out[0]} for out in chunks]
 
 
@@ -282,9 +264,13 @@ def _interval(samples: np.ndarray, ci_level: float) -> tuple[float, float, int]:
     return float(lo), float(hi), int(valid.size)
 
 
-def _figure(value, samples, ci_level) -> dict:
+def _figure(value, samples, ci_level, estimable: bool = True) -> dict:
+    """{value, lo, hi, n_boot_valid, conditional}; no interval for a figure that is not estimable."""
     lo, hi, valid = _interval(samples, ci_level)
-    return {"value": _num(value), "lo": _num(lo), "hi": _num(hi), "n_boot_valid": valid}
+    if not estimable:
+        lo = hi = float("nan")
+    return {"value": json_number(value), "lo": json_number(lo), "hi": json_number(hi), "n_boot_valid": valid,
+            "conditional": bool(estimable and valid < CONDITIONAL_SHARE * len(samples))}
 
 
 def _check_boot(n_boot: int, ci_level: float) -> None:
@@ -296,32 +282,35 @@ def _check_boot(n_boot: int, ci_level: float) -> None:
 
 # --------------------------------------------------------------------------- summaries
 def summarize(y, p, groups=None, n_boot: int = 1000, seed: int = 0, ci_level: float = 0.95,
-              findings=None, n_bins: int = 10, progress: bool = False) -> dict:
+              findings=None, n_bins: int = 10, progress: bool = False, min_positives: int = MIN_POSITIVES) -> dict:
     """Every figure with its percentile CI from a patient-level bootstrap; JSON-able (NaN -> None).
 
-    Each figure is {value, lo, hi, n_boot_valid}; n_boot_valid < n_boot means some resamples
-    had one class for that finding and were skipped. ECE and Brier use equal-width bins.
+    Each figure is {value, lo, hi, n_boot_valid, conditional}; n_boot_valid < n_boot means some
+    resamples had one class for that finding and were skipped. A finding with fewer than min_positives
+    positive or negative units has AUROC and AUPRC without a CI and is left out of the macro
+    averages (`macro_findings` lists their members). ECE and Brier use equal-width bins.
     """
     _check_boot(n_boot, ci_level)
     y, p, findings = check_inputs(y, p, findings)
-    point = ranking_metrics(y, p, findings)
+    point = ranking_metrics(y, p, findings, min_positives)
     cal = calibration(y, p, n_bins, "uniform", findings)
-    boot = _bootstrap([_plan(y, p, findings, n_bins)], y, groups, n_boot, seed, progress)[0]
+    boot = _bootstrap([resample_plan(y, p, findings, n_bins, min_positives)], y, groups, n_boot, seed, progress)[0]
     per_finding = {}
     for j, name in enumerate(findings):
         pf = point["per_finding"][name]
-        per_finding[name] = {"n": pf["n"], "n_pos": pf["n_pos"],
-                             **{m: _figure(pf[m], boot[m][:, j], ci_level) for m in ("auroc", "auprc")},
+        per_finding[name] = {"n": pf["n"], "n_pos": pf["n_pos"], "n_neg": pf["n_neg"], "estimable": pf["estimable"],
+                             **{m: _figure(pf[m], boot[m][:, j], ci_level, pf["estimable"]) for m in ("auroc", "auprc")},
                              **{m: _figure(cal["per_finding"][name][m], boot[m][:, j], ci_level)
                                 for m in ("ece", "brier")}}
     notes = list(point["notes"])
     for name, entry in per_finding.items():
         skipped = n_boot - entry["auroc"]["n_boot_valid"]
-        if name not in point["excluded"] and skipped:
-            notes.append(f"{name}: {skipped} of {n_boot} resamples had one class and were skipped")
+        if entry["estimable"] and skipped:
+            notes.append(f"{name}: {skipped} of {n_boot} resamples had one class and were skipped"
+                         + ("; its CI is conditional on the others" if entry["auroc"]["conditional"] else ""))
     return {
         "n_images": int(len(y)),
-        "n_patients": int(_group_index(groups, len(y)).max() + 1) if len(y) else 0,
+        "n_patients": int(group_index(groups, len(y)).max() + 1) if len(y) else 0,
         "n_boot": n_boot, "seed": seed, "ci_level": ci_level,
         "ci_method": "percentile; patient-level (cluster) bootstrap",
         "macro": {m: _figure(point["macro"][m], boot[f"{m}_macro"], ci_level) for m in ("auroc", "auprc")},
@@ -331,49 +320,55 @@ def summarize(y, p, groups=None, n_boot: int = 1000, seed: int = 0, ci_level: fl
                                    for m in ("ece", "brier")}},
         "per_finding": per_finding,
         "excluded": point["excluded"],
+        "not_estimable": point["not_estimable"],
+        "macro_findings": point["macro_findings"],
+        "min_positives": min_positives,
         "notes": notes,
     }
 
 
-def frame(summary: dict, averages: bool = True) -> pd.DataFrame:
-    """One row per finding (then macro and micro): AUROC and AUPRC with their CIs, n_pos, n."""
-    def row(name, entry, n_pos, n):
-        return {"finding": name, **{f"{m}{part}": entry[m][key] for m in ("auroc", "auprc")
-                                    for part, key in (("", "value"), ("_lo", "lo"), ("_hi", "hi"))},
-                "n_pos": n_pos, "n": n}
+def bootstrap_p(diffs: np.ndarray) -> tuple[float, int]:
+    """(two-sided bootstrap p of a zero difference, resamples used), never 0.
 
-    rows = [row(name, e, e["n_pos"], e["n"]) for name, e in summary["per_finding"].items()]
-    if averages:
-        n_pos = sum(e["n_pos"] for e in summary["per_finding"].values())
-        n = sum(e["n"] for e in summary["per_finding"].values())
-        rows += [row("macro", summary["macro"], pd.NA, pd.NA), row("micro", summary["micro"], n_pos, n)]
-    out = pd.DataFrame(rows)
-    return out.astype({c: "Float64" for c in out.columns if c.startswith("au")} | {"n_pos": "Int64", "n": "Int64"})
+    p = 2 * (1 + k) / (1 + B) with k the resamples on the far side of 0 from the estimate's side
+    (min of those <= 0 and those >= 0), clipped to 1: the +1 counts the observed data as one resample
+    (Davison and Hinkley 1997, 4.4), so B resamples can show p no smaller than 2 / (B + 1), and a Holm
+    adjustment over m tests no smaller than m times that.
+    """
+    finite = diffs[~np.isnan(diffs)]
+    if not finite.size:
+        return float("nan"), 0
+    k = min(int((finite <= 0).sum()), int((finite >= 0).sum()))
+    return min(1.0, 2 * (1 + k) / (1 + finite.size)), int(finite.size)
 
 
 def paired_bootstrap(y, p_a, p_b, groups=None, n_boot: int = 1000, seed: int = 0, ci_level: float = 0.95,
-                     findings=None, n_bins: int = 10, progress: bool = False) -> dict:
+                     findings=None, n_bins: int = 10, progress: bool = False,
+                     min_positives: int = MIN_POSITIVES) -> dict:
     """Run B minus run A on the same test rows, both scored on the same patient resamples.
 
-    Each figure is {a, b, diff, lo, hi, p_value, n_boot_valid} with diff = b - a; p_value is the
-    two-sided bootstrap share 2 * min(P(diff* <= 0), P(diff* >= 0)), clipped to 1.
+    Each figure is {a, b, diff, lo, hi, p_value, n_boot_valid, conditional} with diff = b - a and
+    p_value from bootstrap_p. The macro averages cover `macro_findings` (min_positives, as summarize);
+    a finding outside them has its difference but no CI and no p.
     """
     _check_boot(n_boot, ci_level)
     y, p_a, findings = check_inputs(y, p_a, findings, "p_a")
     _, p_b, _ = check_inputs(y, p_b, findings, "p_b")
-    points = [ranking_metrics(y, p, findings) for p in (p_a, p_b)]
+    points = [ranking_metrics(y, p, findings, min_positives) for p in (p_a, p_b)]
     cals = [calibration(y, p, n_bins, "uniform", findings) for p in (p_a, p_b)]
-    plans = [_plan(y, p, findings, n_bins) for p in (p_a, p_b)]
+    plans = [resample_plan(y, p, findings, n_bins, min_positives) for p in (p_a, p_b)]
     boot_a, boot_b = _bootstrap(plans, y, groups, n_boot, seed, progress)
 
-    def compare(a, b, key, column=None):
+    def compare(a, b, key, column=None, estimable=True):
         da, db = boot_a[key], boot_b[key]
         diff = (db - da) if column is None else (db[:, column] - da[:, column])
         lo, hi, valid = _interval(diff, ci_level)
-        finite = diff[~np.isnan(diff)]
-        share = 2 * min(np.mean(finite <= 0), np.mean(finite >= 0)) if finite.size else np.nan
-        return {"a": _num(a), "b": _num(b), "diff": _num(b - a), "lo": _num(lo), "hi": _num(hi),
-                "p_value": _num(min(share, 1.0)), "n_boot_valid": valid}
+        p_value, _ = bootstrap_p(diff)
+        if not estimable:
+            lo = hi = p_value = float("nan")
+        return {**{k: json_number(v) for k, v in dict(a=a, b=b, diff=b - a, lo=lo, hi=hi, p_value=p_value).items()},
+                "n_boot_valid": valid,
+                "conditional": bool(estimable and valid < CONDITIONAL_SHARE * n_boot)}
 
     pa, pb = points
     return {
@@ -383,7 +378,10 @@ def paired_bootstrap(y, p_a, p_b, groups=None, n_boot: int = 1000, seed: int = 0
         "micro": {m: compare(pa["micro"][m], pb["micro"][m], f"{m}_micro") for m in ("auroc", "auprc")},
         "calibration": {m: compare(cals[0]["pooled"][m], cals[1]["pooled"][m], f"{m}_pooled")
                         for m in ("ece", "brier")},
-        "per_finding": {name: {m: compare(pa["per_finding"][name][m], pb["per_finding"][name][m], m, j)
+        "per_finding": {name: {m: compare(pa["per_finding"][name][m], pb["per_finding"][name][m], m, j,
+                                          pa["per_finding"][name]["estimable"])
                                for m in ("auroc", "auprc")} for j, name in enumerate(findings)},
         "excluded": pa["excluded"],
+        "macro_findings": pa["macro_findings"],
+        "not_estimable": pa["not_estimable"],
     }

@@ -29,7 +29,7 @@ class Params:
     # --- run ---
     name: str = "demo"                  # run folder: runs/<name>/
     runs_dir: str = "runs"
-    seed: int = 0
+    seed: int = 0                       # initial weights, data order, augmentation, bootstrap draws
     device: Literal["cpu", "gpu", "auto"] = "auto"
     deterministic: bool = False         # CPU runs are always deterministic; this also pins cuDNN
     # --- data and cohort (01) ---
@@ -42,6 +42,7 @@ class Params:
     blank_policy: Policy = "zeros"      # zeros | ignore, or per finding
     split_mode: Literal["seed", "official"] = "seed"  # seed: the original project's study_id rule
     val_fraction: float = 0.0           # carved from the non-test part, per subject, by a stable hash
+    split_seed: int = 0                 # the carve's hash seed: runs differing only in `seed` share a cohort
     # --- image cache ---
     cache_dir: str = ""                 # default: <data_root>/cache
     image_size: int = 256
@@ -98,10 +99,12 @@ class Params:
     redact_images: bool = False         # reports without any pixel data
     report_code: Literal["show", "hide"] = "hide"   # hide: HTML of notebooks 03-06 without their code cells
     calibration: Literal["none", "temperature", "isotonic"] = "none"   # fitted on validation, applied to test
+    min_positives: int = 10             # a finding with fewer positive (or negative) units: no CI, not in macros
     # --- audit by patient group (05) ---
     mimic_iv_root: str = ""             # MIMIC-IV's hosp/ (or 1.0's core/) tables; default <data_root>/mimic-iv
     race_policy: Literal["mode", "first", "unknown"] = "mode"   # one race per patient across admissions
     min_group_patients: int = 30        # smaller groups are shown as "<N", never plotted
+    age_bands: Literal["cxrlib", "seyyed-kalantari"] = "cxrlib"   # seyyed-kalantari: 0-20, 20-40, ... 80+
 
     def resolved_mimic_iv_root(self) -> Path:
         return Path(self.mimic_iv_root) if self.mimic_iv_root else Path(self.data_root) / "mimic-iv"
@@ -124,15 +127,15 @@ STAGES = {
                 "num_workers", "channels_last", "compile", "gpus", "resume", "checkpoint_minutes",
                 "eval_batch_size", "redact_images", "report_code", "mimic_iv_root", "tracker", "tracking_uri",
                 "epochs", "patience"),   # how long training goes on: a run can be extended
-    "cohort": ("seed", "views", "studies_per_subject", "images_per_study", "label_source", "uncertain_policy",
-               "blank_policy", "split_mode", "val_fraction"),
+    "cohort": ("views", "studies_per_subject", "images_per_study", "label_source", "uncertain_policy",
+               "blank_policy", "split_mode", "val_fraction", "split_seed"),
     "cache": ("image_size", "resize", "decode"),
-    "train": ("mean", "std", "augment", "hflip", "aug_rotate", "aug_scale", "aug_translate", "aug_brightness",
+    "train": ("seed", "mean", "std", "augment", "hflip", "aug_rotate", "aug_scale", "aug_translate", "aug_brightness",
               "aug_contrast", "arch", "head", "weights", "dropout", "batch_size", "lr", "optimizer",
               "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "select_on",
               "select_metric", "amp", "max_train_batches"),
     "evaluate": ("tta", "eval_level", "study_aggregate", "calibration", "bootstrap", "ci_level", "compare_with", "topk",
-                 "race_policy", "min_group_patients"),
+                 "race_policy", "min_group_patients", "min_positives", "age_bands"),
 }
 STAGE_OF = {name: stage for stage, names in STAGES.items() for name in names}
 # What each notebook's parameters cell may declare besides run_dir: its own stage's fields.
@@ -266,6 +269,7 @@ def validate(values: dict, where: str = "parameters", sources: dict | None = Non
         ("bootstrap", p.bootstrap >= 0, "bootstrap must be 0 (no intervals) or a number of resamples"),
         ("topk", p.topk >= 0, "topk must be 0 or more"),
         ("min_group_patients", p.min_group_patients >= 1, "min_group_patients must be at least 1 (30 is usual)"),
+        ("min_positives", p.min_positives >= 1, "min_positives must be at least 1 (10 is the default; see metrics.py)"),
         ("lr", p.lr > 0, "lr must be positive"),
         ("checkpoint_minutes", p.checkpoint_minutes >= 0, "checkpoint_minutes must be 0 (epoch ends only) or positive"),
         ("ci_level", 0.0 < p.ci_level < 1.0, "ci_level must be in (0, 1)"),
@@ -347,7 +351,7 @@ def load_frozen(run_dir) -> Params:
     if not path.is_file():
         raise ParamError(f"{path}: no frozen parameters; is {run_dir} a run folder? "
                          "Start a run with `make demo` or `python -m cxrlib run --params params/NAME.yaml`.")
-    return validate(read_yaml(path), str(path))
+    return validate(with_split_seed(read_yaml(path)), str(path))
 
 
 def run_folder(value, runs_dir: str = "runs") -> tuple[Path, Params]:
@@ -388,9 +392,16 @@ def check_change(old: dict, new: Params, run_dir, stages=None,
         "fields that may change on an existing run: " + ", ".join(STAGES["runtime"] + STAGES["evaluate"]))
 
 
+def with_split_seed(values: dict) -> dict:
+    """A params.yaml from before split_seed carved its validation split with `seed`: say so explicitly."""
+    if values and "split_seed" not in values:
+        return {**values, "split_seed": values.get("seed", 0)}
+    return values
+
+
 def frozen_if_any(run_dir) -> dict:
     path = Path(run_dir) / "params.yaml"
-    return read_yaml(path) if path.is_file() else {}
+    return with_split_seed(read_yaml(path)) if path.is_file() else {}
 
 
 def for_notebook(run_dir, namespace: dict) -> Params:

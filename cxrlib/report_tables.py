@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import metrics
 from .original import original_project_results
 
 HEADLINE = {"AUROC macro": ("macro", "auroc"), "AUROC micro": ("micro", "auroc"),
@@ -27,7 +26,7 @@ def selection_warning_html(report: dict) -> str | None:
 def per_finding_table(report: dict, split: str = "test") -> pd.DataFrame:
     """AUROC, AUPRC, ECE and Brier per finding (then macro and micro) with their CIs."""
     summary = report["splits"][split]
-    table = metrics.frame(summary).set_index("finding")
+    table = frame(summary).set_index("finding")
     for m in ("ece", "brier"):
         for part, key in (("", "value"), ("_lo", "lo"), ("_hi", "hi")):
             table[f"{m}{part}"] = pd.Series({f: e[m][key] for f, e in summary["per_finding"].items()}, dtype="Float64")
@@ -105,3 +104,35 @@ def original_comparison(report: dict) -> pd.DataFrame:
     table.attrs["note"] = (f"This run: pos_weight {'on' if pos_weight else 'off'}, selected on "
                            f"{report['selection']['select_on']}. Original: {off['selection']}.")
     return table
+
+
+def frame(summary: dict, averages: bool = True) -> pd.DataFrame:
+    """One row per finding (then macro and micro): AUROC and AUPRC with their CIs, n_pos, n, and `note`:
+    'too few (no CI; not in macro)' for a finding below min_positives, 'CI conditional (k of B resamples)'
+    where a CI rests on fewer than metrics.CONDITIONAL_SHARE of the resamples. The macro row's note says
+    how many findings it covers."""
+    def note(entry: dict) -> str:
+        if entry.get("estimable") is False:
+            return f"too few (< {summary.get('min_positives', '?')} of a class): no CI, not in macro"
+        figure = entry["auroc"]
+        if figure.get("conditional"):
+            return f"CI conditional ({figure['n_boot_valid']} of {summary['n_boot']} resamples)"
+        return ""
+
+    def row(name, entry, n_pos, n, text):
+        return {"finding": name, **{f"{m}{part}": entry[m][key] for m in ("auroc", "auprc")
+                                    for part, key in (("", "value"), ("_lo", "lo"), ("_hi", "hi"))},
+                "n_pos": n_pos, "n": n, "note": text}
+
+    rows = [row(name, e, e["n_pos"], e["n"], note(e)) for name, e in summary["per_finding"].items()]
+    if averages:
+        n_pos = sum(e["n_pos"] for e in summary["per_finding"].values())
+        n = sum(e["n"] for e in summary["per_finding"].values())
+        covered = summary.get("macro_findings", [f for f in summary["per_finding"] if f not in summary["excluded"]])
+        macro_note = f"mean of {len(covered)} of {len(summary['per_finding'])} findings"
+        if summary["macro"]["auroc"].get("conditional"):
+            macro_note += f"; CI conditional ({summary['macro']['auroc']['n_boot_valid']} of {summary['n_boot']})"
+        rows += [row("macro", summary["macro"], pd.NA, pd.NA, macro_note),
+                 row("micro", summary["micro"], n_pos, n, "all labelled cells pooled")]
+    out = pd.DataFrame(rows)
+    return out.astype({c: "Float64" for c in out.columns if c.startswith("au")} | {"n_pos": "Int64", "n": "Int64"})

@@ -148,6 +148,8 @@ def plan(grid: dict, runs_dir: str = "runs", write: bool = True) -> list[dict]:
                                     "(name: in the grid file)")
         status = "finished" if (folder / DONE).is_file() else "unfinished" if frozen else "new"
         members.append({"name": name, "dir": folder, "status": status, "params": p})
+    if grid["ensemble"]:
+        check_shared_cohort(grid, members)
     if grid["baseline"] and grid["baseline"] not in {m["name"] for m in members}:
         raise GridError(f"{grid['path']}: baseline {grid['baseline']!r} is not a member; members: "
                         + ", ".join(m["name"] for m in members))
@@ -161,6 +163,20 @@ def plan(grid: dict, runs_dir: str = "runs", write: bool = True) -> list[dict]:
     for m in members:
         params_mod.freeze_if_changed(m["params"], m["dir"])
     return members
+
+
+def check_shared_cohort(grid: dict, members: list[dict]) -> None:
+    """An ensemble averages its members image by image: they must build one cohort (and one cache). Checked
+    before anything trains, on the parameters that decide them."""
+    fields = params_mod.STAGES["cohort"] + params_mod.STAGES["cache"]
+    first = members[0]
+    for m in members[1:]:
+        differ = [f for f in fields if getattr(m["params"], f) != getattr(first["params"], f)]
+        if differ:
+            detail = "; ".join(f"{f}: {getattr(first['params'], f)!r} vs {getattr(m['params'], f)!r}" for f in differ)
+            raise GridError(f"{grid['path']}: ensemble: true, but members {first['name']} and {m['name']} would build "
+                            f"different cohorts or caches ({detail}); an ensemble averages the same images. Vary "
+                            "training settings only, or set ensemble: false")
 
 
 def notebooks_of(grid: dict) -> list[str]:

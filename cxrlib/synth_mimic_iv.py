@@ -26,9 +26,8 @@ import gzip
 import numpy as np
 import pandas as pd
 
-from .fairness import PLANTED_FILE  # noqa: F401  (the audit reads the file this module's caller writes)
-
 FOLDER = "mimic-iv"
+PLANTED_FILE = "PLANTED.json"   # what the stand-in planted; fairness_report reads it
 MISSING_FROM_MIMIC_IV = 0.02
 NO_ADMISSION = 0.12
 INCONSISTENT_RACE = 0.08

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from .calibration import MetricsInputError
+from .metric_inputs import MetricsInputError, check_inputs
 
 
 def choose_thresholds(y_val, p_val, findings=None) -> dict:
@@ -15,8 +15,6 @@ def choose_thresholds(y_val, p_val, findings=None) -> dict:
     picked on the test set makes every test figure at that threshold optimistic. NaN where the
     finding has one class on validation.
     """
-    from .metrics import check_inputs  # metrics imports this module
-
     y, p, findings = check_inputs(y_val, p_val, findings, "p_val")
     chosen = {}
     for j, name in enumerate(findings):
@@ -46,8 +44,6 @@ def threshold_metrics(y_test, p_test, thresholds: dict, findings=None) -> pd.Dat
     One row per finding and rule: threshold, n, TP, FP, TN, FN, sensitivity, specificity, PPV,
     NPV, F1. Rates with an empty denominator are NaN.
     """
-    from .metrics import check_inputs
-
     y, p, findings = check_inputs(y_test, p_test, findings, "p_test")
     missing = [f for f in findings if f not in thresholds]
     if missing:

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from . import metrics
+from . import metrics, report_tables
 from .checkpoint import TEST_SELECTION_WARNING
 from .labels import FINDINGS, label_matrix
 
@@ -268,7 +268,7 @@ def plot_forest(summary: dict):
     """Per-finding AUROC and AUPRC with their CIs (then macro and micro); dots mark AUPRC's chance level."""
     from matplotlib.figure import Figure
 
-    table = metrics.frame(summary)
+    table = report_tables.frame(summary)
     fig = Figure(figsize=(10, 0.3 * len(table) + 1.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     ypos = np.arange(len(table))[::-1]

@@ -130,3 +130,58 @@ def test_the_macro_test_reduces_to_one_finding_and_agrees_with_a_patient_bootstr
     assert result["diff"] == pytest.approx(macro(everyone, a) - macro(everyone, b))
     assert result["se"] == pytest.approx(np.std(diffs, ddof=1), rel=0.15)
     assert result["findings"] == findings and result["p"] < 0.05
+
+
+# --------------------------------------------------------------------------- the macro test's size, simulated
+DEMO_TEST_POSITIVES = [45, 60, 20, 35, 25, 4, 10, 80, 90, 60, 1, 1, 8, 120]   # two findings with one positive
+
+
+def null_data(rng, positives, patients, sizes=None, rho=0.5):
+    """Two scores with the same AUROC by construction (exchangeable), correlated with each other and, through a
+    patient effect, across findings and images; `positives[j]` patients positive for finding j (all their images)."""
+    sizes = np.ones(patients, int) if sizes is None else sizes
+    cluster = np.repeat(np.arange(patients), sizes)
+    y = np.zeros((len(cluster), len(positives)))
+    for j, count in enumerate(positives):
+        y[np.isin(cluster, rng.choice(patients, count, replace=False)), j] = 1
+    frailty = np.repeat(rng.normal(size=(patients, 1)), sizes, axis=0)
+    common = rng.normal(size=y.shape)
+    a, b = (1.2 * y + frailty + math.sqrt(rho) * common + math.sqrt(1 - rho) * rng.normal(size=y.shape)
+            for _ in range(2))
+    return y, a, b, cluster
+
+
+@pytest.mark.parametrize("positives, patients, several", [
+    (DEMO_TEST_POSITIVES, 305, False),                      # the demo's test counts: 34% rejections before
+    ([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 3, 5, 7, 9], 305, False),   # rare findings only: 9% before
+    ([30, 20, 12, 8, 5, 3, 2, 40, 25, 10, 6, 4, 15, 50], 150, True),   # 1-4 images per patient: 10% before
+])
+def test_the_macro_test_holds_its_size_under_a_true_null(positives, patients, several):
+    from cxrlib.metrics import delong_macro
+
+    rng = np.random.default_rng(0)
+    reps, rejected = 1000, 0
+    for _ in range(reps):
+        sizes = rng.integers(1, 5, patients) if several else None
+        y, a, b, cluster = null_data(rng, positives, patients, sizes)
+        rejected += delong_macro(y, a, b, clusters=cluster)["p"] < 0.05
+    assert 0.03 <= rejected / reps <= 0.08
+
+
+def test_a_finding_with_one_positive_is_left_out_of_the_macro_not_given_zero_variance():
+    from cxrlib.metrics import delong_macro
+
+    rng = np.random.default_rng(4)
+    n = 200
+    y = np.zeros((n, 2))
+    y[0, 0] = 1                                   # one positive: A ranks it first, B last
+    y[:, 1] = rng.random(n) < 0.3
+    a, b = rng.random((n, 2)), rng.random((n, 2))
+    a[0, 0], b[0, 0] = 2.0, -1.0
+    b[:, 1] = a[:, 1]                             # the other finding: identical scores
+    result = delong_macro(y, a, b, findings=["rare", "common"])
+    assert result["included"] == ["common"] and result["left_out"][0]["finding"] == "rare"
+    assert result["diff"] == 0 and result["p"] == 1.0
+    assert math.isnan(delong_test(y[:, 0], a[:, 0], b[:, 0])["p"])   # the per-finding test gives no p either
+    only = delong_macro(y, a, b, include=[True, False])
+    assert only["findings"] == 0 and math.isnan(only["p"])

@@ -1,6 +1,10 @@
-"""The subgroup audit (fairness.py): gaps against a loop bootstrap, multiple testing against statsmodels,
-small-cell suppression, and a planted disparity found where it was planted and nowhere else."""
+"""The subgroup audit (fairness.py): its error rate audit-wide by simulation, gaps against a loop bootstrap,
+intervals that contain their estimates and match the decisions, one row per comparison, small cells that
+cannot be recovered by subtraction, underdiagnosis as Seyyed-Kalantari et al. define it, and a planted
+disparity found where it was planted and nowhere else."""
 from __future__ import annotations
+
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -8,103 +12,158 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
-from cxrlib import fairness, metrics
+from cxrlib import fairness, fairness_report, metrics, multiplicity
 from cxrlib.labels import FINDINGS
 
+THRESHOLDS = {f: 0.5 for f in FINDINGS}
 
-def test_holm_and_bh_match_statsmodels():
+
+def test_holm_bh_and_bonferroni_match_statsmodels():
     rng = np.random.default_rng(0)
     for _ in range(20):
         p = rng.random(int(rng.integers(1, 30))) ** 3
         p[rng.random(p.size) < 0.1] = p[0]   # ties
-        assert np.allclose(fairness.holm(p), multipletests(p, method="holm")[1])
-        assert np.allclose(fairness.benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1])
+        assert np.allclose(multiplicity.holm(p), multipletests(p, method="holm")[1])
+        assert np.allclose(multiplicity.benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1])
+        assert np.allclose(multiplicity.bonferroni(p), multipletests(p, method="bonferroni")[1])
     with_nan = np.array([0.01, np.nan, 0.04])
-    assert np.allclose(fairness.holm(with_nan)[[0, 2]], multipletests([0.01, 0.04], method="holm")[1])
-    assert np.isnan(fairness.holm(with_nan)[1])
+    assert np.allclose(multiplicity.holm(with_nan)[[0, 2]], multipletests([0.01, 0.04], method="holm")[1])
+    assert np.isnan(multiplicity.holm(with_nan)[1]) and multiplicity.bonferroni(with_nan)[2] == 0.08
 
 
-def units_and_groups(n_patients=300, images=2, weak_group="B", strength=2.0, weak=0.2, seed=0):
-    """Scores that separate the classes well, except in `weak_group` of attribute `sex`-like 'grp'."""
-    rng = np.random.default_rng(seed)
-    subject = np.repeat(np.arange(n_patients), images).astype(str)
-    grp = np.where(np.arange(n_patients) % 3 == 0, "B", "A")[np.repeat(np.arange(n_patients), images)]
-    other = np.where(rng.random(n_patients) < 0.5, "X", "Y")[np.repeat(np.arange(n_patients), images)]
-    y = (rng.random((len(subject), len(FINDINGS))) < 0.3).astype(float)
-    signal = np.where((grp == weak_group)[:, None], weak, strength)
+def scored_units(rng, n=305, strength=1.5, weak=None, images=1):
+    """Scores that separate every finding; where `weak` (a boolean per patient) holds, at a fifth of the strength."""
+    subject = np.repeat(np.arange(n), images)
+    y = (rng.random((len(subject), len(FINDINGS))) < rng.uniform(0.1, 0.4, len(FINDINGS))).astype(float)
+    signal = np.where(weak[subject][:, None], strength / 5, strength) if weak is not None else strength
     logits = signal * (2 * y - 1) + rng.normal(size=y.shape)
     units = pd.DataFrame(y, columns=FINDINGS)
     for j, f in enumerate(FINDINGS):
         units[f"p_{f}"] = 1 / (1 + np.exp(-logits[:, j]))
-    units["subject_id"] = subject
-    return units, pd.DataFrame({"grp": grp, "other": other})
+    units["subject_id"] = subject.astype(str)
+    return units
 
 
-def test_gap_ci_matches_a_brute_force_loop_bootstrap():
-    units, groups = units_and_groups(n_patients=60, images=2, strength=1.0, weak=0.5)
-    thresholds = {f: 0.5 for f in FINDINGS}
-    table = fairness.audit(units, groups, thresholds, n_boot=200, seed=3, min_group_patients=5, attributes=("grp",),
-                           min_cases=1)
-    row = table[(table["group"] == "B") & (table["finding"] == FINDINGS[0]) & (table["metric"] == "auroc")].iloc[0]
+def demographics_like(rng, n, images=1) -> pd.DataFrame:
+    """MIMIC-like attributes per patient, drawn independently of everything: no group differs."""
+    groups = pd.DataFrame({
+        "sex": rng.choice(["F", "M", "Unknown"], n, p=[0.5, 0.48, 0.02]),
+        "age_band": rng.choice(["18-39", "40-59", "60-79", "80+", "<18"], n, p=[0.15, 0.3, 0.35, 0.18, 0.02]),
+        "race": rng.choice(["White", "Black", "Hispanic/Latino", "Asian", "Other", "Unknown"], n,
+                           p=[0.6, 0.17, 0.07, 0.04, 0.06, 0.06]),
+        "insurance": rng.choice(["Medicare", "Medicaid", "Other", "Unknown"], n, p=[0.5, 0.2, 0.28, 0.02])})
+    return fairness_report.with_intersection(groups.loc[np.repeat(np.arange(n), images)].reset_index(drop=True))
+
+
+def significant(rows) -> pd.Series:
+    return rows["significant"].fillna(False).astype(bool)
+
+
+# --------------------------------------------------------------------------- error rate and power, simulated
+def test_shuffled_demographics_give_a_significant_gap_in_about_5_percent_of_audits():
+    """No group differs by construction; before, half the audits reported a 'significant gap' (Holm within
+    each attribute and metric, over 35 families). One declared family, Bonferroni over it: at most alpha."""
+    rng = np.random.default_rng(0)
+    audits, alarms = 100, 0
+    for r in range(audits):
+        units = scored_units(rng)
+        rows = fairness.audit(units, demographics_like(rng, 305), THRESHOLDS, n_boot=100, seed=r,
+                              attributes=fairness.PRIMARY_ATTRIBUTES)
+        alarms += significant(rows).any()
+    assert (rows["tier"] == "primary").sum() >= 16
+    assert alarms / audits <= 0.08
+
+
+def test_a_planted_gap_is_found_and_named_and_nothing_where_none_was_planted():
+    rng = np.random.default_rng(1)
+    n = 400
+    groups = demographics_like(rng, n)
+    weak = groups["sex"].to_numpy() == "F"
+    rows = fairness.audit(scored_units(rng, n, weak=weak), groups, THRESHOLDS, n_boot=300, seed=1)
+    check = fairness_report.planted_check(rows, {"attribute": "sex", "group": "F", "signature_strength": 0.2,
+                                                 "unplanted": ["age_band", "race", "insurance"]})
+    assert check["detected"] and check["unplanted_clean"], fairness_report.significant(rows)
+    macro = rows[(rows["metric"] == "auroc_macro") & (rows["attribute"] == "sex") & (rows["tier"] == "primary")]
+    assert len(macro) == 1 and macro.iloc[0]["group"] == "F" and macro.iloc[0]["reference"] == "M"
+    assert macro.iloc[0]["gap_hi"] < 0 and bool(macro.iloc[0]["significant"])
+    as_reference = fairness_report.planted_check(rows, {"attribute": "sex", "group": "M", "signature_strength": 1,
+                                                        "unplanted": []})
+    assert not as_reference["detected"]   # M is the better group: its 'gap' runs the other way
+
+
+# --------------------------------------------------------------------------- the figures themselves
+def test_a_gap_interval_is_the_loop_bootstraps_sd_times_z_never_below_the_null_se():
+    rng = np.random.default_rng(3)
+    n = 120
+    units = scored_units(rng, n, strength=1.0, images=2)
+    grp = np.where(np.arange(n) % 3 == 0, "B", "A")[np.repeat(np.arange(n), 2)]
+    groups = pd.DataFrame({"grp": grp})
+    rows = fairness.audit(units, groups, THRESHOLDS, n_boot=200, seed=3, min_group_patients=5,
+                          attributes=("grp",), min_cases=1)
+    row = rows[(rows["finding"] == FINDINGS[0]) & (rows["metric"] == "auroc") & rows["gap"].notna()].iloc[0]
+    assert (row["group"], row["reference"], row["tier"]) == ("A", "B", "exploratory")
     y, p = units[FINDINGS[0]].to_numpy(), units[f"p_{FINDINGS[0]}"].to_numpy()
-    inside = groups["grp"].to_numpy() == "B"
-    assert row["value"] == pytest.approx(roc_auc_score(y[inside], p[inside]))
+    inside = grp == "A"
     assert row["gap"] == pytest.approx(roc_auc_score(y[inside], p[inside]) - roc_auc_score(y[~inside], p[~inside]))
-    gaps, tpr_gaps = [], []
     weights = np.concatenate(list(metrics.patient_weights(units["subject_id"].to_numpy(str), len(units), 200, 3,
                                                           chunk=64)), axis=1)
+    gaps = []
     for b in range(weights.shape[1]):
-        rows = np.repeat(np.arange(len(units)), weights[:, b].astype(int))   # the resample, spelled out
-        a, r = rows[inside[rows]], rows[~inside[rows]]
+        rows_b = np.repeat(np.arange(len(units)), weights[:, b].astype(int))   # the resample, spelled out
+        a, r = rows_b[inside[rows_b]], rows_b[~inside[rows_b]]
         gaps.append(roc_auc_score(y[a], p[a]) - roc_auc_score(y[r], p[r]))
-        tpr = [(((p[s] >= 0.5) & (y[s] == 1)).sum() + 1) / ((y[s] == 1).sum() + 2) for s in (a, r)]   # Agresti-Caffo
-        tpr_gaps.append(tpr[0] - tpr[1])
-    assert [row["gap_lo"], row["gap_hi"]] == pytest.approx(np.percentile(gaps, [2.5, 97.5]), abs=1e-12)
-    tpr_row = table[(table["group"] == "B") & (table["finding"] == FINDINGS[0]) & (table["metric"] == "tpr")].iloc[0]
-    assert [tpr_row["gap_lo"], tpr_row["gap_hi"]] == pytest.approx(np.percentile(tpr_gaps, [2.5, 97.5]), abs=1e-12)
+    z = NormalDist().inv_cdf(0.975)
+    half = (row["gap_hi"] - row["gap_lo"]) / 2
+    assert half >= z * np.std(gaps, ddof=1) - 1e-12
+    assert half == pytest.approx(z * np.std(gaps, ddof=1), rel=1e-9) or half > z * np.std(gaps, ddof=1)
+    assert row["p_value"] == pytest.approx(2 * (1 - NormalDist().cdf(abs(row["gap"]) / (half / z))), rel=1e-9)
 
 
-def test_small_groups_are_suppressed_and_carry_no_figures():
-    units, groups = units_and_groups(n_patients=100, images=1)
-    groups.loc[:4, "grp"] = "tiny"          # five patients
-    table = fairness.audit(units, groups, {f: 0.5 for f in FINDINGS}, n_boot=20, min_group_patients=30,
-                           attributes=("grp",))
-    tiny = table[table["group"] == "tiny"]
-    assert len(tiny) == 1 and tiny["n_patients"].iloc[0] == "<30" and tiny["value"].isna().all()
-    assert set(table.columns) == set(fairness.COLUMNS)
+def test_every_interval_contains_its_estimate_and_primary_decisions_match_their_intervals():
+    rng = np.random.default_rng(4)
+    for seed in range(3):
+        n = 300
+        groups = demographics_like(rng, n)
+        rows = fairness.audit(scored_units(rng, n, weak=groups["sex"].to_numpy() == "F"), groups, THRESHOLDS,
+                              n_boot=150, seed=seed)
+        values = rows.dropna(subset=["value"])
+        assert ((values["lo"] <= values["value"]) & (values["value"] <= values["hi"])).all()
+        gaps = rows.dropna(subset=["gap"])
+        assert ((gaps["gap_lo"] <= gaps["gap"]) & (gaps["gap"] <= gaps["gap_hi"])).all()
+        primary = rows[(rows["tier"] == "primary") & rows["p_value"].notna()]
+        excludes_zero = (primary["gap_lo"] > 0) | (primary["gap_hi"] < 0)
+        assert (excludes_zero == primary["significant"].astype(bool)).all()
+        assert primary["ci"].str.startswith("simultaneous").all()
+        assert rows.loc[rows["tier"] == "exploratory", "ci"].dropna().str.startswith("per comparison").all()
 
 
-def test_a_planted_disparity_is_found_and_nothing_where_none_was_planted():
-    units, groups = units_and_groups(n_patients=400, images=1, strength=2.0, weak=0.6)
-    table = fairness.audit(units, groups, {f: 0.5 for f in FINDINGS}, n_boot=300, seed=1,
-                           attributes=("grp", "other"))
-    auroc = table[(table["metric"] == "auroc")]
-    weak = auroc[(auroc["group"] == "B")]
-    assert (weak["gap_hi"] < 0).all() and (weak["p_holm"] < 0.05).all()   # every finding, after Holm
-    unplanted = auroc[auroc["attribute"] == "other"]
-    assert (unplanted["p_holm"] > 0.05).mean() >= 0.95
-    under = table[(table["metric"] == "underdiagnosis") & (table["attribute"] == "grp")]
-    assert set(under["finding"]) == {"any"} and under["value"].between(0, 1).all()
+def test_one_row_per_comparison_no_fnr_and_auprc_ece_untested():
+    rng = np.random.default_rng(5)
+    groups = demographics_like(rng, 300)
+    rows = fairness.audit(scored_units(rng, 300), groups, THRESHOLDS, n_boot=50)
+    sex = rows[(rows["attribute"] == "sex") & rows["gap"].notna()]
+    assert set(sex["group"]) == {"F"} and set(sex["reference"]) == {"M"}   # F vs M, never M vs F as well
+    assert not rows["metric"].eq("fnr").any()
+    assert rows.loc[rows["metric"].isin(["auprc", "ece"]), "p_value"].isna().all()
+    assert rows.loc[rows["metric"].isin(["auprc", "ece"]) & rows["gap"].notna(), "gap_lo"].notna().all()
+    race = rows[(rows["attribute"] == "race") & rows["gap"].notna()]
+    assert "Unknown" not in set(race["group"]) and set(race["reference"]) <= {"rest", "White", "Black"}
+    assert not significant(rows[rows["tier"] != "primary"]).any()   # only primary rows decide
 
 
-def test_the_planted_check_names_the_gaps_found_and_any_false_positive():
-    units, groups = units_and_groups(n_patients=400, images=1, strength=2.0, weak=0.6)
-    table = fairness.audit(units, groups, {f: 0.5 for f in FINDINGS}, n_boot=300, seed=1,
-                           attributes=("grp", "other"))
-    planted = {"attribute": "grp", "group": "B", "signature_strength": 0.5, "unplanted": ["other"]}
-    check = fairness.planted_check(table, planted)
-    assert check["detected"] and check["unplanted_clean"]
-    found = pd.DataFrame(check["found"])
-    assert {"auroc", "tpr", "fnr"} <= set(found["metric"])
-    assert (found.loc[found["metric"] == "auroc", "gap_hi"] < 0).all()
-    assert (found.loc[found["metric"] == "fnr", "gap_lo"] > 0).all()
-    assert len(found) == ((table["group"] == "B") & (table["p_holm"] < 0.05)
-                          & table["metric"].isin(["auroc", "auprc", "tpr", "fnr", "underdiagnosis"])).sum()
-    wrong_group = fairness.planted_check(table, {**planted, "group": "A"})   # A does better than the rest
-    assert not wrong_group["detected"]
-    swapped = fairness.planted_check(table, {**planted, "attribute": "other", "group": "X", "unplanted": ["grp"]})
-    assert not swapped["detected"] and not swapped["unplanted_clean"]
-    assert {r["group"] for r in swapped["unplanted_significant"]} == {"A", "B"}
+def test_underdiagnosis_is_the_no_finding_false_positive_rate():
+    rng = np.random.default_rng(6)
+    units = scored_units(rng, 200)
+    groups = pd.DataFrame({"grp": np.where(np.arange(200) < 100, "A", "B")})
+    rows = fairness.audit(units, groups, THRESHOLDS, n_boot=30, attributes=("grp",), min_group_patients=10)
+    nf = units["No Finding"].to_numpy()
+    called_healthy = units["p_No Finding"].to_numpy() >= 0.5
+    pathology = (units[fairness.PATHOLOGIES].to_numpy() == 1).any(1)
+    a = np.arange(200) < 100
+    value = rows[(rows["group"] == "A") & (rows["metric"] == "underdiagnosis") & rows["gap"].isna()]["value"].iloc[0]
+    assert value == pytest.approx(called_healthy[a & (nf == 0)].mean())
+    missed = rows[(rows["group"] == "A") & (rows["metric"] == "missed_pathology") & rows["gap"].isna()]["value"].iloc[0]
+    assert missed == pytest.approx(called_healthy[a & pathology].mean())
 
 
 def test_a_rate_of_all_hits_in_a_small_group_is_not_called_a_disparity():
@@ -119,12 +178,45 @@ def test_a_rate_of_all_hits_in_a_small_group_is_not_called_a_disparity():
         units[f"p_{f}"] = np.where(hit == 1, 0.9, 0.1) if j == 0 else 0.5
     units["subject_id"] = np.arange(n).astype(str)
     groups = pd.DataFrame({"grp": np.r_[np.full(24, "A"), np.full(87, "B")]})
-    table = fairness.audit(units, groups, {f: 0.5 for f in FINDINGS}, n_boot=300, min_group_patients=10,
-                           attributes=("grp",))
-    tpr = table[(table["metric"] == "tpr") & (table["group"] == "A")].iloc[0]
-    assert tpr["value"] == 1.0 and tpr["gap"] == pytest.approx(1 - 66 / 87)
-    assert 0.001 < tpr["p_value"] < 0.05 and tpr["p_holm"] > tpr["p_value"]   # the two-proportion test's scale
-    assert table.loc[table["metric"] == "ece", "p_value"].isna().all()
+    rows = fairness.audit(units, groups, THRESHOLDS, n_boot=300, min_group_patients=10, attributes=("grp",))
+    own = rows[(rows["metric"] == "tpr") & (rows["group"] == "A") & rows["gap"].isna()].iloc[0]
+    assert own["value"] == 1.0 and 0.8 < own["lo"] < 1.0 and own["hi"] == 1.0   # Wilson: not a zero-width interval
+    tpr = rows[(rows["metric"] == "tpr") & (rows["group"] == "A") & rows["gap"].notna()].iloc[0]
+    assert tpr["gap"] == pytest.approx(1 - 66 / 87) and 0.001 < tpr["p_value"] < 0.05   # two-proportion scale
+    assert tpr["gap_lo"] < tpr["gap"] < tpr["gap_hi"]
+
+
+# --------------------------------------------------------------------------- small cells
+def test_a_small_cell_is_suppressed_and_cannot_be_recovered_by_subtraction():
+    rng = np.random.default_rng(7)
+    n = 200
+    sex = np.r_[np.full(5, "Unknown"), np.full(100, "F"), np.full(95, "M")]
+    race = np.r_[np.full(5, "White"), np.full(120, "White"), np.full(75, "Black")]
+    groups = fairness_report.with_intersection(pd.DataFrame({"sex": sex, "race": race}))
+    rows = fairness.audit(scored_units(rng, n), groups, THRESHOLDS, n_boot=20, min_group_patients=30,
+                          attributes=("sex", "race", "race_sex"))
+    unknown = rows[(rows["attribute"] == "sex") & (rows["group"] == "Unknown")]
+    assert len(unknown) == 1 and unknown["n_patients"].iloc[0] == "<30" and unknown["value"].isna().all()
+    plan = fairness.plan_groups(groups, np.arange(n).astype(str), ("sex", "race", "race_sex"), 30)
+    shown = {(g["attribute"], g["group"]): g["patients"] for g in fairness.group_sizes(plan, 30)}
+    assert shown[("sex", "Unknown")] == "<30" and shown[("sex", "F")] == 100
+    assert shown[("sex", "M")].startswith("hidden")                  # else 200 - 100 - 95 = 5
+    assert rows.loc[(rows["group"] == "M") & (rows["metric"] == "auroc"), "value"].notna().any()   # figures stay
+    # race_sex: 'White / Unknown' (5) is small; within White (125 published) one more cell is hidden
+    hidden = {g for (a, g), v in shown.items() if a == "race_sex" and isinstance(v, str)}
+    assert {"White / Unknown"} < hidden and any(h.startswith("White /") and h != "White / Unknown" for h in hidden)
+    sex_comparisons = rows[(rows["attribute"] == "sex") & rows["gap"].notna()]
+    assert set(sex_comparisons["group"]) == {"F"} and set(sex_comparisons["reference"]) == {"M"}
+
+
+def test_an_attribute_without_two_known_groups_gets_no_verdict():
+    rng = np.random.default_rng(8)
+    groups = pd.DataFrame({"sex": np.r_[np.full(290, "Unknown"), np.full(10, "F")]})
+    rows = fairness.audit(scored_units(rng, 300), groups, THRESHOLDS, n_boot=20, attributes=("sex",))
+    assert rows["gap"].isna().all() and not significant(rows).any()
+    plan = fairness.plan_groups(groups, np.arange(300).astype(str), ("sex",), 30)
+    verdict = fairness_report.verdicts(plan, np.arange(300).astype(str), groups, 30)["sex"]
+    assert verdict["patients_known"] == 10 and verdict["verdict"].startswith("no verdict")
 
 
 # --------------------------------------------------------------------------- notebook 05 on the tiny run
@@ -136,12 +228,13 @@ def test_notebook_05_writes_group_level_figures_only(tiny_run):
     summary = json.loads((tiny_run / "fairness.json").read_text())
     cohort = pd.read_csv(tiny_run / "cohort.csv", dtype=str)
     assert summary["coverage"]["patients"] == cohort["subject_id"].nunique()
+    assert summary["procedure"]["primary_tests"] == int(((rows["tier"] == "primary") & rows["p_value"].notna()).sum())
     assert not any(key in json.dumps(summary["rows"]) for key in cohort["subject_id"].head(20))
     demographics = pd.read_csv(tiny_run / "demographics.csv", dtype=str)
     assert len(demographics) == len(cohort) and set(demographics["race"]) <= set(
         ["White", "Black", "Hispanic/Latino", "Asian", "Other", "Unknown"])
     html = (tiny_run / "05_fairness.html").read_text()
-    assert "Underdiagnosis" in html and "Holm" in html
+    assert "Underdiagnosis" in html and "Bonferroni" in html
 
 
 def test_redaction_covers_notebook_05(tiny_redacted_run):
@@ -149,11 +242,16 @@ def test_redaction_covers_notebook_05(tiny_redacted_run):
     assert "data:image/png" not in html   # plots as SVG vectors: no pixel data
 
 
-def test_plots_draw_groups_with_figures_and_say_when_there_are_none():
-    units, groups = units_and_groups(n_patients=200, images=1, strength=2.0, weak=0.6)
-    table = fairness.audit(units, groups, {f: 0.5 for f in FINDINGS}, n_boot=50, attributes=("grp",))
-    figure = fairness.plot_gaps(table, "grp", "auroc")
-    assert len(figure.axes[0].get_yticklabels()) == 2 * len(FINDINGS)
-    assert fairness.plot_underdiagnosis(table).axes
-    empty = fairness.plot_gaps(table.iloc[0:0], "grp")
-    assert "no group" in empty.axes[0].texts[0].get_text()
+def test_plots_draw_comparisons_and_say_when_there_are_none():
+    rng = np.random.default_rng(9)
+    groups = demographics_like(rng, 300)
+    rows = fairness.audit(scored_units(rng, 300, weak=groups["sex"].to_numpy() == "F"), groups, THRESHOLDS,
+                          n_boot=50)
+    primary = fairness_report.plot_primary(rows, "auroc_macro")
+    assert len(primary.axes[0].get_yticklabels()) == int(((rows["tier"] == "primary")
+                                                           & (rows["metric"] == "auroc_macro")
+                                                           & rows["gap"].notna()).sum())
+    assert len(fairness_report.plot_gaps(rows, "sex", "auroc").axes[0].get_yticklabels()) == len(FINDINGS)
+    assert fairness_report.plot_underdiagnosis(rows).axes
+    empty = fairness_report.plot_gaps(rows.iloc[0:0], "sex")
+    assert "no comparison" in empty.axes[0].texts[0].get_text()

@@ -7,7 +7,7 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxrlib import metrics, original, viz
+from cxrlib import metrics, original, report_tables, viz
 from cxrlib.bench.bootstrap import bench_bootstrap
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
@@ -148,9 +148,9 @@ def test_summarize_is_json_ready_seeded_and_frames():
     assert text == json.dumps(b, allow_nan=False)
     assert a["excluded"] == ["Pneumothorax"] and a["per_finding"]["Pneumothorax"]["auroc"]["value"] is None
     assert a["n_patients"] == 50 and a["ci_level"] == 0.9
-    table = metrics.frame(a)
+    table = report_tables.frame(a)
     assert list(table.columns) == ["finding", "auroc", "auroc_lo", "auroc_hi", "auprc", "auprc_lo", "auprc_hi",
-                                   "n_pos", "n"]
+                                   "n_pos", "n", "note"]
     assert list(table["finding"]) == FINDINGS + ["macro", "micro"]
     assert table.loc[1, "auroc"] == pytest.approx(a["per_finding"]["Cardiomegaly"]["auroc"]["value"])
     assert table.loc[15, "n_pos"] == int(np.nansum(y))
@@ -303,3 +303,61 @@ def test_a_split_with_one_patient_gives_degenerate_intervals_not_errors():
     macro = summary["macro"]["auroc"]
     assert macro["lo"] == pytest.approx(macro["value"]) == pytest.approx(macro["hi"])
     assert summary["per_finding"]["Edema"]["auroc"]["value"] is None
+
+
+# --------------------------------------------------------------------------- estimable findings
+def test_a_finding_below_min_positives_keeps_its_estimate_but_no_ci_and_leaves_the_macro():
+    rng = np.random.default_rng(21)
+    n = 300
+    y = (rng.random((n, len(FINDINGS))) < 0.3).astype(float)
+    y[:, 10] = 0
+    y[:3, 10] = 1                                                  # Pleural Other: three positives
+    p = np.clip(0.3 * y + 0.7 * rng.random(y.shape), 0, 1)
+    s = metrics.summarize(y, p, np.arange(n), n_boot=200, seed=0, min_positives=10)
+    rare = s["per_finding"]["Pleural Other"]
+    assert not rare["estimable"] and rare["n_pos"] == 3 and rare["n_neg"] == n - 3
+    assert rare["auroc"]["value"] == pytest.approx(roc_auc_score(y[:, 10], p[:, 10]))
+    assert rare["auroc"]["lo"] is None and rare["auprc"]["hi"] is None
+    assert s["not_estimable"] == ["Pleural Other"] and "Pleural Other" not in s["macro_findings"]
+    others = [j for j in range(len(FINDINGS)) if j != 10]
+    assert s["macro"]["auroc"]["value"] == pytest.approx(np.mean([roc_auc_score(y[:, j], p[:, j]) for j in others]))
+    assert s["macro"]["auroc"]["n_boot_valid"] == 200 and not s["macro"]["auroc"]["conditional"]
+    everything = metrics.summarize(y, p, np.arange(n), n_boot=200, seed=0, min_positives=1)
+    assert everything["macro_findings"] == FINDINGS and everything["per_finding"]["Pleural Other"]["auroc"]["lo"] is not None
+    # with min_positives 1, the one-positive-patient resamples lose the finding: the macro CI is conditional
+    y[:, 10] = 0
+    y[0, 10] = 1
+    conditional = metrics.summarize(y, p, np.arange(n), n_boot=200, seed=0, min_positives=1)
+    assert conditional["macro"]["auroc"]["n_boot_valid"] < 200 and conditional["macro"]["auroc"]["conditional"]
+    table = report_tables.frame(conditional).set_index("finding")
+    assert "conditional" in table.loc["macro", "note"] and "14 of 14" in table.loc["macro", "note"]
+    assert "13 of 14" in report_tables.frame(metrics.summarize(y, p, None, n_boot=50)).set_index("finding").loc[
+        "macro", "note"]
+
+
+def test_the_percentile_interval_undercovers_below_min_positives():
+    """Why MIN_POSITIVES is 10: the patient-bootstrap percentile interval of one AUROC (binormal, true AUROC
+    Phi(1.5 / sqrt 2) = 0.856, 300 negatives) covers about 85% at 10 positives but half the time at 2."""
+    from scipy.stats import norm
+
+    truth = norm.cdf(1.5 / np.sqrt(2))
+
+    def coverage(n_pos, reps=300, n_boot=200):
+        rng, hits = np.random.default_rng(n_pos), 0
+        for r in range(reps):
+            y = np.r_[np.ones(n_pos), np.zeros(300)][:, None]
+            p = 1 / (1 + np.exp(-(1.5 * y + rng.normal(size=y.shape))))
+            weights = np.concatenate(list(metrics.patient_weights(None, len(y), n_boot, seed=r)), axis=1)
+            aurocs = metrics.resample_stats(y, p, weights.T, findings=["f"])["auroc"][:, 0]
+            lo, hi = np.percentile(aurocs[~np.isnan(aurocs)], [2.5, 97.5])   # summarize's interval
+            hits += lo <= truth <= hi
+        return hits / reps
+
+    assert coverage(metrics.MIN_POSITIVES) >= 0.8
+    assert coverage(2) <= 0.65
+
+
+def test_a_bootstrap_p_is_never_zero():
+    assert metrics.bootstrap_p(np.full(999, 0.1)) == (pytest.approx(2 / 1000), 999)
+    assert metrics.bootstrap_p(np.zeros(50))[0] == 1.0
+    assert metrics.bootstrap_p(np.r_[np.full(90, 0.1), np.full(10, -0.1)])[0] == pytest.approx(2 * 11 / 101)

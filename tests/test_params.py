@@ -147,4 +147,4 @@ def test_check_change_refuses_fixed_stages_and_allows_runtime_and_evaluate(tmp_p
     try:
         params.check_change(old, params.validate({**old, "lr": 0.5, "seed": 3}), tmp_path)
     except params.ParamError as e:   # one message lists every refused difference
-        assert "lr (train): 0.0001 -> 0.5" in str(e) and "seed (cohort): 0 -> 3" in str(e)
+        assert "lr (train): 0.0001 -> 0.5" in str(e) and "seed (train): 0 -> 3" in str(e)

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from cxrlib import cohort, demographics, fairness, synth
+from cxrlib import cohort, demographics, fairness, fairness_report, synth
 from cxrlib.labels import FINDINGS
 from cxrlib.params import Params
+from cxrlib.synth_mimic_iv import PLANTED_FILE
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:.*their selected study has no row:UserWarning")]
@@ -53,19 +54,23 @@ def audited(tmp_path_factory):
         validate = split == "validate"
         thresholds[finding] = best_f1_threshold(scores[f"p_{finding}"].to_numpy()[validate], y[validate, j])
     test = split == "test"
-    groups = fairness.with_intersection(table.reset_index(drop=True))[test].reset_index(drop=True)
+    groups = fairness_report.with_intersection(table.reset_index(drop=True))[test].reset_index(drop=True)
     rows = fairness.audit(scores[test].reset_index(drop=True), groups, thresholds, n_boot=400, seed=0)
-    planted = json.loads((root / "mimic-iv" / fairness.PLANTED_FILE).read_text())
-    return rows, fairness.planted_check(rows, planted), coverage
+    planted = json.loads((root / "mimic-iv" / PLANTED_FILE).read_text())
+    return rows, fairness_report.planted_check(rows, planted), coverage
 
 
 def test_the_audit_finds_the_planted_gap_in_women(audited):
     rows, check, coverage = audited
     assert coverage["patients"] > 1500
-    assert check["detected"], fairness.significant(rows).head(10)
+    assert check["detected"], fairness_report.significant(rows).head(10)
     found = pd.DataFrame(check["found"])
     assert set(found["group"]) == {"F"} and set(found["attribute"]) == {"sex"}
-    under = rows[(rows["metric"] == "underdiagnosis") & (rows["attribute"] == "sex")].set_index("group")
+    assert set(found["metric"]) <= {"auroc_macro", "underdiagnosis"} and (found["reference"] == "M").all()
+    macro = rows[(rows["metric"] == "auroc_macro") & (rows["attribute"] == "sex") & rows["gap"].notna()].iloc[0]
+    assert macro["group"] == "F" and macro["gap"] < 0   # ranked worse in women (significant or not)
+    own = rows[rows["gap"].isna() & (rows["attribute"] == "sex")]
+    under = own[own["metric"] == "underdiagnosis"].set_index("group")
     assert under.loc["F", "value"] > under.loc["M", "value"]   # more women with a finding called "No Finding"
     auroc = rows[(rows["metric"] == "auroc") & (rows["attribute"] == "sex") & (rows["group"] == "F")]
     assert (auroc["gap"].dropna() < 0).mean() >= 0.75           # most findings ranked worse in women
@@ -75,4 +80,5 @@ def test_the_audit_finds_nothing_where_nothing_was_planted(audited):
     rows, check, _ = audited
     assert check["unplanted_clean"], pd.DataFrame(check["unplanted_significant"])
     unplanted = rows[rows["attribute"].isin(["age_band", "race", "insurance"]) & rows["p_value"].notna()]
-    assert len(unplanted) > 50 and (unplanted["p_value"] < 0.05).mean() < 0.15   # about the nominal rate
+    assert len(unplanted) > 50 and (unplanted["p_value"] < 0.05).mean() < 0.15   # about the nominal rate, unadjusted
+    assert not unplanted["significant"].fillna(False).astype(bool).any()

@@ -66,6 +66,26 @@ def test_bad_grids_name_the_file_and_the_key(tmp_path, grid, message):
     assert message in str(e.value) and str(path.name) in str(e.value)
 
 
+def test_the_shipped_seed_ablation_grid_plans_members_that_share_one_cohort(tmp_path, monkeypatch):
+    """Its ensemble averages six members image by image: seeds vary the weights and data order, never the
+    validation split (split_seed), so every member builds the same cohort."""
+    monkeypatch.chdir(ROOT)
+    grid = sweep.read_grid(ROOT / "params" / "grids" / "seed-ablation.yaml")
+    members = sweep.plan(grid, runs_dir=str(tmp_path / "runs"), write=False)
+    assert len(members) == 6 and grid["ensemble"]
+    from cxrlib import params as params_mod
+
+    cohorts = {tuple(str(getattr(m["params"], f)) for f in params_mod.STAGES["cohort"]) for m in members}
+    assert len(cohorts) == 1 and {m["params"].seed for m in members} == {0, 1, 2}
+
+
+def test_an_ensemble_of_members_with_different_cohorts_is_refused_before_anything_runs(tmp_path):
+    path = write_grid(tmp_path, vary={"views": [["AP"], ["AP", "PA"]]}, ensemble=True)
+    with pytest.raises(sweep.UserError, match="different cohorts") as e:
+        sweep.plan(sweep.read_grid(path), runs_dir=str(tmp_path / "runs"), write=False)
+    assert "views" in str(e.value) and not (tmp_path / "runs").exists()
+
+
 def test_plan_skips_finished_resumes_unfinished_and_refuses_a_changed_finished_stage(tmp_path, monkeypatch):
     runs_dir = str(tmp_path / "runs")
     path = write_grid(tmp_path, name="s", vary={"pos_weight": [False, True]})
