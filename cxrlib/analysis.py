@@ -32,22 +32,31 @@ def test_rows(predictions: pd.DataFrame) -> pd.DataFrame:
     return test
 
 
-def thresholds_from_report(report: dict, rule: str = "f1") -> tuple[dict, str]:
+def thresholds_from_report(report: dict, rule: str = "f1", level: str | None = None) -> tuple[dict, str]:
     """{finding: threshold} from metrics.json and a sentence saying where each came from.
 
     The rule's threshold chosen on validation; the fixed 0.5 where there is none (no validation
     split, or a finding with one class on it). Never a threshold chosen on the test set.
+    level: None for the run's own eval_level (the audit, which scores the same units); "image" for what
+    scores single images (predict, export, notebook 04): the thresholds chosen on validation images.
     """
-    values = report["thresholds"]["values"]
+    own = (report.get("level") or {}).get("headline", "image")
+    section, unit = report["thresholds"], own
+    if level == "image" and own != "image":
+        section = (report.get("image_level") or {}).get("thresholds")
+        unit = "image"
+        if section is None:   # a metrics.json from before image_level: say what is being applied
+            section, unit = report["thresholds"], f"{own} (metrics.json predates image-level thresholds; rerun 03)"
+    values = section["values"]
     chosen, fallback = {}, []
     for f in FINDINGS:
-        cut = values.get(f, {}).get(rule) if report["thresholds"].get("chosen_on") == "validate" else None
+        cut = values.get(f, {}).get(rule) if section.get("chosen_on") == "validate" else None
         if cut is None:
             fallback.append(f)
             cut = values.get(f, {}).get("fixed_0.5", 0.5)
         chosen[f] = float(cut)
-    note = f"thresholds: max-{rule.upper()} on the validation split" if report["thresholds"].get("chosen_on") else \
-        "thresholds: fixed 0.5 (the run has no validation split)"
+    note = (f"thresholds: max-{rule.upper()} on the validation split, per {unit}" if section.get("chosen_on") else
+            "thresholds: fixed 0.5 (the run has no validation split)")
     if fallback and len(fallback) < len(FINDINGS):
         note += f"; fixed 0.5 for {', '.join(fallback)} (one class on validation)"
     return chosen, note

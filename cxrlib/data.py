@@ -33,8 +33,9 @@ class CacheDataset(Dataset):
     fetches whole batches through __getitems__, which needs collate_fn=collate (make_loader sets it).
     """
 
-    def __init__(self, images_path, rows, labels):
+    def __init__(self, images_path, rows, labels, study_ids=None):
         labels = np.asarray(labels, dtype=np.float32)
+        self.study_ids = None if study_ids is None else np.asarray(study_ids, dtype=str)   # study-level scoring
         self.images_path = str(images_path)
         self.rows = np.asarray(rows, dtype=np.int64)
         if labels.ndim != 2 or len(labels) != len(self.rows):
@@ -47,7 +48,8 @@ class CacheDataset(Dataset):
     def from_cohort(cls, cache, cohort):
         """Over a cohort that went through cache.cohort_with_rows (it has `cache_row`)."""
         from .labels import label_matrix
-        return cls(cache.images_path, cohort["cache_row"].to_numpy(), label_matrix(cohort))
+        return cls(cache.images_path, cohort["cache_row"].to_numpy(), label_matrix(cohort),
+                   cohort["study_id"].to_numpy(str) if "study_id" in cohort else None)
 
     def images(self) -> np.ndarray:
         if self._images is None:

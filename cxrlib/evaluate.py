@@ -164,6 +164,13 @@ def read_predictions(run_dir) -> pd.DataFrame:
     return frame
 
 
+def scored_units(predictions: pd.DataFrame, p) -> pd.DataFrame:
+    """The rows every figure counts: the predictions themselves, or one row per study (eval_level)."""
+    from . import levels
+
+    return levels.rows_at(predictions, p.eval_level, p.study_aggregate)
+
+
 def arrays(frame: pd.DataFrame, split: str | None = None):
     """(labels (N, 14) with NaN = masked, probabilities (N, 14), subject ids) of one split."""
     rows = frame if split is None else frame[frame["split"] == split]
@@ -227,12 +234,17 @@ def selection(run_dir, p) -> dict:
     kept = history[history["selected"].astype(bool)] if len(history) else history
     best = kept.iloc[-1] if len(kept) else None
     score = {"auroc": "val_auroc_macro", "accuracy": "val_accuracy"}[p.select_metric]
-    out = {"select_on": p.select_on, "select_metric": p.select_metric,
+    # history.csv from before select_level scored epochs per image
+    level = str(history["select_level"].iloc[-1]) if "select_level" in history and len(history) else "image"
+    out = {"select_on": p.select_on, "select_metric": p.select_metric, "level": level,
            "best_epoch": int(best["epoch"]) if best is not None else None,
            "best_score": float(best[score]) if best is not None else None,
-           "epochs_run": int(len(history)), "test_selected": p.select_on == "test", "warning": None}
+           "epochs_run": int(len(history)), "test_selected": p.select_on == "test", "warning": None, "note": None}
     if out["test_selected"]:
         out["warning"] = TEST_SELECTION_WARNING
+    if level != p.eval_level:
+        out["note"] = (f"epochs were chosen on {level}-level figures (eval_level at training time); the figures "
+                       f"here are {p.eval_level}-level (eval_level was changed after training)")
     return out
 
 
@@ -264,12 +276,10 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         summaries[split] = metrics.summarize(y, prob, groups, n_boot=p.bootstrap, seed=p.seed,
                                              ci_level=p.ci_level, progress=progress, min_positives=p.min_positives)
     y_test, p_test, test_groups = arrays(units, "test")
-    rules = {f: {"fixed_0.5": FIXED_THRESHOLD} for f in FINDINGS}
+    rules = validation_rules(units)
     notes = []
     if "validate" in splits:
         y_val, p_val, _ = arrays(units, "validate")
-        for f, chosen in metrics.choose_thresholds(y_val, p_val).items():
-            rules[f].update(chosen)
     else:
         notes.append("no validation split: only the fixed 0.5 threshold is reported (choosing a threshold "
                      "on the test set would make the test figures at it optimistic)")
@@ -286,6 +296,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
 
     model = model_config(run_dir) if is_ensemble(run_dir) else read_model_config(run_dir)   # from best.pt
     warnings_list = [sel["warning"]] if sel["warning"] else []
+    notes += [sel["note"]] if sel.get("note") else []
     reliability = metrics.reliability_curve(y_test, p_test, test["calibration"]["n_bins"])
     recal = None
     if p.calibration != "none" and "validate" in splits:
@@ -306,13 +317,16 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         "level": level,
         "ci": {"level": p.ci_level, "n_boot": p.bootstrap, "seed": p.seed, "method": test["ci_method"]},
         "splits": summaries,
-        "thresholds": {"chosen_on": "validate" if "validate" in splits else None,
+        "thresholds": {"chosen_on": "validate" if "validate" in splits else None, "level": p.eval_level,
                        "values": rules,
                        "test": at_thresholds.to_dict("records")},
         "calibration": {"test_reliability_pooled": reliability.to_dict("list")},
-        "recalibration": recal,
+        "recalibration": None if recal is None else {**recal, "level": p.eval_level},
+        "image_level": image_level_section(predictions, p, rules, recal),
         "selection": sel,
-        "gold": gold_mod.gold_section(predictions, gold_mod.read_gold(p.data_root), p, rules),
+        "gold": gold_mod.gold_section(predictions, gold_mod.read_gold(p.data_root), p,
+                                      rules if p.eval_level == "study" else
+                                      validation_rules(levels.rows_at(predictions, "study", p.study_aggregate))),
         "test_selected": sel["test_selected"],
         "warnings": warnings_list,
         "notes": notes + test["notes"],
@@ -327,6 +341,37 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     if write:
         atomic_write_json(run_dir / "metrics.json", report)
     return report
+
+
+def validation_rules(units: pd.DataFrame) -> dict:
+    """{finding: {fixed_0.5, f1, youden}}: max-F1 and Youden's J chosen on the validation rows of `units`
+    (images or studies) and nothing else; only the fixed 0.5 without a validation split."""
+    rules = {f: {"fixed_0.5": FIXED_THRESHOLD} for f in FINDINGS}
+    if (units["split"] == "validate").any():
+        y_val, p_val, _ = arrays(units, "validate")
+        for f, chosen in metrics.choose_thresholds(y_val, p_val).items():
+            rules[f].update(chosen)
+    return rules
+
+
+def image_level_section(predictions: pd.DataFrame, p, rules: dict, recal: dict | None) -> dict:
+    """What single images need (predict, the export, notebook 04's per-image errors): thresholds and the
+    recalibration map fitted on the validation IMAGES. At eval_level: image they are the headline's own;
+    at study level they are fitted again, since a threshold tuned on study means is not one for an image."""
+    from . import recalibration
+
+    fitted_on = "validate" if (predictions["split"] == "validate").any() else None
+    if p.eval_level == "image":
+        calibrator = {k: recal[k] for k in ("method", "fitted_on", "per_finding", "notes")} if recal else None
+        return {"level": "image", "same_as_headline": True, "thresholds": {"chosen_on": fitted_on, "values": rules},
+                "recalibration": calibrator or {"method": "none"}}
+    calibrator = {"method": "none"}
+    if p.calibration != "none" and fitted_on:
+        y_val, p_val, _ = arrays(predictions, "validate")
+        calibrator = recalibration.fit(p.calibration, y_val, p_val)
+    return {"level": "image", "same_as_headline": False,
+            "thresholds": {"chosen_on": fitted_on, "values": validation_rules(predictions)},
+            "recalibration": calibrator}
 
 
 def headline(summary: dict) -> dict:

@@ -50,10 +50,11 @@ class Deployable(nn.Module):
 def _model_and_meta(run_dir: Path, p):
     from . import analysis, evaluate
     from .params import validate
+    from .predict import image_calibrator
 
     model, trained, _, transform = evaluate.load_best(run_dir, validate({**p.to_dict(), "device": "cpu"}))
     report = evaluate.read_metrics(run_dir)
-    thresholds, note = analysis.thresholds_from_report(report, "f1")
+    thresholds, note = analysis.thresholds_from_report(report, "f1", level="image")   # the file scores images
     config = report["model"]
     meta = {
         "format_version": 1,
@@ -65,9 +66,9 @@ def _model_and_meta(run_dir: Path, p):
                                             "(cxrlib.decode.decode_image); no other scaling"},
         "outputs": {"logits": ["N", len(FINDINGS)], "probabilities": ["N", len(FINDINGS)]},
         "normalisation": {"mean": transform.mean, "std": transform.std, "applied": "inside the model"},
-        "thresholds": {"rule": "max-F1 on validation", "note": note, "values": thresholds},
-        "calibration": report.get("recalibration") or {"method": "none"},
-        "headline_test": report["headline"],
+        "thresholds": {"rule": "max-F1 on validation", "level": "image", "note": note, "values": thresholds},
+        "calibration": {**(image_calibrator(report) or {"method": "none"}), "level": "image"},
+        "headline_test": {"level": (report.get("level") or {}).get("headline", "image"), **report["headline"]},
         "arch": config["arch"], "head": config["head"],
         "checkpoint_sha256": sha256_file(run_dir / "checkpoints" / "best.pt"),
         "data": report.get("data", {}),

@@ -3,6 +3,7 @@ the selection split's loss, macro/micro AUROC and accuracy at 0.5 that fit score
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -41,17 +42,31 @@ def predict(model, loader, transform, device, amp=None, channels_last: bool = Fa
 
 
 def evaluate(model, loader, transform, device, pos_weight=None, amp=None, channels_last: bool = False,
-             progress: bool = False) -> dict:
-    """loss (masked BCE), macro and micro AUROC and accuracy at 0.5 over the valid cells."""
+             progress: bool = False, units=None, aggregate: str = "mean") -> dict:
+    """loss (masked BCE, per image), macro and micro AUROC and accuracy at 0.5 over the valid cells.
+
+    units: one id per dataset item (its study) to score studies, as eval_level: study does: a study's
+    image probabilities are aggregated (`aggregate`: mean or max) and its label row counted once.
+    """
     from . import metrics
 
     logits, targets, mask, _ = forward_all(model, loader, transform, device, amp, channels_last, progress)
     loss = float(masked_bce(logits, targets, mask, None if pos_weight is None else pos_weight.cpu()))
     probs = torch.sigmoid(logits).numpy()
     labels = np.where(mask.numpy() > 0, targets.numpy(), np.nan)
-    valid = mask.numpy() > 0
+    if units is not None:
+        probs, labels = per_unit(probs, labels, units, aggregate)
+    valid = ~np.isnan(labels)
     # the original's accuracy: (sigmoid > 0.5) == label, averaged over all (valid) cells
     accuracy = float(((probs > 0.5) == (labels == 1))[valid].mean()) if valid.any() else float("nan")
     ranking = metrics.ranking_metrics(labels, probs)
     return {"loss": loss, "auroc_macro": ranking["macro"]["auroc"], "auroc_micro": ranking["micro"]["auroc"],
             "accuracy": accuracy}
+
+
+def per_unit(probs: np.ndarray, labels: np.ndarray, units, aggregate: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, labels) with one row per unit: the mean or max of its rows' probabilities and its
+    first row's labels (every image of a study carries the study's labels); units in order of first appearance."""
+    codes = pd.factorize(np.asarray(units))[0]
+    grouped = pd.DataFrame(probs).groupby(codes, sort=True)
+    return grouped.agg(aggregate).to_numpy(), pd.DataFrame(labels).groupby(codes, sort=True).first().to_numpy()

@@ -65,10 +65,10 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     metrics_file = run_dir / "metrics.json"
     report = evaluate.read_metrics(run_dir) if metrics_file.is_file() else None
     if report:
-        thresholds, note = analysis.thresholds_from_report(report, "f1")
+        thresholds, note = analysis.thresholds_from_report(report, "f1", level="image")
     else:
         thresholds, note = {f: 0.5 for f in FINDINGS}, "thresholds: fixed 0.5 (the run has no metrics.json yet)"
-    calibrator = (report or {}).get("recalibration")
+    calibrator = image_calibrator(report)
     amp = amp_dtype(trained, device)
     rows, probs = [], []
     args = (trained.image_size, trained.resize, trained.decode)
@@ -94,6 +94,15 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     if calibrator and calibrator.get("method", "none") != "none":
         out[[f"cal_{f}" for f in FINDINGS]] = recalibration.apply(calibrator, prob).astype(np.float32)
     return out, skipped, note
+
+
+def image_calibrator(report: dict | None) -> dict | None:
+    """The recalibration map for single images: fitted on validation images (metrics.json's image_level);
+    the run's own one in a metrics.json from before image_level."""
+    if not report:
+        return None
+    image_level = report.get("image_level")
+    return image_level["recalibration"] if image_level else report.get("recalibration")
 
 
 def cli(command: str, argv: list[str]) -> int:

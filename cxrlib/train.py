@@ -14,11 +14,13 @@ global RNG (dropout) is reseeded from (seed, rank, epoch, step) before every ste
 killed at any point and resumed ends with exactly the weights and metrics of an uninterrupted one.
 
 Model selection. select_on: validate (default) picks the epoch with the best select_metric on the
-validation split. select_on: test with select_metric: accuracy is the original project's rule: each
-epoch is scored on the TEST set by accuracy over all N x 14 cells at 0.5; an epoch is kept if its
-score is strictly greater than the best so far (which starts at 0); a counter grows every epoch,
-is reset by a kept epoch, and training stops when it reaches `patience`. Selecting on the test
-set makes the test figures optimistic: fit warns and records it in the history.
+validation split, counted in the units of eval_level (at study level: studies, their images' probabilities
+aggregated by study_aggregate; history.csv's select_level says which). select_on: test with
+select_metric: accuracy is the original project's rule: each epoch is scored on the TEST set by
+accuracy over all N x 14 cells at 0.5; an epoch is kept if its score is strictly greater than the
+best so far (which starts at 0); a counter grows every epoch, is reset by a kept epoch, and
+training stops when it reaches `patience`. Selecting on the test set makes the test figures
+optimistic: fit warns and records it in the history.
 
 Several GPUs. DDP, one process per GPU, launched by torchrun. batch_size is the global batch;
 each rank takes batch_size // world_size images of every global batch (the EpochSampler deals
@@ -321,6 +323,9 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     eval_per_rank = max(1, params.eval_batch_size // world)
     eval_loader = make_loader(eval_set, eval_per_rank, False, params.num_workers, params.seed,
                               sampler=range(rank, len(eval_set), world))
+    # Epochs are chosen on the units the run's figures count: studies (their images' mean or max) at study level.
+    selection_units = ({"units": eval_set.study_ids, "aggregate": params.study_aggregate}
+                       if params.eval_level == "study" and eval_set.study_ids is not None else {})
     train_kw = dict(steps=steps, seed=params.seed, rank=rank, pos_weight=pos_weight, amp=amp,
                     grad_clip=params.grad_clip, channels_last=device.type == "cuda" and params.channels_last,
                     after_step=after_step, progress=progress, epochs=params.epochs)
@@ -339,13 +344,13 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
         broadcast_buffers(model)
         # the bare model: ranks hold different numbers of evaluation batches, and DDP's forward may sync buffers
         scores = evaluate(model, eval_loader, transform, device, pos_weight, amp,
-                          train_kw["channels_last"], progress and not is_batch())
+                          train_kw["channels_last"], progress and not is_batch(), **selection_units)
         score = scores["auroc_macro" if params.select_metric == "auroc" else "accuracy"]
         keep, stopped = update_selection(selection, score, epoch + 1, params.patience)
         history.append({
             "epoch": epoch + 1, "train_loss": loss_sum / max(cells, 1.0), "val_loss": scores["loss"],
             "val_auroc_macro": scores["auroc_macro"], "val_auroc_micro": scores["auroc_micro"],
-            "val_accuracy": scores["accuracy"], "eval_split": params.select_on,
+            "val_accuracy": scores["accuracy"], "eval_split": params.select_on, "select_level": params.eval_level,
             "lr": float(scheduler.get_last_lr()[0]), "images_per_s": images / max(position["seconds"], 1e-9),
             "seconds": float(position["seconds"]), "selected": keep, "best_epoch": selection["best_epoch"],
             "patience_counter": selection["counter"], "selected_on_test": params.select_on == "test"})

@@ -265,18 +265,32 @@ def plot_curves(y, p, findings=None, summary: Optional[dict] = None, kind: str =
 
 
 def plot_forest(summary: dict):
-    """Per-finding AUROC and AUPRC with their CIs (then macro and micro); dots mark AUPRC's chance level."""
+    """Per-finding AUROC and AUPRC with their CIs (then macro and micro); dots mark AUPRC's chance level.
+
+    A finding below min_positives is drawn hollow with no interval ('too few'); a CI that rests on fewer
+    than metrics.CONDITIONAL_SHARE of the resamples is dashed and its label says so.
+    """
     from matplotlib.figure import Figure
 
     table = report_tables.frame(summary)
-    fig = Figure(figsize=(10, 0.3 * len(table) + 1.2), layout="constrained")
+    fig = Figure(figsize=(10, 0.3 * len(table) + 1.5), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     ypos = np.arange(len(table))[::-1]
+    estimable = ~table["note"].str.startswith("too few").to_numpy()
+    conditional = table["note"].str.contains("conditional").to_numpy()
     for ax, m, chance in zip(axes, ("auroc", "auprc"), (0.5, None)):
         value = table[m].to_numpy(dtype=float, na_value=np.nan)
-        err = np.abs(np.vstack([value - table[f"{m}_lo"].to_numpy(float, na_value=np.nan),
-                                table[f"{m}_hi"].to_numpy(float, na_value=np.nan) - value]))
-        ax.errorbar(value, ypos, xerr=np.nan_to_num(err), fmt="o", ms=4, color="#4c72b0", capsize=2)
+        lo = table[f"{m}_lo"].to_numpy(float, na_value=np.nan)
+        hi = table[f"{m}_hi"].to_numpy(float, na_value=np.nan)
+        for dashed in (False, True):
+            rows = estimable & (conditional == dashed)
+            bars = ax.errorbar(value[rows], ypos[rows], xerr=np.nan_to_num(np.abs([value[rows] - lo[rows],
+                                                                                    hi[rows] - value[rows]])),
+                               fmt="o", ms=4, color="#4c72b0", capsize=2)
+            if dashed:
+                for line in bars[2]:
+                    line.set_linestyle("--")
+        ax.plot(value[~estimable], ypos[~estimable], "o", ms=4, mfc="white", color="#4c72b0")
         if chance is not None:
             ax.axvline(chance, color="0.6", lw=0.8, ls=":")
         else:
@@ -286,7 +300,16 @@ def plot_forest(summary: dict):
         ax.set_xlim(0, 1)
         ax.set_xlabel(f"{m.upper()} ({summary['ci_level']:.0%} CI, {summary['n_boot']} patient resamples)", fontsize=8)
         ax.grid(axis="x", lw=0.3)
-    axes[0].set_yticks(ypos, table["finding"], fontsize=8)
+    labels = [f"{name} ({n_pos})" if isinstance(n_pos, (int, np.integer)) and name != "micro" else name
+              for name, n_pos in zip(table["finding"], table["n_pos"].astype(object).where(table["n_pos"].notna()))]
+    labels = [label + (" - too few: no CI" if not ok else " - CI conditional" if cond else "")
+              for label, ok, cond in zip(labels, estimable, conditional)]
+    labels[-2] = (f"macro ({len(summary.get('macro_findings', []))} of {len(summary['per_finding'])})"
+                  + (" - CI conditional" if conditional[-2] else ""))
+    axes[0].set_yticks(ypos, labels, fontsize=8)
+    fig.suptitle(f"Positives in brackets; hollow: fewer than {summary.get('min_positives', '?')} positive or negative "
+                 "units (no CI, not in the macro); dashed: a CI conditional on the resamples that kept both classes",
+                 fontsize=8)
     return fig
 
 

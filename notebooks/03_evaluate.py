@@ -22,13 +22,19 @@
 #
 # - **Confidence intervals** are percentile intervals over `bootstrap` patient-level resamples: a
 #   resample draws patients with replacement and brings all their images.
+# - **Estimable findings**: a finding with fewer than `min_positives` positive (or negative) units on a
+#   split keeps its estimate but gets no interval and stays out of the macro averages, which say which
+#   findings they cover. An interval built from fewer than 99% of the resamples (the others lost every
+#   positive of a finding) is marked **conditional**.
 # - **Thresholds** (max F1, Youden's J) are chosen on the **validation** split only and then applied to
 #   the test split; a fixed 0.5, chosen by no data, is reported beside them.
 # - **Model selection on the test set** (the original project's rule, presets `seed-nopos` and
 #   `seed-pos`) makes every test figure optimistic; this notebook says so in a red box.
 # - **Image or study level** (`eval_level`): labels belong to studies, so at study level a study's
-#   images are scored, their probabilities aggregated (`study_aggregate`), and every figure,
-#   threshold and CI counts studies. Where some study has several images, both levels are shown.
+#   images are scored, their probabilities aggregated (`study_aggregate`), and every figure, curve,
+#   threshold, temperature and CI counts studies (training chose its epoch on them too). `predict` and
+#   the export score single images, so they carry thresholds and temperatures fitted on validation
+#   *images* (`metrics.json`'s `image_level`). Where some study has several images, both levels are shown.
 # - **Radiologist labels** (MIMIC-CXR-JPG 2.1.0) score the test studies they cover, beside the NLP
 #   labels of the same studies; they never choose a model or a threshold.
 
@@ -40,6 +46,7 @@ study_aggregate = "mean"       # mean | max of a study's image probabilities
 calibration = "temperature"    # none | temperature | isotonic: fitted on validation, applied to test
 bootstrap = 1000               # patient-level resamples for every CI
 ci_level = 0.95
+min_positives = 10             # fewer positive (or negative) units: no CI, not in the macro averages
 compare_with = ""              # another run's name: paired differences on the shared test images
 
 # %%
@@ -72,6 +79,11 @@ else:
     sel = report["selection"]
     print(f"Model selected on {sel['select_on']} by {sel['select_metric']} (epoch {sel['best_epoch']} of "
           f"{sel['epochs_run']}): the test set was not used to choose it.")
+macro = report["macro"]
+print(f"macro averages over {len(macro['findings'])} of 14 findings"
+      + (f"; left out with fewer than {macro['min_positives']} positive or negative {report['level']['headline']}s: "
+         + ", ".join(macro["not_estimable"]) if macro["not_estimable"] else "")
+      + (f"; one class only: {', '.join(macro['one_class'])}" if macro["one_class"] else ""))
 for note in report["notes"]:
     print("note:", note)
 evaluate.headline_table(report)
@@ -93,8 +105,10 @@ evaluate.level_table(report)
 # %% [markdown]
 # ## Per finding: AUROC and AUPRC on test
 #
-# Intervals are wide where a finding has few positives; a finding with one class on the test split
-# has no AUROC and is left out of the macro average. On AUPRC the tick marks chance (the prevalence).
+# Intervals are wide where a finding has few positives; below `min_positives` a finding has its
+# estimate, no interval, and no place in the macro (hollow in the plot); a finding with one class on the
+# test split has no AUROC. On AUPRC the tick marks chance (the prevalence). Counts are per
+# `eval_level` unit.
 
 # %%
 viz.readable(evaluate.per_finding_table(report, "test"))
@@ -103,10 +117,11 @@ viz.readable(evaluate.per_finding_table(report, "test"))
 viz.plot_forest(report['splits']['test'])
 
 # %% [markdown]
-# ## ROC and precision-recall curves (test)
+# ## ROC and precision-recall curves (test, in the units of `eval_level`)
 
 # %%
-y_test, p_test, _ = evaluate.arrays(predictions, "test")
+units = evaluate.scored_units(predictions, p)   # studies at study level: the curves match the figures above
+y_test, p_test, _ = evaluate.arrays(units, "test")
 viz.plot_curves(y_test, p_test, summary=report["splits"]["test"], kind="roc")
 
 # %%
@@ -116,7 +131,7 @@ viz.plot_curves(y_test, p_test, summary=report['splits']['test'], kind='pr')
 # ## Calibration (test)
 #
 # Reliability diagram: observed positive rate against mean predicted probability in ten equal-width
-# bins (grey bars: share of cells per bin). ECE weighs each bin's gap by its share; Brier is the mean
+# bins (grey bars: share of cells per bin), per `eval_level` unit. ECE weighs each bin's gap by its share; Brier is the mean
 # squared error of the probabilities. Both come with patient-bootstrap CIs.
 
 # %%
@@ -152,10 +167,15 @@ else:
 # ## Thresholds from validation, applied to test
 #
 # `f1` (max F1) and `youden` (max sensitivity + specificity - 1) are chosen on the validation split;
-# `fixed_0.5` is chosen by no data. Counts and rates are on the test split.
+# `fixed_0.5` is chosen by no data. Counts and rates are on the test split, per `eval_level` unit; a rate
+# from a handful of cases (see `tp + fn` and `tn + fp`) is not an estimate to quote.
 
 # %%
-print(f"thresholds chosen on: {report['thresholds']['chosen_on'] or 'nothing (no validation split): fixed 0.5 only'}")
+print(f"thresholds chosen on: {report['thresholds']['chosen_on'] or 'nothing (no validation split): fixed 0.5 only'}"
+      f", per {report['thresholds'].get('level', 'image')}")
+if not report["image_level"]["same_as_headline"]:
+    print("predict and the export use thresholds and a recalibration fitted on the validation images "
+          "(metrics.json: image_level), since they score single images")
 thresholds = evaluate.threshold_table(report)
 thresholds.round(3)
 
@@ -209,15 +229,20 @@ if gold["available"] and gold["agreement"]:
 
 # %% [markdown]
 # ## Paired comparison with another run (`compare_with`)
+#
+# Bootstrap p-values count the observed data as one resample, so B resamples cannot give less than
+# 2 / (B + 1) (0.002 at 1000), and Holm across 14 findings no less than 14 times that. The macro rows
+# (bootstrap and DeLong) cover the same estimable findings.
 
 # %%
 if p.compare_with:
     differences = compare.compare_runs(run_dir, Path(p.runs_dir) / p.compare_with, p)
     a = differences.attrs
-    units = "studies" if a["level"] == "study" else "images"
-    print(f"{a['this']} - {a['other']} on the {a['shared_images']} test {units} both predicted "
+    unit_name = "studies" if a["level"] == "study" else "images"
+    print(f"{a['this']} - {a['other']} on the {a['shared_images']} test {unit_name} both predicted "
           f"({a['patients']} patients; {a['this']} has {a['this_images']}, {a['other']} {a['other_images']}); "
-          f"{a['ci_level']:.0%} CIs from {a['n_boot']} paired patient resamples")
+          f"{a['ci_level']:.0%} CIs from {a['n_boot']} paired patient resamples; macro over "
+          f"{len(a['macro_findings'])} findings")
     display(compare.readable(differences))
     display(compare.plot_differences(differences))
 else:

@@ -24,8 +24,9 @@
 # 3. errors against **image properties** from the metadata (Rows × Columns, orientation, view);
 # 4. errors against **co-occurring findings**.
 #
-# Errors are counted at each finding's threshold chosen on the **validation** split (max F1), never on
-# test. With `redact_images: true` no image is drawn at all.
+# Errors are counted per image, at each finding's threshold chosen on the **validation** split's images
+# (max F1), never on test: at `eval_level: study` these are not the study-level thresholds of notebook 03,
+# which were tuned on study means. With `redact_images: true` no image is drawn at all.
 
 # %% tags=["parameters"]
 run_dir = "runs/demo"          # the run folder (notebook 03 must have run)
@@ -44,7 +45,7 @@ p = runs.notebook_setup(run_dir, globals())
 predictions = evaluate.read_predictions(run_dir)
 report = evaluate.read_metrics(run_dir)
 test = analysis.test_rows(predictions)
-thresholds, threshold_note = analysis.thresholds_from_report(report)
+thresholds, threshold_note = analysis.thresholds_from_report(report, level="image")   # errors of single images
 print(f"{len(test):,} test images of {test['subject_id'].nunique():,} patients; {threshold_note}")
 if report.get("test_selected"):
     print("WARNING: this run selected its model on the test set; see notebook 03.")

@@ -89,15 +89,24 @@ def test_metrics_json_headline_selection_and_fingerprint(tiny_run):
     assert set(report["headline"]) == {"AUROC macro", "AUROC micro", "AUPRC macro", "AUPRC micro"}
     test = report["splits"]["test"]
     for key, figure in report["headline"].items():
-        assert set(figure) == {"value", "lo", "hi"}
-        assert figure["lo"] <= figure["hi"], key
+        assert set(figure) == {"value", "lo", "hi", "n_boot_valid", "conditional"}
         average, metric = evaluate.HEADLINE[key]
-        if test[average][metric]["n_boot_valid"] == report["ci"]["n_boot"]:
+        if figure["lo"] is None:   # the tiny test split: no finding with min_positives of each class
+            assert average == "macro" and not report["macro"]["findings"], key
+            continue
+        assert figure["lo"] <= figure["hi"], key
+        if not figure["conditional"]:
             assert figure["lo"] <= figure["value"] <= figure["hi"], key
         else:
-            # A macro figure needs every finding to keep both classes in a resample; on a tiny test split
-            # some do not, and the interval is conditional on those that do: the report must say so.
+            # The interval rests on fewer than 99% of the resamples (the others lost every positive of a
+            # finding in the macro): conditional on those, and the report must say so.
+            assert figure["n_boot_valid"] < 0.99 * report["ci"]["n_boot"], key
             assert any(note.startswith(f"{key}: CI from") for note in report["notes"]), key
+    macro = report["macro"]
+    assert macro["min_positives"] == 10 and set(macro["findings"]) == set(test["macro_findings"])
+    for finding, entry in test["per_finding"].items():   # the macro covers exactly the estimable findings
+        assert (finding in macro["findings"]) == (min(entry["n_pos"], entry["n_neg"]) >= 10)
+        assert entry["estimable"] or entry["auroc"]["lo"] is None
     for key in ("AUROC micro", "AUPRC micro"):   # micro pools every cell: every resample counts
         assert test["micro"][key.split()[0].lower()]["n_boot_valid"] == report["ci"]["n_boot"]
     assert report["headline"]["AUROC micro"]["value"] == test["micro"]["auroc"]["value"]
@@ -119,6 +128,30 @@ def test_metrics_json_headline_selection_and_fingerprint(tiny_run):
     assert report["params"]["arch"] == "resnet50" and report["versions"]["torch"] == torch.__version__
     assert report["original_project"]["seed-pos"]["macro"]["auroc"] == 0.7594
     json.dumps(report, allow_nan=False)  # strict JSON: no NaN anywhere
+
+
+def test_epochs_are_chosen_on_the_units_the_figures_count(tiny_run):
+    """The demo scores studies; training chose its epoch on validation studies too (history's select_level),
+    and the best epoch's score is the study-level macro AUROC of its predictions (to float32 rounding)."""
+    history = pd.read_csv(tiny_run / "history.csv")
+    assert (history["select_level"] == "study").all()
+    report = evaluate.read_metrics(tiny_run)
+    assert report["selection"]["level"] == "study" and report["selection"]["note"] is None
+    studies = levels.study_rows(evaluate.read_predictions(tiny_run), "mean")
+    y, p, _ = evaluate.arrays(studies, "validate")
+    best = history[history["selected"]].iloc[-1]
+    assert best["val_auroc_macro"] == pytest.approx(metrics.ranking_metrics(y, p)["macro"]["auroc"], abs=1e-4)
+
+
+def test_per_unit_aggregates_probabilities_and_keeps_one_label_row():
+    from cxrlib.inference import per_unit
+
+    probs = np.array([[0.2, 0.9], [0.4, 0.1], [0.7, 0.5]])
+    labels = np.array([[1.0, np.nan], [1.0, np.nan], [0.0, 1.0]])
+    mean, first = per_unit(probs, labels, ["s2", "s2", "s1"])
+    assert np.allclose(mean, [[0.3, 0.5], [0.7, 0.5]]) and np.array_equal(first[:, 0], [1.0, 0.0])
+    assert np.isnan(first[0, 1]) and first[1, 1] == 1.0
+    assert np.allclose(per_unit(probs, labels, ["s2", "s2", "s1"], "max")[0], [[0.4, 0.9], [0.7, 0.5]])
 
 
 def test_thresholds_never_look_at_the_test_labels(tiny_run):

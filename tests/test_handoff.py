@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib import card, evaluate, export, levels, params, predict, recalibration
+from cxrlib import analysis, card, evaluate, export, levels, metrics, params, predict, recalibration
 from cxrlib.__main__ import main
 from cxrlib.cohort import read_cohort
 from cxrlib.labels import FINDINGS
@@ -90,6 +90,30 @@ def test_the_run_is_recalibrated_on_validation_and_reports_before_and_after(tiny
     assert report["headline"] == evaluate.read_metrics(tiny_run)["headline"]   # discrimination: the model's scores
 
 
+def test_single_images_get_thresholds_and_temperatures_fitted_on_validation_images(tiny_run):
+    """At eval_level: study the headline's thresholds and temperatures are fitted on study means; what scores one
+    image (predict, export, notebook 04) gets its own, fitted on the validation images."""
+    p = params.validate({**params.load_frozen(tiny_run).to_dict(), "calibration": "temperature"})
+    predictions = evaluate.read_predictions(tiny_run)
+    report = evaluate.evaluate_run(tiny_run, p, predictions, write=False)
+    image = report["image_level"]
+    assert image["level"] == "image" and not image["same_as_headline"] and report["thresholds"]["level"] == "study"
+    y_img, p_img, _ = evaluate.arrays(predictions, "validate")
+    chosen = metrics.choose_thresholds(y_img, p_img)
+    for f in FINDINGS:
+        expected = chosen[f]["f1"]
+        got = image["thresholds"]["values"][f]["f1"]
+        assert (got is None and np.isnan(expected)) or got == pytest.approx(expected)
+    by_hand = recalibration.fit("temperature", y_img, p_img)
+    for f in FINDINGS:
+        ours, theirs = image["recalibration"]["per_finding"][f], by_hand["per_finding"][f]
+        assert (ours is None) == (theirs is None) and (ours is None or ours["T"] == pytest.approx(theirs["T"]))
+    study_cut, _ = analysis.thresholds_from_report(report, "f1")
+    image_cut, note = analysis.thresholds_from_report(report, "f1", level="image")
+    assert "per image" in note and image_cut != study_cut
+    assert predict.image_calibrator(report) == image["recalibration"]
+
+
 # --------------------------------------------------------------------------- export
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_the_export_matches_pytorch_and_predictions_csv(tiny_run, tmp_path, fmt):
@@ -99,8 +123,13 @@ def test_the_export_matches_pytorch_and_predictions_csv(tiny_run, tmp_path, fmt)
     assert summary["parity"]["max_abs_prob_diff"] < 1e-4 and summary["parity"]["images"] > 10
     meta = export.read_metadata(out)
     assert meta["findings"] == FINDINGS and meta["input"]["image_size"] == p.image_size
-    f1 = {f: v["f1"] for f, v in evaluate.read_metrics(tiny_run)["thresholds"]["values"].items()}
+    # The file scores single images: its thresholds were chosen on the validation IMAGES (the demo's figures
+    # count studies, whose thresholds were tuned on study means), and the metadata says so.
+    report = evaluate.read_metrics(tiny_run)
+    f1 = {f: v["f1"] for f, v in report["image_level"]["thresholds"]["values"].items()}
     assert meta["thresholds"]["values"] == {f: pytest.approx(0.5 if f1[f] is None else f1[f]) for f in FINDINGS}
+    assert meta["thresholds"]["level"] == "image" and meta["calibration"]["level"] == "image"
+    assert meta["headline_test"]["level"] == "study"
     # Independently of export's own check: the file on cached images against notebook 03's predictions.
     cohort, cache = evaluate.eval_cohort(tiny_run, p)
     test = cohort[cohort["split"] == "test"].head(20)
