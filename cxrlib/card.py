@@ -1,10 +1,12 @@
 """`make card RUN=x`: runs/x/MODEL_CARD.md (and .html), written from the run folder alone.
 
-Every figure comes from a file the run made (metrics.json, cohort_report.json, params.yaml,
-fairness.json, export/export.json), so the card can be regenerated at any time and never drifts
-from the reports. It holds no image and no per-patient row: only counts and aggregate figures.
-The checklist maps each TRIPOD+AI and CLAIM item this kind of study must report to the card's
-section or run file that answers it, or says plainly that the card does not.
+The sections follow Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019): model details,
+intended use, factors, metrics, training and evaluation data, quantitative analyses (per group, not only
+where a gap was found), ethical considerations, caveats and recommendations. Every figure comes from a
+file the run made (metrics.json, cohort.csv counted per split, cohort_report.json, params.yaml,
+fairness.json, export/*.json), so the card can be regenerated at any time. It holds no image and no
+per-patient row: only counts and aggregate figures. The checklists (card_checklists.py) map TRIPOD+AI
+and CLAIM items to the section that answers them.
 """
 from __future__ import annotations
 
@@ -14,53 +16,37 @@ import json
 import time
 from pathlib import Path
 
+from .card_checklists import CLAIM, TRIPOD_AI
 from .errors import UserError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, sha256_file
 from .labels import FINDINGS
 
-SHARING = ("**Sharing.** This model was trained on MIMIC-CXR-JPG, credentialed data from PhysioNet. Models "
-           "trained on credentialed data are shared under the same terms: only with people who hold PhysioNet "
-           "credentials and have signed the MIMIC-CXR-JPG data use agreement. Never send this run's notebooks "
-           "or HTML reports (they embed patient images unless `redact_images: true`) to anyone else or to an "
-           "online service.")
+SHARING = ("**Sharing.** Models trained on credentialed PhysioNet data are shared under the same terms as the data: "
+           "only with people who hold PhysioNet credentials and have signed the MIMIC-CXR-JPG data use agreement. "
+           "Never send this run's notebooks or HTML reports (they embed patient images unless `redact_images: true`) "
+           "to anyone else or to an online service.")
 INTENDED = ("Research on chest X-ray classification: comparing methods, studying label noise, calibration and "
-            "subgroup performance on MIMIC-CXR. **Not a medical device, not for clinical use**: it was never "
-            "validated prospectively, on another hospital's images, or against a reading radiologist's decisions.")
-LIMITS = [
+            "subgroup performance on MIMIC-CXR. Intended users: researchers with PhysioNet credentials. **Not a "
+            "medical device, not for clinical use**: it was never validated prospectively, on another hospital's "
+            "images, or against a reading radiologist's decisions. Out of scope: any decision about a patient; "
+            "children (few in the data); lateral views; other hospitals without their own validation.")
+CAVEATS = [
     "One hospital (Beth Israel Deaconess, Boston, 2011-2016): scanners, protocols and patients of one place.",
     "Labels are NLP extractions (NegBio or CheXpert labeler) from the radiology reports, not image reads; "
-    "uncertain and unmentioned findings were mapped by the policies below, which shape every figure.",
+    "uncertain and unmentioned findings were mapped by the policies above, which shape every figure.",
     "AP images come mostly from portable, sicker, often ICU patients; PA from ambulatory ones: view and "
     "severity are confounded.",
     "Probabilities are calibrated only on data like the validation split; prevalence elsewhere changes PPV and NPV.",
+    "A finding with fewer than min_positives positive test units has an estimate without an interval and is "
+    "left out of the macro averages: its figure says little.",
 ]
-# (item, where the card or run folder answers it)
-TRIPOD_AI = [
-    ("5 Source of data", "Data"), ("6 Participants, eligibility", "Data: cohort rules and funnel"),
-    ("7 Data preparation", "Model: image size, resize, decode, normalisation"),
-    ("8 Outcome and how it was assessed", "Data: label source and policies; Limits"),
-    ("9 Predictors", "Model (the image alone; no demographic input)"),
-    ("10 Sample size", "Data: images and patients per split"),
-    ("11 Missing data", "Data: label policies (masked cells); funnel (images without labels)"),
-    ("12 Analytical methods, training, selection", "Model; Data: selection rule"),
-    ("12e Class imbalance", "Model: pos_weight"), ("12f Fairness", "Subgroups (05_fairness.html)"),
-    ("12g Model output", "Thresholds; Calibration"),
-    ("12h Training vs evaluation data", "Data: split (patient-disjoint)"),
-    ("13 Performance measures with uncertainty", "Performance (patient-bootstrap CIs)"),
-    ("14 Model updating, recalibration", "Calibration"),
-    ("18 Open science: code, software", "Software and fingerprints"),
-    ("19 Patient and public involvement", "not addressed by this card"),
-    ("23 Model specification, how to use it", "Export; `python -m cxrlib predict`"),
-]
-CLAIM = [
-    ("Study design, intended use", "Intended use"), ("Data sources, dates, de-identification", "Data; Limits"),
-    ("Eligibility, cohort funnel", "Data: cohort funnel"), ("Ground truth and its rationale", "Data: label source"),
-    ("Reference standard by experts", "Performance: radiologist labels (when the release has them)"),
-    ("Data partitions at the patient level", "Data: split"), ("Model, initialisation, software", "Model; Software"),
-    ("Training details, selection metric", "Model; Data: selection rule"),
-    ("Metrics with statistical uncertainty", "Performance"), ("Robustness or sensitivity analysis", "04_error_analysis.html"),
-    ("Failure analysis", "04_error_analysis.html (false positives and negatives, Grad-CAM)"),
-    ("External validation", "not done: one hospital (Limits)"), ("Subgroup performance", "Subgroups"),
+ETHICS = [
+    "Data: de-identified by the release; demographics come from MIMIC-IV (a separate credentialed project) and "
+    "are used only to audit, never as model inputs.",
+    "Risk: a model that calls \"No Finding\" more often in one group delays care for that group "
+    "(underdiagnosis, Seyyed-Kalantari et al. 2021); the subgroup section tests exactly that.",
+    "Risk: automation bias if scores are shown to readers; the model was not tested with readers.",
+    "Label bias: report-derived labels inherit what radiologists chose to mention, which may differ by group.",
 ]
 
 
@@ -72,8 +58,9 @@ def _ci(entry, digits: int = 3) -> str:
     if not entry or entry.get("value") is None:
         return "n/a"
     if entry.get("lo") is None:
-        return f"{entry['value']:.{digits}f}"
-    return f"{entry['value']:.{digits}f} [{entry['lo']:.{digits}f}, {entry['hi']:.{digits}f}]"
+        return f"{entry['value']:.{digits}f} (no CI)"
+    text = f"{entry['value']:.{digits}f} [{entry['lo']:.{digits}f}, {entry['hi']:.{digits}f}]"
+    return text + (" (CI conditional)" if entry.get("conditional") else "")
 
 
 def _num(value) -> str:
@@ -85,20 +72,86 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
 
 
-def data_section(run_dir: Path, params: dict, report: dict) -> list[str]:
+def data_name(params: dict) -> tuple[str, bool]:
+    """(what the data are called, whether they are cxrlib's synthetic stand-in), from the data root's LICENSE."""
+    license = Path(params["data_root"]) / "LICENSE.txt"
+    if license.is_file() and license.read_text().startswith("SYNTHETIC DATA"):
+        return "cxrlib's synthetic stand-in for MIMIC-CXR-JPG (`python -m cxrlib demo-data`; no patient data)", True
+    return f"MIMIC-CXR-JPG (data folder `{Path(params['data_root']).name}`)", False
+
+
+def split_counts(run_dir: Path, level: str) -> tuple[list[list], list[list]]:
+    """From cohort.csv: per split images, studies, patients; per finding positives / labelled units per split."""
+    from .cohort import read_cohort
+
+    cohort = read_cohort(run_dir / "cohort.csv")
+    splits = [s for s in ("train", "validate", "test") if (cohort["split"] == s).any()]
+    sizes = [[s, int((cohort["split"] == s).sum()), int(cohort.loc[cohort["split"] == s, "study_id"].nunique()),
+              int(cohort.loc[cohort["split"] == s, "subject_id"].nunique())] for s in splits]
+    units = cohort.drop_duplicates(["split", "study_id"]) if level == "study" else cohort
+    positives = [[f, *(f"{int((units.loc[units['split'] == s, f] == 1).sum())} / "
+                       f"{int(units.loc[units['split'] == s, f].notna().sum())}" for s in splits)] for f in FINDINGS]
+    return [["split", "images", "studies", "patients"], *sizes], [["finding", *splits], *positives]
+
+
+def model_details(run_dir: Path, params: dict, report: dict) -> list[str]:
+    model, sel, versions = report.get("model", {}), report.get("selection", {}), report.get("versions", {})
+    best = run_dir / "checkpoints" / "best.pt"
+    members = sel.get("ensemble_of")
+    lines = ["## Model details", "",
+             f"- Developed with cxrlib {versions.get('cxrlib', '?')} (commit `{versions.get('git_commit') or '?'}`) on "
+             f"{report.get('created', '?')[:10]}; checkpoint `best.pt` sha256 "
+             f"`{sha256_file(best)[:16] if best.is_file() else 'n/a'}...`. License: the data's terms (Sharing).",
+             f"- {model.get('arch', params['arch'])}, head `{model.get('head', params['head'])}`, initial weights "
+             f"`{params['weights']}`; input {model.get('image_size')} x {model.get('image_size')} grey, resize "
+             f"`{model.get('resize')}`, decode `{model.get('decode', 'fast')}`, normalised with mean "
+             f"{_num(model.get('mean'))} and std {_num(model.get('std'))}. Output: 14 independent probabilities.",
+             f"- Training: {params['optimizer']} lr {params['lr']}, batch {params['batch_size']}, up to {params['epochs']} "
+             f"epochs (patience {params['patience']}), pos_weight {params['pos_weight']}, augment {params['augment']}, "
+             f"amp `{params['amp']}`, seed {params['seed']}."]
+    if members:
+        lines.append(f"- An ensemble: the mean probability of {len(members)} members, each selected on its own "
+                     f"validation split: " + ", ".join(f"{m} (epoch {e})" for m, e in members.items()) + ".")
+    else:
+        lines.append(f"- Selected: epoch {sel.get('best_epoch')} of {sel.get('epochs_run', '?')}, by validation "
+                     f"`{sel.get('select_metric')}` counted per {sel.get('level', 'image')}.")
+    return lines + ["- Citation and contact: add yours; cite MIMIC-CXR-JPG (Johnson et al.) and PhysioNet.", ""]
+
+
+def factors_and_metrics(report: dict, params: dict) -> list[str]:
+    level = report["level"]["headline"]
+    return ["## Factors", "",
+            "- Groups audited on the test split: sex, age band, race, insurance (MIMIC-IV), and race x sex. View "
+            "(AP/PA), image size and orientation: 04_error_analysis.html.",
+            "- Not evaluated: scanner, hospital, disease severity, time.", "",
+            "## Metrics", "",
+            f"- AUROC and AUPRC per finding, macro (mean over estimable findings) and micro (all cells pooled), "
+            f"counted per {level}. AUROC ignores prevalence; AUPRC shows it.",
+            f"- 95%-level intervals: percentile intervals of {report['ci']['n_boot']} patient-level bootstrap resamples "
+            f"(all of a patient's images move together). A finding with fewer than {params['min_positives']} positive "
+            "or negative units has no interval and no place in the macro; an interval from fewer than 99% of the "
+            "resamples is marked conditional.",
+            "- Thresholds: max-F1 on the validation split, then applied to test (counts beside every rate). ECE and "
+            "Brier for calibration.",
+            "- Subgroups: the primary tests and their error control are in Quantitative analyses.", ""]
+
+
+def training_data(run_dir: Path, params: dict, report: dict) -> list[str]:
     cohort = _read(run_dir / "cohort_report.json") or {}
-    data = report.get("data", {})
-    lines = ["## Data", "",
-             f"- Release: MIMIC-CXR-JPG (data folder `{data.get('data_root_name', '?')}`); labels: "
-             f"`{params['label_source']}`; uncertain (-1): `{params['uncertain_policy']}`; blank: `{params['blank_policy']}`.",
+    name, _ = data_name(params)
+    level = report["level"]["headline"]
+    selection = (f"- Selection: best epoch by `{params['select_metric']}` on the validation split"
+                 if params["select_on"] == "validate" else
+                 "- Selection: **on the test split, as the original project did: the test figures are optimistic**")
+    lines = ["## Training data", "",
+             f"- Data: {name}; labels `{params['label_source']}`; uncertain (-1) `{params['uncertain_policy']}`; "
+             f"blank `{params['blank_policy']}`.",
              f"- Cohort rules: views {params['views']}, studies per subject `{params['studies_per_subject']}`, "
              f"images per study `{params['images_per_study']}`.",
-             f"- Split: `{params['split_mode']}`" + (f", validation fraction {params['val_fraction']}"
-                                                   if params["split_mode"] == "seed" else " (the release's split table)")
-             + "; every split is patient-disjoint.",
-             f"- Selection: best epoch by validation-split `{params['select_metric']}`" if params["select_on"] == "validate"
-             else "- Selection: **on the test split, as the original project did: the test figures are optimistic**",
-             ""]
+             f"- Split: `{params['split_mode']}`" + (f", validation fraction {params['val_fraction']} (split seed "
+                                                    f"{params.get('split_seed', params['seed'])})"
+                                                    if params["split_mode"] == "seed" else " (the release's split table)")
+             + "; every split is patient-disjoint.", selection, ""]
     if cohort:
         lines += _table(["funnel step", "count"], [
             ["metadata rows", cohort.get("metadata_rows")],
@@ -106,44 +159,46 @@ def data_section(run_dir: Path, params: dict, report: dict) -> list[str]:
             ["subjects in view", cohort.get("subjects_in_view")],
             ["subjects with a label row", cohort.get("subjects_with_labels")],
             ["excluded: no label row", len(cohort.get("excluded_no_labels", []))]])
-    lines += _table(["split", "images", "patients"],
-                    [[s, n, data.get("patients_per_split", {}).get(s, "")]
-                     for s, n in data.get("images_per_split", {}).items()])
+    sizes, positives = split_counts(run_dir, level)
+    lines += _table(sizes[0], sizes[1:])
+    lines += [f"Positives / labelled {level}s per finding and split:", ""] + _table(positives[0], positives[1:])
     return lines
 
 
-def model_section(params: dict, report: dict) -> list[str]:
-    model = report.get("model", {})
-    sel = report.get("selection", {})
-    return ["## Model", "",
-            f"- {model.get('arch', params['arch'])}, head `{model.get('head', params['head'])}`, initialised from "
-            f"`{params['weights']}`; input {model.get('image_size')} x {model.get('image_size')} grey, resize "
-            f"`{model.get('resize')}`, decode `{model.get('decode', 'fast')}`, normalised with mean "
-            f"{_num(model.get('mean'))} and std {_num(model.get('std'))}.",
-            f"- Training: {params['optimizer']} lr {params['lr']}, batch {params['batch_size']}, up to {params['epochs']} "
-            f"epochs (patience {params['patience']}), pos_weight {params['pos_weight']}, augment {params['augment']}, "
-            f"amp `{params['amp']}`, seed {params['seed']}.",
-            f"- Selected: epoch {sel.get('best_epoch')} of {sel.get('epochs_run', '?')}.", ""]
-
-
-def performance_section(report: dict) -> list[str]:
-    ci = report["ci"]
-    test = report["splits"]["test"]
-    lines = ["## Performance (test split)", "",
-             f"Counted per {report['level']['headline'] if isinstance(report.get('level'), dict) else 'image'}; "
-             f"{int(ci['level'] * 100)}% CIs from {ci['n_boot']} patient-level bootstrap resamples.", ""]
-    lines += _table(["figure", "value [CI]"], [[k, _ci(v)] for k, v in report["headline"].items()])
-    lines += _table(["finding", "AUROC", "AUPRC", "positives", "n"],
-                    [[f, _ci(e["auroc"]), _ci(e["auprc"]), e["n_pos"], e["n"]]
-                     for f, e in test["per_finding"].items()])
+def evaluation_data(report: dict) -> list[str]:
     gold = report.get("gold") or {}
+    lines = ["## Evaluation data", "",
+             f"- The test split above ({report['level']['units_per_split'].get('test')} {report['level']['headline']}s); "
+             "it chose nothing unless the selection line says otherwise.",
+             "- `mimic-cxr-2.1.0-test-set-labeled.csv` (release 2.1.0): one annotator's labels of 687 test-set "
+             "**reports** (not images). The maintainers judged them not consistent enough to benchmark against "
+             "(one annotator; MIT-LCP/mimic-code#1011). They are compared here after this run's uncertain and blank "
+             "policies, as a second opinion on the NLP labels, never as a reference standard.", ""]
     if gold.get("model_vs_gold"):
-        against = gold["model_vs_gold"]["macro"]["auroc"]
-        lines += [f"Against the radiologists' labels of {gold['studies_scored']} test studies ({gold['file']}, "
-                  f"{gold['patients_scored']} patients): AUROC macro {_ci(against)}; against the NLP labels of the "
-                  f"same studies {_ci(gold['model_vs_nlp']['macro']['auroc'])}.", ""]
+        lines += [f"Against those labels on {gold['studies_scored']} test studies ({gold['patients_scored']} patients): "
+                  f"AUROC macro {_ci(gold['model_vs_gold']['macro']['auroc'])} over "
+                  f"{len(gold['model_vs_gold'].get('macro_findings', []))} findings; against the NLP labels of the same "
+                  f"studies {_ci(gold['model_vs_nlp']['macro']['auroc'])}.", ""]
     else:
-        lines += [f"Radiologist labels: {gold.get('reason', 'not scored')}.", ""]
+        lines += [f"Annotator labels: {gold.get('reason', 'not scored')}.", ""]
+    return lines
+
+
+def performance(report: dict) -> list[str]:
+    ci, test, macro = report["ci"], report["splits"]["test"], report.get("macro", {})
+    level = report["level"]["headline"]
+    covered = macro.get("findings", test.get("macro_findings", []))
+    lines = ["## Quantitative analyses", "", "### Performance (test split)", "",
+             f"Counted per {level}; {int(ci['level'] * 100)}% CIs from {ci['n_boot']} patient-level bootstrap resamples. "
+             f"Macro averages cover {len(covered)} of 14 findings"
+             + (f"; left out (fewer than {macro.get('min_positives')} positive or negative {level}s): "
+                + ", ".join(macro["not_estimable"]) if macro.get("not_estimable") else "")
+             + (f"; one class only: {', '.join(macro['one_class'])}" if macro.get("one_class") else "") + ".", ""]
+    lines += _table(["figure", "value [CI]", "resamples used"],
+                    [[k, _ci(v), f"{v.get('n_boot_valid', '?')} of {ci['n_boot']}"] for k, v in report["headline"].items()])
+    lines += _table(["finding", "AUROC", "AUPRC", "positives", "n"],
+                    [[f + ("" if e.get("estimable", True) else " (too few)"), _ci(e["auroc"]), _ci(e["auprc"]),
+                      e["n_pos"], e["n"]] for f, e in test["per_finding"].items()])
     return lines
 
 
@@ -151,29 +206,36 @@ def thresholds_section(report: dict) -> list[str]:
     rows = {(r["finding"], r["rule"]): r for r in report["thresholds"]["test"]}
     chosen = report["thresholds"]["chosen_on"]
     rule = "f1" if chosen else "fixed_0.5"
-    lines = ["## Thresholds", "", f"Chosen on the {chosen or 'no'} split (max-F1; fixed 0.5 without one); "
-                                  "test sensitivity and specificity at them:", ""]
+    level = report["thresholds"].get("level", report["level"]["headline"])
+    lines = ["### Thresholds", "", f"Chosen on the {chosen or 'no'} split (max-F1; fixed 0.5 without one), per {level}; "
+                                   "test rates at them with their counts. `predict` and the export use thresholds chosen "
+                                   "on validation images (metrics.json: image_level).", ""]
 
-    def rate(r, key):
-        return "n/a" if r.get(key) is None else f"{r[key]:.3f}"
+    def rate(r, key, hit, miss):
+        if r.get(key) is None:
+            return "n/a"
+        return f"{r[key]:.3f} ({r[hit]}/{r[hit] + r[miss]})"
 
-    return lines + _table(["finding", "threshold", "sensitivity", "specificity", "PPV"],
-                          [[f, f"{rows[(f, rule)]['threshold']:.4f}" if (f, rule) in rows and rows[(f, rule)]["threshold"]
-                            is not None else "n/a", *(rate(rows.get((f, rule), {}), k)
-                                                      for k in ("sensitivity", "specificity", "ppv"))]
-                           for f in FINDINGS])
+    table = []
+    for f in FINDINGS:
+        r = rows.get((f, rule), {})
+        cut = f"{r['threshold']:.4f}" if r.get("threshold") is not None else "n/a"
+        table.append([f, cut, rate(r, "sensitivity", "tp", "fn"), rate(r, "specificity", "tn", "fp"),
+                      rate(r, "ppv", "tp", "fp")])
+    return lines + _table(["finding", "threshold", "sensitivity (TP/P)", "specificity (TN/N)", "PPV (TP/called)"], table)
 
 
 def calibration_section(report: dict) -> list[str]:
     pooled = report["splits"]["test"]["calibration"]["pooled"]
-    lines = ["## Calibration", "", f"Test, pooled over findings: ECE {_ci(pooled['ece'])}, Brier {_ci(pooled['brier'])}.", ""]
+    lines = ["### Calibration", "", f"Test, pooled over findings: ECE {_ci(pooled['ece'], 4)}, Brier "
+                                    f"{_ci(pooled['brier'], 4)}.", ""]
     recal = report.get("recalibration")
     if recal and recal.get("method") != "none":
         change = recal["after_minus_before"]
         lines += [f"Recalibrated with `{recal['method']}`, fitted on the validation split only: ECE "
-                  f"{_ci(recal['after']['ece'])} after (change {change['ece']['diff']:+.4f} [{change['ece']['lo']:+.4f}, "
+                  f"{_ci(recal['after']['ece'], 4)} after (change {change['ece']['diff']:+.4f} [{change['ece']['lo']:+.4f}, "
                   f"{change['ece']['hi']:+.4f}]), Brier {_ci(recal['after']['brier'], 4)}. `predict` and the export "
-                  "metadata carry the fitted map.", ""]
+                  "carry a map fitted on the validation images.", ""]
     else:
         lines += ["No recalibration (`calibration: none`).", ""]
     return lines
@@ -181,41 +243,64 @@ def calibration_section(report: dict) -> list[str]:
 
 def subgroup_section(run_dir: Path) -> list[str]:
     audit = _read(run_dir / "fairness.json")
-    lines = ["## Subgroups", ""]
+    lines = ["### Subgroups", ""]
     if not audit:
         return lines + ["No audit yet: `make audit RUN=" + run_dir.name + "` (notebook 05) adds one.", ""]
-    hits = audit["significant"]
-    lines += [f"Audited on {audit['test_units']} test units against MIMIC-IV demographics (groups under "
-              f"{audit['min_group_patients']} patients are not shown); {len(hits)} gap(s) survive Holm at 0.05:", ""]
-    if hits:
-        lines += _table(["attribute", "group", "finding", "metric", "gap [CI]", "Holm p"],
-                        [[h["attribute"], h["group"], h["finding"], h["metric"],
-                          f"{h['gap']:+.3f} [{h['gap_lo']:+.3f}, {h['gap_hi']:+.3f}]", f"{h['p_holm']:.2g}"]
-                         for h in hits[:20]])
+    if "procedure" not in audit:
+        return lines + ["fairness.json predates the audit-wide procedure: rerun `make audit RUN=" + run_dir.name + "`.", ""]
+    rows, proc = audit["rows"], audit["procedure"]
+    lines += [f"Audited on {audit['test_units']} test {audit['level']}s against MIMIC-IV demographics. "
+              f"{proc['decision']}: {len(audit['significant'])} of {proc['primary_tests']} primary gaps significant. "
+              f"Primary: {proc['primary']}. Exploratory ({proc['exploratory_tests']} tests, BH q, no decisions): "
+              f"{audit['exploratory_hits']} with q < 0.05.", ""]
+    lines += [f"- {a}: {v['patients_known']} of {v['patients']} test patients with a known value; {v['verdict']}"
+              for a, v in audit["verdicts"].items()] + [""]
+    groups = {(g["attribute"], g["group"]): g["patients"] for g in audit["groups"]}
+    own = {(r["attribute"], r["group"], r["metric"]): r for r in rows if r["gap"] is None and r["value"] is not None}
+    lines += ["Every group (95% intervals; groups under the size limit are '<N', and a second count is hidden where "
+              "the first could be recovered by subtraction):", ""]
+    lines += _table(["attribute", "group", "patients", "macro AUROC", "underdiagnosis (No Finding FPR)"],
+                    [[a, g, n, _ci(own.get((a, g, "auroc_macro"))), _ci(own.get((a, g, "underdiagnosis")))]
+                     for (a, g), n in groups.items()])
+    primary = [r for r in rows if r["tier"] == "primary"]
+    lines += ["Every primary comparison (simultaneous intervals, Bonferroni-adjusted p):", ""]
+    lines += _table(["attribute", "comparison", "metric", "gap [simultaneous CI]", "adjusted p", "significant"],
+                    [[r["attribute"], f"{r['group']} vs {r['reference']}", r["metric"],
+                      "n/a" if r["gap"] is None else f"{r['gap']:+.3f} [{r['gap_lo']:+.3f}, {r['gap_hi']:+.3f}]",
+                      "n/a" if r["p_adjusted"] is None else f"{r['p_adjusted']:.3g}", "yes" if r["significant"] else "no"]
+                     for r in primary])
     if audit.get("planted"):
         check = audit["planted"]
         lines += [f"Synthetic data: a disparity was planted ({check['planted']['attribute']}={check['planted']['group']}); "
-                  f"the audit {'detected' if check['detected'] else 'did NOT detect'} it.", ""]
+                  f"the audit {'detected' if check['detected'] else 'did NOT detect'} it, with "
+                  f"{len(check['unplanted_significant'])} significant gap(s) where nothing was planted.", ""]
     return lines
 
 
 def software_section(run_dir: Path, report: dict) -> list[str]:
-    versions = report.get("versions", {})
-    data = report.get("data", {})
+    versions, data = report.get("versions", {}), report.get("data", {})
     lines = ["## Software and fingerprints", "",
              "- " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
-             *(f"- {k}: `{data.get(k)}`" for k in ("cohort_sha256", "cache_index_sha256", "predictions_sha256")), ""]
-    export = _read(run_dir / "export" / "export.json")
-    lines += ["## Export", ""]
-    if export:
+             *(f"- {k}: `{data.get(k)}`" for k in ("cohort_sha256", "cache_index_sha256", "predictions_sha256")), "",
+             "## Export", ""]
+    best = run_dir / "checkpoints" / "best.pt"
+    current = sha256_file(best) if best.is_file() else None
+    found = False
+    for record in sorted((run_dir / "export").glob("*.json")):
+        export = _read(record)
+        if not export or "parity" not in export:
+            continue
+        found = True
+        if export.get("metadata", {}).get("checkpoint_sha256") != current:
+            lines += [f"`export/{export['file']}` is STALE: it was made from another best.pt than today's; run "
+                      f"`make export RUN={run_dir.name} FORMAT={export['format']}` again.", ""]
+            continue
         parity = export["parity"]
         lines += [f"`export/{export['file']}` ({export['format']}, sha256 `{export['sha256'][:16]}...`): uint8 "
                   f"{export['metadata']['input']['image_size']} px grey in, logits and probabilities out; checked "
                   f"against PyTorch on {parity['images']} cached test images, max probability difference "
                   f"{parity['max_abs_prob_diff']:.1e} (limit {parity['limit']:g}).", ""]
-    else:
-        lines += [f"None yet: `make export RUN={run_dir.name} FORMAT=onnx`.", ""]
-    return lines
+    return lines + ([] if found else [f"None yet: `make export RUN={run_dir.name} FORMAT=onnx`.", ""])
 
 
 def build_card(run_dir) -> str:
@@ -225,21 +310,27 @@ def build_card(run_dir) -> str:
     run_dir = Path(run_dir)
     report = evaluate.read_metrics(run_dir)
     params = load_frozen(run_dir).to_dict()
+    _, synthetic = data_name(params)
     lines = [f"# Model card: {run_dir.name}", "",
              f"Generated {time.strftime('%Y-%m-%d')} by cxrlib from `{run_dir.name}/` (`make card RUN={run_dir.name}`).", ""]
-    license = Path(params["data_root"]) / "LICENSE.txt"
-    if license.is_file() and license.read_text().startswith("SYNTHETIC DATA"):
+    if synthetic:
         lines += ["> **Synthetic data.** This run was trained and tested on cxrlib's synthetic stand-in for "
-                  "MIMIC-CXR-JPG (`make demo`): its figures show the pipeline at work, not how well a model reads "
-                  "chest X-rays.", ""]
+                  "MIMIC-CXR-JPG (`make demo`), not on MIMIC-CXR-JPG: its figures show the pipeline at work, not how "
+                  "well a model reads chest X-rays.", ""]
     if report.get("test_selected"):
         lines += ["> **WARNING: the model was selected on the test split** (the original project's rule). Every "
                   "test figure below is optimistic; do not report it as a held-out estimate.", ""]
-    lines += [SHARING, "", "## Intended use", "", INTENDED, "", "## Limits", "", *(f"- {x}" for x in LIMITS), ""]
-    lines += data_section(run_dir, params, report) + model_section(params, report) + performance_section(report)
-    lines += thresholds_section(report) + calibration_section(report) + subgroup_section(run_dir)
+    lines += [SHARING, ""] + model_details(run_dir, params, report)
+    lines += ["## Intended use", "", INTENDED, ""] + factors_and_metrics(report, params)
+    lines += training_data(run_dir, params, report) + evaluation_data(report)
+    lines += performance(report) + thresholds_section(report) + calibration_section(report)
+    lines += subgroup_section(run_dir)
+    lines += ["## Ethical considerations", "", *(f"- {x}" for x in ETHICS), ""]
+    lines += ["## Caveats and recommendations", "", *(f"- {x}" for x in CAVEATS),
+              "- Validate on another hospital's data before any use beyond research on MIMIC-CXR.", ""]
     lines += software_section(run_dir, report)
-    lines += ["## Reporting checklists", "", "Where this card, or the run folder, answers each item:", ""]
+    lines += ["## Reporting checklists", "", "Where this card, or the run folder, answers each item (item numbers as "
+              "published: TRIPOD+AI 2024, CLAIM 2020); a paper answers the rest:", ""]
     lines += _table(["TRIPOD+AI item", "answered in"], TRIPOD_AI) + _table(["CLAIM item", "answered in"], CLAIM)
     return "\n".join(lines) + "\n"
 

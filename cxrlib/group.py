@@ -75,12 +75,24 @@ def headline_table(folders: list[Path]) -> pd.DataFrame:
         row = {"run": folder.name, "setting": "ensemble of the members" if is_ensemble else setting_label(changed[folder.name]),
                "seed": report["params"]["seed"], "ensemble": is_ensemble,
                "val_auroc_macro": report["splits"].get("validate", {}).get("macro", {}).get("auroc", {}).get("value"),
-               "best_epoch": report["selection"].get("best_epoch")}
+               "best_epoch": report["selection"].get("best_epoch"),
+               "selected_on": "TEST (optimistic)" if report.get("test_selected") else report["selection"].get("select_on"),
+               "macro_findings": len(report.get("macro", {}).get("findings", [])) or None}
         for key in FIGURES:
             figure = report["headline"][HEADLINE_KEY[key]]
             row.update({key: figure["value"], f"{key}_lo": figure["lo"], f"{key}_hi": figure["hi"]})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def selection_statement(table: pd.DataFrame) -> str:
+    """How the compared runs chose their models, read from each run's metrics.json (never assumed)."""
+    on_test = table.loc[table["selected_on"].str.startswith("TEST"), "run"].tolist()
+    if not on_test:
+        return (f"All {len(table)} runs chose their model on their validation split: the test figures below chose "
+                "nothing, and neither does this comparison.")
+    return (f"WARNING: {len(on_test)} of {len(table)} runs chose their model on the TEST split ({', '.join(on_test)}): "
+            "their test figures are optimistic, and a comparison with them is not a held-out comparison.")
 
 
 def pooled_seeds(table: pd.DataFrame) -> pd.DataFrame:
@@ -195,8 +207,9 @@ def output_folder(spec: str, runs_dir="runs") -> Path:
 
 def print_tables(result: dict) -> None:
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
+        print(selection_statement(result["headline"]))
         print(result["headline"][["run", "setting", "seed", "auroc_macro", "auroc_macro_lo", "auroc_macro_hi",
-                                  "auprc_macro", "val_auroc_macro"]].to_string(index=False))
+                                  "auprc_macro", "val_auroc_macro", "selected_on"]].to_string(index=False))
         pooled = result["pooled"]
         if len(pooled):
             print("\nacross seeds (mean, SD):")

@@ -17,8 +17,8 @@
 # # 06 · Comparing runs: a sweep's members, seeds pooled, each against a baseline
 #
 # `make compare RUNS=<sweep>` (or `RUNS=a,b,c`) renders this notebook into the sweep's folder (or
-# `runs/compare-a+b+c/`). Every figure is a test-split figure of runs that were selected on their
-# validation split; the comparison itself selects nothing.
+# `runs/compare-a+b+c/`). Every figure is a test-split figure; how each run chose its model is read from
+# its own `metrics.json` below (`selected_on`), and the comparison itself selects nothing.
 #
 # - **Members**: each run's headline figures with patient-bootstrap CIs, and what it changed.
 # - **Across seeds**: runs that differ only by seed, pooled: mean and SD (n − 1) of each figure.
@@ -46,6 +46,7 @@ Path(run_dir).mkdir(parents=True, exist_ok=True)
 result = group.compare_group(runs, runs_root, baseline, out_dir=run_dir,
                              overrides={"bootstrap": bootstrap, "ci_level": ci_level, "seed": seed})
 print(f"{len(result['folders'])} runs; baseline {result['baseline']}")
+print(group.selection_statement(result["headline"]))
 
 # %% [markdown]
 # ## Members
@@ -64,6 +65,9 @@ display(viz.readable(result["pooled"]))
 
 # %% [markdown]
 # ## Against the baseline (paired on patients, Holm across runs)
+#
+# Bootstrap p-values count the data as one resample: they are never below 2 / (B + 1), and Holm's
+# adjusted values never below the number of runs compared times that.
 
 # %%
 viz.readable(result["against_baseline"])

@@ -2,6 +2,7 @@
 against predictions.csv, predict on the source JPEGs against predictions.csv, and the model card."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib import analysis, card, evaluate, export, levels, metrics, params, predict, recalibration
+from cxrlib import analysis, card, card_checklists, evaluate, export, levels, metrics, params, predict, recalibration
 from cxrlib.__main__ import main
 from cxrlib.cohort import read_cohort
 from cxrlib.labels import FINDINGS
@@ -177,19 +178,55 @@ def test_predicting_the_source_jpegs_reproduces_predictions_csv(tiny_run, tmp_pa
 def test_the_model_card_is_written_from_the_run_folder(tiny_run, tmp_path):
     copy = tmp_path / tiny_run.name
     copy.mkdir()
-    for name in ("metrics.json", "params.yaml", "cohort_report.json", "fairness.json"):
+    for name in ("metrics.json", "params.yaml", "cohort_report.json", "fairness.json", "cohort.csv"):
         if (tiny_run / name).is_file():
             shutil.copy2(tiny_run / name, copy / name)
     md, page = card.write_card(copy)
     text = md.read_text()
     report = json.loads((copy / "metrics.json").read_text())
     macro = report["headline"]["AUROC macro"]
-    assert f"| AUROC macro | {macro['value']:.3f} [{macro['lo']:.3f}, {macro['hi']:.3f}] |" in text
-    for item, where in card.TRIPOD_AI + card.CLAIM:
+    assert f"| AUROC macro | {card._ci(macro)} | {macro['n_boot_valid']} of 50 |" in text
+    for item, where in card_checklists.TRIPOD_AI + card_checklists.CLAIM:
         assert f"| {item} | {where} |" in text
-    assert "credentialed data" in text and "Not a medical device" in text
+    # TRIPOD+AI's own numbers (BMJ 2024): 13 class imbalance, 14 fairness, 15 output, 16 training vs evaluation,
+    # 22 model specification; there is no 12h. CLAIM 2020: 21 level of disjoint partitions, 26 selection.
+    items = [item for item, _ in card_checklists.TRIPOD_AI]
+    for number, words in (("13", "Class imbalance"), ("14", "Fairness"), ("15", "Model output"),
+                          ("16", "Training versus evaluation"), ("22", "Model specification"), ("10", "Sample size")):
+        assert f"{number} {words}" in " | ".join(items)
+    assert not any(item.startswith(("12h", "23 Model spec")) for item in items)
+    assert "21 Level at which partitions are disjoint" in text and "26 Method of selecting the final model" in text
+    for section in ("Model details", "Intended use", "Factors", "Metrics", "Training data", "Evaluation data",
+                    "Quantitative analyses", "Ethical considerations", "Caveats and recommendations"):
+        assert f"## {section}" in text, section   # Mitchell et al.'s sections
+    cohort = read_cohort(copy / "cohort.csv")
+    for split in ("train", "validate", "test"):   # every split, the training one too
+        part = cohort[cohort["split"] == split]
+        assert f"| {split} | {len(part)} | {part['study_id'].nunique()} | {part['subject_id'].nunique()} |" in text
+    assert "synthetic stand-in for MIMIC-CXR-JPG" in text and "trained on MIMIC-CXR-JPG" not in text
+    assert "one annotator" in text and "reports" in text and "reference standard by experts" not in text
+    assert "Macro averages cover" in text and "(TP/P)" in text
+    assert "credentialed PhysioNet data" in text and "Not a medical device" in text
     assert ("model was selected on the test split" in text) == report["test_selected"]
+    audit = json.loads((copy / "fairness.json").read_text())
+    for group in audit["groups"]:   # every group, not only the ones with a significant gap
+        assert f"| {group['attribute']} | {group['group']} | {group['patients']} |" in text
     assert "<table>" in page.read_text() and "data:image" not in page.read_text()
+
+
+def test_the_card_calls_an_export_of_an_older_checkpoint_stale(tiny_run, tmp_path):
+    copy = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("*.ipynb", "*.html", "export"))
+    (copy / "export").mkdir()
+    record = {"file": "model.onnx", "format": "onnx", "sha256": "ab" * 32, "parity": {"images": 5,
+              "max_abs_prob_diff": 1e-7, "limit": 1e-4}, "metadata": {"checkpoint_sha256": "0" * 64,
+                                                                       "input": {"image_size": 32}}}
+    (copy / "export" / "export.json").write_text(json.dumps(record))
+    assert "is STALE" in card.build_card(copy)
+    record["metadata"]["checkpoint_sha256"] = hashlib.sha256((copy / "checkpoints" / "best.pt").read_bytes()).hexdigest()
+    (copy / "export" / "export.json").write_text(json.dumps(record))
+    text = card.build_card(copy)
+    assert "STALE" not in text and "checked against PyTorch on 5 cached test images" in text
 
 
 # --------------------------------------------------------------------------- reports to hand around

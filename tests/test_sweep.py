@@ -238,6 +238,10 @@ def test_the_comparison_pools_seeds_and_pairs_each_run_with_the_baseline(tiny_sw
     assert (against["p_holm"] >= against["p_value"]).all()
     html = (runs_dir / "tiny-sweep" / "06_compare.html").read_text()
     assert "Across seeds" in html and "Against the baseline" in html
+    assert (table["selected_on"] == "validate").all() and "chose their model on their validation split" in html
+    test_selected = compared["headline"].assign(selected_on=["TEST (optimistic)", "validate", "validate"])
+    assert group.selection_statement(test_selected).startswith("WARNING: 1 of 3 runs chose their model on the TEST")
+    assert (against["p_value"] >= 2 / (30 + 1) - 1e-12).all()   # never 0: at least 2 / (B + 1)
     assert json.loads((runs_dir / "tiny-sweep" / "comparison.json").read_text())["baseline"] == "tb"
 
 
