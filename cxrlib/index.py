@@ -157,11 +157,19 @@ def evaluation_summary(run_dir) -> list[str]:
              f"{ci.get('n_boot', '?')} patient resamples"]
     for key, v in m["headline"].items():
         outside = None not in (v["value"], v["lo"], v["hi"]) and not v["lo"] <= v["value"] <= v["hi"]
+        conditional = v.get("conditional") or outside
         lines.append(f"  {key:<12} {fmt(v['value'])}  [{fmt(v['lo'])}, {fmt(v['hi'])}]"
-                     + ("  (outside its CI: see below)" if outside else ""))
-        if outside:
-            lines.append("    the interval comes from the resamples that kept both classes of every finding (rare "
-                         "findings lose theirs); it is conditional on those and may miss the estimate (notebook 03)")
+                     + (f"  (CI conditional: {v.get('n_boot_valid', '?')} of {ci.get('n_boot', '?')} resamples)"
+                        if conditional else ""))
+    if any(v.get("conditional") for v in m["headline"].values()):
+        lines.append("    a conditional interval comes from the resamples that kept both classes of every finding it "
+                     "averages; it may miss the estimate (notebook 03)")
+    macro = m.get("macro")
+    if macro:
+        left = macro.get("not_estimable", []) + macro.get("one_class", [])
+        lines.append(f"  macro figures average {len(macro['findings'])} of 14 findings"
+                     + (f"; left out (fewer than {macro['min_positives']} positive or negative units, or one class): "
+                        + ", ".join(left) if left else ""))
     if m.get("test_selected"):
         lines.append("  WARNING: the model was selected on the test set: these figures are optimistic")
     return lines

@@ -393,9 +393,11 @@ def check_change(old: dict, new: Params, run_dir, stages=None,
 
 
 def with_split_seed(values: dict) -> dict:
-    """A params.yaml from before split_seed carved its validation split with `seed`: say so explicitly."""
+    """A params.yaml from before split_seed carved its validation split with `seed`: say so explicitly
+    (only where a carve happened: split_mode seed with val_fraction > 0; elsewhere split_seed plays no part)."""
     if values and "split_seed" not in values:
-        return {**values, "split_seed": values.get("seed", 0)}
+        carved = values.get("split_mode", "seed") == "seed" and float(values.get("val_fraction") or 0) > 0
+        return {**values, "split_seed": values.get("seed", 0) if carved else 0}
     return values
 
 

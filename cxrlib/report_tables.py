@@ -34,9 +34,18 @@ def per_finding_table(report: dict, split: str = "test") -> pd.DataFrame:
 
 
 def headline_table(report: dict) -> pd.DataFrame:
+    """The test headline with its CIs, and a note where an interval is conditional or a macro leaves findings out."""
     level = report["ci"]["level"]
-    rows = [{"metric": k, "value": v["value"], f"{level:.0%} CI lo": v["lo"], f"{level:.0%} CI hi": v["hi"]}
-            for k, v in report["headline"].items()]
+    covered = len((report.get("macro") or {}).get("findings", [])) or None
+
+    def note(key, v):
+        parts = [f"mean of {covered} of 14 findings"] if covered and key.endswith("macro") else []
+        if v.get("conditional"):
+            parts.append(f"CI conditional ({v['n_boot_valid']} of {report['ci']['n_boot']} resamples)")
+        return "; ".join(parts)
+
+    rows = [{"metric": k, "value": v["value"], f"{level:.0%} CI lo": v["lo"], f"{level:.0%} CI hi": v["hi"],
+             "note": note(k, v)} for k, v in report["headline"].items()]
     return pd.DataFrame(rows).set_index("metric")
 
 

@@ -51,8 +51,8 @@ ci_level = 0.95
 import pandas as pd
 from IPython.display import display
 
-from cxrlib import runs, viz
 from cxrlib import fairness_report as report
+from cxrlib import runs, viz
 
 p = runs.notebook_setup(run_dir, globals())
 

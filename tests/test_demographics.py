@@ -135,3 +135,12 @@ def test_synthetic_mimic_iv_tables_have_the_release_shape_and_join(tmp_path):
     assert set(table["race"]) == set(dm.RACE_GROUPS)
     inside = table[table["has_admission"]]
     assert (inside["insurance"] != "Unknown").all()   # every patient with an admission gets one
+
+
+def test_the_papers_age_bands_are_available():
+    """Seyyed-Kalantari et al. (2021): 0-20, 20-40, 40-60, 60-80, 80+, each [lo, hi) in whole years."""
+    ages = [0, 19, 20, 39, 40, 59, 60, 79, 80, 91, np.nan]
+    assert dm.age_band(ages, "seyyed-kalantari").tolist() == [
+        "0-20", "0-20", "20-40", "20-40", "40-60", "40-60", "60-80", "60-80", "80+", "80+", "Unknown"]
+    with pytest.raises(UserError, match="age_bands"):
+        dm.age_band(ages, "decades")

@@ -148,3 +148,18 @@ def test_check_change_refuses_fixed_stages_and_allows_runtime_and_evaluate(tmp_p
         params.check_change(old, params.validate({**old, "lr": 0.5, "seed": 3}), tmp_path)
     except params.ParamError as e:   # one message lists every refused difference
         assert "lr (train): 0.0001 -> 0.5" in str(e) and "seed (train): 0 -> 3" in str(e)
+
+
+def test_a_params_yaml_from_before_split_seed_keeps_the_split_it_carved(tmp_path):
+    """Before split_seed, `seed` carved the validation split: such a run reads back with split_seed = seed, so
+    its cohort.csv still matches its parameters; where nothing was carved, split_seed plays no part (0)."""
+    import yaml
+
+    old = {"name": "old", "seed": 3, "split_mode": "seed", "val_fraction": 0.1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(old))
+    assert params.load_frozen(tmp_path).split_seed == 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**old, "split_mode": "official", "val_fraction": 0.0}))
+    assert params.load_frozen(tmp_path).split_seed == 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**old, "split_seed": 7}))
+    assert params.load_frozen(tmp_path).split_seed == 7
+    assert params.STAGE_OF["seed"] == "train" and params.STAGE_OF["split_seed"] == "cohort"

@@ -16,6 +16,7 @@ from conftest import PROJECT, TINY
 
 from cxrlib import index, params, runs
 from cxrlib.errors import UserError
+from cxrlib.labels import FINDINGS
 from cxrlib.progress import LINE, LineBar, Streamer
 
 pytestmark = pytest.mark.slow
@@ -278,8 +279,16 @@ def test_the_summary_says_when_an_interval_misses_its_estimate(tmp_path, capsys)
         "headline": {"AUPRC macro": {"value": 0.1729, "lo": 0.1832, "hi": 0.2541},
                      "AUROC macro": {"value": 0.8, "lo": 0.7, "hi": 0.9}}}))
     lines = index.evaluation_summary(tmp_path)
-    assert lines[1].endswith("(outside its CI: see below)") and "rare findings" in lines[2]
-    assert lines[3].strip().startswith("AUROC macro") and "outside" not in lines[3]
+    assert lines[1].endswith("(CI conditional: ? of 1000 resamples)")
+    assert lines[2].strip().startswith("AUROC macro") and "conditional" not in lines[2]
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    report["headline"]["AUROC macro"].update(n_boot_valid=414, conditional=True)
+    report["macro"] = {"findings": FINDINGS[:9], "not_estimable": ["Fracture"], "one_class": [], "min_positives": 10}
+    (tmp_path / "metrics.json").write_text(json.dumps(report))
+    lines = index.evaluation_summary(tmp_path)
+    assert lines[2].endswith("(CI conditional: 414 of 1000 resamples)") and "may miss the estimate" in lines[3]
+    assert lines[4] == "  macro figures average 9 of 14 findings; left out (fewer than 10 positive or negative " \
+                       "units, or one class): Fracture"
 
 
 def test_two_runs_with_different_cohorts_started_at_once_keep_all_their_images(tiny_data, tmp_path):
