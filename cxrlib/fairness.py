@@ -109,6 +109,14 @@ def _sd(samples: np.ndarray) -> float:
     return float(np.std(valid, ddof=1)) if valid.size > 1 else float("nan")
 
 
+def _se(samples: np.ndarray, floor: float) -> float:
+    """The bootstrap SD, never below `floor`; the floor alone when no resample gave a value (NaN without one)."""
+    sd = _sd(samples)
+    if np.isnan(sd):
+        return floor if floor > 0 else float("nan")
+    return max(sd, floor)
+
+
 def _wilson(rate: float, n: float, z: float) -> tuple[float, float]:
     """Wilson's score interval for a proportion on n (effective) trials; always contains `rate`."""
     if not n > 0 or np.isnan(rate):
@@ -242,13 +250,12 @@ def _group_rows(attribute, value, part, point, boot, data, z, min_group_patients
             if not need or np.isnan(v):
                 add(finding, metric, np.nan, np.nan, np.nan)
                 continue
-            sd = _sd(samples[metric][:, j])
             if metric in RATES:
                 trials = counts["pos"][j] if metric == "tpr" else counts["neg"][j]
-                lo, hi = _wilson(v, trials / _design_effect(sd, v, trials), z)
+                lo, hi = _wilson(v, trials / _design_effect(_sd(samples[metric][:, j]), v, trials), z)
             else:
                 floor = _hanley_mcneil(v, counts["pos"][j], counts["neg"][j]) if metric == "auroc" else 0.0
-                se = max(sd, floor)
+                se = _se(samples[metric][:, j], floor)
                 lo, hi = max(v - z * se, 0.0), min(v + z * se, 1.0)
             add(finding, metric, v, lo, hi)
     for metric in ("underdiagnosis", "missed_pathology"):
@@ -259,7 +266,7 @@ def _group_rows(attribute, value, part, point, boot, data, z, min_group_patients
         lo, hi = _wilson(v, trials / _design_effect(_sd(samples[metric]), v, trials), z)
         add("any", metric, v, lo, hi)
     v = float(_macro(own["auroc"], enough)[0])
-    se = _sd(_macro(samples["auroc"], enough))
+    se = _se(_macro(samples["auroc"], enough), 0.0)
     add("macro", "auroc_macro", v, *((max(v - z * se, 0.0), min(v + z * se, 1.0)) if enough.any() else (np.nan,) * 2))
     return rows
 
@@ -279,7 +286,7 @@ def _gap_rows(attribute, group, reference, key, ref_key, point, boot, whole, cou
 
     def add(finding, metric, gap, samples, floor, tier):
         rows.append({**base, "finding": finding, "metric": metric, "tier": tier, "gap": gap,
-                     "se": max(_sd(samples), floor) if not np.isnan(gap) else np.nan})
+                     "se": _se(samples, floor) if not np.isnan(gap) else np.nan})
 
     both = lambda c: (c["pos"] >= min_cases) & (c["neg"] >= min_cases)  # noqa: E731
     members = both(cg) & both(cr)
