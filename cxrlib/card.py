@@ -20,6 +20,7 @@ from .card_checklists import CLAIM, TRIPOD_AI
 from .errors import UserError
 from .fsutil import atomic_write_text, sha256_file
 from .labels import FINDINGS
+from .levels import plural
 
 SHARING = ("**Sharing.** Models trained on credentialed PhysioNet data are shared under the same terms as the data: "
            "only with people who hold PhysioNet credentials and have signed the MIMIC-CXR-JPG data use agreement. "
@@ -161,14 +162,14 @@ def training_data(run_dir: Path, params: dict, report: dict) -> list[str]:
             ["excluded: no label row", len(cohort.get("excluded_no_labels", []))]])
     sizes, positives = split_counts(run_dir, level)
     lines += _table(sizes[0], sizes[1:])
-    lines += [f"Positives / labelled {level}s per finding and split:", ""] + _table(positives[0], positives[1:])
+    lines += [f"Positives / labelled {plural(level)} per finding and split:", ""] + _table(positives[0], positives[1:])
     return lines
 
 
 def evaluation_data(report: dict) -> list[str]:
     gold = report.get("gold") or {}
     lines = ["## Evaluation data", "",
-             f"- The test split above ({report['level']['units_per_split'].get('test')} {report['level']['headline']}s); "
+             f"- The test split above ({report['level']['units_per_split'].get('test')} {plural(report['level']['headline'])}); "
              "it chose nothing unless the selection line says otherwise.",
              "- `mimic-cxr-2.1.0-test-set-labeled.csv` (release 2.1.0): one annotator's labels of 687 test-set "
              "**reports** (not images). The maintainers judged them not consistent enough to benchmark against "
@@ -191,7 +192,7 @@ def performance(report: dict) -> list[str]:
     lines = ["## Quantitative analyses", "", "### Performance (test split)", "",
              f"Counted per {level}; {int(ci['level'] * 100)}% CIs from {ci['n_boot']} patient-level bootstrap resamples. "
              f"Macro averages cover {len(covered)} of 14 findings"
-             + (f"; left out (fewer than {macro.get('min_positives')} positive or negative {level}s): "
+             + (f"; left out (fewer than {macro.get('min_positives')} positive or negative {plural(level)}): "
                 + ", ".join(macro["not_estimable"]) if macro.get("not_estimable") else "")
              + (f"; one class only: {', '.join(macro['one_class'])}" if macro.get("one_class") else "") + ".", ""]
     lines += _table(["figure", "value [CI]", "resamples used"],
@@ -249,12 +250,11 @@ def subgroup_section(run_dir: Path) -> list[str]:
     if "procedure" not in audit:
         return lines + ["fairness.json predates the audit-wide procedure: rerun `make audit RUN=" + run_dir.name + "`.", ""]
     rows, proc = audit["rows"], audit["procedure"]
-    lines += [f"Audited on {audit['test_units']} test {audit['level']}s against MIMIC-IV demographics. "
+    lines += [f"Audited on {audit['test_units']} test {plural(audit['level'])} against MIMIC-IV demographics. "
               f"{proc['decision']}: {len(audit['significant'])} of {proc['primary_tests']} primary gaps significant. "
               f"Primary: {proc['primary']}. Exploratory ({proc['exploratory_tests']} tests, BH q, no decisions): "
               f"{audit['exploratory_hits']} with q < 0.05.", ""]
-    lines += [f"- {a}: {v['patients_known']} of {v['patients']} test patients with a known value; {v['verdict']}"
-              for a, v in audit["verdicts"].items()] + [""]
+    lines += [f"- {a}: {v['known']}; {v['verdict']}" for a, v in audit["verdicts"].items()] + [""]
     groups = {(g["attribute"], g["group"]): g["patients"] for g in audit["groups"]}
     own = {(r["attribute"], r["group"], r["metric"]): r for r in rows if r["gap"] is None and r["value"] is not None}
     lines += ["Every group (95% intervals; groups under the size limit are '<N', and a second count is hidden where "

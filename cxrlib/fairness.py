@@ -145,6 +145,11 @@ def _hidden(counts: dict, margins: list[list], minimum: int) -> tuple[set, set]:
     return small, complementary
 
 
+def is_unknown(value) -> bool:
+    """Unknown, or an intersection with an unknown part ('Unknown / F'): reported, never compared."""
+    return UNKNOWN in str(value).split(" / ")
+
+
 def _margins(attribute: str, values: list) -> list[list]:
     margins = [list(values)]
     if attribute == "race_sex":   # "race / sex": each race's cells and each sex's cells sum to published totals
@@ -165,7 +170,7 @@ def plan_groups(groups: pd.DataFrame, subjects: np.ndarray, attributes, min_grou
         masks = {v: column == v for v in values}
         patients = {v: int(len(np.unique(subjects[m]))) for v, m in masks.items()}
         small, complementary = _hidden(patients, _margins(attribute, values), min_group_patients)
-        known = [v for v in values if v != UNKNOWN and v not in small]
+        known = [v for v in values if not is_unknown(v) and v not in small]
         if len(known) == 2:
             comparisons = [(known[0], known[1], masks[known[1]])]
         elif len(known) > 2:

@@ -82,17 +82,26 @@ def procedure(rows: pd.DataFrame) -> dict:
 
 
 def verdicts(plan: dict, subjects: np.ndarray, attributes: pd.DataFrame, min_group_patients: int) -> dict:
-    """Per attribute: how many test patients have a known value, and whether any comparison could be made."""
+    """Per attribute: how many test patients have a known value, and whether any comparison could be made.
+
+    The count is published only where it reveals no small cell: with fewer than min_group_patients
+    patients of unknown value it says so instead of the number (total minus known would recover them)."""
     out = {}
     for attribute, part in plan.items():
-        known = attributes[attribute].astype(str).to_numpy() != fairness.UNKNOWN
+        known = ~np.array([fairness.is_unknown(v) for v in attributes[attribute].astype(str)], dtype=bool)
         patients = int(len(np.unique(subjects[known])))
+        total = int(len(np.unique(subjects)))
+        unknown = int(len(np.unique(subjects[~known])))
+        text_known = (f"{patients} of {total} test patients with a known value" if unknown == 0 or
+                      unknown >= min_group_patients else
+                      f"all but fewer than {min_group_patients} of {total} test patients with a known value")
         if part["comparisons"]:
             text = f"{len(part['comparisons'])} comparison(s) among {len(part['known'])} groups"
         else:
             text = (f"no verdict: fewer than two groups with a known value and at least {min_group_patients} "
                     "patients")
-        out[attribute] = {"patients_known": patients, "patients": int(len(np.unique(subjects))), "verdict": text}
+        out[attribute] = {"known": text_known, "verdict": text,
+                          "enough_known": patients >= 2 * min_group_patients}
     return out
 
 

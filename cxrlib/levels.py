@@ -17,6 +17,11 @@ AGGREGATES = ("mean", "max")
 PROB_COLUMNS = [f"p_{f}" for f in FINDINGS]
 
 
+def plural(level: str) -> str:
+    """'images' or 'studies': the unit a figure counts, as a sentence names it."""
+    return {"image": "images", "study": "studies"}.get(level, f"{level}s")
+
+
 def several_images_per_study(predictions: pd.DataFrame) -> bool:
     """Whether any study has more than one scored image (otherwise both levels give the same figures)."""
     return bool(predictions["study_id"].duplicated().any())

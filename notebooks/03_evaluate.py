@@ -55,7 +55,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import HTML, display
 
-from cxrlib import compare, evaluate, runs, viz
+from cxrlib import compare, evaluate, levels, runs, viz
 from cxrlib import gold as goldlib
 
 p = runs.notebook_setup(run_dir, globals())
@@ -81,7 +81,8 @@ else:
           f"{sel['epochs_run']}): the test set was not used to choose it.")
 macro = report["macro"]
 print(f"macro averages over {len(macro['findings'])} of 14 findings"
-      + (f"; left out with fewer than {macro['min_positives']} positive or negative {report['level']['headline']}s: "
+      + (f"; left out with fewer than {macro['min_positives']} positive or negative "
+         f"{levels.plural(report['level']['headline'])}: "
          + ", ".join(macro["not_estimable"]) if macro["not_estimable"] else "")
       + (f"; one class only: {', '.join(macro['one_class'])}" if macro["one_class"] else ""))
 for note in report["notes"]:

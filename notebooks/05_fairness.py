@@ -67,8 +67,7 @@ print(f"{coverage['patients']} cohort patients: {coverage['in_mimic_iv']} in MIM
       f"(race and insurance Unknown); race policy: {coverage['race_policy']}; age bands: {summary['age_bands']}")
 print(f"test units ({summary['level']} level): {summary['test_units']}; {summary['threshold_note']}")
 for attribute, verdict in summary["verdicts"].items():
-    print(f"{attribute}: {verdict['patients_known']} of {verdict['patients']} test patients with a known value; "
-          f"{verdict['verdict']}")
+    print(f"{attribute}: {verdict['known']}; {verdict['verdict']}")
 pd.DataFrame(summary["groups"]).pivot_table(index="group", columns="attribute", values="patients",
                                              aggfunc="first").fillna("")
 

@@ -148,6 +148,8 @@ def test_one_row_per_comparison_no_fnr_and_auprc_ece_untested():
     assert rows.loc[rows["metric"].isin(["auprc", "ece"]) & rows["gap"].notna(), "gap_lo"].notna().all()
     race = rows[(rows["attribute"] == "race") & rows["gap"].notna()]
     assert "Unknown" not in set(race["group"]) and set(race["reference"]) <= {"rest", "White", "Black"}
+    intersections = rows[(rows["attribute"] == "race_sex") & rows["gap"].notna()]
+    assert not any("Unknown" in g for g in set(intersections["group"]) | set(intersections["reference"]))
     assert not significant(rows[rows["tier"] != "primary"]).any()   # only primary rows decide
 
 
@@ -216,7 +218,12 @@ def test_an_attribute_without_two_known_groups_gets_no_verdict():
     assert rows["gap"].isna().all() and not significant(rows).any()
     plan = fairness.plan_groups(groups, np.arange(300).astype(str), ("sex",), 30)
     verdict = fairness_report.verdicts(plan, np.arange(300).astype(str), groups, 30)["sex"]
-    assert verdict["patients_known"] == 10 and verdict["verdict"].startswith("no verdict")
+    assert verdict["known"] == "10 of 300 test patients with a known value"
+    assert verdict["verdict"].startswith("no verdict") and not verdict["enough_known"]
+    mostly = pd.DataFrame({"sex": np.r_[np.full(5, "Unknown"), np.full(150, "F"), np.full(145, "M")]})
+    plan = fairness.plan_groups(mostly, np.arange(300).astype(str), ("sex",), 30)
+    verdict = fairness_report.verdicts(plan, np.arange(300).astype(str), mostly, 30)["sex"]
+    assert verdict["known"] == "all but fewer than 30 of 300 test patients with a known value"   # not 295: 5 = 300 - 295
 
 
 # --------------------------------------------------------------------------- notebook 05 on the tiny run
