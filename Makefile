@@ -90,10 +90,10 @@ train: setup ## Notebooks 01-02: cohort, cache, train (RESUME=1 RUN=<name> conti
 	$(RUNNER) $(if $(and $(RUN),$(RESUME)),,$(PRESET)) --notebooks 01,02
 
 evaluate: setup ## Notebooks 03-05 on RUN's best checkpoint (the original's -m test -n name)
-	$(RUNNER) --notebooks 03,04,05
+	$(RUNNER) $(if $(PARAMS),--params $(PARAMS)) --notebooks 03,04,05
 
 audit: setup ## Notebook 05 on RUN: the audit by patient group (MIMIC-IV demographics)
-	$(RUNNER) --notebooks 05
+	$(RUNNER) $(if $(PARAMS),--params $(PARAMS)) --notebooks 05
 
 run: setup ## Notebooks 01-05 for PARAMS
 	$(RUNNER) $(PRESET) --notebooks 01,02,03,04,05
@@ -104,7 +104,7 @@ sweep: setup ## Run a grid of members: make sweep GRID=params/grids/NAME.yaml (a
 
 compare: setup ## Compare runs: make compare RUNS=<sweep> or RUNS=a,b,c [BASELINE=a] (notebook 06)
 	@test -n "$(RUNS)" || { echo "usage: make compare RUNS=<sweep name> or RUNS=a,b,c [BASELINE=a]"; exit 2; }
-	$(PY) -m cxrlib compare --runs $(RUNS) $(if $(BASELINE),--baseline $(BASELINE))
+	$(PY) -m cxrlib compare --runs $(RUNS) $(if $(BASELINE),--baseline $(BASELINE)) $(if $(COMPARE_ON),--compare-on $(COMPARE_ON))
 
 tensorboard: setup ## TensorBoard on 127.0.0.1 over runs/ (tracker: tensorboard); PORT=6006
 	$(VENV)/bin/tensorboard --logdir runs --host 127.0.0.1 --port $(or $(PORT),6006)

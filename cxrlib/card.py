@@ -4,7 +4,7 @@ The sections follow Mitchell et al., "Model Cards for Model Reporting" (FAT* 201
 intended use, factors, metrics, training and evaluation data, quantitative analyses (per group, not only
 where a gap was found), ethical considerations, caveats and recommendations. Every figure comes from a
 file the run made (metrics.json, cohort.csv counted per split, cohort_report.json, params.yaml,
-fairness.json, export/*.json), so the card can be regenerated at any time. It holds no image and no
+fairness.json, export/<file>.json), so the card can be regenerated at any time. It holds no image and no
 per-patient row: only counts and aggregate figures. The checklists (card_checklists.py) map TRIPOD+AI
 and CLAIM items to the section that answers them.
 """
@@ -16,6 +16,7 @@ import json
 import time
 from pathlib import Path
 
+from . import runlock
 from .card_checklists import CLAIM, TRIPOD_AI
 from .errors import UserError
 from .fsutil import atomic_write_text, sha256_file
@@ -250,11 +251,14 @@ def subgroup_section(run_dir: Path) -> list[str]:
     if "procedure" not in audit:
         return lines + ["fairness.json predates the audit-wide procedure: rerun `make audit RUN=" + run_dir.name + "`.", ""]
     rows, proc = audit["rows"], audit["procedure"]
-    lines += [f"Audited on {audit['test_units']} test {plural(audit['level'])} against MIMIC-IV demographics. "
+    covered = audit.get("test_coverage", {})
+    lines += [f"Audited on {audit['test_units']} test {plural(audit['level'])} of {covered.get('patients', '?')} "
+              f"patients, {covered.get('in_mimic_iv', '?')} of them in MIMIC-IV (demographics). "
               f"{proc['decision']}: {len(audit['significant'])} of {proc['primary_tests']} primary gaps significant. "
               f"Primary: {proc['primary']}. Exploratory ({proc['exploratory_tests']} tests, BH q, no decisions): "
               f"{audit['exploratory_hits']} with q < 0.05.", ""]
-    lines += [f"- {a}: {v['known']}; {v['verdict']}" for a, v in audit["verdicts"].items()] + [""]
+    lines += [f"- {a}: {v['known']}; {v['verdict']}" for a, v in audit["verdicts"].items()]
+    lines += [f"- Data problem: {problem}" for problem in audit.get("data_problems", [])] + [""]
     groups = {(g["attribute"], g["group"]): g["patients"] for g in audit["groups"]}
     own = {(r["attribute"], r["group"], r["metric"]): r for r in rows if r["gap"] is None and r["value"] is not None}
     lines += ["Every group (95% intervals; groups under the size limit are '<N', and a second count is hidden where "
@@ -291,6 +295,11 @@ def software_section(run_dir: Path, report: dict) -> list[str]:
         if not export or "parity" not in export:
             continue
         found = True
+        model = record.with_name(export["file"])
+        if not model.is_file() or sha256_file(model) != export.get("sha256"):
+            lines += [f"`export/{record.name}` describes a file that is not there any more (an interrupted or removed "
+                      f"export); run `make export RUN={run_dir.name} FORMAT={export['format']}` again.", ""]
+            continue
         if export.get("metadata", {}).get("checkpoint_sha256") != current:
             lines += [f"`export/{export['file']}` is STALE: it was made from another best.pt than today's; run "
                       f"`make export RUN={run_dir.name} FORMAT={export['format']}` again.", ""]
@@ -365,6 +374,7 @@ def cli(command: str, argv: list[str]) -> int:
     run_dir, _ = run_folder(args.run)
     if not (run_dir / "metrics.json").is_file():
         raise UserError(f"{run_dir}/metrics.json: no metrics; run notebook 03 first (make evaluate RUN={run_dir.name})")
-    for path in write_card(run_dir):
-        print(path)
+    with runlock.hold(run_dir, "cxrlib card"):
+        for path in write_card(run_dir):
+            print(path)
     return 0

@@ -20,7 +20,10 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
     Rows: per finding then macro and micro, metrics AUROC and AUPRC (and pooled ECE, Brier);
     columns this_run, other_run, diff (= this - other), lo, hi, p_value (bootstrap), p_holm (across findings);
     for AUROC also delong_se, delong_p and delong_p_holm (with_delong). Refuses when the runs share
-    no test image or label those they share differently (other policies or label source).
+    no test image or label those they share differently (other policies or label source), and, unless
+    p.compare_on is "shared", when their test units differ at all: a difference on the units two runs
+    happen to share is not the difference of their reported figures. The table's attrs say how many
+    units it compares and how many each run has.
     """
     run_dir, other_run_dir = Path(run_dir), Path(other_run_dir)
     ours, theirs = read_predictions(run_dir), read_predictions(other_run_dir)
@@ -29,9 +32,15 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
                     for frame in (ours, theirs))
     key = "study_id" if p.eval_level == "study" else "dicom_id"
     shared = ours.merge(theirs, on=key, suffixes=("", "_other"))
+    units = levels.plural(p.eval_level)
     if shared.empty:
         raise UserError(f"{run_dir.name} and {other_run_dir.name} share no test {p.eval_level} (joined on {key}); "
                         "compare runs built on the same cohort and test split (compare_with)")
+    if p.compare_on == "identical" and not (len(shared) == len(ours) == len(theirs)):
+        raise UserError(f"{run_dir.name} has {len(ours)} test {units} and {other_run_dir.name} {len(theirs)}; they share "
+                        f"{len(shared)}. A paired comparison needs the same test set (same views, cohort rules and "
+                        "split); to compare on the shared ones only, and say so on every line, set compare_on: shared "
+                        "(make evaluate ... COMPARE_ON=shared, or make compare ... COMPARE_ON=shared)")
     a_labels = shared[FINDINGS].to_numpy(dtype=np.float64)
     b_labels = shared[[f"{f}_other" for f in FINDINGS]].to_numpy(dtype=np.float64)
     same = (a_labels == b_labels) | (np.isnan(a_labels) & np.isnan(b_labels))
@@ -69,7 +78,8 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
                        this_images=int(len(ours)), other_images=int(len(theirs)),
                        patients=int(shared["subject_id"].nunique()), ci_level=p.ci_level, n_boot=p.bootstrap,
                        level=p.eval_level, macro_findings=result["macro_findings"],
-                       min_positives=p.min_positives)
+                       min_positives=p.min_positives, compare_on=p.compare_on,
+                       identical=bool(len(shared) == len(ours) == len(theirs)))
     return table
 
 

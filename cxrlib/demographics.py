@@ -22,6 +22,7 @@ Patients missing from MIMIC-IV, or without an admission, are kept as Unknown and
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,20 @@ AGE_BAND_SCHEMES = {"cxrlib": AGE_BANDS,
                                          (80, 200, "80+"))}
 _NOT_A_RACE = {"", "UNKNOWN", "UNABLE TO OBTAIN", "PATIENT DECLINED TO ANSWER", "UNKNOWN/NOT SPECIFIED",
                "NAN", "DECLINED TO ANSWER"}
+# The rule, readable: MIMIC-IV's spellings (2.x-3.x `race`; 1.0 `ethnicity`), exactly, and the release's own
+# families by prefix. Any other spelling is Unknown (never compared) and listed with its count by
+# demographics_for_cohort: a changed spelling must not quietly move patients into "Other".
+RACE_SPELLINGS = {
+    "WHITE": "White", "PORTUGUESE": "White",
+    "BLACK/AFRICAN AMERICAN": "Black", "BLACK/AFRICAN": "Black", "BLACK/CAPE VERDEAN": "Black",
+    "BLACK/CARIBBEAN ISLAND": "Black",
+    "HISPANIC OR LATINO": "Hispanic/Latino", "HISPANIC/LATINO": "Hispanic/Latino", "SOUTH AMERICAN": "Hispanic/Latino",
+    "ASIAN": "Asian",
+    "AMERICAN INDIAN/ALASKA NATIVE": "Other", "NATIVE HAWAIIAN OR OTHER PACIFIC ISLANDER": "Other",
+    "MULTIPLE RACE/ETHNICITY": "Other", "OTHER": "Other",
+}
+RACE_PREFIXES = (("WHITE - ", "White"), ("BLACK/", "Black"), ("HISPANIC/LATINO - ", "Hispanic/Latino"),
+                 ("ASIAN - ", "Asian"))
 TABLE_NAMES = ("patients", "admissions")
 
 
@@ -56,12 +71,27 @@ def table_file(root, name: str) -> Path:
 
 
 def read_patients(root) -> pd.DataFrame:
-    """subject_id (str), gender, anchor_age, anchor_year."""
+    """subject_id (str), gender, anchor_age, anchor_year; one row per patient.
+
+    Nothing is resolved silently: a gender other than F or M and an age that is not a number from 0 to 120
+    become unknown, and a patient with several rows that disagree becomes unknown on every field; the
+    counts are in frame.attrs["quality"] (sex_unreadable, age_unreadable, conflicting_patients)."""
     path = table_file(root, "patients")
     frame = _read(path, ["subject_id", "gender", "anchor_age", "anchor_year"])
-    frame["anchor_age"] = pd.to_numeric(frame["anchor_age"], errors="coerce")
+    gender = frame["gender"].str.strip().str.upper()
+    sex_bad = gender.notna() & (gender != "") & ~gender.isin(["F", "M"])
+    frame["gender"] = gender.where(gender.isin(["F", "M"]))
+    age = pd.to_numeric(frame["anchor_age"], errors="coerce")
+    age_bad = frame["anchor_age"].notna() & (age.isna() | (age < 0) | (age > 120))
+    frame["anchor_age"] = age.where(~age_bad)
     frame["anchor_year"] = pd.to_numeric(frame["anchor_year"], errors="coerce")
-    return frame.drop_duplicates("subject_id")
+    distinct = frame.drop_duplicates()
+    conflicting = distinct["subject_id"][distinct["subject_id"].duplicated()].unique()
+    frame = distinct.drop_duplicates("subject_id").copy()
+    frame.loc[frame["subject_id"].isin(conflicting), ["gender", "anchor_age", "anchor_year"]] = np.nan
+    frame.attrs["quality"] = {"sex_unreadable": int(sex_bad.sum()), "age_unreadable": int(age_bad.sum()),
+                              "conflicting_patients": int(len(conflicting))}
+    return frame
 
 
 def read_admissions(root) -> pd.DataFrame:
@@ -91,20 +121,23 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- rules
+def _race_text(value) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip().upper()
+
+
+def recognised_race(value) -> bool:
+    """Whether a race/ethnicity string is one the rule knows (a MIMIC-IV spelling, or missing/declined)."""
+    text = _race_text(value)
+    return text in _NOT_A_RACE or text in RACE_SPELLINGS or text.startswith(tuple(p for p, _ in RACE_PREFIXES))
+
+
 def harmonise_race(value) -> str:
-    """One of RACE_GROUPS for a MIMIC-IV race/ethnicity string (e.g. 'HISPANIC/LATINO - PUERTO RICAN')."""
-    text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip().upper()
-    if text in _NOT_A_RACE:
-        return UNKNOWN
-    if text.startswith("HISPANIC") or "LATINO" in text or text == "SOUTH AMERICAN":
-        return "Hispanic/Latino"
-    if text.startswith("WHITE") or text == "PORTUGUESE":
-        return "White"
-    if text.startswith("BLACK"):
-        return "Black"
-    if text.startswith("ASIAN"):
-        return "Asian"
-    return "Other"   # American Indian/Alaska Native, Native Hawaiian/Pacific Islander, multiple, other
+    """One of RACE_GROUPS for a MIMIC-IV race/ethnicity string (e.g. 'HISPANIC/LATINO - PUERTO RICAN'), by
+    RACE_SPELLINGS and RACE_PREFIXES; Unknown for missing, declined or unrecognised spellings."""
+    text = _race_text(value)
+    if text in RACE_SPELLINGS:
+        return RACE_SPELLINGS[text]
+    return next((group for prefix, group in RACE_PREFIXES if text.startswith(prefix)), UNKNOWN)
 
 
 def patient_race(admissions: pd.DataFrame, policy: str = "mode") -> pd.Series:
@@ -196,8 +229,34 @@ def demographics_for_cohort(cohort: pd.DataFrame, data_root, mimic_iv_root, race
                 "not_in_mimic_iv": int((~per_patient["in_mimic_iv"]).sum()),
                 "without_admission": int((per_patient["in_mimic_iv"] & ~per_patient["has_admission"]).sum()),
                 "images_without_study_date": int(rows["when"].isna().sum()),
-                "race_policy": race_policy}
+                "race_policy": race_policy, **quality(patients, admissions, set(per_patient["subject_id"]))}
+    problems = data_problems(coverage)
+    if problems:
+        warnings.warn(f"{table_file(mimic_iv_root, 'patients').parent}: " + "; ".join(problems), stacklevel=2)
     return out, coverage
+
+
+def quality(patients: pd.DataFrame, admissions: pd.DataFrame, subjects: set) -> dict:
+    """What the rules could not read among the cohort's patients: the counts read_patients kept, and every race
+    spelling the rule does not know (Unknown in the audit), with its number of admissions."""
+    mine = admissions[admissions["subject_id"].isin(subjects)]
+    unknown = mine.loc[~mine["race"].map(recognised_race), "race"].astype(str).str.strip().value_counts()
+    return {**patients.attrs.get("quality", {}), "race_unrecognised": {str(k): int(v) for k, v in unknown.items()}}
+
+
+def data_problems(coverage: dict) -> list[str]:
+    """The coverage's data problems as sentences (empty when there are none)."""
+    out = []
+    if coverage.get("race_unrecognised"):
+        listed = ", ".join(f"{k!r} ({v})" for k, v in coverage["race_unrecognised"].items())
+        out.append(f"race spellings the rule does not know, counted as Unknown (admissions): {listed}; add them "
+                   "to cxrlib.demographics.RACE_SPELLINGS if they are new MIMIC-IV spellings")
+    for key, text in (("sex_unreadable", "gender values other than F or M"),
+                      ("age_unreadable", "anchor_age values that are not an age"),
+                      ("conflicting_patients", "patients with disagreeing rows (all their fields Unknown)")):
+        if coverage.get(key):
+            out.append(f"{coverage[key]} {text} in the patients table")
+    return out
 
 
 # --------------------------------------------------------------------------- fetch

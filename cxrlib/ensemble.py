@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import params as params_mod
+from . import runlock
 from .errors import UserError
 from .fsutil import atomic_write_csv, atomic_write_json, sha256_file
 from .labels import FINDINGS
@@ -103,14 +104,15 @@ def build(sweep_dir, members: list[str], name: str = "ensemble") -> params_mod.P
 
 
 def build_and_evaluate(sweep_dir, members: list[str], name: str = "ensemble", progress: bool = True) -> Path:
-    """Build the pseudo-run, then run notebooks 03-05 on it (those the members ran)."""
+    """Build the pseudo-run, then run notebooks 03-05 on it (those the members ran), holding its folder's lock."""
     from . import runs
 
-    p = build(sweep_dir, members, name)
-    ran = [nb for nb in NOTEBOOKS if (Path(sweep_dir) / members[0] / f"{nb}.ipynb").is_file()]
-    print(f"[sweep] {name}: the mean of {len(members)} members; compared with {p.compare_with} (best on validation)",
-          flush=True)
-    return runs.run(p, ran, summary=False, progress=progress)
+    with runlock.hold(Path(sweep_dir) / name, "cxrlib sweep (ensemble)"):
+        p = build(sweep_dir, members, name)
+        ran = [nb for nb in NOTEBOOKS if (Path(sweep_dir) / members[0] / f"{nb}.ipynb").is_file()]
+        print(f"[sweep] {name}: the mean of {len(members)} members; compared with {p.compare_with} (best on "
+              "validation)", flush=True)
+        return runs.run(p, ran, summary=False, progress=progress)
 
 
 # --------------------------------------------------------------------------- what evaluate.py asks a run for

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import runlock
 from .errors import UserError
-from .fsutil import atomic_path, atomic_write_json, sha256_file
+from .fsutil import atomic_write_json, sha256_file
 from .labels import FINDINGS
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -97,15 +99,14 @@ def _write_onnx(net: Deployable, example: torch.Tensor, path: Path, meta: dict) 
     except ImportError:
         raise UserError("FORMAT=onnx needs the onnx and onnxruntime packages: `pip install onnx onnxruntime "
                         "onnxscript` in the venv (make setup installs them), or use FORMAT=torchscript") from None
-    with atomic_path(path) as tmp:
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        program = torch.onnx.export(net, (example,), dynamo=True, input_names=["images"],
-                                    output_names=["logits", "probabilities"], dynamic_shapes=({0: batch},),
-                                    opset_version=OPSET, external_data=False, verbose=False)
-        # The metadata goes into the in-memory model, so the file is written once.
-        program.model.metadata_props.update(cxrlib=json.dumps(meta), findings=",".join(FINDINGS))
-        program.model.doc_string = f"cxrlib run {meta['run']}: 14 chest X-ray findings. {SHARING_NOTE}"
-        program.save(str(tmp))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(net, (example,), dynamo=True, input_names=["images"],
+                                output_names=["logits", "probabilities"], dynamic_shapes=({0: batch},),
+                                opset_version=OPSET, external_data=False, verbose=False)
+    # The metadata goes into the in-memory model, so the file is written once (export_run's temp name).
+    program.model.metadata_props.update(cxrlib=json.dumps(meta), findings=",".join(FINDINGS))
+    program.model.doc_string = f"cxrlib run {meta['run']}: 14 chest X-ray findings. {SHARING_NOTE}"
+    program.save(str(path))
 
 
 @contextlib.contextmanager
@@ -118,14 +119,14 @@ def _quiet_jit():
 
 
 def _write_torchscript(net: Deployable, example: torch.Tensor, path: Path, meta: dict) -> None:
-    with _quiet_jit(), atomic_path(path) as tmp:
+    with _quiet_jit():   # written to export_run's temp name, which it renames once verified
         traced = torch.jit.trace(net, (example,), check_trace=False)
-        torch.jit.save(traced, str(tmp), _extra_files={"cxrlib.json": json.dumps(meta)})
+        torch.jit.save(traced, str(path), _extra_files={"cxrlib.json": json.dumps(meta)})
 
 
-def run_exported(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, probabilities) of an exported file on uint8 images, by its own runtime."""
-    if path.suffix == ".onnx":
+def run_exported(path: Path, images: np.ndarray, fmt: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, probabilities) of an exported file on uint8 images, by its own runtime (fmt: from the suffix)."""
+    if (fmt or ("onnx" if Path(path).suffix == ".onnx" else "torchscript")) == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -151,37 +152,67 @@ def read_metadata(path: Path) -> dict:
     return json.loads(extra["cxrlib.json"])
 
 
+def record_path(model_path: Path) -> Path:
+    """The record beside an exported file: model.onnx -> model.onnx.json (one per file, so per format)."""
+    return Path(model_path).with_name(Path(model_path).name + ".json")
+
+
+def read_record(model_path: Path) -> dict | None:
+    """The export record of `model_path` if it describes that very file (its sha256), else None: a record
+    whose file is gone, or was replaced by an interrupted export, describes nothing."""
+    model_path, record = Path(model_path), record_path(model_path)
+    if not (model_path.is_file() and record.is_file()):
+        return None
+    content = json.loads(record.read_text())
+    return content if content.get("sha256") == sha256_file(model_path) else None
+
+
+def _remove_stale_temps(folder: Path, name: str) -> None:
+    """Temp files of an export killed before it finished (atomic writes: .<name>.<random>.tmp)."""
+    for stale in folder.glob(f".{name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def export_run(run_dir, p, fmt: str = "onnx", out=None) -> dict:
-    """Writes runs/<name>/export/model.<onnx|pt> and export.json; returns export.json's content."""
+    """Writes runs/<name>/export/model.<onnx|pt> and its record model.<onnx|pt>.json; returns the record.
+
+    Verified before it replaces anything: the file is written under a temp name, run by its own runtime
+    against PyTorch, and only then moved over the previous export, its record after it. A failed check
+    removes the temp file and leaves the previous export and its record as they were.
+    """
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
         raise UserError(f"FORMAT={fmt}: use one of {', '.join(FORMATS)}")
     from .ensemble import is_ensemble
 
     if is_ensemble(run_dir):
-        raise UserError(f"{run_dir} is an ensemble (no checkpoint of its own): export each member, "
-                        "and average their probabilities")
+        raise UserError(f"{run_dir} is an ensemble (no checkpoint of its own): export each member "
+                        f"(make export RUN=<sweep>/<member>) and average their probabilities in your app")
     net, trained, meta = _model_and_meta(run_dir, p)
     images = parity_images(run_dir, trained)
     example = torch.from_numpy(images[:2])
     path = Path(out) if out else run_dir / "export" / f"model{FORMATS[fmt]}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    (_write_onnx if fmt == "onnx" else _write_torchscript)(net, example, path, meta)
-    with torch.no_grad():
-        ref_logits, ref_probs = (t.numpy() for t in net(torch.from_numpy(images)))
-    logits, probs = run_exported(path, images)
-    diff = float(np.abs(probs - ref_probs).max())
-    summary = {"format": fmt, "file": path.name, "bytes": path.stat().st_size,
-               "sha256": sha256_file(path),
-               "parity": {"images": int(len(images)), "max_abs_prob_diff": diff,
-                          "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
-                          "limit": PARITY_LIMIT, "against": "PyTorch (float32, CPU) on the cached test images"},
-               "metadata": meta}
-    if not diff < PARITY_LIMIT:
-        path.unlink()
-        raise RuntimeError(f"the {fmt} export differs from PyTorch by {diff:.2e} in probability "
-                           f"(limit {PARITY_LIMIT:g}); nothing was kept")
-    atomic_write_json(path.parent / "export.json", summary)
+    _remove_stale_temps(path.parent, path.name)
+    tmp = path.with_name(f".{path.name}.export.tmp")   # same folder: the final rename is atomic
+    try:
+        (_write_onnx if fmt == "onnx" else _write_torchscript)(net, example, tmp, meta)
+        with torch.no_grad():
+            ref_logits, ref_probs = (t.numpy() for t in net(torch.from_numpy(images)))
+        logits, probs = run_exported(tmp, images, fmt)
+        diff = float(np.abs(probs - ref_probs).max())
+        if not diff < PARITY_LIMIT:
+            raise UserError(f"the {fmt} export differs from PyTorch by {diff:.2e} in probability (limit "
+                            f"{PARITY_LIMIT:g}); it was not kept, and {path.name} (if any) is unchanged")
+        summary = {"format": fmt, "file": path.name, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp),
+                   "parity": {"images": int(len(images)), "max_abs_prob_diff": diff,
+                              "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
+                              "limit": PARITY_LIMIT, "against": "PyTorch (float32, CPU) on the cached test images"},
+                   "metadata": meta}
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    atomic_write_json(record_path(path), summary)   # read_record checks it names this file's sha256
     return summary
 
 
@@ -197,9 +228,11 @@ def cli(command: str, argv: list[str]) -> int:
     ap.add_argument("--out", help="file to write (default: runs/<name>/export/model.onnx or model.pt)")
     args = ap.parse_args(argv)
     run_dir, p = run_folder(args.run)
-    summary = export_run(run_dir, p, args.format, args.out)
+    with runlock.hold(run_dir, f"cxrlib export --format {args.format}"):
+        summary = export_run(run_dir, p, args.format, args.out)
     parity = summary["parity"]
-    print(f"{run_dir / 'export' / summary['file'] if not args.out else args.out}: {summary['format']}, "
+    print(f"{run_dir / 'export' / summary['file'] if not args.out else args.out} (record: .json beside it): "
+          f"{summary['format']}, "
           f"{summary['bytes'] / 1e6:.1f} MB; parity with PyTorch on {parity['images']} cached test images: "
           f"max |prob diff| {parity['max_abs_prob_diff']:.1e} (limit {parity['limit']:g})")
     return 0

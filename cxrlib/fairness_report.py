@@ -55,8 +55,12 @@ def audit_run(run_dir, p, progress: bool = False) -> dict:
                                 p.min_group_patients)
     planted_file = p.resolved_mimic_iv_root() / PLANTED_FILE   # only the synthetic stand-in has one
     planted = json.loads(planted_file.read_text()) if planted_file.is_file() else None
+    tested = table[table["subject_id"].isin(set(units["subject_id"]))].drop_duplicates("subject_id")
     summary = {"run": run_dir.name, "level": p.eval_level, "threshold_rule": "f1", "threshold_note": threshold_note,
                "thresholds": thresholds, "coverage": coverage, "min_group_patients": p.min_group_patients,
+               "test_coverage": {"patients": int(len(tested)), "in_mimic_iv": int(tested["in_mimic_iv"].sum()),
+                                 "with_admission": int(tested["has_admission"].sum())},
+               "data_problems": demographics.data_problems(coverage),
                "n_boot": p.bootstrap, "ci_level": p.ci_level, "test_units": int(len(units)),
                "age_bands": p.age_bands, "procedure": procedure(rows),
                "groups": fairness.group_sizes(plan, p.min_group_patients),

@@ -54,6 +54,15 @@ def resolve_runs(spec: str, runs_dir="runs") -> tuple[list[Path], str]:
     return folders, names[0]
 
 
+def not_evaluated(spec: str, runs_dir="runs") -> list[str]:
+    """A sweep's members that have parameters but no metrics.json yet: left out of the comparison, and named."""
+    names = [s.strip() for s in str(spec).split(",") if s.strip()]
+    sweep_dir = Path(runs_dir) / names[0] if len(names) == 1 else None
+    if sweep_dir is None or not (sweep_dir / "sweep.yaml").is_file():
+        return []
+    return sorted(d.name for d in sweep_dir.iterdir() if (d / "params.yaml").is_file() and not (d / "metrics.json").is_file())
+
+
 def settings(folders: list[Path]) -> dict[str, dict]:
     """{run: the parameters it sets differently from the others}, seed and runtime fields left out."""
     frozen = {f.name: params_mod.frozen_if_any(f) for f in folders}
@@ -124,15 +133,18 @@ def against_baseline(folders: list[Path], baseline: str, p=None) -> pd.DataFrame
         if folder.name == baseline:
             continue
         table = compare_runs(folder, base, p)
+        a = table.attrs
         for metric in ("auroc", "auprc"):
             entry = table[(table["finding"] == "macro") & (table["metric"] == metric)].iloc[0]
             rows.append({"run": folder.name, "baseline": baseline, "metric": f"{metric}_macro",
+                         "units": f"{a['shared_images']} shared ({a['this_images']} / {a['other_images']})"
+                                  if not a["identical"] else f"{a['shared_images']} (identical)",
                          "run_value": float(entry["this_run"]), "baseline_value": float(entry["other_run"]),
                          "diff": float(entry["diff"]), "lo": float(entry["lo"]), "hi": float(entry["hi"]),
                          "p_value": float(entry["p_value"]), "n_boot_valid": int(entry["n_boot_valid"]),
                          "delong_p": float(entry["delong_p"]) if pd.notna(entry["delong_p"]) else float("nan")})
-    out = pd.DataFrame(rows, columns=["run", "baseline", "metric", "run_value", "baseline_value", "diff", "lo", "hi",
-                                      "p_value", "n_boot_valid", "p_holm", "delong_p", "delong_p_holm"])
+    out = pd.DataFrame(rows, columns=["run", "baseline", "metric", "units", "run_value", "baseline_value", "diff", "lo",
+                                      "hi", "p_value", "n_boot_valid", "p_holm", "delong_p", "delong_p_holm"])
     for metric, part in out.groupby("metric"):
         out.loc[part.index, "p_holm"] = holm(part["p_value"].to_numpy(float))
         out.loc[part.index, "delong_p_holm"] = holm(part["delong_p"].to_numpy(float))
@@ -188,7 +200,8 @@ def compare_group(spec: str, runs_dir="runs", baseline: str = "", out_dir=None, 
     base = params_mod.load_frozen(next(f for f in folders if f.name == baseline))
     p = params_mod.validate({**base.to_dict(), **(overrides or {})}, f"the baseline {baseline}'s parameters")
     table = headline_table(folders)
-    result = {"runs": [f.name for f in folders], "baseline": baseline, "headline": table,
+    result = {"runs": [f.name for f in folders], "not_evaluated": not_evaluated(spec, runs_dir),
+              "baseline": baseline, "headline": table,
               "pooled": pooled_seeds(table), "against_baseline": against_baseline(folders, baseline, p)}
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "comparison.json",
@@ -206,6 +219,8 @@ def output_folder(spec: str, runs_dir="runs") -> Path:
 
 
 def print_tables(result: dict) -> None:
+    if result.get("not_evaluated"):
+        print(f"left out, not evaluated yet (no metrics.json): {', '.join(result['not_evaluated'])}")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
         print(selection_statement(result["headline"]))
         print(result["headline"][["run", "setting", "seed", "auroc_macro", "auroc_macro_lo", "auroc_macro_hi",
@@ -217,8 +232,8 @@ def print_tables(result: dict) -> None:
                           "auprc_macro_sd"]].to_string(index=False))
         if len(result["against_baseline"]):
             print(f"\nagainst {result['baseline']} (paired patient bootstrap; Holm across runs):")
-            print(result["against_baseline"][["run", "metric", "diff", "lo", "hi", "p_value", "p_holm", "delong_p"]]
-                  .to_string(index=False))
+            print(result["against_baseline"][["run", "metric", "units", "diff", "lo", "hi", "p_value", "p_holm",
+                                              "delong_p"]].to_string(index=False))
 
 
 def cli(command: str, argv: list[str]) -> int:
@@ -233,15 +248,18 @@ def cli(command: str, argv: list[str]) -> int:
                                                    "else the first)")
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--no-notebook", action="store_true", help="print the tables; do not render notebook 06")
+    ap.add_argument("--compare-on", choices=["identical", "shared"], default="identical",
+                    help="shared: compare runs with different test sets on the units they share (counts on every line)")
     args = ap.parse_args(argv)
     out_dir = output_folder(args.runs, args.runs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = compare_group(args.runs, args.runs_dir, args.baseline, out_dir=out_dir)
+    result = compare_group(args.runs, args.runs_dir, args.baseline, out_dir=out_dir,
+                           overrides={"compare_on": args.compare_on})
     print_tables(result)
     if not args.no_notebook:
         base = params_mod.load_frozen(next(f for f in result["folders"] if f.name == result["baseline"]))
         root = project_root()
         execute("06_compare", base, root, (root / out_dir) if not out_dir.is_absolute() else out_dir, progress=False,
                 extra={"runs": args.runs, "runs_root": str(Path(args.runs_dir).resolve()),
-                       "baseline": args.baseline})
+                       "baseline": args.baseline, "compare_on": args.compare_on})
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import runlock
 from .errors import UserError
 from .params import frozen_if_any
 
@@ -293,6 +294,7 @@ def cli(command: str, argv: list[str]) -> int:
         run_dir = Path(args.runs_dir) / args.name
         if not (run_dir / "params.yaml").is_file():
             raise UserError(f"{run_dir}: not a run folder (no params.yaml)")
-        clean(run_dir, args.yes)
+        with runlock.hold(run_dir, "cxrlib clean"):
+            clean(run_dir, args.yes)
         return 0
     raise UserError(f"unknown command {command}")

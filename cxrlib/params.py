@@ -95,6 +95,7 @@ class Params:
     bootstrap: int = 1000
     ci_level: float = 0.95
     compare_with: str = ""              # another run's name, for paired differences
+    compare_on: Literal["identical", "shared"] = "identical"   # shared: only the test units both runs have
     topk: int = 6
     redact_images: bool = False         # reports without any pixel data
     report_code: Literal["show", "hide"] = "hide"   # hide: HTML of notebooks 03-06 without their code cells
@@ -135,7 +136,7 @@ STAGES = {
               "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "select_on",
               "select_metric", "amp", "max_train_batches"),
     "evaluate": ("tta", "eval_level", "study_aggregate", "calibration", "bootstrap", "ci_level", "compare_with", "topk",
-                 "race_policy", "min_group_patients", "min_positives", "age_bands"),
+                 "race_policy", "min_group_patients", "min_positives", "age_bands", "compare_on"),
 }
 STAGE_OF = {name: stage for stage, names in STAGES.items() for name in names}
 # What each notebook's parameters cell may declare besides run_dir: its own stage's fields.

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from . import params as params_mod
+from . import runlock
 from .errors import Interrupted, UserError
 from .index import NOTEBOOKS, print_summary
 from .progress import Streamer
@@ -72,6 +73,7 @@ def notebook_setup(run_dir, namespace: dict, show=None) -> params_mod.Params:
             print(f"warning: {message}", file=sys.stderr)
 
         warnings.showwarning = one_line_warning
+    runlock.check_free(run_dir)   # by hand in JupyterLab: not while a command writes the run
     p = params_mod.for_notebook(run_dir, namespace)
     import pandas as pd
 
@@ -337,23 +339,43 @@ def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progr
             from .runtime import resolve_device
 
             resolve_device(p)
-    # Every check before the one write: a refused command leaves the run folder as it was.
-    frozen = params_mod.frozen_if_any(run_dir)
-    if frozen:
-        params_mod.check_change(frozen, p, run_dir)
-    params_mod.freeze_if_changed(p, run_dir, frozen)
-    remove_temp_notebooks(run_dir)
-    if p.redact_images:   # a property of the run's reports: those made before it was asked for too
-        redact_reports(run_dir, p, skip=notebooks)
-    for nb in notebooks:
-        execute(nb, p, root, run_dir, progress=progress)
-    if "03_evaluate" in notebooks:
-        from .tracking import finish
+    # Every check before the one write: a refused command leaves the run folder as it was. One writer at a
+    # time: the lock is taken before params.yaml is read, so two commands cannot both pass the check.
+    with runlock.hold(run_dir, " ".join(["cxrlib", *sys.argv[1:]]) or "cxrlib run"):
+        frozen = params_mod.frozen_if_any(run_dir)
+        if frozen:
+            params_mod.check_change(frozen, p, run_dir)
+        params_mod.freeze_if_changed(p, run_dir, frozen)
+        try:
+            remove_temp_notebooks(run_dir)
+            if p.redact_images:   # a property of the run's reports: those made before it was asked for too
+                redact_reports(run_dir, p, skip=notebooks)
+            for nb in notebooks:
+                execute(nb, p, root, run_dir, progress=progress)
+            if "03_evaluate" in notebooks:
+                from .tracking import finish
 
-        finish(p, run_dir)   # tracker: the test figures and the reports (nothing when tracker: none)
+                finish(p, run_dir)   # tracker: the test figures and the reports (nothing when tracker: none)
+        except BaseException:
+            restore_runtime_fields(run_dir, frozen, p)
+            raise
     if summary:
         print_summary(run_dir, notebooks)
     return run_dir
+
+
+def restore_runtime_fields(run_dir: Path, frozen: dict, p: params_mod.Params) -> None:
+    """A failed or interrupted command leaves params.yaml as it was where it only changed where and how fast
+    (a one-off DEVICE= or MIMIC_IV_ROOT= must not become the run's setting for the next command). Fields of a
+    stage are kept: a stage that ran under them may have written its output, and so are epochs and patience,
+    which an interrupted training's last.pt was already following."""
+    if not frozen:
+        return
+    old = params_mod.validate(frozen, f"{run_dir}/params.yaml").to_dict()
+    new = p.to_dict()
+    changed = [k for k in new if old.get(k) != new[k]]
+    if changed and all(params_mod.STAGE_OF[k] == "runtime" and k not in ("epochs", "patience") for k in changed):
+        params_mod.freeze(params_mod.validate(old, "params.yaml"), run_dir)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -380,7 +402,12 @@ def cli(command: str, argv: list[str]) -> int:
             existing = sorted(f.parent.name for f in Path(overrides.get("runs_dir", "runs")).glob("*/params.yaml"))
             raise UserError("RESUME=1 continues a run: name it with RUN=<name> (runs: "
                             + (", ".join(existing) or "none yet") + ")")
-        if args.default_params and args.params:
+        runs_dir = Path(overrides.get("runs_dir", "runs"))
+        if args.default_params and args.name and (runs_dir / args.name / "params.yaml").is_file():
+            # An existing run starts from its own params.yaml, never from the demo preset.
+            print(f"RUN={args.name}: using {runs_dir / args.name / 'params.yaml'}", flush=True)
+            args.params = None
+        elif args.default_params and args.params:
             print(f"PARAMS not given: using {args.params} (the synthetic demo). For real data name a preset, "
                   "e.g. PARAMS=params/improved.yaml", flush=True)
         p = resolve(args.params, args.name, overrides, sources=sources)

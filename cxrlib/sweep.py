@@ -26,16 +26,19 @@ the command lists the failures and exits non-zero.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from . import params as params_mod
+from . import runlock
 from .errors import UserError
 from .fsutil import atomic_write_text
 
@@ -226,9 +229,40 @@ def visible_gpus() -> list[str]:
         return []
 
 
+def member_command(sweep_dir: Path, name: str) -> list[str]:
+    """The command that runs one member in its own process (the parallel launcher's unit)."""
+    return [sys.executable, "-m", "cxrlib", "sweep", "--sweep-dir", str(sweep_dir), "--only", name]
+
+
+def _die_with_parent() -> None:
+    """In a member process, before it runs: the kernel sends SIGTERM when the launcher dies, however it dies
+    (SIGKILL included), so a killed launcher leaves no member training on its own (Linux; elsewhere the
+    members' locks still refuse a second writer)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def check_no_live_writers(members: list[dict]) -> None:
+    """Refuse before launching when a member folder is still written by a live process (a member of a killed
+    launcher, or another sweep): two trainers in one folder would overwrite each other's checkpoints."""
+    busy = []
+    for m in members:
+        holder = runlock.read_holder(m["dir"])
+        if holder and not runlock.is_stale(holder):
+            busy.append(f"{m['name']}: process {holder.get('pid')} on {holder.get('host')} ({holder.get('command')})")
+    if busy:
+        raise UserError("members still being written by another process; stop them (kill PID) or wait, then rerun "
+                        "this command:\n  " + "\n  ".join(busy))
+
+
 def launch_local(sweep_dir: Path, members: list[dict], parallel: int, progress: bool = True) -> dict[str, str]:
     """Members one after another in this process, or `parallel` at once as subprocesses, each with its own
-    GPU(s) through CUDA_VISIBLE_DEVICES. Returns {member: error} for the members that failed."""
+    GPU(s) through CUDA_VISIBLE_DEVICES. Returns {member: error} for the members that failed. The
+    subprocesses die with the launcher: on SIGTERM it stops them, and the kernel stops them if it is killed."""
     failed = {}
     if parallel == 1:
         for m in members:
@@ -248,15 +282,34 @@ def launch_local(sweep_dir: Path, members: list[dict], parallel: int, progress: 
     free = [pool[i * (need // parallel):(i + 1) * (need // parallel)] for i in range(parallel)] if on_gpu else \
         [[] for _ in range(parallel)]
     waiting, running = list(members), {}
+
+    def stop_members(signum, frame):
+        for proc, _, _ in running.values():
+            proc.terminate()
+        for proc, _, _ in running.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop_members)
+    try:
+        _launch(sweep_dir, waiting, running, free, failed)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return failed
+
+
+def _launch(sweep_dir: Path, waiting: list, running: dict, free: list, failed: dict) -> None:
     while waiting or running:
         while waiting and free:
             m, devices = waiting.pop(0), free.pop(0)
             log = open(m["dir"] / "sweep.log", "a")
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(devices), CXRLIB_BATCH="1")
-            command = [sys.executable, "-m", "cxrlib", "sweep", "--sweep-dir", str(sweep_dir), "--only", m["name"]]
             print(f"[sweep] {m['name']}: started (GPUs {','.join(devices) or 'none'}; log {m['dir'] / 'sweep.log'})",
                   flush=True)
-            running[m["name"]] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), devices, log)
+            proc = subprocess.Popen(member_command(sweep_dir, m["name"]), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    preexec_fn=_die_with_parent)
+            running[m["name"]] = (proc, devices, log)
         time.sleep(1)
         for name, (proc, devices, log) in list(running.items()):
             if proc.poll() is not None:
@@ -266,7 +319,6 @@ def launch_local(sweep_dir: Path, members: list[dict], parallel: int, progress: 
                 if proc.returncode:
                     failed[name] = f"exit status {proc.returncode} (see {sweep_dir / name / 'sweep.log'})"
                 print(f"[sweep] {name}: " + ("failed" if proc.returncode else "finished"), flush=True)
-    return failed
 
 
 # --------------------------------------------------------------------------- CLI
@@ -285,6 +337,12 @@ def sweep(grid_path, runs_dir: str = "runs", dry_run: bool = False, cluster: str
         print(f"  {m['name']:<40} {m['status']}", flush=True)
     if dry_run:
         return {"members": members, "failed": {}, "jobs": []}
+    with runlock.hold(sweep_dir, f"cxrlib sweep --grid {grid['path']}"):   # one launcher per sweep
+        check_no_live_writers(todo)
+        return _run_sweep(grid, members, todo, sweep_dir, cluster, wait, progress)
+
+
+def _run_sweep(grid, members, todo, sweep_dir: Path, cluster, wait: bool, progress: bool) -> dict:
     jobs, failed = [], {}
     if todo and (grid["launcher"] == "slurm" or cluster):
         from . import cluster as cluster_mod
@@ -322,6 +380,10 @@ def cli(command: str, argv: list[str]) -> int:
     ap.add_argument("--only", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.only:
+        def interrupted(signum, frame):   # the launcher stops us: end like Ctrl-C (notebook kept, lock released)
+            raise KeyboardInterrupt(f"stopped by signal {signum}; rerun the sweep to resume this member")
+
+        signal.signal(signal.SIGTERM, interrupted)
         run_member(args.sweep_dir, args.only, progress=False)
         return 0
     if not args.grid:

@@ -65,7 +65,11 @@ coverage = summary["coverage"]
 print(f"{coverage['patients']} cohort patients: {coverage['in_mimic_iv']} in MIMIC-IV, "
       f"{coverage['not_in_mimic_iv']} missing from it, {coverage['without_admission']} without an admission "
       f"(race and insurance Unknown); race policy: {coverage['race_policy']}; age bands: {summary['age_bands']}")
-print(f"test units ({summary['level']} level): {summary['test_units']}; {summary['threshold_note']}")
+print(f"test units ({summary['level']} level): {summary['test_units']} of {summary['test_coverage']['patients']} "
+      f"patients, {summary['test_coverage']['in_mimic_iv']} of them in MIMIC-IV, "
+      f"{summary['test_coverage']['with_admission']} with an admission; {summary['threshold_note']}")
+for problem in summary["data_problems"]:
+    print("data problem:", problem)
 for attribute, verdict in summary["verdicts"].items():
     print(f"{attribute}: {verdict['known']}; {verdict['verdict']}")
 pd.DataFrame(summary["groups"]).pivot_table(index="group", columns="attribute", values="patients",

@@ -34,6 +34,7 @@ baseline = ""                  # empty: the grid's baseline, else the first run
 bootstrap = 1000               # patient-level resamples for the paired differences
 ci_level = 0.95
 seed = 0
+compare_on = "identical"       # identical: refuse runs with other test sets | shared: their shared units only
 
 # %%
 from pathlib import Path
@@ -44,8 +45,11 @@ from cxrlib import group, viz
 
 Path(run_dir).mkdir(parents=True, exist_ok=True)
 result = group.compare_group(runs, runs_root, baseline, out_dir=run_dir,
-                             overrides={"bootstrap": bootstrap, "ci_level": ci_level, "seed": seed})
+                             overrides={"bootstrap": bootstrap, "ci_level": ci_level, "seed": seed,
+                                        "compare_on": compare_on})
 print(f"{len(result['folders'])} runs; baseline {result['baseline']}")
+if result["not_evaluated"]:
+    print(f"left out, not evaluated yet (no metrics.json): {', '.join(result['not_evaluated'])}")
 print(group.selection_statement(result["headline"]))
 
 # %% [markdown]
@@ -67,7 +71,9 @@ display(viz.readable(result["pooled"]))
 # ## Against the baseline (paired on patients, Holm across runs)
 #
 # Bootstrap p-values count the data as one resample: they are never below 2 / (B + 1), and Holm's
-# adjusted values never below the number of runs compared times that.
+# adjusted values never below the number of runs compared times that. `units` says how many test units
+# each comparison pairs: runs with different test sets are refused unless `compare_on: shared`, and then
+# every line gives the shared count and each run's own.
 
 # %%
 viz.readable(result["against_baseline"])

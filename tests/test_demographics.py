@@ -99,7 +99,8 @@ def test_both_mimic_iv_layouts_join_to_cohort_images(tmp_path, module, race_colu
     assert rows["race"].tolist() == ["White", "White", "Unknown", "Unknown"]
     assert rows["insurance"].tolist() == ["Medicaid", "Medicaid", "Unknown", "Unknown"]
     assert coverage == {"patients": 3, "in_mimic_iv": 2, "not_in_mimic_iv": 1, "without_admission": 1,
-                        "images_without_study_date": 0, "race_policy": "mode"}
+                        "images_without_study_date": 0, "race_policy": "mode", "sex_unreadable": 0,
+                        "age_unreadable": 0, "conflicting_patients": 0, "race_unrecognised": {}}
 
 
 def test_missing_mimic_iv_tables_say_where_they_were_looked_for(tmp_path):
@@ -144,3 +145,29 @@ def test_the_papers_age_bands_are_available():
         "0-20", "0-20", "20-40", "20-40", "40-60", "40-60", "60-80", "60-80", "80+", "80+", "Unknown"]
     with pytest.raises(UserError, match="age_bands"):
         dm.age_band(ages, "decades")
+
+
+def test_unknown_spellings_unreadable_values_and_conflicting_rows_are_reported_not_resolved(tmp_path):
+    """Three changed race spellings once moved most patients into "Other" without a word; now an unknown
+    spelling is Unknown (never compared) and listed, and bad patient rows are counted and made Unknown."""
+    root = tmp_path / "mimic-iv" / "hosp"
+    root.mkdir(parents=True)
+    pd.DataFrame({"subject_id": ["1", "2", "3", "3", "4"], "gender": ["F", "X", "M", "F", "M"],
+                  "anchor_age": ["40", "55", "60", "60", "old"], "anchor_year": ["2180"] * 5}).to_csv(
+        root / "patients.csv", index=False)
+    pd.DataFrame({"subject_id": ["1", "2", "3", "4"], "hadm_id": list("abcd"),
+                  "admittime": ["2180-01-01"] * 4, "dischtime": ["2180-01-02"] * 4, "insurance": ["Medicare"] * 4,
+                  "race": ["Caucasian", "WHITE", "AFRICAN-AMERICAN", "BLACK/HAITIAN"]}).to_csv(
+        root / "admissions.csv", index=False)
+    meta = pd.DataFrame({"dicom_id": list("abcd"), "subject_id": list("1234"), "study_id": list("5678"),
+                         "StudyDate": ["21800101"] * 4, "StudyTime": ["100000"] * 4})
+    meta.to_csv(tmp_path / "mimic-cxr-2.0.0-metadata.csv", index=False)
+    with pytest.warns(UserWarning, match="race spellings the rule does not know") as caught:
+        table, coverage = dm.demographics_for_cohort(meta[["dicom_id", "subject_id", "study_id"]], tmp_path,
+                                                     tmp_path / "mimic-iv")
+    assert coverage["race_unrecognised"] == {"Caucasian": 1, "AFRICAN-AMERICAN": 1}
+    assert (coverage["sex_unreadable"], coverage["age_unreadable"], coverage["conflicting_patients"]) == (1, 1, 1)
+    rows = table.set_index("subject_id")
+    assert rows["race"].tolist() == ["Unknown", "White", "Unknown", "Black"]   # BLACK/...: the release's family
+    assert rows.loc["2", "sex"] == "Unknown" and rows.loc["3", "sex"] == "Unknown" and np.isnan(rows.loc["4", "age"])
+    assert "1 patients with disagreeing rows" in str(caught[0].message)

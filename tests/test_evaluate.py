@@ -307,6 +307,24 @@ def test_compare_runs_refuses_other_labels_and_disjoint_test_sets(tiny_run, tmp_
         compare.compare_runs(tiny_run, tmp_path / "never-evaluated", p)
 
 
+def test_compare_runs_refuses_other_test_sets_unless_asked_and_then_counts_them(tiny_run, tmp_path):
+    """AP-only against AP+PA shares some studies: a difference on those is not the difference of the two runs'
+    reported figures, so it is refused; compare_on: shared compares them and says how many of each run's."""
+    p = frozen(tiny_run)
+    predictions = evaluate.read_predictions(tiny_run)
+    test_studies = predictions.loc[predictions["split"] == "test", "study_id"].unique()
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    predictions[~predictions["study_id"].isin(test_studies[:5])].to_csv(fewer / "predictions.csv", index=False)
+    n = len(test_studies)
+    with pytest.raises(UserError, match=f"has {n} test studies and fewer {n - 5}; they share {n - 5}.*compare_on: shared"):
+        compare.compare_runs(tiny_run, fewer, p)
+    table = compare.compare_runs(tiny_run, fewer, params.validate({**p.to_dict(), "compare_on": "shared"}))
+    assert (table.attrs["shared_images"], table.attrs["this_images"], table.attrs["other_images"]) == (n - 5, n, n - 5)
+    assert table.attrs["identical"] is False and table.attrs["compare_on"] == "shared"
+    assert compare.compare_runs(tiny_run, tiny_run, p).attrs["identical"] is True
+
+
 # --------------------------------------------------------------------------- reports
 def test_evaluate_notebook_shows_tables_and_figures(tiny_run):
     html = (tiny_run / "03_evaluate.html").read_text()

@@ -14,6 +14,7 @@ from PIL import Image
 from cxrlib import analysis, card, card_checklists, evaluate, export, levels, metrics, params, predict, recalibration
 from cxrlib.__main__ import main
 from cxrlib.cohort import read_cohort
+from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
 from cxrlib.metrics import ranking_metrics
 
@@ -142,6 +143,22 @@ def test_the_export_matches_pytorch_and_predictions_csv(tiny_run, tmp_path, fmt)
         assert np.abs(batch_of_one - expected.to_numpy()[:1]).max() < 1e-4   # the batch axis is dynamic
 
 
+def test_a_failed_check_leaves_the_previous_export_and_its_record(tiny_run, tmp_path, monkeypatch):
+    p = params.load_frozen(tiny_run)
+    out = tmp_path / "model.pt"
+    first = export.export_run(tiny_run, p, "torchscript", out)
+    record = export.record_path(out)
+    before = out.read_bytes(), record.read_text()
+    (tmp_path / ".model.pt.export.tmp").write_bytes(b"left by an export killed mid-write")
+    monkeypatch.setattr(export, "PARITY_LIMIT", 0.0)   # nothing passes: the check fails after writing
+    with pytest.raises(UserError, match="was not kept, and model.pt .if any. is unchanged"):
+        export.export_run(tiny_run, p, "torchscript", out)
+    assert (out.read_bytes(), record.read_text()) == before and not list(tmp_path.glob(".model.pt*"))
+    assert export.read_record(out)["sha256"] == first["sha256"] == json.loads(record.read_text())["sha256"]
+    out.write_bytes(b"another file")                 # a record never describes a file other than its own
+    assert export.read_record(out) is None
+
+
 # --------------------------------------------------------------------------- predict
 def test_predicting_the_source_jpegs_reproduces_predictions_csv(tiny_run, tmp_path, capsys):
     p = params.load_frozen(tiny_run)
@@ -221,10 +238,14 @@ def test_the_card_calls_an_export_of_an_older_checkpoint_stale(tiny_run, tmp_pat
     record = {"file": "model.onnx", "format": "onnx", "sha256": "ab" * 32, "parity": {"images": 5,
               "max_abs_prob_diff": 1e-7, "limit": 1e-4}, "metadata": {"checkpoint_sha256": "0" * 64,
                                                                        "input": {"image_size": 32}}}
-    (copy / "export" / "export.json").write_text(json.dumps(record))
+    (copy / "export" / "model.onnx.json").write_text(json.dumps(record))
+    assert "describes a file that is not there" in card.build_card(copy)   # no model.onnx beside the record
+    (copy / "export" / "model.onnx").write_bytes(b"onnx bytes")
+    record["sha256"] = hashlib.sha256(b"onnx bytes").hexdigest()
+    (copy / "export" / "model.onnx.json").write_text(json.dumps(record))
     assert "is STALE" in card.build_card(copy)
     record["metadata"]["checkpoint_sha256"] = hashlib.sha256((copy / "checkpoints" / "best.pt").read_bytes()).hexdigest()
-    (copy / "export" / "export.json").write_text(json.dumps(record))
+    (copy / "export" / "model.onnx.json").write_text(json.dumps(record))
     text = card.build_card(copy)
     assert "STALE" not in text and "checked against PyTorch on 5 cached test images" in text
 
@@ -248,4 +269,4 @@ def test_the_commands_name_a_missing_run_and_export_from_the_command_line(tiny_r
     out = tmp_path / "m.pt"
     assert main(["export", "--run", str(tiny_run), "--format", "torchscript", "--out", str(out)]) == 0
     assert "parity with PyTorch" in capsys.readouterr().out and out.is_file()
-    assert json.loads((tmp_path / "export.json").read_text())["parity"]["max_abs_prob_diff"] < 1e-4
+    assert json.loads((tmp_path / "m.pt.json").read_text())["parity"]["max_abs_prob_diff"] < 1e-4

@@ -12,7 +12,7 @@ from cxrlib import params, runs
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ALL = runs.NOTEBOOKS + ["06_compare"]   # 06 renders a group of runs (make compare), not one run's step
-GROUP_KNOBS = {"runs", "runs_root", "baseline", "bootstrap", "ci_level", "seed"}
+GROUP_KNOBS = {"runs", "runs_root", "baseline", "bootstrap", "ci_level", "seed", "compare_on"}
 
 
 def cells(nb) -> list[tuple]:
