@@ -100,20 +100,32 @@ def model_details(run_dir: Path, params: dict, report: dict) -> list[str]:
     model, sel, versions = report.get("model", {}), report.get("selection", {}), report.get("versions", {})
     best = run_dir / "checkpoints" / "best.pt"
     members = sel.get("ensemble_of")
+    differs = set(model.get("differs", []))
+
+    def value(key, default=None, show=str):   # an ensemble's members may differ: say so, never show one member's
+        return "differs by member (below)" if key in differs else show(model.get(key, default))
+
+    training = ("- Training: each member's own (its params.yaml and card); members differ only in training settings"
+                if members else
+                f"- Training: {params['optimizer']} lr {params['lr']}, batch {params['batch_size']}, up to "
+                f"{params['epochs']} epochs (patience {params['patience']}), pos_weight {params['pos_weight']}, augment "
+                f"{params['augment']}, amp `{params['amp']}`, seed {params['seed']}.")
     lines = ["## Model details", "",
              f"- Developed with cxrlib {versions.get('cxrlib', '?')} (commit `{versions.get('git_commit') or '?'}`) on "
              f"{report.get('created', '?')[:10]}; checkpoint `best.pt` sha256 "
              f"`{sha256_file(best)[:16] if best.is_file() else 'n/a'}...`. License: the data's terms (Sharing).",
-             f"- {model.get('arch', params['arch'])}, head `{model.get('head', params['head'])}`, initial weights "
-             f"`{params['weights']}`; input {model.get('image_size')} x {model.get('image_size')} grey, resize "
-             f"`{model.get('resize')}`, decode `{model.get('decode', 'fast')}`, normalised with mean "
-             f"{_num(model.get('mean'))} and std {_num(model.get('std'))}. Output: 14 independent probabilities.",
-             f"- Training: {params['optimizer']} lr {params['lr']}, batch {params['batch_size']}, up to {params['epochs']} "
-             f"epochs (patience {params['patience']}), pos_weight {params['pos_weight']}, augment {params['augment']}, "
-             f"amp `{params['amp']}`, seed {params['seed']}."]
+             f"- {value('arch', params['arch'])}, head `{value('head', params['head'])}`, initial weights "
+             f"`{params['weights']}`; input {value('image_size')} px grey, resize `{value('resize')}`, decode "
+             f"`{value('decode', 'fast')}`, normalised with mean {value('mean', show=_num)} and std "
+             f"{value('std', show=_num)}. Output: 14 independent probabilities.", training]
     if members:
         lines.append(f"- An ensemble: the mean probability of {len(members)} members, each selected on its own "
                      f"validation split: " + ", ".join(f"{m} (epoch {e})" for m, e in members.items()) + ".")
+        if model.get("differs"):
+            lines.append(f"- Its members differ in {', '.join(model['differs'])}; each member's model:")
+            lines += [f"  - {name}: {c.get('arch')}, head `{c.get('head')}`, {c.get('image_size')} px, resize "
+                      f"`{c.get('resize')}`, decode `{c.get('decode', 'fast')}`, mean {_num(c.get('mean'))}, std "
+                      f"{_num(c.get('std'))}" for name, c in model.get("members", {}).items()]
     else:
         lines.append(f"- Selected: epoch {sel.get('best_epoch')} of {sel.get('epochs_run', '?')}, by validation "
                      f"`{sel.get('select_metric')}` counted per {sel.get('level', 'image')}.")
@@ -309,6 +321,9 @@ def software_section(run_dir: Path, report: dict) -> list[str]:
                   f"{export['metadata']['input']['image_size']} px grey in, logits and probabilities out; checked "
                   f"against PyTorch on {parity['images']} cached test images, max probability difference "
                   f"{parity['max_abs_prob_diff']:.1e} (limit {parity['limit']:g}).", ""]
+    if (run_dir / "ensemble.json").is_file():
+        return lines + ["An ensemble has no checkpoint of its own: export each member (`make export RUN=<sweep>/<member>`) "
+                        "and average their probabilities in the application.", ""]
     return lines + ([] if found else [f"None yet: `make export RUN={run_dir.name} FORMAT=onnx`.", ""])
 
 

@@ -137,10 +137,18 @@ def selection(run_dir) -> dict:
 
 
 def model_config(run_dir) -> dict:
+    """What shaped the members' models: a value where every member agrees, None where they differ (listed in
+    `differs`), and each member's own config under `members`, so no record describes the ensemble as one of them."""
     from .checkpoint import read_model_config
 
-    configs = [read_model_config(m) for m in member_dirs(run_dir)]
-    return {**configs[0], "ensemble_of": len(configs)}
+    dirs = member_dirs(run_dir)
+    configs = {d.name: read_model_config(d) for d in dirs}
+    keys = sorted({k for c in configs.values() for k in c})
+    values = {k: [json.dumps(c.get(k), sort_keys=True, default=str) for c in configs.values()] for k in keys}
+    differs = [k for k in keys if len(set(values[k])) > 1]
+    first = next(iter(configs.values()))
+    return {**{k: (None if k in differs else first.get(k)) for k in keys}, "ensemble_of": len(configs),
+            "differs": differs, "members": configs}
 
 
 def mean_cams(run_dir, p, errors: pd.DataFrame, one_member) -> tuple[np.ndarray, np.ndarray]:

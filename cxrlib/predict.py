@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .errors import UserError
 from .labels import FINDINGS
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -57,9 +58,14 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     """(one row per readable image: path, p_<finding> x 14, call_<finding> x 14 [, cal_<finding> x 14],
     [(path, reason)] for the files skipped, the thresholds' note)."""
     from . import analysis, evaluate, recalibration
+    from .ensemble import is_ensemble, member_dirs
     from .runtime import amp_dtype
 
     run_dir = Path(run_dir)
+    if is_ensemble(run_dir):
+        names = ", ".join(d.name for d in member_dirs(run_dir))
+        raise UserError(f"{run_dir} is an ensemble (no checkpoint of its own): predict with each member "
+                        f"(--run {run_dir.parent}/<member>; members: {names}) and average their p_ columns")
     files, skipped = find_images(inputs)
     model, trained, device, transform = evaluate.load_best(run_dir, p)   # trained: the checkpoint's own params
     metrics_file = run_dir / "metrics.json"

@@ -21,15 +21,16 @@ def _sha256(path: Path) -> str | None:
 def fingerprint(run_dir, p, predictions: pd.DataFrame, model: dict) -> dict:
     """What data the figures come from: enough to tell two runs' test sets apart, no private paths."""
     run_dir = Path(run_dir)
-    folder = cache_mod.cache_path(p.resolved_cache_dir(), model["image_size"], model["resize"],
-                                  model.get("decode", "fast"))
-    manifest = {}
-    if (folder / "manifest.json").is_file():
+    manifest, folder = {}, None
+    if model.get("image_size") and model.get("resize"):   # an ensemble of members with other caches: none
+        folder = cache_mod.cache_path(p.resolved_cache_dir(), model["image_size"], model["resize"],
+                                      model.get("decode", "fast"))
+    if folder is not None and (folder / "manifest.json").is_file():
         manifest = json.loads((folder / "manifest.json").read_text())
     return {
         "data_root_name": Path(p.data_root).resolve().name,
         "cohort_sha256": _sha256(run_dir / "cohort.csv"),
-        "cache_index_sha256": _sha256(folder / "index.csv"),
+        "cache_index_sha256": _sha256(folder / "index.csv") if folder is not None else None,
         "cache": {k: manifest.get(k) for k in ("cache_version", "size", "resize", "decode", "created", "images", "failed")},
         "images_per_split": {s: int(n) for s, n in predictions["split"].value_counts().sort_index().items()},
         "patients_per_split": {s: int(n) for s, n in

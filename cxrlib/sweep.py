@@ -169,17 +169,17 @@ def plan(grid: dict, runs_dir: str = "runs", write: bool = True) -> list[dict]:
 
 
 def check_shared_cohort(grid: dict, members: list[dict]) -> None:
-    """An ensemble averages its members image by image: they must build one cohort (and one cache). Checked
-    before anything trains, on the parameters that decide them."""
-    fields = params_mod.STAGES["cohort"] + params_mod.STAGES["cache"]
+    """An ensemble averages its members image by image: they must build one cohort (their image sizes may
+    differ; the card then lists each member). Checked before anything trains, on the parameters that decide it."""
+    fields = params_mod.STAGES["cohort"]
     first = members[0]
     for m in members[1:]:
         differ = [f for f in fields if getattr(m["params"], f) != getattr(first["params"], f)]
         if differ:
             detail = "; ".join(f"{f}: {getattr(first['params'], f)!r} vs {getattr(m['params'], f)!r}" for f in differ)
             raise GridError(f"{grid['path']}: ensemble: true, but members {first['name']} and {m['name']} would build "
-                            f"different cohorts or caches ({detail}); an ensemble averages the same images. Vary "
-                            "training settings only, or set ensemble: false")
+                            f"different cohorts ({detail}); an ensemble averages the same images. Vary training "
+                            "settings only, or set ensemble: false")
 
 
 def notebooks_of(grid: dict) -> list[str]:

@@ -161,6 +161,35 @@ def test_the_ensemble_is_the_mean_of_its_members_row_by_row(tmp_path):
         ensemble.average_predictions([tmp_path / "m0", other])
 
 
+def test_an_ensemble_of_members_of_other_sizes_describes_each_member_and_refuses_export_and_predict(tmp_path):
+    import torch
+
+    from cxrlib import card, export, params, predict
+
+    sweep_dir = tmp_path / "s"
+    for name, size in (("small", 32), ("large", 48)):
+        (sweep_dir / name / "checkpoints").mkdir(parents=True)
+        config = {"arch": "resnet18", "head": "avgpool", "image_size": size, "resize": "squash", "decode": "fast",
+                  "mean": 0.5, "std": 0.25}
+        torch.save({"params": params.validate({"image_size": size, "head": "avgpool"}).to_dict(),
+                    "model_config": config}, sweep_dir / name / "checkpoints" / "best.pt")
+    (sweep_dir / "ensemble").mkdir()
+    (sweep_dir / "ensemble" / ensemble.ENSEMBLE_FILE).write_text(json.dumps({"members": ["small", "large"]}))
+    config = ensemble.model_config(sweep_dir / "ensemble")
+    assert config["differs"] == ["image_size"] and config["image_size"] is None and config["arch"] == "resnet18"
+    assert config["members"]["large"]["image_size"] == 48 and config["ensemble_of"] == 2
+    lines = card.model_details(sweep_dir / "ensemble", params.validate({}).to_dict(),
+                               {"model": config, "selection": {"ensemble_of": {"small": 3, "large": 4}}})
+    text = "\n".join(lines)
+    assert "input differs by member (below) px" in text and "large: resnet18, head `avgpool`, 48 px" in text
+    assert "Selected: epoch None" not in text and "large (epoch 4)" in text
+    p = params.validate({"name": "ensemble", "runs_dir": str(sweep_dir), "device": "cpu"})
+    with pytest.raises(sweep.UserError, match="ensemble .no checkpoint of its own.: export each member"):
+        export.export_run(sweep_dir / "ensemble", p, "onnx")
+    with pytest.raises(sweep.UserError, match="predict with each member .*members: small, large"):
+        predict.predict_files(sweep_dir / "ensemble", p, [str(tmp_path)], progress=False)
+
+
 # --------------------------------------------------------------------------- a tiny sweep, run for real
 @pytest.fixture(scope="module")
 def tiny_sweep(tiny_data, tmp_path_factory):
