@@ -13,6 +13,7 @@ exact  the original project's path pixel for pixel: a full decode, then the bili
 from __future__ import annotations
 
 import signal
+import warnings
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -30,14 +31,41 @@ def target_size(width: int, height: int, size: int, resize: str) -> tuple[int, i
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def grey(img: Image.Image) -> Image.Image:
-    """8-bit grey; a 16-bit PNG is scaled by 255/65535 rather than clipped at 255 as PIL's convert would."""
+BIT_DEPTHS = (8, 10, 12, 14, 16)   # what medical images use; a 12-bit scan is often stored in a 16-bit PNG
+
+
+def bits_used(top: int) -> int:
+    """The smallest usual bit depth that holds `top`, the image's largest value."""
+    return next((b for b in BIT_DEPTHS if top < 2 ** b), 16)
+
+
+def _block_mean(img: Image.Image, factor: int, rows_per_band: int = 256) -> np.ndarray:
+    """Mean of factor x factor blocks, read a band of rows at a time from the decoded image: the memory of a
+    band (as integers, then floats), never a copy of the whole image."""
+    w, h = (img.size[0] // factor) * factor, (img.size[1] // factor) * factor
+    out = np.empty((h // factor, w // factor), np.float32)
+    step = max(1, rows_per_band // factor) * factor
+    for top in range(0, h, step):
+        band = np.asarray(img.crop((0, top, w, min(top + step, h))), dtype=np.float32)
+        out[top // factor:(top + len(band)) // factor] = band.reshape(-1, factor, w // factor, factor).mean((1, 3))
+    return out
+
+
+def grey(img: Image.Image, target: tuple[int, int] | None = None) -> Image.Image:
+    """8-bit grey. A 16-bit image is scaled by the bits it uses (a 12-bit scan in a 16-bit PNG by 255/4095, with
+    a warning, not near-black at 255/65535), and, when much larger than `target`, block-averaged first, so a
+    12000 x 12000 PNG needs its 16-bit pixels and a band of floats, not gigabytes."""
     if img.mode == "L":
         return img
     if img.mode.startswith("I"):
-        pixels = np.asarray(img, dtype=np.float64)
-        full = 65535.0 if img.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        return Image.fromarray(np.clip(np.rint(pixels * (255.0 / full)), 0, 255).astype(np.uint8))
+        factor = max(1, min(img.size[0] // (2 * target[0]), img.size[1] // (2 * target[1]))) if target else 1
+        pixels = _block_mean(img, factor) if factor > 1 else np.asarray(img)
+        top = int(pixels.max()) if pixels.size else 0
+        bits = bits_used(top) if img.mode.startswith("I;16") or top > 255 else 8
+        if 8 < bits < 16:
+            warnings.warn(f"{bits}-bit values in a 16-bit image: scaled by 255/{2 ** bits - 1}", stacklevel=2)
+        scaled = np.clip(np.rint(pixels.astype(np.float32) * np.float32(255.0 / (2 ** bits - 1))), 0, 255)
+        return Image.fromarray(scaled.astype(np.uint8))
     return img.convert("L")
 
 
@@ -58,7 +86,7 @@ def decode_image(path, size: int, resize: str = "squash", mode: str = "fast",
         if mode == "fast" and img.format == "JPEG":
             img.draft("L", target)
         img.load()
-        small = grey(img).resize(target, RESAMPLE)
+        small = grey(img, target).resize(target, RESAMPLE)
     pixels = np.asarray(small, dtype=np.uint8)
     if resize == "letterbox":
         canvas = np.zeros((size, size), np.uint8)

@@ -152,6 +152,13 @@ NOTEBOOK_KNOBS = {
 STAGE_OUTPUTS = {"cohort": "cohort.csv", "cache": "checkpoints/last.pt", "train": "checkpoints/last.pt"}
 
 FIELDS = {f.name: f for f in dataclasses.fields(Params)}
+# MIMIC-CXR's ViewPosition values (the metadata table): a misspelt view would select no image at all.
+VIEW_POSITIONS = ("AP", "PA", "LATERAL", "LL", "AP AXIAL", "AP LLD", "AP RLD", "PA LLD", "PA RLD", "LAO", "RAO", "LPO",
+                  "XTABLE LATERAL", "SWIMMERS")
+
+
+def unknown_views(views) -> list:
+    return [v for v in views if v not in VIEW_POSITIONS]
 _HINTS = typing.get_type_hints(Params)
 FORBIDDEN = ("password", "passwd", "pwd", "username", "user", "token", "secret", "credential")
 
@@ -276,6 +283,8 @@ def validate(values: dict, where: str = "parameters", sources: dict | None = Non
         ("ci_level", 0.0 < p.ci_level < 1.0, "ci_level must be in (0, 1)"),
         ("std", p.std is None or p.std > 0, "std must be positive (or null to use the cache's statistics)"),
         ("views", bool(p.views), "views must list at least one ViewPosition, e.g. [AP]"),
+        ("views", not unknown_views(p.views), f"views: {unknown_views(p.views)} are not ViewPosition values of "
+                                              f"MIMIC-CXR ({', '.join(VIEW_POSITIONS)})"),
         ("name", p.name and "/" not in p.name and p.name not in (".", ".."), "name must be a plain folder name"),
         ("image_size", image_size_problem(p.head, p.image_size) is None, image_size_problem(p.head, p.image_size)),
     ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,12 +47,16 @@ def find_images(inputs) -> tuple[list[Path], list[tuple[str, str]]]:
 
 
 def decoded(path: Path, size: int, resize: str, mode: str):
+    """(pixels or None, why not, notes on how it was read: e.g. a 12-bit image in a 16-bit PNG)."""
     from .decode import decode_image, failure_reason
 
-    try:
-        return decode_image(path, size, resize, mode, formats=FORMATS)[0], None
-    except Exception as error:  # every unreadable file is reported, none stops the rest
-        return None, failure_reason(error)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            pixels = decode_image(path, size, resize, mode, formats=FORMATS)[0]
+        except Exception as error:  # every unreadable file is reported, none stops the rest
+            return None, failure_reason(error), []
+    return pixels, None, [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
 
 
 def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = True):
@@ -61,6 +66,8 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     from .ensemble import is_ensemble, member_dirs
     from .runtime import amp_dtype
 
+    if batch_size < 1:
+        raise UserError(f"batch_size {batch_size}: at least 1 image per forward pass")
     run_dir = Path(run_dir)
     if is_ensemble(run_dir):
         names = ", ".join(d.name for d in member_dirs(run_dir))
@@ -76,18 +83,19 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
         thresholds, note = {f: 0.5 for f in FINDINGS}, "thresholds: fixed 0.5 (the run has no metrics.json yet)"
     calibrator = image_calibrator(report)
     amp = amp_dtype(trained, device)
-    rows, probs = [], []
+    rows, probs, notes = [], [], []
     args = (trained.image_size, trained.resize, trained.decode)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # PIL decodes without the GIL
         for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch", disable=not progress):
             batch = files[start:start + batch_size]
             images = []
-            for path, (pixels, reason) in zip(batch, pool.map(lambda f: decoded(f, *args), batch)):
+            for path, (pixels, reason, how) in zip(batch, pool.map(lambda f: decoded(f, *args), batch)):
                 if pixels is None:
                     skipped.append((str(path), reason))
                 else:
                     rows.append(str(path))
                     images.append(pixels)
+                    notes += [(str(path), text) for text in how]
             if images:
                 x = transform(torch.from_numpy(np.stack(images))[:, None].to(device))
                 with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -99,6 +107,7 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     out[[f"call_{f}" for f in FINDINGS]] = (prob >= cuts).astype(np.int8)
     if calibrator and calibrator.get("method", "none") != "none":
         out[[f"cal_{f}" for f in FINDINGS]] = recalibration.apply(calibrator, prob).astype(np.float32)
+    out.attrs["notes"] = notes   # [(path, how it was read)]: printed by the command line
     return out, skipped, note
 
 
@@ -124,11 +133,16 @@ def cli(command: str, argv: list[str]) -> int:
     ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="default: the GPU if there is one")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.batch < 1:
+        raise UserError(f"--batch {args.batch}: give the number of images per forward pass, at least 1 "
+                        f"(default {BATCH}; lower it if the GPU runs out of memory)")
     run_dir, p = run_folder(args.run)
     p = validate({**p.to_dict(), "device": args.device}, "--device")
     frame, skipped, note = predict_files(run_dir, p, args.inputs, args.batch, progress=not args.no_progress)
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    for path, text in frame.attrs.get("notes", []):
+        print(f"note {path}: {text}", file=sys.stderr)
     if args.out:
         atomic_write_csv(args.out, frame, index=False, float_format="%.9g")
         print(f"{len(frame)} image(s) -> {args.out}; {len(skipped)} skipped; {note}")

@@ -151,6 +151,7 @@ def plan(grid: dict, runs_dir: str = "runs", write: bool = True) -> list[dict]:
                                     "(name: in the grid file)")
         status = "finished" if (folder / DONE).is_file() else "unfinished" if frozen else "new"
         members.append({"name": name, "dir": folder, "status": status, "params": p})
+    check_members(grid, members)
     if grid["ensemble"]:
         check_shared_cohort(grid, members)
     if grid["baseline"] and grid["baseline"] not in {m["name"] for m in members}:
@@ -166,6 +167,18 @@ def plan(grid: dict, runs_dir: str = "runs", write: bool = True) -> list[dict]:
     for m in members:
         params_mod.freeze_if_changed(m["params"], m["dir"])
     return members
+
+
+def check_members(grid: dict, members: list[dict]) -> None:
+    """What would otherwise fail only once a member runs, after the others trained: the notebooks exist, and a
+    member that trains and selects on a validation split has one. Checked at --dry-run and before any start."""
+    try:
+        notebooks = notebooks_of(grid)
+    except UserError as e:
+        raise GridError(f"{grid['path']}: notebooks: {e}") from None
+    if "02_train" in notebooks:
+        for m in members:
+            params_mod.check_for_training(m["params"], f"{grid['path']} (member {m['name']})")
 
 
 def check_shared_cohort(grid: dict, members: list[dict]) -> None:

@@ -381,3 +381,29 @@ def test_a_runs_usable_cohort_leaves_out_the_images_that_failed(tmp_path):
     p = params.validate({"data_root": str(tmp_path), "image_size": 32, "head": "avgpool"})
     usable = cache_mod.usable_cohort(tmp_path / "run", p)
     assert list(usable["dicom_id"]) == list(cohort.drop(index=2)["dicom_id"])   # what notebook 02 counts
+
+
+def test_a_16_bit_png_is_scaled_by_the_bits_it_uses_and_a_huge_one_in_bounded_memory(tmp_path):
+    """A 12-bit scan stored in a 16-bit PNG would come out near-black at 255/65535; it is scaled by 255/4095, with
+    a warning. A 16-bit PNG many times the target size is block-averaged a band at a time before any float copy."""
+    import tracemalloc
+    import warnings
+
+    from cxrlib.decode import decode_image
+
+    ramp = np.tile(np.linspace(0, 4095, 256).astype(np.uint16), (256, 1))
+    Image.fromarray(ramp).save(tmp_path / "twelve.png")   # PIL writes mode I;16
+    with pytest.warns(UserWarning, match="12-bit values in a 16-bit image: scaled by 255/4095"):
+        pixels, _ = decode_image(tmp_path / "twelve.png", 256, formats=("PNG",))
+    assert pixels.max() == 255 and abs(int(pixels[0, 128]) - 128) <= 2
+    full = np.tile(np.linspace(0, 65535, 4000).astype(np.uint16), (4000, 1))
+    Image.fromarray(full).save(tmp_path / "huge.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # a full 16-bit range: no note
+        tracemalloc.start()
+        big, source = decode_image(tmp_path / "huge.png", 64, formats=("PNG",))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert source == (4000, 4000) and big.shape == (64, 64)
+    assert abs(int(big[0, 32]) - 128) <= 3 and big[0, -1] >= 250
+    assert peak < 40e6   # a float64 copy of the image alone would be 128 MB

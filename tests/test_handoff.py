@@ -270,3 +270,6 @@ def test_the_commands_name_a_missing_run_and_export_from_the_command_line(tiny_r
     assert main(["export", "--run", str(tiny_run), "--format", "torchscript", "--out", str(out)]) == 0
     assert "parity with PyTorch" in capsys.readouterr().out and out.is_file()
     assert json.loads((tmp_path / "m.pt.json").read_text())["parity"]["max_abs_prob_diff"] < 1e-4
+    for batch in ("0", "-3"):   # once: nothing predicted and exit 0, or a traceback
+        assert main(["predict", "--run", str(tiny_run), "--batch", batch, str(tmp_path)]) == 2
+        assert f"--batch {batch}: give the number of images per forward pass, at least 1" in capsys.readouterr().err

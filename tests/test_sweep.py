@@ -58,6 +58,9 @@ def test_member_parameters_and_their_folders(tmp_path):
     ({"members": [{"lr": 0.1}, {"lr": 0.1}]}, "twice"),
     ({"vary": {"lr": [0.1]}, "baseline": "nope"}, "baseline 'nope'"),
     ({"slurm": {"partitions": "gpu"}}, "slurm"),
+    ({"notebooks": ["09"]}, "notebooks: --notebooks"),                          # found before any member starts
+    ({"set": {"split_mode": "seed", "val_fraction": 0.0}}, "needs a validation split"),
+    ({"vary": {"views": [["AP"], ["APP"]]}}, "views: ['APP'] are not ViewPosition values"),
 ])
 def test_bad_grids_name_the_file_and_the_key(tmp_path, grid, message):
     path = write_grid(tmp_path, **grid)
