@@ -4,6 +4,7 @@ workers, publishing, and one build per folder at a time. cache.build_cache drive
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import multiprocessing
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .decode import RESAMPLE, decode_one, ignore_sigint
 from .errors import UserError
-from .fsutil import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from .fsutil import atomic_write_bytes, atomic_write_csv, atomic_write_json, disk_full
 from .progress import bar as progress_bar
 from .progress import is_batch
 
@@ -86,6 +87,26 @@ def read_plan(path: Path) -> pd.DataFrame | None:
         return None
 
 
+def reserve(path: Path) -> None:
+    """Give the memory-mapped image file its blocks now: open_memmap makes it sparse, and writing pixels into
+    a sparse file on a full disk kills the process with SIGBUS (no message, a dead kernel). Reserved up front,
+    a full disk is one line here, before any decoding."""
+    if not hasattr(os, "posix_fallocate"):   # macOS: the free-space check before the build is what there is
+        return
+    with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as error:
+            if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):   # a filesystem that cannot reserve
+                return
+            full = disk_full(error, path.parent)
+            if full is None:
+                raise
+            raise UserError(f"{path}: the image cache needs {size / 1e9:.2f} GB and {full}; free some space or set "
+                            "cache_dir to a larger disk, then rerun (the images decoded so far are kept)") from None
+
+
 class Build:
     """The state of one build in <final>/.building/: the images file and which rows are done."""
 
@@ -122,6 +143,7 @@ class Build:
             return False
         self.status, self.width, self.height = progress["status"], progress["width"], progress["height"]
         self.reasons, self.images = reasons, images
+        reserve(self.images_path)   # a build from before reservations, or a file left sparse
         return True
 
     def start(self) -> None:
@@ -134,6 +156,7 @@ class Build:
             raise UserError(f"the cache needs {need / 1e9:.1f} GB but {self.dir} has {free / 1e9:.1f} GB free; "
                             "free some space or set cache_dir (--cache-dir) to a larger disk.")
         self.images = open_memmap(self.images_path, mode="w+", dtype=np.uint8, shape=shape)
+        reserve(self.images_path)
         atomic_write_csv(self.dir / "plan.csv", self.plan)
         atomic_write_json(self.dir / "state.json", self.key())
         self.save()

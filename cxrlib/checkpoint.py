@@ -17,7 +17,7 @@ import torch
 
 from . import params as params_mod
 from .errors import UserError
-from .fsutil import atomic_path
+from .fsutil import atomic_path, disk_full
 from .index import read_history  # noqa: F401 (torch-free, for `make runs`; kept here as this module's API)
 from .labels import FINDINGS
 
@@ -47,9 +47,17 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path, checkpoint: dict) -> None:
-    """torch.save to a temp file beside `path`, fsync, os.replace: a kill leaves the old file whole."""
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(checkpoint, tmp)
+    """torch.save to a temp file beside `path`, fsync, os.replace: a kill leaves the old file whole, and so
+    does a full disk, which is said in one line (torch's own message is a stream writer's position)."""
+    try:
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(checkpoint, tmp)
+    except (OSError, RuntimeError) as error:
+        full = disk_full(error, Path(path).parent)
+        if full is None:
+            raise
+        raise UserError(f"{path}: not saved: {full}. The previous checkpoint is intact; free some space (or move "
+                        "runs_dir to a larger disk) and continue with RESUME=1") from None
 
 
 RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng")

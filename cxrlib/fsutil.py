@@ -63,6 +63,26 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def disk_full(error: BaseException, folder) -> str | None:
+    """A sentence when `error` is the disk filling up under `folder` (ENOSPC, or a writer's short write on a full
+    disk, as torch.save reports it), else None."""
+    import errno
+    import shutil
+
+    if isinstance(error, OSError) and error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    if not isinstance(error, OSError) and not any(s in str(error) for s in ("unexpected pos", "write failed", "No space")):
+        return None
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:   # the nearest folder that exists is on that disk
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "the disk is full"
+    return f"the disk is full ({free / 1e6:,.0f} MB free under {folder})"
+
+
 def jsonable(value):
     """NaN, inf and pd.NA -> None; numpy scalars -> Python numbers (json.dumps writes NaN, which is not JSON)."""
     import numpy as np  # here, not at the top: light commands import fsutil without the array libraries

@@ -22,6 +22,7 @@ from pathlib import Path
 from . import params as params_mod
 from . import runlock
 from .errors import Interrupted, UserError
+from .fsutil import disk_full
 from .index import NOTEBOOKS, print_summary
 from .progress import Streamer
 from .report import CODE_HIDDEN_IN, render_html, strip_images
@@ -258,6 +259,12 @@ def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, prog
         raise UserError(
             f"{notebook}.ipynb failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
             f"  see {output} (and .html beside it)") from None
+    except OSError as error:   # papermill could not save the notebook: the run folder's disk
+        full = disk_full(error, run_dir)
+        if full is None:
+            raise
+        raise UserError(f"{notebook}: {full}; the executed notebook could not be saved. Free some space and rerun "
+                        "the same command (training continues from its last checkpoint)") from None
     except KeyboardInterrupt:
         kept = keep_partial(running, output, p)
         raise Interrupted(f"interrupted in {notebook}" + (f" (what ran is in {output})" if kept else "")

@@ -150,12 +150,61 @@ class MLflow(Tracker):
         self.client.set_terminated(self.run_id)   # a later evaluation logs into the same run again
 
 
+class Guarded(Tracker):
+    """A tracker whose failures never stop the work: a store that is read-only, full or gone is reported once,
+    in one line naming it, and tracking stops for the rest of the command while training goes on."""
+
+    def __init__(self, make, where: str):
+        self.where, self.inner = where, Tracker()
+        try:
+            self.inner = make()
+        except UserError:   # a missing package: the user's setting, said before any work
+            raise
+        except Exception as error:   # any store failure: tracking is a side effect, never the work
+            self._off(error)
+
+    def _off(self, error: Exception) -> None:
+        import warnings
+
+        warnings.warn(f"tracking stopped: {self.where} could not be written ({type(error).__name__}: {error}); "
+                      "the run goes on without it. Check the folder's space and permissions, or set tracker: none",
+                      stacklevel=3)
+        self.inner = Tracker()
+
+    def _call(self, name: str, *args) -> None:
+        try:
+            getattr(self.inner, name)(*args)
+        except Exception as error:   # the same, during the work
+            self._off(error)
+
+    def step(self, step, loss, lr):
+        self._call("step", step, loss, lr)
+
+    def epoch(self, epoch, values):
+        self._call("epoch", epoch, values)
+
+    def final(self, run_dir, p):
+        self._call("final", run_dir, p)
+
+    def close(self):
+        self._call("close")
+
+
+def _writable(folder: Path) -> Path:
+    """The folder, created, after one probe write (SummaryWriter would fail later, in a background thread)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".cxrlib-write-test"
+    probe.write_bytes(b"")
+    probe.unlink()
+    return folder
+
+
 def open_tracker(p, run_dir) -> Tracker:
-    kind = getattr(p, "tracker", "none")
+    kind, run_dir = getattr(p, "tracker", "none"), Path(run_dir)
     if kind == "tensorboard":
-        return TensorBoard(p, Path(run_dir))
+        return Guarded(lambda: (_writable(run_dir / "tb"), TensorBoard(p, run_dir))[1], f"TensorBoard's {run_dir / 'tb'}")
     if kind == "mlflow":
-        return MLflow(p, Path(run_dir))
+        return Guarded(lambda: MLflow(p, run_dir), f"MLflow's store {p.tracking_uri or mlflow_store(p)}")
     return Tracker()
 
 
