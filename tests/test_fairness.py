@@ -236,6 +236,9 @@ def test_notebook_05_writes_group_level_figures_only(tiny_run):
     cohort = pd.read_csv(tiny_run / "cohort.csv", dtype=str)
     assert summary["coverage"]["patients"] == cohort["subject_id"].nunique()
     assert summary["procedure"]["primary_tests"] == int(((rows["tier"] == "primary") & rows["p_value"].notna()).sum())
+    predictions = pd.read_csv(tiny_run / "predictions.csv", dtype=str)
+    test_patients = predictions.loc[predictions["split"] == "test", "subject_id"].nunique()
+    assert summary["test_coverage"]["patients"] == test_patients   # counted on the audited units, not the cohort
     assert not any(key in json.dumps(summary["rows"]) for key in cohort["subject_id"].head(20))
     demographics = pd.read_csv(tiny_run / "demographics.csv", dtype=str)
     assert len(demographics) == len(cohort) and set(demographics["race"]) <= set(

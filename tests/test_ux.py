@@ -330,3 +330,13 @@ def test_notebook_seconds_reads_the_notebook_level_duration_from_the_tail(tmp_pa
         path.write_text(json.dumps(nb, indent=1))
         assert index.notebook_seconds(path) == expected
     assert index.notebook_seconds(tmp_path / "missing.ipynb") == 0.0
+
+
+def test_make_evaluate_checks_params_and_make_train_on_a_run_does_not_take_the_demo_preset():
+    """PARAMS= on make evaluate used to be ignored without a word; now it reaches the runner, which checks it
+    against the run's params.yaml like any other change."""
+    out = subprocess.run(["make", "-n", "evaluate", "RUN=x", "PARAMS=params/improved.yaml"], cwd=PROJECT,
+                         capture_output=True, text=True)
+    assert "--params params/improved.yaml --notebooks 03,04,05" in out.stdout
+    out = subprocess.run(["make", "-n", "evaluate", "RUN=x"], cwd=PROJECT, capture_output=True, text=True)
+    assert "--params" not in out.stdout.split("--notebooks 03,04,05")[0].split("cxrlib run")[-1]
