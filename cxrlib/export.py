@@ -6,8 +6,8 @@ probabilities (N, 14): the scaling to [0, 1] and the run's mean/std are inside, 
 cannot get them wrong. Its metadata holds the findings in output order, the validation thresholds,
 the recalibration (if any), the data's fingerprints and the sharing note. Every export is verified:
 the file is run (onnxruntime, or torch.jit for TorchScript) on the run's cached test images against
-PyTorch, and the largest probability difference is written to export.json beside it; above
-PARITY_LIMIT the export fails.
+PyTorch, and the largest probability difference is written to the record beside it (model.onnx.json);
+above PARITY_LIMIT the export fails and the previous export stays.
 """
 from __future__ import annotations
 
