@@ -88,17 +88,18 @@ def procedure(rows: pd.DataFrame) -> dict:
 def verdicts(plan: dict, subjects: np.ndarray, attributes: pd.DataFrame, min_group_patients: int) -> dict:
     """Per attribute: how many test patients have a known value, and whether any comparison could be made.
 
-    The count is published only where it reveals no small cell: with fewer than min_group_patients
-    patients of unknown value it says so instead of the number (total minus known would recover them)."""
+    The count is published only where it reveals no hidden cell: with it, the hidden known cells sum to known
+    minus the visible ones, and the hidden unknown cells to total minus known minus theirs; a sum over exactly
+    one hidden cell is that cell's count, so the number is withheld then."""
     out = {}
     for attribute, part in plan.items():
         known = ~np.array([fairness.is_unknown(v) for v in attributes[attribute].astype(str)], dtype=bool)
         patients = int(len(np.unique(subjects[known])))
         total = int(len(np.unique(subjects)))
-        unknown = int(len(np.unique(subjects[~known])))
-        text_known = (f"{patients} of {total} test patients with a known value" if unknown == 0 or
-                      unknown >= min_group_patients else
-                      f"all but fewer than {min_group_patients} of {total} test patients with a known value")
+        hidden = [v for v in part["patients"] if v in part["small"] | part["complementary"] and part["patients"][v]]
+        one_alone = 1 in (sum(not fairness.is_unknown(v) for v in hidden), sum(fairness.is_unknown(v) for v in hidden))
+        text_known = (f"{total} test patients; the number with a known value is withheld (it would reveal a "
+                      "small group's count)" if one_alone else f"{patients} of {total} test patients with a known value")
         if part["comparisons"]:
             text = f"{len(part['comparisons'])} comparison(s) among {len(part['known'])} groups"
         else:
