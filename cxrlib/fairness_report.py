@@ -58,8 +58,7 @@ def audit_run(run_dir, p, progress: bool = False) -> dict:
     tested = table[table["subject_id"].isin(set(units["subject_id"]))].drop_duplicates("subject_id")
     summary = {"run": run_dir.name, "level": p.eval_level, "threshold_rule": "f1", "threshold_note": threshold_note,
                "thresholds": thresholds, "coverage": coverage, "min_group_patients": p.min_group_patients,
-               "test_coverage": {"patients": int(len(tested)), "in_mimic_iv": int(tested["in_mimic_iv"].sum()),
-                                 "with_admission": int(tested["has_admission"].sum())},
+               "test_coverage": test_coverage(tested, p.min_group_patients),
                "data_problems": demographics.data_problems(coverage),
                "n_boot": p.bootstrap, "ci_level": p.ci_level, "test_units": int(len(units)),
                "age_bands": p.age_bands, "procedure": procedure(rows),
@@ -70,6 +69,18 @@ def audit_run(run_dir, p, progress: bool = False) -> dict:
                "planted": planted_check(rows, planted) if planted else None, "rows": rows.to_dict("records")}
     atomic_write_json(run_dir / "fairness.json", jsonable(summary))
     return summary
+
+
+def test_coverage(tested: pd.DataFrame, min_group_patients: int) -> dict:
+    """How many audited test patients MIMIC-IV covers; a shortfall under min_group_patients is shown as such
+    (total minus a covered count would be a small cell: the patients with unknown sex, say)."""
+    total = int(len(tested))
+
+    def shown(n: int):
+        return n if n == total or total - n >= min_group_patients else f"all but <{min_group_patients}"
+
+    return {"patients": total, "in_mimic_iv": shown(int(tested["in_mimic_iv"].sum())),
+            "with_admission": shown(int(tested["has_admission"].sum()))}
 
 
 def procedure(rows: pd.DataFrame) -> dict:

@@ -243,6 +243,9 @@ def test_notebook_05_writes_group_level_figures_only(tiny_run):
     predictions = pd.read_csv(tiny_run / "predictions.csv", dtype=str)
     test_patients = predictions.loc[predictions["split"] == "test", "subject_id"].nunique()
     assert summary["test_coverage"]["patients"] == test_patients   # counted on the audited units, not the cohort
+    covered = pd.DataFrame({"in_mimic_iv": [True] * 95 + [False] * 5, "has_admission": [True] * 60 + [False] * 40})
+    assert fairness_report.test_coverage(covered, 30) == {"patients": 100, "in_mimic_iv": "all but <30",
+                                                          "with_admission": 60}
     assert not any(key in json.dumps(summary["rows"]) for key in cohort["subject_id"].head(20))
     demographics = pd.read_csv(tiny_run / "demographics.csv", dtype=str)
     assert len(demographics) == len(cohort) and set(demographics["race"]) <= set(
