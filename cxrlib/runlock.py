@@ -36,14 +36,18 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether the process runs: it exists and is not a zombie (a dead process its parent has not reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:   # someone else's process: alive
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):   # no /proc (macOS): it exists
+        return True
 
 
 def _me(command: str) -> dict:
@@ -71,7 +75,7 @@ def is_stale(holder: dict) -> bool:
     if holder.get("host") != socket.gethostname():
         return False  # cannot check a process on another machine
     pid = int(holder.get("pid", 0))
-    if pid <= 0 or not _alive(pid):
+    if pid <= 0 or not running(pid):
         return True
     return bool(holder.get("start")) and _start_time(pid) not in (None, holder["start"])   # PID reused
 

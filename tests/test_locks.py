@@ -38,11 +38,10 @@ def holder(folder: Path) -> subprocess.Popen:
 
 
 def gone(pid: int, seconds: float = 15) -> bool:
+    """Whether the process ended within `seconds` (a zombie nobody reaped yet has ended too)."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not runlock.running(pid):
             return True
         time.sleep(0.1)
     return False
