@@ -50,7 +50,9 @@ decode = "fast"                # fast (draft-mode JPEG decode) | exact (the orig
 import pandas as pd
 from IPython.display import display
 
-from cxrlib import cache, cohort, runs, viz
+from cxrlib.data import cache, cohort
+from cxrlib.evaluation import viz
+from cxrlib.experiments import runs
 
 p = runs.notebook_setup(run_dir, globals())
 

@@ -37,7 +37,10 @@ resume = False                 # an existing last.pt with the same parameters is
 # %%
 from IPython.display import HTML, display
 
-from cxrlib import cache, checkpoint, runs, train, viz
+from cxrlib.data import cache
+from cxrlib.evaluation import viz
+from cxrlib.experiments import runs
+from cxrlib.training import checkpoint, train
 
 p = runs.notebook_setup(run_dir, globals(), show=viz.TRAINING_RECIPE)   # the recipe, as a table
 if p.select_on == "test":

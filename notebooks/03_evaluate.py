@@ -55,8 +55,10 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import HTML, display
 
-from cxrlib import compare, evaluate, levels, runs, viz
-from cxrlib import gold as goldlib
+from cxrlib.evaluation import evaluate, paired, tables, viz
+from cxrlib.evaluation import gold as goldlib
+from cxrlib.experiments import runs
+from cxrlib.stats import levels
 
 p = runs.notebook_setup(run_dir, globals())
 
@@ -72,7 +74,7 @@ predictions.groupby("split").agg(images=("dicom_id", "size"), patients=("subject
 
 # %%
 report = evaluate.evaluate_run(run_dir, p, predictions)
-warning = evaluate.selection_warning_html(report)
+warning = tables.selection_warning_html(report)
 if warning:
     display(HTML(warning))
 else:
@@ -87,7 +89,7 @@ print(f"macro averages over {len(macro['findings'])} of 14 findings"
       + (f"; one class only: {', '.join(macro['one_class'])}" if macro["one_class"] else ""))
 for note in report["notes"]:
     print("note:", note)
-evaluate.headline_table(report)
+tables.headline_table(report)
 
 # %% [markdown]
 # ## Image or study level
@@ -101,7 +103,7 @@ level = report["level"]
 print(f"headline level: {level['headline']}"
       + (f" ({level['aggregate']} of each study's image probabilities)" if level["aggregate"] else "")
       + ("" if level["several_images_per_study"] else "; every study has one image here, so both levels agree"))
-evaluate.level_table(report)
+tables.level_table(report)
 
 # %% [markdown]
 # ## Per finding: AUROC and AUPRC on test
@@ -112,7 +114,7 @@ evaluate.level_table(report)
 # `eval_level` unit.
 
 # %%
-viz.readable(evaluate.per_finding_table(report, "test"))
+viz.readable(tables.per_finding_table(report, "test"))
 
 # %%
 viz.plot_forest(report['splits']['test'])
@@ -142,7 +144,7 @@ viz.plot_reliability(y_test, p_test)
 viz.plot_reliability(y_test, p_test, per_finding=True)
 
 # %%
-evaluate.calibration_table(report).round(4)
+tables.calibration_table(report).round(4)
 
 # %% [markdown]
 # ## Recalibration (`calibration`)
@@ -158,7 +160,7 @@ recal = report["recalibration"]
 if recal is None:
     print("calibration: none (or no validation split): the probabilities are the model's own")
 else:
-    from cxrlib import recalibration
+    from cxrlib.evaluation import recalibration
 
     print(f"{recal['method']}, fitted on {recal['fitted_on']}" + "".join(f"; {note}" for note in recal["notes"]))
     display(recalibration.before_after(report).round(4))
@@ -177,7 +179,7 @@ print(f"thresholds chosen on: {report['thresholds']['chosen_on'] or 'nothing (no
 if not report["image_level"]["same_as_headline"]:
     print("predict and the export use thresholds and a recalibration fitted on the validation images "
           "(metrics.json: image_level), since they score single images")
-thresholds = evaluate.threshold_table(report)
+thresholds = tables.threshold_table(report)
 thresholds.round(3)
 
 # %%
@@ -194,7 +196,7 @@ thresholds[thresholds["rule"] == rule].set_index("finding")[
 # `seed-pos`) or with `improved`.
 
 # %%
-comparison = evaluate.original_comparison(report)
+comparison = tables.original_comparison(report)
 print(comparison.attrs["note"])
 comparison.round(4)
 
@@ -237,15 +239,15 @@ if gold["available"] and gold["agreement"]:
 
 # %%
 if p.compare_with:
-    differences = compare.compare_runs(run_dir, Path(p.runs_dir) / p.compare_with, p)
+    differences = paired.compare_runs(run_dir, Path(p.runs_dir) / p.compare_with, p)
     a = differences.attrs
     unit_name = "studies" if a["level"] == "study" else "images"
     print(f"{a['this']} - {a['other']} on the {a['shared_images']} test {unit_name} both predicted "
           f"({a['patients']} patients; {a['this']} has {a['this_images']}, {a['other']} {a['other_images']}); "
           f"{a['ci_level']:.0%} CIs from {a['n_boot']} paired patient resamples; macro over "
           f"{len(a['macro_findings'])} findings")
-    display(compare.readable(differences))
-    display(compare.plot_differences(differences))
+    display(paired.readable(differences))
+    display(paired.plot_differences(differences))
 else:
     print("compare_with is empty: no paired comparison. Set compare_with: <run name> (make evaluate RUN=... "
           "COMPARE_WITH=<other run>) to compare two runs on the same test images.")
@@ -255,7 +257,7 @@ else:
 
 # %%
 if "validate" in report["splits"]:
-    display(viz.readable(evaluate.per_finding_table(report, "validate")))
+    display(viz.readable(tables.per_finding_table(report, "validate")))
 else:
     print("no validation split in this run")
 

@@ -37,7 +37,9 @@ ci_level = 0.95
 # %%
 from IPython.display import display
 
-from cxrlib import analysis, cohort, evaluate, runs
+from cxrlib.data import cohort
+from cxrlib.evaluation import analysis, evaluate
+from cxrlib.experiments import runs
 
 p = runs.notebook_setup(run_dir, globals())
 

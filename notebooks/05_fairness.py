@@ -20,7 +20,7 @@
 # give every cohort image its patient's sex, age at the study, race and insurance
 # (`runs/<name>/demographics.csv`, never a model input). The audit compares groups on the test split
 # at the thresholds chosen on the **validation** split, with one procedure declared in advance
-# (`cxrlib/fairness.py`):
+# (`cxrlib/evaluation/fairness.py`):
 #
 # - **Comparisons**: two groups with a known value give one comparison (F vs M, not also M vs F);
 #   more give each group against the rest of them. Unknown values are reported, never compared.
@@ -51,8 +51,9 @@ ci_level = 0.95
 import pandas as pd
 from IPython.display import display
 
-from cxrlib import fairness_report as report
-from cxrlib import runs, viz
+from cxrlib.evaluation import audit as report
+from cxrlib.evaluation import viz
+from cxrlib.experiments import runs
 
 p = runs.notebook_setup(run_dir, globals())
 

@@ -41,16 +41,17 @@ from pathlib import Path
 
 from IPython.display import display
 
-from cxrlib import group, viz
+from cxrlib.evaluation import viz
+from cxrlib.experiments import compare
 
 Path(run_dir).mkdir(parents=True, exist_ok=True)
-result = group.compare_group(runs, runs_root, baseline, out_dir=run_dir,
+result = compare.compare_group(runs, runs_root, baseline, out_dir=run_dir,
                              overrides={"bootstrap": bootstrap, "ci_level": ci_level, "seed": seed,
                                         "compare_on": compare_on})
 print(f"{len(result['folders'])} runs; baseline {result['baseline']}")
 if result["not_evaluated"]:
     print(f"left out, not evaluated yet (no metrics.json): {', '.join(result['not_evaluated'])}")
-print(group.selection_statement(result["headline"]))
+print(compare.selection_statement(result["headline"]))
 
 # %% [markdown]
 # ## Members
@@ -59,7 +60,7 @@ print(group.selection_statement(result["headline"]))
 viz.readable(result["headline"])
 
 # %%
-group.plot_members(result["headline"], "auroc_macro")
+compare.plot_members(result["headline"], "auroc_macro")
 
 # %% [markdown]
 # ## Across seeds (mean ± SD)
@@ -82,4 +83,4 @@ viz.readable(result["against_baseline"])
 # ## Training curves, overlaid
 
 # %%
-group.plot_curves(result["folders"])
+compare.plot_curves(result["folders"])

@@ -74,7 +74,7 @@ def tiny_params(data_root, runs_dir, name: str, **overrides):
 
 def run_notebooks(p, notebooks=None):
     """runs.run (which works from the project root), restoring the working directory afterwards."""
-    from cxrlib import runs
+    from cxrlib.experiments import runs
 
     cwd = os.getcwd()
     try:
@@ -99,10 +99,10 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from cxrlib import synth
+    from cxrlib.synthetic import mimic_cxr
 
     root = tmp_path_factory.mktemp("tiny-data")
-    synth.generate(root, subjects=300, seed=0, image_size="small", workers=1, progress=False, max_studies=1)
+    mimic_cxr.generate(root, subjects=300, seed=0, image_size="small", workers=1, progress=False, max_studies=1)
     return root
 
 

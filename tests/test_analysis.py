@@ -2,9 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib import analysis, evaluate, params
-from cxrlib.cache import open_cache
+from cxrlib import params
+from cxrlib.data.cache import open_cache
 from cxrlib.errors import UserError
+from cxrlib.evaluation import analysis, evaluate
 from cxrlib.labels import FINDINGS
 
 EDEMA = "Edema"

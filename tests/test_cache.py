@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib import cache as cache_mod
-from cxrlib import decode as decode_mod
-from cxrlib.cache import build_cache, cohort_with_rows, open_cache
-from cxrlib.decode import decode_image
+from cxrlib.data import cache as cache_mod
+from cxrlib.data import decode as decode_mod
+from cxrlib.data.cache import build_cache, cohort_with_rows, open_cache
+from cxrlib.data.decode import decode_image
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
 
@@ -218,7 +218,7 @@ def test_an_interrupted_rebuild_leaves_the_previous_cache_whole(tmp_path, monkey
 KILLED_BUILD = """
 import os, signal, sys
 import pandas as pd
-from cxrlib import cache, decode
+from cxrlib.data import cache, decode
 real, calls = decode.decode_image, []
 def dying(*args):
     if len(calls) == 7:
@@ -328,7 +328,7 @@ def test_exact_decode_is_the_original_path_pixel_for_pixel_and_has_its_own_cache
 
 
 def _build_in_process(root, cohort_csv, out_json):
-    from cxrlib.cohort import read_cohort
+    from cxrlib.data.cohort import read_cohort
 
     cohort = read_cohort(cohort_csv)
     cache = build_cache(root, cohort, size=16, workers=1, progress=False)
@@ -341,7 +341,7 @@ def test_two_cohorts_built_at_once_share_the_cache_without_evicting_each_other(t
     ends with every one of its images, at rows that later builds never move, and its own statistics."""
     import multiprocessing
 
-    from cxrlib.cohort import write_cohort
+    from cxrlib.data.cohort import write_cohort
 
     first = make_cohort(tmp_path, 8)
     second = pd.concat([first.iloc[::2], make_cohort(tmp_path, 6, start=8)], ignore_index=True)
@@ -370,7 +370,7 @@ def test_two_cohorts_built_at_once_share_the_cache_without_evicting_each_other(t
 
 def test_a_runs_usable_cohort_leaves_out_the_images_that_failed(tmp_path):
     from cxrlib import params
-    from cxrlib.cohort import write_cohort
+    from cxrlib.data.cohort import write_cohort
 
     cohort = make_cohort(tmp_path, 5)
     (tmp_path / cohort.loc[2, "path"]).write_bytes(b"garbage" * 20)
@@ -389,7 +389,7 @@ def test_a_16_bit_png_is_scaled_by_the_bits_it_uses_and_a_huge_one_in_bounded_me
     import tracemalloc
     import warnings
 
-    from cxrlib.decode import decode_image
+    from cxrlib.data.decode import decode_image
 
     ramp = np.tile(np.linspace(0, 4095, 256).astype(np.uint16), (256, 1))
     Image.fromarray(ramp).save(tmp_path / "twelve.png")   # PIL writes mode I;16

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib import cohort
 from cxrlib.__main__ import main
+from cxrlib.data import cohort
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
 from cxrlib.params import Params

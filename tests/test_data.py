@@ -7,8 +7,8 @@ import torch
 from numpy.lib.format import open_memmap
 
 from cxrlib import params
-from cxrlib.data import BatchTransform, CacheDataset, EpochSampler, make_loader
 from cxrlib.errors import UserError
+from cxrlib.training.loader import BatchTransform, CacheDataset, EpochSampler, make_loader
 
 
 def tiny_cache(path, n=10, size=8):
@@ -124,7 +124,7 @@ def test_batch_transform_from_params_takes_cache_stats_for_null_mean_std():
 
 NOTEBOOK_CODE = """
 import json, numpy as np, torch
-from cxrlib.data import CacheDataset, make_loader
+from cxrlib.training.loader import CacheDataset, make_loader
 ds = CacheDataset(images_path, rows=np.arange(24), labels=np.zeros((24, 3), np.float32))
 loader = make_loader(ds, 5, True, num_workers=2, seed=0, epoch=1)
 seen = torch.cat([batch[3] for batch in loader]).tolist()

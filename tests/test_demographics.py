@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib import demographics as dm
+from cxrlib.data import demographics as dm
 from cxrlib.errors import UserError
 
 
@@ -113,14 +113,16 @@ def test_missing_mimic_iv_tables_say_where_they_were_looked_for(tmp_path):
 
 
 def test_synthetic_mimic_iv_tables_have_the_release_shape_and_join(tmp_path):
-    from cxrlib import cohort, params, synth, synth_mimic_iv
+    from cxrlib import params
+    from cxrlib.data import cohort
+    from cxrlib.synthetic import mimic_cxr, mimic_iv
 
-    synth.generate(tmp_path, subjects=1500, seed=0, images=False, progress=False, max_studies=3)
-    root = tmp_path / synth_mimic_iv.FOLDER
+    mimic_cxr.generate(tmp_path, subjects=1500, seed=0, images=False, progress=False, max_studies=3)
+    root = tmp_path / mimic_iv.FOLDER
     patients = pd.read_csv(root / "hosp" / "patients.csv.gz", dtype=str)
     admissions = pd.read_csv(root / "hosp" / "admissions.csv.gz", dtype=str)
-    assert list(patients.columns) == synth_mimic_iv.PATIENT_COLUMNS
-    assert list(admissions.columns) == synth_mimic_iv.ADMISSION_COLUMNS
+    assert list(patients.columns) == mimic_iv.PATIENT_COLUMNS
+    assert list(admissions.columns) == mimic_iv.ADMISSION_COLUMNS
     assert set(patients["gender"]) == {"F", "M"} and patients["anchor_age"].astype(int).between(18, 91).all()
     assert admissions["admittime"].str.fullmatch(r"2\d{3}-\d\d-\d\d \d\d:\d\d:\d\d").all()
     assert {"WHITE - RUSSIAN", "UNABLE TO OBTAIN"} <= set(admissions["race"])

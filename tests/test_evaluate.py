@@ -9,11 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from cxrlib import compare, evaluate, levels, metrics, params, runs
-from cxrlib import gold as goldlib
-from cxrlib.cohort import read_cohort
+from cxrlib import params
+from cxrlib.data.cohort import read_cohort
 from cxrlib.errors import UserError
+from cxrlib.evaluation import evaluate, paired, tables
+from cxrlib.evaluation import gold as goldlib
+from cxrlib.experiments import runs
 from cxrlib.labels import FINDINGS
+from cxrlib.stats import levels, metrics
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +147,7 @@ def test_epochs_are_chosen_on_the_units_the_figures_count(tiny_run):
 
 
 def test_per_unit_aggregates_probabilities_and_keeps_one_label_row():
-    from cxrlib.inference import per_unit
+    from cxrlib.training.inference import per_unit
 
     probs = np.array([[0.2, 0.9], [0.4, 0.1], [0.7, 0.5]])
     labels = np.array([[1.0, np.nan], [1.0, np.nan], [0.0, 1.0]])
@@ -203,7 +206,7 @@ def test_threshold_metrics_on_test_match_hand_counts(tiny_run):
     report = evaluate.read_metrics(tiny_run)
     predictions = evaluate.read_predictions(tiny_run)
     test = levels.study_rows(predictions[predictions["split"] == "test"], "mean")   # the demo's eval_level
-    table = evaluate.threshold_table(report)
+    table = tables.threshold_table(report)
     for row in table[table["rule"] == "f1"].dropna(subset=["tp"]).itertuples():
         y = test[row.finding].to_numpy()
         called = test[evaluate.prob_column(row.finding)].to_numpy() >= row.threshold
@@ -227,14 +230,14 @@ def test_selection_on_test_is_flagged_loudly(tiny_run):
     report = evaluate.evaluate_run(tiny_run, p, evaluate.read_predictions(tiny_run), write=False)
     assert report["test_selected"] is True and report["selection"]["test_selected"] is True
     assert "optimistic" in report["warnings"][0]
-    html = evaluate.selection_warning_html(report)
+    html = tables.selection_warning_html(report)
     assert "OPTIMISTIC" in html and "color:#8b0000" in html and "font-weight:bold" in html
-    assert evaluate.selection_warning_html(evaluate.read_metrics(tiny_run)) is None
+    assert tables.selection_warning_html(evaluate.read_metrics(tiny_run)) is None
 
 
 def test_original_comparison_puts_our_ci_beside_both_published_models(tiny_run):
     report = evaluate.read_metrics(tiny_run)
-    table = evaluate.original_comparison(report)
+    table = tables.original_comparison(report)
     assert list(table.index) == ["AUROC macro", "AUROC micro", "AUPRC macro", "AUPRC micro"]
     assert table.loc["AUROC macro", "original pos_weight off"] == 0.7191
     assert table.loc["AUPRC micro", "original pos_weight on"] == 0.5313
@@ -247,7 +250,7 @@ def test_original_comparison_puts_our_ci_beside_both_published_models(tiny_run):
 
 # --------------------------------------------------------------------------- two runs
 def test_compare_runs_with_itself_gives_zero_differences(tiny_run):
-    table = compare.compare_runs(tiny_run, tiny_run, frozen(tiny_run))
+    table = paired.compare_runs(tiny_run, tiny_run, frozen(tiny_run))
     assert set(table["metric"]) == {"auroc", "auprc", "ece", "brier"}
     defined = table.dropna(subset=["diff"])
     assert len(defined) >= 6
@@ -265,7 +268,7 @@ def test_compare_runs_sees_a_better_run(tiny_run, tmp_path):
     probs = predictions[evaluate.PROB_COLUMNS].to_numpy() + 0.5 * np.nan_to_num(labels)
     predictions[evaluate.PROB_COLUMNS] = np.clip(probs, 0, 1)
     predictions.to_csv(better / "predictions.csv", index=False)
-    table = compare.compare_runs(better, tiny_run, frozen(tiny_run)).set_index(["finding", "metric"])
+    table = paired.compare_runs(better, tiny_run, frozen(tiny_run)).set_index(["finding", "metric"])
     assert table.loc[("micro", "auroc"), "diff"] > 0 and table.loc[("micro", "auroc"), "lo"] > 0
     assert table.loc[("micro", "auroc"), "this_run"] > table.loc[("micro", "auroc"), "other_run"]
     # DeLong beside the bootstrap: per finding it is metrics.delong_test on the shared units, clustered by patient
@@ -291,20 +294,20 @@ def test_compare_runs_refuses_other_labels_and_disjoint_test_sets(tiny_run, tmp_
     changed["Edema"] = 1.0 - changed["Edema"]
     changed.to_csv(relabelled / "predictions.csv", index=False)
     with pytest.raises(UserError, match="label the shared test images differently.*Edema"):
-        compare.compare_runs(tiny_run, relabelled, p)
+        paired.compare_runs(tiny_run, relabelled, p)
     disjoint = tmp_path / "disjoint"
     disjoint.mkdir()
     moved = predictions.copy()
     moved["dicom_id"] = "x" + moved["dicom_id"]
     moved.to_csv(disjoint / "predictions.csv", index=False)
     with pytest.raises(UserError, match="share no test image"):
-        compare.compare_runs(tiny_run, disjoint, params.validate({**p.to_dict(), "eval_level": "image"}))
+        paired.compare_runs(tiny_run, disjoint, params.validate({**p.to_dict(), "eval_level": "image"}))
     moved["study_id"] = "x" + moved["study_id"]   # at study level (the demo's) studies are paired
     moved.to_csv(disjoint / "predictions.csv", index=False)
     with pytest.raises(UserError, match=r"share no test study \(joined on study_id\)"):
-        compare.compare_runs(tiny_run, disjoint, p)
+        paired.compare_runs(tiny_run, disjoint, p)
     with pytest.raises(UserError, match=r"predictions.csv: no predictions; run notebook 03"):
-        compare.compare_runs(tiny_run, tmp_path / "never-evaluated", p)
+        paired.compare_runs(tiny_run, tmp_path / "never-evaluated", p)
 
 
 def test_compare_runs_refuses_other_test_sets_unless_asked_and_then_counts_them(tiny_run, tmp_path):
@@ -318,11 +321,11 @@ def test_compare_runs_refuses_other_test_sets_unless_asked_and_then_counts_them(
     predictions[~predictions["study_id"].isin(test_studies[:5])].to_csv(fewer / "predictions.csv", index=False)
     n = len(test_studies)
     with pytest.raises(UserError, match=f"has {n} test studies and fewer {n - 5}; they share {n - 5}.*compare_on: shared"):
-        compare.compare_runs(tiny_run, fewer, p)
-    table = compare.compare_runs(tiny_run, fewer, params.validate({**p.to_dict(), "compare_on": "shared"}))
+        paired.compare_runs(tiny_run, fewer, p)
+    table = paired.compare_runs(tiny_run, fewer, params.validate({**p.to_dict(), "compare_on": "shared"}))
     assert (table.attrs["shared_images"], table.attrs["this_images"], table.attrs["other_images"]) == (n - 5, n, n - 5)
     assert table.attrs["identical"] is False and table.attrs["compare_on"] == "shared"
-    assert compare.compare_runs(tiny_run, tiny_run, p).attrs["identical"] is True
+    assert paired.compare_runs(tiny_run, tiny_run, p).attrs["identical"] is True
 
 
 # --------------------------------------------------------------------------- reports

@@ -4,7 +4,7 @@ import torch
 import torchvision
 from torch import nn
 
-from cxrlib.explain import GradCAM, find_target_layer, overlay
+from cxrlib.evaluation.explain import GradCAM, find_target_layer, overlay
 
 
 def two_region_model() -> nn.Sequential:
@@ -32,7 +32,7 @@ def resnet18_gray() -> nn.Module:
 
 
 class StemBodyHead(nn.Module):
-    """The layout of cxrlib.model's flatten head, rebuilt here so the test does not depend on it."""
+    """The layout of cxrlib.training.model's flatten head, rebuilt here so the test does not depend on it."""
 
     def __init__(self):
         super().__init__()

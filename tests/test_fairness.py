@@ -12,8 +12,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
-from cxrlib import fairness, fairness_report, metrics, multiplicity
+from cxrlib.evaluation import audit, fairness
 from cxrlib.labels import FINDINGS
+from cxrlib.stats import metrics, multiplicity
 
 THRESHOLDS = {f: 0.5 for f in FINDINGS}
 
@@ -52,7 +53,7 @@ def demographics_like(rng, n, images=1) -> pd.DataFrame:
         "race": rng.choice(["White", "Black", "Hispanic/Latino", "Asian", "Other", "Unknown"], n,
                            p=[0.6, 0.17, 0.07, 0.04, 0.06, 0.06]),
         "insurance": rng.choice(["Medicare", "Medicaid", "Other", "Unknown"], n, p=[0.5, 0.2, 0.28, 0.02])})
-    return fairness_report.with_intersection(groups.loc[np.repeat(np.arange(n), images)].reset_index(drop=True))
+    return audit.with_intersection(groups.loc[np.repeat(np.arange(n), images)].reset_index(drop=True))
 
 
 def significant(rows) -> pd.Series:
@@ -80,13 +81,13 @@ def test_a_planted_gap_is_found_and_named_and_nothing_where_none_was_planted():
     groups = demographics_like(rng, n)
     weak = groups["sex"].to_numpy() == "F"
     rows = fairness.audit(scored_units(rng, n, weak=weak), groups, THRESHOLDS, n_boot=300, seed=1)
-    check = fairness_report.planted_check(rows, {"attribute": "sex", "group": "F", "signature_strength": 0.2,
+    check = audit.planted_check(rows, {"attribute": "sex", "group": "F", "signature_strength": 0.2,
                                                  "unplanted": ["age_band", "race", "insurance"]})
-    assert check["detected"] and check["unplanted_clean"], fairness_report.significant(rows)
+    assert check["detected"] and check["unplanted_clean"], audit.significant(rows)
     macro = rows[(rows["metric"] == "auroc_macro") & (rows["attribute"] == "sex") & (rows["tier"] == "primary")]
     assert len(macro) == 1 and macro.iloc[0]["group"] == "F" and macro.iloc[0]["reference"] == "M"
     assert macro.iloc[0]["gap_hi"] < 0 and bool(macro.iloc[0]["significant"])
-    as_reference = fairness_report.planted_check(rows, {"attribute": "sex", "group": "M", "signature_strength": 1,
+    as_reference = audit.planted_check(rows, {"attribute": "sex", "group": "M", "signature_strength": 1,
                                                         "unplanted": []})
     assert not as_reference["detected"]   # M is the better group: its 'gap' runs the other way
 
@@ -194,7 +195,7 @@ def test_a_small_cell_is_suppressed_and_cannot_be_recovered_by_subtraction():
     n = 200
     sex = np.r_[np.full(5, "Unknown"), np.full(100, "F"), np.full(95, "M")]
     race = np.r_[np.full(5, "White"), np.full(120, "White"), np.full(75, "Black")]
-    groups = fairness_report.with_intersection(pd.DataFrame({"sex": sex, "race": race}))
+    groups = audit.with_intersection(pd.DataFrame({"sex": sex, "race": race}))
     rows = fairness.audit(scored_units(rng, n), groups, THRESHOLDS, n_boot=20, min_group_patients=30,
                           attributes=("sex", "race", "race_sex"))
     unknown = rows[(rows["attribute"] == "sex") & (rows["group"] == "Unknown")]
@@ -217,16 +218,16 @@ def test_an_attribute_without_two_known_groups_gets_no_verdict():
     rows = fairness.audit(scored_units(rng, 300), groups, THRESHOLDS, n_boot=20, attributes=("sex",))
     assert rows["gap"].isna().all() and not significant(rows).any()
     plan = fairness.plan_groups(groups, np.arange(300).astype(str), ("sex",), 30)
-    verdict = fairness_report.verdicts(plan, np.arange(300).astype(str), groups, 30)["sex"]
+    verdict = audit.verdicts(plan, np.arange(300).astype(str), groups, 30)["sex"]
     assert verdict["known"].startswith("300 test patients; the number with a known value is withheld")   # F = 10
     assert verdict["verdict"].startswith("no verdict") and not verdict["enough_known"]
     many = pd.DataFrame({"sex": np.r_[np.full(10, "F"), np.full(12, "X"), np.full(278, "Unknown")]})
     plan = fairness.plan_groups(many, np.arange(300).astype(str), ("sex",), 30)
-    verdict = fairness_report.verdicts(plan, np.arange(300).astype(str), many, 30)["sex"]
+    verdict = audit.verdicts(plan, np.arange(300).astype(str), many, 30)["sex"]
     assert verdict["known"] == "22 of 300 test patients with a known value"   # two hidden cells: neither recoverable
     mostly = pd.DataFrame({"sex": np.r_[np.full(5, "Unknown"), np.full(150, "F"), np.full(145, "M")]})
     plan = fairness.plan_groups(mostly, np.arange(300).astype(str), ("sex",), 30)
-    verdict = fairness_report.verdicts(plan, np.arange(300).astype(str), mostly, 30)["sex"]
+    verdict = audit.verdicts(plan, np.arange(300).astype(str), mostly, 30)["sex"]
     assert verdict["known"].startswith("300 test patients; the number with a known value is withheld")   # 300 - 295 = 5
 
 
@@ -244,7 +245,7 @@ def test_notebook_05_writes_group_level_figures_only(tiny_run):
     test_patients = predictions.loc[predictions["split"] == "test", "subject_id"].nunique()
     assert summary["test_coverage"]["patients"] == test_patients   # counted on the audited units, not the cohort
     covered = pd.DataFrame({"in_mimic_iv": [True] * 95 + [False] * 5, "has_admission": [True] * 60 + [False] * 40})
-    assert fairness_report.test_coverage(covered, 30) == {"patients": 100, "in_mimic_iv": "all but <30",
+    assert audit.test_coverage(covered, 30) == {"patients": 100, "in_mimic_iv": "all but <30",
                                                           "with_admission": 60}
     assert not any(key in json.dumps(summary["rows"]) for key in cohort["subject_id"].head(20))
     demographics = pd.read_csv(tiny_run / "demographics.csv", dtype=str)
@@ -264,11 +265,11 @@ def test_plots_draw_comparisons_and_say_when_there_are_none():
     groups = demographics_like(rng, 300)
     rows = fairness.audit(scored_units(rng, 300, weak=groups["sex"].to_numpy() == "F"), groups, THRESHOLDS,
                           n_boot=50)
-    primary = fairness_report.plot_primary(rows, "auroc_macro")
+    primary = audit.plot_primary(rows, "auroc_macro")
     assert len(primary.axes[0].get_yticklabels()) == int(((rows["tier"] == "primary")
                                                            & (rows["metric"] == "auroc_macro")
                                                            & rows["gap"].notna()).sum())
-    assert len(fairness_report.plot_gaps(rows, "sex", "auroc").axes[0].get_yticklabels()) == len(FINDINGS)
-    assert fairness_report.plot_underdiagnosis(rows).axes
-    empty = fairness_report.plot_gaps(rows.iloc[0:0], "sex")
+    assert len(audit.plot_gaps(rows, "sex", "auroc").axes[0].get_yticklabels()) == len(FINDINGS)
+    assert audit.plot_underdiagnosis(rows).axes
+    empty = audit.plot_gaps(rows.iloc[0:0], "sex")
     assert "no comparison" in empty.axes[0].texts[0].get_text()

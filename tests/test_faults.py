@@ -10,8 +10,11 @@ import uuid
 import pytest
 import torch
 
-from cxrlib import cache_build, checkpoint, params, runs, tracking
+from cxrlib import params, tracking
+from cxrlib.data import cache_build
 from cxrlib.errors import UserError
+from cxrlib.experiments import runs
+from cxrlib.training import checkpoint
 
 
 @pytest.fixture

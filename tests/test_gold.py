@@ -1,4 +1,4 @@
-"""Study-level evaluation (levels.py) and the radiologist labels of 2.1.0 (gold.py, synth_gold.py)."""
+"""Study-level evaluation (levels.py) and the radiologist labels of 2.1.0 (gold.py, test_labels.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,10 +6,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from cxrlib import gold, levels, metrics, synth, synth_gold
 from cxrlib.errors import UserError
+from cxrlib.evaluation import gold
 from cxrlib.labels import FINDINGS
 from cxrlib.params import Params
+from cxrlib.stats import levels, metrics
+from cxrlib.synthetic import mimic_cxr, test_labels
 
 PROBS = levels.PROB_COLUMNS
 
@@ -65,14 +67,14 @@ def test_study_level_auroc_counts_studies():
 
 # --------------------------------------------------------------------------- the file
 def write_gold(root, rows, columns=None):
-    columns = columns or synth_gold.GOLD_COLUMNS
+    columns = columns or test_labels.GOLD_COLUMNS
     pd.DataFrame(rows, columns=columns).to_csv(root / gold.GOLD_FILE, index=False)
 
 
 def test_read_gold_maps_airspace_opacity_and_keeps_the_values(tmp_path):
     assert gold.read_gold(tmp_path) is None
-    assert "Airspace Opacity" in synth_gold.GOLD_COLUMNS and "Lung Opacity" not in synth_gold.GOLD_COLUMNS
-    j = synth_gold.GOLD_COLUMNS.index("Airspace Opacity") - 1
+    assert "Airspace Opacity" in test_labels.GOLD_COLUMNS and "Lung Opacity" not in test_labels.GOLD_COLUMNS
+    j = test_labels.GOLD_COLUMNS.index("Airspace Opacity") - 1
     row = [1.0, np.nan] + [0.0] * 12
     row[j] = -1.0
     write_gold(tmp_path, [["50000001", *row]])
@@ -92,7 +94,7 @@ def test_read_gold_maps_airspace_opacity_and_keeps_the_values(tmp_path):
     (lambda rows, cols: (rows + rows, cols), "its own study_id"),
 ])
 def test_read_gold_refuses_a_damaged_file_naming_it(tmp_path, change, message):
-    rows, cols = change([["50000001", *([0.0] * 14)]], list(synth_gold.GOLD_COLUMNS))
+    rows, cols = change([["50000001", *([0.0] * 14)]], list(test_labels.GOLD_COLUMNS))
     write_gold(tmp_path, rows, cols)
     with pytest.raises(UserError, match=message) as e:
         gold.read_gold(tmp_path)
@@ -167,20 +169,20 @@ def test_gold_section_without_the_file_or_without_test_overlap(tmp_path):
 
 # --------------------------------------------------------------------------- the synthetic file
 def test_synthetic_radiologist_labels_cover_official_test_studies_and_disagree_as_documented(tmp_path):
-    synth.generate(tmp_path, subjects=4000, seed=0, images=False, progress=False)
+    mimic_cxr.generate(tmp_path, subjects=4000, seed=0, images=False, progress=False)
     labelled = gold.read_gold(tmp_path)
-    split = pd.read_csv(tmp_path / synth.SPLIT, dtype=str)
+    split = pd.read_csv(tmp_path / mimic_cxr.SPLIT, dtype=str)
     test_studies = set(split.loc[split["split"] == "test", "study_id"])
     assert set(labelled["study_id"]) <= test_studies
     assert 0.5 < len(labelled) / len(test_studies) < 0.7          # GOLD_FRACTION of those with a label row
-    drawn = pd.read_csv(tmp_path / synth.CHEXPERT, dtype={"study_id": str}).set_index("study_id")
+    drawn = pd.read_csv(tmp_path / mimic_cxr.CHEXPERT, dtype={"study_id": str}).set_index("study_id")
     drawn = drawn.loc[labelled["study_id"], FINDINGS].to_numpy()
     g = labelled[FINDINGS].to_numpy()
-    common = [j for j, f in enumerate(FINDINGS) if f not in synth_gold.rare_findings() + ["No Finding"]]
-    rare = [FINDINGS.index(f) for f in synth_gold.rare_findings()]
-    for cols, missed in ((common, synth_gold.POSITIVE_MISSED), (rare, synth_gold.RARE_POSITIVE_MISSED)):
+    common = [j for j, f in enumerate(FINDINGS) if f not in test_labels.rare_findings() + ["No Finding"]]
+    rare = [FINDINGS.index(f) for f in test_labels.rare_findings()]
+    for cols, missed in ((common, test_labels.POSITIVE_MISSED), (rare, test_labels.RARE_POSITIVE_MISSED)):
         d, r = drawn[:, cols], g[:, cols]
         assert np.mean(r[d == 1] == 0) == pytest.approx(missed, abs=0.04)
     d, r = drawn[:, common], g[:, common]
-    assert np.mean(r[d == -1] == 1) == pytest.approx(synth_gold.UNCERTAIN_RESOLVED, abs=0.08)
-    assert np.mean(r[np.isnan(d)] == 0) == pytest.approx(synth_gold.BLANK_NEGATIVE, abs=0.03)
+    assert np.mean(r[d == -1] == 1) == pytest.approx(test_labels.UNCERTAIN_RESOLVED, abs=0.08)
+    assert np.mean(r[np.isnan(d)] == 0) == pytest.approx(test_labels.BLANK_NEGATIVE, abs=0.03)

@@ -11,12 +11,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib import analysis, card, card_checklists, evaluate, export, levels, metrics, params, predict, recalibration
+from cxrlib import params
 from cxrlib.__main__ import main
-from cxrlib.cohort import read_cohort
+from cxrlib.data.cohort import read_cohort
 from cxrlib.errors import UserError
+from cxrlib.evaluation import analysis, evaluate, recalibration
+from cxrlib.handoff import card, checklists, export, predict
 from cxrlib.labels import FINDINGS
-from cxrlib.metrics import ranking_metrics
+from cxrlib.stats import levels, metrics
+from cxrlib.stats.metrics import ranking_metrics
 
 
 # --------------------------------------------------------------------------- recalibration
@@ -82,7 +85,7 @@ def test_the_run_is_recalibrated_on_validation_and_reports_before_and_after(tiny
         assert (ours is None) == (theirs is None) and (ours is None or ours["T"] == pytest.approx(theirs["T"]))
     assert recal["fitted_on"] == "validate"
     y_test, p_test, _ = evaluate.arrays(units, "test")
-    from cxrlib.metrics import calibration as cal
+    from cxrlib.stats.metrics import calibration as cal
 
     after = cal(y_test, recalibration.apply(by_hand, p_test), 10, "uniform", FINDINGS)["pooled"]["ece"]
     assert recal["after"]["ece"]["value"] == pytest.approx(after, abs=1e-9)
@@ -203,11 +206,11 @@ def test_the_model_card_is_written_from_the_run_folder(tiny_run, tmp_path):
     report = json.loads((copy / "metrics.json").read_text())
     macro = report["headline"]["AUROC macro"]
     assert f"| AUROC macro | {card._ci(macro)} | {macro['n_boot_valid']} of 50 |" in text
-    for item, where in card_checklists.TRIPOD_AI + card_checklists.CLAIM:
+    for item, where in checklists.TRIPOD_AI + checklists.CLAIM:
         assert f"| {item} | {where} |" in text
     # TRIPOD+AI's own numbers (BMJ 2024): 13 class imbalance, 14 fairness, 15 output, 16 training vs evaluation,
     # 22 model specification; there is no 12h. CLAIM 2020: 21 level of disjoint partitions, 26 selection.
-    items = [item for item, _ in card_checklists.TRIPOD_AI]
+    items = [item for item, _ in checklists.TRIPOD_AI]
     for number, words in (("13", "Class imbalance"), ("14", "Fairness"), ("15", "Model output"),
                           ("16", "Training versus evaluation"), ("22", "Model specification"), ("10", "Sample size")):
         assert f"{number} {words}" in " | ".join(items)
@@ -252,7 +255,7 @@ def test_the_card_calls_an_export_of_an_older_checkpoint_stale(tiny_run, tmp_pat
 
 # --------------------------------------------------------------------------- reports to hand around
 def test_reports_of_03_to_05_hide_their_code_unless_asked_and_01_02_show_it(tiny_run, tmp_path):
-    from cxrlib import runs
+    from cxrlib.experiments import runs
 
     assert "predict_run" in (tiny_run / "03_evaluate.ipynb").read_text()       # the notebook keeps its code
     assert "predict_run" not in (tiny_run / "03_evaluate.html").read_text()     # report_code: hide (the default)

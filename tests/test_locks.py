@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrlib import params, runlock, runs, sweep
+from cxrlib import params, runlock
 from cxrlib.errors import UserError
+from cxrlib.experiments import runs, sweep
 
 PROJECT = Path(__file__).resolve().parent.parent
 HOLD = textwrap.dedent("""
@@ -151,7 +152,8 @@ MEMBER = textwrap.dedent("""
 LAUNCHER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from cxrlib import params, sweep
+    from cxrlib import params
+    from cxrlib.experiments import sweep
     sweep_dir, member = Path(sys.argv[1]), sys.argv[2]
     sweep.member_command = lambda d, name: [sys.executable, member, str(d / name), str(d / (name + ".pid"))]
     members = [{"name": n, "dir": sweep_dir / n, "params": params.validate({"device": "cpu"})} for n in ("a", "b")]

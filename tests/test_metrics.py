@@ -7,10 +7,12 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxrlib import metrics, original, report_tables, viz
+from cxrlib import original
 from cxrlib.bench.bootstrap import bench_bootstrap
 from cxrlib.errors import UserError
+from cxrlib.evaluation import tables, viz
 from cxrlib.labels import FINDINGS
+from cxrlib.stats import metrics
 
 
 def make_data(n, seed=0, masked=0.1, ties=True):
@@ -148,7 +150,7 @@ def test_summarize_is_json_ready_seeded_and_frames():
     assert text == json.dumps(b, allow_nan=False)
     assert a["excluded"] == ["Pneumothorax"] and a["per_finding"]["Pneumothorax"]["auroc"]["value"] is None
     assert a["n_patients"] == 50 and a["ci_level"] == 0.9
-    table = report_tables.frame(a)
+    table = tables.frame(a)
     assert list(table.columns) == ["finding", "auroc", "auroc_lo", "auroc_hi", "auprc", "auprc_lo", "auprc_hi",
                                    "n_pos", "n", "note"]
     assert list(table["finding"]) == FINDINGS + ["macro", "micro"]
@@ -180,14 +182,14 @@ def test_thresholds_come_from_validation_only():
     y_val, p_val = make_data(300, seed=10)
     chosen = metrics.choose_thresholds(y_val, p_val)
     assert metrics.choose_thresholds(y_val.copy(), p_val.copy()) == chosen
-    tables = []
+    per_test_set = []
     for seed in (11, 12):  # two different test sets: the thresholds must not move
         y_test, p_test = make_data(200, seed=seed)
-        tables.append(metrics.threshold_metrics(y_test, p_test, chosen))
-    for table in tables:
+        per_test_set.append(metrics.threshold_metrics(y_test, p_test, chosen))
+    for table in per_test_set:
         for _, row in table.iterrows():
             assert row["threshold"] == chosen[row["finding"]][row["rule"]]
-    assert not tables[0][["tp", "fp"]].equals(tables[1][["tp", "fp"]])
+    assert not per_test_set[0][["tp", "fp"]].equals(per_test_set[1][["tp", "fp"]])
 
 
 def test_chosen_thresholds_maximise_f1_and_youden_on_validation():
@@ -329,9 +331,9 @@ def test_a_finding_below_min_positives_keeps_its_estimate_but_no_ci_and_leaves_t
     y[0, 10] = 1
     conditional = metrics.summarize(y, p, np.arange(n), n_boot=200, seed=0, min_positives=1)
     assert conditional["macro"]["auroc"]["n_boot_valid"] < 200 and conditional["macro"]["auroc"]["conditional"]
-    table = report_tables.frame(conditional).set_index("finding")
+    table = tables.frame(conditional).set_index("finding")
     assert "conditional" in table.loc["macro", "note"] and "14 of 14" in table.loc["macro", "note"]
-    assert "13 of 14" in report_tables.frame(metrics.summarize(y, p, None, n_boot=50)).set_index("finding").loc[
+    assert "13 of 14" in tables.frame(metrics.summarize(y, p, None, n_boot=50)).set_index("finding").loc[
         "macro", "note"]
 
 

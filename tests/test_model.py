@@ -5,8 +5,9 @@ import torch
 import torchvision
 from torch import nn
 
-from cxrlib import model, params
+from cxrlib import params
 from cxrlib.errors import UserError
+from cxrlib.training import model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

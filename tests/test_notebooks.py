@@ -8,7 +8,8 @@ import nbformat
 import papermill
 import pytest
 
-from cxrlib import params, runs
+from cxrlib import params
+from cxrlib.experiments import runs
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ALL = runs.NOTEBOOKS + ["06_compare"]   # 06 renders a group of runs (make compare), not one run's step

@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrlib import params, runs
+from cxrlib import params
 from cxrlib.errors import UserError
+from cxrlib.experiments import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""cxrlib.physionet against a loopback PhysioNet emulator (tests/physionet_server.py)."""
+"""cxrlib.data.physionet against a loopback PhysioNet emulator (tests/physionet_server.py)."""
 from __future__ import annotations
 
 import base64
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from physionet_server import FakePhysioNet, make_release
 
-from cxrlib import physionet, transfer
 from cxrlib.__main__ import main
+from cxrlib.data import physionet, transfer
 from cxrlib.errors import UserError
 
 USER, PASSWORD = "alice", "S3cr3t-Pa55-xyz"
@@ -325,7 +325,7 @@ def test_params_mode_builds_cohort_after_tables(tmp_path, release, server, monke
         seen["tables"] = all((root / t).is_file() for t in physionet.TABLES)
         seen["data_root"] = str(data_root)
         return pd.DataFrame({"path": images[:2]}), None
-    monkeypatch.setitem(sys.modules, "cxrlib.cohort", types.SimpleNamespace(build_cohort=build_cohort))
+    monkeypatch.setitem(sys.modules, "cxrlib.data.cohort", types.SimpleNamespace(build_cohort=build_cohort))
     assert main(["fetch", "--params", str(params), "--base-url", server.base_url]) == 0
     assert seen == {"tables": True, "data_root": str(root)}
     assert same(src, root, images[0]) and same(src, root, images[1]) and not (root / images[2]).exists()
@@ -399,7 +399,7 @@ def test_a_server_that_is_gone_stops_the_fetch_within_seconds(tmp_path):
 def test_fetch_demographics_gets_two_mimic_iv_tables_and_names_its_own_agreement(tmp_path, monkeypatch, captured):
     import hashlib
 
-    from cxrlib import demographics
+    from cxrlib.data import demographics
 
     source = tmp_path / "mimiciv"
     for rel in demographics.mimic_iv_paths("3.1") + ["hosp/labevents.csv.gz"]:

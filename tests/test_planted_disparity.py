@@ -13,10 +13,12 @@ import pytest
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from cxrlib import cohort, demographics, fairness, fairness_report, synth
+from cxrlib.data import cohort, demographics
+from cxrlib.evaluation import audit, fairness
 from cxrlib.labels import FINDINGS
 from cxrlib.params import Params
-from cxrlib.synth_mimic_iv import PLANTED_FILE
+from cxrlib.synthetic import mimic_cxr
+from cxrlib.synthetic.mimic_iv import PLANTED_FILE
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:.*their selected study has no row:UserWarning")]
@@ -40,7 +42,7 @@ def best_f1_threshold(p: np.ndarray, y: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted") / "mimic"
-    synth.generate(root, subjects=2400, seed=7, workers=0, progress=False, max_studies=1)
+    mimic_cxr.generate(root, subjects=2400, seed=7, workers=0, progress=False, max_studies=1)
     p = Params(data_root=str(root), views=["AP", "PA"], images_per_study="all", split_mode="official",
                val_fraction=0.0, label_source="negbio", uncertain_policy="zeros", blank_policy="zeros")
     frame, _ = cohort.build_cohort(root, p)
@@ -54,16 +56,16 @@ def audited(tmp_path_factory):
         validate = split == "validate"
         thresholds[finding] = best_f1_threshold(scores[f"p_{finding}"].to_numpy()[validate], y[validate, j])
     test = split == "test"
-    groups = fairness_report.with_intersection(table.reset_index(drop=True))[test].reset_index(drop=True)
+    groups = audit.with_intersection(table.reset_index(drop=True))[test].reset_index(drop=True)
     rows = fairness.audit(scores[test].reset_index(drop=True), groups, thresholds, n_boot=400, seed=0)
     planted = json.loads((root / "mimic-iv" / PLANTED_FILE).read_text())
-    return rows, fairness_report.planted_check(rows, planted), coverage
+    return rows, audit.planted_check(rows, planted), coverage
 
 
 def test_the_audit_finds_the_planted_gap_in_women(audited):
     rows, check, coverage = audited
     assert coverage["patients"] > 1500
-    assert check["detected"], fairness_report.significant(rows).head(10)
+    assert check["detected"], audit.significant(rows).head(10)
     found = pd.DataFrame(check["found"])
     assert set(found["group"]) == {"F"} and set(found["attribute"]) == {"sex"}
     assert set(found["metric"]) <= {"auroc_macro", "underdiagnosis"} and (found["reference"] == "M").all()

@@ -10,8 +10,10 @@ import pytest
 import torch
 from conftest import PROJECT, run_notebooks, tiny_params
 
-from cxrlib import cohort, params, runs
+from cxrlib import params
+from cxrlib.data import cohort
 from cxrlib.errors import UserError
+from cxrlib.experiments import runs
 
 
 def cli(*args, cwd=PROJECT):
@@ -98,9 +100,9 @@ def test_a_trained_run_is_not_overwritten_with_other_parameters(tiny_run):
 
 
 def test_runs_index_lists_metrics_with_cis(tiny_run):
-    from cxrlib import index
+    from cxrlib.experiments import lister
 
-    table = index.runs_table(tiny_run.parent)
+    table = lister.runs_table(tiny_run.parent)
     row = table.set_index("run").loc["tiny"]
     assert row["status"] == "evaluated" and row["epochs"] == "1/1" and row["best"] == 1
     assert re.fullmatch(r"(\d\.\d{3}|n/a) \[(\d\.\d{3}|n/a), (\d\.\d{3}|n/a)\]", row["test AUROC macro"])

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from cxrlib import ensemble, group, sweep
-from cxrlib.evaluate import PROB_COLUMNS
+from cxrlib.evaluation import ensemble
+from cxrlib.evaluation.evaluate import PROB_COLUMNS
+from cxrlib.experiments import compare, sweep
 from cxrlib.labels import FINDINGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +101,7 @@ def test_plan_skips_finished_resumes_unfinished_and_refuses_a_changed_finished_s
     (half / "checkpoints" / "last.pt").write_bytes(b"x")
     assert [m["status"] for m in sweep.plan(sweep.read_grid(path), runs_dir)] == ["finished", "unfinished"]
     ran = []
-    monkeypatch.setattr("cxrlib.runs.run", lambda p, notebooks, **kw: ran.append((p.name, p.resume, notebooks)))
+    monkeypatch.setattr("cxrlib.experiments.runs.run", lambda p, notebooks, **kw: ran.append((p.name, p.resume, notebooks)))
     sweep.run_member(Path(runs_dir) / "s", done.name)
     sweep.run_member(Path(runs_dir) / "s", half.name)
     assert ran == [(half.name, True, ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"])]
@@ -115,8 +116,8 @@ def test_plan_skips_finished_resumes_unfinished_and_refuses_a_changed_finished_s
 def fake_run(folder: Path, seed: int, auroc: float, extra: dict | None = None) -> None:
     folder.mkdir(parents=True)
     (folder / "params.yaml").write_text(yaml.safe_dump({"name": folder.name, "seed": seed, **(extra or {})}))
-    headline = {group.HEADLINE_KEY[k]: {"value": auroc + i / 10, "lo": auroc - 0.05, "hi": auroc + 0.05}
-                for i, k in enumerate(group.FIGURES)}
+    headline = {compare.HEADLINE_KEY[k]: {"value": auroc + i / 10, "lo": auroc - 0.05, "hi": auroc + 0.05}
+                for i, k in enumerate(compare.FIGURES)}
     (folder / "metrics.json").write_text(json.dumps({
         "headline": headline, "params": {"seed": seed}, "selection": {"best_epoch": 3},
         "splits": {"validate": {"macro": {"auroc": {"value": auroc - 0.01}}}}}))
@@ -127,9 +128,9 @@ def test_pooled_seeds_are_the_mean_and_sample_sd_of_the_members(tmp_path):
         fake_run(tmp_path / f"a{seed}", seed, value, {"pos_weight": False})
     for seed, value in enumerate([0.80, 0.78]):
         fake_run(tmp_path / f"b{seed}", seed, value, {"pos_weight": True})
-    table = group.headline_table(sorted(tmp_path.iterdir()))
+    table = compare.headline_table(sorted(tmp_path.iterdir()))
     assert list(table["setting"]) == ["pos_weight=False"] * 3 + ["pos_weight=True"] * 2
-    pooled = group.pooled_seeds(table).set_index("setting")
+    pooled = compare.pooled_seeds(table).set_index("setting")
     a = np.array([0.70, 0.74, 0.75])
     assert pooled.loc["pos_weight=False", "auroc_macro_mean"] == pytest.approx(a.mean())
     assert pooled.loc["pos_weight=False", "auroc_macro_sd"] == pytest.approx(np.sqrt(((a - a.mean()) ** 2).sum() / 2))
@@ -167,7 +168,8 @@ def test_the_ensemble_is_the_mean_of_its_members_row_by_row(tmp_path):
 def test_an_ensemble_of_members_of_other_sizes_describes_each_member_and_refuses_export_and_predict(tmp_path):
     import torch
 
-    from cxrlib import card, export, params, predict
+    from cxrlib import params
+    from cxrlib.handoff import card, export, predict
 
     sweep_dir = tmp_path / "s"
     for name, size in (("small", 32), ("large", 48)):
@@ -203,7 +205,7 @@ def tiny_sweep(tiny_data, tmp_path_factory):
 
     from conftest import TINY
 
-    from cxrlib import runs
+    from cxrlib.experiments import runs
 
     tmp = tmp_path_factory.mktemp("sweep")
     path = write_grid(tmp, file="tiny", name="tiny-sweep",
@@ -217,7 +219,7 @@ def tiny_sweep(tiny_data, tmp_path_factory):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = sweep.sweep(path, str(runs_dir), cluster="local", wait=True, progress=False)
-            compared = group.compare_group("tiny-sweep", runs_dir, out_dir=runs_dir / "tiny-sweep")
+            compared = compare.compare_group("tiny-sweep", runs_dir, out_dir=runs_dir / "tiny-sweep")
             base = sweep.params_mod.load_frozen(runs_dir / "tiny-sweep" / "tb")
             runs.execute("06_compare", base, runs.project_root(), runs_dir / "tiny-sweep", progress=False,
                          extra={"runs": "tiny-sweep", "runs_root": str(runs_dir)})
@@ -272,7 +274,7 @@ def test_the_comparison_pools_seeds_and_pairs_each_run_with_the_baseline(tiny_sw
     assert "Across seeds" in html and "Against the baseline" in html
     assert (table["selected_on"] == "validate").all() and "chose their model on their validation split" in html
     test_selected = compared["headline"].assign(selected_on=["TEST (optimistic)", "validate", "validate"])
-    assert group.selection_statement(test_selected).startswith("WARNING: 1 of 3 runs chose their model on the TEST")
+    assert compare.selection_statement(test_selected).startswith("WARNING: 1 of 3 runs chose their model on the TEST")
     assert (against["p_value"] >= 2 / (30 + 1) - 1e-12).all()   # never 0: at least 2 / (B + 1)
     assert json.loads((runs_dir / "tiny-sweep" / "comparison.json").read_text())["baseline"] == "tb"
 

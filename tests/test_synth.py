@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib import synth
 from cxrlib.__main__ import main
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
+from cxrlib.synthetic import mimic_cxr
+from cxrlib.synthetic import tables as synthetic_tables
 
 SUBJECTS, SEED = 30, 3
 PATHOLOGIES = [f for f in FINDINGS if f not in ("No Finding", "Support Devices")]
@@ -21,7 +22,7 @@ PATHOLOGIES = [f for f in FINDINGS if f not in ("No Finding", "Support Devices")
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "mimic"
-    summary = synth.generate(out, subjects=SUBJECTS, seed=SEED, workers=1, progress=False)
+    summary = mimic_cxr.generate(out, subjects=SUBJECTS, seed=SEED, workers=1, progress=False)
     return out, summary
 
 
@@ -35,19 +36,19 @@ def test_files_and_columns(tree):
         "LICENSE.txt", "SHA256SUMS.txt", "files", "mimic-cxr-2.0.0-metadata.csv.gz",
         "mimic-cxr-2.0.0-negbio.csv.gz", "mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-split.csv.gz",
         "mimic-cxr-2.1.0-test-set-labeled.csv", "IMAGE_FILENAMES", "RECORDS", "mimic-iv"])
-    assert list(read(out, synth.METADATA).columns) == [
+    assert list(read(out, mimic_cxr.METADATA).columns) == [
         "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
         "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
         "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning"]
-    for name in (synth.NEGBIO, synth.CHEXPERT):
+    for name in (mimic_cxr.NEGBIO, mimic_cxr.CHEXPERT):
         assert list(read(out, name).columns) == ["subject_id", "study_id", *FINDINGS]
-    assert list(read(out, synth.SPLIT).columns) == ["dicom_id", "study_id", "subject_id", "split"]
+    assert list(read(out, mimic_cxr.SPLIT).columns) == ["dicom_id", "study_id", "subject_id", "split"]
     assert "SYNTHETIC" in (out / "LICENSE.txt").read_text()
 
 
 def test_identifier_formats_and_values(tree):
     out, summary = tree
-    meta = read(out, synth.METADATA)
+    meta = read(out, mimic_cxr.METADATA)
     assert meta["subject_id"].astype(str).str.fullmatch(r"1\d{7}").all()
     assert meta["study_id"].astype(str).str.fullmatch(r"5\d{7}").all()
     assert meta["dicom_id"].str.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{8}){4}").all()
@@ -65,13 +66,13 @@ def test_identifier_formats_and_values(tree):
 
 def test_every_row_has_its_jpeg_at_the_mimic_path(tree):
     out, _ = tree
-    meta = read(out, synth.METADATA)
+    meta = read(out, mimic_cxr.METADATA)
     expected = {f"files/p{str(s)[:2]}/p{s}/s{t}/{d}.jpg"
                 for s, t, d in zip(meta["subject_id"], meta["study_id"], meta["dicom_id"])}
     found = {p.relative_to(out).as_posix() for p in (out / "files").rglob("*") if p.is_file()}
     assert found == expected
     for row in meta.sample(12, random_state=0).itertuples():
-        with Image.open(out / synth.image_path(row.subject_id, row.study_id, row.dicom_id)) as im:
+        with Image.open(out / mimic_cxr.image_path(row.subject_id, row.study_id, row.dicom_id)) as im:
             assert im.format == "JPEG" and im.mode == "L"
             assert im.size == (round(row.Columns / 8), round(row.Rows / 8))
 
@@ -87,14 +88,14 @@ def test_sha256sums_cover_every_file(tree):
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"SHA256SUMS.txt"}
     on_disk = {p for p in on_disk if not p.startswith("mimic-iv/")}   # MIMIC-IV: another project's files
     assert set(listed) == on_disk
-    for path in ["LICENSE.txt", synth.METADATA, next(p for p in listed if p.endswith(".jpg"))]:
+    for path in ["LICENSE.txt", mimic_cxr.METADATA, next(p for p in listed if p.endswith(".jpg"))]:
         assert hashlib.sha256((out / path).read_bytes()).hexdigest() == listed[path]
-    assert synth.verify(out) == []
+    assert mimic_cxr.verify(out) == []
 
 
 def test_labels_values_and_no_finding_rule(tree):
     out, _ = tree
-    for name in (synth.NEGBIO, synth.CHEXPERT):
+    for name in (mimic_cxr.NEGBIO, mimic_cxr.CHEXPERT):
         labels = read(out, name)
         values = labels[FINDINGS].to_numpy()
         assert np.isin(values[~np.isnan(values)], [1.0, 0.0, -1.0]).all()
@@ -103,7 +104,7 @@ def test_labels_values_and_no_finding_rule(tree):
         mentioned = labels[PATHOLOGIES].isin([1.0, -1.0]).any(axis=1)
         assert not (nf.eq(1.0) & mentioned).any()  # never No Finding with a pathology
         assert nf.eq(1.0).eq(~mentioned).all()
-    negbio, chexpert = read(out, synth.NEGBIO), read(out, synth.CHEXPERT)
+    negbio, chexpert = read(out, mimic_cxr.NEGBIO), read(out, mimic_cxr.CHEXPERT)
     assert negbio[["subject_id", "study_id"]].equals(chexpert[["subject_id", "study_id"]])
     a, b = negbio[FINDINGS].fillna(9).to_numpy(), chexpert[FINDINGS].fillna(9).to_numpy()
     assert 0.003 < (a != b).mean() < 0.08  # two labelers: mostly agree
@@ -111,7 +112,7 @@ def test_labels_values_and_no_finding_rule(tree):
 
 def test_cases_the_cohort_rules_must_handle(tree):
     out, summary = tree
-    meta, labels = read(out, synth.METADATA), read(out, synth.NEGBIO)
+    meta, labels = read(out, mimic_cxr.METADATA), read(out, mimic_cxr.NEGBIO)
     meta["ViewPosition"] = meta["ViewPosition"].fillna("")
     ap = meta[meta["ViewPosition"] == "AP"]
     assert (ap.groupby("study_id").size() >= 2).any()  # a study with two AP images
@@ -129,7 +130,7 @@ def test_cases_the_cohort_rules_must_handle(tree):
 
 def test_split_is_per_subject_with_all_three_parts(tree):
     out, _ = tree
-    split, meta = read(out, synth.SPLIT), read(out, synth.METADATA)
+    split, meta = read(out, mimic_cxr.SPLIT), read(out, mimic_cxr.METADATA)
     assert split["dicom_id"].tolist() == meta["dicom_id"].tolist()
     assert set(split["split"]) == {"train", "validate", "test"}
     assert (split.groupby("subject_id")["split"].nunique() == 1).all()
@@ -137,32 +138,32 @@ def test_split_is_per_subject_with_all_three_parts(tree):
 
 def test_same_seed_same_bytes_any_worker_count(tree, tmp_path):
     out, _ = tree
-    again = synth.generate(tmp_path / "again", subjects=SUBJECTS, seed=SEED, workers=2, progress=False)
+    again = mimic_cxr.generate(tmp_path / "again", subjects=SUBJECTS, seed=SEED, workers=2, progress=False)
     assert again["images_written"] == again["images"]
     assert (tmp_path / "again" / "SHA256SUMS.txt").read_bytes() == (out / "SHA256SUMS.txt").read_bytes()
-    other = synth.build_tables(SUBJECTS, SEED + 1)
-    assert not other["metadata"]["dicom_id"].equals(read(out, synth.METADATA)["dicom_id"])
+    other = mimic_cxr.build_tables(SUBJECTS, SEED + 1)
+    assert not other["metadata"]["dicom_id"].equals(read(out, mimic_cxr.METADATA)["dicom_id"])
     job = (0, "x.jpg", 3056, 2544, "AP", np.full(14, np.nan), 10000032, 1.0)
-    assert synth.jpeg_bytes(job, SEED, "small") == synth.jpeg_bytes(job, SEED, "small")
-    assert synth.jpeg_bytes(job, SEED, "small") != synth.jpeg_bytes(job, SEED + 1, "small")
+    assert mimic_cxr.jpeg_bytes(job, SEED, "small") == mimic_cxr.jpeg_bytes(job, SEED, "small")
+    assert mimic_cxr.jpeg_bytes(job, SEED, "small") != mimic_cxr.jpeg_bytes(job, SEED + 1, "small")
 
 
 def test_rerun_is_a_noop_and_foreign_folders_are_refused(tree, tmp_path):
     out, _ = tree
-    assert synth.generate(out, subjects=SUBJECTS, seed=SEED, workers=1, progress=False)["images_written"] == 0
+    assert mimic_cxr.generate(out, subjects=SUBJECTS, seed=SEED, workers=1, progress=False)["images_written"] == 0
     with pytest.raises(UserError, match="--out"):
-        synth.generate(out, subjects=SUBJECTS, seed=SEED + 1, workers=1, progress=False)
+        mimic_cxr.generate(out, subjects=SUBJECTS, seed=SEED + 1, workers=1, progress=False)
     foreign = tmp_path / "real"
     foreign.mkdir()
     (foreign / "README").write_text("someone's data")
     with pytest.raises(UserError, match="not empty"):
-        synth.generate(foreign, subjects=5, progress=False)
+        mimic_cxr.generate(foreign, subjects=5, progress=False)
     assert main(["demo-data", "--out", str(foreign), "--subjects", "5", "--no-progress"]) == 2
 
 
 def test_interrupted_run_resumes(tmp_path):
     out = tmp_path / "d"
-    synth.generate(out, subjects=6, seed=1, workers=1, progress=False)
+    mimic_cxr.generate(out, subjects=6, seed=1, workers=1, progress=False)
     sums = (out / "SHA256SUMS.txt").read_text()
     jpgs = sorted((out / "files").rglob("*.jpg"))
     # Simulate a run killed midway: no marker, a missing image, a truncated one, a stray temp file.
@@ -170,34 +171,34 @@ def test_interrupted_run_resumes(tmp_path):
     jpgs[0].unlink()
     jpgs[1].write_bytes(jpgs[1].read_bytes()[:100])
     (jpgs[2].parent / f".{jpgs[2].name}.123.tmp").write_bytes(b"partial")
-    summary = synth.generate(out, subjects=6, seed=1, workers=1, progress=False)
+    summary = mimic_cxr.generate(out, subjects=6, seed=1, workers=1, progress=False)
     assert summary["images_written"] == 2
     assert (out / "SHA256SUMS.txt").read_text() == sums
     assert not list(out.rglob("*.tmp"))
 
 
 def test_tables_only_and_full_size(tmp_path):
-    summary = synth.generate(tmp_path / "t", subjects=50, seed=0, images=False, progress=False)
+    summary = mimic_cxr.generate(tmp_path / "t", subjects=50, seed=0, images=False, progress=False)
     assert summary["tables_only"] and summary["images"] > 50
     assert not (tmp_path / "t" / "files").exists()
     # LICENSE, four tables, the radiologist labels, IMAGE_FILENAMES, RECORDS
     assert len((tmp_path / "t" / "SHA256SUMS.txt").read_text().splitlines()) == 8
     job = (0, "x.jpg", 2705, 2539, "AP", np.full(14, np.nan), 10000032, 1.0)
-    with Image.open(io.BytesIO(synth.jpeg_bytes(job, 0, "full"))) as im:
+    with Image.open(io.BytesIO(mimic_cxr.jpeg_bytes(job, 0, "full"))) as im:
         assert im.mode == "L" and im.size == (2539, 2705)
 
 
 def test_bad_arguments_name_the_flag(tmp_path):
     with pytest.raises(UserError, match="--subjects"):
-        synth.generate(tmp_path / "a", subjects=0, progress=False)
+        mimic_cxr.generate(tmp_path / "a", subjects=0, progress=False)
     with pytest.raises(UserError, match="--image-size"):
-        synth.generate(tmp_path / "b", subjects=5, image_size="medium", progress=False)
+        mimic_cxr.generate(tmp_path / "b", subjects=5, image_size="medium", progress=False)
     with pytest.raises(UserError, match="--workers"):
-        synth.generate(tmp_path / "c", subjects=5, workers=-1, progress=False)
+        mimic_cxr.generate(tmp_path / "c", subjects=5, workers=-1, progress=False)
 
 
 def test_statistics_match_the_release_and_the_original_cohort():
-    tables = synth.build_tables(6000, seed=0)
+    tables = mimic_cxr.build_tables(6000, seed=0)
     meta, negbio = tables["metadata"], tables["negbio"]
     views = meta["ViewPosition"].value_counts(normalize=True)
     for view, real in {"AP": 0.39, "PA": 0.255, "LATERAL": 0.22, "LL": 0.093, "": 0.042}.items():
@@ -216,13 +217,13 @@ def test_statistics_match_the_release_and_the_original_cohort():
 
 
 def test_latent_correlation_reproduces_cooccurrence():
-    corr = synth.latent_correlation()
+    corr = synthetic_tables.latent_correlation()
     rng = np.random.default_rng(0)
-    z = rng.standard_normal((200_000, len(synth.SAMPLED))) @ np.linalg.cholesky(corr).T
-    p = np.array([synth.RATES[f][0] for f in synth.SAMPLED])
+    z = rng.standard_normal((200_000, len(synthetic_tables.SAMPLED))) @ np.linalg.cholesky(corr).T
+    p = np.array([synthetic_tables.RATES[f][0] for f in synthetic_tables.SAMPLED])
     pos = z > np.quantile(z, 1 - p, axis=0).diagonal()
-    i, j = synth.SAMPLED.index("Lung Opacity"), synth.SAMPLED.index("Pleural Effusion")
-    target = synth.COOCCURRENCE[FINDINGS.index("Lung Opacity"), FINDINGS.index("Pleural Effusion")]
+    i, j = synthetic_tables.SAMPLED.index("Lung Opacity"), synthetic_tables.SAMPLED.index("Pleural Effusion")
+    target = synthetic_tables.COOCCURRENCE[FINDINGS.index("Lung Opacity"), FINDINGS.index("Pleural Effusion")]
     assert abs((pos[:, i] & pos[:, j]).mean() - target) < 0.01
 
 
@@ -232,7 +233,7 @@ def test_cardiomegaly_widens_the_bright_heart_shadow():
     def heart_band(positive: bool, i: int) -> float:
         labels = np.full(14, np.nan)
         labels[FINDINGS.index("Cardiomegaly")] = 1.0 if positive else 0.0
-        image = synth.render(96, 80, "AP", labels, np.random.default_rng([int(positive), i]),
+        image = mimic_cxr.render(96, 80, "AP", labels, np.random.default_rng([int(positive), i]),
                              np.random.default_rng([9, i]), draw_scale=1)
         return image[50:70, 48:66].mean() / image[10:30, 48:66].mean()
 
@@ -251,7 +252,7 @@ def test_the_planted_group_draws_every_finding_at_half_strength():
         labels[FINDINGS.index(finding)] = 1.0
 
         def draw(signature, i):
-            return synth.render(96, 80, "AP", labels, np.random.default_rng([1, i]), np.random.default_rng([9, i]),
+            return mimic_cxr.render(96, 80, "AP", labels, np.random.default_rng([1, i]), np.random.default_rng([9, i]),
                                 draw_scale=1, signature=signature).astype(float)
 
         energy = [(np.abs(draw(0.5, i) - draw(1e-6, i)).mean(), np.abs(draw(1.0, i) - draw(1e-6, i)).mean())
@@ -264,23 +265,23 @@ def test_the_planted_group_draws_every_finding_at_half_strength():
 def test_the_planted_disparity_touches_only_womens_images(tree, tmp_path):
     import json
 
-    from cxrlib import synth_mimic_iv
+    from cxrlib.synthetic import mimic_iv
 
     out, _ = tree
     planted = json.loads((out / "mimic-iv" / "PLANTED.json").read_text())
-    assert planted == synth_mimic_iv.PLANTED and planted["attribute"] == "sex" and planted["group"] == "F"
+    assert planted == mimic_iv.PLANTED and planted["attribute"] == "sex" and planted["group"] == "F"
     alike = tmp_path / "alike"
-    synth.generate(alike, subjects=SUBJECTS, seed=SEED, workers=1, progress=False, planted_gap=False)
+    mimic_cxr.generate(alike, subjects=SUBJECTS, seed=SEED, workers=1, progress=False, planted_gap=False)
     assert not (alike / "mimic-iv" / "PLANTED.json").exists()
     assert "--no-planted-gap" in (alike / "LICENSE.txt").read_text()
     gender = pd.read_csv(out / "mimic-iv" / "hosp" / "patients.csv.gz").set_index("subject_id")["gender"]
-    meta = read(out, synth.METADATA)
-    labels = read(out, synth.CHEXPERT).set_index("study_id")[PATHOLOGIES + ["Support Devices"]]
+    meta = read(out, mimic_cxr.METADATA)
+    labels = read(out, mimic_cxr.CHEXPERT).set_index("study_id")[PATHOLOGIES + ["Support Devices"]]
     changed, drawn = {"F": [], "M": []}, {"F": 0, "M": 0}
     for subject, study, dicom in meta[["subject_id", "study_id", "dicom_id"]].itertuples(index=False):
         if subject not in gender.index:
             continue
-        path = synth.image_path(subject, study, dicom)
+        path = mimic_cxr.image_path(subject, study, dicom)
         has_finding = study in labels.index and labels.loc[study].isin([1.0, -1.0]).any()
         drawn[gender[subject]] += has_finding
         changed[gender[subject]].append((out / path).read_bytes() != (alike / path).read_bytes())

@@ -14,12 +14,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cxrlib import cache, checkpoint, optim, params, runtime, train, viz
+from cxrlib import params
 from cxrlib.bench import train as bench_train
-from cxrlib.cohort import read_cohort, write_cohort
-from cxrlib.data import BatchTransform, make_loader
+from cxrlib.data import cache
+from cxrlib.data.cohort import read_cohort, write_cohort
 from cxrlib.errors import UserError
+from cxrlib.evaluation import viz
 from cxrlib.labels import FINDINGS
+from cxrlib.training import checkpoint, optim, runtime, train
+from cxrlib.training.loader import BatchTransform, make_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small and fast, yet every random part is on: dropout, augmentation, warmup + cosine, pos_weight.
@@ -249,7 +252,8 @@ def test_rng_state_round_trips_through_weights_only(tmp_path):
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
     from pathlib import Path
-    from cxrlib import params, train
+    from cxrlib import params
+    from cxrlib.training import train
     run_dir, kill_at, values = Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
     if kill_at:  # SIGKILL this process at its kill_at-th checkpoint save: the step before it is done, not saved
         real_save, calls = train.save_checkpoint, []
@@ -367,7 +371,7 @@ def test_normalisation_travels_with_the_checkpoint(data_root, tmp_path):
     import json
     import shutil
 
-    from cxrlib import evaluate
+    from cxrlib.evaluation import evaluate
 
     copy = tmp_path / "data"
     shutil.copytree(data_root, copy)

@@ -14,8 +14,9 @@ import pytest
 import torch
 from conftest import PROJECT, TINY
 
-from cxrlib import index, params, runs
+from cxrlib import params
 from cxrlib.errors import UserError
+from cxrlib.experiments import lister, runs
 from cxrlib.labels import FINDINGS
 from cxrlib.progress import LINE, LineBar, Streamer
 
@@ -65,7 +66,7 @@ def test_epoch_lines_stream_to_the_terminal_and_ctrl_c_prints_one_line(tiny_data
     # what ran is kept: the notebook so far, with the epochs it printed
     kept = nbformat.read(tmp_path / "stream" / "02_train.ipynb", as_version=4)
     assert "epoch 1/40: train loss" in json.dumps(kept.cells)
-    assert index.status(tmp_path / "stream")["status"] == "training"
+    assert lister.status(tmp_path / "stream")["status"] == "training"
 
 
 def test_streamer_gives_a_live_bar_in_a_terminal_and_plain_lines_in_a_log(capsys):
@@ -128,15 +129,15 @@ def copy_run(src: Path, dst: Path, **changes) -> Path:
 
 def test_runs_index_marks_metrics_older_than_training_as_stale(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "r1", epochs=2)
-    assert index.status(run)["status"] == "evaluated"
+    assert lister.status(run)["status"] == "evaluated"
     history = pd.read_csv(run / "history.csv")
     extra = history.iloc[[-1]].assign(epoch=2, selected=True, best_epoch=2)
     pd.concat([history, extra]).to_csv(run / "history.csv", index=False)   # trained one epoch further
-    s = index.status(run)
+    s = lister.status(run)
     assert s["status"] == "stale" and "make evaluate RUN=r1" in " ".join(s["notes"])
     (run / "metrics.json").unlink()
-    assert index.status(run)["status"] == "trained"
-    table = index.runs_table(tmp_path).set_index("run")
+    assert lister.status(run)["status"] == "trained"
+    table = lister.runs_table(tmp_path).set_index("run")
     assert table.loc["r1", "status"] == "trained" and table.loc["r1", "best"] == 2
     assert "NaN" not in table.to_string()
 
@@ -144,7 +145,7 @@ def test_runs_index_marks_metrics_older_than_training_as_stale(tiny_run, tmp_pat
 def test_diff_shows_parameters_first_without_image_or_html_noise(tiny_run, tmp_path):
     a = copy_run(tiny_run, tmp_path / "a")
     b = copy_run(tiny_run, tmp_path / "b", epochs=3, image_size=64)
-    text = index.diff_runs(a, b)
+    text = lister.diff_runs(a, b)
     lines = text.splitlines()
     assert lines[0].startswith("Parameters that differ")
     assert lines[1].split() == ["image_size", "32", "|", "64"] and lines[2].split() == ["epochs", "1", "|", "3"]
@@ -173,16 +174,16 @@ def test_make_reports_a_bad_make_line_value_as_from_the_make_line():
 
 
 def test_a_summary_ends_train_and_evaluate(tiny_run, capsys):
-    index.print_summary(tiny_run, ["02_train", "03_evaluate"])
+    lister.print_summary(tiny_run, ["02_train", "03_evaluate"])
     out = capsys.readouterr().out
     assert "best epoch 1 (chosen on validate by auroc): validate AUROC macro" in out
     assert "Test set:" in out and "95% CIs from 50 patient resamples" in out
     head = json.loads((tiny_run / "metrics.json").read_text())["headline"]["AUROC macro"]
-    assert f"AUROC macro  {index.fmt(head['value'])}  [{index.fmt(head['lo'])}, {index.fmt(head['hi'])}]" in out
+    assert f"AUROC macro  {lister.fmt(head['value'])}  [{lister.fmt(head['lo'])}, {lister.fmt(head['hi'])}]" in out
 
 
 def test_best_checkpoint_holds_no_optimizer_state_and_evaluates_the_same(tiny_run):
-    from cxrlib import evaluate
+    from cxrlib.evaluation import evaluate
 
     folder = tiny_run / "checkpoints"
     best = torch.load(folder / "best.pt", weights_only=True)
@@ -204,12 +205,12 @@ def test_best_checkpoint_holds_no_optimizer_state_and_evaluates_the_same(tiny_ru
 def test_clean_removes_checkpoints_and_keeps_reports(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "c")
     shutil.copytree(tiny_run / "checkpoints", run / "checkpoints")
-    assert index.clean(run, ask=lambda prompt: "n") == 0 and (run / "checkpoints").is_dir()
+    assert lister.clean(run, ask=lambda prompt: "n") == 0 and (run / "checkpoints").is_dir()
     with pytest.raises(UserError, match="without a terminal to ask; add YES=1"):   # pytest's stdin: no terminal
-        index.clean(run)
-    freed = index.clean(run, assume_yes=True)
+        lister.clean(run)
+    freed = lister.clean(run, assume_yes=True)
     assert freed > 0 and not (run / "checkpoints").exists() and (run / "metrics.json").is_file()
-    assert "checkpoints removed" in index.status(run)["notes"]
+    assert "checkpoints removed" in lister.status(run)["notes"]
 
 
 def test_nbstripout_filter_strips_outputs_on_git_add(tmp_path):
@@ -278,14 +279,14 @@ def test_the_summary_says_when_an_interval_misses_its_estimate(tmp_path, capsys)
         "data": {"images_per_split": {"test": 102}, "patients_per_split": {"test": 100}},
         "headline": {"AUPRC macro": {"value": 0.1729, "lo": 0.1832, "hi": 0.2541},
                      "AUROC macro": {"value": 0.8, "lo": 0.7, "hi": 0.9}}}))
-    lines = index.evaluation_summary(tmp_path)
+    lines = lister.evaluation_summary(tmp_path)
     assert lines[1].endswith("(CI conditional: ? of 1000 resamples)")
     assert lines[2].strip().startswith("AUROC macro") and "conditional" not in lines[2]
     report = json.loads((tmp_path / "metrics.json").read_text())
     report["headline"]["AUROC macro"].update(n_boot_valid=414, conditional=True)
     report["macro"] = {"findings": FINDINGS[:9], "not_estimable": ["Fracture"], "one_class": [], "min_positives": 10}
     (tmp_path / "metrics.json").write_text(json.dumps(report))
-    lines = index.evaluation_summary(tmp_path)
+    lines = lister.evaluation_summary(tmp_path)
     assert lines[2].endswith("(CI conditional: 414 of 1000 resamples)") and "may miss the estimate" in lines[3]
     assert lines[4] == "  macro figures average 9 of 14 findings; left out (fewer than 10 positive or negative " \
                        "units, or one class): Fracture"
@@ -295,7 +296,7 @@ def test_two_runs_with_different_cohorts_started_at_once_keep_all_their_images(t
     """`RUN=a` (views AP) and `RUN=b` (AP and PA) at the same image size, started together: both cohort
     notebooks build into one shared cache, and afterwards each run trains and evaluates on every one of its
     images (cache.usable_cohort is what training and evaluation read)."""
-    from cxrlib import cache
+    from cxrlib.data import cache
 
     cache_dir = tmp_path / "shared-cache"
     procs = [subprocess.Popen(cli_args(tiny_data, tmp_path, name, views=views, cache_dir=str(cache_dir),
@@ -318,7 +319,7 @@ def test_two_runs_with_different_cohorts_started_at_once_keep_all_their_images(t
 def test_notebook_seconds_reads_the_notebook_level_duration_from_the_tail(tmp_path):
     import json
 
-    from cxrlib import index
+    from cxrlib.experiments import lister
 
     cells = [{"cell_type": "code", "source": "", "outputs": [{"output_type": "stream", "name": "stdout",
                                                               "text": "x" * 100_000}],
@@ -328,8 +329,8 @@ def test_notebook_seconds_reads_the_notebook_level_duration_from_the_tail(tmp_pa
               "nbformat": 4, "nbformat_minor": 5}
         path = tmp_path / "01_cohort.ipynb"
         path.write_text(json.dumps(nb, indent=1))
-        assert index.notebook_seconds(path) == expected
-    assert index.notebook_seconds(tmp_path / "missing.ipynb") == 0.0
+        assert lister.notebook_seconds(path) == expected
+    assert lister.notebook_seconds(tmp_path / "missing.ipynb") == 0.0
 
 
 def test_make_evaluate_checks_params_and_make_train_on_a_run_does_not_take_the_demo_preset():

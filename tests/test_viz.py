@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 
-from cxrlib import viz
+from cxrlib.evaluation import viz
 from cxrlib.labels import FINDINGS
 
 
@@ -31,8 +31,9 @@ def test_examples_per_finding_is_reproducible_and_takes_all_when_few():
 def test_report_tables_read_as_people_read_them():
     import pandas as pd
 
-    from cxrlib import params, viz
-    from cxrlib.compare import format_p
+    from cxrlib import params
+    from cxrlib.evaluation import viz
+    from cxrlib.evaluation.paired import format_p
 
     frame = pd.DataFrame({"auroc": pd.array([0.80157, None], dtype="Float64"),
                           "n_pos": pd.array([55, None], dtype="Int64"), "finding": ["Edema", "macro"]})

@@ -38,13 +38,15 @@ def machine() -> dict:
 
 
 def bench_cohort(args) -> dict:
-    from .. import cohort, params, synth
+    from .. import params
+    from ..data import cohort
+    from ..synthetic import mimic_cxr
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data_root) if args.data_root else Path(tmp)
         if not args.data_root:
             t = time.perf_counter()
-            summary = synth.generate(root, subjects=args.subjects, seed=args.seed, images=False, progress=False)
+            summary = mimic_cxr.generate(root, subjects=args.subjects, seed=args.seed, images=False, progress=False)
             print(f"generated MIMIC-scale tables in {time.perf_counter() - t:.1f} s: {summary}", file=sys.stderr)
         seed = params.validate({"data_root": str(root), "val_fraction": 0.1})
         full = params.validate({"data_root": str(root), "views": ["AP", "PA"], "studies_per_subject": "all",

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from ..labels import FINDINGS
-from ..metrics import summarize
+from ..stats.metrics import summarize
 
 
 def bench_bootstrap(argv=None) -> dict:
@@ -56,7 +56,7 @@ def _study_level(rng, y, p, groups, args) -> dict:
     import pandas as pd
     from threadpoolctl import threadpool_limits
 
-    from ..levels import PROB_COLUMNS, study_rows
+    from ..stats.levels import PROB_COLUMNS, study_rows
 
     n_patients = int(groups.max()) + 1
     study_of_patient = rng.integers(0, max(args.studies // n_patients, 1), len(y))

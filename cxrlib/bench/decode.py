@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..decode import RESAMPLE, decode_image, decode_one
+from ..data.decode import RESAMPLE, decode_image, decode_one
 from ..errors import UserError
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import CacheDataset, make_loader
+from ..training.loader import CacheDataset, make_loader
 from .decode import synthetic_jpegs
 
 

@@ -53,7 +53,7 @@ def _one_thread() -> None:
 
 
 def bench_cache(argv=None) -> dict:
-    from ..cache import build_cache
+    from ..data.cache import build_cache
 
     ap = argparse.ArgumentParser(prog="python -m cxrlib bench cache", description=bench_cache.__doc__)
     ap.add_argument("--data-root", required=True, help="a MIMIC-CXR-JPG-shaped folder with files/")
@@ -86,7 +86,7 @@ def bench_cache(argv=None) -> dict:
 
 def _tiled_dataset(cache, batches: int, batch: int):
     """A CacheDataset of batches * batch items cycling through the cache's rows (zero labels)."""
-    from ..data import CacheDataset
+    from ..training.loader import CacheDataset
 
     rows = np.resize(np.arange(len(cache)), batches * batch)
     return CacheDataset(cache.images_path, rows, np.zeros((len(rows), 14), np.float32))
@@ -114,11 +114,11 @@ def _rate(loader, run_epoch, warmup: int) -> float:
 def bench_pipeline(argv=None) -> dict:
     import torch
 
-    from .. import train
-    from ..cache import build_cache
-    from ..data import BatchTransform, EpochSampler, make_loader
-    from ..model import build
-    from ..runtime import set_tf32
+    from ..data.cache import build_cache
+    from ..training import train
+    from ..training.loader import BatchTransform, EpochSampler, make_loader
+    from ..training.model import build
+    from ..training.runtime import set_tf32
 
     ap = argparse.ArgumentParser(prog="python -m cxrlib bench pipeline", description=bench_pipeline.__doc__)
     ap.add_argument("--data-root", required=True, help="a MIMIC-CXR-JPG-shaped folder with files/")

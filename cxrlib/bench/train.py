@@ -7,8 +7,8 @@ import time
 import torch
 
 from ..labels import FINDINGS
-from ..runtime import set_tf32
-from ..train import train_step
+from ..training.runtime import set_tf32
+from ..training.train import train_step
 
 
 def bench_train(argv=None) -> dict:
@@ -26,7 +26,7 @@ def bench_train(argv=None) -> dict:
     parser.add_argument("--head", default="flatten", choices=["flatten", "avgpool"])
     parser.add_argument("--compile", action="store_true", help="also time our recipe under torch.compile")
     args = parser.parse_args([a for a in argv or [] if a != "--"])
-    from ..model import build
+    from ..training.model import build
 
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")

@@ -1,0 +1,171 @@
+"""An ensemble as a pseudo-run: the members' mean probability, evaluated by notebooks 03-05 like any run.
+
+    runs/<sweep>/ensemble/   ensemble.json (the members), params.yaml, cohort.csv, predictions.csv, ...
+
+The folder holds no checkpoint. Where a run would load best.pt, an ensemble averages instead:
+predictions (evaluate.predict_run) are the mean of the members' predictions.csv, row by row, and
+Grad-CAM maps (notebook 04) the mean of the members' maps. Thresholds are chosen on the validation
+split as for any run. Notebook 03 compares it, paired, with its best member, and "best" means the
+highest validation AUROC (macro): the test split picks nothing. Members must share the cohort and the
+labels (a sweep over label policies or views cannot be averaged); the message says which differ.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import params as params_mod
+from .. import runlock
+from ..errors import UserError
+from ..fsutil import atomic_write_csv, atomic_write_json, sha256_file
+from ..labels import FINDINGS
+
+ENSEMBLE_FILE = "ensemble.json"
+NOTEBOOKS = ("03_evaluate", "04_error_analysis", "05_fairness")
+
+
+def is_ensemble(run_dir) -> bool:
+    return (Path(run_dir) / ENSEMBLE_FILE).is_file()
+
+
+def member_dirs(run_dir) -> list[Path]:
+    """The member folders, siblings of the ensemble's folder (names in ensemble.json)."""
+    run_dir = Path(run_dir)
+    names = json.loads((run_dir / ENSEMBLE_FILE).read_text())["members"]
+    return [run_dir.parent / name for name in names]
+
+
+def average_predictions(members: list[Path]) -> pd.DataFrame:
+    """The members' mean probability per row; refuses members whose rows or labels differ."""
+    from .evaluate import PROB_COLUMNS, read_predictions
+
+    frames = [read_predictions(m).sort_values(["split", "dicom_id"], kind="stable").reset_index(drop=True)
+              for m in members]
+    first = frames[0]
+    for member, frame in zip(members[1:], frames[1:]):
+        if len(frame) != len(first) or not (frame[["dicom_id", "split"]] == first[["dicom_id", "split"]]).all().all():
+            raise UserError(f"{member.name} predicted other images than {members[0].name}: an ensemble needs members "
+                            "built on the same cohort and split (vary training settings, not cohort ones)")
+        a, b = first[FINDINGS].to_numpy(np.float64), frame[FINDINGS].to_numpy(np.float64)
+        if not ((a == b) | (np.isnan(a) & np.isnan(b))).all():
+            raise UserError(f"{member.name} labels the images differently from {members[0].name} (another label "
+                            "source or policy): an ensemble's members must share the labels")
+    out = first.copy()
+    mean = np.mean([f[PROB_COLUMNS].to_numpy(np.float64) for f in frames], axis=0)
+    out[PROB_COLUMNS] = mean.astype(np.float32)
+    return out
+
+
+def validation_auroc(run_dir) -> float:
+    report = json.loads((Path(run_dir) / "metrics.json").read_text())
+    value = report["splits"].get("validate", {}).get("macro", {}).get("auroc", {}).get("value")
+    return float("nan") if value is None else float(value)
+
+
+def best_member(members: list[Path]) -> Path:
+    """The member with the highest validation AUROC macro (never the test split's)."""
+    scores = [validation_auroc(m) for m in members]
+    if all(np.isnan(scores)):
+        raise UserError(f"no member of {members[0].parent} has validation figures in metrics.json: the ensemble is "
+                        "compared with its best member on the validation split (run notebook 03 on the members)")
+    return members[int(np.nanargmax(scores))]
+
+
+def build(sweep_dir, members: list[str], name: str = "ensemble") -> params_mod.Params:
+    """Write the pseudo-run folder runs/<sweep>/<name>/; returns its parameters."""
+    sweep_dir = Path(sweep_dir)
+    dirs = [sweep_dir / m for m in members]
+    missing = [d.name for d in dirs if not (d / "predictions.csv").is_file()]
+    if missing:
+        raise UserError(f"{sweep_dir}: member(s) {missing} have no predictions.csv; run them first (make sweep)")
+    cohorts = {sha256_file(d / "cohort.csv") for d in dirs}
+    if len(cohorts) > 1:
+        raise UserError(f"{sweep_dir}: the members' cohort.csv differ; an ensemble needs one cohort (vary training "
+                        "settings, not cohort ones, in a sweep you want to ensemble)")
+    best = best_member(dirs)
+    base = params_mod.load_frozen(best).to_dict()
+    p = params_mod.validate({**base, "name": name, "runs_dir": str(sweep_dir), "compare_with": best.name},
+                            f"{sweep_dir}/{name}")
+    folder = p.run_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(dirs[0] / "cohort.csv", folder / ".cohort.csv.tmp")
+    (folder / ".cohort.csv.tmp").replace(folder / "cohort.csv")
+    atomic_write_json(folder / ENSEMBLE_FILE, {"members": members, "rule": "mean of the members' probabilities",
+                                               "best_member_on_validation": best.name})
+    frozen = params_mod.frozen_if_any(folder)
+    if frozen:
+        params_mod.check_change(frozen, p, folder, instead="Delete the ensemble folder to rebuild it")
+    params_mod.freeze_if_changed(p, folder, frozen)
+    return p
+
+
+def build_and_evaluate(sweep_dir, members: list[str], name: str = "ensemble", progress: bool = True) -> Path:
+    """Build the pseudo-run, then run notebooks 03-05 on it (those the members ran), holding its folder's lock."""
+    from ..experiments import runs
+
+    with runlock.hold(Path(sweep_dir) / name, "cxrlib sweep (ensemble)"):
+        p = build(sweep_dir, members, name)
+        ran = [nb for nb in NOTEBOOKS if (Path(sweep_dir) / members[0] / f"{nb}.ipynb").is_file()]
+        print(f"[sweep] {name}: the mean of {len(members)} members; compared with {p.compare_with} (best on "
+              "validation)", flush=True)
+        return runs.run(p, ran, summary=False, progress=progress)
+
+
+# --------------------------------------------------------------------------- what evaluate.py asks a run for
+def write_predictions(run_dir, splits) -> pd.DataFrame:
+    frame = average_predictions(member_dirs(run_dir))
+    frame = frame[frame["split"].isin(list(splits))].reset_index(drop=True)
+    atomic_write_csv(Path(run_dir) / "predictions.csv", frame, float_format="%.9g")
+    return frame
+
+
+def selection(run_dir) -> dict:
+    """evaluate.selection for an ensemble: each member's own, and no test selection unless a member had one."""
+    from .evaluate import read_metrics
+
+    members = {m.name: read_metrics(m)["selection"] for m in member_dirs(run_dir)}
+    test_selected = any(s["test_selected"] for s in members.values())
+    first = next(iter(members.values()))
+    return {"select_on": first["select_on"], "select_metric": first["select_metric"], "best_epoch": None,
+            "best_score": None, "epochs_run": None, "test_selected": test_selected,
+            "warning": next((s["warning"] for s in members.values() if s["warning"]), None),
+            "ensemble_of": {name: s["best_epoch"] for name, s in members.items()}}
+
+
+def model_config(run_dir) -> dict:
+    """What shaped the members' models: a value where every member agrees, None where they differ (listed in
+    `differs`), and each member's own config under `members`, so no record describes the ensemble as one of them."""
+    from ..training.checkpoint import read_model_config
+
+    dirs = member_dirs(run_dir)
+    configs = {d.name: read_model_config(d) for d in dirs}
+    keys = sorted({k for c in configs.values() for k in c})
+    values = {k: [json.dumps(c.get(k), sort_keys=True, default=str) for c in configs.values()] for k in keys}
+    differs = [k for k in keys if len(set(values[k])) > 1]
+    first = next(iter(configs.values()))
+    return {**{k: (None if k in differs else first.get(k)) for k in keys}, "ensemble_of": len(configs),
+            "differs": differs, "members": configs}
+
+
+def mean_cams(run_dir, p, errors: pd.DataFrame, one_member) -> tuple[np.ndarray, np.ndarray]:
+    """(the first member's images, the mean of every member's Grad-CAM maps) for the rows of `errors`;
+    one_member(member_dir, p, errors) is analysis.error_images for one run."""
+    import torch
+
+    images, total = None, None
+    dirs = member_dirs(run_dir)
+    for member in dirs:
+        member_p = params_mod.validate({**params_mod.load_frozen(member).to_dict(), "device": p.device,
+                                        "data_root": p.data_root, "cache_dir": p.cache_dir}, str(member))
+        pixels, cams = one_member(member, member_p, errors)
+        if images is None:
+            images, total = pixels, np.zeros(pixels.shape, np.float64)
+        if cams.shape != total.shape and len(cams):   # a member trained at another image size
+            cams = torch.nn.functional.interpolate(torch.from_numpy(cams)[:, None], size=total.shape[1:],
+                                                   mode="bilinear", align_corners=False)[:, 0].numpy()
+        total += cams
+    return images, (total / len(dirs)).astype(np.float32)

@@ -1,0 +1,133 @@
+"""Grad-CAM (Selvaraju et al. 2017): where in the image the evidence for one finding lies.
+
+The map is ReLU(sum over channels of activation * channel weight), the weight being the
+gradient of the finding's logit averaged over the feature map, upsampled to the input size
+and scaled to [0, 1] per image (all zeros when no region raises the logit, common for
+untrained networks). It shows the last feature map's coarse grid (8 x 8 for
+ResNet101 at 256 px), so it points at regions, not at structures.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..labels import FINDINGS
+
+
+def _has(module: nn.Module, kind: type) -> bool:
+    return any(isinstance(m, kind) for m in module.modules())
+
+
+def find_target_layer(model: nn.Module) -> nn.Module:
+    """The last child block holding a Conv2d, descending while the block still holds the classifier.
+
+    cxrlib.training.model's Classifier(stem, body, head) gives `body` (ResNet layer4's output, or DenseNet's
+    features after the final ReLU); a torchvision ResNet gives layer4; a plain Sequential CNN its
+    last Conv2d.
+    """
+    module = model
+    while True:
+        blocks = [child for child in module.children() if _has(child, nn.Conv2d)]
+        if not blocks:
+            raise UserError(f"{type(module).__name__} holds no Conv2d layer for Grad-CAM; "
+                            "pass target_layer= explicitly")
+        module = blocks[-1]
+        if isinstance(module, nn.Conv2d) or not _has(module, nn.Linear):
+            return module
+
+
+class GradCAM:
+    """cams = GradCAM(model)(images, finding) -> (B, H, W) float32 numpy array in [0, 1].
+
+    Hooks live only during a call, parameters' .grad are never touched (gradients are taken with
+    torch.autograd.grad), and the model runs in eval mode (restored afterwards) so batch norm
+    uses its running statistics and each image's map depends on that image alone.
+    Usable as a context manager for symmetry with other hook-based tools; it holds nothing open.
+    """
+
+    def __init__(self, model: nn.Module, target_layer: Optional[nn.Module] = None):
+        self.model = model
+        self.target_layer = target_layer if target_layer is not None else find_target_layer(model)
+
+    def __enter__(self) -> "GradCAM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def __call__(self, images: torch.Tensor, finding: Union[int, str, Sequence[int], torch.Tensor]) -> np.ndarray:
+        """images: (B, C, H, W) normalised as for training; finding: an index or name, or one index per image."""
+        if images.ndim != 4:
+            raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+        index = self._indices(finding, len(images), images.device)
+        captured = {}
+
+        def keep(_module, _inputs, output):
+            captured["activation"] = output
+
+        hook = self.target_layer.register_forward_hook(keep)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                x = images.detach().clone().requires_grad_(True)  # so the graph exists even with frozen weights
+                logits = self.model(x)
+                activation = captured.get("activation")
+                if not isinstance(activation, torch.Tensor) or activation.ndim != 4:
+                    raise UserError(f"Grad-CAM target layer {type(self.target_layer).__name__} gave no (B, C, h, w) "
+                                    "feature map; pass target_layer= a convolutional block")
+                if index.max() >= logits.shape[1]:
+                    raise ValueError(f"finding index {int(index.max())} out of range for {logits.shape[1]} outputs")
+                score = logits.gather(1, index[:, None]).sum()
+                grads, = torch.autograd.grad(score, activation)
+        finally:
+            hook.remove()
+            self.model.train(was_training)
+        weights = grads.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()
+        cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        peak = cam.amax(dim=(1, 2), keepdim=True)
+        cam = torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.zeros_like(cam))
+        return cam.clamp(0, 1).float().cpu().numpy()
+
+    @staticmethod
+    def _indices(finding, batch: int, device) -> torch.Tensor:
+        if isinstance(finding, str):
+            if finding not in FINDINGS:
+                raise ValueError(f"unknown finding {finding!r}; choose one of {FINDINGS}")
+            finding = FINDINGS.index(finding)
+        index = torch.as_tensor(finding, dtype=torch.long, device=device).reshape(-1)
+        if index.numel() == 1:
+            index = index.expand(batch)
+        if index.numel() != batch or index.min() < 0:
+            raise ValueError(f"finding must be one index or one per image ({batch}), all >= 0")
+        return index
+
+
+CAM_COLORMAP = "inferno"   # perceptually uniform: brightness grows with the value, unlike 'jet'
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.6, cmap: str = CAM_COLORMAP) -> np.ndarray:
+    """An (H, W) uint8 grayscale image with the (H, W) map in [0, 1] on top: (H, W, 3) uint8.
+
+    The colour's weight grows with the map, so where the map is 0 the radiograph shows unchanged (a blank
+    map leaves the plain image, not a dark square).
+    """
+    from matplotlib import colormaps
+
+    image = np.asarray(image)
+    cam = np.asarray(cam, dtype=np.float64)
+    if image.ndim != 2 or cam.shape != image.shape:
+        raise ValueError(f"overlay needs an (H, W) image and a map of the same shape, got {image.shape} "
+                         f"and {cam.shape}")
+    cam = np.clip(cam, 0, 1)
+    heat = colormaps[cmap](cam)[..., :3]
+    gray = (image.astype(np.float64) / 255.0)[..., None]
+    weight = alpha * cam[..., None]
+    blend = (1 - weight) * gray + weight * heat
+    return np.clip(np.rint(blend * 255), 0, 255).astype(np.uint8)

@@ -1,0 +1,300 @@
+"""The runs a person has: their status, figures and differences, and what a command leaves on screen.
+
+    python -m cxrlib runs                 # name, status, date, duration, best epoch, headline figures with CIs
+    python -m cxrlib diff A B             # parameters first, then figures, then notebook text (no images, no HTML)
+    python -m cxrlib clean --name RUN     # remove a run's checkpoints (after asking), keep reports and metrics
+
+Status of a run folder: new (parameters only), cohort (cohort.csv), training (a checkpoint, training not
+at its end: running, or stopped and resumable), trained, evaluated, stale (metrics.json was computed
+before the last training step: the run was trained further since, so its figures describe an older model).
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .. import runlock
+from ..errors import UserError
+from ..params import frozen_if_any
+
+NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"]
+
+
+def fmt(x, digits: int = 3) -> str:
+    """A figure for reading: 3 decimals; n/a where metrics.json holds null (an undefined figure)."""
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def read_history(run_dir) -> pd.DataFrame:
+    path = Path(run_dir) / "history.csv"
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def training_finished(params: dict, history: pd.DataFrame) -> bool:
+    if history.empty:
+        return False
+    patience = int(params.get("patience", 0) or 0)
+    stopped = patience > 0 and int(history["patience_counter"].iloc[-1]) >= patience
+    return stopped or len(history) >= int(params.get("epochs", 0) or 0)
+
+
+def status(run_dir) -> dict:
+    """What the run folder holds, judged from its files (nothing is loaded into torch)."""
+    run_dir = Path(run_dir)
+    params, history, metrics = frozen_if_any(run_dir), read_history(run_dir), read_json(run_dir / "metrics.json")
+    notes = [f"{p.name.split('.')[0]} did not finish (running, or killed)" for p in sorted(run_dir.glob("*.running.ipynb"))]
+    if metrics:
+        sel = metrics.get("selection", {})
+        trained_now = (len(history), int(history["best_epoch"].iloc[-1]) if len(history) else 0)
+        stale = trained_now != (sel.get("epochs_run"), sel.get("best_epoch"))
+        state = "stale" if stale else "evaluated"
+        if stale:
+            notes.append(f"metrics of {sel.get('epochs_run')} epochs (best {sel.get('best_epoch')}); now "
+                         f"{trained_now[0]} (best {trained_now[1]}): make evaluate RUN={run_dir.name}")
+    elif training_finished(params, history):
+        state = "trained"
+    elif len(history) or (run_dir / "checkpoints" / "last.pt").is_file():
+        state = "training"
+    elif (run_dir / "cohort.csv").is_file():
+        state = "cohort"
+    else:
+        state = "new"
+    if state in ("evaluated", "stale", "trained") and not (run_dir / "checkpoints" / "best.pt").is_file():
+        notes.append("checkpoints removed")
+    files = [f for f in run_dir.iterdir() if f.is_file()] if run_dir.is_dir() else []
+    seconds = sum(notebook_seconds(run_dir / f"{nb}.ipynb") for nb in NOTEBOOKS)
+    best = history[history["epoch"] == history["best_epoch"].iloc[-1]] if len(history) else history
+    return {"status": state, "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(max(f.stat().st_mtime for f in files)))
+            if files else "", "duration": seconds, "epochs": f"{len(history)}/{params.get('epochs', '?')}",
+            "best_epoch": int(best["epoch"].iloc[0]) if len(best) else None,
+            "best_val": float(best["val_auroc_macro"].iloc[0]) if len(best) else None,
+            "metrics": metrics, "notes": notes}
+
+
+def notebook_seconds(path: Path) -> float:
+    """papermill's duration of an executed notebook; 0 when absent.
+
+    The notebook-level metadata follows every cell (nbformat writes keys in order), and its
+    papermill block holds the file's last "duration" key: reading the tail spares parsing a
+    notebook whose outputs (images) run to megabytes. The whole file is parsed when the tail holds none.
+    """
+    if not path.is_file():
+        return 0.0
+    with open(path, "rb") as f:
+        f.seek(max(path.stat().st_size - 65536, 0))
+        found = re.findall(rb'"duration": ([0-9.eE+-]+|null)', f.read())
+    if found:   # null: the notebook never finished
+        return 0.0 if found[-1] == b"null" else float(found[-1])
+    papermill = json.loads(path.read_text()).get("metadata", {}).get("papermill", {})
+    return float(papermill.get("duration") or 0)
+
+
+def runs_table(runs_dir="runs") -> pd.DataFrame:
+    from ..progress import duration
+
+    rows = []
+    sweeps = sorted(Path(runs_dir).glob("*/*/params.yaml"))   # sweep members: runs/<sweep>/<member>/
+    for params_file in sorted(Path(runs_dir).glob("*/params.yaml")) + sweeps:
+        run_dir = params_file.parent
+        s = status(run_dir)
+        params = frozen_if_any(run_dir)
+        row = {"run": str(run_dir.relative_to(runs_dir)), "status": s["status"], "date": s["date"],
+               "duration": duration(s["duration"]) if s["duration"] else "-",
+               "arch": params.get("arch"), "size": params.get("image_size"), "epochs": s["epochs"],
+               "best": s["best_epoch"] if s["best_epoch"] is not None else "-",
+               f"{params.get('select_on', 'validate')[:3]} AUROC": fmt(s["best_val"]) if s["best_val"] is not None else "-"}
+        for key, v in (s["metrics"].get("headline") or {}).items():
+            row[f"test {key}"] = f"{fmt(v['value'])} [{fmt(v['lo'])}, {fmt(v['hi'])}]"
+        row["note"] = "; ".join(s["notes"])
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("-")
+
+
+# --------------------------------------------------------------------------- what a command prints at its end
+def training_summary(run_dir) -> list[str]:
+    history = read_history(run_dir)
+    if history.empty:
+        return []
+    params = frozen_if_any(run_dir)
+    best = history[history["epoch"] == history["best_epoch"].iloc[-1]]
+    lines = [f"Training: {len(history)} of {params.get('epochs')} epochs"
+             + (" (stopped early)" if training_finished(params, history) and len(history) < params.get("epochs", 0) else "")]
+    if len(best):
+        b = best.iloc[0]
+        split = b.get("eval_split", params.get("select_on"))
+        lines.append(f"  best epoch {int(b['epoch'])} (chosen on {split} by {params.get('select_metric')}): "
+                     f"{split} AUROC macro {fmt(b['val_auroc_macro'])}, micro {fmt(b['val_auroc_micro'])}, "
+                     f"loss {fmt(b['val_loss'], 4)}, accuracy {fmt(b['val_accuracy'])}")
+        if split == "test":
+            lines.append("  WARNING: selected on the TEST set (the original project's rule): test figures are optimistic")
+    lines.append(f"  checkpoints: {Path(run_dir) / 'checkpoints'}/best.pt (evaluation), last.pt (resume)")
+    return lines
+
+
+def evaluation_summary(run_dir) -> list[str]:
+    m = read_json(Path(run_dir) / "metrics.json")
+    if not m.get("headline"):
+        return []
+    data, ci = m.get("data", {}), m.get("ci", {})
+    split = m.get("headline_split", "test")
+    level = m.get("level") or {}
+    studies = ""
+    if level.get("headline") == "study":
+        studies = f" in {level.get('units_per_split', {}).get(split, '?')} studies (figures per study)"
+    lines = [f"{split.capitalize()} set: {data.get('images_per_split', {}).get(split, '?')} images{studies} of "
+             f"{data.get('patients_per_split', {}).get(split, '?')} patients; {ci.get('level', 0.95):.0%} CIs from "
+             f"{ci.get('n_boot', '?')} patient resamples"]
+    for key, v in m["headline"].items():
+        outside = None not in (v["value"], v["lo"], v["hi"]) and not v["lo"] <= v["value"] <= v["hi"]
+        conditional = v.get("conditional") or outside
+        lines.append(f"  {key:<12} {fmt(v['value'])}  [{fmt(v['lo'])}, {fmt(v['hi'])}]"
+                     + (f"  (CI conditional: {v.get('n_boot_valid', '?')} of {ci.get('n_boot', '?')} resamples)"
+                        if conditional else ""))
+    if any(v.get("conditional") for v in m["headline"].values()):
+        lines.append("    a conditional interval comes from the resamples that kept both classes of every finding it "
+                     "averages; it may miss the estimate (notebook 03)")
+    macro = m.get("macro")
+    if macro:
+        left = macro.get("not_estimable", []) + macro.get("one_class", [])
+        lines.append(f"  macro figures average {len(macro['findings'])} of 14 findings"
+                     + (f"; left out (fewer than {macro['min_positives']} positive or negative units, or one class): "
+                        + ", ".join(left) if left else ""))
+    if m.get("test_selected"):
+        lines.append("  WARNING: the model was selected on the test set: these figures are optimistic")
+    return lines
+
+
+def audit_summary(run_dir: Path) -> list[str]:
+    """fairness.json in a few lines: the significant primary gaps and, on the stand-in, the planted one."""
+    from ..evaluation.audit import summary_lines  # lazy: it imports evaluate (torch); the run lister needs neither
+
+    return summary_lines(json.loads((run_dir / "fairness.json").read_text()))
+
+
+def print_summary(run_dir, notebooks=NOTEBOOKS) -> None:
+    run_dir = Path(run_dir)
+    lines = [f"\nRun folder: {run_dir}/"]
+    lines += [f"  report: {run_dir / (nb + '.html')}" for nb in notebooks if (run_dir / f"{nb}.html").is_file()]
+    if "02_train" in notebooks:
+        lines += [""] + training_summary(run_dir)
+    if "03_evaluate" in notebooks:
+        lines += [""] + evaluation_summary(run_dir)
+    if "05_fairness" in notebooks and (run_dir / "fairness.json").is_file():
+        lines += [""] + audit_summary(run_dir)
+    print("\n".join(lines), flush=True)
+
+
+# --------------------------------------------------------------------------- diff
+def notebook_text(path: Path) -> list[str]:
+    """Sources and text outputs of an executed notebook, one line per line; images, HTML and timings left out."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    lines = []
+    for i, cell in enumerate(nb.cells):
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            continue   # the parameters, shown first
+        lines.append(f"--- cell {i} ({cell.cell_type})")
+        lines += cell.source.splitlines()
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                lines += ["  | " + t for t in out.text.splitlines()]
+            elif out.output_type == "error":
+                lines.append(f"  ! {out.ename}: {out.evalue}")
+            elif "text/plain" in out.get("data", {}):
+                data = out["data"]
+                if any(k.startswith("image/") for k in data):
+                    lines.append("  [figure]")
+                else:
+                    lines += ["  | " + t for t in data["text/plain"].splitlines()]
+    return lines
+
+
+def diff_runs(a, b) -> str:
+    a, b = Path(a), Path(b)
+    for run in (a, b):
+        if not (run / "params.yaml").is_file():
+            raise UserError(f"{run}: not a run folder (no params.yaml); runs: "
+                            + ", ".join(sorted(p.parent.name for p in run.parent.glob("*/params.yaml"))))
+    pa, pb = frozen_if_any(a), frozen_if_any(b)
+    keys = [k for k in dict.fromkeys([*pa, *pb]) if k != "name" and pa.get(k) != pb.get(k)]
+    out = [f"Parameters that differ ({a.name} | {b.name}):"]
+    width = max([len(k) for k in keys] + [4])
+    out += [f"  {k:<{width}}  {pa.get(k, '(unset)')!s} | {pb.get(k, '(unset)')!s}" for k in keys] or ["  none"]
+    ha, hb = read_json(a / "metrics.json").get("headline", {}), read_json(b / "metrics.json").get("headline", {})
+    if ha or hb:
+        out += ["", f"Headline figures ({a.name} | {b.name}):"]
+        for key in dict.fromkeys([*ha, *hb]):
+            cell = [f"{fmt(h[key]['value'])} [{fmt(h[key]['lo'])}, {fmt(h[key]['hi'])}]" if key in h else "-"
+                    for h in (ha, hb)]
+            out.append(f"  {key:<12} {cell[0]} | {cell[1]}")
+    for nb in NOTEBOOKS:
+        na, nb_b = a / f"{nb}.ipynb", b / f"{nb}.ipynb"
+        if not (na.is_file() and nb_b.is_file()):
+            continue
+        body = list(difflib.unified_diff(notebook_text(na), notebook_text(nb_b), f"{a.name}/{nb}.ipynb",
+                                         f"{b.name}/{nb}.ipynb", n=1, lineterm=""))
+        out += ["", f"{nb}: " + ("no difference in sources or text outputs" if not body else "sources and text outputs")]
+        out += body
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- clean
+def clean(run_dir, assume_yes: bool = False, ask=input) -> int:
+    """Remove <run>/checkpoints after asking; reports, metrics, predictions and history stay. Bytes freed."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        print(f"{folder}: nothing to remove")
+        return 0
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    print(f"{folder}: {size / 1e6:,.0f} MB ({', '.join(sorted(f.name for f in folder.iterdir()))}). Without them the "
+          "run cannot be resumed, evaluated again or explained (Grad-CAM); its reports and metrics stay.")
+    if not assume_yes:
+        if ask is input and not sys.stdin.isatty():
+            raise UserError("not removing checkpoints without a terminal to ask; add YES=1 (make) or --yes")
+        if ask("remove them? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return 0
+    shutil.rmtree(folder)
+    print(f"removed {folder} ({size / 1e6:,.0f} MB)")
+    return size
+
+
+def cli(command: str, argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog=f"python -m cxrlib {command}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs-dir", default="runs")
+    if command == "runs":
+        args = ap.parse_args(argv)
+        table = runs_table(args.runs_dir)
+        print(table.to_string(index=False) if len(table) else f"no runs under {args.runs_dir}/")
+        return 0
+    if command == "diff":
+        ap.add_argument("a")
+        ap.add_argument("b")
+        args = ap.parse_args(argv)
+        print(diff_runs(Path(args.runs_dir) / args.a, Path(args.runs_dir) / args.b))
+        return 0
+    if command == "clean":
+        ap.add_argument("--name", required=True)
+        ap.add_argument("--yes", action="store_true", help="do not ask")
+        args = ap.parse_args(argv)
+        run_dir = Path(args.runs_dir) / args.name
+        if not (run_dir / "params.yaml").is_file():
+            raise UserError(f"{run_dir}: not a run folder (no params.yaml)")
+        with runlock.hold(run_dir, "cxrlib clean"):
+            clean(run_dir, args.yes)
+        return 0
+    raise UserError(f"unknown command {command}")

@@ -1,0 +1,153 @@
+"""`python -m cxrlib predict --run runs/x IMAGE_OR_FOLDER ... [--out preds.csv]`: a trained run on new files.
+
+Each JPEG or PNG, of any size, goes through the run's own path: decoded to 8-bit grey and resized
+the way its cache was built (resize, decode), normalised by the checkpoint's mean and std, on the
+run's device and precision. The output has the 14 probabilities in predictions.csv's columns, the
+call at each finding's validation threshold (max-F1; 0.5 where the run has none) and, when the run
+was recalibrated, the calibrated probabilities. Folders are searched recursively; files that cannot
+be read are listed with the reason and skipped, never stopping the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..labels import FINDINGS
+
+SUFFIXES = {".jpg", ".jpeg", ".png"}
+FORMATS = ("JPEG", "PNG")
+BATCH = 32
+
+
+def find_images(inputs) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(image files in the order given, folders sorted within), [(input, reason)] for inputs that are neither."""
+    files, problems = [], []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if f.suffix.lower() in SUFFIXES and f.is_file())
+            if not found:
+                problems.append((text, "folder holds no .jpg, .jpeg or .png file"))
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append((text, "no such file or folder"))
+    return files, problems
+
+
+def decoded(path: Path, size: int, resize: str, mode: str):
+    """(pixels or None, why not, notes on how it was read: e.g. a 12-bit image in a 16-bit PNG)."""
+    from ..data.decode import decode_image, failure_reason
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            pixels = decode_image(path, size, resize, mode, formats=FORMATS)[0]
+        except Exception as error:  # every unreadable file is reported, none stops the rest
+            return None, failure_reason(error), []
+    return pixels, None, [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
+
+
+def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = True):
+    """(one row per readable image: path, p_<finding> x 14, call_<finding> x 14 [, cal_<finding> x 14],
+    [(path, reason)] for the files skipped, the thresholds' note)."""
+    from ..evaluation import analysis, evaluate, recalibration
+    from ..evaluation.ensemble import is_ensemble, member_dirs
+    from ..training.runtime import amp_dtype
+
+    if batch_size < 1:
+        raise UserError(f"batch_size {batch_size}: at least 1 image per forward pass")
+    run_dir = Path(run_dir)
+    if is_ensemble(run_dir):
+        names = ", ".join(d.name for d in member_dirs(run_dir))
+        raise UserError(f"{run_dir} is an ensemble (no checkpoint of its own): predict with each member "
+                        f"(--run {run_dir.parent}/<member>; members: {names}) and average their p_ columns")
+    files, skipped = find_images(inputs)
+    model, trained, device, transform = evaluate.load_best(run_dir, p)   # trained: the checkpoint's own params
+    metrics_file = run_dir / "metrics.json"
+    report = evaluate.read_metrics(run_dir) if metrics_file.is_file() else None
+    if report:
+        thresholds, note = analysis.thresholds_from_report(report, "f1", level="image")
+    else:
+        thresholds, note = {f: 0.5 for f in FINDINGS}, "thresholds: fixed 0.5 (the run has no metrics.json yet)"
+    calibrator = image_calibrator(report)
+    amp = amp_dtype(trained, device)
+    rows, probs, notes = [], [], []
+    args = (trained.image_size, trained.resize, trained.decode)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # PIL decodes without the GIL
+        for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch", disable=not progress):
+            batch = files[start:start + batch_size]
+            images = []
+            for path, (pixels, reason, how) in zip(batch, pool.map(lambda f: decoded(f, *args), batch)):
+                if pixels is None:
+                    skipped.append((str(path), reason))
+                else:
+                    rows.append(str(path))
+                    images.append(pixels)
+                    notes += [(str(path), text) for text in how]
+            if images:
+                x = transform(torch.from_numpy(np.stack(images))[:, None].to(device))
+                with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    probs.append(torch.sigmoid(model(x).float()).cpu().numpy())
+    prob = np.concatenate(probs) if probs else np.zeros((0, len(FINDINGS)), np.float32)
+    out = pd.DataFrame({"path": rows})
+    out[evaluate.PROB_COLUMNS] = prob.astype(np.float32)
+    cuts = np.array([thresholds[f] for f in FINDINGS])
+    out[[f"call_{f}" for f in FINDINGS]] = (prob >= cuts).astype(np.int8)
+    if calibrator and calibrator.get("method", "none") != "none":
+        out[[f"cal_{f}" for f in FINDINGS]] = recalibration.apply(calibrator, prob).astype(np.float32)
+    out.attrs["notes"] = notes   # [(path, how it was read)]: printed by the command line
+    return out, skipped, note
+
+
+def image_calibrator(report: dict | None) -> dict | None:
+    """The recalibration map for single images: fitted on validation images (metrics.json's image_level);
+    the run's own one in a metrics.json from before image_level."""
+    if not report:
+        return None
+    image_level = report.get("image_level")
+    return image_level["recalibration"] if image_level else report.get("recalibration")
+
+
+def cli(command: str, argv: list[str]) -> int:
+    from ..fsutil import atomic_write_csv
+    from ..params import run_folder, validate
+
+    ap = argparse.ArgumentParser(prog="python -m cxrlib predict", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="the run: runs/<name> or its name")
+    ap.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="JPEG/PNG files, or folders of them")
+    ap.add_argument("--out", help="CSV to write (default: print the table)")
+    ap.add_argument("--batch", type=int, default=BATCH, help=f"images per forward pass (default {BATCH})")
+    ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="default: the GPU if there is one")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.batch < 1:
+        raise UserError(f"--batch {args.batch}: give the number of images per forward pass, at least 1 "
+                        f"(default {BATCH}; lower it if the GPU runs out of memory)")
+    run_dir, p = run_folder(args.run)
+    p = validate({**p.to_dict(), "device": args.device}, "--device")
+    frame, skipped, note = predict_files(run_dir, p, args.inputs, args.batch, progress=not args.no_progress)
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    for path, text in frame.attrs.get("notes", []):
+        print(f"note {path}: {text}", file=sys.stderr)
+    if args.out:
+        atomic_write_csv(args.out, frame, index=False, float_format="%.9g")
+        print(f"{len(frame)} image(s) -> {args.out}; {len(skipped)} skipped; {note}")
+    else:
+        with pd.option_context("display.max_columns", 8, "display.width", 160):
+            print(frame.to_string(index=False, float_format="%.4f") if len(frame) else "no readable image")
+        print(f"{len(skipped)} skipped; {note}")
+    return 1 if skipped and frame.empty else 0

@@ -1,0 +1,59 @@
+"""The objective and its optimisation: masked BCE with optional pos_weight, Adam/AdamW, warmup + constant or cosine."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..labels import FINDINGS
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, pos_weight=None) -> torch.Tensor:
+    """BCE-with-logits averaged over the valid (mask = 1) cells; masked cells add nothing.
+
+    With no masked cell this is nn.BCEWithLogitsLoss(pos_weight=...)(logits, targets).
+    """
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def pos_weight_from_labels(labels: np.ndarray) -> torch.Tensor:
+    """neg/pos per finding over the training labels (NaN = masked, not counted); 1 where no positive."""
+    labels = np.asarray(labels, dtype=np.float64)
+    pos = (labels == 1).sum(axis=0).astype(np.float64)   # NaN equals neither
+    neg = (labels == 0).sum(axis=0).astype(np.float64)
+    if (pos == 0).any():
+        names = [FINDINGS[j] if labels.shape[1] == len(FINDINGS) else str(j) for j in np.flatnonzero(pos == 0)]
+        warnings.warn(f"pos_weight: no positive training label for {names}; their pos_weight is 1", stacklevel=2)
+    return torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32)
+
+
+def make_optimizer(model: nn.Module, params) -> torch.optim.Optimizer:
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """The multiplier of lr for optimizer step `step` (0-based): linear warmup, then constant or cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(optimizer, params, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LambdaLR; its state is just the step count, the function is rebuilt from params."""
+    warmup = round(params.warmup_epochs * steps_per_epoch)
+    total = params.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        return lr_factor(step, warmup, total, params.schedule)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
