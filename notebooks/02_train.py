@@ -37,10 +37,11 @@ resume = False                 # an existing last.pt with the same parameters is
 # %%
 from IPython.display import HTML, display
 
+from cxrlib import runfiles
 from cxrlib.data import cache
 from cxrlib.evaluation import viz
 from cxrlib.experiments import runs
-from cxrlib.training import checkpoint, train
+from cxrlib.training import train
 
 p = runs.notebook_setup(run_dir, globals(), show=viz.TRAINING_RECIPE)   # the recipe, as a table
 if p.select_on == "test":
@@ -64,7 +65,7 @@ result = train.launch(p, run_dir, progress=True)   # a bar in Lab; progress line
 # ## History
 
 # %%
-history = checkpoint.read_history(run_dir)
+history = runfiles.read_history(run_dir)
 display(history.round(4))
 viz.plot_history(history);
 

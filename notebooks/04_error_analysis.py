@@ -37,15 +37,16 @@ ci_level = 0.95
 # %%
 from IPython.display import display
 
+from cxrlib import runfiles
 from cxrlib.data import cohort
-from cxrlib.evaluation import analysis, evaluate
+from cxrlib.evaluation import analysis
 from cxrlib.experiments import runs
 
 p = runs.notebook_setup(run_dir, globals())
 
 # %%
-predictions = evaluate.read_predictions(run_dir)
-report = evaluate.read_metrics(run_dir)
+predictions = runfiles.read_predictions(run_dir)
+report = runfiles.read_metrics(run_dir)
 test = analysis.test_rows(predictions)
 thresholds, threshold_note = analysis.thresholds_from_report(report, level="image")   # errors of single images
 print(f"{len(test):,} test images of {test['subject_id'].nunique():,} patients; {threshold_note}")

@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib import params
+from cxrlib import params, runfiles
 from cxrlib.data.cache import open_cache
 from cxrlib.errors import UserError
-from cxrlib.evaluation import analysis, evaluate
+from cxrlib.evaluation import analysis
 from cxrlib.labels import FINDINGS
 
 EDEMA = "Edema"
@@ -17,9 +17,9 @@ def predictions_frame(edema_labels, edema_probs, split="test", others=0.0, other
     frame = pd.DataFrame({"dicom_id": [f"d{i:03d}" for i in range(n)], "subject_id": [f"1{i:07d}" for i in range(n)],
                           "study_id": [f"5{i:07d}" for i in range(n)], "split": split})
     for f in FINDINGS:
-        frame[evaluate.prob_column(f)] = other_prob
+        frame[runfiles.prob_column(f)] = other_prob
         frame[f] = others
-    frame[evaluate.prob_column(EDEMA)] = edema_probs
+    frame[runfiles.prob_column(EDEMA)] = edema_probs
     frame[EDEMA] = np.asarray(edema_labels, dtype=float)
     return frame
 
@@ -135,7 +135,7 @@ def test_fn_rate_when_another_finding_is_present_or_absent():
 @pytest.mark.slow
 def test_error_images_and_grad_cam_on_the_best_checkpoint(tiny_run):
     p = params.load_frozen(tiny_run)
-    predictions = evaluate.read_predictions(tiny_run)
+    predictions = runfiles.read_predictions(tiny_run)
     errors = analysis.top_errors(predictions, 2)
     images, cams = analysis.error_images(tiny_run, p, errors)
     assert images.shape == cams.shape == (len(errors), 32, 32) and images.dtype == np.uint8

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cxrlib import params
+from cxrlib import params, runfiles
 from cxrlib.data.cohort import read_cohort
 from cxrlib.errors import UserError
 from cxrlib.evaluation import evaluate, paired, tables
@@ -39,13 +39,13 @@ def test_every_notebook_ran_and_rendered(tiny_run):
 
 
 def test_predictions_csv_columns_rows_and_labels(tiny_run):
-    predictions = evaluate.read_predictions(tiny_run)
-    assert list(predictions.columns) == evaluate.ID_COLUMNS + evaluate.PROB_COLUMNS + FINDINGS
+    predictions = runfiles.read_predictions(tiny_run)
+    assert list(predictions.columns) == runfiles.ID_COLUMNS + runfiles.PROB_COLUMNS + FINDINGS
     cohort = read_cohort(tiny_run / "cohort.csv")
     expected = cohort[cohort["split"].isin(["validate", "test"])]
     assert sorted(predictions["dicom_id"]) == sorted(expected["dicom_id"])   # every image decoded in the demo
     assert set(predictions["split"]) == {"validate", "test"}
-    probs = predictions[evaluate.PROB_COLUMNS].to_numpy()
+    probs = predictions[runfiles.PROB_COLUMNS].to_numpy()
     assert np.isfinite(probs).all() and (probs > 0).all() and (probs < 1).all()
     merged = predictions.merge(cohort, on="dicom_id", suffixes=("", "_cohort"))
     assert np.array_equal(merged[FINDINGS].to_numpy(), merged[[f"{f}_cohort" for f in FINDINGS]].to_numpy(),
@@ -55,13 +55,13 @@ def test_predictions_csv_columns_rows_and_labels(tiny_run):
 
 def test_predict_run_is_deterministic_and_tta_stays_close(tiny_run):
     p = frozen(tiny_run)
-    on_disk = evaluate.read_predictions(tiny_run)
+    on_disk = runfiles.read_predictions(tiny_run)
     again = evaluate.predict_run(tiny_run, p, write=False)
     assert list(again["dicom_id"]) == list(on_disk["dicom_id"])
     # Same batches, same bits; the float32 text round trip loses nothing.
-    assert np.array_equal(again[evaluate.PROB_COLUMNS].to_numpy(), on_disk[evaluate.PROB_COLUMNS].to_numpy())
-    plain = again.loc[again["split"] == "test", evaluate.PROB_COLUMNS].to_numpy()
-    tta = evaluate.predict_run(tiny_run, p, splits=("test",), tta=True, write=False)[evaluate.PROB_COLUMNS].to_numpy()
+    assert np.array_equal(again[runfiles.PROB_COLUMNS].to_numpy(), on_disk[runfiles.PROB_COLUMNS].to_numpy())
+    plain = again.loc[again["split"] == "test", runfiles.PROB_COLUMNS].to_numpy()
+    tta = evaluate.predict_run(tiny_run, p, splits=("test",), tta=True, write=False)[runfiles.PROB_COLUMNS].to_numpy()
     assert not np.allclose(tta, plain, atol=1e-4) and np.abs(tta - plain).max() < 0.2
 
 
@@ -115,7 +115,7 @@ def test_metrics_json_headline_selection_and_fingerprint(tiny_run):
     assert report["headline"]["AUROC micro"]["value"] == test["micro"]["auroc"]["value"]
     # the demo's eval_level: study, each study's images' probabilities averaged
     assert report["level"]["headline"] == "study" and report["level"]["aggregate"] == "mean"
-    studies = levels.study_rows(evaluate.read_predictions(tiny_run), "mean")
+    studies = levels.study_rows(runfiles.read_predictions(tiny_run), "mean")
     y, p, _ = evaluate.arrays(studies, "test")
     assert test["micro"]["auroc"]["value"] == pytest.approx(metrics.ranking_metrics(y, p)["micro"]["auroc"], abs=1e-12)
     assert test["n_images"] == report["level"]["units_per_split"]["test"] == len(y)
@@ -127,7 +127,7 @@ def test_metrics_json_headline_selection_and_fingerprint(tiny_run):
     assert data["cohort_sha256"] == hashlib.sha256((tiny_run / "cohort.csv").read_bytes()).hexdigest()
     assert re.fullmatch(r"[0-9a-f]{64}", data["cache_index_sha256"])
     assert data["cache"]["cache_version"] >= 1 and data["cache"]["size"] == 32
-    assert sum(data["images_per_split"].values()) == len(evaluate.read_predictions(tiny_run))
+    assert sum(data["images_per_split"].values()) == len(runfiles.read_predictions(tiny_run))
     assert report["params"]["arch"] == "resnet50" and report["versions"]["torch"] == torch.__version__
     assert report["original_project"]["seed-pos"]["macro"]["auroc"] == 0.7594
     json.dumps(report, allow_nan=False)  # strict JSON: no NaN anywhere
@@ -138,9 +138,9 @@ def test_epochs_are_chosen_on_the_units_the_figures_count(tiny_run):
     and the best epoch's score is the study-level macro AUROC of its predictions (to float32 rounding)."""
     history = pd.read_csv(tiny_run / "history.csv")
     assert (history["select_level"] == "study").all()
-    report = evaluate.read_metrics(tiny_run)
+    report = runfiles.read_metrics(tiny_run)
     assert report["selection"]["level"] == "study" and report["selection"]["note"] is None
-    studies = levels.study_rows(evaluate.read_predictions(tiny_run), "mean")
+    studies = levels.study_rows(runfiles.read_predictions(tiny_run), "mean")
     y, p, _ = evaluate.arrays(studies, "validate")
     best = history[history["selected"]].iloc[-1]
     assert best["val_auroc_macro"] == pytest.approx(metrics.ranking_metrics(y, p)["macro"]["auroc"], abs=1e-4)
@@ -159,7 +159,7 @@ def test_per_unit_aggregates_probabilities_and_keeps_one_label_row():
 
 def test_thresholds_never_look_at_the_test_labels(tiny_run):
     p = frozen(tiny_run)
-    predictions = evaluate.read_predictions(tiny_run)
+    predictions = runfiles.read_predictions(tiny_run)
     base = evaluate.evaluate_run(tiny_run, p, predictions, write=False)
     shuffled = predictions.copy()
     test = (shuffled["split"] == "test").to_numpy()
@@ -182,7 +182,7 @@ def test_thresholds_never_look_at_the_test_labels(tiny_run):
 def test_radiologist_labels_only_score(tiny_run, tiny_data, tmp_path):
     """Without the 2.1.0 file every figure, threshold and choice is the same; with it, a gold section."""
     p = frozen(tiny_run)
-    predictions = evaluate.read_predictions(tiny_run)
+    predictions = runfiles.read_predictions(tiny_run)
     with_gold = evaluate.evaluate_run(tiny_run, p, predictions, write=False)
     bare = tmp_path / "release-2.0.0"
     bare.mkdir()
@@ -203,13 +203,13 @@ def test_radiologist_labels_only_score(tiny_run, tiny_data, tmp_path):
 
 
 def test_threshold_metrics_on_test_match_hand_counts(tiny_run):
-    report = evaluate.read_metrics(tiny_run)
-    predictions = evaluate.read_predictions(tiny_run)
+    report = runfiles.read_metrics(tiny_run)
+    predictions = runfiles.read_predictions(tiny_run)
     test = levels.study_rows(predictions[predictions["split"] == "test"], "mean")   # the demo's eval_level
     table = tables.threshold_table(report)
     for row in table[table["rule"] == "f1"].dropna(subset=["tp"]).itertuples():
         y = test[row.finding].to_numpy()
-        called = test[evaluate.prob_column(row.finding)].to_numpy() >= row.threshold
+        called = test[runfiles.prob_column(row.finding)].to_numpy() >= row.threshold
         known = ~np.isnan(y)
         assert row.tp == int((called & (y == 1))[known].sum()) and row.fn == int((~called & (y == 1))[known].sum())
         assert row.threshold == report["thresholds"]["values"][row.finding]["f1"]
@@ -217,7 +217,7 @@ def test_threshold_metrics_on_test_match_hand_counts(tiny_run):
 
 def test_without_a_validation_split_only_the_fixed_threshold(tiny_run):
     p = frozen(tiny_run)
-    predictions = evaluate.read_predictions(tiny_run)
+    predictions = runfiles.read_predictions(tiny_run)
     report = evaluate.evaluate_run(tiny_run, p, predictions[predictions["split"] == "test"], write=False)
     assert report["thresholds"]["chosen_on"] is None
     assert all(set(v) == {"fixed_0.5"} for v in report["thresholds"]["values"].values())
@@ -227,16 +227,16 @@ def test_without_a_validation_split_only_the_fixed_threshold(tiny_run):
 
 def test_selection_on_test_is_flagged_loudly(tiny_run):
     p = frozen(tiny_run, select_on="test", select_metric="accuracy")
-    report = evaluate.evaluate_run(tiny_run, p, evaluate.read_predictions(tiny_run), write=False)
+    report = evaluate.evaluate_run(tiny_run, p, runfiles.read_predictions(tiny_run), write=False)
     assert report["test_selected"] is True and report["selection"]["test_selected"] is True
     assert "optimistic" in report["warnings"][0]
     html = tables.selection_warning_html(report)
     assert "OPTIMISTIC" in html and "color:#8b0000" in html and "font-weight:bold" in html
-    assert tables.selection_warning_html(evaluate.read_metrics(tiny_run)) is None
+    assert tables.selection_warning_html(runfiles.read_metrics(tiny_run)) is None
 
 
 def test_original_comparison_puts_our_ci_beside_both_published_models(tiny_run):
-    report = evaluate.read_metrics(tiny_run)
+    report = runfiles.read_metrics(tiny_run)
     table = tables.original_comparison(report)
     assert list(table.index) == ["AUROC macro", "AUROC micro", "AUPRC macro", "AUPRC micro"]
     assert table.loc["AUROC macro", "original pos_weight off"] == 0.7191
@@ -262,11 +262,11 @@ def test_compare_runs_with_itself_gives_zero_differences(tiny_run):
 def test_compare_runs_sees_a_better_run(tiny_run, tmp_path):
     better = tmp_path / "better"
     better.mkdir()
-    predictions = evaluate.read_predictions(tiny_run)
+    predictions = runfiles.read_predictions(tiny_run)
     labels = predictions[FINDINGS].to_numpy()
     # Nudge every probability towards its label: ranking can only improve.
-    probs = predictions[evaluate.PROB_COLUMNS].to_numpy() + 0.5 * np.nan_to_num(labels)
-    predictions[evaluate.PROB_COLUMNS] = np.clip(probs, 0, 1)
+    probs = predictions[runfiles.PROB_COLUMNS].to_numpy() + 0.5 * np.nan_to_num(labels)
+    predictions[runfiles.PROB_COLUMNS] = np.clip(probs, 0, 1)
     predictions.to_csv(better / "predictions.csv", index=False)
     table = paired.compare_runs(better, tiny_run, frozen(tiny_run)).set_index(["finding", "metric"])
     assert table.loc[("micro", "auroc"), "diff"] > 0 and table.loc[("micro", "auroc"), "lo"] > 0
@@ -274,7 +274,7 @@ def test_compare_runs_sees_a_better_run(tiny_run, tmp_path):
     # DeLong beside the bootstrap: per finding it is metrics.delong_test on the shared units, clustered by patient
     p = frozen(tiny_run)
     units = levels.rows_at(predictions[predictions["split"] == "test"], p.eval_level, p.study_aggregate)
-    other = levels.rows_at(evaluate.read_predictions(tiny_run).query("split == 'test'"), p.eval_level, p.study_aggregate)
+    other = levels.rows_at(runfiles.read_predictions(tiny_run).query("split == 'test'"), p.eval_level, p.study_aggregate)
     finding = next(f for f in FINDINGS if pd.notna(table.loc[(f, "auroc"), "delong_p"]))
     expected = metrics.delong_test(units[finding], units[f"p_{finding}"], other[f"p_{finding}"],
                                    clusters=units["subject_id"])
@@ -287,7 +287,7 @@ def test_compare_runs_sees_a_better_run(tiny_run, tmp_path):
 
 def test_compare_runs_refuses_other_labels_and_disjoint_test_sets(tiny_run, tmp_path):
     p = frozen(tiny_run)
-    predictions = evaluate.read_predictions(tiny_run)
+    predictions = runfiles.read_predictions(tiny_run)
     relabelled = tmp_path / "relabelled"
     relabelled.mkdir()
     changed = predictions.copy()
@@ -314,7 +314,7 @@ def test_compare_runs_refuses_other_test_sets_unless_asked_and_then_counts_them(
     """AP-only against AP+PA shares some studies: a difference on those is not the difference of the two runs'
     reported figures, so it is refused; compare_on: shared compares them and says how many of each run's."""
     p = frozen(tiny_run)
-    predictions = evaluate.read_predictions(tiny_run)
+    predictions = runfiles.read_predictions(tiny_run)
     test_studies = predictions.loc[predictions["split"] == "test", "study_id"].unique()
     fewer = tmp_path / "fewer"
     fewer.mkdir()
@@ -359,7 +359,7 @@ def test_user_mistakes_get_one_clear_line(tmp_path):
     with pytest.raises(UserError, match=r"best.pt: no checkpoint; train the run first"):
         evaluate.predict_run(tmp_path, p)
     with pytest.raises(UserError, match=r"metrics.json: no metrics; run notebook 03"):
-        evaluate.read_metrics(tmp_path)
+        runfiles.read_metrics(tmp_path)
     (tmp_path / "predictions.csv").write_text("dicom_id,split\nx,test\n")
     with pytest.raises(UserError, match=r"predictions.csv: missing column\(s\)"):
-        evaluate.read_predictions(tmp_path)
+        runfiles.read_predictions(tmp_path)

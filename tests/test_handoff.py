@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib import params
+from cxrlib import params, runfiles
 from cxrlib.__main__ import main
 from cxrlib.data.cohort import read_cohort
 from cxrlib.errors import UserError
@@ -74,7 +74,7 @@ def test_a_finding_with_one_class_on_validation_is_left_as_it_was_and_said_so():
 
 def test_the_run_is_recalibrated_on_validation_and_reports_before_and_after(tiny_run):
     p = params.validate({**params.load_frozen(tiny_run).to_dict(), "calibration": "temperature"})
-    predictions = evaluate.read_predictions(tiny_run)
+    predictions = runfiles.read_predictions(tiny_run)
     report = evaluate.evaluate_run(tiny_run, p, predictions, write=False)
     recal = report["recalibration"]
     units = levels.rows_at(predictions, p.eval_level, p.study_aggregate)   # what every figure counts
@@ -92,14 +92,14 @@ def test_the_run_is_recalibrated_on_validation_and_reports_before_and_after(tiny
     assert recal["after"]["ece"]["lo"] <= recal["after"]["ece"]["hi"]
     assert recal["after_minus_before"]["ece"]["diff"] == pytest.approx(
         after - report["splits"]["test"]["calibration"]["pooled"]["ece"]["value"], abs=1e-9)
-    assert report["headline"] == evaluate.read_metrics(tiny_run)["headline"]   # discrimination: the model's scores
+    assert report["headline"] == runfiles.read_metrics(tiny_run)["headline"]   # discrimination: the model's scores
 
 
 def test_single_images_get_thresholds_and_temperatures_fitted_on_validation_images(tiny_run):
     """At eval_level: study the headline's thresholds and temperatures are fitted on study means; what scores one
     image (predict, export, notebook 04) gets its own, fitted on the validation images."""
     p = params.validate({**params.load_frozen(tiny_run).to_dict(), "calibration": "temperature"})
-    predictions = evaluate.read_predictions(tiny_run)
+    predictions = runfiles.read_predictions(tiny_run)
     report = evaluate.evaluate_run(tiny_run, p, predictions, write=False)
     image = report["image_level"]
     assert image["level"] == "image" and not image["same_as_headline"] and report["thresholds"]["level"] == "study"
@@ -130,7 +130,7 @@ def test_the_export_matches_pytorch_and_predictions_csv(tiny_run, tmp_path, fmt)
     assert meta["findings"] == FINDINGS and meta["input"]["image_size"] == p.image_size
     # The file scores single images: its thresholds were chosen on the validation IMAGES (the demo's figures
     # count studies, whose thresholds were tuned on study means), and the metadata says so.
-    report = evaluate.read_metrics(tiny_run)
+    report = runfiles.read_metrics(tiny_run)
     f1 = {f: v["f1"] for f, v in report["image_level"]["thresholds"]["values"].items()}
     assert meta["thresholds"]["values"] == {f: pytest.approx(0.5 if f1[f] is None else f1[f]) for f in FINDINGS}
     assert meta["thresholds"]["level"] == "image" and meta["calibration"]["level"] == "image"
@@ -139,7 +139,7 @@ def test_the_export_matches_pytorch_and_predictions_csv(tiny_run, tmp_path, fmt)
     cohort, cache = evaluate.eval_cohort(tiny_run, p)
     test = cohort[cohort["split"] == "test"].head(20)
     _, probs = export.run_exported(out, np.ascontiguousarray(cache.images[test["cache_row"].to_numpy()]))
-    expected = evaluate.read_predictions(tiny_run).set_index("dicom_id").loc[test["dicom_id"], evaluate.PROB_COLUMNS]
+    expected = runfiles.read_predictions(tiny_run).set_index("dicom_id").loc[test["dicom_id"], runfiles.PROB_COLUMNS]
     assert probs.shape == (20, 14) and np.abs(probs - expected.to_numpy()).max() < 1e-4
     if fmt == "onnx":
         batch_of_one = export.run_exported(out, np.ascontiguousarray(cache.images[test["cache_row"].to_numpy()[:1]]))[1]
@@ -177,10 +177,10 @@ def test_predicting_the_source_jpegs_reproduces_predictions_csv(tiny_run, tmp_pa
     Image.fromarray(np.asarray(cache.images[first])).save(folder / "first.PNG")   # the cached pixels, as a PNG
     frame, skipped, _ = predict.predict_files(tiny_run, p, files + [str(broken), str(folder), "nope.jpg"],
                                               batch_size=5, progress=False)
-    expected = evaluate.read_predictions(tiny_run).set_index("dicom_id").loc[test["dicom_id"], evaluate.PROB_COLUMNS]
+    expected = runfiles.read_predictions(tiny_run).set_index("dicom_id").loc[test["dicom_id"], runfiles.PROB_COLUMNS]
     assert list(frame["path"][:12]) == files
-    assert np.abs(frame[evaluate.PROB_COLUMNS].to_numpy()[:12] - expected.to_numpy()).max() < 1e-5
-    assert np.abs(frame[evaluate.PROB_COLUMNS].to_numpy()[12] - expected.to_numpy()[0]).max() < 1e-5   # same pixels, no resize
+    assert np.abs(frame[runfiles.PROB_COLUMNS].to_numpy()[:12] - expected.to_numpy()).max() < 1e-5
+    assert np.abs(frame[runfiles.PROB_COLUMNS].to_numpy()[12] - expected.to_numpy()[0]).max() < 1e-5   # same pixels, no resize
     assert dict(skipped) == {"nope.jpg": "no such file or folder", str(broken): dict(skipped)[str(broken)]}
     thresholds = json.loads((tiny_run / "metrics.json").read_text())["thresholds"]["values"]
     f = "Support Devices"
@@ -189,7 +189,7 @@ def test_predicting_the_source_jpegs_reproduces_predictions_csv(tiny_run, tmp_pa
     out = tmp_path / "preds.csv"
     assert main(["predict", "--run", str(tiny_run), *files[:3], "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     written = pd.read_csv(out)
-    assert len(written) == 3 and np.allclose(written[evaluate.PROB_COLUMNS], expected.to_numpy()[:3], atol=1e-6)
+    assert len(written) == 3 and np.allclose(written[runfiles.PROB_COLUMNS], expected.to_numpy()[:3], atol=1e-6)
     assert main(["predict", "--run", str(tiny_run), str(broken), "--no-progress"]) == 1
     assert f"skipped {broken}:" in capsys.readouterr().err
 

@@ -218,7 +218,7 @@ def tiny_sweep(tiny_data, tmp_path_factory):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = sweep.sweep(path, str(runs_dir), cluster="local", wait=True, progress=False)
+            result = sweep.sweep(path, str(runs_dir), executor="local", wait=True, progress=False)
             compared = compare.compare_group("tiny-sweep", runs_dir, out_dir=runs_dir / "tiny-sweep")
             base = sweep.params_mod.load_frozen(runs_dir / "tiny-sweep" / "tb")
             runs.execute("06_compare", base, runs.project_root(), runs_dir / "tiny-sweep", progress=False,
@@ -238,7 +238,7 @@ def test_submitit_runs_the_members_as_jobs_and_a_rerun_skips_them(tiny_sweep, ca
         member = runs_dir / "tiny-sweep" / name
         assert (member / sweep.DONE).is_file() and (member / "metrics.json").is_file()
         assert (member / "03_evaluate.html").is_file() and not (member / "04_error_analysis.ipynb").exists()
-    again = sweep.sweep(path, str(runs_dir), cluster="local", wait=True, progress=False)
+    again = sweep.sweep(path, str(runs_dir), executor="local", wait=True, progress=False)
     assert [m["status"] for m in again["members"]] == ["finished", "finished"] and again["jobs"] == []
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import PROJECT, TINY
 
-from cxrlib import params
+from cxrlib import params, runfiles
 from cxrlib.errors import UserError
 from cxrlib.experiments import lister, runs
 from cxrlib.labels import FINDINGS
@@ -195,7 +195,7 @@ def test_best_checkpoint_holds_no_optimizer_state_and_evaluates_the_same(tiny_ru
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
     p = params.load_frozen(tiny_run)
     again = evaluate.predict_run(tiny_run, p)
-    saved = evaluate.read_predictions(tiny_run)
+    saved = runfiles.read_predictions(tiny_run)
     columns = [c for c in saved.columns if c.startswith("p_")]
     assert len(columns) == 14
     pd.testing.assert_frame_equal(again[columns].reset_index(drop=True), saved[columns].reset_index(drop=True),

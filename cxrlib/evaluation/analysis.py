@@ -16,8 +16,8 @@ import pandas as pd
 
 from ..errors import UserError
 from ..labels import FINDINGS, UNCERTAIN_POLICIES, per_finding
+from ..runfiles import PROB_COLUMNS, prob_column
 from ..stats import metrics
-from .evaluate import PROB_COLUMNS, prob_column
 
 KINDS = {"FP": "false positives: label 0, highest probability",
          "FN": "false negatives: label 1, lowest probability"}

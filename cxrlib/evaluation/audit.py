@@ -17,11 +17,11 @@ from ..data import cohort as cohort_mod
 from ..data import demographics
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
 from ..labels import FINDINGS
+from ..runfiles import read_metrics, read_predictions
 from ..stats import levels
 from ..synthetic.mimic_iv import PLANTED_FILE
 from . import fairness
 from .analysis import thresholds_from_report
-from .evaluate import read_metrics, read_predictions
 
 SHOWN = ["attribute", "group", "reference", "finding", "metric", "value", "gap", "gap_lo", "gap_hi", "p_value",
          "p_adjusted", "n_patients"]

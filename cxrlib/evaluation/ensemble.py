@@ -12,20 +12,17 @@ labels (a sweep over label policies or views cannot be averaged); the message sa
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import params as params_mod
-from .. import runlock
 from ..errors import UserError
-from ..fsutil import atomic_write_csv, atomic_write_json, sha256_file
+from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
 
 ENSEMBLE_FILE = "ensemble.json"
-NOTEBOOKS = ("03_evaluate", "04_error_analysis", "05_fairness")
 
 
 def is_ensemble(run_dir) -> bool:
@@ -41,7 +38,7 @@ def member_dirs(run_dir) -> list[Path]:
 
 def average_predictions(members: list[Path]) -> pd.DataFrame:
     """The members' mean probability per row; refuses members whose rows or labels differ."""
-    from .evaluate import PROB_COLUMNS, read_predictions
+    from ..runfiles import PROB_COLUMNS, read_predictions
 
     frames = [read_predictions(m).sort_values(["split", "dicom_id"], kind="stable").reset_index(drop=True)
               for m in members]
@@ -75,46 +72,6 @@ def best_member(members: list[Path]) -> Path:
     return members[int(np.nanargmax(scores))]
 
 
-def build(sweep_dir, members: list[str], name: str = "ensemble") -> params_mod.Params:
-    """Write the pseudo-run folder runs/<sweep>/<name>/; returns its parameters."""
-    sweep_dir = Path(sweep_dir)
-    dirs = [sweep_dir / m for m in members]
-    missing = [d.name for d in dirs if not (d / "predictions.csv").is_file()]
-    if missing:
-        raise UserError(f"{sweep_dir}: member(s) {missing} have no predictions.csv; run them first (make sweep)")
-    cohorts = {sha256_file(d / "cohort.csv") for d in dirs}
-    if len(cohorts) > 1:
-        raise UserError(f"{sweep_dir}: the members' cohort.csv differ; an ensemble needs one cohort (vary training "
-                        "settings, not cohort ones, in a sweep you want to ensemble)")
-    best = best_member(dirs)
-    base = params_mod.load_frozen(best).to_dict()
-    p = params_mod.validate({**base, "name": name, "runs_dir": str(sweep_dir), "compare_with": best.name},
-                            f"{sweep_dir}/{name}")
-    folder = p.run_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(dirs[0] / "cohort.csv", folder / ".cohort.csv.tmp")
-    (folder / ".cohort.csv.tmp").replace(folder / "cohort.csv")
-    atomic_write_json(folder / ENSEMBLE_FILE, {"members": members, "rule": "mean of the members' probabilities",
-                                               "best_member_on_validation": best.name})
-    frozen = params_mod.frozen_if_any(folder)
-    if frozen:
-        params_mod.check_change(frozen, p, folder, instead="Delete the ensemble folder to rebuild it")
-    params_mod.freeze_if_changed(p, folder, frozen)
-    return p
-
-
-def build_and_evaluate(sweep_dir, members: list[str], name: str = "ensemble", progress: bool = True) -> Path:
-    """Build the pseudo-run, then run notebooks 03-05 on it (those the members ran), holding its folder's lock."""
-    from ..experiments import runs
-
-    with runlock.hold(Path(sweep_dir) / name, "cxrlib sweep (ensemble)"):
-        p = build(sweep_dir, members, name)
-        ran = [nb for nb in NOTEBOOKS if (Path(sweep_dir) / members[0] / f"{nb}.ipynb").is_file()]
-        print(f"[sweep] {name}: the mean of {len(members)} members; compared with {p.compare_with} (best on "
-              "validation)", flush=True)
-        return runs.run(p, ran, summary=False, progress=progress)
-
-
 # --------------------------------------------------------------------------- what evaluate.py asks a run for
 def write_predictions(run_dir, splits) -> pd.DataFrame:
     frame = average_predictions(member_dirs(run_dir))
@@ -125,7 +82,7 @@ def write_predictions(run_dir, splits) -> pd.DataFrame:
 
 def selection(run_dir) -> dict:
     """evaluate.selection for an ensemble: each member's own, and no test selection unless a member had one."""
-    from .evaluate import read_metrics
+    from ..runfiles import read_metrics
 
     members = {m.name: read_metrics(m)["selection"] for m in member_dirs(run_dir)}
     test_selected = any(s["test_selected"] for s in members.values())

@@ -12,7 +12,6 @@ patient-level bootstrap (all images of a subject are drawn together).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
 from ..labels import FINDINGS
 from ..original import original_project_results
+from ..runfiles import ID_COLUMNS, PROB_COLUMNS, read_history, read_predictions
 from ..stats import metrics
 from ..training.checkpoint import read_model_config
 from .provenance import fingerprint, versions
@@ -34,14 +34,8 @@ from .tables import (
     HEADLINE,
 )
 
-ID_COLUMNS = ["dicom_id", "subject_id", "study_id", "split"]
-PROB_COLUMNS = [f"p_{f}" for f in FINDINGS]
 FIXED_THRESHOLD = 0.5   # chosen by no data: an honest reference point even without a validation split
 TTA_SHIFT = 0.03        # fraction of the image side per shift; small enough to keep the anatomy in frame
-
-
-def prob_column(finding: str) -> str:
-    return f"p_{finding}"
 
 
 # --------------------------------------------------------------------------- predictions
@@ -143,19 +137,6 @@ def predict_run(run_dir, p, splits=("validate", "test"), tta: bool = False, writ
     return frame
 
 
-def read_predictions(run_dir) -> pd.DataFrame:
-    path = Path(run_dir) / "predictions.csv"
-    if not path.is_file():
-        raise UserError(f"{path}: no predictions; run notebook 03 for this run first "
-                        f"(make evaluate RUN={Path(run_dir).name})")
-    # float32 as written: %.9g round-trips, so tied scores stay tied and rereading changes nothing.
-    frame = pd.read_csv(path, dtype={c: str for c in ID_COLUMNS} | {c: "float32" for c in PROB_COLUMNS + FINDINGS})
-    missing = [c for c in ID_COLUMNS + PROB_COLUMNS + FINDINGS if c not in frame]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {missing[:5]}; rerun notebook 03 to rewrite it")
-    return frame
-
-
 def scored_units(predictions: pd.DataFrame, p) -> pd.DataFrame:
     """The rows every figure counts: the predictions themselves, or one row per study (eval_level)."""
     from ..stats import levels
@@ -173,7 +154,7 @@ def arrays(frame: pd.DataFrame, split: str | None = None):
 # --------------------------------------------------------------------------- metrics.json
 def selection(run_dir, p) -> dict:
     """How best.pt was chosen, from the run's parameters and history.csv (never from the test figures here)."""
-    from ..training.checkpoint import TEST_SELECTION_WARNING, read_history
+    from ..training.checkpoint import TEST_SELECTION_WARNING
     from . import ensemble
 
     if ensemble.is_ensemble(run_dir):
@@ -345,10 +326,3 @@ def level_section(predictions: pd.DataFrame, units: pd.DataFrame, p, progress: b
                         "units_per_split": levels.units_per_split(rows), "test": test,
                         "headline": headline(test)}
     return out
-
-
-def read_metrics(run_dir) -> dict:
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise UserError(f"{path}: no metrics; run notebook 03 for this run first (make evaluate RUN={Path(run_dir).name})")
-    return json.loads(path.read_text())

@@ -9,9 +9,9 @@ import pandas as pd
 
 from ..errors import UserError
 from ..labels import FINDINGS
+from ..runfiles import PROB_COLUMNS, read_predictions
 from ..stats import levels, metrics
 from ..stats.multiplicity import holm
-from .evaluate import PROB_COLUMNS, read_predictions
 
 
 def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:

@@ -4,12 +4,13 @@
     slurm: {partition: gpu, time_min: 720, cpus_per_task: 8, mem_gb: 64, array_parallelism: 8}
 
 On the cluster's login node, `make sweep GRID=params/grids/NAME.yaml` submits and returns; each job
-runs `sweep.run_member` inside its allocation. Members that ask for the same number of GPUs go into
-one job array. A member with gpus: N > 1 gets N GPUs on one node and trains under torchrun inside the
-allocation (train.launch). When SLURM preempts or times a job out, submitit calls MemberJob.checkpoint,
-which requeues the same member: the rerun finds checkpoints/last.pt and resumes from it (what was
-trained since the last save, at most checkpoint_minutes, is done again). Job logs: runs/<sweep>/slurm/.
-Tests use submitit's local executor (cluster="local"), which runs the same jobs as local processes.
+runs `sweep.run_member` (passed in, pickled by reference) inside its allocation. Members that ask for
+the same number of GPUs go into one job array. A member with gpus: N > 1 gets N GPUs on one node and
+trains under torchrun inside the allocation (train.launch). When SLURM preempts or times a job out,
+submitit calls MemberJob.checkpoint, which requeues the same member: the rerun finds checkpoints/last.pt
+and resumes from it (what was trained since the last save, at most checkpoint_minutes, is done again).
+Job logs: runs/<sweep>/slurm/. Tests use submitit's local executor (executor="local"), which runs the
+same jobs as local processes.
 """
 from __future__ import annotations
 
@@ -22,17 +23,19 @@ DEFAULTS = {"time_min": 720, "cpus_per_task": 8, "mem_gb": 64, "array_parallelis
 
 
 class MemberJob:
-    """The callable submitit pickles: runs one member, and asks to be requeued when preempted."""
+    """The callable submitit pickles: runs one member with `run` (sweep.run_member, pickled by reference, so
+    this module needs no import of the sweep that calls it), and asks to be requeued when preempted."""
+
+    def __init__(self, run):
+        self.run = run
 
     def __call__(self, sweep_dir: str, name: str) -> str:
-        from .sweep import run_member
-
-        return run_member(sweep_dir, name)
+        return self.run(sweep_dir, name)
 
     def checkpoint(self, sweep_dir: str, name: str):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(MemberJob(), sweep_dir, name)   # resumes from last.pt
+        return submitit.helpers.DelayedSubmission(MemberJob(self.run), sweep_dir, name)   # resumes from last.pt
 
 
 def executor(sweep_dir: Path, settings: dict, gpus: int, cluster: str | None = None):
@@ -57,7 +60,7 @@ def executor(sweep_dir: Path, settings: dict, gpus: int, cluster: str | None = N
     return ex
 
 
-def submit(sweep_dir: Path, members: list[dict], settings: dict, cluster: str | None = None) -> list:
+def submit(sweep_dir: Path, members: list[dict], settings: dict, run, cluster: str | None = None) -> list:
     """Submit the members (one array per GPU count); returns the submitit jobs."""
     jobs = []
     by_gpus: dict[int, list[dict]] = {}
@@ -67,7 +70,7 @@ def submit(sweep_dir: Path, members: list[dict], settings: dict, cluster: str | 
     for gpus, group in sorted(by_gpus.items()):
         ex = executor(sweep_dir, settings, gpus, cluster)
         names = [m["name"] for m in group]
-        jobs += ex.map_array(MemberJob(), [str(sweep_dir)] * len(names), names)
+        jobs += ex.map_array(MemberJob(run), [str(sweep_dir)] * len(names), names)
         for m, job in zip(group, jobs[-len(group):]):
             print(f"[sweep] {m['name']}: submitted as job {job.job_id} ({gpus} GPU(s))", flush=True)
     return jobs

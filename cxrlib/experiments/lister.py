@@ -24,6 +24,7 @@ import pandas as pd
 from .. import runlock
 from ..errors import UserError
 from ..params import frozen_if_any
+from ..runfiles import read_history, read_json
 
 NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"]
 
@@ -31,15 +32,6 @@ NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fa
 def fmt(x, digits: int = 3) -> str:
     """A figure for reading: 3 decimals; n/a where metrics.json holds null (an undefined figure)."""
     return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def read_history(run_dir) -> pd.DataFrame:
-    path = Path(run_dir) / "history.csv"
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
 def training_finished(params: dict, history: pd.DataFrame) -> bool:

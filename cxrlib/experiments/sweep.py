@@ -41,6 +41,7 @@ from .. import params as params_mod
 from .. import runlock
 from ..errors import UserError
 from ..fsutil import atomic_write_text
+from . import cluster
 
 GRID_KEYS = ("name", "base", "set", "vary", "members", "seeds", "notebooks", "launcher", "parallel", "slurm",
              "baseline", "ensemble")
@@ -335,7 +336,7 @@ def _launch(sweep_dir: Path, waiting: list, running: dict, free: list, failed: d
 
 
 # --------------------------------------------------------------------------- CLI
-def sweep(grid_path, runs_dir: str = "runs", dry_run: bool = False, cluster: str | None = None,
+def sweep(grid_path, runs_dir: str = "runs", dry_run: bool = False, executor: str | None = None,
           wait: bool = False, progress: bool = True) -> dict:
     """Plan, then launch the members not yet finished; then the ensemble and the comparison (local, or
     slurm with wait). Returns {members, failed, jobs}."""
@@ -352,17 +353,16 @@ def sweep(grid_path, runs_dir: str = "runs", dry_run: bool = False, cluster: str
         return {"members": members, "failed": {}, "jobs": []}
     with runlock.hold(sweep_dir, f"cxrlib sweep --grid {grid['path']}"):   # one launcher per sweep
         check_no_live_writers(todo)
-        return _run_sweep(grid, members, todo, sweep_dir, cluster, wait, progress)
+        return _run_sweep(grid, members, todo, sweep_dir, executor, wait, progress)
 
 
-def _run_sweep(grid, members, todo, sweep_dir: Path, cluster, wait: bool, progress: bool) -> dict:
+def _run_sweep(grid, members, todo, sweep_dir: Path, executor, wait: bool, progress: bool) -> dict:
     jobs, failed = [], {}
-    if todo and (grid["launcher"] == "slurm" or cluster):
-        from . import cluster as cluster_mod
+    if todo and (grid["launcher"] == "slurm" or executor):
 
-        jobs = cluster_mod.submit(sweep_dir.resolve(), todo, grid["slurm"], cluster)   # jobs start elsewhere
+        jobs = cluster.submit(sweep_dir.resolve(), todo, grid["slurm"], run_member, executor)   # jobs start elsewhere
         if not wait:
-            print(cluster_mod.real_cluster_command(grid["path"]), flush=True)
+            print(cluster.real_cluster_command(grid["path"]), flush=True)
             return {"members": members, "failed": {}, "jobs": jobs}
         for m, job in zip(todo, jobs):
             try:
@@ -372,9 +372,9 @@ def _run_sweep(grid, members, todo, sweep_dir: Path, cluster, wait: bool, progre
     elif todo:
         failed = launch_local(sweep_dir, todo, grid["parallel"], progress=progress)
     if grid["ensemble"] and not failed and (todo or not (sweep_dir / "ensemble" / "metrics.json").is_file()):
-        from ..evaluation import ensemble
+        from . import ensembles  # imports runs and the evaluation stack: only when an ensemble is built
 
-        ensemble.build_and_evaluate(sweep_dir, [m["name"] for m in members], progress=progress)
+        ensembles.build_and_evaluate(sweep_dir, [m["name"] for m in members], progress=progress)
     if failed:
         print("[sweep] failed members (rerun the same command to retry them; finished ones are skipped):\n"
               + "\n".join(f"  {k}: {v}" for k, v in failed.items()), flush=True)

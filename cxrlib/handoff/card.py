@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from .. import runlock
+from .. import runfiles, runlock
 from ..errors import UserError
 from ..fsutil import atomic_write_text, sha256_file
 from ..labels import FINDINGS
@@ -328,11 +328,10 @@ def software_section(run_dir: Path, report: dict) -> list[str]:
 
 
 def build_card(run_dir) -> str:
-    from ..evaluation import evaluate
     from ..params import load_frozen
 
     run_dir = Path(run_dir)
-    report = evaluate.read_metrics(run_dir)
+    report = runfiles.read_metrics(run_dir)
     params = load_frozen(run_dir).to_dict()
     _, synthetic = data_name(params)
     lines = [f"# Model card: {run_dir.name}", "",

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import runlock
+from .. import runfiles, runlock
 from ..errors import UserError
 from ..fsutil import atomic_write_json, sha256_file
 from ..labels import FINDINGS
@@ -55,7 +55,7 @@ def _model_and_meta(run_dir: Path, p):
     from .predict import image_calibrator
 
     model, trained, _, transform = evaluate.load_best(run_dir, validate({**p.to_dict(), "device": "cpu"}))
-    report = evaluate.read_metrics(run_dir)
+    report = runfiles.read_metrics(run_dir)
     thresholds, note = analysis.thresholds_from_report(report, "f1", level="image")   # the file scores images
     config = report["model"]
     meta = {

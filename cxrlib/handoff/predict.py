@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .. import runfiles
 from ..errors import UserError
 from ..labels import FINDINGS
 
@@ -76,7 +77,7 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     files, skipped = find_images(inputs)
     model, trained, device, transform = evaluate.load_best(run_dir, p)   # trained: the checkpoint's own params
     metrics_file = run_dir / "metrics.json"
-    report = evaluate.read_metrics(run_dir) if metrics_file.is_file() else None
+    report = runfiles.read_metrics(run_dir) if metrics_file.is_file() else None
     if report:
         thresholds, note = analysis.thresholds_from_report(report, "f1", level="image")
     else:
@@ -102,7 +103,7 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
                     probs.append(torch.sigmoid(model(x).float()).cpu().numpy())
     prob = np.concatenate(probs) if probs else np.zeros((0, len(FINDINGS)), np.float32)
     out = pd.DataFrame({"path": rows})
-    out[evaluate.PROB_COLUMNS] = prob.astype(np.float32)
+    out[runfiles.PROB_COLUMNS] = prob.astype(np.float32)
     cuts = np.array([thresholds[f] for f in FINDINGS])
     out[[f"call_{f}" for f in FINDINGS]] = (prob >= cuts).astype(np.int8)
     if calibrator and calibrator.get("method", "none") != "none":

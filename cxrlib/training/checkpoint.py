@@ -17,7 +17,6 @@ import torch
 
 from .. import params as params_mod
 from ..errors import UserError
-from ..experiments.lister import read_history  # noqa: F401 (torch-free, for `make runs`; kept here as this module's API)
 from ..fsutil import atomic_path, disk_full
 from ..labels import FINDINGS
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .checkpoint import read_history
+from ..runfiles import read_history
 
 
 def new_selection() -> dict:
