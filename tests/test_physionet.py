@@ -325,7 +325,7 @@ def test_params_mode_builds_cohort_after_tables(tmp_path, release, server, monke
         seen["tables"] = all((root / t).is_file() for t in physionet.TABLES)
         seen["data_root"] = str(data_root)
         return pd.DataFrame({"path": images[:2]}), None
-    monkeypatch.setitem(sys.modules, "cxrlib.data.cohort", types.SimpleNamespace(build_cohort=build_cohort))
+    monkeypatch.setattr(physionet, "build_cohort", build_cohort)
     assert main(["fetch", "--params", str(params), "--base-url", server.base_url]) == 0
     assert seen == {"tables": True, "data_root": str(root)}
     assert same(src, root, images[0]) and same(src, root, images[1]) and not (root / images[2]).exists()

@@ -21,7 +21,12 @@ import time
 import warnings
 from pathlib import Path
 
+from .. import params
+from ..data import cohort
 from ..errors import UserError
+from ..synthetic import mimic_cxr
+from . import pipeline
+from .decode import bench_decode
 
 
 def machine() -> dict:
@@ -38,9 +43,6 @@ def machine() -> dict:
 
 
 def bench_cohort(args) -> dict:
-    from .. import params
-    from ..data import cohort
-    from ..synthetic import mimic_cxr
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data_root) if args.data_root else Path(tmp)
@@ -89,19 +91,17 @@ def cli(command: str, argv: list[str]) -> int:
             raise UserError(f"bench cohort: unknown options {rest}")
         result = bench_cohort(args)
     elif args.name in ("cache", "pipeline"):
-        from . import pipeline
         result = getattr(pipeline, f"bench_{args.name}")(args.rest)
     elif args.name == "decode":
-        from .decode import bench_decode
         result = bench_decode(args.rest)
     elif args.name == "loader":
-        from .loader import bench_loader
+        from .loader import bench_loader  # lazy: keeps torch out of this module's import
         result = bench_loader(args.rest)
     elif args.name == "train":
-        from .train import bench_train
+        from .train import bench_train  # lazy: keeps torch out of this module's import
         result = bench_train(args.rest)
     elif args.name == "bootstrap":
-        from .bootstrap import bench_bootstrap
+        from .bootstrap import bench_bootstrap  # lazy: keeps scipy, sklearn out of this module's import
         result = bench_bootstrap(args.rest)
     else:  # argparse already refuses other names
         raise UserError(f"unknown benchmark {args.name}")

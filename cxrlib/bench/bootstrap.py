@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from ..labels import FINDINGS
+from ..stats.levels import PROB_COLUMNS, study_rows
 from ..stats.metrics import summarize
 
 
@@ -56,7 +57,6 @@ def _study_level(rng, y, p, groups, args) -> dict:
     import pandas as pd
     from threadpoolctl import threadpool_limits
 
-    from ..stats.levels import PROB_COLUMNS, study_rows
 
     n_patients = int(groups.max()) + 1
     study_of_patient = rng.integers(0, max(args.studies // n_patients, 1), len(y))

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.cache import build_cache
 from ..errors import UserError
+from .decode import original_decode, original_path
 
 
 def _cores() -> int:
@@ -39,7 +41,6 @@ def jpeg_table(data_root, limit: int = 0) -> pd.DataFrame:
 
 
 def _original_one(task) -> int:
-    from .decode import original_decode, original_path
 
     path, size = task
     original_decode(path, original_path(size))
@@ -53,7 +54,6 @@ def _one_thread() -> None:
 
 
 def bench_cache(argv=None) -> dict:
-    from ..data.cache import build_cache
 
     ap = argparse.ArgumentParser(prog="python -m cxrlib bench cache", description=bench_cache.__doc__)
     ap.add_argument("--data-root", required=True, help="a MIMIC-CXR-JPG-shaped folder with files/")
@@ -86,7 +86,7 @@ def bench_cache(argv=None) -> dict:
 
 def _tiled_dataset(cache, batches: int, batch: int):
     """A CacheDataset of batches * batch items cycling through the cache's rows (zero labels)."""
-    from ..training.loader import CacheDataset
+    from ..training.loader import CacheDataset  # lazy: keeps torch out of this module's import
 
     rows = np.resize(np.arange(len(cache)), batches * batch)
     return CacheDataset(cache.images_path, rows, np.zeros((len(rows), 14), np.float32))
@@ -114,11 +114,10 @@ def _rate(loader, run_epoch, warmup: int) -> float:
 def bench_pipeline(argv=None) -> dict:
     import torch
 
-    from ..data.cache import build_cache
-    from ..training import train
-    from ..training.loader import BatchTransform, EpochSampler, make_loader
-    from ..training.model import build
-    from ..training.runtime import set_tf32
+    from ..training import train  # lazy: keeps torch out of this module's import
+    from ..training.loader import BatchTransform, EpochSampler, make_loader  # lazy: keeps torch out of this module's import
+    from ..training.model import build  # lazy: keeps torch, torchvision out of this module's import
+    from ..training.runtime import set_tf32  # lazy: keeps torch out of this module's import
 
     ap = argparse.ArgumentParser(prog="python -m cxrlib bench pipeline", description=bench_pipeline.__doc__)
     ap.add_argument("--data-root", required=True, help="a MIMIC-CXR-JPG-shaped folder with files/")

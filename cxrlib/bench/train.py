@@ -26,7 +26,7 @@ def bench_train(argv=None) -> dict:
     parser.add_argument("--head", default="flatten", choices=["flatten", "avgpool"])
     parser.add_argument("--compile", action="store_true", help="also time our recipe under torch.compile")
     args = parser.parse_args([a for a in argv or [] if a != "--"])
-    from ..training.model import build
+    from ..training.model import build  # lazy: keeps torchvision out of this module's import
 
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")

@@ -46,6 +46,8 @@ from .cache_build import (
 )
 from .decode import DECODE_MODES, RESIZE_MODES
 from ..errors import UserError
+from .cohort import read_cohort
+from .cohort import read_cohort
 
 FLUSH_EVERY = 256          # images between progress checkpoints: at most this much work is lost to a kill
 
@@ -143,7 +145,6 @@ def cohort_with_rows(cohort: pd.DataFrame, cache: Cache) -> pd.DataFrame:
 
 def usable_cohort(run_dir, p) -> pd.DataFrame:
     """The run's cohort.csv without the images that failed to decode: what training and evaluation use."""
-    from .cohort import read_cohort
 
     cohort = read_cohort(Path(run_dir) / "cohort.csv")
     with warnings.catch_warnings():
@@ -233,7 +234,6 @@ def _for_cohort(cache: Cache, cohort: pd.DataFrame) -> Cache:
 # --------------------------------------------------------------------------- command line
 
 def cli(command: str, argv: list[str]) -> int:
-    from .cohort import read_cohort
 
     ap = argparse.ArgumentParser(prog="python -m cxrlib cache",
                                  description="Decode the cohort's JPEGs once into a resized uint8 cache.")

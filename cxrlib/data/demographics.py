@@ -29,6 +29,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
+from .cohort import table_path
+from .physionet import fetch
+from .transfer import get_credentials
+from ..params import load
 
 RACE_GROUPS = ("White", "Black", "Hispanic/Latino", "Asian", "Other", "Unknown")
 RACE_POLICIES = ("mode", "first", "unknown")
@@ -196,7 +200,6 @@ def insurance_at(studies: pd.DataFrame, admissions: pd.DataFrame) -> pd.Series:
 # --------------------------------------------------------------------------- the join
 def study_times(data_root, study_ids) -> pd.DataFrame:
     """study_id -> `when` (StudyDate + StudyTime) from the MIMIC-CXR metadata table."""
-    from .cohort import table_path
 
     path = table_path(data_root, "metadata")
     meta = pd.read_csv(path, usecols=["study_id", "StudyDate", "StudyTime"], dtype=str)
@@ -273,7 +276,6 @@ def mimic_iv_paths(version: str) -> list[str]:
 def fetch_demographics(mimic_iv_root, version: str = DEFAULT_MIMIC_IV_VERSION, base_url: str | None = None,
                        credentials=None, progress: bool = True, **kwargs):
     """patients and admissions of MIMIC-IV into mimic_iv_root, resumable and checked against its SHA256SUMS."""
-    from .physionet import fetch
 
     return fetch(mimic_iv_root, mimic_iv_paths(version), version,
                  base_url or MIMIC_IV_URL.format(version=version), workers=2, credentials=credentials,
@@ -291,7 +293,6 @@ def cli(command: str, argv: list[str]) -> int:
     import sys
     import urllib.parse
 
-    from .transfer import get_credentials
 
     parser = argparse.ArgumentParser(
         prog=f"python -m cxrlib {command}",
@@ -308,7 +309,6 @@ def cli(command: str, argv: list[str]) -> int:
         raise UserError("fetch-demographics: give --data-root DIR (or --params FILE, whose data_root is used)")
     data_root = args.data_root
     if not data_root and args.params:
-        from ..params import load
 
         data_root = load(args.params).data_root
     root = Path(args.mimic_iv_root) if args.mimic_iv_root else default_root(data_root)

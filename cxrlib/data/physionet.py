@@ -44,6 +44,8 @@ from .transfer import (
     parse_retry_after,
     retry_delay,
 )
+from ..params import load, parse_override
+from .cohort import build_cohort
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +363,6 @@ def cli(command: str, argv: list[str]) -> int:
 
     params = None
     if args.params:
-        from ..params import load, parse_override
         params = load(args.params, dict(parse_override(o) for o in args.overrides))
     elif args.overrides:
         raise UserError("-p KEY=VALUE overrides need --params FILE")
@@ -376,7 +377,6 @@ def cli(command: str, argv: list[str]) -> int:
             return given
         if params is None:
             return []
-        from .cohort import build_cohort
         frame, _ = build_cohort(str(data_root), params)
         return _clean_paths(frame["path"].tolist(), f"cohort of {args.params}")
 

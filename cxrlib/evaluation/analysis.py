@@ -14,10 +14,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..data.cohort import table_path
 from ..errors import UserError
 from ..labels import FINDINGS, UNCERTAIN_POLICIES, per_finding
 from ..runfiles import PROB_COLUMNS, prob_column
 from ..stats import metrics
+from . import ensemble
 
 KINDS = {"FP": "false positives: label 0, highest probability",
          "FN": "false negatives: label 1, lowest probability"}
@@ -100,9 +102,8 @@ def error_images(run_dir, p, errors: pd.DataFrame) -> tuple[np.ndarray, np.ndarr
     """
     import torch
 
-    from . import ensemble
-    from .evaluate import eval_cohort, load_best
-    from .explain import GradCAM
+    from .evaluate import eval_cohort, load_best  # lazy: keeps torch out of this module's import
+    from .explain import GradCAM  # lazy: keeps torch out of this module's import
 
     if ensemble.is_ensemble(run_dir):
         return ensemble.mean_cams(run_dir, p, errors, error_images)
@@ -131,7 +132,7 @@ def error_gallery(errors: pd.DataFrame, images, cams, finding: str, redact: bool
     from matplotlib import cm, colors
     from matplotlib.figure import Figure
 
-    from .explain import CAM_COLORMAP, overlay
+    from .explain import CAM_COLORMAP, overlay  # lazy: keeps torch out of this module's import
 
     chosen = errors[errors["finding"] == finding]
     k = int(max(chosen["rank"].max() if len(chosen) else 1, 1))
@@ -240,7 +241,6 @@ def plot_uncertainty(table: pd.DataFrame):
 # --------------------------------------------------------------------------- image properties
 def read_metadata_columns(data_root, columns=("ViewPosition", "Rows", "Columns")) -> pd.DataFrame:
     """dicom_id and extra metadata columns (cohort.read_table keeps only the ones the cohort needs)."""
-    from ..data.cohort import table_path
 
     path = table_path(data_root, "metadata")
     wanted = ["dicom_id", *columns]
@@ -369,8 +369,8 @@ def error_browser(errors: pd.DataFrame, images, cams, redact: bool = False):
     """ipywidgets: pick a finding, FP or FN and an index; shows the image and its Grad-CAM."""
     import matplotlib.pyplot as plt
 
-    from .explain import overlay
-    from .viz import finding_browser
+    from .explain import overlay  # lazy: keeps torch out of this module's import
+    from .viz import finding_browser  # lazy: keeps torch out of this module's import
 
     def show(i):
         row = errors.loc[i]

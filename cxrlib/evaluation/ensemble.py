@@ -21,6 +21,7 @@ from .. import params as params_mod
 from ..errors import UserError
 from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
+from ..runfiles import PROB_COLUMNS, read_metrics, read_predictions
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -38,7 +39,6 @@ def member_dirs(run_dir) -> list[Path]:
 
 def average_predictions(members: list[Path]) -> pd.DataFrame:
     """The members' mean probability per row; refuses members whose rows or labels differ."""
-    from ..runfiles import PROB_COLUMNS, read_predictions
 
     frames = [read_predictions(m).sort_values(["split", "dicom_id"], kind="stable").reset_index(drop=True)
               for m in members]
@@ -82,7 +82,6 @@ def write_predictions(run_dir, splits) -> pd.DataFrame:
 
 def selection(run_dir) -> dict:
     """evaluate.selection for an ensemble: each member's own, and no test selection unless a member had one."""
-    from ..runfiles import read_metrics
 
     members = {m.name: read_metrics(m)["selection"] for m in member_dirs(run_dir)}
     test_selected = any(s["test_selected"] for s in members.values())
@@ -96,7 +95,7 @@ def selection(run_dir) -> dict:
 def model_config(run_dir) -> dict:
     """What shaped the members' models: a value where every member agrees, None where they differ (listed in
     `differs`), and each member's own config under `members`, so no record describes the ensemble as one of them."""
-    from ..training.checkpoint import read_model_config
+    from ..training.checkpoint import read_model_config  # lazy: keeps torch out of this module's import
 
     dirs = member_dirs(run_dir)
     configs = {d.name: read_model_config(d) for d in dirs}

@@ -22,13 +22,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import params as params_mod
+from ..data import cache as cache_mod
+from ..data import cohort as cohort_mod
 from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
 from ..labels import FINDINGS
 from ..original import original_project_results
 from ..runfiles import ID_COLUMNS, PROB_COLUMNS, read_history, read_predictions
-from ..stats import metrics
-from ..training.checkpoint import read_model_config
+from ..stats import levels, metrics
+from ..training.checkpoint import TEST_SELECTION_WARNING, load_trained, read_model_config
+from ..training.inference import predict
+from ..training.loader import BatchTransform, CacheDataset, make_loader
+from ..training.runtime import amp_dtype, configure, resolve_device
+from . import ensemble, recalibration
+from . import gold as gold_mod
+from .ensemble import is_ensemble, model_config
 from .provenance import fingerprint, versions
 from .tables import (
     HEADLINE,
@@ -71,10 +79,6 @@ def load_best(run_dir, p):
     run's current parameters, decides where (device) and where the data now lives (data_root, cache_dir:
     a copied run folder may point elsewhere).
     """
-    from ..data import cache as cache_mod
-    from ..training.checkpoint import load_trained
-    from ..training.loader import BatchTransform
-    from ..training.runtime import configure, resolve_device
 
     device = resolve_device(p)
     configure(p, device)
@@ -92,8 +96,6 @@ def load_best(run_dir, p):
 
 def eval_cohort(run_dir, trained):
     """The run's cohort rows that are in the image cache (with `cache_row`), and the cache."""
-    from ..data import cache as cache_mod
-    from ..data import cohort as cohort_mod
 
     cohort = cohort_mod.read_cohort(Path(run_dir) / "cohort.csv")
     cache = cache_mod.open_cache(trained.resolved_cache_dir(), trained.image_size, trained.resize, trained.decode)
@@ -106,10 +108,6 @@ def predict_run(run_dir, p, splits=("validate", "test"), tta: bool = False, writ
     Columns: dicom_id, subject_id, study_id, split, p_<finding> x 14, <finding> x 14 (the targets after
     the label policies; empty = masked). A requested split the cohort lacks is left out, except test.
     """
-    from ..training.inference import predict
-    from ..training.loader import CacheDataset, make_loader
-    from ..training.runtime import amp_dtype
-    from . import ensemble
 
     run_dir = Path(run_dir)
     if ensemble.is_ensemble(run_dir):   # no checkpoint: the members' mean probability
@@ -139,7 +137,6 @@ def predict_run(run_dir, p, splits=("validate", "test"), tta: bool = False, writ
 
 def scored_units(predictions: pd.DataFrame, p) -> pd.DataFrame:
     """The rows every figure counts: the predictions themselves, or one row per study (eval_level)."""
-    from ..stats import levels
 
     return levels.rows_at(predictions, p.eval_level, p.study_aggregate)
 
@@ -154,8 +151,6 @@ def arrays(frame: pd.DataFrame, split: str | None = None):
 # --------------------------------------------------------------------------- metrics.json
 def selection(run_dir, p) -> dict:
     """How best.pt was chosen, from the run's parameters and history.csv (never from the test figures here)."""
-    from ..training.checkpoint import TEST_SELECTION_WARNING
-    from . import ensemble
 
     if ensemble.is_ensemble(run_dir):
         return ensemble.selection(run_dir)
@@ -188,8 +183,6 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     level when some study has several images. `gold` scores the test studies the radiologists labelled
     (gold.py), never used for a threshold or a choice.
     """
-    from ..stats import levels
-    from . import gold as gold_mod
 
     run_dir = Path(run_dir)
     if predictions is None:
@@ -221,7 +214,6 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
                          "every negative of a finding); it is conditional on those and may not contain the estimate")
     level = level_section(predictions, units, p, progress)
     sel = selection(run_dir, p)
-    from .ensemble import is_ensemble, model_config
 
     model = model_config(run_dir) if is_ensemble(run_dir) else read_model_config(run_dir)   # from best.pt
     warnings_list = [sel["warning"]] if sel["warning"] else []
@@ -229,7 +221,6 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     reliability = metrics.reliability_curve(y_test, p_test, test["calibration"]["n_bins"])
     recal = None
     if p.calibration != "none" and "validate" in splits:
-        from . import recalibration
 
         fitted = recalibration.fit(p.calibration, y_val, p_val)
         recal = recalibration.section(fitted, y_test, p_test, test_groups, p, test["calibration"]["n_bins"])
@@ -287,7 +278,6 @@ def image_level_section(predictions: pd.DataFrame, p, rules: dict, recal: dict |
     """What single images need (predict, the export, notebook 04's per-image errors): thresholds and the
     recalibration map fitted on the validation IMAGES. At eval_level: image they are the headline's own;
     at study level they are fitted again, since a threshold tuned on study means is not one for an image."""
-    from . import recalibration
 
     fitted_on = "validate" if (predictions["split"] == "validate").any() else None
     if p.eval_level == "image":
@@ -311,7 +301,6 @@ def headline(summary: dict) -> dict:
 
 def level_section(predictions: pd.DataFrame, units: pd.DataFrame, p, progress: bool = False) -> dict:
     """Which unit the figures count (image or study), and the test figures at the other level when they differ."""
-    from ..stats import levels
 
     several = levels.several_images_per_study(predictions)
     out = {"headline": p.eval_level, "aggregate": p.study_aggregate if p.eval_level == "study" else None,

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.cohort import load_raw_labels
 from ..errors import UserError
 from ..labels import FINDINGS, apply_policies
-from ..stats import metrics
+from ..stats import levels, metrics
 from . import tables
 from .tables import with_ci
 
@@ -124,7 +125,6 @@ def agreement(nlp: pd.DataFrame, gold: pd.DataFrame, subject_ids, n_boot: int = 
 
 def agreement_table(data_root, gold: pd.DataFrame, p) -> pd.DataFrame:
     """NegBio and CheXpert against the radiologists on every labelled study of the release."""
-    from ..data.cohort import load_raw_labels
 
     by_source = []
     for source in SOURCES:
@@ -153,7 +153,6 @@ def gold_section(predictions: pd.DataFrame, gold: pd.DataFrame | None, p, thresh
     predictions: the run's predictions (image rows); thresholds: the validation-chosen rules
     ({finding: {rule: value}}), applied unchanged.
     """
-    from ..stats import levels
 
     if gold is None:
         return {"available": False, "reason": f"{GOLD_FILE} is not in the data root (MIMIC-CXR-JPG 2.1.0 ships it; "

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import __version__
 from ..data import cache as cache_mod
 from ..fsutil import sha256_file
 
@@ -43,7 +44,6 @@ def versions() -> dict:
     import sklearn
     import torchvision
 
-    from .. import __version__
 
     out = {"cxrlib": __version__, "python": platform.python_version(), "torch": torch.__version__,
            "torchvision": torchvision.__version__, "numpy": np.__version__, "pandas": pd.__version__,

@@ -98,7 +98,7 @@ def apply(calibrator: dict | None, p, findings=FINDINGS) -> np.ndarray:
 def section(calibrator: dict, y_test, p_test, groups, p, n_bins: int) -> dict:
     """metrics.json's calibration figures: ECE and Brier on test before and after, each with its CI,
     and after minus before on the same patient resamples; the reliability curves of both."""
-    from ..stats import metrics
+    from ..stats import metrics  # lazy: keeps scipy, sklearn out of this module's import
 
     calibrated = apply(calibrator, p_test)
     paired = metrics.paired_bootstrap(y_test, p_test, calibrated, groups, n_boot=p.bootstrap, seed=p.seed,

@@ -20,6 +20,7 @@ from sklearn.metrics import (
 from ..labels import FINDINGS, label_matrix
 from ..stats import metrics
 from ..training.checkpoint import TEST_SELECTION_WARNING
+from ..training.optim import pos_weight_from_labels
 from . import tables
 
 
@@ -342,7 +343,6 @@ def plot_reliability(y, p, n_bins: int = 10, strategy: str = "uniform", findings
 # --------------------------------------------------------------------------- training (notebook 02)
 def class_balance(cohort: pd.DataFrame, split: str = "train") -> pd.DataFrame:
     """Per finding on one split: positives, negatives, masked, prevalence and the pos_weight fit would use."""
-    from ..training.optim import pos_weight_from_labels
 
     frame = cohort[cohort["split"] == split]
     labels = label_matrix(frame)

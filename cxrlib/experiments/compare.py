@@ -22,6 +22,10 @@ import pandas as pd
 
 from .. import params as params_mod
 from ..errors import UserError
+from ..fsutil import atomic_write_json, jsonable
+from ..stats.multiplicity import holm
+from .runs import execute, project_root
+from .sweep import read_frozen_grid
 
 FIGURES = ("auroc_macro", "auprc_macro", "auroc_micro", "auprc_micro")
 HEADLINE_KEY = {"auroc_macro": "AUROC macro", "auprc_macro": "AUPRC macro", "auroc_micro": "AUROC micro",
@@ -36,7 +40,6 @@ def resolve_runs(spec: str, runs_dir="runs") -> tuple[list[Path], str]:
     if not names:
         raise UserError("name the runs: make compare RUNS=a,b,c, or RUNS=<sweep name>")
     if len(names) == 1 and (runs_dir / names[0] / "sweep.yaml").is_file():
-        from .sweep import read_frozen_grid
 
         sweep_dir = runs_dir / names[0]
         grid = read_frozen_grid(sweep_dir)
@@ -120,8 +123,7 @@ def pooled_seeds(table: pd.DataFrame) -> pd.DataFrame:
 
 def against_baseline(folders: list[Path], baseline: str, p=None) -> pd.DataFrame:
     """Each run minus the baseline, paired on patients; Holm across the runs, per metric."""
-    from ..evaluation.paired import compare_runs
-    from ..stats.multiplicity import holm
+    from ..evaluation.paired import compare_runs  # lazy: keeps scipy, sklearn out of this module's import
 
     by_name = {f.name: f for f in folders}
     if baseline not in by_name:
@@ -191,7 +193,6 @@ def plot_curves(folders: list[Path], column: str = "val_auroc_macro"):
 def compare_group(spec: str, runs_dir="runs", baseline: str = "", out_dir=None, overrides=None) -> dict:
     """The three tables for the runs of `spec`; written to <out_dir>/comparison.json (group-level figures).
     The paired bootstrap uses the baseline's evaluation parameters, with `overrides` (bootstrap, seed, ...)."""
-    from ..fsutil import atomic_write_json, jsonable
 
     folders, default_baseline = resolve_runs(spec, runs_dir)
     baseline = baseline or default_baseline
@@ -239,7 +240,6 @@ def print_tables(result: dict) -> None:
 def cli(command: str, argv: list[str]) -> int:
     import argparse
 
-    from .runs import execute, project_root
 
     ap = argparse.ArgumentParser(prog="python -m cxrlib compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

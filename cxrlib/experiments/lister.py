@@ -24,6 +24,7 @@ import pandas as pd
 from .. import runlock
 from ..errors import UserError
 from ..params import frozen_if_any
+from ..progress import duration
 from ..runfiles import read_history, read_json
 
 NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"]
@@ -94,7 +95,6 @@ def notebook_seconds(path: Path) -> float:
 
 
 def runs_table(runs_dir="runs") -> pd.DataFrame:
-    from ..progress import duration
 
     rows = []
     sweeps = sorted(Path(runs_dir).glob("*/*/params.yaml"))   # sweep members: runs/<sweep>/<member>/

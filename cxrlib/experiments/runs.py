@@ -25,6 +25,7 @@ from ..errors import Interrupted, UserError
 from ..fsutil import disk_full
 from ..handoff.html import CODE_HIDDEN_IN, render_html, strip_images
 from ..progress import Streamer
+from ..tracking import finish
 from .lister import NOTEBOOKS, print_summary
 
 # Make variables that are not parameters: they choose what to run, not how.
@@ -91,7 +92,7 @@ def notebook_setup(run_dir, namespace: dict, show=None) -> params_mod.Params:
             pass
         from IPython.display import Markdown, display
 
-        from ..evaluation.viz import params_table
+        from ..evaluation.viz import params_table  # lazy: keeps scipy, sklearn, torch out of this module's import
 
         knobs = {k for names in params_mod.NOTEBOOK_KNOBS.values() for k in names}
         names = list(show) if show is not None else [k for k in namespace if k in knobs]
@@ -343,7 +344,7 @@ def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progr
     if "02_train" in notebooks:
         params_mod.check_for_training(p)
         if p.device == "gpu" or p.gpus > 1:   # before notebook 01 builds any cache: no GPU is one line now
-            from ..training.runtime import resolve_device
+            from ..training.runtime import resolve_device  # lazy: keeps torch out of this module's import
 
             resolve_device(p)
     # Every check before the one write: a refused command leaves the run folder as it was. One writer at a
@@ -360,7 +361,6 @@ def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progr
             for nb in notebooks:
                 execute(nb, p, root, run_dir, progress=progress)
             if "03_evaluate" in notebooks:
-                from ..tracking import finish
 
                 finish(p, run_dir)   # tracker: the test figures and the reports (nothing when tracker: none)
         except BaseException:

@@ -41,7 +41,8 @@ from .. import params as params_mod
 from .. import runlock
 from ..errors import UserError
 from ..fsutil import atomic_write_text
-from . import cluster
+from . import cluster, ensembles, runs
+from .runs import select_notebooks
 
 GRID_KEYS = ("name", "base", "set", "vary", "members", "seeds", "notebooks", "launcher", "parallel", "slurm",
              "baseline", "ensemble")
@@ -197,7 +198,6 @@ def check_shared_cohort(grid: dict, members: list[dict]) -> None:
 
 
 def notebooks_of(grid: dict) -> list[str]:
-    from .runs import select_notebooks
 
     return select_notebooks(",".join(grid["notebooks"]) if grid["notebooks"] else None)
 
@@ -205,7 +205,6 @@ def notebooks_of(grid: dict) -> list[str]:
 # --------------------------------------------------------------------------- one member
 def run_member(sweep_dir, name: str, progress: bool = False) -> str:
     """Run (or resume) one member in this process; the unit every launcher calls. Returns its folder."""
-    from . import runs
 
     sweep_dir = Path(sweep_dir)
     grid = read_frozen_grid(sweep_dir)
@@ -372,7 +371,6 @@ def _run_sweep(grid, members, todo, sweep_dir: Path, executor, wait: bool, progr
     elif todo:
         failed = launch_local(sweep_dir, todo, grid["parallel"], progress=progress)
     if grid["ensemble"] and not failed and (todo or not (sweep_dir / "ensemble" / "metrics.json").is_file()):
-        from . import ensembles  # imports runs and the evaluation stack: only when an ensemble is built
 
         ensembles.build_and_evaluate(sweep_dir, [m["name"] for m in members], progress=progress)
     if failed:

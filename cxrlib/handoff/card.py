@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 from .. import runfiles, runlock
+from ..data.cohort import read_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_text, sha256_file
 from ..labels import FINDINGS
+from ..params import load_frozen, run_folder
 from ..stats.levels import plural
 from .checklists import CLAIM, TRIPOD_AI
 
@@ -84,7 +86,6 @@ def data_name(params: dict) -> tuple[str, bool]:
 
 def split_counts(run_dir: Path, level: str) -> tuple[list[list], list[list]]:
     """From cohort.csv: per split images, studies, patients; per finding positives / labelled units per split."""
-    from ..data.cohort import read_cohort
 
     cohort = read_cohort(run_dir / "cohort.csv")
     splits = [s for s in ("train", "validate", "test") if (cohort["split"] == s).any()]
@@ -328,7 +329,6 @@ def software_section(run_dir: Path, report: dict) -> list[str]:
 
 
 def build_card(run_dir) -> str:
-    from ..params import load_frozen
 
     run_dir = Path(run_dir)
     report = runfiles.read_metrics(run_dir)
@@ -379,7 +379,6 @@ def write_card(run_dir) -> tuple[Path, Path]:
 
 
 def cli(command: str, argv: list[str]) -> int:
-    from ..params import run_folder
 
     ap = argparse.ArgumentParser(prog="python -m cxrlib card", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -23,8 +23,11 @@ from torch import nn
 
 from .. import runfiles, runlock
 from ..errors import UserError
+from ..evaluation.ensemble import is_ensemble
 from ..fsutil import atomic_write_json, sha256_file
 from ..labels import FINDINGS
+from ..params import run_folder, validate
+from .predict import image_calibrator
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 PARITY_LIMIT = 1e-4
@@ -50,9 +53,7 @@ class Deployable(nn.Module):
 
 
 def _model_and_meta(run_dir: Path, p):
-    from ..evaluation import analysis, evaluate
-    from ..params import validate
-    from .predict import image_calibrator
+    from ..evaluation import analysis, evaluate  # lazy: keeps scipy, sklearn out of this module's import
 
     model, trained, _, transform = evaluate.load_best(run_dir, validate({**p.to_dict(), "device": "cpu"}))
     report = runfiles.read_metrics(run_dir)
@@ -83,7 +84,7 @@ def _model_and_meta(run_dir: Path, p):
 
 def parity_images(run_dir: Path, trained, n: int = PARITY_IMAGES) -> np.ndarray:
     """Up to n of the run's cached test images, uint8 (n, S, S), in cohort order."""
-    from ..evaluation.evaluate import eval_cohort
+    from ..evaluation.evaluate import eval_cohort  # lazy: keeps scipy, sklearn out of this module's import
 
     cohort, cache = eval_cohort(run_dir, trained)
     rows = cohort.loc[cohort["split"] == "test", "cache_row"].to_numpy()[:n]
@@ -183,7 +184,6 @@ def export_run(run_dir, p, fmt: str = "onnx", out=None) -> dict:
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
         raise UserError(f"FORMAT={fmt}: use one of {', '.join(FORMATS)}")
-    from ..evaluation.ensemble import is_ensemble
 
     if is_ensemble(run_dir):
         raise UserError(f"{run_dir} is an ensemble (no checkpoint of its own): export each member "
@@ -219,7 +219,6 @@ def export_run(run_dir, p, fmt: str = "onnx", out=None) -> dict:
 def cli(command: str, argv: list[str]) -> int:
     import argparse
 
-    from ..params import run_folder
 
     ap = argparse.ArgumentParser(prog="python -m cxrlib export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

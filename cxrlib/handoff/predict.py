@@ -22,8 +22,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import runfiles
+from ..data.decode import decode_image, failure_reason
 from ..errors import UserError
+from ..evaluation.ensemble import is_ensemble, member_dirs
+from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
+from ..params import run_folder, validate
+from ..training.runtime import amp_dtype
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 FORMATS = ("JPEG", "PNG")
@@ -49,7 +54,6 @@ def find_images(inputs) -> tuple[list[Path], list[tuple[str, str]]]:
 
 def decoded(path: Path, size: int, resize: str, mode: str):
     """(pixels or None, why not, notes on how it was read: e.g. a 12-bit image in a 16-bit PNG)."""
-    from ..data.decode import decode_image, failure_reason
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -63,9 +67,7 @@ def decoded(path: Path, size: int, resize: str, mode: str):
 def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = True):
     """(one row per readable image: path, p_<finding> x 14, call_<finding> x 14 [, cal_<finding> x 14],
     [(path, reason)] for the files skipped, the thresholds' note)."""
-    from ..evaluation import analysis, evaluate, recalibration
-    from ..evaluation.ensemble import is_ensemble, member_dirs
-    from ..training.runtime import amp_dtype
+    from ..evaluation import analysis, evaluate, recalibration  # lazy: keeps scipy, sklearn out of this module's import
 
     if batch_size < 1:
         raise UserError(f"batch_size {batch_size}: at least 1 image per forward pass")
@@ -122,8 +124,6 @@ def image_calibrator(report: dict | None) -> dict | None:
 
 
 def cli(command: str, argv: list[str]) -> int:
-    from ..fsutil import atomic_write_csv
-    from ..params import run_folder, validate
 
     ap = argparse.ArgumentParser(prog="python -m cxrlib predict", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

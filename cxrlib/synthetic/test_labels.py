@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..labels import FINDINGS
+from .tables import RATES, image_path
 
 GOLD_FILE = "mimic-cxr-2.1.0-test-set-labeled.csv"
 IMAGE_FILENAMES = "IMAGE_FILENAMES"
@@ -34,7 +35,6 @@ BLANK_NEGATIVE, BLANK_POSITIVE, RARE_BLANK_POSITIVE = 0.85, 0.03, 0.08
 
 
 def rare_findings() -> list[str]:
-    from .tables import RATES
 
     return [f for f in FINDINGS if f != "No Finding" and RATES[f][0] < RARE_RATE]
 
@@ -73,7 +73,6 @@ def gold_table(chexpert: pd.DataFrame, split: pd.DataFrame, seed: int) -> pd.Dat
 
 def listing_files(metadata: pd.DataFrame) -> dict[str, str]:
     """IMAGE_FILENAMES (one image path per line) and RECORDS (one study folder per line)."""
-    from .tables import image_path
 
     paths = [image_path(*ids) for ids in zip(metadata["subject_id"], metadata["study_id"], metadata["dicom_id"])]
     folders = list(dict.fromkeys(p.rsplit("/", 1)[0] + "/" for p in paths))

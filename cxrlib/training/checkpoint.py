@@ -95,7 +95,7 @@ def load_trained(run_dir, which: str = "best", device="cpu"):
     Checkpoints written before model_config existed get one rebuilt from their params (mean/std None
     when the run took them from the cache: the caller then falls back on the cache's statistics).
     """
-    from .model import build
+    from .model import build  # lazy: keeps torchvision out of this module's import
 
     path = Path(run_dir) / "checkpoints" / f"{which}.pt"
     checkpoint = load_checkpoint(path)

@@ -48,7 +48,7 @@ def evaluate(model, loader, transform, device, pos_weight=None, amp=None, channe
     units: one id per dataset item (its study) to score studies, as eval_level: study does: a study's
     image probabilities are aggregated (`aggregate`: mean or max) and its label row counted once.
     """
-    from ..stats import metrics
+    from ..stats import metrics  # lazy: keeps scipy, sklearn out of this module's import
 
     logits, targets, mask, _ = forward_all(model, loader, transform, device, amp, channels_last, progress)
     loss = float(masked_bce(logits, targets, mask, None if pos_weight is None else pos_weight.cpu()))

@@ -23,6 +23,7 @@ from torch.utils.data import (
 )
 
 from ..errors import UserError
+from ..labels import label_matrix
 
 
 class CacheDataset(Dataset):
@@ -47,7 +48,6 @@ class CacheDataset(Dataset):
     @classmethod
     def from_cohort(cls, cache, cohort):
         """Over a cohort that went through cache.cohort_with_rows (it has `cache_row`)."""
-        from ..labels import label_matrix
         return cls(cache.images_path, cohort["cache_row"].to_numpy(), label_matrix(cohort),
                    cohort["study_id"].to_numpy(str) if "study_id" in cohort else None)
 

@@ -54,6 +54,10 @@ from torch import nn
 
 from .. import params as params_mod
 from .. import tracking
+from ..data import cache as cache_mod
+from ..data import cohort as cohort_mod
+from ..data.cache_build import cohort_stats
+from ..data.cohort import write_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_csv
 from ..labels import label_matrix
@@ -71,6 +75,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .inference import evaluate
+from .loader import BatchTransform, CacheDataset, EpochSampler, make_loader
 from .optim import make_optimizer, make_scheduler, masked_bce, pos_weight_from_labels
 from .runtime import (
     all_reduce,
@@ -180,10 +185,6 @@ def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, devi
 
 def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
     """The training and selection datasets, their label matrices and the batch transform."""
-    from ..data import cache as cache_mod
-    from ..data import cohort as cohort_mod
-    from ..data.cache_build import cohort_stats
-    from .loader import BatchTransform, CacheDataset
 
     if cohort is None:
         cohort = cohort_mod.read_cohort(Path(run_dir) / "cohort.csv")
@@ -241,8 +242,7 @@ def steps_per_epoch(images: int, batch: int) -> int:
 
 
 def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress: bool) -> dict:
-    from .loader import EpochSampler, make_loader
-    from .model import build_model
+    from .model import build_model  # lazy: keeps torchvision out of this module's import
 
     configure(params, device)
     folder = run_dir / "checkpoints"
@@ -395,7 +395,6 @@ def launch(params, run_dir, cohort: pd.DataFrame | None = None, progress: bool =
     resolve_device(params)   # no GPU, or too few: say so here, not in N subprocesses
     params_mod.freeze_if_changed(params, run_dir)   # what the workers read
     if cohort is not None:
-        from ..data.cohort import write_cohort
 
         write_cohort(cohort, run_dir / "cohort.csv")
     command = torchrun_command(params.gpus, run_dir)
