@@ -15,9 +15,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from .errors import UserError
+from .fsutil import atomic_write_text
 from .labels import FINDINGS
+from .params import NOTEBOOK_KNOBS, STAGE_OF, STAGES, ParamError, Params, read_yaml, validate
 
 PARAMS = "params.yaml"
 COHORT = "cohort.csv"
@@ -37,6 +40,7 @@ CARD_HTML = "MODEL_CARD.html"
 ENSEMBLE = "ensemble.json"
 TRACKING = "tracking.json"
 
+NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"]   # a run's, in order
 ID_COLUMNS = ["dicom_id", "subject_id", "study_id", "split"]
 PROB_COLUMNS = [f"p_{f}" for f in FINDINGS]
 
@@ -76,3 +80,112 @@ def read_metrics(run_dir) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no metrics; run notebook 03 for this run first (make evaluate RUN={Path(run_dir).name})")
     return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- params.yaml: frozen once, checked before every write
+# What shows that a stage has run in a run folder; the model consumed the cache's pixels, so the cache
+# fields are fixed once there is a checkpoint.
+STAGE_OUTPUTS = {"cohort": COHORT, "cache": f"{CHECKPOINTS}/{LAST}", "train": f"{CHECKPOINTS}/{LAST}"}
+
+
+def freeze(p: Params, run_dir) -> Path:
+    """Write the resolved parameters to <run_dir>/params.yaml (atomically)."""
+    path = Path(run_dir) / PARAMS
+    atomic_write_text(path, "# Frozen, resolved parameters of this run (written by cxrlib).\n"
+                      + yaml.safe_dump(p.to_dict(), sort_keys=False))
+    return path
+
+
+def load_frozen(run_dir) -> Params:
+    path = Path(run_dir) / PARAMS
+    if not path.is_file():
+        raise ParamError(f"{path}: no frozen parameters; is {run_dir} a run folder? "
+                         "Start a run with `make demo` or `python -m cxrlib run --params params/NAME.yaml`.")
+    return validate(with_split_seed(read_yaml(path)), str(path))
+
+
+def run_folder(value, runs_dir: str = "runs") -> tuple[Path, Params]:
+    """A run named on the command line (--run): a folder holding params.yaml, or a name under runs_dir."""
+    path = Path(value)
+    if not (path / "params.yaml").is_file():
+        path = Path(runs_dir) / str(value)
+    if not (path / "params.yaml").is_file():
+        existing = sorted(f.parent.name for f in Path(runs_dir).glob("*/params.yaml"))
+        raise ParamError(f"--run {value}: not a run folder (no params.yaml there or in {runs_dir}/{value}); "
+                         f"runs: {', '.join(existing) or 'none yet (make demo makes runs/demo)'}")
+    return path, load_frozen(path)
+
+
+def fixed_stages(run_dir) -> list[str]:
+    """The stages whose output the run folder already holds: their fields may no longer change."""
+    return [stage for stage, output in STAGE_OUTPUTS.items() if (Path(run_dir) / output).is_file()]
+
+
+def check_change(old: dict, new: Params, run_dir, stages=None,
+                 instead: str = "Start a new run for them (RUN=<new name>, or --name)") -> None:
+    """The one rule for changing a run: refuse any change to a field of a stage that has produced its output.
+
+    old: the parameters the run folder (or a checkpoint) holds; stages: the fixed ones (default: from
+    the folder). The message lists every refused difference and how to start a new run instead.
+    """
+    stages = fixed_stages(run_dir) if stages is None else stages
+    current = new.to_dict()
+    refused = [k for k in current if STAGE_OF[k] in stages and k in old and old[k] != current[k]]
+    if not refused:
+        return
+    name = Path(run_dir).name
+    detail = "; ".join(f"{k} ({STAGE_OF[k]}): {old[k]!r} -> {current[k]!r}" for k in refused)
+    outputs = sorted({STAGE_OUTPUTS[STAGE_OF[k]] for k in refused})
+    raise ParamError(
+        f"run {name!r} already holds {', '.join(outputs)}, made with other parameters: {detail}. Nothing was "
+        f"changed. {instead}, or delete {run_dir} to redo this one; "
+        "fields that may change on an existing run: " + ", ".join(STAGES["runtime"] + STAGES["evaluate"]))
+
+
+def with_split_seed(values: dict) -> dict:
+    """A params.yaml from before split_seed carved its validation split with `seed`: say so explicitly
+    (only where a carve happened: split_mode seed with val_fraction > 0; elsewhere split_seed plays no part)."""
+    if values and "split_seed" not in values:
+        carved = values.get("split_mode", "seed") == "seed" and float(values.get("val_fraction") or 0) > 0
+        return {**values, "split_seed": values.get("seed", 0) if carved else 0}
+    return values
+
+
+def frozen_if_any(run_dir) -> dict:
+    path = Path(run_dir) / PARAMS
+    return with_split_seed(read_yaml(path)) if path.is_file() else {}
+
+
+def for_notebook(run_dir, namespace: dict) -> Params:
+    """A notebook's Params: the run's frozen params.yaml, with the notebook's own knobs from its namespace.
+
+    A notebook's parameters cell declares run_dir and a few knobs of its own stage (NOTEBOOK_KNOBS).
+    Under the runner they equal params.yaml (it injects them from the same values). Run by hand, a
+    changed knob is checked by check_change like a command-line override, and params.yaml is written
+    only when something changed and the change is allowed. Without params.yaml (a first interactive
+    run) the demo preset is the base, as the notebooks' defaults are.
+    """
+    run_dir = Path(run_dir)
+    frozen = frozen_if_any(run_dir)
+    base = dict(frozen) if frozen else read_yaml(Path(__file__).resolve().parent.parent / "params" / "demo.yaml")
+    if not frozen:
+        base.update(name=run_dir.name, runs_dir=str(run_dir.parent))
+    knobs = {k for names in NOTEBOOK_KNOBS.values() for k in names}   # never a stray global that shares a name
+    values = {**base, **{k: namespace[k] for k in knobs if k in namespace}}
+    p = validate(values, f"{run_dir}/params.yaml and the notebook's parameters")
+    if p.run_dir().resolve() != run_dir.resolve():
+        raise ParamError(f"run_dir {run_dir} does not match the frozen name/runs_dir ({p.run_dir()}); "
+                         "set run_dir to the run folder itself")
+    if frozen:
+        check_change(frozen, p, run_dir, instead="To try them, set run_dir to a new folder (e.g. runs/<new name>) "
+                     "in the parameters cell, or start a new run from the command line (RUN=<new name>)")
+    freeze_if_changed(p, run_dir, frozen)
+    return p
+
+
+def freeze_if_changed(p: Params, run_dir, frozen: dict | None = None) -> None:
+    """Write params.yaml only when the resolved parameters differ from what it holds (or it is missing)."""
+    frozen = frozen_if_any(run_dir) if frozen is None else frozen
+    if not frozen or validate(frozen, "params.yaml").to_dict() != p.to_dict():
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        freeze(p, run_dir)

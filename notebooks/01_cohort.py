@@ -51,6 +51,7 @@ import pandas as pd
 from IPython.display import display
 
 from cxrlib.data import cache, cohort
+from cxrlib.data.funnel import compare_with_reference
 from cxrlib.evaluation import viz
 from cxrlib.experiments import runs
 
@@ -80,7 +81,7 @@ pd.DataFrame(report.excluded_no_labels)
 # release and the settings are the original's; on the synthetic stand-in every figure differs.
 
 # %%
-cohort.compare_with_reference(report)
+compare_with_reference(report)
 
 # %% [markdown]
 # ## Prevalence per split (source labels: positive, negative, uncertain, blank)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from cxrlib import runfiles
+
 PROJECT = Path(__file__).resolve().parent.parent
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -80,7 +82,7 @@ def run_notebooks(p, notebooks=None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return runs.run(p, list(runs.NOTEBOOKS) if notebooks is None else notebooks, progress=False)
+            return runs.run(p, list(runfiles.NOTEBOOKS) if notebooks is None else notebooks, progress=False)
     finally:
         os.chdir(cwd)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib import params, runfiles
+from cxrlib import runfiles
 from cxrlib.data.cache import open_cache
 from cxrlib.errors import UserError
 from cxrlib.evaluation import analysis
@@ -134,7 +134,7 @@ def test_fn_rate_when_another_finding_is_present_or_absent():
 # --------------------------------------------------------------------------- on the tiny run
 @pytest.mark.slow
 def test_error_images_and_grad_cam_on_the_best_checkpoint(tiny_run):
-    p = params.load_frozen(tiny_run)
+    p = runfiles.load_frozen(tiny_run)
     predictions = runfiles.read_predictions(tiny_run)
     errors = analysis.top_errors(predictions, 2)
     images, cams = analysis.error_images(tiny_run, p, errors)

@@ -11,6 +11,7 @@ from PIL import Image
 from cxrlib.data import cache as cache_mod
 from cxrlib.data import decode as decode_mod
 from cxrlib.data.cache import build_cache, cohort_with_rows, open_cache
+from cxrlib.data.cache_build import CACHE_VERSION
 from cxrlib.data.decode import decode_image
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
@@ -108,7 +109,7 @@ def test_build_writes_images_index_manifest_and_stats(tmp_path):
         np.testing.assert_array_equal(cache.images[row], expected)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["size"] == 16 and manifest["resize"] == "squash"
-    assert manifest["cache_version"] == cache_mod.CACHE_VERSION and manifest["created"]
+    assert manifest["cache_version"] == CACHE_VERSION and manifest["created"]
     sources = pd.DataFrame(manifest["sources"]).set_index("dicom_id")
     first = cohort.iloc[0]
     stat = os.stat(tmp_path / first["path"])

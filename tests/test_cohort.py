@@ -14,6 +14,7 @@ import pytest
 
 from cxrlib.__main__ import main
 from cxrlib.data import cohort
+from cxrlib.data.funnel import CohortReport, compare_with_reference
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
 from cxrlib.params import Params
@@ -304,20 +305,20 @@ def report_with(**overrides):
                 split_counts={"train": 26_807, "validate": 0, "test": 6_694},
                 positives=58_839, negatives=410_175, label_cells=469_014)
     base.update(overrides)
-    return cohort.CohortReport(**base)
+    return CohortReport(**base)
 
 
 def test_reference_comparison_flags_only_on_the_full_release():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not cohort.compare_with_reference(report_with())["flag"].any()
+        assert not compare_with_reference(report_with())["flag"].any()
         small = report_with(metadata_rows=2_000, positives=5)
-        table = cohort.compare_with_reference(small)
+        table = compare_with_reference(small)
         assert not table["flag"].any() and table.set_index("figure").loc["positives", "difference"] == 5 - 58_839
         other_rules = report_with(positives=5, settings={**report_with().settings, "uncertain_policy": "ones"})
-        assert not cohort.compare_with_reference(other_rules)["flag"].any()
+        assert not compare_with_reference(other_rules)["flag"].any()
     with pytest.warns(UserWarning, match="positives 58,838 vs 58,839"):
-        table = cohort.compare_with_reference(report_with(positives=58_838))
+        table = compare_with_reference(report_with(positives=58_838))
     assert table[table["flag"]]["figure"].tolist() == ["positives"]
 
 

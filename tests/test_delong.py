@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrlib.stats.metrics import delong_test
+from cxrlib.stats.delong import delong_test
 
 
 def delong_1988(y, a, b) -> dict:
@@ -94,7 +94,7 @@ def test_degenerate_inputs_give_nan_not_an_error():
 
 
 def test_the_macro_test_reduces_to_one_finding_and_agrees_with_a_patient_bootstrap():
-    from cxrlib.stats.metrics import delong_macro
+    from cxrlib.stats.delong import delong_macro
 
     rng = np.random.default_rng(3)
     n = 200
@@ -157,7 +157,7 @@ def null_data(rng, positives, patients, sizes=None, rho=0.5):
     ([30, 20, 12, 8, 5, 3, 2, 40, 25, 10, 6, 4, 15, 50], 150, True),   # 1-4 images per patient: 10% before
 ])
 def test_the_macro_test_holds_its_size_under_a_true_null(positives, patients, several):
-    from cxrlib.stats.metrics import delong_macro
+    from cxrlib.stats.delong import delong_macro
 
     rng = np.random.default_rng(0)
     reps, rejected = 1000, 0
@@ -169,7 +169,7 @@ def test_the_macro_test_holds_its_size_under_a_true_null(positives, patients, se
 
 
 def test_a_finding_with_one_positive_is_left_out_of_the_macro_not_given_zero_variance():
-    from cxrlib.stats.metrics import delong_macro
+    from cxrlib.stats.delong import delong_macro
 
     rng = np.random.default_rng(4)
     n = 200

@@ -14,21 +14,22 @@ from cxrlib.data.cohort import read_cohort
 from cxrlib.errors import UserError
 from cxrlib.evaluation import evaluate, paired, tables
 from cxrlib.evaluation import gold as goldlib
-from cxrlib.experiments import runs
+from cxrlib.evaluation.tables import HEADLINE
 from cxrlib.labels import FINDINGS
 from cxrlib.stats import levels, metrics
+from cxrlib.stats.delong import delong_test
 
 pytestmark = pytest.mark.slow
 
 
 def frozen(run_dir, **overrides):
-    p = params.load_frozen(run_dir)
+    p = runfiles.load_frozen(run_dir)
     return params.validate({**p.to_dict(), **overrides})
 
 
 # --------------------------------------------------------------------------- the run's files
 def test_every_notebook_ran_and_rendered(tiny_run):
-    for nb in runs.NOTEBOOKS:
+    for nb in runfiles.NOTEBOOKS:
         executed = tiny_run / f"{nb}.ipynb"
         assert executed.is_file() and (tiny_run / f"{nb}.html").is_file(), nb
         cells = nbformat.read(str(executed), as_version=4).cells
@@ -93,7 +94,7 @@ def test_metrics_json_headline_selection_and_fingerprint(tiny_run):
     test = report["splits"]["test"]
     for key, figure in report["headline"].items():
         assert set(figure) == {"value", "lo", "hi", "n_boot_valid", "conditional"}
-        average, metric = evaluate.HEADLINE[key]
+        average, metric = HEADLINE[key]
         if figure["lo"] is None:   # the tiny test split: no finding with min_positives of each class
             assert average == "macro" and not report["macro"]["findings"], key
             continue
@@ -271,12 +272,12 @@ def test_compare_runs_sees_a_better_run(tiny_run, tmp_path):
     table = paired.compare_runs(better, tiny_run, frozen(tiny_run)).set_index(["finding", "metric"])
     assert table.loc[("micro", "auroc"), "diff"] > 0 and table.loc[("micro", "auroc"), "lo"] > 0
     assert table.loc[("micro", "auroc"), "this_run"] > table.loc[("micro", "auroc"), "other_run"]
-    # DeLong beside the bootstrap: per finding it is metrics.delong_test on the shared units, clustered by patient
+    # DeLong beside the bootstrap: per finding it is delong_test on the shared units, clustered by patient
     p = frozen(tiny_run)
     units = levels.rows_at(predictions[predictions["split"] == "test"], p.eval_level, p.study_aggregate)
     other = levels.rows_at(runfiles.read_predictions(tiny_run).query("split == 'test'"), p.eval_level, p.study_aggregate)
     finding = next(f for f in FINDINGS if pd.notna(table.loc[(f, "auroc"), "delong_p"]))
-    expected = metrics.delong_test(units[finding], units[f"p_{finding}"], other[f"p_{finding}"],
+    expected = delong_test(units[finding], units[f"p_{finding}"], other[f"p_{finding}"],
                                    clusters=units["subject_id"])
     assert table.loc[(finding, "auroc"), "delong_p"] == pytest.approx(expected["p"], rel=1e-9)
     assert table.loc[(finding, "auroc"), "delong_se"] == pytest.approx(expected["se"], rel=1e-9)
@@ -346,7 +347,7 @@ def test_redacted_run_holds_no_image_at_all(tiny_redacted_run):
                 found.append((path.name, marker))
     assert not found
     names = {p.name for p in tiny_redacted_run.iterdir()}
-    assert {f"{nb}.{ext}" for nb in runs.NOTEBOOKS for ext in ("ipynb", "html")} <= names
+    assert {f"{nb}.{ext}" for nb in runfiles.NOTEBOOKS for ext in ("ipynb", "html")} <= names
     # The plots are still there, as vectors.
     assert "image/svg+xml" in (tiny_redacted_run / "03_evaluate.ipynb").read_text()
     assert "redact_images is on" in (tiny_redacted_run / "04_error_analysis.html").read_text()

@@ -12,6 +12,7 @@ from cxrlib.labels import FINDINGS
 from cxrlib.params import Params
 from cxrlib.stats import levels, metrics
 from cxrlib.synthetic import mimic_cxr, test_labels
+from cxrlib.synthetic.tables import CHEXPERT, SPLIT
 
 PROBS = levels.PROB_COLUMNS
 
@@ -171,11 +172,11 @@ def test_gold_section_without_the_file_or_without_test_overlap(tmp_path):
 def test_synthetic_radiologist_labels_cover_official_test_studies_and_disagree_as_documented(tmp_path):
     mimic_cxr.generate(tmp_path, subjects=4000, seed=0, images=False, progress=False)
     labelled = gold.read_gold(tmp_path)
-    split = pd.read_csv(tmp_path / mimic_cxr.SPLIT, dtype=str)
+    split = pd.read_csv(tmp_path / SPLIT, dtype=str)
     test_studies = set(split.loc[split["split"] == "test", "study_id"])
     assert set(labelled["study_id"]) <= test_studies
     assert 0.5 < len(labelled) / len(test_studies) < 0.7          # GOLD_FRACTION of those with a label row
-    drawn = pd.read_csv(tmp_path / mimic_cxr.CHEXPERT, dtype={"study_id": str}).set_index("study_id")
+    drawn = pd.read_csv(tmp_path / CHEXPERT, dtype={"study_id": str}).set_index("study_id")
     drawn = drawn.loc[labelled["study_id"], FINDINGS].to_numpy()
     g = labelled[FINDINGS].to_numpy()
     common = [j for j, f in enumerate(FINDINGS) if f not in test_labels.rare_findings() + ["No Finding"]]

@@ -18,8 +18,9 @@ from cxrlib.errors import UserError
 from cxrlib.evaluation import analysis, evaluate, recalibration
 from cxrlib.handoff import card, checklists, export, predict
 from cxrlib.labels import FINDINGS
-from cxrlib.stats import levels, metrics
+from cxrlib.stats import levels
 from cxrlib.stats.metrics import ranking_metrics
+from cxrlib.stats.thresholds import choose_thresholds
 
 
 # --------------------------------------------------------------------------- recalibration
@@ -68,12 +69,12 @@ def test_a_finding_with_one_class_on_validation_is_left_as_it_was_and_said_so():
     assert fitted["per_finding"]["a"] is None and "a: one class" in fitted["notes"][0]
     out = recalibration.apply(fitted, p, ["a", "b"])
     assert np.array_equal(out[:, 0], p[:, 0]) and not np.allclose(out[:, 1], p[:, 1])
-    with pytest.raises(recalibration.UserError, match="calibration = 'platt'"):
+    with pytest.raises(UserError, match="calibration = 'platt'"):
         recalibration.fit("platt", y, p, ["a", "b"])
 
 
 def test_the_run_is_recalibrated_on_validation_and_reports_before_and_after(tiny_run):
-    p = params.validate({**params.load_frozen(tiny_run).to_dict(), "calibration": "temperature"})
+    p = params.validate({**runfiles.load_frozen(tiny_run).to_dict(), "calibration": "temperature"})
     predictions = runfiles.read_predictions(tiny_run)
     report = evaluate.evaluate_run(tiny_run, p, predictions, write=False)
     recal = report["recalibration"]
@@ -85,7 +86,7 @@ def test_the_run_is_recalibrated_on_validation_and_reports_before_and_after(tiny
         assert (ours is None) == (theirs is None) and (ours is None or ours["T"] == pytest.approx(theirs["T"]))
     assert recal["fitted_on"] == "validate"
     y_test, p_test, _ = evaluate.arrays(units, "test")
-    from cxrlib.stats.metrics import calibration as cal
+    from cxrlib.stats.calibration import calibration as cal
 
     after = cal(y_test, recalibration.apply(by_hand, p_test), 10, "uniform", FINDINGS)["pooled"]["ece"]
     assert recal["after"]["ece"]["value"] == pytest.approx(after, abs=1e-9)
@@ -98,13 +99,13 @@ def test_the_run_is_recalibrated_on_validation_and_reports_before_and_after(tiny
 def test_single_images_get_thresholds_and_temperatures_fitted_on_validation_images(tiny_run):
     """At eval_level: study the headline's thresholds and temperatures are fitted on study means; what scores one
     image (predict, export, notebook 04) gets its own, fitted on the validation images."""
-    p = params.validate({**params.load_frozen(tiny_run).to_dict(), "calibration": "temperature"})
+    p = params.validate({**runfiles.load_frozen(tiny_run).to_dict(), "calibration": "temperature"})
     predictions = runfiles.read_predictions(tiny_run)
     report = evaluate.evaluate_run(tiny_run, p, predictions, write=False)
     image = report["image_level"]
     assert image["level"] == "image" and not image["same_as_headline"] and report["thresholds"]["level"] == "study"
     y_img, p_img, _ = evaluate.arrays(predictions, "validate")
-    chosen = metrics.choose_thresholds(y_img, p_img)
+    chosen = choose_thresholds(y_img, p_img)
     for f in FINDINGS:
         expected = chosen[f]["f1"]
         got = image["thresholds"]["values"][f]["f1"]
@@ -122,7 +123,7 @@ def test_single_images_get_thresholds_and_temperatures_fitted_on_validation_imag
 # --------------------------------------------------------------------------- export
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_the_export_matches_pytorch_and_predictions_csv(tiny_run, tmp_path, fmt):
-    p = params.load_frozen(tiny_run)
+    p = runfiles.load_frozen(tiny_run)
     out = tmp_path / f"model{export.FORMATS[fmt]}"
     summary = export.export_run(tiny_run, p, fmt, out)
     assert summary["parity"]["max_abs_prob_diff"] < 1e-4 and summary["parity"]["images"] > 10
@@ -147,7 +148,7 @@ def test_the_export_matches_pytorch_and_predictions_csv(tiny_run, tmp_path, fmt)
 
 
 def test_a_failed_check_leaves_the_previous_export_and_its_record(tiny_run, tmp_path, monkeypatch):
-    p = params.load_frozen(tiny_run)
+    p = runfiles.load_frozen(tiny_run)
     out = tmp_path / "model.pt"
     first = export.export_run(tiny_run, p, "torchscript", out)
     record = export.record_path(out)
@@ -164,7 +165,7 @@ def test_a_failed_check_leaves_the_previous_export_and_its_record(tiny_run, tmp_
 
 # --------------------------------------------------------------------------- predict
 def test_predicting_the_source_jpegs_reproduces_predictions_csv(tiny_run, tmp_path, capsys):
-    p = params.load_frozen(tiny_run)
+    p = runfiles.load_frozen(tiny_run)
     cohort = read_cohort(tiny_run / "cohort.csv")
     test = cohort[cohort["split"] == "test"].head(12)
     files = [str(p.data_root) + "/" + path for path in test["path"]]
@@ -262,7 +263,7 @@ def test_reports_of_03_to_05_hide_their_code_unless_asked_and_01_02_show_it(tiny
     assert "error_images" not in (tiny_run / "04_error_analysis.html").read_text()
     assert "build_cohort" in (tiny_run / "01_cohort.html").read_text()
     shutil.copy2(tiny_run / "03_evaluate.ipynb", tmp_path / "03_evaluate.ipynb")
-    shown = params.validate({**params.load_frozen(tiny_run).to_dict(), "report_code": "show"})
+    shown = params.validate({**runfiles.load_frozen(tiny_run).to_dict(), "report_code": "show"})
     assert "predict_run" in runs.render(tmp_path / "03_evaluate.ipynb", shown).read_text()
 
 

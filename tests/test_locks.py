@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrlib import params, runlock
+from cxrlib import params, runfiles, runlock
 from cxrlib.errors import UserError
 from cxrlib.experiments import runs, sweep
 
@@ -96,7 +96,7 @@ def test_children_write_under_their_parents_lock(tmp_path):
 # --------------------------------------------------------------------------- commands
 def frozen_run(tmp_path, **values) -> tuple[params.Params, Path]:
     p = params.validate({"name": "r", "runs_dir": str(tmp_path), "device": "cpu", **values})
-    params.freeze(p, p.run_dir())
+    runfiles.freeze(p, p.run_dir())
     return p, p.run_dir()
 
 
@@ -127,7 +127,7 @@ def test_a_failed_command_leaves_params_yaml_as_it_was(tmp_path, monkeypatch):
     assert (run_dir / "params.yaml").read_bytes() == before   # a one-off runtime override did not stick
     with pytest.raises(UserError):
         runs.run(params.validate({**p.to_dict(), "bootstrap": 9}), ["05_fairness"])
-    assert params.load_frozen(run_dir).bootstrap == 9          # an evaluate field stays: its notebook may have written
+    assert runfiles.load_frozen(run_dir).bootstrap == 9          # an evaluate field stays: its notebook may have written
 
 
 def test_make_train_on_an_existing_run_starts_from_its_own_params(tmp_path, monkeypatch, capsys):

@@ -13,6 +13,8 @@ from cxrlib.errors import UserError
 from cxrlib.evaluation import tables, viz
 from cxrlib.labels import FINDINGS
 from cxrlib.stats import metrics
+from cxrlib.stats.calibration import brier, calibration, ece, reliability_curve
+from cxrlib.stats.thresholds import choose_thresholds, threshold_metrics
 
 
 def make_data(n, seed=0, masked=0.1, ties=True):
@@ -89,7 +91,7 @@ def test_integer_weights_equal_sklearn_on_explicitly_duplicated_rows():
             assert abs(s["auprc"][b, j] - per[f][1]) < 1e-12
         assert abs(s["auroc_micro"][b] - micro[0]) < 1e-12
         assert abs(s["auprc_micro"][b] - micro[1]) < 1e-12
-        cal = metrics.calibration(y[rows], p[rows])
+        cal = calibration(y[rows], p[rows])
         assert abs(s["ece_pooled"][b] - cal["pooled"]["ece"]) < 1e-12
         assert abs(s["brier"][b, 5] - cal["per_finding"][FINDINGS[5]]["brier"]) < 1e-12
 
@@ -180,12 +182,12 @@ def test_paired_bootstrap_detects_a_better_model():
 
 def test_thresholds_come_from_validation_only():
     y_val, p_val = make_data(300, seed=10)
-    chosen = metrics.choose_thresholds(y_val, p_val)
-    assert metrics.choose_thresholds(y_val.copy(), p_val.copy()) == chosen
+    chosen = choose_thresholds(y_val, p_val)
+    assert choose_thresholds(y_val.copy(), p_val.copy()) == chosen
     per_test_set = []
     for seed in (11, 12):  # two different test sets: the thresholds must not move
         y_test, p_test = make_data(200, seed=seed)
-        per_test_set.append(metrics.threshold_metrics(y_test, p_test, chosen))
+        per_test_set.append(threshold_metrics(y_test, p_test, chosen))
     for table in per_test_set:
         for _, row in table.iterrows():
             assert row["threshold"] == chosen[row["finding"]][row["rule"]]
@@ -194,7 +196,7 @@ def test_thresholds_come_from_validation_only():
 
 def test_chosen_thresholds_maximise_f1_and_youden_on_validation():
     y, p = make_data(300, seed=13)
-    chosen = metrics.choose_thresholds(y, p)
+    chosen = choose_thresholds(y, p)
     for j, f in enumerate(FINDINGS):
         k = ~np.isnan(y[:, j])
         t, s = y[k, j] == 1, p[k, j]
@@ -212,7 +214,7 @@ def test_threshold_metrics_match_a_manual_count():
     y = np.array([[1, 0], [1, 1], [0, np.nan], [0, 0], [1, 1], [0, 1]], dtype=float)
     p = np.array([[0.9, 0.2], [0.4, 0.8], [0.6, 0.9], [0.1, 0.7], [0.5, 0.3], [0.5, 0.6]])
     thresholds = {"a": {"f1": 0.5}, "b": {"f1": 0.6, "youden": float("nan")}}
-    t = metrics.threshold_metrics(y, p, thresholds, findings=["a", "b"])
+    t = threshold_metrics(y, p, thresholds, findings=["a", "b"])
     a = t.iloc[0]
     # a: called = p >= 0.5 -> rows 0, 2, 4, 5; positives rows 0, 1, 4
     assert (a["tp"], a["fp"], a["tn"], a["fn"]) == (2, 2, 1, 1)
@@ -222,27 +224,27 @@ def test_threshold_metrics_match_a_manual_count():
     assert (b["n"], b["tp"], b["fp"], b["tn"], b["fn"]) == (5, 2, 1, 1, 1)
     assert pd.isna(t.iloc[2]["tp"]) and t.iloc[2]["rule"] == "youden"
     with pytest.raises(UserError, match="choose_thresholds"):
-        metrics.threshold_metrics(y, p, {"a": {"f1": 0.5}}, findings=["a", "b"])
+        threshold_metrics(y, p, {"a": {"f1": 0.5}}, findings=["a", "b"])
 
 
 def test_calibration_ece_brier_and_reliability_curve():
     rng = np.random.default_rng(14)
     p = rng.random(40_000)
     y = (rng.random(40_000) < p).astype(float)
-    assert metrics.ece(y, p) < 0.015
-    assert metrics.ece(y, p ** 3) > 0.1  # badly calibrated: systematic underconfidence
-    assert metrics.brier(y, p) == pytest.approx(np.mean((p - y) ** 2))
+    assert ece(y, p) < 0.015
+    assert ece(y, p ** 3) > 0.1  # badly calibrated: systematic underconfidence
+    assert brier(y, p) == pytest.approx(np.mean((p - y) ** 2))
     for strategy in ("uniform", "quantile"):
-        curve = metrics.reliability_curve(y, p, n_bins=8, strategy=strategy)
+        curve = reliability_curve(y, p, n_bins=8, strategy=strategy)
         true, pred = calibration_curve(y, p, n_bins=8, strategy=strategy)
         used = curve[curve["count"] > 0]
         assert np.allclose(used["frac_pos"], true) and np.allclose(used["mean_pred"], pred)
         assert curve["count"].sum() == 40_000
     manual = sum(c * abs(t - m) for c, t, m in
-                 metrics.reliability_curve(y, p, 10)[["count", "frac_pos", "mean_pred"]].itertuples(index=False))
-    assert metrics.ece(y, p) == pytest.approx(manual / 40_000)
+                 reliability_curve(y, p, 10)[["count", "frac_pos", "mean_pred"]].itertuples(index=False))
+    assert ece(y, p) == pytest.approx(manual / 40_000)
     yy, pp = make_data(300, seed=15)
-    cal = metrics.calibration(yy, pp)
+    cal = calibration(yy, pp)
     k = ~np.isnan(yy)
     assert cal["pooled"]["brier"] == pytest.approx(np.mean((pp[k] - yy[k]) ** 2))
     assert cal["per_finding"]["Edema"]["n"] == int(k[:, 3].sum())
@@ -261,7 +263,7 @@ def test_bad_inputs_name_the_argument_and_the_fix():
     with pytest.raises(UserError, match="p_b"):
         metrics.paired_bootstrap(y, p, np.full_like(p, np.nan), None, n_boot=10)
     with pytest.raises(UserError, match="sigmoid"):
-        metrics.calibration(y, p * 5 - 2)
+        calibration(y, p * 5 - 2)
 
 
 def test_original_project_results_are_the_published_figures():

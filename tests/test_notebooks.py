@@ -8,11 +8,10 @@ import nbformat
 import papermill
 import pytest
 
-from cxrlib import params
-from cxrlib.experiments import runs
+from cxrlib import params, runfiles
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-ALL = runs.NOTEBOOKS + ["06_compare"]   # 06 renders a group of runs (make compare), not one run's step
+ALL = runfiles.NOTEBOOKS + ["06_compare"]   # 06 renders a group of runs (make compare), not one run's step
 GROUP_KNOBS = {"runs", "runs_root", "baseline", "bootstrap", "ci_level", "seed", "compare_on"}
 
 
@@ -36,7 +35,7 @@ def test_every_notebook_is_a_pair_and_a_pipeline_step():
         == sorted(ALL)
 
 
-@pytest.mark.parametrize("name", runs.NOTEBOOKS)
+@pytest.mark.parametrize("name", runfiles.NOTEBOOKS)
 def test_notebooks_declare_run_dir_and_their_own_knobs_only(name):
     declared = set(papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb")))
     assert "run_dir" in declared

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrlib import params
+from cxrlib import params, runfiles
 from cxrlib.errors import UserError
 from cxrlib.experiments import runs
 
@@ -75,8 +75,8 @@ def test_overrides_parse_as_yaml():
 
 def test_freeze_roundtrip(tmp_path):
     p = params.load(ROOT / "params" / "improved.yaml")
-    params.freeze(p, tmp_path)
-    assert params.load_frozen(tmp_path) == p
+    runfiles.freeze(p, tmp_path)
+    assert runfiles.load_frozen(tmp_path) == p
     assert not list(tmp_path.glob(".*tmp"))
 
 
@@ -91,7 +91,7 @@ def test_make_variables_reach_parameters_under_the_same_name():
 
 def test_resolve_from_a_frozen_run(tmp_path):
     p = params.load(ROOT / "params" / "demo.yaml", {"runs_dir": str(tmp_path), "name": "r1", "epochs": 2})
-    params.freeze(p, tmp_path / "r1")
+    runfiles.freeze(p, tmp_path / "r1")
     again = runs.resolve(None, "r1", {"resume": True}, runs_dir=tmp_path)
     assert again.epochs == 2 and again.resume and again.name == "r1"
     with pytest.raises(UserError, match="no frozen parameters"):
@@ -100,7 +100,7 @@ def test_resolve_from_a_frozen_run(tmp_path):
 
 def test_select_notebooks():
     assert runs.select_notebooks("03,04") == ["03_evaluate", "04_error_analysis"]
-    assert runs.select_notebooks(None) == runs.NOTEBOOKS
+    assert runs.select_notebooks(None) == runfiles.NOTEBOOKS
     with pytest.raises(UserError, match="07"):
         runs.select_notebooks("07")
 
@@ -135,18 +135,18 @@ def test_check_change_refuses_fixed_stages_and_allows_runtime_and_evaluate(tmp_p
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "cohort.csv").write_text("x")
     # cohort fixed, no checkpoint yet: training fields may still change, cohort fields not
-    params.check_change(old, params.validate({**old, "lr": 0.5, "image_size": 128}), tmp_path)
+    runfiles.check_change(old, params.validate({**old, "lr": 0.5, "image_size": 128}), tmp_path)
     with pytest.raises(params.ParamError, match=r"views \(cohort\): \['AP'\] -> \['PA'\].*RUN=<new name>"):
-        params.check_change(old, params.validate({**old, "views": ["PA"]}), tmp_path)
+        runfiles.check_change(old, params.validate({**old, "views": ["PA"]}), tmp_path)
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
     for change in ({"lr": 0.5}, {"image_size": 128}, {"arch": "resnet50"}, {"mean": 0.5}):
         with pytest.raises(params.ParamError, match=next(iter(change))):
-            params.check_change(old, params.validate({**old, **change}), tmp_path)
+            runfiles.check_change(old, params.validate({**old, **change}), tmp_path)
     allowed = {"device": "gpu", "num_workers": 0, "epochs": 3, "bootstrap": 10, "compare_with": "x",
                "redact_images": True, "data_root": "elsewhere", "resume": True}
-    params.check_change(old, params.validate({**old, **allowed}), tmp_path)
+    runfiles.check_change(old, params.validate({**old, **allowed}), tmp_path)
     try:
-        params.check_change(old, params.validate({**old, "lr": 0.5, "seed": 3}), tmp_path)
+        runfiles.check_change(old, params.validate({**old, "lr": 0.5, "seed": 3}), tmp_path)
     except params.ParamError as e:   # one message lists every refused difference
         assert "lr (train): 0.0001 -> 0.5" in str(e) and "seed (train): 0 -> 3" in str(e)
 
@@ -158,9 +158,9 @@ def test_a_params_yaml_from_before_split_seed_keeps_the_split_it_carved(tmp_path
 
     old = {"name": "old", "seed": 3, "split_mode": "seed", "val_fraction": 0.1}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(old))
-    assert params.load_frozen(tmp_path).split_seed == 3
+    assert runfiles.load_frozen(tmp_path).split_seed == 3
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**old, "split_mode": "official", "val_fraction": 0.0}))
-    assert params.load_frozen(tmp_path).split_seed == 0
+    assert runfiles.load_frozen(tmp_path).split_seed == 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**old, "split_seed": 7}))
-    assert params.load_frozen(tmp_path).split_seed == 7
+    assert runfiles.load_frozen(tmp_path).split_seed == 7
     assert params.STAGE_OF["seed"] == "train" and params.STAGE_OF["split_seed"] == "cohort"

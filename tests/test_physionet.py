@@ -14,6 +14,8 @@ from physionet_server import FakePhysioNet, make_release
 
 from cxrlib.__main__ import main
 from cxrlib.data import physionet, transfer
+from cxrlib.data.checksums import read_checksums
+from cxrlib.data.transfer import AuthError, DiskFullError, get_credentials, parse_retry_after, retry_delay
 from cxrlib.errors import UserError
 
 USER, PASSWORD = "alice", "S3cr3t-Pa55-xyz"
@@ -216,7 +218,7 @@ def test_refused_credentials_stop_with_one_clear_error(tmp_path, release, server
         monkeypatch.setenv("PHYSIONET_PASSWORD", password)
     else:   # the right password for another account, one that has not signed the agreement
         monkeypatch.setenv("PHYSIONET_USERNAME", "bob")
-    with pytest.raises(physionet.AuthError) as info:
+    with pytest.raises(AuthError) as info:
         get(server, root, images)
     assert len(server.requests) == 1        # SHA256SUMS.txt, then nothing
     message = str(info.value)
@@ -238,7 +240,7 @@ def test_redirects_keep_credentials_on_the_same_host_only(tmp_path, release, ser
     try:
         server.redirects[images[0]] = server.base_url + "./" + images[0]   # same host: still authorised
         server.redirects[images[2]] = other.base_url + images[2]           # another host: no Authorization
-        with pytest.raises(physionet.AuthError):
+        with pytest.raises(AuthError):
             get(server, root, images[:3])
         assert same(src, root, images[0])
         assert [(r.status, r.authorized) for r in server.requests_for(images[0])] == [(302, True), (200, True)]
@@ -265,7 +267,7 @@ def test_disk_full_is_a_clear_error_and_leaves_no_part(tmp_path, release, server
     real_open = open
     monkeypatch.setattr(transfer, "open", lambda path, mode="r", *a, **k: FullDisk(real_open(path, mode, *a, **k))
                         if str(path).endswith(".part") else real_open(path, mode, *a, **k), raising=False)
-    with pytest.raises(physionet.DiskFullError, match="no space left on device under .* free about"):
+    with pytest.raises(DiskFullError, match="no space left on device under .* free about"):
         get(server, root, images)
     assert not list(root.rglob("*.part")) and not list(root.rglob("*.jpg"))
 
@@ -277,7 +279,7 @@ def test_credentials_from_netrc_and_hidden(tmp_path_factory, monkeypatch):
     netrc_file.write_text(f"machine physionet.org\n  login {USER}\n  password {PASSWORD}\n")
     netrc_file.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc_file))
-    creds = physionet.get_credentials()
+    creds = get_credentials()
     assert creds.username == USER
     assert creds.authorization() == "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     assert PASSWORD not in repr(creds) + str(creds) + f"{creds}" + repr([creds])
@@ -299,7 +301,7 @@ def test_missing_credentials_name_the_three_ways(monkeypatch):
     monkeypatch.delenv("PHYSIONET_PASSWORD")
     monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(isatty=lambda: False))
     with pytest.raises(UserError, match="PHYSIONET_USERNAME and PHYSIONET_PASSWORD.*netrc.*terminal"):
-        physionet.get_credentials()
+        get_credentials()
 
 
 def test_print_gsutil_uses_no_network(tmp_path, release, server, captured):
@@ -349,20 +351,20 @@ def test_read_checksums_formats(tmp_path):
     sha = "ab" * 32
     path = tmp_path / "SHA256SUMS.txt"
     path.write_text(f"{sha} files/a.jpg\n{sha.upper()}  files/b.jpg\n{sha} *files/c d.jpg\r\n\n")
-    assert physionet.read_checksums(path) == {"files/a.jpg": sha, "files/b.jpg": sha, "files/c d.jpg": sha}
+    assert read_checksums(path) == {"files/a.jpg": sha, "files/b.jpg": sha, "files/c d.jpg": sha}
     path.write_text("not a checksum line\n")
     with pytest.raises(UserError, match="line 1"):
-        physionet.read_checksums(path)
+        read_checksums(path)
 
 
 def test_retry_delay_is_jittered_exponential_and_honours_retry_after():
-    delays = [physionet.retry_delay(4, 0.5) for _ in range(200)]
+    delays = [retry_delay(4, 0.5) for _ in range(200)]
     assert 0 <= min(delays) and max(delays) <= 8.0 and len(set(delays)) > 100
-    assert max(physionet.retry_delay(30, 1.0, cap=60.0) for _ in range(50)) <= 60.0
-    assert physionet.retry_delay(0, 1.0, retry_after=7.0) == 7.0
-    assert physionet.parse_retry_after("12") == 12.0
-    assert 0 < physionet.parse_retry_after("Wed, 21 Oct 2099 07:28:00 GMT")
-    assert physionet.parse_retry_after("soon") is None
+    assert max(retry_delay(30, 1.0, cap=60.0) for _ in range(50)) <= 60.0
+    assert retry_delay(0, 1.0, retry_after=7.0) == 7.0
+    assert parse_retry_after("12") == 12.0
+    assert 0 < parse_retry_after("Wed, 21 Oct 2099 07:28:00 GMT")
+    assert parse_retry_after("soon") is None
 
 
 def test_a_damaged_checksum_list_is_fetched_again_and_never_trusted(tmp_path, release, server):

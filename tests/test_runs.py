@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import PROJECT, run_notebooks, tiny_params
 
-from cxrlib import params
+from cxrlib import params, runfiles
 from cxrlib.data import cohort
 from cxrlib.errors import UserError
 from cxrlib.experiments import runs
@@ -21,7 +21,7 @@ def cli(*args, cwd=PROJECT):
 
 
 def test_notebook_01_writes_the_cohort_and_shows_the_funnel(tiny_run, tiny_data):
-    p = params.load_frozen(tiny_run)
+    p = runfiles.load_frozen(tiny_run)
     expected, report = cohort.build_cohort(tiny_data, p)
     written = cohort.read_cohort(tiny_run / "cohort.csv")
     pd.testing.assert_frame_equal(written, expected.astype(written.dtypes.to_dict()), check_dtype=False)
@@ -33,7 +33,7 @@ def test_notebook_01_writes_the_cohort_and_shows_the_funnel(tiny_run, tiny_data)
 
 
 def test_injected_parameters_are_the_frozen_ones(tiny_run):
-    frozen = params.load_frozen(tiny_run)
+    frozen = runfiles.load_frozen(tiny_run)
     nb = nbformat.read(tiny_run / "02_train.ipynb", as_version=4)
     injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
     assert f"epochs = {frozen.epochs}" in injected.source and "image_size" not in injected.source
@@ -93,7 +93,7 @@ def test_cli_refuses_a_missing_preset_and_lists_the_presets():
 
 
 def test_a_trained_run_is_not_overwritten_with_other_parameters(tiny_run):
-    p = params.load_frozen(tiny_run)
+    p = runfiles.load_frozen(tiny_run)
     changed = params.validate({**p.to_dict(), "lr": p.lr * 10})
     with pytest.raises(UserError, match=r"already holds checkpoints/last.pt, made with other parameters: lr \(train\)"):
         runs.run(changed, ["02_train"])

@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from cxrlib import runfiles
+from cxrlib.errors import UserError
 from cxrlib.evaluation import ensemble
-from cxrlib.evaluation.evaluate import PROB_COLUMNS
 from cxrlib.experiments import compare, sweep
 from cxrlib.labels import FINDINGS
+from cxrlib.runfiles import PROB_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +67,7 @@ def test_member_parameters_and_their_folders(tmp_path):
 ])
 def test_bad_grids_name_the_file_and_the_key(tmp_path, grid, message):
     path = write_grid(tmp_path, **grid)
-    with pytest.raises(sweep.UserError) as e:
+    with pytest.raises(UserError) as e:
         sweep.plan(sweep.read_grid(path), runs_dir=str(tmp_path / "runs"))
     assert message in str(e.value) and str(path.name) in str(e.value)
 
@@ -85,7 +87,7 @@ def test_the_shipped_seed_ablation_grid_plans_members_that_share_one_cohort(tmp_
 
 def test_an_ensemble_of_members_with_different_cohorts_is_refused_before_anything_runs(tmp_path):
     path = write_grid(tmp_path, vary={"views": [["AP"], ["AP", "PA"]]}, ensemble=True)
-    with pytest.raises(sweep.UserError, match="different cohorts") as e:
+    with pytest.raises(UserError, match="different cohorts") as e:
         sweep.plan(sweep.read_grid(path), runs_dir=str(tmp_path / "runs"), write=False)
     assert "views" in str(e.value) and not (tmp_path / "runs").exists()
 
@@ -108,7 +110,7 @@ def test_plan_skips_finished_resumes_unfinished_and_refuses_a_changed_finished_s
     assert (half / sweep.DONE).is_file()
     (done / "cohort.csv").write_text("x")   # the cohort stage has run: its fields are fixed
     path.write_text(path.read_text().replace("name: s", "name: s\nset: {views: [PA]}"))
-    with pytest.raises(sweep.UserError, match="views"):
+    with pytest.raises(UserError, match="views"):
         sweep.plan(sweep.read_grid(path), runs_dir)
 
 
@@ -161,7 +163,7 @@ def test_the_ensemble_is_the_mean_of_its_members_row_by_row(tmp_path):
     assert np.allclose(out.loc[by_hand.index, PROB_COLUMNS].to_numpy(np.float64), by_hand.to_numpy(), atol=1e-7)
     other = tmp_path / "other"
     fake_predictions(other, rng)   # its own labels
-    with pytest.raises(sweep.UserError, match="labels"):
+    with pytest.raises(UserError, match="labels"):
         ensemble.average_predictions([tmp_path / "m0", other])
 
 
@@ -189,9 +191,9 @@ def test_an_ensemble_of_members_of_other_sizes_describes_each_member_and_refuses
     assert "input differs by member (below) px" in text and "large: resnet18, head `avgpool`, 48 px" in text
     assert "Selected: epoch None" not in text and "large (epoch 4)" in text
     p = params.validate({"name": "ensemble", "runs_dir": str(sweep_dir), "device": "cpu"})
-    with pytest.raises(sweep.UserError, match="ensemble .no checkpoint of its own.: export each member"):
+    with pytest.raises(UserError, match="ensemble .no checkpoint of its own.: export each member"):
         export.export_run(sweep_dir / "ensemble", p, "onnx")
-    with pytest.raises(sweep.UserError, match="predict with each member .*members: small, large"):
+    with pytest.raises(UserError, match="predict with each member .*members: small, large"):
         predict.predict_files(sweep_dir / "ensemble", p, [str(tmp_path)], progress=False)
 
 
@@ -220,7 +222,7 @@ def tiny_sweep(tiny_data, tmp_path_factory):
             warnings.simplefilter("ignore")
             result = sweep.sweep(path, str(runs_dir), executor="local", wait=True, progress=False)
             compared = compare.compare_group("tiny-sweep", runs_dir, out_dir=runs_dir / "tiny-sweep")
-            base = sweep.params_mod.load_frozen(runs_dir / "tiny-sweep" / "tb")
+            base = runfiles.load_frozen(runs_dir / "tiny-sweep" / "tb")
             runs.execute("06_compare", base, runs.project_root(), runs_dir / "tiny-sweep", progress=False,
                          extra={"runs": "tiny-sweep", "runs_root": str(runs_dir)})
     finally:
@@ -320,7 +322,7 @@ def test_the_local_launcher_resumes_an_unfinished_member(tiny_sweep):
     finally:
         os.chdir(cwd)
     assert [m["status"] for m in result["members"]] == ["unfinished", "finished"] and result["failed"] == {}
-    assert (member / sweep.DONE).is_file() and sweep.params_mod.load_frozen(member).resume
+    assert (member / sweep.DONE).is_file() and runfiles.load_frozen(member).resume
     assert (member / "checkpoints" / "last.pt").stat().st_mtime_ns == trained   # resumed a finished training
 
 

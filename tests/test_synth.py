@@ -14,6 +14,8 @@ from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
 from cxrlib.synthetic import mimic_cxr
 from cxrlib.synthetic import tables as synthetic_tables
+from cxrlib.synthetic.draw import jpeg_bytes, render
+from cxrlib.synthetic.tables import CHEXPERT, METADATA, NEGBIO, SPLIT, build_tables, image_path
 
 SUBJECTS, SEED = 30, 3
 PATHOLOGIES = [f for f in FINDINGS if f not in ("No Finding", "Support Devices")]
@@ -36,19 +38,19 @@ def test_files_and_columns(tree):
         "LICENSE.txt", "SHA256SUMS.txt", "files", "mimic-cxr-2.0.0-metadata.csv.gz",
         "mimic-cxr-2.0.0-negbio.csv.gz", "mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-split.csv.gz",
         "mimic-cxr-2.1.0-test-set-labeled.csv", "IMAGE_FILENAMES", "RECORDS", "mimic-iv"])
-    assert list(read(out, mimic_cxr.METADATA).columns) == [
+    assert list(read(out, METADATA).columns) == [
         "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
         "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
         "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning"]
-    for name in (mimic_cxr.NEGBIO, mimic_cxr.CHEXPERT):
+    for name in (NEGBIO, CHEXPERT):
         assert list(read(out, name).columns) == ["subject_id", "study_id", *FINDINGS]
-    assert list(read(out, mimic_cxr.SPLIT).columns) == ["dicom_id", "study_id", "subject_id", "split"]
+    assert list(read(out, SPLIT).columns) == ["dicom_id", "study_id", "subject_id", "split"]
     assert "SYNTHETIC" in (out / "LICENSE.txt").read_text()
 
 
 def test_identifier_formats_and_values(tree):
     out, summary = tree
-    meta = read(out, mimic_cxr.METADATA)
+    meta = read(out, METADATA)
     assert meta["subject_id"].astype(str).str.fullmatch(r"1\d{7}").all()
     assert meta["study_id"].astype(str).str.fullmatch(r"5\d{7}").all()
     assert meta["dicom_id"].str.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{8}){4}").all()
@@ -66,13 +68,13 @@ def test_identifier_formats_and_values(tree):
 
 def test_every_row_has_its_jpeg_at_the_mimic_path(tree):
     out, _ = tree
-    meta = read(out, mimic_cxr.METADATA)
+    meta = read(out, METADATA)
     expected = {f"files/p{str(s)[:2]}/p{s}/s{t}/{d}.jpg"
                 for s, t, d in zip(meta["subject_id"], meta["study_id"], meta["dicom_id"])}
     found = {p.relative_to(out).as_posix() for p in (out / "files").rglob("*") if p.is_file()}
     assert found == expected
     for row in meta.sample(12, random_state=0).itertuples():
-        with Image.open(out / mimic_cxr.image_path(row.subject_id, row.study_id, row.dicom_id)) as im:
+        with Image.open(out / image_path(row.subject_id, row.study_id, row.dicom_id)) as im:
             assert im.format == "JPEG" and im.mode == "L"
             assert im.size == (round(row.Columns / 8), round(row.Rows / 8))
 
@@ -88,14 +90,14 @@ def test_sha256sums_cover_every_file(tree):
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"SHA256SUMS.txt"}
     on_disk = {p for p in on_disk if not p.startswith("mimic-iv/")}   # MIMIC-IV: another project's files
     assert set(listed) == on_disk
-    for path in ["LICENSE.txt", mimic_cxr.METADATA, next(p for p in listed if p.endswith(".jpg"))]:
+    for path in ["LICENSE.txt", METADATA, next(p for p in listed if p.endswith(".jpg"))]:
         assert hashlib.sha256((out / path).read_bytes()).hexdigest() == listed[path]
     assert mimic_cxr.verify(out) == []
 
 
 def test_labels_values_and_no_finding_rule(tree):
     out, _ = tree
-    for name in (mimic_cxr.NEGBIO, mimic_cxr.CHEXPERT):
+    for name in (NEGBIO, CHEXPERT):
         labels = read(out, name)
         values = labels[FINDINGS].to_numpy()
         assert np.isin(values[~np.isnan(values)], [1.0, 0.0, -1.0]).all()
@@ -104,7 +106,7 @@ def test_labels_values_and_no_finding_rule(tree):
         mentioned = labels[PATHOLOGIES].isin([1.0, -1.0]).any(axis=1)
         assert not (nf.eq(1.0) & mentioned).any()  # never No Finding with a pathology
         assert nf.eq(1.0).eq(~mentioned).all()
-    negbio, chexpert = read(out, mimic_cxr.NEGBIO), read(out, mimic_cxr.CHEXPERT)
+    negbio, chexpert = read(out, NEGBIO), read(out, CHEXPERT)
     assert negbio[["subject_id", "study_id"]].equals(chexpert[["subject_id", "study_id"]])
     a, b = negbio[FINDINGS].fillna(9).to_numpy(), chexpert[FINDINGS].fillna(9).to_numpy()
     assert 0.003 < (a != b).mean() < 0.08  # two labelers: mostly agree
@@ -112,7 +114,7 @@ def test_labels_values_and_no_finding_rule(tree):
 
 def test_cases_the_cohort_rules_must_handle(tree):
     out, summary = tree
-    meta, labels = read(out, mimic_cxr.METADATA), read(out, mimic_cxr.NEGBIO)
+    meta, labels = read(out, METADATA), read(out, NEGBIO)
     meta["ViewPosition"] = meta["ViewPosition"].fillna("")
     ap = meta[meta["ViewPosition"] == "AP"]
     assert (ap.groupby("study_id").size() >= 2).any()  # a study with two AP images
@@ -130,7 +132,7 @@ def test_cases_the_cohort_rules_must_handle(tree):
 
 def test_split_is_per_subject_with_all_three_parts(tree):
     out, _ = tree
-    split, meta = read(out, mimic_cxr.SPLIT), read(out, mimic_cxr.METADATA)
+    split, meta = read(out, SPLIT), read(out, METADATA)
     assert split["dicom_id"].tolist() == meta["dicom_id"].tolist()
     assert set(split["split"]) == {"train", "validate", "test"}
     assert (split.groupby("subject_id")["split"].nunique() == 1).all()
@@ -141,11 +143,11 @@ def test_same_seed_same_bytes_any_worker_count(tree, tmp_path):
     again = mimic_cxr.generate(tmp_path / "again", subjects=SUBJECTS, seed=SEED, workers=2, progress=False)
     assert again["images_written"] == again["images"]
     assert (tmp_path / "again" / "SHA256SUMS.txt").read_bytes() == (out / "SHA256SUMS.txt").read_bytes()
-    other = mimic_cxr.build_tables(SUBJECTS, SEED + 1)
-    assert not other["metadata"]["dicom_id"].equals(read(out, mimic_cxr.METADATA)["dicom_id"])
+    other = build_tables(SUBJECTS, SEED + 1)
+    assert not other["metadata"]["dicom_id"].equals(read(out, METADATA)["dicom_id"])
     job = (0, "x.jpg", 3056, 2544, "AP", np.full(14, np.nan), 10000032, 1.0)
-    assert mimic_cxr.jpeg_bytes(job, SEED, "small") == mimic_cxr.jpeg_bytes(job, SEED, "small")
-    assert mimic_cxr.jpeg_bytes(job, SEED, "small") != mimic_cxr.jpeg_bytes(job, SEED + 1, "small")
+    assert jpeg_bytes(job, SEED, "small") == jpeg_bytes(job, SEED, "small")
+    assert jpeg_bytes(job, SEED, "small") != jpeg_bytes(job, SEED + 1, "small")
 
 
 def test_rerun_is_a_noop_and_foreign_folders_are_refused(tree, tmp_path):
@@ -184,7 +186,7 @@ def test_tables_only_and_full_size(tmp_path):
     # LICENSE, four tables, the radiologist labels, IMAGE_FILENAMES, RECORDS
     assert len((tmp_path / "t" / "SHA256SUMS.txt").read_text().splitlines()) == 8
     job = (0, "x.jpg", 2705, 2539, "AP", np.full(14, np.nan), 10000032, 1.0)
-    with Image.open(io.BytesIO(mimic_cxr.jpeg_bytes(job, 0, "full"))) as im:
+    with Image.open(io.BytesIO(jpeg_bytes(job, 0, "full"))) as im:
         assert im.mode == "L" and im.size == (2539, 2705)
 
 
@@ -198,7 +200,7 @@ def test_bad_arguments_name_the_flag(tmp_path):
 
 
 def test_statistics_match_the_release_and_the_original_cohort():
-    tables = mimic_cxr.build_tables(6000, seed=0)
+    tables = build_tables(6000, seed=0)
     meta, negbio = tables["metadata"], tables["negbio"]
     views = meta["ViewPosition"].value_counts(normalize=True)
     for view, real in {"AP": 0.39, "PA": 0.255, "LATERAL": 0.22, "LL": 0.093, "": 0.042}.items():
@@ -233,7 +235,7 @@ def test_cardiomegaly_widens_the_bright_heart_shadow():
     def heart_band(positive: bool, i: int) -> float:
         labels = np.full(14, np.nan)
         labels[FINDINGS.index("Cardiomegaly")] = 1.0 if positive else 0.0
-        image = mimic_cxr.render(96, 80, "AP", labels, np.random.default_rng([int(positive), i]),
+        image = render(96, 80, "AP", labels, np.random.default_rng([int(positive), i]),
                              np.random.default_rng([9, i]), draw_scale=1)
         return image[50:70, 48:66].mean() / image[10:30, 48:66].mean()
 
@@ -252,7 +254,7 @@ def test_the_planted_group_draws_every_finding_at_half_strength():
         labels[FINDINGS.index(finding)] = 1.0
 
         def draw(signature, i):
-            return mimic_cxr.render(96, 80, "AP", labels, np.random.default_rng([1, i]), np.random.default_rng([9, i]),
+            return render(96, 80, "AP", labels, np.random.default_rng([1, i]), np.random.default_rng([9, i]),
                                 draw_scale=1, signature=signature).astype(float)
 
         energy = [(np.abs(draw(0.5, i) - draw(1e-6, i)).mean(), np.abs(draw(1.0, i) - draw(1e-6, i)).mean())
@@ -275,13 +277,13 @@ def test_the_planted_disparity_touches_only_womens_images(tree, tmp_path):
     assert not (alike / "mimic-iv" / "PLANTED.json").exists()
     assert "--no-planted-gap" in (alike / "LICENSE.txt").read_text()
     gender = pd.read_csv(out / "mimic-iv" / "hosp" / "patients.csv.gz").set_index("subject_id")["gender"]
-    meta = read(out, mimic_cxr.METADATA)
-    labels = read(out, mimic_cxr.CHEXPERT).set_index("study_id")[PATHOLOGIES + ["Support Devices"]]
+    meta = read(out, METADATA)
+    labels = read(out, CHEXPERT).set_index("study_id")[PATHOLOGIES + ["Support Devices"]]
     changed, drawn = {"F": [], "M": []}, {"F": 0, "M": 0}
     for subject, study, dicom in meta[["subject_id", "study_id", "dicom_id"]].itertuples(index=False):
         if subject not in gender.index:
             continue
-        path = mimic_cxr.image_path(subject, study, dicom)
+        path = image_path(subject, study, dicom)
         has_finding = study in labels.index and labels.loc[study].isin([1.0, -1.0]).any()
         drawn[gender[subject]] += has_finding
         changed[gender[subject]].append((out / path).read_bytes() != (alike / path).read_bytes())

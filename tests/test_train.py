@@ -22,7 +22,9 @@ from cxrlib.errors import UserError
 from cxrlib.evaluation import viz
 from cxrlib.labels import FINDINGS
 from cxrlib.training import checkpoint, optim, runtime, train
+from cxrlib.training.inference import evaluate
 from cxrlib.training.loader import BatchTransform, make_loader
+from cxrlib.training.selection import new_selection, update_selection
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small and fast, yet every random part is on: dropout, augmentation, warmup + cosine, pos_weight.
@@ -184,9 +186,9 @@ def test_selection_matches_the_original(patience):
     rng = np.random.default_rng(patience)
     for _ in range(50):
         scores = np.round(rng.uniform(0.8, 0.9, 30), 2).tolist()   # rounding makes ties
-        state, saved, stop = train.new_selection(), [], len(scores)
+        state, saved, stop = new_selection(), [], len(scores)
         for epoch, score in enumerate(scores, start=1):
-            keep, stop_now = train.update_selection(state, score, epoch, patience)
+            keep, stop_now = update_selection(state, score, epoch, patience)
             if keep:
                 saved.append(epoch)
             if stop_now:
@@ -196,12 +198,12 @@ def test_selection_matches_the_original(patience):
 
 
 def test_selection_is_strict_and_counts_every_epoch():
-    state = train.new_selection()
-    outcomes = [train.update_selection(state, s, e, 2) for e, s in enumerate([0.5, 0.6, 0.6, 0.7, 0.7, 0.7], 1)]
+    state = new_selection()
+    outcomes = [update_selection(state, s, e, 2) for e, s in enumerate([0.5, 0.6, 0.6, 0.7, 0.7, 0.7], 1)]
     assert outcomes == [(True, False), (True, False), (False, False), (True, False), (False, False), (False, True)]
     assert state == {"best_score": 0.7, "best_epoch": 4, "counter": 2}
-    state = train.new_selection()
-    assert train.update_selection(state, float("nan"), 1, 0) == (False, False)   # NaN never wins; 0: no stop
+    state = new_selection()
+    assert update_selection(state, float("nan"), 1, 0) == (False, False)   # NaN never wins; 0: no stop
 
 
 # --------------------------------------------------------------------------- fit, checkpoints, resume
@@ -325,7 +327,7 @@ def test_ddp_on_gloo_matches_one_process(data_root, tmp_path, monkeypatch):
     # split exactly once; per-rank batches of 4 instead of 8 change the logits in the last bits only
     model, _, _ = checkpoint.load_trained(tmp_path / "two", "last")
     _, eval_set, train_labels, transform = train.prepare_data(two, tmp_path / "two")
-    scores = train.evaluate(model, make_loader(eval_set, 8, False, 0, 0), transform, torch.device("cpu"),
+    scores = evaluate(model, make_loader(eval_set, 8, False, 0, 0), transform, torch.device("cpu"),
                             optim.pos_weight_from_labels(train_labels))
     assert scores["loss"] == pytest.approx(ddp["val_loss"].iloc[-1], rel=1e-5)
     assert scores["auroc_macro"] == pytest.approx(ddp["val_auroc_macro"].iloc[-1], abs=1e-3)

@@ -109,10 +109,10 @@ def test_a_notebook_run_by_hand_cannot_change_a_run(tiny_run):
     """In JupyterLab, 01 with views = ["AP"] against the AP+PA run is refused before anything is written."""
     before = {name: (tiny_run / name).read_bytes() for name in ("params.yaml", "cohort.csv")}
     with pytest.raises(params.ParamError, match=r"views \(cohort\): \['AP', 'PA'\] -> \['AP'\].*set run_dir to a new"):
-        params.for_notebook(tiny_run, {"run_dir": str(tiny_run), "views": ["AP"], "seed": 0})
+        runfiles.for_notebook(tiny_run, {"run_dir": str(tiny_run), "views": ["AP"], "seed": 0})
     assert before == {name: (tiny_run / name).read_bytes() for name in before}
     # the same values pass (a notebook opened on its own run works)
-    p = params.for_notebook(tiny_run, {"run_dir": str(tiny_run), "bootstrap": 50, "views": ["AP", "PA"]})
+    p = runfiles.for_notebook(tiny_run, {"run_dir": str(tiny_run), "bootstrap": 50, "views": ["AP", "PA"]})
     assert p.views == ["AP", "PA"]
 
 
@@ -123,7 +123,7 @@ def copy_run(src: Path, dst: Path, **changes) -> Path:
     if changes:
         values = params.read_yaml(dst / "params.yaml")
         values.update(changes, name=dst.name)
-        params.freeze(params.validate(values), dst)
+        runfiles.freeze(params.validate(values), dst)
     return dst
 
 
@@ -193,7 +193,7 @@ def test_best_checkpoint_holds_no_optimizer_state_and_evaluates_the_same(tiny_ru
     assert (folder / "best.pt").stat().st_size < 0.6 * (folder / "last.pt").stat().st_size   # Adam: 2 moments
     # one epoch: best and last hold the same weights; the slim file predicts what the run reported
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
-    p = params.load_frozen(tiny_run)
+    p = runfiles.load_frozen(tiny_run)
     again = evaluate.predict_run(tiny_run, p)
     saved = runfiles.read_predictions(tiny_run)
     columns = [c for c in saved.columns if c.startswith("p_")]
@@ -252,7 +252,7 @@ def test_redaction_asked_for_at_evaluation_covers_every_report_of_the_run(tiny_r
     found = [(path.name, marker) for path in sorted(run.glob("*.ipynb")) + sorted(run.glob("*.html"))
              for marker in ("image/png", "image/jpeg", "data:image", "<image") if marker in path.read_text()]
     assert not found
-    assert {f"{nb}.html" for nb in runs.NOTEBOOKS} <= {p.name for p in run.iterdir()}
+    assert {f"{nb}.html" for nb in runfiles.NOTEBOOKS} <= {p.name for p in run.iterdir()}
     assert not list(run.glob(".02_train.ipynb.*"))
 
 
@@ -307,7 +307,7 @@ def test_two_runs_with_different_cohorts_started_at_once_keep_all_their_images(t
     assert [proc.returncode for proc in procs] == [0, 0], outputs
     sizes = {}
     for name in ("a", "b"):
-        p = params.load_frozen(tmp_path / name)
+        p = runfiles.load_frozen(tmp_path / name)
         full = pd.read_csv(tmp_path / name / "cohort.csv")
         usable = cache.usable_cohort(tmp_path / name, p)
         failed = cache.open_cache(cache_dir, 64, p.resize, p.decode).failures

@@ -30,6 +30,8 @@ from ..labels import FINDINGS
 from ..original import original_project_results
 from ..runfiles import ID_COLUMNS, PROB_COLUMNS, read_history, read_predictions
 from ..stats import levels, metrics
+from ..stats.calibration import reliability_curve
+from ..stats.thresholds import choose_thresholds, threshold_metrics
 from ..training.checkpoint import TEST_SELECTION_WARNING, load_trained, read_model_config
 from ..training.inference import predict
 from ..training.loader import BatchTransform, CacheDataset, make_loader
@@ -205,7 +207,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     else:
         notes.append("no validation split: only the fixed 0.5 threshold is reported (choosing a threshold "
                      "on the test set would make the test figures at it optimistic)")
-    at_thresholds = metrics.threshold_metrics(y_test, p_test, rules)
+    at_thresholds = threshold_metrics(y_test, p_test, rules)
     test = summaries["test"]
     for key, (avg, m) in HEADLINE.items():
         valid = test[avg][m]["n_boot_valid"]
@@ -218,7 +220,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     model = model_config(run_dir) if is_ensemble(run_dir) else read_model_config(run_dir)   # from best.pt
     warnings_list = [sel["warning"]] if sel["warning"] else []
     notes += [sel["note"]] if sel.get("note") else []
-    reliability = metrics.reliability_curve(y_test, p_test, test["calibration"]["n_bins"])
+    reliability = reliability_curve(y_test, p_test, test["calibration"]["n_bins"])
     recal = None
     if p.calibration != "none" and "validate" in splits:
 
@@ -269,7 +271,7 @@ def validation_rules(units: pd.DataFrame) -> dict:
     rules = {f: {"fixed_0.5": FIXED_THRESHOLD} for f in FINDINGS}
     if (units["split"] == "validate").any():
         y_val, p_val, _ = arrays(units, "validate")
-        for f, chosen in metrics.choose_thresholds(y_val, p_val).items():
+        for f, chosen in choose_thresholds(y_val, p_val).items():
             rules[f].update(chosen)
     return rules
 

@@ -23,6 +23,7 @@ from ..data.cohort import load_raw_labels
 from ..errors import UserError
 from ..labels import FINDINGS, apply_policies
 from ..stats import levels, metrics
+from ..stats.thresholds import threshold_metrics
 from . import tables
 from .tables import with_ci
 
@@ -182,7 +183,7 @@ def gold_section(predictions: pd.DataFrame, gold: pd.DataFrame | None, p, thresh
     section["model_vs_gold"] = metrics.summarize(y_gold, prob, **common)
     section["model_vs_nlp"] = metrics.summarize(y_nlp, prob, **common)   # same resamples: same patients, seed
     if thresholds:
-        section["thresholds_vs_gold"] = metrics.threshold_metrics(y_gold, prob, thresholds).to_dict("records")
+        section["thresholds_vs_gold"] = threshold_metrics(y_gold, prob, thresholds).to_dict("records")
     return section
 
 

@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..labels import FINDINGS
 from ..runfiles import PROB_COLUMNS, read_predictions
 from ..stats import levels, metrics
+from ..stats.delong import delong_macro, delong_test
 from ..stats.multiplicity import holm
 
 
@@ -95,9 +96,9 @@ def with_delong(table: pd.DataFrame, y, p_this, p_other, patients, estimable) ->
         if not estimable[j]:
             continue
         row = (table["finding"] == name) & (table["metric"] == "auroc")
-        result = metrics.delong_test(y[:, j], p_this[:, j], p_other[:, j], clusters=patients)
+        result = delong_test(y[:, j], p_this[:, j], p_other[:, j], clusters=patients)
         table.loc[row, ["delong_se", "delong_p"]] = [result["se"], result["p"]]
-    macro = metrics.delong_macro(y, p_this, p_other, clusters=patients, findings=FINDINGS, include=estimable)
+    macro = delong_macro(y, p_this, p_other, clusters=patients, findings=FINDINGS, include=estimable)
     table.loc[(table["finding"] == "macro") & (table["metric"] == "auroc"), ["delong_se", "delong_p"]] = \
         [macro["se"], macro["p"]]
     table.attrs["delong_macro_findings"] = macro["included"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..labels import FINDINGS
+from ..stats.calibration import reliability_curve
 
 METHODS = ("none", "temperature", "isotonic")
 EPS = 1e-7   # probabilities are clipped this far from 0 and 1 before a logit (float32 scores reach both)
@@ -108,7 +109,7 @@ def section(calibrator: dict, y_test, p_test, groups, p, n_bins: int) -> dict:
     return {**calibrator, "after": after["calibration"]["pooled"],
             "after_per_finding": {f: {m: e[m] for m in ("ece", "brier")} for f, e in after["per_finding"].items()},
             "after_minus_before": paired["calibration"],
-            "test_reliability_pooled_after": metrics.reliability_curve(y_test, calibrated, n_bins).to_dict("list")}
+            "test_reliability_pooled_after": reliability_curve(y_test, calibrated, n_bins).to_dict("list")}
 
 
 def before_after(report: dict):

@@ -18,7 +18,8 @@ from sklearn.metrics import (
 )
 
 from ..labels import FINDINGS, label_matrix
-from ..stats import metrics
+from ..stats.calibration import brier, ece, reliability_curve
+from ..stats.inputs import check_inputs
 from ..training.checkpoint import TEST_SELECTION_WARNING
 from ..training.optim import pos_weight_from_labels
 from . import tables
@@ -236,7 +237,7 @@ def plot_curves(y, p, findings=None, summary: Optional[dict] = None, kind: str =
     kind: 'roc', 'pr' or 'both' (both curves share each unit square). Titles give the AUC,
     with its CI when `summary` (from summarize) is passed.
     """
-    y, p, findings = metrics.check_inputs(y, p, findings)
+    y, p, findings = check_inputs(y, p, findings)
     fig, axes = _grid(len(findings) + 1)
     known = ~np.isnan(y)
     problems = [(name, known[:, j], j) for j, name in enumerate(findings)] + [("micro", known, None)]
@@ -320,20 +321,20 @@ def plot_reliability(y, p, n_bins: int = 10, strategy: str = "uniform", findings
 
     Pooled over all cells; with per_finding=True one panel per finding plus the pooled one.
     """
-    y, p, findings = metrics.check_inputs(y, p, findings)
+    y, p, findings = check_inputs(y, p, findings)
     panels = [("pooled", y, p)]
     if per_finding:
         panels = [(name, y[:, j], p[:, j]) for j, name in enumerate(findings)] + panels
     fig, axes = _grid(len(panels), cols=5 if per_finding else 1, size=2.6 if per_finding else 4.5)
     for ax, (name, yy, pp) in zip(axes, panels):
-        curve = metrics.reliability_curve(yy, pp, n_bins, strategy)
+        curve = reliability_curve(yy, pp, n_bins, strategy)
         share = curve["count"] / max(curve["count"].sum(), 1)
         ax.bar((curve["lo"] + curve["hi"]) / 2, share, width=curve["hi"] - curve["lo"], color="0.85", label="share")
         ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":")
         used = curve[curve["count"] > 0]
         ax.plot(used["mean_pred"], used["frac_pos"], "o-", ms=3, color="#4c72b0", label="observed")
         _unit_square(ax)
-        ax.set_title(f"{name}\nECE {metrics.ece(yy, pp, n_bins, strategy):.3f}  Brier {metrics.brier(yy, pp):.3f}", fontsize=8)
+        ax.set_title(f"{name}\nECE {ece(yy, pp, n_bins, strategy):.3f}  Brier {brier(yy, pp):.3f}", fontsize=8)
     axes[0].legend(fontsize=7, loc="upper left")
     fig.supxlabel("mean predicted probability", fontsize=9)
     fig.supylabel("observed positive rate", fontsize=9)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .. import params as params_mod
+from .. import runfiles
 from ..errors import UserError
 from ..fsutil import atomic_write_json, jsonable
 from ..stats.multiplicity import holm
@@ -68,7 +69,7 @@ def not_evaluated(spec: str, runs_dir="runs") -> list[str]:
 
 def settings(folders: list[Path]) -> dict[str, dict]:
     """{run: the parameters it sets differently from the others}, seed and runtime fields left out."""
-    frozen = {f.name: params_mod.frozen_if_any(f) for f in folders}
+    frozen = {f.name: runfiles.frozen_if_any(f) for f in folders}
     keys = sorted({k for values in frozen.values() for k in values if k not in IGNORED})
     varying = [k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in frozen.values()}) > 1]
     return {name: {k: values.get(k) for k in varying} for name, values in frozen.items()}
@@ -129,7 +130,7 @@ def against_baseline(folders: list[Path], baseline: str, p=None) -> pd.DataFrame
     if baseline not in by_name:
         raise UserError(f"baseline {baseline!r} is not among the runs compared: {', '.join(by_name)}")
     base = by_name[baseline]
-    p = p or params_mod.load_frozen(base)
+    p = p or runfiles.load_frozen(base)
     rows = []
     for folder in folders:
         if folder.name == baseline:
@@ -198,7 +199,7 @@ def compare_group(spec: str, runs_dir="runs", baseline: str = "", out_dir=None, 
     baseline = baseline or default_baseline
     if baseline not in {f.name for f in folders}:
         raise UserError(f"baseline {baseline!r} is not among the runs compared: {', '.join(f.name for f in folders)}")
-    base = params_mod.load_frozen(next(f for f in folders if f.name == baseline))
+    base = runfiles.load_frozen(next(f for f in folders if f.name == baseline))
     p = params_mod.validate({**base.to_dict(), **(overrides or {})}, f"the baseline {baseline}'s parameters")
     table = headline_table(folders)
     result = {"runs": [f.name for f in folders], "not_evaluated": not_evaluated(spec, runs_dir),
@@ -257,7 +258,7 @@ def cli(command: str, argv: list[str]) -> int:
                            overrides={"compare_on": args.compare_on})
     print_tables(result)
     if not args.no_notebook:
-        base = params_mod.load_frozen(next(f for f in result["folders"] if f.name == result["baseline"]))
+        base = runfiles.load_frozen(next(f for f in result["folders"] if f.name == result["baseline"]))
         root = project_root()
         execute("06_compare", base, root, (root / out_dir) if not out_dir.is_absolute() else out_dir, progress=False,
                 extra={"runs": args.runs, "runs_root": str(Path(args.runs_dir).resolve()),

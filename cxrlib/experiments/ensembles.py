@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from .. import params as params_mod
-from .. import runlock
+from .. import runfiles, runlock
 from ..errors import UserError
 from ..evaluation.ensemble import ENSEMBLE_FILE, best_member
 from ..fsutil import atomic_write_json, sha256_file
@@ -30,7 +30,7 @@ def build(sweep_dir, members: list[str], name: str = "ensemble") -> params_mod.P
         raise UserError(f"{sweep_dir}: the members' cohort.csv differ; an ensemble needs one cohort (vary training "
                         "settings, not cohort ones, in a sweep you want to ensemble)")
     best = best_member(dirs)
-    base = params_mod.load_frozen(best).to_dict()
+    base = runfiles.load_frozen(best).to_dict()
     p = params_mod.validate({**base, "name": name, "runs_dir": str(sweep_dir), "compare_with": best.name},
                             f"{sweep_dir}/{name}")
     folder = p.run_dir()
@@ -39,10 +39,10 @@ def build(sweep_dir, members: list[str], name: str = "ensemble") -> params_mod.P
     (folder / ".cohort.csv.tmp").replace(folder / "cohort.csv")
     atomic_write_json(folder / ENSEMBLE_FILE, {"members": members, "rule": "mean of the members' probabilities",
                                                "best_member_on_validation": best.name})
-    frozen = params_mod.frozen_if_any(folder)
+    frozen = runfiles.frozen_if_any(folder)
     if frozen:
-        params_mod.check_change(frozen, p, folder, instead="Delete the ensemble folder to rebuild it")
-    params_mod.freeze_if_changed(p, folder, frozen)
+        runfiles.check_change(frozen, p, folder, instead="Delete the ensemble folder to rebuild it")
+    runfiles.freeze_if_changed(p, folder, frozen)
     return p
 
 

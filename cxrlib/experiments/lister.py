@@ -23,11 +23,8 @@ import pandas as pd
 
 from .. import runlock
 from ..errors import UserError
-from ..params import frozen_if_any
 from ..progress import duration
-from ..runfiles import read_history, read_json
-
-NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"]
+from ..runfiles import NOTEBOOKS, frozen_if_any, read_history, read_json
 
 
 def fmt(x, digits: int = 3) -> str:

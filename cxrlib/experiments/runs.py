@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 
 from .. import params as params_mod
-from .. import runlock
+from .. import runfiles, runlock
 from ..errors import Interrupted, UserError
 from ..fsutil import disk_full
 from ..handoff.html import CODE_HIDDEN_IN, render_html, strip_images
 from ..progress import Streamer
+from ..runfiles import NOTEBOOKS
 from ..tracking import finish
-from .lister import NOTEBOOKS, print_summary
+from .lister import print_summary
 
 # Make variables that are not parameters: they choose what to run, not how.
 MAKE_CONTROL_VARS = {"PARAMS", "RUN", "A", "B", "YES", "LAB_ARGS", "PYTHON", "PYTEST_ARGS", "WORKERS", "DEMO_DATA_ARGS",
@@ -49,7 +50,7 @@ def project_root(start=None) -> Path:
 def notebook_setup(run_dir, namespace: dict, show=None) -> params_mod.Params:
     """First cell of every notebook: work from the project root, load the run's parameters, show
     UserErrors and warnings as one line, and the notebook's parameters once, as a table. Returns the
-    run's Params (params.for_notebook). show: the parameters to list (default: the notebook's own knobs).
+    run's Params (runfiles.for_notebook). show: the parameters to list (default: the notebook's own knobs).
 
     JupyterLab starts kernels in notebooks/, papermill in the project root; relative paths in
     parameters (data/demo, runs/demo) mean the project root in both cases.
@@ -76,7 +77,7 @@ def notebook_setup(run_dir, namespace: dict, show=None) -> params_mod.Params:
 
         warnings.showwarning = one_line_warning
     runlock.check_free(run_dir)   # by hand in JupyterLab: not while a command writes the run
-    p = params_mod.for_notebook(run_dir, namespace)
+    p = runfiles.for_notebook(run_dir, namespace)
     import pandas as pd
 
     pd.set_option("display.max_columns", 40)
@@ -350,10 +351,10 @@ def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progr
     # Every check before the one write: a refused command leaves the run folder as it was. One writer at a
     # time: the lock is taken before params.yaml is read, so two commands cannot both pass the check.
     with runlock.hold(run_dir, " ".join(["cxrlib", *sys.argv[1:]]) or "cxrlib run"):
-        frozen = params_mod.frozen_if_any(run_dir)
+        frozen = runfiles.frozen_if_any(run_dir)
         if frozen:
-            params_mod.check_change(frozen, p, run_dir)
-        params_mod.freeze_if_changed(p, run_dir, frozen)
+            runfiles.check_change(frozen, p, run_dir)
+        runfiles.freeze_if_changed(p, run_dir, frozen)
         try:
             remove_temp_notebooks(run_dir)
             if p.redact_images:   # a property of the run's reports: those made before it was asked for too
@@ -382,7 +383,7 @@ def restore_runtime_fields(run_dir: Path, frozen: dict, p: params_mod.Params) ->
     new = p.to_dict()
     changed = [k for k in new if old.get(k) != new[k]]
     if changed and all(params_mod.STAGE_OF[k] == "runtime" and k not in ("epochs", "patience") for k in changed):
-        params_mod.freeze(params_mod.validate(old, "params.yaml"), run_dir)
+        runfiles.freeze(params_mod.validate(old, "params.yaml"), run_dir)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -429,7 +430,7 @@ def cli(command: str, argv: list[str]) -> int:
         executed = [run_dir / f"{nb}.ipynb" for nb in NOTEBOOKS if (run_dir / f"{nb}.ipynb").is_file()]
         if not executed:
             raise UserError(f"{run_dir}: no executed notebooks; run `make run RUN={args.name}` first")
-        p = params_mod.load_frozen(run_dir)
+        p = runfiles.load_frozen(run_dir)
         for nb in executed:
             if p.redact_images:
                 strip_images(nb)   # notebooks executed before redaction was asked for hold images

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from .. import params as params_mod
-from .. import runlock
+from .. import runfiles, runlock
 from ..errors import UserError
 from ..fsutil import atomic_write_text
 from . import cluster, ensembles, runs
@@ -147,9 +147,9 @@ def plan(grid: dict, runs_dir: str = "runs", write: bool = True) -> list[dict]:
     for name, overrides in expand(grid):
         p = member_params(grid, name, overrides, runs_dir)
         folder = p.run_dir()
-        frozen = params_mod.frozen_if_any(folder)
+        frozen = runfiles.frozen_if_any(folder)
         if frozen:
-            params_mod.check_change(frozen, p, folder, instead="Give the changed members a new sweep name "
+            runfiles.check_change(frozen, p, folder, instead="Give the changed members a new sweep name "
                                     "(name: in the grid file)")
         status = "finished" if (folder / DONE).is_file() else "unfinished" if frozen else "new"
         members.append({"name": name, "dir": folder, "status": status, "params": p})
@@ -167,7 +167,7 @@ def plan(grid: dict, runs_dir: str = "runs", write: bool = True) -> list[dict]:
     atomic_write_text(sweep_dir / FROZEN_GRID, "# The grid this sweep was planned from (written by cxrlib).\n"
                       + yaml.safe_dump({k: v for k, v in grid.items() if k != "path"}, sort_keys=False))
     for m in members:
-        params_mod.freeze_if_changed(m["params"], m["dir"])
+        runfiles.freeze_if_changed(m["params"], m["dir"])
     return members
 
 
@@ -211,7 +211,7 @@ def run_member(sweep_dir, name: str, progress: bool = False) -> str:
     folder = sweep_dir / name
     if (folder / DONE).is_file():
         return str(folder)
-    p = params_mod.load_frozen(folder)
+    p = runfiles.load_frozen(folder)
     if (folder / "checkpoints" / "last.pt").is_file():
         p = params_mod.validate({**p.to_dict(), "resume": True}, str(folder / "params.yaml"))
     notebooks = notebooks_of(grid)

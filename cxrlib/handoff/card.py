@@ -21,7 +21,7 @@ from ..data.cohort import read_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_text, sha256_file
 from ..labels import FINDINGS
-from ..params import load_frozen, run_folder
+from ..runfiles import load_frozen, run_folder
 from ..stats.levels import plural
 from .checklists import CLAIM, TRIPOD_AI
 

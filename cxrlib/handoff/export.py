@@ -26,7 +26,8 @@ from ..errors import UserError
 from ..evaluation.ensemble import is_ensemble
 from ..fsutil import atomic_write_json, sha256_file
 from ..labels import FINDINGS
-from ..params import run_folder, validate
+from ..params import validate
+from ..runfiles import run_folder
 from .predict import image_calibrator
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}

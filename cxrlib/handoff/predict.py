@@ -27,7 +27,8 @@ from ..errors import UserError
 from ..evaluation.ensemble import is_ensemble, member_dirs
 from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
-from ..params import run_folder, validate
+from ..params import validate
+from ..runfiles import run_folder
 from ..training.runtime import amp_dtype
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}

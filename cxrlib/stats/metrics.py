@@ -34,10 +34,8 @@ from sklearn.metrics import (
 )
 from tqdm.auto import tqdm
 
-from .calibration import brier, calibration, ece, reliability_curve  # noqa: F401  (this module's API too)
-from .delong import delong_macro, delong_test  # noqa: F401  (paired AUROC tests, clustered)
-from .inputs import MetricsInputError, check_inputs, group_index, json_number  # noqa: F401  (API)
-from .thresholds import choose_thresholds, threshold_metrics  # noqa: F401  (this module's API too)
+from .calibration import calibration
+from .inputs import MetricsInputError, check_inputs, group_index, json_number
 
 MIN_POSITIVES = 10          # positive and negative units a finding needs for a CI and a place in the macro
 CONDITIONAL_SHARE = 0.99    # a CI from fewer valid resamples than this share is conditional on them

@@ -78,7 +78,7 @@ from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from ..labels import FINDINGS
 from . import mimic_iv, test_labels
-from .draw import jpeg_bytes, render  # noqa: F401  (render: the drawing API, used by the tests)
+from .draw import jpeg_bytes
 from .tables import (
     CHEXPERT,
     LABEL_COLUMNS,

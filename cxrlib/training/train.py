@@ -52,8 +52,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .. import params as params_mod
-from .. import tracking
+from .. import runfiles, tracking
 from ..data import cache as cache_mod
 from ..data import cohort as cohort_mod
 from ..data.cache_build import cohort_stats
@@ -88,7 +87,7 @@ from .runtime import (
     torchrun_command,
     under_torchrun,
 )
-from .selection import fit_result, new_selection, result_from_history, update_selection  # noqa: F401 (API)
+from .selection import fit_result, new_selection, result_from_history, update_selection
 
 
 # --------------------------------------------------------------------------- one step, one epoch
@@ -269,7 +268,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
             print(f"removed {stale}, left by a run killed while saving", flush=True)
     if last_path.is_file():
         checkpoint = load_checkpoint(last_path)
-        params_mod.check_change(checkpoint["params"], params, run_dir, stages=["cohort", "cache", "train"])
+        runfiles.check_change(checkpoint["params"], params, run_dir, stages=["cohort", "cache", "train"])
         if not params.resume and rank == 0:
             print(f"{last_path} exists with the same parameters: continuing it (delete {folder} to start over)",
                   flush=True)
@@ -393,7 +392,7 @@ def launch(params, run_dir, cohort: pd.DataFrame | None = None, progress: bool =
     if params.gpus <= 1:
         return fit(params, run_dir, cohort, progress)
     resolve_device(params)   # no GPU, or too few: say so here, not in N subprocesses
-    params_mod.freeze_if_changed(params, run_dir)   # what the workers read
+    runfiles.freeze_if_changed(params, run_dir)   # what the workers read
     if cohort is not None:
 
         write_cohort(cohort, run_dir / "cohort.csv")
@@ -417,7 +416,7 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", required=True, help="a run folder holding params.yaml and cohort.csv")
     args = parser.parse_args(argv)
     try:
-        result = fit(params_mod.load_frozen(args.run_dir), args.run_dir)
+        result = fit(runfiles.load_frozen(args.run_dir), args.run_dir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
