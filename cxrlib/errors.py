@@ -1,7 +1,7 @@
 """User-facing errors: the message names the file or parameter and says how to fix it.
 
 The CLI prints a UserError as one line (no traceback); notebooks show it the same way
-(see runs.notebook_setup). Anything else is a bug and keeps its traceback.
+(see experiments.notebook.setup). Anything else is a bug and keeps its traceback.
 """
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .fsutil import atomic_write_json
+from .runfiles import METRICS, PARAMS, TRACKING
 
 EXPERIMENT = "cxrlib"
 DUA_WARNING = ("WARNING: tracking_uri {uri} is not on this machine. Parameters, figures and reports logged there "
@@ -56,7 +57,7 @@ def validation_figures(values: dict) -> dict:
 
 def test_figures(run_dir: Path) -> dict:
     """metrics.json's test headline as {auroc_macro: value, ...} (undefined figures left out)."""
-    report = json.loads((run_dir / "metrics.json").read_text())
+    report = json.loads((run_dir / METRICS).read_text())
     return {key.lower().replace(" ", "_"): f["value"] for key, f in report["headline"].items() if f["value"] is not None}
 
 
@@ -116,7 +117,7 @@ class MLflow(Tracker):
         if self.uri.startswith("file:"):   # MLflow 3 keeps its file store in "maintenance mode", behind this switch
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = mlflow.tracking.MlflowClient(tracking_uri=self.uri)
-        state_path = run_dir / "tracking.json"
+        state_path = run_dir / TRACKING
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
         if state.get("mlflow_run_id") and state.get("tracking_uri") == self.uri:
             self.run_id = state["mlflow_run_id"]
@@ -142,7 +143,7 @@ class MLflow(Tracker):
     def final(self, run_dir, p):
         for key, value in test_figures(run_dir).items():
             self.client.log_metric(self.run_id, f"test_{key}", value)
-        files = [run_dir / "metrics.json", run_dir / "params.yaml"]
+        files = [run_dir / METRICS, run_dir / PARAMS]
         if not self.remote or self.redact:
             files += sorted(run_dir.glob("[0-9][0-9]_*.html"))
         for path in files:
@@ -211,7 +212,7 @@ def open_tracker(p, run_dir) -> Tracker:
 def finish(p, run_dir) -> None:
     """After the notebooks: the test figures and reports, when metrics.json exists."""
     run_dir = Path(run_dir)
-    if getattr(p, "tracker", "none") == "none" or not (run_dir / "metrics.json").is_file():
+    if getattr(p, "tracker", "none") == "none" or not (run_dir / METRICS).is_file():
         return
     tracker = open_tracker(p, run_dir)
     try:

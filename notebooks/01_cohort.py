@@ -53,9 +53,9 @@ from IPython.display import display
 from cxrlib.data import cache, cohort
 from cxrlib.data.funnel import compare_with_reference
 from cxrlib.evaluation import viz
-from cxrlib.experiments import runs
+from cxrlib.experiments import notebook
 
-p = runs.notebook_setup(run_dir, globals())
+p = notebook.setup(run_dir, globals())
 
 # %% [markdown]
 # ## Funnel: images → in view → selected studies and images → with labels → per split
@@ -141,7 +141,7 @@ viz.image_grid(images.images, usable, per_finding=4, seed=p.seed, redact=p.redac
 # ## Browse the cohort (interactive sessions only)
 
 # %%
-if runs.is_interactive():
+if notebook.is_interactive():
     display(viz.image_browser(images.images, usable, redact=p.redact_images))
 else:
     print("Open this notebook in JupyterLab (make lab) for an interactive image browser.")

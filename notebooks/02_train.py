@@ -40,10 +40,10 @@ from IPython.display import HTML, display
 from cxrlib import runfiles
 from cxrlib.data import cache
 from cxrlib.evaluation import viz
-from cxrlib.experiments import runs
+from cxrlib.experiments import notebook
 from cxrlib.training import train
 
-p = runs.notebook_setup(run_dir, globals(), show=viz.TRAINING_RECIPE)   # the recipe, as a table
+p = notebook.setup(run_dir, globals(), show=viz.TRAINING_RECIPE)   # the recipe, as a table
 if p.select_on == "test":
     display(HTML(viz.test_selection_html()))
 

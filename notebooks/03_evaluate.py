@@ -57,10 +57,10 @@ from IPython.display import HTML, display
 
 from cxrlib.evaluation import evaluate, paired, tables, viz
 from cxrlib.evaluation import gold as goldlib
-from cxrlib.experiments import runs
+from cxrlib.experiments import notebook
 from cxrlib.stats import levels
 
-p = runs.notebook_setup(run_dir, globals())
+p = notebook.setup(run_dir, globals())
 
 # %% [markdown]
 # ## Predict the validation and test images (best checkpoint)

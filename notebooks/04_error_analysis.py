@@ -40,9 +40,9 @@ from IPython.display import display
 from cxrlib import runfiles
 from cxrlib.data import cohort
 from cxrlib.evaluation import analysis
-from cxrlib.experiments import runs
+from cxrlib.experiments import notebook
 
-p = runs.notebook_setup(run_dir, globals())
+p = notebook.setup(run_dir, globals())
 
 # %%
 predictions = runfiles.read_predictions(run_dir)
@@ -137,7 +137,7 @@ analysis.plot_cooccurrence(cooccurrence)
 # %%
 if p.redact_images:
     print("redact_images is on: no image browser.")
-elif runs.is_interactive():
+elif notebook.is_interactive():
     display(analysis.error_browser(errors, images, cams))
 else:
     print("Open this notebook in JupyterLab (make lab) to browse the errors with their Grad-CAM maps.")

@@ -53,9 +53,9 @@ from IPython.display import display
 
 from cxrlib.evaluation import audit as report
 from cxrlib.evaluation import viz
-from cxrlib.experiments import runs
+from cxrlib.experiments import notebook
 
-p = runs.notebook_setup(run_dir, globals())
+p = notebook.setup(run_dir, globals())
 
 # %% [markdown]
 # ## Demographics of the cohort, and who is missing from MIMIC-IV

@@ -181,7 +181,7 @@ def test_an_ensemble_of_members_of_other_sizes_describes_each_member_and_refuses
         torch.save({"params": params.validate({"image_size": size, "head": "avgpool"}).to_dict(),
                     "model_config": config}, sweep_dir / name / "checkpoints" / "best.pt")
     (sweep_dir / "ensemble").mkdir()
-    (sweep_dir / "ensemble" / ensemble.ENSEMBLE_FILE).write_text(json.dumps({"members": ["small", "large"]}))
+    (sweep_dir / "ensemble" / runfiles.ENSEMBLE).write_text(json.dumps({"members": ["small", "large"]}))
     config = ensemble.model_config(sweep_dir / "ensemble")
     assert config["differs"] == ["image_size"] and config["image_size"] is None and config["arch"] == "resnet18"
     assert config["members"]["large"]["image_size"] == 48 and config["ensemble_of"] == 2
@@ -373,7 +373,7 @@ def test_an_ensembles_grad_cam_is_the_mean_of_its_members_maps(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "params.yaml").write_text(yaml.safe_dump({"name": name, "image_size": 32 if name == "a" else 64}))
     (tmp_path / "ensemble").mkdir()
-    (tmp_path / "ensemble" / ensemble.ENSEMBLE_FILE).write_text(json.dumps({"members": ["a", "b"]}))
+    (tmp_path / "ensemble" / runfiles.ENSEMBLE).write_text(json.dumps({"members": ["a", "b"]}))
     errors = pd.DataFrame({"dicom_id": ["x", "y"], "finding": ["Edema", "Edema"]})
 
     def one_member(member, p, rows):   # a constant map per member, at the member's own size

@@ -21,7 +21,7 @@ from cxrlib.data.cohort import read_cohort, write_cohort
 from cxrlib.errors import UserError
 from cxrlib.evaluation import viz
 from cxrlib.labels import FINDINGS
-from cxrlib.training import checkpoint, optim, runtime, train
+from cxrlib.training import checkpoint, optim, runtime, steps, train
 from cxrlib.training.inference import evaluate
 from cxrlib.training.loader import BatchTransform, make_loader
 from cxrlib.training.selection import new_selection, update_selection
@@ -160,8 +160,8 @@ def test_optimizer_steps_once_per_batch(amp, scaler_on, clip):
     scaler = torch.amp.GradScaler("cpu", enabled=scaler_on)   # fp16's GradScaler path, on CPU
     batches = [(torch.randint(0, 255, (2, 1, 16, 16), dtype=torch.uint8), torch.zeros(2, 14), torch.ones(2, 14),
                 torch.arange(2)) for _ in range(5)]
-    position = train.new_position()
-    train.train_one_epoch(model, batches, BatchTransform(0.5, 0.25), optimizer, scheduler, scaler,
+    position = steps.new_position()
+    steps.train_one_epoch(model, batches, BatchTransform(0.5, 0.25), optimizer, scheduler, scaler,
                           torch.device("cpu"), position, steps=5, amp=amp, grad_clip=clip, progress=False)
     assert len(calls) == 5 and position["step"] == 5 and position["batch"] == 5
     assert scheduler.last_epoch == 5

@@ -114,7 +114,7 @@ def _rate(loader, run_epoch, warmup: int) -> float:
 def bench_pipeline(argv=None) -> dict:
     import torch
 
-    from ..training import train  # lazy: keeps torch out of this module's import
+    from ..training import steps  # lazy: keeps torch out of this module's import
     from ..training.loader import BatchTransform, EpochSampler, make_loader  # lazy: keeps torch out of this module's import
     from ..training.model import build  # lazy: keeps torch, torchvision out of this module's import
     from ..training.runtime import set_tf32  # lazy: keeps torch out of this module's import
@@ -153,8 +153,8 @@ def bench_pipeline(argv=None) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=False)
 
     def run_epoch(loader, after_step):
-        return train.train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, device,
-                                     train.new_position(), steps=batches, amp=amp, channels_last=channels_last,
+        return steps.train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, device,
+                                     steps.new_position(), steps=batches, amp=amp, channels_last=channels_last,
                                      after_step=after_step, progress=False)
 
     # model only: one batch already on the device (pixels), labels copied per step as in training

@@ -8,7 +8,7 @@ import torch
 
 from ..labels import FINDINGS
 from ..training.runtime import set_tf32
-from ..training.train import train_step
+from ..training.steps import train_step
 
 
 def bench_train(argv=None) -> dict:

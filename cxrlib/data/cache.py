@@ -48,6 +48,7 @@ from .decode import DECODE_MODES, RESIZE_MODES
 from ..errors import UserError
 from .cohort import read_cohort
 from .cohort import read_cohort
+from ..runfiles import COHORT
 
 FLUSH_EVERY = 256          # images between progress checkpoints: at most this much work is lost to a kill
 
@@ -146,7 +147,7 @@ def cohort_with_rows(cohort: pd.DataFrame, cache: Cache) -> pd.DataFrame:
 def usable_cohort(run_dir, p) -> pd.DataFrame:
     """The run's cohort.csv without the images that failed to decode: what training and evaluation use."""
 
-    cohort = read_cohort(Path(run_dir) / "cohort.csv")
+    cohort = read_cohort(Path(run_dir) / COHORT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # notebook 01 reported the failures
         return cohort_with_rows(cohort, open_cache(p.resolved_cache_dir(), p.image_size, p.resize, p.decode))

@@ -17,7 +17,7 @@ from ..data import cohort as cohort_mod
 from ..data import demographics
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
 from ..labels import FINDINGS
-from ..runfiles import read_metrics, read_predictions
+from ..runfiles import COHORT, DEMOGRAPHICS, FAIRNESS_CSV, FAIRNESS_JSON, read_metrics, read_predictions
 from ..stats import levels
 from ..synthetic.mimic_iv import PLANTED_FILE
 from . import fairness
@@ -40,10 +40,10 @@ def audit_run(run_dir, p, progress: bool = False) -> dict:
     run_dir = Path(run_dir)
     report = read_metrics(run_dir)
     thresholds, threshold_note = thresholds_from_report(report, "f1")
-    cohort = cohort_mod.read_cohort(run_dir / "cohort.csv")
+    cohort = cohort_mod.read_cohort(run_dir / COHORT)
     table, coverage = demographics.demographics_for_cohort(cohort, p.data_root, p.resolved_mimic_iv_root(),
                                                            p.race_policy, p.age_bands)
-    atomic_write_csv(run_dir / "demographics.csv", table)   # per image: stays in the run folder
+    atomic_write_csv(run_dir / DEMOGRAPHICS, table)   # per image: stays in the run folder
     test = read_predictions(run_dir)
     test = test[test["split"] == "test"]
     units = levels.rows_at(test, p.eval_level, p.study_aggregate).reset_index(drop=True)
@@ -52,7 +52,7 @@ def audit_run(run_dir, p, progress: bool = False) -> dict:
     attributes = attributes.reset_index(drop=True)
     rows = fairness.audit(units, attributes, thresholds, n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level,
                           min_group_patients=p.min_group_patients)
-    atomic_write_csv(run_dir / "fairness.csv", rows)
+    atomic_write_csv(run_dir / FAIRNESS_CSV, rows)
     plan = fairness.plan_groups(attributes, units["subject_id"].to_numpy(str), fairness.ATTRIBUTES,
                                 p.min_group_patients)
     planted_file = p.resolved_mimic_iv_root() / PLANTED_FILE   # only the synthetic stand-in has one
@@ -69,7 +69,7 @@ def audit_run(run_dir, p, progress: bool = False) -> dict:
                "significant": significant(rows).to_dict("records"),
                "exploratory_hits": int((rows["tier"].eq("exploratory") & (rows["p_adjusted"] < 0.05)).sum()),
                "planted": planted_check(rows, planted) if planted else None, "rows": rows.to_dict("records")}
-    atomic_write_json(run_dir / "fairness.json", jsonable(summary))
+    atomic_write_json(run_dir / FAIRNESS_JSON, jsonable(summary))
     return summary
 
 

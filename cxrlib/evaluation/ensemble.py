@@ -22,19 +22,17 @@ from .. import runfiles
 from ..errors import UserError
 from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
-from ..runfiles import PROB_COLUMNS, read_metrics, read_predictions
-
-ENSEMBLE_FILE = "ensemble.json"
+from ..runfiles import ENSEMBLE, METRICS, PREDICTIONS, PROB_COLUMNS, read_metrics, read_predictions
 
 
 def is_ensemble(run_dir) -> bool:
-    return (Path(run_dir) / ENSEMBLE_FILE).is_file()
+    return (Path(run_dir) / ENSEMBLE).is_file()
 
 
 def member_dirs(run_dir) -> list[Path]:
     """The member folders, siblings of the ensemble's folder (names in ensemble.json)."""
     run_dir = Path(run_dir)
-    names = json.loads((run_dir / ENSEMBLE_FILE).read_text())["members"]
+    names = json.loads((run_dir / ENSEMBLE).read_text())["members"]
     return [run_dir.parent / name for name in names]
 
 
@@ -59,7 +57,7 @@ def average_predictions(members: list[Path]) -> pd.DataFrame:
 
 
 def validation_auroc(run_dir) -> float:
-    report = json.loads((Path(run_dir) / "metrics.json").read_text())
+    report = json.loads((Path(run_dir) / METRICS).read_text())
     value = report["splits"].get("validate", {}).get("macro", {}).get("auroc", {}).get("value")
     return float("nan") if value is None else float(value)
 
@@ -77,7 +75,7 @@ def best_member(members: list[Path]) -> Path:
 def write_predictions(run_dir, splits) -> pd.DataFrame:
     frame = average_predictions(member_dirs(run_dir))
     frame = frame[frame["split"].isin(list(splits))].reset_index(drop=True)
-    atomic_write_csv(Path(run_dir) / "predictions.csv", frame, float_format="%.9g")
+    atomic_write_csv(Path(run_dir) / PREDICTIONS, frame, float_format="%.9g")
     return frame
 
 

@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
 from ..labels import FINDINGS
 from ..original import original_project_results
-from ..runfiles import ID_COLUMNS, PROB_COLUMNS, read_history, read_predictions
+from ..runfiles import COHORT, ID_COLUMNS, METRICS, PREDICTIONS, PROB_COLUMNS, read_history, read_predictions
 from ..stats import levels, metrics
 from ..stats.calibration import reliability_curve
 from ..stats.thresholds import choose_thresholds, threshold_metrics
@@ -99,7 +99,7 @@ def load_best(run_dir, p):
 def eval_cohort(run_dir, trained):
     """The run's cohort rows that are in the image cache (with `cache_row`), and the cache."""
 
-    cohort = cohort_mod.read_cohort(Path(run_dir) / "cohort.csv")
+    cohort = cohort_mod.read_cohort(Path(run_dir) / COHORT)
     cache = cache_mod.open_cache(trained.resolved_cache_dir(), trained.image_size, trained.resize, trained.decode)
     return cache_mod.cohort_with_rows(cohort, cache), cache
 
@@ -133,7 +133,7 @@ def predict_run(run_dir, p, splits=("validate", "test"), tta: bool = False, writ
     frame[FINDINGS] = chosen[FINDINGS].to_numpy(dtype=np.float32)
     if write:
         # %.9g round-trips float32 exactly, so tied scores stay tied when read back.
-        atomic_write_csv(run_dir / "predictions.csv", frame, float_format="%.9g")
+        atomic_write_csv(run_dir / PREDICTIONS, frame, float_format="%.9g")
     return frame
 
 
@@ -261,7 +261,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     }
     report = jsonable(report)
     if write:
-        atomic_write_json(run_dir / "metrics.json", report)
+        atomic_write_json(run_dir / METRICS, report)
     return report
 
 

@@ -13,6 +13,7 @@ import torch
 from .. import __version__
 from ..data import cache as cache_mod
 from ..fsutil import sha256_file
+from ..runfiles import COHORT, PREDICTIONS
 
 
 def _sha256(path: Path) -> str | None:
@@ -30,13 +31,13 @@ def fingerprint(run_dir, p, predictions: pd.DataFrame, model: dict) -> dict:
         manifest = json.loads((folder / "manifest.json").read_text())
     return {
         "data_root_name": Path(p.data_root).resolve().name,
-        "cohort_sha256": _sha256(run_dir / "cohort.csv"),
+        "cohort_sha256": _sha256(run_dir / COHORT),
         "cache_index_sha256": _sha256(folder / "index.csv") if folder is not None else None,
         "cache": {k: manifest.get(k) for k in ("cache_version", "size", "resize", "decode", "created", "images", "failed")},
         "images_per_split": {s: int(n) for s, n in predictions["split"].value_counts().sort_index().items()},
         "patients_per_split": {s: int(n) for s, n in
                                predictions.groupby("split")["subject_id"].nunique().sort_index().items()},
-        "predictions_sha256": _sha256(run_dir / "predictions.csv"),
+        "predictions_sha256": _sha256(run_dir / PREDICTIONS),
     }
 
 

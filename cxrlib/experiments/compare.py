@@ -24,6 +24,7 @@ from .. import params as params_mod
 from .. import runfiles
 from ..errors import UserError
 from ..fsutil import atomic_write_json, jsonable
+from ..runfiles import ENSEMBLE, HISTORY, METRICS, PARAMS
 from ..stats.multiplicity import holm
 from .runs import execute, project_root
 from .sweep import read_frozen_grid
@@ -44,13 +45,13 @@ def resolve_runs(spec: str, runs_dir="runs") -> tuple[list[Path], str]:
 
         sweep_dir = runs_dir / names[0]
         grid = read_frozen_grid(sweep_dir)
-        members = sorted((d for d in sweep_dir.iterdir() if (d / "metrics.json").is_file()),
+        members = sorted((d for d in sweep_dir.iterdir() if (d / METRICS).is_file()),
                          key=lambda d: (d.name == "ensemble", d.name))
         if not members:
             raise UserError(f"{sweep_dir}: no member has metrics.json yet; run the sweep first (make sweep GRID=...)")
         return members, grid.get("baseline") or members[0].name
     folders = [runs_dir / n for n in names]
-    missing = [f.name for f in folders if not (f / "metrics.json").is_file()]
+    missing = [f.name for f in folders if not (f / METRICS).is_file()]
     if missing:
         known = sorted(p.parent.name for p in runs_dir.glob("*/metrics.json"))
         raise UserError(f"run(s) {missing} have no metrics.json under {runs_dir}/ (evaluate them first); "
@@ -64,7 +65,7 @@ def not_evaluated(spec: str, runs_dir="runs") -> list[str]:
     sweep_dir = Path(runs_dir) / names[0] if len(names) == 1 else None
     if sweep_dir is None or not (sweep_dir / "sweep.yaml").is_file():
         return []
-    return sorted(d.name for d in sweep_dir.iterdir() if (d / "params.yaml").is_file() and not (d / "metrics.json").is_file())
+    return sorted(d.name for d in sweep_dir.iterdir() if (d / PARAMS).is_file() and not (d / METRICS).is_file())
 
 
 def settings(folders: list[Path]) -> dict[str, dict]:
@@ -83,8 +84,8 @@ def headline_table(folders: list[Path]) -> pd.DataFrame:
     rows = []
     changed = settings(folders)
     for folder in folders:
-        report = json.loads((folder / "metrics.json").read_text())
-        is_ensemble = (folder / "ensemble.json").is_file()   # its parameters are its best member's
+        report = json.loads((folder / METRICS).read_text())
+        is_ensemble = (folder / ENSEMBLE).is_file()   # its parameters are its best member's
         row = {"run": folder.name, "setting": "ensemble of the members" if is_ensemble else setting_label(changed[folder.name]),
                "seed": report["params"]["seed"], "ensemble": is_ensemble,
                "val_auroc_macro": report["splits"].get("validate", {}).get("macro", {}).get("auroc", {}).get("value"),
@@ -178,8 +179,8 @@ def plot_curves(folders: list[Path], column: str = "val_auroc_macro"):
 
     fig = Figure(figsize=(7, 3.6), layout="constrained")
     axes = fig.subplots(1, 2)
-    for i, folder in enumerate(f for f in folders if (f / "history.csv").is_file()):
-        history = pd.read_csv(folder / "history.csv")
+    for i, folder in enumerate(f for f in folders if (f / HISTORY).is_file()):
+        history = pd.read_csv(folder / HISTORY)
         for ax, name in zip(axes, ("train_loss", column)):
             if name in history:
                 ax.plot(history["epoch"], history[name], lw=1, color=f"C{i % 10}", label=folder.name)

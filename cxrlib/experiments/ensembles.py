@@ -11,8 +11,9 @@ from pathlib import Path
 from .. import params as params_mod
 from .. import runfiles, runlock
 from ..errors import UserError
-from ..evaluation.ensemble import ENSEMBLE_FILE, best_member
+from ..evaluation.ensemble import best_member
 from ..fsutil import atomic_write_json, sha256_file
+from ..runfiles import COHORT, ENSEMBLE, PREDICTIONS
 from . import runs
 
 NOTEBOOKS = ("03_evaluate", "04_error_analysis", "05_fairness")
@@ -22,10 +23,10 @@ def build(sweep_dir, members: list[str], name: str = "ensemble") -> params_mod.P
     """Write the pseudo-run folder runs/<sweep>/<name>/; returns its parameters."""
     sweep_dir = Path(sweep_dir)
     dirs = [sweep_dir / m for m in members]
-    missing = [d.name for d in dirs if not (d / "predictions.csv").is_file()]
+    missing = [d.name for d in dirs if not (d / PREDICTIONS).is_file()]
     if missing:
         raise UserError(f"{sweep_dir}: member(s) {missing} have no predictions.csv; run them first (make sweep)")
-    cohorts = {sha256_file(d / "cohort.csv") for d in dirs}
+    cohorts = {sha256_file(d / COHORT) for d in dirs}
     if len(cohorts) > 1:
         raise UserError(f"{sweep_dir}: the members' cohort.csv differ; an ensemble needs one cohort (vary training "
                         "settings, not cohort ones, in a sweep you want to ensemble)")
@@ -35,9 +36,9 @@ def build(sweep_dir, members: list[str], name: str = "ensemble") -> params_mod.P
                             f"{sweep_dir}/{name}")
     folder = p.run_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(dirs[0] / "cohort.csv", folder / ".cohort.csv.tmp")
-    (folder / ".cohort.csv.tmp").replace(folder / "cohort.csv")
-    atomic_write_json(folder / ENSEMBLE_FILE, {"members": members, "rule": "mean of the members' probabilities",
+    shutil.copyfile(dirs[0] / COHORT, folder / ".cohort.csv.tmp")
+    (folder / ".cohort.csv.tmp").replace(folder / COHORT)
+    atomic_write_json(folder / ENSEMBLE, {"members": members, "rule": "mean of the members' probabilities",
                                                "best_member_on_validation": best.name})
     frozen = runfiles.frozen_if_any(folder)
     if frozen:

@@ -24,7 +24,19 @@ import pandas as pd
 from .. import runlock
 from ..errors import UserError
 from ..progress import duration
-from ..runfiles import NOTEBOOKS, frozen_if_any, read_history, read_json
+from ..runfiles import (
+    BEST,
+    CHECKPOINTS,
+    COHORT,
+    FAIRNESS_JSON,
+    LAST,
+    METRICS,
+    NOTEBOOKS,
+    PARAMS,
+    frozen_if_any,
+    read_history,
+    read_json,
+)
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -43,7 +55,7 @@ def training_finished(params: dict, history: pd.DataFrame) -> bool:
 def status(run_dir) -> dict:
     """What the run folder holds, judged from its files (nothing is loaded into torch)."""
     run_dir = Path(run_dir)
-    params, history, metrics = frozen_if_any(run_dir), read_history(run_dir), read_json(run_dir / "metrics.json")
+    params, history, metrics = frozen_if_any(run_dir), read_history(run_dir), read_json(run_dir / METRICS)
     notes = [f"{p.name.split('.')[0]} did not finish (running, or killed)" for p in sorted(run_dir.glob("*.running.ipynb"))]
     if metrics:
         sel = metrics.get("selection", {})
@@ -55,13 +67,13 @@ def status(run_dir) -> dict:
                          f"{trained_now[0]} (best {trained_now[1]}): make evaluate RUN={run_dir.name}")
     elif training_finished(params, history):
         state = "trained"
-    elif len(history) or (run_dir / "checkpoints" / "last.pt").is_file():
+    elif len(history) or (run_dir / CHECKPOINTS / LAST).is_file():
         state = "training"
-    elif (run_dir / "cohort.csv").is_file():
+    elif (run_dir / COHORT).is_file():
         state = "cohort"
     else:
         state = "new"
-    if state in ("evaluated", "stale", "trained") and not (run_dir / "checkpoints" / "best.pt").is_file():
+    if state in ("evaluated", "stale", "trained") and not (run_dir / CHECKPOINTS / BEST).is_file():
         notes.append("checkpoints removed")
     files = [f for f in run_dir.iterdir() if f.is_file()] if run_dir.is_dir() else []
     seconds = sum(notebook_seconds(run_dir / f"{nb}.ipynb") for nb in NOTEBOOKS)
@@ -133,7 +145,7 @@ def training_summary(run_dir) -> list[str]:
 
 
 def evaluation_summary(run_dir) -> list[str]:
-    m = read_json(Path(run_dir) / "metrics.json")
+    m = read_json(Path(run_dir) / METRICS)
     if not m.get("headline"):
         return []
     data, ci = m.get("data", {}), m.get("ci", {})
@@ -169,7 +181,7 @@ def audit_summary(run_dir: Path) -> list[str]:
     """fairness.json in a few lines: the significant primary gaps and, on the stand-in, the planted one."""
     from ..evaluation.audit import summary_lines  # lazy: it imports evaluate (torch); the run lister needs neither
 
-    return summary_lines(json.loads((run_dir / "fairness.json").read_text()))
+    return summary_lines(json.loads((run_dir / FAIRNESS_JSON).read_text()))
 
 
 def print_summary(run_dir, notebooks=NOTEBOOKS) -> None:
@@ -180,7 +192,7 @@ def print_summary(run_dir, notebooks=NOTEBOOKS) -> None:
         lines += [""] + training_summary(run_dir)
     if "03_evaluate" in notebooks:
         lines += [""] + evaluation_summary(run_dir)
-    if "05_fairness" in notebooks and (run_dir / "fairness.json").is_file():
+    if "05_fairness" in notebooks and (run_dir / FAIRNESS_JSON).is_file():
         lines += [""] + audit_summary(run_dir)
     print("\n".join(lines), flush=True)
 
@@ -214,7 +226,7 @@ def notebook_text(path: Path) -> list[str]:
 def diff_runs(a, b) -> str:
     a, b = Path(a), Path(b)
     for run in (a, b):
-        if not (run / "params.yaml").is_file():
+        if not (run / PARAMS).is_file():
             raise UserError(f"{run}: not a run folder (no params.yaml); runs: "
                             + ", ".join(sorted(p.parent.name for p in run.parent.glob("*/params.yaml"))))
     pa, pb = frozen_if_any(a), frozen_if_any(b)
@@ -222,7 +234,7 @@ def diff_runs(a, b) -> str:
     out = [f"Parameters that differ ({a.name} | {b.name}):"]
     width = max([len(k) for k in keys] + [4])
     out += [f"  {k:<{width}}  {pa.get(k, '(unset)')!s} | {pb.get(k, '(unset)')!s}" for k in keys] or ["  none"]
-    ha, hb = read_json(a / "metrics.json").get("headline", {}), read_json(b / "metrics.json").get("headline", {})
+    ha, hb = read_json(a / METRICS).get("headline", {}), read_json(b / METRICS).get("headline", {})
     if ha or hb:
         out += ["", f"Headline figures ({a.name} | {b.name}):"]
         for key in dict.fromkeys([*ha, *hb]):
@@ -243,7 +255,7 @@ def diff_runs(a, b) -> str:
 # --------------------------------------------------------------------------- clean
 def clean(run_dir, assume_yes: bool = False, ask=input) -> int:
     """Remove <run>/checkpoints after asking; reports, metrics, predictions and history stay. Bytes freed."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINTS
     if not folder.is_dir():
         print(f"{folder}: nothing to remove")
         return 0
@@ -281,7 +293,7 @@ def cli(command: str, argv: list[str]) -> int:
         ap.add_argument("--yes", action="store_true", help="do not ask")
         args = ap.parse_args(argv)
         run_dir = Path(args.runs_dir) / args.name
-        if not (run_dir / "params.yaml").is_file():
+        if not (run_dir / PARAMS).is_file():
             raise UserError(f"{run_dir}: not a run folder (no params.yaml)")
         with runlock.hold(run_dir, "cxrlib clean"):
             clean(run_dir, args.yes)

@@ -25,7 +25,7 @@ from ..errors import Interrupted, UserError
 from ..fsutil import disk_full
 from ..handoff.html import CODE_HIDDEN_IN, render_html, strip_images
 from ..progress import Streamer
-from ..runfiles import NOTEBOOKS
+from ..runfiles import NOTEBOOKS, PARAMS
 from ..tracking import finish
 from .lister import print_summary
 
@@ -44,75 +44,6 @@ def project_root(start=None) -> Path:
     if (package_parent / "notebooks").is_dir():
         return package_parent
     raise UserError(f"cannot find the project folder (with notebooks/ and params/) above {here}")
-
-
-# --------------------------------------------------------------------------- notebooks side
-def notebook_setup(run_dir, namespace: dict, show=None) -> params_mod.Params:
-    """First cell of every notebook: work from the project root, load the run's parameters, show
-    UserErrors and warnings as one line, and the notebook's parameters once, as a table. Returns the
-    run's Params (runfiles.for_notebook). show: the parameters to list (default: the notebook's own knobs).
-
-    JupyterLab starts kernels in notebooks/, papermill in the project root; relative paths in
-    parameters (data/demo, runs/demo) mean the project root in both cases.
-    """
-    import warnings
-
-    os.chdir(project_root())
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except ImportError:  # plain python
-        shell = None
-    if shell is not None:
-        def show_user_error(shell, etype, value, tb, tb_offset=None):
-            print(f"{etype.__name__}: {value}", file=sys.stderr)
-            return shell.showtraceback((etype, value, tb), tb_offset=tb_offset, exception_only=True)
-
-        shell.set_custom_exc((UserError,), show_user_error)
-
-        def one_line_warning(message, category, filename, lineno, file=None, line=None):
-            # a report reader needs the message, not our source file and line
-            print(f"warning: {message}", file=sys.stderr)
-
-        warnings.showwarning = one_line_warning
-    runlock.check_free(run_dir)   # by hand in JupyterLab: not while a command writes the run
-    p = runfiles.for_notebook(run_dir, namespace)
-    import pandas as pd
-
-    pd.set_option("display.max_columns", 40)
-    pd.set_option("display.width", 160)
-    pd.set_option("display.precision", 3)
-    if shell is not None:
-        try:
-            from matplotlib_inline.backend_inline import set_matplotlib_formats
-
-            # SVG keeps plots as vectors: no raster pixels in reports that must hold none.
-            set_matplotlib_formats("svg" if p.redact_images else "png")
-        except Exception:
-            pass
-        from IPython.display import Markdown, display
-
-        from ..evaluation.viz import params_table  # lazy: keeps scipy, sklearn, torch out of this module's import
-
-        knobs = {k for names in params_mod.NOTEBOOK_KNOBS.values() for k in names}
-        names = list(show) if show is not None else [k for k in namespace if k in knobs]
-        display(Markdown(f"**Run `{p.name}`**: parameters of this notebook (all of them: `{Path(run_dir) / 'params.yaml'}`)"))
-        display(params_table(p, names))
-    return p
-
-
-def is_interactive() -> bool:
-    """True in a live Jupyter session, False under papermill or plain python (no widgets there)."""
-    if os.environ.get("PAPERMILL_EXECUTION") or os.environ.get("CXRLIB_BATCH"):
-        return False
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except ImportError:
-        return False
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 # --------------------------------------------------------------------------- runner side
@@ -165,7 +96,7 @@ def resolve(params_file=None, name=None, overrides=None, runs_dir=None, sources=
         values.setdefault("name", Path(params_file).stem)
         where = str(params_file)
     run_name = overrides.get("name") or values.get("name")
-    frozen = Path(overrides.get("runs_dir") or values.get("runs_dir") or runs_dir or "runs") / str(run_name) / "params.yaml"
+    frozen = Path(overrides.get("runs_dir") or values.get("runs_dir") or runs_dir or "runs") / str(run_name) / PARAMS
     if not params_file:
         if not run_name:
             raise UserError("give a parameter file (--params params/NAME.yaml, make ... PARAMS=...) "
@@ -383,7 +314,7 @@ def restore_runtime_fields(run_dir: Path, frozen: dict, p: params_mod.Params) ->
     new = p.to_dict()
     changed = [k for k in new if old.get(k) != new[k]]
     if changed and all(params_mod.STAGE_OF[k] == "runtime" and k not in ("epochs", "patience") for k in changed):
-        runfiles.freeze(params_mod.validate(old, "params.yaml"), run_dir)
+        runfiles.freeze(params_mod.validate(old, PARAMS), run_dir)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -411,9 +342,9 @@ def cli(command: str, argv: list[str]) -> int:
             raise UserError("RESUME=1 continues a run: name it with RUN=<name> (runs: "
                             + (", ".join(existing) or "none yet") + ")")
         runs_dir = Path(overrides.get("runs_dir", "runs"))
-        if args.default_params and args.name and (runs_dir / args.name / "params.yaml").is_file():
+        if args.default_params and args.name and (runs_dir / args.name / PARAMS).is_file():
             # An existing run starts from its own params.yaml, never from the demo preset.
-            print(f"RUN={args.name}: using {runs_dir / args.name / 'params.yaml'}", flush=True)
+            print(f"RUN={args.name}: using {runs_dir / args.name / PARAMS}", flush=True)
             args.params = None
         elif args.default_params and args.params:
             print(f"PARAMS not given: using {args.params} (the synthetic demo). For real data name a preset, "

@@ -41,6 +41,7 @@ from .. import params as params_mod
 from .. import runfiles, runlock
 from ..errors import UserError
 from ..fsutil import atomic_write_text
+from ..runfiles import CHECKPOINTS, LAST, METRICS, PARAMS
 from . import cluster, ensembles, runs
 from .runs import select_notebooks
 
@@ -212,8 +213,8 @@ def run_member(sweep_dir, name: str, progress: bool = False) -> str:
     if (folder / DONE).is_file():
         return str(folder)
     p = runfiles.load_frozen(folder)
-    if (folder / "checkpoints" / "last.pt").is_file():
-        p = params_mod.validate({**p.to_dict(), "resume": True}, str(folder / "params.yaml"))
+    if (folder / CHECKPOINTS / LAST).is_file():
+        p = params_mod.validate({**p.to_dict(), "resume": True}, str(folder / PARAMS))
     notebooks = notebooks_of(grid)
     runs.run(p, notebooks, summary=False, progress=progress)
     atomic_write_text(folder / DONE, json.dumps({"notebooks": notebooks, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
@@ -370,7 +371,7 @@ def _run_sweep(grid, members, todo, sweep_dir: Path, executor, wait: bool, progr
                 failed[m["name"]] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     elif todo:
         failed = launch_local(sweep_dir, todo, grid["parallel"], progress=progress)
-    if grid["ensemble"] and not failed and (todo or not (sweep_dir / "ensemble" / "metrics.json").is_file()):
+    if grid["ensemble"] and not failed and (todo or not (sweep_dir / "ensemble" / METRICS).is_file()):
 
         ensembles.build_and_evaluate(sweep_dir, [m["name"] for m in members], progress=progress)
     if failed:

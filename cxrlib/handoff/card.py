@@ -21,7 +21,20 @@ from ..data.cohort import read_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_text, sha256_file
 from ..labels import FINDINGS
-from ..runfiles import load_frozen, run_folder
+from ..runfiles import (
+    BEST,
+    CARD_HTML,
+    CARD_MD,
+    CHECKPOINTS,
+    COHORT,
+    COHORT_REPORT,
+    ENSEMBLE,
+    EXPORT,
+    FAIRNESS_JSON,
+    METRICS,
+    load_frozen,
+    run_folder,
+)
 from ..stats.levels import plural
 from .checklists import CLAIM, TRIPOD_AI
 
@@ -87,7 +100,7 @@ def data_name(params: dict) -> tuple[str, bool]:
 def split_counts(run_dir: Path, level: str) -> tuple[list[list], list[list]]:
     """From cohort.csv: per split images, studies, patients; per finding positives / labelled units per split."""
 
-    cohort = read_cohort(run_dir / "cohort.csv")
+    cohort = read_cohort(run_dir / COHORT)
     splits = [s for s in ("train", "validate", "test") if (cohort["split"] == s).any()]
     sizes = [[s, int((cohort["split"] == s).sum()), int(cohort.loc[cohort["split"] == s, "study_id"].nunique()),
               int(cohort.loc[cohort["split"] == s, "subject_id"].nunique())] for s in splits]
@@ -99,7 +112,7 @@ def split_counts(run_dir: Path, level: str) -> tuple[list[list], list[list]]:
 
 def model_details(run_dir: Path, params: dict, report: dict) -> list[str]:
     model, sel, versions = report.get("model", {}), report.get("selection", {}), report.get("versions", {})
-    best = run_dir / "checkpoints" / "best.pt"
+    best = run_dir / CHECKPOINTS / BEST
     members = sel.get("ensemble_of")
     differs = set(model.get("differs", []))
 
@@ -152,7 +165,7 @@ def factors_and_metrics(report: dict, params: dict) -> list[str]:
 
 
 def training_data(run_dir: Path, params: dict, report: dict) -> list[str]:
-    cohort = _read(run_dir / "cohort_report.json") or {}
+    cohort = _read(run_dir / COHORT_REPORT) or {}
     name, _ = data_name(params)
     level = report["level"]["headline"]
     selection = (f"- Selection: best epoch by `{params['select_metric']}` on the validation split"
@@ -257,7 +270,7 @@ def calibration_section(report: dict) -> list[str]:
 
 
 def subgroup_section(run_dir: Path) -> list[str]:
-    audit = _read(run_dir / "fairness.json")
+    audit = _read(run_dir / FAIRNESS_JSON)
     lines = ["### Subgroups", ""]
     if not audit:
         return lines + ["No audit yet: `make audit RUN=" + run_dir.name + "` (notebook 05) adds one.", ""]
@@ -300,10 +313,10 @@ def software_section(run_dir: Path, report: dict) -> list[str]:
              "- " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
              *(f"- {k}: `{data.get(k)}`" for k in ("cohort_sha256", "cache_index_sha256", "predictions_sha256")), "",
              "## Export", ""]
-    best = run_dir / "checkpoints" / "best.pt"
+    best = run_dir / CHECKPOINTS / BEST
     current = sha256_file(best) if best.is_file() else None
     found = False
-    for record in sorted((run_dir / "export").glob("*.json")):
+    for record in sorted((run_dir / EXPORT).glob("*.json")):
         export = _read(record)
         if not export or "parity" not in export:
             continue
@@ -322,7 +335,7 @@ def software_section(run_dir: Path, report: dict) -> list[str]:
                   f"{export['metadata']['input']['image_size']} px grey in, logits and probabilities out; checked "
                   f"against PyTorch on {parity['images']} cached test images, max probability difference "
                   f"{parity['max_abs_prob_diff']:.1e} (limit {parity['limit']:g}).", ""]
-    if (run_dir / "ensemble.json").is_file():
+    if (run_dir / ENSEMBLE).is_file():
         return lines + ["An ensemble has no checkpoint of its own: export each member (`make export RUN=<sweep>/<member>`) "
                         "and average their probabilities in the application.", ""]
     return lines + ([] if found else [f"None yet: `make export RUN={run_dir.name} FORMAT=onnx`.", ""])
@@ -372,7 +385,7 @@ def to_html(markdown: str, title: str) -> str:
 def write_card(run_dir) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
     markdown = build_card(run_dir)
-    md, page = run_dir / "MODEL_CARD.md", run_dir / "MODEL_CARD.html"
+    md, page = run_dir / CARD_MD, run_dir / CARD_HTML
     atomic_write_text(md, markdown)
     atomic_write_text(page, to_html(markdown, f"Model card: {run_dir.name}"))
     return md, page
@@ -385,7 +398,7 @@ def cli(command: str, argv: list[str]) -> int:
     ap.add_argument("--run", required=True, help="the run: runs/<name> or its name (notebook 03 must have run)")
     args = ap.parse_args(argv)
     run_dir, _ = run_folder(args.run)
-    if not (run_dir / "metrics.json").is_file():
+    if not (run_dir / METRICS).is_file():
         raise UserError(f"{run_dir}/metrics.json: no metrics; run notebook 03 first (make evaluate RUN={run_dir.name})")
     with runlock.hold(run_dir, "cxrlib card"):
         for path in write_card(run_dir):

@@ -27,7 +27,7 @@ from ..evaluation.ensemble import is_ensemble
 from ..fsutil import atomic_write_json, sha256_file
 from ..labels import FINDINGS
 from ..params import validate
-from ..runfiles import run_folder
+from ..runfiles import BEST, CHECKPOINTS, EXPORT, run_folder
 from .predict import image_calibrator
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -74,7 +74,7 @@ def _model_and_meta(run_dir: Path, p):
         "calibration": {**(image_calibrator(report) or {"method": "none"}), "level": "image"},
         "headline_test": {"level": (report.get("level") or {}).get("headline", "image"), **report["headline"]},
         "arch": config["arch"], "head": config["head"],
-        "checkpoint_sha256": sha256_file(run_dir / "checkpoints" / "best.pt"),
+        "checkpoint_sha256": sha256_file(run_dir / CHECKPOINTS / BEST),
         "data": report.get("data", {}),
         "versions": report.get("versions", {}),
         "test_selected": report.get("test_selected", False),
@@ -192,7 +192,7 @@ def export_run(run_dir, p, fmt: str = "onnx", out=None) -> dict:
     net, trained, meta = _model_and_meta(run_dir, p)
     images = parity_images(run_dir, trained)
     example = torch.from_numpy(images[:2])
-    path = Path(out) if out else run_dir / "export" / f"model{FORMATS[fmt]}"
+    path = Path(out) if out else run_dir / EXPORT / f"model{FORMATS[fmt]}"
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(path.parent, path.name)
     tmp = path.with_name(f".{path.name}.export.tmp")   # same folder: the final rename is atomic

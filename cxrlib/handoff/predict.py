@@ -28,7 +28,7 @@ from ..evaluation.ensemble import is_ensemble, member_dirs
 from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
 from ..params import validate
-from ..runfiles import run_folder
+from ..runfiles import METRICS, run_folder
 from ..training.runtime import amp_dtype
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -79,7 +79,7 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
                         f"(--run {run_dir.parent}/<member>; members: {names}) and average their p_ columns")
     files, skipped = find_images(inputs)
     model, trained, device, transform = evaluate.load_best(run_dir, p)   # trained: the checkpoint's own params
-    metrics_file = run_dir / "metrics.json"
+    metrics_file = run_dir / METRICS
     report = runfiles.read_metrics(run_dir) if metrics_file.is_file() else None
     if report:
         thresholds, note = analysis.thresholds_from_report(report, "f1", level="image")

@@ -19,6 +19,7 @@ from .. import params as params_mod
 from ..errors import UserError
 from ..fsutil import atomic_path, disk_full
 from ..labels import FINDINGS
+from ..runfiles import BEST, CHECKPOINTS, LAST
 
 TEST_SELECTION_WARNING = ("select_on: test picks the model by its score on the TEST set (the original project's "
                           "rule): the test figures of this run are optimistic. Use select_on: validate for honest "
@@ -97,7 +98,7 @@ def load_trained(run_dir, which: str = "best", device="cpu"):
     """
     from .model import build  # lazy: keeps torchvision out of this module's import
 
-    path = Path(run_dir) / "checkpoints" / f"{which}.pt"
+    path = Path(run_dir) / CHECKPOINTS / f"{which}.pt"
     checkpoint = load_checkpoint(path)
     p = params_mod.validate(checkpoint["params"], str(path))
     config = saved_model_config(checkpoint, p)
@@ -108,7 +109,7 @@ def load_trained(run_dir, which: str = "best", device="cpu"):
 
 def read_model_config(run_dir, which: str = "best") -> dict:
     """model_config of a checkpoint without reading its tensors (memory-mapped)."""
-    path = Path(run_dir) / "checkpoints" / f"{which}.pt"
+    path = Path(run_dir) / CHECKPOINTS / f"{which}.pt"
     if not path.is_file():
         raise UserError(f"{path}: no checkpoint; train the run first (notebook 02, `make train`)")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -125,7 +126,7 @@ def saved_model_config(checkpoint: dict, p) -> dict:
 def remove_stale_temp_files(folder) -> list[Path]:
     """Temp files that a kill during save_checkpoint left in this run's checkpoints folder (atomic_path
     names them .<name>.<random>.pt); nothing else is touched."""
-    stale = [f for name in ("last.pt", "best.pt") for f in Path(folder).glob(f".{name}.*.pt") if f.is_file()]
+    stale = [f for name in (LAST, BEST) for f in Path(folder).glob(f".{name}.*.pt") if f.is_file()]
     for f in stale:
         f.unlink(missing_ok=True)
     return stale

@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import UserError
 from ..labels import FINDINGS
 from ..params import image_size_problem
+from ..runfiles import CHECKPOINTS
 
 ARCHS = {
     # arch: (constructor, weights enum, channels of the last feature map)
@@ -131,7 +132,7 @@ def weights_entry(arch: str, name: str):
 def weights_file(arch: str, name: str = "imagenet") -> Path:
     """Where torch.hub keeps (or would download) the file: $TORCH_HOME/hub/checkpoints/<file>."""
     entry = weights_entry(arch, name)
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(entry.url)
+    return Path(torch.hub.get_dir()) / CHECKPOINTS / os.path.basename(entry.url)
 
 
 def imagenet_state_dict(arch: str, name: str = "imagenet") -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from ..runfiles import read_history
+from ..runfiles import BEST, CHECKPOINTS, HISTORY, LAST, read_history
 
 
 def new_selection() -> dict:
@@ -29,8 +29,8 @@ def fit_result(params, run_dir: Path, selection: dict, history: list, stopped: b
             "select_on": params.select_on, "select_metric": params.select_metric,
             "epochs_run": len(history), "stopped_early": bool(stopped),
             "selected_on_test": params.select_on == "test",
-            "best": str(run_dir / "checkpoints" / "best.pt"), "last": str(run_dir / "checkpoints" / "last.pt"),
-            "history": str(run_dir / "history.csv")}
+            "best": str(run_dir / CHECKPOINTS / BEST), "last": str(run_dir / CHECKPOINTS / LAST),
+            "history": str(run_dir / HISTORY)}
 
 
 def result_from_history(params, run_dir) -> dict:

@@ -60,8 +60,8 @@ from ..data.cohort import write_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_csv
 from ..labels import label_matrix
-from ..progress import bar as progress_bar
 from ..progress import duration, is_batch
+from ..runfiles import BEST, CHECKPOINTS, COHORT, HISTORY, LAST
 from .checkpoint import (
     TEST_SELECTION_WARNING,
     for_evaluation,
@@ -75,7 +75,7 @@ from .checkpoint import (
 )
 from .inference import evaluate
 from .loader import BatchTransform, CacheDataset, EpochSampler, make_loader
-from .optim import make_optimizer, make_scheduler, masked_bce, pos_weight_from_labels
+from .optim import make_optimizer, make_scheduler, pos_weight_from_labels
 from .runtime import (
     all_reduce,
     amp_dtype,
@@ -83,101 +83,11 @@ from .runtime import (
     configure,
     distributed,
     resolve_device,
-    step_seed,
     torchrun_command,
     under_torchrun,
 )
 from .selection import fit_result, new_selection, result_from_history, update_selection
-
-
-# --------------------------------------------------------------------------- one step, one epoch
-def train_step(model, images, targets, mask, optimizer, scaler, pos_weight=None, amp=None,
-               grad_clip: float = 0.0) -> torch.Tensor:
-    """Forward, masked loss, backward and exactly one optimizer.step (GradScaler skips it on inf/NaN)."""
-    with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
-        logits = model(images)
-    loss = masked_bce(logits, targets, mask, pos_weight)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)   # clip the true gradients, not the scaled ones
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
-
-
-def new_position() -> dict:
-    """Where training stands: the next batch to run and the running totals of the current epoch."""
-    return {"epoch": 0, "step": 0, "batch": 0, "loss_sum": 0.0, "cells": 0.0, "images": 0, "seconds": 0.0}
-
-
-# On a GPU, reading the loss back (float(loss)) waits for the step to finish, and the CPU then cannot
-# queue the next step's kernels while the GPU runs this one. The loop reads losses back in groups.
-GPU_SYNC_EVERY = 25
-
-
-def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, device, position: dict, *,
-                    steps: int, seed: int = 0, rank: int = 0, pos_weight=None, amp=None, grad_clip: float = 0.0,
-                    channels_last: bool = False, after_step=None, progress: bool = True, epochs: int = 0,
-                    log_step=None) -> dict:
-    """Run batches position['batch'] .. steps-1 of epoch position['epoch'], updating `position` in place.
-
-    The loader must already skip the batches done (EpochSampler start_batch). `position` is brought up
-    to date after every step on the CPU and every GPU_SYNC_EVERY steps on a GPU (and at the epoch's
-    end); after_step(position) runs at each of those points (fit saves mid-epoch checkpoints there), and
-    log_step(step, loss, lr) once per step read back (the tracker).
-    """
-    model.train()
-    transform.train()
-    epoch = position["epoch"]
-    sync_every = GPU_SYNC_EVERY if device.type == "cuda" else 1
-    bar = progress_bar(steps, f"epoch {epoch + 1}/{epochs}" if epochs else f"epoch {epoch + 1}", "batches",
-                       initial=position["batch"], enabled=progress)
-    started = time.perf_counter()
-    done_before, seconds_before = position["images"], position["seconds"]
-    pending = []   # (loss on the device, valid cells, images) of the steps not yet read back
-
-    def catch_up() -> None:
-        losses = torch.stack([loss for loss, _, _, _ in pending]).tolist()   # the one wait for the GPU
-        first_step = position["step"] - len(pending) + 1
-        for i, (value, (_, cells, count, lr)) in enumerate(zip(losses, pending)):
-            position["loss_sum"] += value * cells
-            position["cells"] += cells
-            position["images"] += count
-            if log_step is not None:
-                log_step(first_step + i, value, lr)
-        elapsed = time.perf_counter() - started
-        position["seconds"] = seconds_before + elapsed   # kept in mid-epoch checkpoints, for img/s
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{(position['images'] - done_before) / elapsed:.1f}")
-        bar.update(len(pending))
-        pending.clear()
-        if after_step is not None:
-            after_step(position)
-
-    for images, targets, mask, _ in loader:
-        if position["batch"] >= steps:
-            break
-        torch.manual_seed(step_seed(seed, rank, epoch, position["step"]))  # dropout, independent of history
-        cells = float(mask.sum())   # on the CPU, before the copy: no wait for the device
-        images = images.to(device, non_blocking=True)
-        targets, mask = targets.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-        x = transform(images, epoch=epoch, step=position["step"])
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        lr = optimizer.param_groups[0]["lr"]
-        loss = train_step(model, x, targets, mask, optimizer, scaler, pos_weight, amp, grad_clip)
-        scheduler.step()
-        pending.append((loss, cells, len(images), lr))
-        position["step"] += 1
-        position["batch"] += 1
-        if len(pending) >= sync_every or position["batch"] >= steps:
-            catch_up()
-    if pending:
-        catch_up()
-    bar.close()
-    return position
-
+from .steps import new_position, train_one_epoch
 
 # --------------------------------------------------------------------------- fit
 
@@ -186,7 +96,7 @@ def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
     """The training and selection datasets, their label matrices and the batch transform."""
 
     if cohort is None:
-        cohort = cohort_mod.read_cohort(Path(run_dir) / "cohort.csv")
+        cohort = cohort_mod.read_cohort(Path(run_dir) / COHORT)
     cache = cache_mod.open_cache(params.resolved_cache_dir(), params.image_size, params.resize, params.decode)
     cache.stats = cohort_stats(cache, cohort)   # this cohort's training pixels, not the shared cache's
     cohort = cache_mod.cohort_with_rows(cohort, cache)
@@ -244,8 +154,8 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     from .model import build_model  # lazy: keeps torchvision out of this module's import
 
     configure(params, device)
-    folder = run_dir / "checkpoints"
-    last_path, best_path = folder / "last.pt", folder / "best.pt"
+    folder = run_dir / CHECKPOINTS
+    last_path, best_path = folder / LAST, folder / BEST
     train_set, eval_set, train_labels, transform = prepare_data(params, run_dir, cohort, rank, world)
     per_rank = params.batch_size // world
     steps = steps_per_epoch(len(train_set) // world if world > 1 else len(train_set), per_rank)
@@ -362,7 +272,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
                 save_checkpoint(best_path, for_evaluation(state))
             save_checkpoint(last_path, state)
             last_saved[0] = time.monotonic()
-            atomic_write_csv(run_dir / "history.csv", pd.DataFrame(history))
+            atomic_write_csv(run_dir / HISTORY, pd.DataFrame(history))
             epoch_walls.append(time.monotonic() - epoch_started)
             left = 0 if finished else params.epochs - position["epoch"]
             print(epoch_line(history[-1], params, left * sum(epoch_walls) / len(epoch_walls), keep), flush=True)
@@ -395,7 +305,7 @@ def launch(params, run_dir, cohort: pd.DataFrame | None = None, progress: bool =
     runfiles.freeze_if_changed(params, run_dir)   # what the workers read
     if cohort is not None:
 
-        write_cohort(cohort, run_dir / "cohort.csv")
+        write_cohort(cohort, run_dir / COHORT)
     command = torchrun_command(params.gpus, run_dir)
     print("$ " + " ".join(command), flush=True)
     env = dict(os.environ, CXRLIB_BATCH="1", PYTHONUNBUFFERED="1")   # progress lines, not bars, through the pipe

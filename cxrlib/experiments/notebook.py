@@ -1,0 +1,84 @@
+"""The first cell of every notebook (setup), and whether a notebook runs in a live Jupyter session.
+
+    p = notebook.setup(run_dir, globals())    # in each notebook's first code cell
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .. import params as params_mod
+from .. import runfiles, runlock
+from ..errors import UserError
+from ..params import Params
+from ..runfiles import PARAMS
+from .runs import project_root
+
+
+def setup(run_dir, namespace: dict, show=None) -> Params:
+    """First cell of every notebook: work from the project root, load the run's parameters, show
+    UserErrors and warnings as one line, and the notebook's parameters once, as a table. Returns the
+    run's Params (runfiles.for_notebook). show: the parameters to list (default: the notebook's own knobs).
+
+    JupyterLab starts kernels in notebooks/, papermill in the project root; relative paths in
+    parameters (data/demo, runs/demo) mean the project root in both cases.
+    """
+    import warnings
+
+    os.chdir(project_root())
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:  # plain python
+        shell = None
+    if shell is not None:
+        def show_user_error(shell, etype, value, tb, tb_offset=None):
+            print(f"{etype.__name__}: {value}", file=sys.stderr)
+            return shell.showtraceback((etype, value, tb), tb_offset=tb_offset, exception_only=True)
+
+        shell.set_custom_exc((UserError,), show_user_error)
+
+        def one_line_warning(message, category, filename, lineno, file=None, line=None):
+            # a report reader needs the message, not our source file and line
+            print(f"warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = one_line_warning
+    runlock.check_free(run_dir)   # by hand in JupyterLab: not while a command writes the run
+    p = runfiles.for_notebook(run_dir, namespace)
+    import pandas as pd
+
+    pd.set_option("display.max_columns", 40)
+    pd.set_option("display.width", 160)
+    pd.set_option("display.precision", 3)
+    if shell is not None:
+        try:
+            from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+            # SVG keeps plots as vectors: no raster pixels in reports that must hold none.
+            set_matplotlib_formats("svg" if p.redact_images else "png")
+        except Exception:
+            pass
+        from IPython.display import Markdown, display
+
+        from ..evaluation.viz import params_table  # lazy: keeps scipy, sklearn, torch out of this module's import
+
+        knobs = {k for names in params_mod.NOTEBOOK_KNOBS.values() for k in names}
+        names = list(show) if show is not None else [k for k in namespace if k in knobs]
+        display(Markdown(f"**Run `{p.name}`**: parameters of this notebook (all of them: `{Path(run_dir) / PARAMS}`)"))
+        display(params_table(p, names))
+    return p
+
+
+def is_interactive() -> bool:
+    """True in a live Jupyter session, False under papermill or plain python (no widgets there)."""
+    if os.environ.get("PAPERMILL_EXECUTION") or os.environ.get("CXRLIB_BATCH"):
+        return False
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

@@ -1,0 +1,183 @@
+"""The package's shape, checked from the source: stages that import downward only, no cycle, imports at the
+top (a lazy one says which heavy library it keeps out), no re-exports, and the run folder's file names
+spelled in one module. Every import counts, those inside functions too."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+PACKAGE = PROJECT / "cxrlib"
+# Top to bottom is the reverse: a module imports its own layer and those below it, never one above.
+LAYERS = ["root", "stats", "data", "synthetic", "training", "evaluation", "handoff", "experiments", "bench"]
+RUN_FILES = ("params.yaml", "cohort.csv", "cohort_report.json", "history.csv", "best.pt", "last.pt", "predictions.csv",
+             "metrics.json", "demographics.csv", "fairness.csv", "fairness.json", "MODEL_CARD.md", "MODEL_CARD.html",
+             "ensemble.json", "tracking.json")
+MAX_LAZY = 30
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PROJECT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else "root"
+
+
+def imports(module: str, path: Path):
+    """(imported cxrlib module, the ImportFrom/Import node, whether it is at the module's top level)."""
+    tree = ast.parse(path.read_text())
+    top = {id(n) for n in tree.body}
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if base.startswith("cxrlib"):
+                for alias in node.names:
+                    target = f"{base}.{alias.name}"
+                    yield (target if target in MODULES else base), node, id(node) in top
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("cxrlib"):
+                    yield alias.name, node, id(node) in top
+
+
+def graph() -> dict[str, set]:
+    edges: dict[str, set] = {m: set() for m in MODULES}
+    for module, path in MODULES.items():
+        for target, _, _ in imports(module, path):
+            while target not in MODULES and "." in target:
+                target = target.rsplit(".", 1)[0]
+            if target != module:
+                edges[module].add(target)
+    return edges
+
+
+def cycles(edges: dict[str, set]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cxrlib_is_laid_out_by_stage():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert folders == set(LAYERS) - {"root"}
+    assert all(layer(m) in LAYERS for m in MODULES)
+
+
+def test_imports_run_downward_and_never_in_a_circle():
+    edges = graph()
+    upward = sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets
+                    if LAYERS.index(layer(a)) < LAYERS.index(layer(b)))
+    assert upward == [], "imports that run up the layers:\n" + "\n".join(upward)
+    assert cycles(edges) == [], f"import cycles: {cycles(edges)}"
+
+
+def test_an_upward_import_or_a_cycle_is_caught():
+    """The checks above can fail: the same functions on a graph with one bad edge each."""
+    edges = graph()
+    edges["cxrlib.stats.metrics"].add("cxrlib.experiments.runs")
+    assert any(LAYERS.index(layer(a)) < LAYERS.index(layer(b)) for a, ts in edges.items() for b in ts)
+    edges["cxrlib.runfiles"].add("cxrlib.experiments.lister")   # lister imports runfiles: a cycle
+    assert any("cxrlib.runfiles" in c for c in cycles(edges))
+
+
+def test_imports_sit_at_the_top_unless_they_keep_a_heavy_library_out():
+    lazy = []
+    for module, path in MODULES.items():
+        lines = path.read_text().splitlines()
+        for target, node, at_top in imports(module, path):
+            if not at_top:
+                lazy.append((module, node.lineno, "# lazy:" in lines[node.end_lineno - 1]))
+    statements = {(m, line) for m, line, _ in lazy}
+    assert len(statements) <= MAX_LAZY, f"{len(statements)} imports inside functions"
+    unexplained = sorted({f"{m}:{line}" for m, line, ok in lazy if not ok})
+    assert unexplained == [], "imports inside functions without a '# lazy:' reason: " + ", ".join(unexplained)
+
+
+def defined_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    return names
+
+
+@pytest.mark.parametrize("folder", ["cxrlib", "tests", "notebooks"])
+def test_no_name_is_taken_from_a_module_that_only_imports_it(folder):
+    """No re-exports: `from cxrlib.x import name` finds name defined in x itself (or x's submodule)."""
+    wrong = []
+    for path in sorted((PROJECT / folder).rglob("*.py")):
+        module = module_name(path) if folder == "cxrlib" else None
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                parts = (module if path.name == "__init__.py" else module.rsplit(".", 1)[0]).split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if base not in MODULES or MODULES[base].name == "__init__.py":
+                continue
+            names = defined_names(MODULES[base])
+            wrong += [f"{path.relative_to(PROJECT)}:{node.lineno}: {base}.{a.name}" for a in node.names
+                      if a.name not in names and f"{base}.{a.name}" not in MODULES]
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_run_file_names_are_spelled_only_by_runfiles():
+    spelled = []
+    for module, path in MODULES.items():
+        if module == "cxrlib.runfiles":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in RUN_FILES:
+                spelled.append(f"{path.relative_to(PROJECT)}:{node.lineno}: {node.value!r}")
+    assert spelled == [], "use cxrlib.runfiles' names:\n" + "\n".join(spelled)
+
+
+def test_no_module_is_much_over_400_lines():   # "about 400": the synthetic tables are 424
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 430}
+    assert long == {}, long
