@@ -1,2 +1,2 @@
-"""cxrlib: the library behind the notebooks. One module per concern; see README.md."""
+"""cxrlib: the library behind the notebooks, one subpackage per pipeline stage (docs/development.md)."""
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic dataset and a tiny run of all four notebooks (session scope).
+"""Shared fixtures: a tiny synthetic dataset and a tiny run of notebooks 01-05 (session scope).
 
 The run is the demo preset shrunk until it takes seconds: 32 px images, a ResNet50 trained for two
 batches of eight, 50 bootstrap resamples. It is not meant to learn anything; it exercises every
@@ -115,7 +115,7 @@ def tiny_runs_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data, tiny_runs_dir) -> Path:
-    """runs/<tiny>/ after notebooks 01-04: cohort, cache, checkpoints, predictions, metrics, reports."""
+    """runs/<tiny>/ after notebooks 01-05: cohort, cache, checkpoints, predictions, metrics, audit, reports."""
     return run_notebooks(tiny_params(tiny_data, tiny_runs_dir, "tiny"))
 
 

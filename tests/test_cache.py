@@ -8,15 +8,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib.data import cache as cache_mod
-from cxrlib.data import decode as decode_mod
-from cxrlib.data.cache import build_cache, cohort_with_rows, open_cache
+from cxrlib.data.cache import build_cache, cli, cohort_with_rows, open_cache, usable_cohort
 from cxrlib.data.cache_build import CACHE_VERSION
 from cxrlib.data.decode import decode_image
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
 
-REAL_DECODE = decode_mod.decode_image
+REAL_DECODE = decode_image
 
 
 def write_jpeg(path, width=48, height=40, seed=0, quality=95):
@@ -49,7 +47,7 @@ def count_decodes(monkeypatch, fail_after=None):
         calls.append(os.path.basename(path))
         return real(path, size, resize, mode)
 
-    monkeypatch.setattr(decode_mod, "decode_image", counting)
+    monkeypatch.setattr("cxrlib.data.decode.decode_image", counting)
     return calls
 
 
@@ -295,13 +293,13 @@ def test_cli_builds_and_reports(tmp_path, capsys):
     cohort = make_cohort(tmp_path, 3)
     (tmp_path / cohort.loc[0, "path"]).unlink()
     cohort.to_csv(tmp_path / "cohort.csv", index=False)
-    code = cache_mod.cli("cache", ["--data-root", str(tmp_path), "--cohort", str(tmp_path / "cohort.csv"),
+    code = cli("cache", ["--data-root", str(tmp_path), "--cohort", str(tmp_path / "cohort.csv"),
                                    "--size", "16", "--workers", "1", "--quiet"])
     out, err = capsys.readouterr()
     assert code == 0 and "2 images (3 files decoded now, 0 reused)" in out
     assert "1 image(s) could not be decoded" in err
     with pytest.raises(UserError, match="none.csv: no cohort table"):
-        cache_mod.cli("cache", ["--data-root", str(tmp_path), "--cohort", str(tmp_path / "none.csv")])
+        cli("cache", ["--data-root", str(tmp_path), "--cohort", str(tmp_path / "none.csv")])
 
 
 def test_exact_decode_is_the_original_path_pixel_for_pixel_and_has_its_own_cache(tmp_path):
@@ -380,7 +378,7 @@ def test_a_runs_usable_cohort_leaves_out_the_images_that_failed(tmp_path):
         build(tmp_path, cohort, size=32)
     write_cohort(cohort, tmp_path / "run" / "cohort.csv")
     p = params.validate({"data_root": str(tmp_path), "image_size": 32, "head": "avgpool"})
-    usable = cache_mod.usable_cohort(tmp_path / "run", p)
+    usable = usable_cohort(tmp_path / "run", p)
     assert list(usable["dicom_id"]) == list(cohort.drop(index=2)["dicom_id"])   # what notebook 02 counts
 
 

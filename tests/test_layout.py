@@ -181,3 +181,25 @@ def test_run_file_names_are_spelled_only_by_runfiles():
 def test_no_module_is_much_over_400_lines():   # "about 400": the synthetic tables are 424
     long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 430}
     assert long == {}, long
+
+
+def test_the_readme_is_short_and_every_documentation_link_resolves():
+    import re
+
+    readme = PROJECT / "README.md"
+    assert len(readme.read_bytes()) <= 10_500
+    broken = []
+    for page in [readme, *sorted((PROJECT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            if not resolved.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and resolved.suffix == ".md":
+                slugs = {re.sub(r"[^\w\- ]", "", h.lower()).strip().replace(" ", "-")
+                         for h in re.findall(r"^#+ (.+)$", resolved.read_text(), flags=re.M)}
+                if anchor not in slugs:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == [], broken

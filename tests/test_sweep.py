@@ -79,9 +79,9 @@ def test_the_shipped_seed_ablation_grid_plans_members_that_share_one_cohort(tmp_
     grid = sweep.read_grid(ROOT / "params" / "grids" / "seed-ablation.yaml")
     members = sweep.plan(grid, runs_dir=str(tmp_path / "runs"), write=False)
     assert len(members) == 6 and grid["ensemble"]
-    from cxrlib import params as params_mod
+    from cxrlib.params import STAGES
 
-    cohorts = {tuple(str(getattr(m["params"], f)) for f in params_mod.STAGES["cohort"]) for m in members}
+    cohorts = {tuple(str(getattr(m["params"], f)) for f in STAGES["cohort"]) for m in members}
     assert len(cohorts) == 1 and {m["params"].seed for m in members} == {0, 1, 2}
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import params as params_mod
+from ..params import ParamError, Params, load, parse_override
 from .funnel import SPLITS, CohortReport, compare_with_reference, prevalence
 from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_json
@@ -203,17 +203,17 @@ def carve_validation(frame: pd.DataFrame, val_fraction: float, seed: int) -> pd.
 
 # --------------------------------------------------------------------------- the cohort
 
-def build_cohort(data_root=None, params: params_mod.Params | None = None) -> tuple[pd.DataFrame, CohortReport]:
+def build_cohort(data_root=None, params: Params | None = None) -> tuple[pd.DataFrame, CohortReport]:
     """The cohort table (OUTPUT_COLUMNS, sorted by subject_id) and its report, for `params`."""
     start = time.perf_counter()
-    p = params or params_mod.Params()
+    p = params or Params()
     root = Path(data_root if data_root is not None else p.data_root)
     metadata = read_table(root, "metadata")
     label_path = table_path(root, p.label_source)
     labels = _unique_studies(read_table(root, p.label_source), label_path)
 
     if p.split_mode == "official" and p.val_fraction > 0:
-        raise params_mod.ParamError("val_fraction must be 0 with split_mode: official, whose split table has its "
+        raise ParamError("val_fraction must be 0 with split_mode: official, whose split table has its "
                                     "own validate set (set val_fraction: 0, or split_mode: seed)")
     in_view = metadata["ViewPosition"].isin(list(p.views))
     blank_view = metadata["ViewPosition"].isna() | (metadata["ViewPosition"].astype(str).str.strip() == "")
@@ -328,10 +328,10 @@ def cli(command: str, argv: list[str]) -> int:
     parser.add_argument("--report", help="also write the report as JSON here")
     args = parser.parse_args(argv)
 
-    overrides = dict(params_mod.parse_override(o) for o in args.overrides)
+    overrides = dict(parse_override(o) for o in args.overrides)
     if args.data_root:
         overrides["data_root"] = args.data_root
-    p = params_mod.load(args.params, overrides)
+    p = load(args.params, overrides)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         frame, report = build_cohort(p.data_root, p)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import cohort as cohort_mod
 from ..data import demographics
+from ..data.cohort import read_cohort
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
 from ..labels import FINDINGS
 from ..runfiles import COHORT, DEMOGRAPHICS, FAIRNESS_CSV, FAIRNESS_JSON, read_metrics, read_predictions
@@ -40,7 +40,7 @@ def audit_run(run_dir, p, progress: bool = False) -> dict:
     run_dir = Path(run_dir)
     report = read_metrics(run_dir)
     thresholds, threshold_note = thresholds_from_report(report, "f1")
-    cohort = cohort_mod.read_cohort(run_dir / COHORT)
+    cohort = read_cohort(run_dir / COHORT)
     table, coverage = demographics.demographics_for_cohort(cohort, p.data_root, p.resolved_mimic_iv_root(),
                                                            p.race_policy, p.age_bands)
     atomic_write_csv(run_dir / DEMOGRAPHICS, table)   # per image: stays in the run folder

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import params as params_mod
 from .. import runfiles
 from ..errors import UserError
 from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
+from ..params import validate
 from ..runfiles import ENSEMBLE, METRICS, PREDICTIONS, PROB_COLUMNS, read_metrics, read_predictions
 
 
@@ -114,7 +114,7 @@ def mean_cams(run_dir, p, errors: pd.DataFrame, one_member) -> tuple[np.ndarray,
     images, total = None, None
     dirs = member_dirs(run_dir)
     for member in dirs:
-        member_p = params_mod.validate({**runfiles.load_frozen(member).to_dict(), "device": p.device,
+        member_p = validate({**runfiles.load_frozen(member).to_dict(), "device": p.device,
                                         "data_root": p.data_root, "cache_dir": p.cache_dir}, str(member))
         pixels, cams = one_member(member, member_p, errors)
         if images is None:

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import params as params_mod
-from ..data import cache as cache_mod
-from ..data import cohort as cohort_mod
+from ..data.cache import cohort_with_rows, open_cache
+from ..data.cohort import read_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
 from ..labels import FINDINGS
 from ..original import original_project_results
+from ..params import validate
 from ..runfiles import COHORT, ID_COLUMNS, METRICS, PREDICTIONS, PROB_COLUMNS, read_history, read_predictions
 from ..stats import levels, metrics
 from ..stats.calibration import reliability_curve
@@ -37,8 +37,8 @@ from ..training.inference import predict
 from ..training.loader import BatchTransform, CacheDataset, make_loader
 from ..training.runtime import amp_dtype, configure, resolve_device
 from . import ensemble, recalibration
-from . import gold as gold_mod
 from .ensemble import is_ensemble, model_config
+from .gold import gold_section, read_gold
 from .provenance import fingerprint, versions
 from .tables import (
     HEADLINE,
@@ -85,11 +85,11 @@ def load_best(run_dir, p):
     device = resolve_device(p)
     configure(p, device)
     model, trained, config = load_trained(run_dir, "best", device)
-    trained = params_mod.validate({**trained.to_dict(), "data_root": p.data_root, "cache_dir": p.cache_dir},
+    trained = validate({**trained.to_dict(), "data_root": p.data_root, "cache_dir": p.cache_dir},
                                   "checkpoint parameters")
     mean, std = config["mean"], config["std"]
     if mean is None or std is None:   # a checkpoint older than model_config, trained on the cache's statistics
-        stats = cache_mod.open_cache(trained.resolved_cache_dir(), trained.image_size, trained.resize,
+        stats = open_cache(trained.resolved_cache_dir(), trained.image_size, trained.resize,
                                       trained.decode).stats
         mean, std = stats["mean"] if mean is None else mean, stats["std"] if std is None else std
     transform = BatchTransform(mean, std).to(device).eval()
@@ -99,9 +99,9 @@ def load_best(run_dir, p):
 def eval_cohort(run_dir, trained):
     """The run's cohort rows that are in the image cache (with `cache_row`), and the cache."""
 
-    cohort = cohort_mod.read_cohort(Path(run_dir) / COHORT)
-    cache = cache_mod.open_cache(trained.resolved_cache_dir(), trained.image_size, trained.resize, trained.decode)
-    return cache_mod.cohort_with_rows(cohort, cache), cache
+    cohort = read_cohort(Path(run_dir) / COHORT)
+    cache = open_cache(trained.resolved_cache_dir(), trained.image_size, trained.resize, trained.decode)
+    return cohort_with_rows(cohort, cache), cache
 
 
 def predict_run(run_dir, p, splits=("validate", "test"), tta: bool = False, write: bool = True) -> pd.DataFrame:
@@ -246,7 +246,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         "recalibration": None if recal is None else {**recal, "level": p.eval_level},
         "image_level": image_level_section(predictions, p, rules, recal),
         "selection": sel,
-        "gold": gold_mod.gold_section(predictions, gold_mod.read_gold(p.data_root), p,
+        "gold": gold_section(predictions, read_gold(p.data_root), p,
                                       rules if p.eval_level == "study" else
                                       validation_rules(levels.rows_at(predictions, "study", p.study_aggregate))),
         "test_selected": sel["test_selected"],

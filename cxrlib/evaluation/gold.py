@@ -1,4 +1,4 @@
-"""Radiologist labels (MIMIC-CXR-JPG 2.1.0): the model scored against them, and the NLP labels too.
+"""The 2.1.0 test-set labels (one annotator, reports): the model scored against them, and the NLP labels too.
 
     gold = read_gold(data_root)                          # None when the release has no such file
     section = gold_section(predictions, gold, p)         # -> metrics.json "gold"

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from .. import __version__
-from ..data import cache as cache_mod
+from ..data.cache import cache_path
 from ..fsutil import sha256_file
 from ..runfiles import COHORT, PREDICTIONS
 
@@ -25,7 +25,7 @@ def fingerprint(run_dir, p, predictions: pd.DataFrame, model: dict) -> dict:
     run_dir = Path(run_dir)
     manifest, folder = {}, None
     if model.get("image_size") and model.get("resize"):   # an ensemble of members with other caches: none
-        folder = cache_mod.cache_path(p.resolved_cache_dir(), model["image_size"], model["resize"],
+        folder = cache_path(p.resolved_cache_dir(), model["image_size"], model["resize"],
                                       model.get("decode", "fast"))
     if folder is not None and (folder / "manifest.json").is_file():
         manifest = json.loads((folder / "manifest.json").read_text())

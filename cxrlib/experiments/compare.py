@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import params as params_mod
 from .. import runfiles
 from ..errors import UserError
 from ..fsutil import atomic_write_json, jsonable
+from ..params import STAGES, validate
 from ..runfiles import ENSEMBLE, HISTORY, METRICS, PARAMS
 from ..stats.multiplicity import holm
 from .runs import execute, project_root
@@ -32,7 +32,7 @@ from .sweep import read_frozen_grid
 FIGURES = ("auroc_macro", "auprc_macro", "auroc_micro", "auprc_micro")
 HEADLINE_KEY = {"auroc_macro": "AUROC macro", "auprc_macro": "AUPRC macro", "auroc_micro": "AUROC micro",
                 "auprc_micro": "AUPRC micro"}   # metrics.json's headline names
-IGNORED = ("name", "runs_dir", "seed", "compare_with") + params_mod.STAGES["runtime"]
+IGNORED = ("name", "runs_dir", "seed", "compare_with") + STAGES["runtime"]
 
 
 def resolve_runs(spec: str, runs_dir="runs") -> tuple[list[Path], str]:
@@ -201,7 +201,7 @@ def compare_group(spec: str, runs_dir="runs", baseline: str = "", out_dir=None, 
     if baseline not in {f.name for f in folders}:
         raise UserError(f"baseline {baseline!r} is not among the runs compared: {', '.join(f.name for f in folders)}")
     base = runfiles.load_frozen(next(f for f in folders if f.name == baseline))
-    p = params_mod.validate({**base.to_dict(), **(overrides or {})}, f"the baseline {baseline}'s parameters")
+    p = validate({**base.to_dict(), **(overrides or {})}, f"the baseline {baseline}'s parameters")
     table = headline_table(folders)
     result = {"runs": [f.name for f in folders], "not_evaluated": not_evaluated(spec, runs_dir),
               "baseline": baseline, "headline": table,

@@ -8,18 +8,18 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .. import params as params_mod
 from .. import runfiles, runlock
 from ..errors import UserError
 from ..evaluation.ensemble import best_member
 from ..fsutil import atomic_write_json, sha256_file
+from ..params import Params, validate
 from ..runfiles import COHORT, ENSEMBLE, PREDICTIONS
 from . import runs
 
 NOTEBOOKS = ("03_evaluate", "04_error_analysis", "05_fairness")
 
 
-def build(sweep_dir, members: list[str], name: str = "ensemble") -> params_mod.Params:
+def build(sweep_dir, members: list[str], name: str = "ensemble") -> Params:
     """Write the pseudo-run folder runs/<sweep>/<name>/; returns its parameters."""
     sweep_dir = Path(sweep_dir)
     dirs = [sweep_dir / m for m in members]
@@ -32,7 +32,7 @@ def build(sweep_dir, members: list[str], name: str = "ensemble") -> params_mod.P
                         "settings, not cohort ones, in a sweep you want to ensemble)")
     best = best_member(dirs)
     base = runfiles.load_frozen(best).to_dict()
-    p = params_mod.validate({**base, "name": name, "runs_dir": str(sweep_dir), "compare_with": best.name},
+    p = validate({**base, "name": name, "runs_dir": str(sweep_dir), "compare_with": best.name},
                             f"{sweep_dir}/{name}")
     folder = p.run_dir()
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from .. import params as params_mod
 from .. import runfiles, runlock
 from ..errors import UserError
-from ..params import Params
+from ..params import NOTEBOOK_KNOBS, Params
 from ..runfiles import PARAMS
 from .runs import project_root
 
@@ -64,7 +63,7 @@ def setup(run_dir, namespace: dict, show=None) -> Params:
 
         from ..evaluation.viz import params_table  # lazy: keeps scipy, sklearn, torch out of this module's import
 
-        knobs = {k for names in params_mod.NOTEBOOK_KNOBS.values() for k in names}
+        knobs = {k for names in NOTEBOOK_KNOBS.values() for k in names}
         names = list(show) if show is not None else [k for k in namespace if k in knobs]
         display(Markdown(f"**Run `{p.name}`**: parameters of this notebook (all of them: `{Path(run_dir) / PARAMS}`)"))
         display(params_table(p, names))

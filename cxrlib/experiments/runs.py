@@ -19,11 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from .. import params as params_mod
 from .. import runfiles, runlock
 from ..errors import Interrupted, UserError
 from ..fsutil import disk_full
 from ..handoff.html import CODE_HIDDEN_IN, render_html, strip_images
+from ..params import FIELDS, STAGE_OF, Params, check_for_training, parse_override, read_yaml, suggest, validate
 from ..progress import Streamer
 from ..runfiles import NOTEBOOKS, PARAMS
 from ..tracking import finish
@@ -70,20 +70,20 @@ def make_overrides(make_vars: str, environ=os.environ, sources: dict | None = No
         if var in MAKE_CONTROL_VARS or var.startswith("MAKE"):
             continue
         key = var.lower()
-        if key not in params_mod.FIELDS:
-            names = [k.upper() for k in params_mod.FIELDS] + sorted(MAKE_CONTROL_VARS)
-            close = params_mod.suggest(var, names)
+        if key not in FIELDS:
+            names = [k.upper() for k in FIELDS] + sorted(MAKE_CONTROL_VARS)
+            close = suggest(var, names)
             raise UserError(f"the make line: {var} is not a parameter"
                             + (f"; did you mean {close}?" if close else "")
                             + " Parameters are the names in cxrlib/params.py in upper case (make help lists the others)")
-        _, value = params_mod.parse_override(f"{key}={environ.get(var, '')}")
+        _, value = parse_override(f"{key}={environ.get(var, '')}")
         out[key] = value
         if sources is not None:
             sources[key] = f"the make line ({var}={environ.get(var, '')})"
     return out
 
 
-def resolve(params_file=None, name=None, overrides=None, runs_dir=None, sources=None) -> params_mod.Params:
+def resolve(params_file=None, name=None, overrides=None, runs_dir=None, sources=None) -> Params:
     """Preset file, else the run's frozen parameters, then overrides; validated. sources: where each
     override came from (the make line, -p), named by an error instead of the file."""
     overrides = dict(overrides or {})
@@ -92,7 +92,7 @@ def resolve(params_file=None, name=None, overrides=None, runs_dir=None, sources=
     values: dict = {}
     where = "parameters"
     if params_file:
-        values = params_mod.read_yaml(params_file)
+        values = read_yaml(params_file)
         values.setdefault("name", Path(params_file).stem)
         where = str(params_file)
     run_name = overrides.get("name") or values.get("name")
@@ -104,10 +104,10 @@ def resolve(params_file=None, name=None, overrides=None, runs_dir=None, sources=
         if not frozen.is_file():
             raise UserError(f"{frozen}: run {run_name!r} has no frozen parameters. Existing runs: "
                             + (", ".join(sorted(p.parent.name for p in frozen.parent.parent.glob('*/params.yaml'))) or "none"))
-        values = params_mod.read_yaml(frozen)
+        values = read_yaml(frozen)
         where = str(frozen)
     values.update(overrides)
-    return params_mod.validate(values, where, sources)
+    return validate(values, where, sources)
 
 
 def _ipc_kernel_manager(kernel_log: Path | None = None):
@@ -156,7 +156,7 @@ def declared_parameters(notebook: Path) -> list[str]:
     return list(papermill.inspect_notebook(str(notebook)).keys())
 
 
-def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, progress: bool = True,
+def execute(notebook: str, p: Params, root: Path, run_dir: Path, progress: bool = True,
             extra: dict | None = None) -> Path:
     """Run one notebook into run_dir, streaming its printed output; saved as it runs, kept if it fails.
 
@@ -218,14 +218,14 @@ def execute(notebook: str, p: params_mod.Params, root: Path, run_dir: Path, prog
     return output
 
 
-def render(notebook: Path, p: params_mod.Params) -> Path:
+def render(notebook: Path, p: Params) -> Path:
     """The notebook's HTML report: without pixel data under redact_images; with report_code: hide, the
     reports people hand around (03-06) show figures and tables, not code."""
     hide = p.report_code == "hide" and Path(notebook).name[:3] in CODE_HIDDEN_IN
     return render_html(notebook, redact=p.redact_images, hide_code=hide)
 
 
-def redact_reports(run_dir: Path, p: params_mod.Params, skip=()) -> list[Path]:
+def redact_reports(run_dir: Path, p: Params, skip=()) -> list[Path]:
     """Strip pixel data from every executed notebook of the run (01-04 and any later NN_*.ipynb) and render
     it again; `skip`: the notebooks about to run (they are written redacted)."""
     done = []
@@ -255,7 +255,7 @@ def promote(running: Path, output: Path) -> None:
     os.replace(running, output)
 
 
-def keep_partial(running: Path, output: Path, p: params_mod.Params) -> bool:
+def keep_partial(running: Path, output: Path, p: Params) -> bool:
     """The failed or interrupted notebook, as far as it ran, becomes the run's notebook (and its HTML)."""
     if not running.is_file():
         return False
@@ -269,12 +269,12 @@ def keep_partial(running: Path, output: Path, p: params_mod.Params) -> bool:
     return True
 
 
-def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progress: bool = True) -> Path:
+def run(p: Params, notebooks: list[str], summary: bool = False, progress: bool = True) -> Path:
     root = project_root()
     os.chdir(root)
     run_dir = p.run_dir()
     if "02_train" in notebooks:
-        params_mod.check_for_training(p)
+        check_for_training(p)
         if p.device == "gpu" or p.gpus > 1:   # before notebook 01 builds any cache: no GPU is one line now
             from ..training.runtime import resolve_device  # lazy: keeps torch out of this module's import
 
@@ -303,18 +303,18 @@ def run(p: params_mod.Params, notebooks: list[str], summary: bool = False, progr
     return run_dir
 
 
-def restore_runtime_fields(run_dir: Path, frozen: dict, p: params_mod.Params) -> None:
+def restore_runtime_fields(run_dir: Path, frozen: dict, p: Params) -> None:
     """A failed or interrupted command leaves params.yaml as it was where it only changed where and how fast
     (a one-off DEVICE= or MIMIC_IV_ROOT= must not become the run's setting for the next command). Fields of a
     stage are kept: a stage that ran under them may have written its output, and so are epochs and patience,
     which an interrupted training's last.pt was already following."""
     if not frozen:
         return
-    old = params_mod.validate(frozen, f"{run_dir}/params.yaml").to_dict()
+    old = validate(frozen, f"{run_dir}/params.yaml").to_dict()
     new = p.to_dict()
     changed = [k for k in new if old.get(k) != new[k]]
-    if changed and all(params_mod.STAGE_OF[k] == "runtime" and k not in ("epochs", "patience") for k in changed):
-        runfiles.freeze(params_mod.validate(old, PARAMS), run_dir)
+    if changed and all(STAGE_OF[k] == "runtime" and k not in ("epochs", "patience") for k in changed):
+        runfiles.freeze(validate(old, PARAMS), run_dir)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -335,7 +335,7 @@ def cli(command: str, argv: list[str]) -> int:
         sources = {}
         overrides = make_overrides(args.make_vars, sources=sources)
         for text in args.overrides:
-            key, value = params_mod.parse_override(text)
+            key, value = parse_override(text)
             overrides[key], sources[key] = value, f"-p {text}"
         if overrides.get("resume") and not args.name:
             existing = sorted(f.parent.name for f in Path(overrides.get("runs_dir", "runs")).glob("*/params.yaml"))
@@ -375,7 +375,7 @@ def cli(command: str, argv: list[str]) -> int:
         ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an audit parameter (race_policy, min_group_patients, bootstrap, mimic_iv_root)")
         args = ap.parse_args(argv)
-        overrides = dict(params_mod.parse_override(text) for text in args.overrides)
+        overrides = dict(parse_override(text) for text in args.overrides)
         run(resolve(None, args.run, overrides), ["05_fairness"], summary=True)
         return 0
     raise UserError(f"unknown command {command}")

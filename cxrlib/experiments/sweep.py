@@ -37,10 +37,10 @@ import sys
 import time
 from pathlib import Path
 
-from .. import params as params_mod
 from .. import runfiles, runlock
 from ..errors import UserError
 from ..fsutil import atomic_write_text
+from ..params import STAGES, Params, check_for_training, read_yaml, validate
 from ..runfiles import CHECKPOINTS, LAST, METRICS, PARAMS
 from . import cluster, ensembles, runs
 from .runs import select_notebooks
@@ -61,7 +61,7 @@ class GridError(UserError):
 def read_grid(path) -> dict:
     path = Path(path)
     shipped = ", ".join(sorted(str(p) for p in Path("params/grids").glob("*.yaml"))) or "none in params/grids/"
-    grid = params_mod.read_yaml(path, missing=f"no such grid file. Grids: {shipped}", error=GridError,
+    grid = read_yaml(path, missing=f"no such grid file. Grids: {shipped}", error=GridError,
                                 expected="a mapping with base:, vary:, seeds: ... (see cxrlib/experiments/sweep.py)")
     unknown = sorted(set(grid) - set(GRID_KEYS))
     if unknown:
@@ -132,12 +132,12 @@ def expand(grid: dict) -> list[tuple[str, dict]]:
     return members
 
 
-def member_params(grid: dict, name: str, overrides: dict, runs_dir: str = "runs") -> params_mod.Params:
-    values = params_mod.read_yaml(grid["base"])
+def member_params(grid: dict, name: str, overrides: dict, runs_dir: str = "runs") -> Params:
+    values = read_yaml(grid["base"])
     values.update(grid["set"])
     values.update(overrides)
     values.update(name=name, runs_dir=str(Path(runs_dir) / grid["name"]))
-    return params_mod.validate(values, f"{grid['path']} (member {name})")
+    return validate(values, f"{grid['path']} (member {name})")
 
 
 def plan(grid: dict, runs_dir: str = "runs", write: bool = True) -> list[dict]:
@@ -181,13 +181,13 @@ def check_members(grid: dict, members: list[dict]) -> None:
         raise GridError(f"{grid['path']}: notebooks: {e}") from None
     if "02_train" in notebooks:
         for m in members:
-            params_mod.check_for_training(m["params"], f"{grid['path']} (member {m['name']})")
+            check_for_training(m["params"], f"{grid['path']} (member {m['name']})")
 
 
 def check_shared_cohort(grid: dict, members: list[dict]) -> None:
     """An ensemble averages its members image by image: they must build one cohort (their image sizes may
     differ; the card then lists each member). Checked before anything trains, on the parameters that decide it."""
-    fields = params_mod.STAGES["cohort"]
+    fields = STAGES["cohort"]
     first = members[0]
     for m in members[1:]:
         differ = [f for f in fields if getattr(m["params"], f) != getattr(first["params"], f)]
@@ -214,7 +214,7 @@ def run_member(sweep_dir, name: str, progress: bool = False) -> str:
         return str(folder)
     p = runfiles.load_frozen(folder)
     if (folder / CHECKPOINTS / LAST).is_file():
-        p = params_mod.validate({**p.to_dict(), "resume": True}, str(folder / PARAMS))
+        p = validate({**p.to_dict(), "resume": True}, str(folder / PARAMS))
     notebooks = notebooks_of(grid)
     runs.run(p, notebooks, summary=False, progress=progress)
     atomic_write_text(folder / DONE, json.dumps({"notebooks": notebooks, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")

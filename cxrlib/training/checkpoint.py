@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import params as params_mod
 from ..errors import UserError
 from ..fsutil import atomic_path, disk_full
 from ..labels import FINDINGS
+from ..params import validate
 from ..runfiles import BEST, CHECKPOINTS, LAST
 
 TEST_SELECTION_WARNING = ("select_on: test picks the model by its score on the TEST set (the original project's "
@@ -100,7 +100,7 @@ def load_trained(run_dir, which: str = "best", device="cpu"):
 
     path = Path(run_dir) / CHECKPOINTS / f"{which}.pt"
     checkpoint = load_checkpoint(path)
-    p = params_mod.validate(checkpoint["params"], str(path))
+    p = validate(checkpoint["params"], str(path))
     config = saved_model_config(checkpoint, p)
     model = build(config["arch"], config["head"], len(FINDINGS), config["image_size"], "none", config["dropout"])
     model.load_state_dict(checkpoint["model"])
@@ -113,7 +113,7 @@ def read_model_config(run_dir, which: str = "best") -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no checkpoint; train the run first (notebook 02, `make train`)")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    p = params_mod.validate(checkpoint["params"], str(path))
+    p = validate(checkpoint["params"], str(path))
     return saved_model_config(checkpoint, p)
 
 

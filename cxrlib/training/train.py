@@ -1,4 +1,4 @@
-"""Training: train_one_epoch / evaluate / fit, checkpoints that resume exactly, DDP.
+"""Training: fit (the epochs, selection, checkpoints that resume exactly), torchrun launch, DDP.
 
     result = fit(params, run_dir)                   # in-process, one device
     result = launch(params, run_dir)                # the notebook's call: torchrun when gpus > 1
@@ -53,10 +53,9 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import runfiles, tracking
-from ..data import cache as cache_mod
-from ..data import cohort as cohort_mod
+from ..data.cache import cohort_with_rows, open_cache
 from ..data.cache_build import cohort_stats
-from ..data.cohort import write_cohort
+from ..data.cohort import read_cohort, write_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_csv
 from ..labels import label_matrix
@@ -96,10 +95,10 @@ def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
     """The training and selection datasets, their label matrices and the batch transform."""
 
     if cohort is None:
-        cohort = cohort_mod.read_cohort(Path(run_dir) / COHORT)
-    cache = cache_mod.open_cache(params.resolved_cache_dir(), params.image_size, params.resize, params.decode)
+        cohort = read_cohort(Path(run_dir) / COHORT)
+    cache = open_cache(params.resolved_cache_dir(), params.image_size, params.resize, params.decode)
     cache.stats = cohort_stats(cache, cohort)   # this cohort's training pixels, not the shared cache's
-    cohort = cache_mod.cohort_with_rows(cohort, cache)
+    cohort = cohort_with_rows(cohort, cache)
     train = cohort[cohort["split"] == "train"]
     chosen = cohort[cohort["split"] == params.select_on]
     if len(train) < world:
