@@ -4,6 +4,8 @@ spelled in one module. Every import counts, those inside functions too."""
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,18 @@ def test_cxrlib_is_laid_out_by_stage():
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     assert folders == set(LAYERS) - {"root"}
     assert all(layer(m) in LAYERS for m in MODULES)
+
+
+def test_no_source_file_is_ignored_by_git():
+    # A broad ignore pattern ("data/") once kept cxrlib/data/__init__.py out of every clone.
+    if not (PROJECT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    sources = [str(p.relative_to(PROJECT)) for p in [*PACKAGE.rglob("*.py"), *(PROJECT / "tests").rglob("*.py"),
+                                                      *(PROJECT / "notebooks").glob("*.py")]
+               if "__pycache__" not in p.parts]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], input="\n".join(sources), text=True,
+                             capture_output=True, cwd=PROJECT).stdout.split()
+    assert ignored == [], f"ignored by .gitignore, so missing from every clone: {ignored}"
 
 
 def test_imports_run_downward_and_never_in_a_circle():

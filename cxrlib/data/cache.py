@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import UserError
+from ..runfiles import COHORT
 from .cache_build import (
     CACHE_VERSION,
     FAILED,
@@ -44,11 +46,8 @@ from .cache_build import (
     same_sources,
     union_plan,
 )
+from .cohort import read_cohort
 from .decode import DECODE_MODES, RESIZE_MODES
-from ..errors import UserError
-from .cohort import read_cohort
-from .cohort import read_cohort
-from ..runfiles import COHORT
 
 FLUSH_EVERY = 256          # images between progress checkpoints: at most this much work is lost to a kill
 

@@ -19,11 +19,11 @@ from numpy.lib.format import open_memmap
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .decode import RESAMPLE, decode_one, ignore_sigint
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_csv, atomic_write_json, disk_full
 from ..progress import bar as progress_bar
 from ..progress import is_batch
+from .decode import RESAMPLE, decode_one, ignore_sigint
 
 CACHE_VERSION = 1
 COPY_CHUNK = 512           # rows per copy from an older cache

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..params import ParamError, Params, load, parse_override
-from .funnel import SPLITS, CohortReport, compare_with_reference, prevalence
 from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_json
 from ..labels import FINDINGS, apply_policies
+from ..params import ParamError, Params, load, parse_override
+from .funnel import SPLITS, CohortReport, compare_with_reference, prevalence
 
 PHYSIONET_PAGE = "https://physionet.org/content/mimic-cxr-jpg/2.1.0/"
 TABLES = {

@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
+from ..params import load
 from .cohort import table_path
 from .physionet import fetch
 from .transfer import get_credentials
-from ..params import load
 
 RACE_GROUPS = ("White", "Black", "Hispanic/Latino", "Asian", "Other", "Unknown")
 RACE_POLICIES = ("mode", "first", "unknown")

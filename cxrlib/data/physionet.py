@@ -28,11 +28,12 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from .checksums import ChecksumListError, download_list, read_checksums, server_gone, verified_checksums
 from ..errors import UserError
 from ..fsutil import atomic_write_json, sha256_file
+from ..params import load, parse_override
+from .checksums import download_list, server_gone, verified_checksums
+from .cohort import build_cohort
 from .transfer import (
-    AuthError,
     Client,
     DiskFull,
     DiskFullError,
@@ -41,11 +42,7 @@ from .transfer import (
     Stopped,
     download,
     get_credentials,
-    parse_retry_after,
-    retry_delay,
 )
-from ..params import load, parse_override
-from .cohort import build_cohort
 
 log = logging.getLogger(__name__)
 
