@@ -53,6 +53,17 @@ def checkpoint_path(run_dir, which: str = "best") -> Path:
     return Path(run_dir) / CHECKPOINTS / f"{which}.pt"
 
 
+def is_ensemble(run_dir) -> bool:
+    """An ensemble's folder: its predictions are its members' mean, and it has no checkpoint of its own."""
+    return (Path(run_dir) / ENSEMBLE).is_file()
+
+
+def member_dirs(run_dir) -> list[Path]:
+    """An ensemble's member folders, siblings of its own (names in ensemble.json)."""
+    run_dir = Path(run_dir)
+    return [run_dir.parent / name for name in json.loads((run_dir / ENSEMBLE).read_text())["members"]]
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 

@@ -12,7 +12,7 @@ from torch import nn
 from cxrlib import params, runfiles
 from cxrlib.data.cohort import read_cohort
 from cxrlib.errors import UserError
-from cxrlib.evaluation import evaluate, paired, tables
+from cxrlib.evaluation import evaluate, paired, tables, trained
 from cxrlib.evaluation import gold as goldlib
 from cxrlib.evaluation.tables import HEADLINE
 from cxrlib.labels import FINDINGS
@@ -73,7 +73,7 @@ def test_shift_tta_averages_probabilities_of_the_shifted_views():
 
     x = torch.zeros(2, 1, 30, 30)
     x[..., :10] = 3.0
-    tta = evaluate.ShiftTTA(LeftBright(), shift=0.1)
+    tta = trained.ShiftTTA(LeftBright(), shift=0.1)
     views = []
     for dx, dy in tta.offsets:
         shifted = torch.roll(x, shifts=(round(-dy * 30), round(-dx * 30)), dims=(2, 3))

@@ -15,7 +15,7 @@ from cxrlib import params, runfiles
 from cxrlib.__main__ import main
 from cxrlib.data.cohort import read_cohort
 from cxrlib.errors import UserError
-from cxrlib.evaluation import analysis, evaluate, recalibration
+from cxrlib.evaluation import analysis, evaluate, recalibration, trained
 from cxrlib.handoff import card, checklists, export, predict
 from cxrlib.labels import FINDINGS
 from cxrlib.stats import levels
@@ -137,7 +137,7 @@ def test_the_export_matches_pytorch_and_predictions_csv(tiny_run, tmp_path, fmt)
     assert meta["thresholds"]["level"] == "image" and meta["calibration"]["level"] == "image"
     assert meta["headline_test"]["level"] == "study"
     # Independently of export's own check: the file on cached images against notebook 03's predictions.
-    cohort, cache = evaluate.eval_cohort(tiny_run, p)
+    cohort, cache = trained.eval_cohort(tiny_run, p)
     test = cohort[cohort["split"] == "test"].head(20)
     _, probs = export.run_exported(out, np.ascontiguousarray(cache.images[test["cache_row"].to_numpy()]))
     expected = runfiles.read_predictions(tiny_run).set_index("dicom_id").loc[test["dicom_id"], runfiles.PROB_COLUMNS]
@@ -173,7 +173,7 @@ def test_predicting_the_source_jpegs_reproduces_predictions_csv(tiny_run, tmp_pa
     broken.write_bytes(b"\xff\xd8 not really")
     folder = tmp_path / "pngs"
     folder.mkdir()
-    cached, cache = evaluate.eval_cohort(tiny_run, p)
+    cached, cache = trained.eval_cohort(tiny_run, p)
     first = cached.set_index("dicom_id").loc[test["dicom_id"].iloc[0], "cache_row"]
     Image.fromarray(np.asarray(cache.images[first])).save(folder / "first.PNG")   # the cached pixels, as a PNG
     frame, skipped, _ = predict.predict_files(tiny_run, p, files + [str(broken), str(folder), "nope.jpg"],

@@ -217,3 +217,20 @@ def test_the_readme_is_short_and_every_documentation_link_resolves():
                 if anchor not in slugs:
                     broken.append(f"{page.name}: {target} (no such heading)")
     assert broken == [], broken
+
+
+def test_the_layout_tree_in_the_docs_lists_every_module_and_nothing_else():
+    text = (PROJECT / "docs" / "development.md").read_text()
+    tree = text.split("```\ncxrlib/\n", 1)[1].split("```", 1)[0]
+    listed, folder = set(), ""
+    for line in tree.splitlines():
+        if line.startswith("    ") and line.split()[0].endswith(".py"):
+            listed.add(f"{folder}{line.split()[0]}")
+        elif line.startswith("  ") and not line.startswith("    "):
+            name = line.split()[0]
+            folder = name if name.endswith("/") else ""
+            listed.add(name if name.endswith("/") else name)
+    on_disk = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+               if "__pycache__" not in p.parts and not (p.name == "__init__.py" and p.parent != PACKAGE)}
+    on_disk |= {f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert listed == on_disk, f"docs/development.md's tree: missing {sorted(on_disk - listed)}, stale {sorted(listed - on_disk)}"

@@ -13,7 +13,7 @@ import yaml
 
 from cxrlib import runfiles
 from cxrlib.errors import UserError
-from cxrlib.evaluation import ensemble
+from cxrlib.evaluation import ensemble, kinds
 from cxrlib.experiments import compare, sweep
 from cxrlib.labels import FINDINGS
 from cxrlib.runfiles import PROB_COLUMNS
@@ -182,7 +182,7 @@ def test_an_ensemble_of_members_of_other_sizes_describes_each_member_and_refuses
                     "model_config": config}, sweep_dir / name / "checkpoints" / "best.pt")
     (sweep_dir / "ensemble").mkdir()
     (sweep_dir / "ensemble" / runfiles.ENSEMBLE).write_text(json.dumps({"members": ["small", "large"]}))
-    config = ensemble.model_config(sweep_dir / "ensemble")
+    config = kinds.open_run(sweep_dir / "ensemble").model_config()
     assert config["differs"] == ["image_size"] and config["image_size"] is None and config["arch"] == "resnet18"
     assert config["members"]["large"]["image_size"] == 48 and config["ensemble_of"] == 2
     lines = card.model_details(sweep_dir / "ensemble", params.validate({}).to_dict(),
@@ -376,13 +376,17 @@ def test_an_ensembles_grad_cam_is_the_mean_of_its_members_maps(tmp_path):
     (tmp_path / "ensemble" / runfiles.ENSEMBLE).write_text(json.dumps({"members": ["a", "b"]}))
     errors = pd.DataFrame({"dicom_id": ["x", "y"], "finding": ["Edema", "Edema"]})
 
-    def one_member(member, p, rows):   # a constant map per member, at the member's own size
-        size = p.image_size
-        return np.full((len(rows), size, size), 7, np.uint8), np.full((len(rows), size, size), 0.2 if member.name == "a" else 0.6,
-                                                                      np.float32)
+    class OneMember:   # a constant map per member, at the member's own size
+        def __init__(self, run_dir):
+            self.run_dir = run_dir
+
+        def error_images(self, p, rows):
+            size = p.image_size
+            return (np.full((len(rows), size, size), 7, np.uint8),
+                    np.full((len(rows), size, size), 0.2 if self.run_dir.name == "a" else 0.6, np.float32))
 
     from cxrlib.params import Params
 
-    images, cams = ensemble.mean_cams(tmp_path / "ensemble", Params(), errors, one_member)
+    images, cams = ensemble.Ensemble(tmp_path / "ensemble", member=OneMember).error_images(Params(), errors)
     assert images.shape == (2, 32, 32) and cams.shape == (2, 32, 32)
     assert np.allclose(cams, 0.4)   # b's 64 px map resampled to a's 32 px, then averaged

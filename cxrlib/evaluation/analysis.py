@@ -19,7 +19,6 @@ from ..errors import UserError
 from ..labels import FINDINGS, UNCERTAIN_POLICIES, per_finding
 from ..runfiles import PROB_COLUMNS, prob_column
 from ..stats import metrics
-from . import ensemble
 
 KINDS = {"FP": "false positives: label 0, highest probability",
          "FN": "false negatives: label 1, lowest probability"}
@@ -100,29 +99,9 @@ def error_images(run_dir, p, errors: pd.DataFrame) -> tuple[np.ndarray, np.ndarr
 
     Each map is for that row's finding, from the run's best checkpoint (an ensemble: its members' mean map).
     """
-    import torch
+    from .kinds import open_run  # lazy: keeps torch out of this module's import
 
-    from .evaluate import eval_cohort, load_best  # lazy: keeps torch out of this module's import
-    from .explain import GradCAM  # lazy: keeps torch out of this module's import
-
-    if ensemble.is_ensemble(run_dir):
-        return ensemble.mean_cams(run_dir, p, errors, error_images)
-
-    model, trained, device, transform = load_best(run_dir, p)
-    _, cache = eval_cohort(run_dir, trained)
-    rows = cache.rows_for(errors["dicom_id"])
-    if (rows < 0).any():
-        missing = errors.loc[rows < 0, "dicom_id"].iloc[0]
-        raise UserError(f"image {missing} is not in the cache {cache.dir}; rebuild it with notebook 01")
-    images = np.asarray(cache.images[rows]) if len(rows) else np.zeros((0, cache.size, cache.size), np.uint8)
-    index = np.array([FINDINGS.index(f) for f in errors["finding"]], dtype=np.int64)
-    cam = GradCAM(model)
-    maps = []
-    for start in range(0, len(images), p.eval_batch_size):
-        batch = torch.from_numpy(images[start:start + p.eval_batch_size])[:, None].to(device)
-        maps.append(cam(transform(batch), torch.from_numpy(index[start:start + p.eval_batch_size])))
-    cams = np.concatenate(maps) if maps else np.zeros(images.shape, np.float32)
-    return images, cams
+    return open_run(run_dir).error_images(p, errors)
 
 
 def error_gallery(errors: pd.DataFrame, images, cams, finding: str, redact: bool = False):

@@ -2,9 +2,9 @@
 
     runs/<sweep>/ensemble/   ensemble.json (the members), params.yaml, cohort.csv, predictions.csv, ...
 
-The folder holds no checkpoint. Where a run would load best.pt, an ensemble averages instead:
-predictions (evaluate.predict_run) are the mean of the members' predictions.csv, row by row, and
-Grad-CAM maps (notebook 04) the mean of the members' maps. Thresholds are chosen on the validation
+The folder holds no checkpoint. Where a run would load best.pt, an ensemble averages instead (class
+Ensemble, opened by evaluation.kinds): predictions are the mean of the members' predictions.csv, row by
+row, and Grad-CAM maps (notebook 04) the mean of the members' maps. Thresholds are chosen on the validation
 split as for any run. Notebook 03 compares it, paired, with its best member, and "best" means the
 highest validation AUROC (macro): the test split picks nothing. Members must share the cohort and the
 labels (a sweep over label policies or views cannot be averaged); the message says which differ.
@@ -19,21 +19,9 @@ import pandas as pd
 
 from .. import runfiles
 from ..errors import UserError
-from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
 from ..params import validate
-from ..runfiles import ENSEMBLE, METRICS, PREDICTIONS, PROB_COLUMNS, read_metrics, read_predictions
-
-
-def is_ensemble(run_dir) -> bool:
-    return (Path(run_dir) / ENSEMBLE).is_file()
-
-
-def member_dirs(run_dir) -> list[Path]:
-    """The member folders, siblings of the ensemble's folder (names in ensemble.json)."""
-    run_dir = Path(run_dir)
-    names = json.loads((run_dir / ENSEMBLE).read_text())["members"]
-    return [run_dir.parent / name for name in names]
+from ..runfiles import METRICS, PROB_COLUMNS, member_dirs, read_metrics, read_predictions
 
 
 def average_predictions(members: list[Path]) -> pd.DataFrame:
@@ -71,56 +59,59 @@ def best_member(members: list[Path]) -> Path:
     return members[int(np.nanargmax(scores))]
 
 
-# --------------------------------------------------------------------------- what evaluate.py asks a run for
-def write_predictions(run_dir, splits) -> pd.DataFrame:
-    frame = average_predictions(member_dirs(run_dir))
-    frame = frame[frame["split"].isin(list(splits))].reset_index(drop=True)
-    atomic_write_csv(Path(run_dir) / PREDICTIONS, frame, float_format="%.9g")
-    return frame
+# --------------------------------------------------------------------------- what evaluation asks of a run
+class Ensemble:
+    """An ensemble's folder: answers evaluation.kinds' four questions from its members, each opened with
+    `member` (kinds passes trained.TrainedRun; taking it as a parameter keeps torch out of this module)."""
 
+    def __init__(self, run_dir, member):
+        self.run_dir = Path(run_dir)
+        self.members = [member(d) for d in member_dirs(self.run_dir)]
 
-def selection(run_dir) -> dict:
-    """evaluate.selection for an ensemble: each member's own, and no test selection unless a member had one."""
+    def predictions(self, p, splits=("validate", "test"), tta: bool = False) -> pd.DataFrame:
+        """The members' mean probability on `splits`, from their predictions.csv (made with their own `tta`)."""
+        frame = average_predictions([m.run_dir for m in self.members])
+        return frame[frame["split"].isin(list(splits))].reset_index(drop=True)
 
-    members = {m.name: read_metrics(m)["selection"] for m in member_dirs(run_dir)}
-    test_selected = any(s["test_selected"] for s in members.values())
-    first = next(iter(members.values()))
-    return {"select_on": first["select_on"], "select_metric": first["select_metric"], "best_epoch": None,
-            "best_score": None, "epochs_run": None, "test_selected": test_selected,
-            "warning": next((s["warning"] for s in members.values() if s["warning"]), None),
-            "ensemble_of": {name: s["best_epoch"] for name, s in members.items()}}
+    def selection(self, p) -> dict:
+        """Each member's own selection, and no test selection unless a member had one."""
 
+        members = {m.run_dir.name: read_metrics(m.run_dir)["selection"] for m in self.members}
+        test_selected = any(s["test_selected"] for s in members.values())
+        first = next(iter(members.values()))
+        return {"select_on": first["select_on"], "select_metric": first["select_metric"], "best_epoch": None,
+                "best_score": None, "epochs_run": None, "test_selected": test_selected,
+                "warning": next((s["warning"] for s in members.values() if s["warning"]), None),
+                "ensemble_of": {name: s["best_epoch"] for name, s in members.items()}}
 
-def model_config(run_dir) -> dict:
-    """What shaped the members' models: a value where every member agrees, None where they differ (listed in
-    `differs`), and each member's own config under `members`, so no record describes the ensemble as one of them."""
-    from ..training.checkpoint import read_model_config  # lazy: keeps torch out of this module's import
+    def model_config(self) -> dict:
+        """What shaped the members' models: a value where every member agrees, None where they differ (listed in
+        `differs`), and each member's own config under `members`, so no record describes the ensemble as one of
+        them."""
 
-    dirs = member_dirs(run_dir)
-    configs = {d.name: read_model_config(d) for d in dirs}
-    keys = sorted({k for c in configs.values() for k in c})
-    values = {k: [json.dumps(c.get(k), sort_keys=True, default=str) for c in configs.values()] for k in keys}
-    differs = [k for k in keys if len(set(values[k])) > 1]
-    first = next(iter(configs.values()))
-    return {**{k: (None if k in differs else first.get(k)) for k in keys}, "ensemble_of": len(configs),
-            "differs": differs, "members": configs}
+        configs = {m.run_dir.name: m.model_config() for m in self.members}
+        keys = sorted({k for c in configs.values() for k in c})
+        values = {k: [json.dumps(c.get(k), sort_keys=True, default=str) for c in configs.values()] for k in keys}
+        differs = [k for k in keys if len(set(values[k])) > 1]
+        first = next(iter(configs.values()))
+        return {**{k: (None if k in differs else first.get(k)) for k in keys}, "ensemble_of": len(configs),
+                "differs": differs, "members": configs}
 
+    def error_images(self, p, errors: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(the first member's images, the mean of every member's Grad-CAM maps, each on the first member's grid)
+        for the rows of `errors`; each member runs with its own frozen parameters, on `p`'s device and data."""
 
-def mean_cams(run_dir, p, errors: pd.DataFrame, one_member) -> tuple[np.ndarray, np.ndarray]:
-    """(the first member's images, the mean of every member's Grad-CAM maps) for the rows of `errors`;
-    one_member(member_dir, p, errors) is analysis.error_images for one run."""
-    import torch
+        import torch  # lazy: keeps torch out of this module's import (the sweep's ensemble builder reads it)
 
-    images, total = None, None
-    dirs = member_dirs(run_dir)
-    for member in dirs:
-        member_p = validate({**runfiles.load_frozen(member).to_dict(), "device": p.device,
-                                        "data_root": p.data_root, "cache_dir": p.cache_dir}, str(member))
-        pixels, cams = one_member(member, member_p, errors)
-        if images is None:
-            images, total = pixels, np.zeros(pixels.shape, np.float64)
-        if cams.shape != total.shape and len(cams):   # a member trained at another image size
-            cams = torch.nn.functional.interpolate(torch.from_numpy(cams)[:, None], size=total.shape[1:],
-                                                   mode="bilinear", align_corners=False)[:, 0].numpy()
-        total += cams
-    return images, (total / len(dirs)).astype(np.float32)
+        images, total = None, None
+        for member in self.members:
+            member_p = validate({**runfiles.load_frozen(member.run_dir).to_dict(), "device": p.device,
+                                 "data_root": p.data_root, "cache_dir": p.cache_dir}, str(member.run_dir))
+            pixels, cams = member.error_images(member_p, errors)
+            if images is None:
+                images, total = pixels, np.zeros(pixels.shape, np.float64)
+            if cams.shape != total.shape and len(cams):   # a member trained at another image size
+                cams = torch.nn.functional.interpolate(torch.from_numpy(cams)[:, None], size=total.shape[1:],
+                                                       mode="bilinear", align_corners=False)[:, 0].numpy()
+            total += cams
+        return images, (total / len(self.members)).astype(np.float32)

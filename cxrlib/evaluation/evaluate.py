@@ -3,7 +3,7 @@
     frame = predict_run(run_dir, p)              # -> <run_dir>/predictions.csv
     report = evaluate_run(run_dir, p, frame)      # -> <run_dir>/metrics.json
 
-Honesty rules. The model is the run's best.pt, chosen by notebook 02 on the split named by
+Honesty rules. The model is the run's best.pt (an ensemble: each member's), chosen by notebook 02 on the split named by
 select_on; when that split is the test set, metrics.json says so (`test_selected`, `warnings`)
 and the notebook shows it in a red box. Decision thresholds are chosen on the validation split
 only (max F1 and Youden's J) and applied to the test split; a fixed 0.5 is reported beside them
@@ -17,123 +17,37 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..data.cache import cohort_with_rows, open_cache
-from ..data.cohort import read_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
 from ..labels import FINDINGS
 from ..original import original_project_results
-from ..params import validate
-from ..runfiles import COHORT, ID_COLUMNS, METRICS, PREDICTIONS, PROB_COLUMNS, read_history, read_predictions
+from ..runfiles import METRICS, PREDICTIONS, PROB_COLUMNS, read_predictions
 from ..stats import levels, metrics
 from ..stats.calibration import reliability_curve
 from ..stats.thresholds import choose_thresholds, threshold_metrics
-from ..training.checkpoint import TEST_SELECTION_WARNING, load_trained, read_model_config
-from ..training.inference import predict
-from ..training.loader import BatchTransform, CacheDataset, make_loader
-from ..training.runtime import amp_dtype, configure, resolve_device
-from . import ensemble, recalibration
-from .ensemble import is_ensemble, model_config
+from . import recalibration
 from .gold import gold_section, read_gold
+from .kinds import open_run
 from .provenance import fingerprint, versions
-from .tables import (
-    HEADLINE,
-)
+from .tables import HEADLINE
 
 FIXED_THRESHOLD = 0.5   # chosen by no data: an honest reference point even without a validation split
-TTA_SHIFT = 0.03        # fraction of the image side per shift; small enough to keep the anatomy in frame
 
 
 # --------------------------------------------------------------------------- predictions
-class ShiftTTA(nn.Module):
-    """The model on the image and on four copies shifted up/down/left/right; logit of the mean probability.
-
-    Deterministic (no random draws), and returning a logit keeps inference.predict's sigmoid exact.
-    Edges are padded with their border pixels, so a shift adds no black band.
-    """
-
-    def __init__(self, model: nn.Module, shift: float = TTA_SHIFT):
-        super().__init__()
-        self.model = model
-        self.offsets = [(0.0, 0.0), (shift, 0.0), (-shift, 0.0), (0.0, shift), (0.0, -shift)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = []
-        for dx, dy in self.offsets:
-            view = x
-            if dx or dy:
-                # affine_grid spans 2 units per image side, so a shift of s of the side is 2 * s.
-                theta = torch.tensor([[1.0, 0.0, 2 * dx], [0.0, 1.0, 2 * dy]], dtype=x.dtype, device=x.device)
-                grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
-                view = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-            probs.append(torch.sigmoid(self.model(view).float()))
-        return torch.logit(torch.stack(probs).mean(0), eps=1e-7)
-
-
-def load_best(run_dir, p):
-    """(model in eval mode, training params, device, evaluation transform) from <run_dir>/checkpoints/best.pt.
-
-    The checkpoint decides what shaped the model (architecture, image size, resize, mean/std); `p`, the
-    run's current parameters, decides where (device) and where the data now lives (data_root, cache_dir:
-    a copied run folder may point elsewhere).
-    """
-
-    device = resolve_device(p)
-    configure(p, device)
-    model, trained, config = load_trained(run_dir, "best", device)
-    trained = validate({**trained.to_dict(), "data_root": p.data_root, "cache_dir": p.cache_dir},
-                                  "checkpoint parameters")
-    mean, std = config["mean"], config["std"]
-    if mean is None or std is None:   # a checkpoint older than model_config, trained on the cache's statistics
-        stats = open_cache(trained.resolved_cache_dir(), trained.image_size, trained.resize,
-                                      trained.decode).stats
-        mean, std = stats["mean"] if mean is None else mean, stats["std"] if std is None else std
-    transform = BatchTransform(mean, std).to(device).eval()
-    return model, trained, device, transform
-
-
-def eval_cohort(run_dir, trained):
-    """The run's cohort rows that are in the image cache (with `cache_row`), and the cache."""
-
-    cohort = read_cohort(Path(run_dir) / COHORT)
-    cache = open_cache(trained.resolved_cache_dir(), trained.image_size, trained.resize, trained.decode)
-    return cohort_with_rows(cohort, cache), cache
-
-
 def predict_run(run_dir, p, splits=("validate", "test"), tta: bool = False, write: bool = True) -> pd.DataFrame:
-    """Probabilities of the best checkpoint on `splits`; written atomically to <run_dir>/predictions.csv.
+    """Probabilities on `splits` (a trained run's best checkpoint, or an ensemble's members' mean: kinds.open_run);
+    written atomically to <run_dir>/predictions.csv.
 
     Columns: dicom_id, subject_id, study_id, split, p_<finding> x 14, <finding> x 14 (the targets after
     the label policies; empty = masked). A requested split the cohort lacks is left out, except test.
     """
 
-    run_dir = Path(run_dir)
-    if ensemble.is_ensemble(run_dir):   # no checkpoint: the members' mean probability
-        return ensemble.write_predictions(run_dir, splits) if write else ensemble.average_predictions(
-            ensemble.member_dirs(run_dir))
-    model, trained, device, transform = load_best(run_dir, p)
-    cohort, cache = eval_cohort(run_dir, trained)
-    chosen = cohort[cohort["split"].isin(list(splits))].reset_index(drop=True)
-    if "test" in splits and not (chosen["split"] == "test").any():
-        raise UserError(f"{run_dir}/cohort.csv has no test image in the cache {cache.dir}; "
-                        "rebuild the cohort and cache with notebook 01")
-    dataset = CacheDataset.from_cohort(cache, chosen)
-    loader = make_loader(dataset, p.eval_batch_size, shuffle=False, num_workers=p.num_workers, seed=p.seed)
-    net = ShiftTTA(model) if tta else model
-    channels_last = device.type == "cuda" and p.channels_last
-    probs, index = predict(net, loader, transform, device, amp_dtype(trained, device), channels_last)
-    if not np.array_equal(index, np.arange(len(chosen))):
-        raise RuntimeError("predict returned rows out of order")  # a bug, not a user mistake
-    frame = chosen[ID_COLUMNS].copy()
-    frame[PROB_COLUMNS] = probs.astype(np.float32)
-    frame[FINDINGS] = chosen[FINDINGS].to_numpy(dtype=np.float32)
+    frame = open_run(run_dir).predictions(p, splits, tta)
     if write:
         # %.9g round-trips float32 exactly, so tied scores stay tied when read back.
-        atomic_write_csv(run_dir / PREDICTIONS, frame, float_format="%.9g")
+        atomic_write_csv(Path(run_dir) / PREDICTIONS, frame, float_format="%.9g")
     return frame
 
 
@@ -151,29 +65,6 @@ def arrays(frame: pd.DataFrame, split: str | None = None):
 
 
 # --------------------------------------------------------------------------- metrics.json
-def selection(run_dir, p) -> dict:
-    """How best.pt was chosen, from the run's parameters and history.csv (never from the test figures here)."""
-
-    if ensemble.is_ensemble(run_dir):
-        return ensemble.selection(run_dir)
-    history = read_history(run_dir)
-    kept = history[history["selected"].astype(bool)] if len(history) else history
-    best = kept.iloc[-1] if len(kept) else None
-    score = {"auroc": "val_auroc_macro", "accuracy": "val_accuracy"}[p.select_metric]
-    # history.csv from before select_level scored epochs per image
-    level = str(history["select_level"].iloc[-1]) if "select_level" in history and len(history) else "image"
-    out = {"select_on": p.select_on, "select_metric": p.select_metric, "level": level,
-           "best_epoch": int(best["epoch"]) if best is not None else None,
-           "best_score": float(best[score]) if best is not None else None,
-           "epochs_run": int(len(history)), "test_selected": p.select_on == "test", "warning": None, "note": None}
-    if out["test_selected"]:
-        out["warning"] = TEST_SELECTION_WARNING
-    if level != p.eval_level:
-        out["note"] = (f"epochs were chosen on {level}-level figures (eval_level at training time); the figures "
-                       f"here are {p.eval_level}-level (eval_level was changed after training)")
-    return out
-
-
 def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: bool = False,
                  write: bool = True) -> dict:
     """Every figure of the run with its CI; written atomically to <run_dir>/metrics.json.
@@ -215,9 +106,9 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
             notes.append(f"{key}: CI from {valid} of {p.bootstrap} resamples (the others lost every positive or "
                          "every negative of a finding); it is conditional on those and may not contain the estimate")
     level = level_section(predictions, units, p, progress)
-    sel = selection(run_dir, p)
-
-    model = model_config(run_dir) if is_ensemble(run_dir) else read_model_config(run_dir)   # from best.pt
+    run = open_run(run_dir)
+    sel = run.selection(p)
+    model = run.model_config()
     warnings_list = [sel["warning"]] if sel["warning"] else []
     notes += [sel["note"]] if sel.get("note") else []
     reliability = reliability_curve(y_test, p_test, test["calibration"]["n_bins"])

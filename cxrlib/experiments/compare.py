@@ -24,7 +24,7 @@ from .. import runfiles
 from ..errors import UserError
 from ..fsutil import atomic_write_json, jsonable
 from ..params import STAGES, validate
-from ..runfiles import ENSEMBLE, HISTORY, METRICS, PARAMS
+from ..runfiles import HISTORY, METRICS, PARAMS, is_ensemble
 from ..stats.multiplicity import holm
 from .runs import execute, project_root
 from .sweep import read_frozen_grid
@@ -85,9 +85,9 @@ def headline_table(folders: list[Path]) -> pd.DataFrame:
     changed = settings(folders)
     for folder in folders:
         report = json.loads((folder / METRICS).read_text())
-        is_ensemble = (folder / ENSEMBLE).is_file()   # its parameters are its best member's
-        row = {"run": folder.name, "setting": "ensemble of the members" if is_ensemble else setting_label(changed[folder.name]),
-               "seed": report["params"]["seed"], "ensemble": is_ensemble,
+        ensemble = is_ensemble(folder)   # its parameters are its best member's
+        row = {"run": folder.name, "setting": "ensemble of the members" if ensemble else setting_label(changed[folder.name]),
+               "seed": report["params"]["seed"], "ensemble": ensemble,
                "val_auroc_macro": report["splits"].get("validate", {}).get("macro", {}).get("auroc", {}).get("value"),
                "best_epoch": report["selection"].get("best_epoch"),
                "selected_on": "TEST (optimistic)" if report.get("test_selected") else report["selection"].get("select_on"),

@@ -28,10 +28,10 @@ from ..runfiles import (
     CHECKPOINTS,
     COHORT,
     COHORT_REPORT,
-    ENSEMBLE,
     EXPORT,
     FAIRNESS_JSON,
     METRICS,
+    is_ensemble,
     load_frozen,
     run_folder,
 )
@@ -335,7 +335,7 @@ def software_section(run_dir: Path, report: dict) -> list[str]:
                   f"{export['metadata']['input']['image_size']} px grey in, logits and probabilities out; checked "
                   f"against PyTorch on {parity['images']} cached test images, max probability difference "
                   f"{parity['max_abs_prob_diff']:.1e} (limit {parity['limit']:g}).", ""]
-    if (run_dir / ENSEMBLE).is_file():
+    if is_ensemble(run_dir):
         return lines + ["An ensemble has no checkpoint of its own: export each member (`make export RUN=<sweep>/<member>`) "
                         "and average their probabilities in the application.", ""]
     return lines + ([] if found else [f"None yet: `make export RUN={run_dir.name} FORMAT=onnx`.", ""])

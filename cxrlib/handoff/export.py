@@ -23,11 +23,11 @@ from torch import nn
 
 from .. import runfiles, runlock
 from ..errors import UserError
-from ..evaluation.ensemble import is_ensemble
+from ..evaluation.trained import eval_cohort, load_best
 from ..fsutil import atomic_write_json, sha256_file
 from ..labels import FINDINGS
 from ..params import validate
-from ..runfiles import BEST, CHECKPOINTS, EXPORT, run_folder
+from ..runfiles import BEST, CHECKPOINTS, EXPORT, is_ensemble, run_folder
 from .predict import image_calibrator
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -54,9 +54,9 @@ class Deployable(nn.Module):
 
 
 def _model_and_meta(run_dir: Path, p):
-    from ..evaluation import analysis, evaluate  # lazy: keeps scipy, sklearn out of this module's import
+    from ..evaluation import analysis  # lazy: keeps scipy, sklearn out of this module's import
 
-    model, trained, _, transform = evaluate.load_best(run_dir, validate({**p.to_dict(), "device": "cpu"}))
+    model, trained, _, transform = load_best(run_dir, validate({**p.to_dict(), "device": "cpu"}))
     report = runfiles.read_metrics(run_dir)
     thresholds, note = analysis.thresholds_from_report(report, "f1", level="image")   # the file scores images
     config = report["model"]
@@ -85,8 +85,6 @@ def _model_and_meta(run_dir: Path, p):
 
 def parity_images(run_dir: Path, trained, n: int = PARITY_IMAGES) -> np.ndarray:
     """Up to n of the run's cached test images, uint8 (n, S, S), in cohort order."""
-    from ..evaluation.evaluate import eval_cohort  # lazy: keeps scipy, sklearn out of this module's import
-
     cohort, cache = eval_cohort(run_dir, trained)
     rows = cohort.loc[cohort["split"] == "test", "cache_row"].to_numpy()[:n]
     if not len(rows):

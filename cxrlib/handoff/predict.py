@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 from .. import runfiles
 from ..data.decode import decode_image, failure_reason
 from ..errors import UserError
-from ..evaluation.ensemble import is_ensemble, member_dirs
+from ..evaluation.trained import load_best
 from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
 from ..params import validate
-from ..runfiles import METRICS, run_folder
+from ..runfiles import METRICS, is_ensemble, member_dirs, run_folder
 from ..training.runtime import amp_dtype
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -68,7 +68,7 @@ def decoded(path: Path, size: int, resize: str, mode: str):
 def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = True):
     """(one row per readable image: path, p_<finding> x 14, call_<finding> x 14 [, cal_<finding> x 14],
     [(path, reason)] for the files skipped, the thresholds' note)."""
-    from ..evaluation import analysis, evaluate, recalibration  # lazy: keeps scipy, sklearn out of this module's import
+    from ..evaluation import analysis, recalibration  # lazy: keeps scipy, sklearn out of this module's import
 
     if batch_size < 1:
         raise UserError(f"batch_size {batch_size}: at least 1 image per forward pass")
@@ -78,7 +78,7 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
         raise UserError(f"{run_dir} is an ensemble (no checkpoint of its own): predict with each member "
                         f"(--run {run_dir.parent}/<member>; members: {names}) and average their p_ columns")
     files, skipped = find_images(inputs)
-    model, trained, device, transform = evaluate.load_best(run_dir, p)   # trained: the checkpoint's own params
+    model, trained, device, transform = load_best(run_dir, p)   # trained: the checkpoint's own params
     metrics_file = run_dir / METRICS
     report = runfiles.read_metrics(run_dir) if metrics_file.is_file() else None
     if report:
