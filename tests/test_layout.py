@@ -233,4 +233,6 @@ def test_the_layout_tree_in_the_docs_lists_every_module_and_nothing_else():
     on_disk = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                if "__pycache__" not in p.parts and not (p.name == "__init__.py" and p.parent != PACKAGE)}
     on_disk |= {f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    unlisted = [t.name for t in sorted((PROJECT / "tests").glob("test_*.py")) if f"`{t.name}`" not in text]
+    assert unlisted == [], f"docs/development.md's table of test files does not name {unlisted}"
     assert listed == on_disk, f"docs/development.md's tree: missing {sorted(on_disk - listed)}, stale {sorted(listed - on_disk)}"
