@@ -6,6 +6,7 @@
       predictions.csv, metrics.json                   notebook 03
       demographics.csv, fairness.csv, fairness.json   notebook 05
       export/model.<onnx|pt> (+ .json), MODEL_CARD.md/.html, ensemble.json (an ensemble), tracking.json
+      index.html                                      the way in: headline, verdicts, links to everything above
 
 Torch-free and light: the run lister (`make runs`) reads run folders through it.
 """
@@ -18,7 +19,7 @@ import pandas as pd
 import yaml
 
 from .errors import UserError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, sha256_file
 from .labels import FINDINGS
 from .params import NOTEBOOK_KNOBS, STAGE_OF, STAGES, ParamError, Params, read_yaml, validate
 
@@ -39,6 +40,7 @@ CARD_MD = "MODEL_CARD.md"
 CARD_HTML = "MODEL_CARD.html"
 ENSEMBLE = "ensemble.json"
 TRACKING = "tracking.json"
+INDEX = "index.html"
 
 NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"]   # a run's, in order
 ID_COLUMNS = ["dicom_id", "subject_id", "study_id", "split"]
@@ -66,6 +68,25 @@ def member_dirs(run_dir) -> list[Path]:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def export_states(run_dir: Path) -> list[dict]:
+    """Each export record under export/ and what it describes now: `current` (its file, made from today's
+    best.pt), `stale` (made from another best.pt) or `gone` (its file is missing or was replaced)."""
+    best = Path(run_dir) / CHECKPOINTS / BEST
+    current = sha256_file(best) if best.is_file() else None
+    states = []
+    for record in sorted((Path(run_dir) / EXPORT).glob("*.json")):
+        export = read_json(record)
+        if not export or "parity" not in export:
+            continue
+        model = record.with_name(export["file"])
+        state = ("gone" if not model.is_file() or sha256_file(model) != export.get("sha256") else
+                 "stale" if export.get("metadata", {}).get("checkpoint_sha256") != current else "current")
+        states.append({"record": record.name, "file": export["file"], "format": export["format"], "state": state,
+                       "sha256": export.get("sha256", ""), "parity": export["parity"],
+                       "image_size": export.get("metadata", {}).get("input", {}).get("image_size")})
+    return states
 
 
 def read_history(run_dir) -> pd.DataFrame:

@@ -64,7 +64,7 @@ result = train.launch(p, run_dir, progress=True)   # a bar in Lab; progress line
 # %% [markdown]
 # ## History
 
-# %%
+# %% tags=["key-figure"]
 history = runfiles.read_history(run_dir)
 display(history.round(4))
 viz.plot_history(history);

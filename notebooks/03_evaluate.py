@@ -116,13 +116,13 @@ tables.level_table(report)
 # %%
 viz.readable(tables.per_finding_table(report, "test"))
 
-# %%
+# %% tags=["key-figure"]
 viz.plot_forest(report['splits']['test'])
 
 # %% [markdown]
 # ## ROC and precision-recall curves (test, in the units of `eval_level`)
 
-# %%
+# %% tags=["key-figure"]
 units = evaluate.scored_units(predictions, p)   # studies at study level: the curves match the figures above
 y_test, p_test, _ = evaluate.arrays(units, "test")
 viz.plot_curves(y_test, p_test, summary=report["splits"]["test"], kind="roc")
@@ -137,7 +137,7 @@ viz.plot_curves(y_test, p_test, summary=report['splits']['test'], kind='pr')
 # bins (grey bars: share of cells per bin), per `eval_level` unit. ECE weighs each bin's gap by its share; Brier is the mean
 # squared error of the probabilities. Both come with patient-bootstrap CIs.
 
-# %%
+# %% tags=["key-figure"]
 viz.plot_reliability(y_test, p_test)
 
 # %%

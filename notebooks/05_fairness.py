@@ -89,7 +89,7 @@ primary = rows[rows["tier"] == "primary"][["attribute", "group", "reference", "m
                                            "p_value", "p_adjusted", "significant"]]
 viz.readable(primary)
 
-# %%
+# %% tags=["key-figure"]
 display(report.plot_primary(rows, "auroc_macro"))
 display(report.plot_primary(rows, "underdiagnosis"))
 

@@ -277,3 +277,64 @@ def test_the_commands_name_a_missing_run_and_export_from_the_command_line(tiny_r
     for batch in ("0", "-3"):   # once: nothing predicted and exit 0, or a traceback
         assert main(["predict", "--run", str(tiny_run), "--batch", batch, str(tmp_path)]) == 2
         assert f"--batch {batch}: give the number of images per forward pass, at least 1" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the run's index page and navigation
+def local_links(page) -> list[str]:
+    import re
+
+    return [h for h in re.findall(r'(?:href|src)="([^"]+)"', page.read_text())
+            if not h.startswith(("data:", "#")) and "://" not in h]
+
+
+def test_the_index_page_links_every_report_and_file_and_states_the_headline(tiny_run):
+    import re
+
+    index = tiny_run / runfiles.INDEX
+    text = index.read_text()
+    report = runfiles.read_metrics(tiny_run)
+    macro = report["headline"]["AUROC macro"]
+    assert f"{macro['value']:.3f} [{macro['lo']:.3f}, {macro['hi']:.3f}]" in text
+    assert "per <b>study</b>" in text or "per <b>image</b>" in text
+    assert "primary gap(s) significant" in text          # the audit's verdict
+    links = local_links(index)
+    for name in ("01_cohort.html", "02_train.html", "03_evaluate.html", "04_error_analysis.html", "05_fairness.html",
+                 "metrics.json", "params.yaml", "predictions.csv", "fairness.json"):
+        assert name in links, name
+    assert [h for h in links if not (tiny_run / h).exists()] == []
+    assert len(re.findall(r'<a href="0[235]_[a-z_]+\.html" class="thumb"><img src="data:image/png', text)) >= 4
+    assert "http://" not in text and "https://" not in text   # nothing from the network
+
+
+def test_every_report_links_to_the_index_and_the_others_with_contents_that_resolve(tiny_run):
+    import re
+
+    reports = sorted(tiny_run.glob("0[1-5]_*.html"))
+    assert len(reports) == 5
+    for page in reports:
+        text = page.read_text()
+        links = local_links(page)
+        assert runfiles.INDEX in links and all(r.name in links for r in reports), page.name
+        assert [h for h in links if not (tiny_run / h).exists()] == [], page.name
+        anchors = re.findall(r'<nav class="cxr-toc">.*?</nav>', text, flags=re.S)
+        assert anchors, f"{page.name}: no table of contents"
+        targets = re.findall(r'href="#([^"]+)"', anchors[0])
+        assert len(targets) >= 3 and all(f'id="{t}"' in text for t in targets), page.name
+        # wide tables scroll inside the page instead of being cut off at its right edge
+        assert "table{display:block;overflow-x:auto;max-width:100%}" in text.replace(" ", "")
+
+
+def test_the_navigation_follows_the_folder_when_a_report_is_added_later(tmp_path):
+    from cxrlib.handoff import html as reports
+    from cxrlib.handoff.index_page import write_index
+
+    run = tmp_path / "r"
+    run.mkdir()
+    page = "<html><head></head><body><h1>x</h1><h2 id='a'>A</h2></body></html>"
+    (run / "01_cohort.html").write_text(reports.with_navigation(page, run, "01_cohort.html"))
+    assert "03_evaluate.html" not in (run / "01_cohort.html").read_text()
+    (run / "03_evaluate.html").write_text(page)
+    write_index(run)
+    first = (run / "01_cohort.html").read_text()
+    assert 'href="03_evaluate.html"' in first and 'href="index.html"' in first and first.count("cxr-nav--") == 2
+    assert "Not evaluated yet" in (run / runfiles.INDEX).read_text()

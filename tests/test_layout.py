@@ -16,7 +16,7 @@ PACKAGE = PROJECT / "cxrlib"
 LAYERS = ["root", "stats", "data", "synthetic", "training", "evaluation", "handoff", "experiments", "bench"]
 RUN_FILES = ("params.yaml", "cohort.csv", "cohort_report.json", "history.csv", "best.pt", "last.pt", "predictions.csv",
              "metrics.json", "demographics.csv", "fairness.csv", "fairness.json", "MODEL_CARD.md", "MODEL_CARD.html",
-             "ensemble.json", "tracking.json")
+             "ensemble.json", "tracking.json", "index.html")
 MAX_LAZY = 30
 
 

@@ -48,3 +48,11 @@ def test_evaluation_report_renders_with_its_figures(tiny_run, tmp_path):
     assert non_white > 0.01, f"only {non_white:.2%} of the page is not white"
     colours = np.unique(pixels[::4, ::4].reshape(-1, 3) // 16, axis=0)
     assert len(colours) >= 20, f"only {len(colours)} distinct colours: is the page text only?"
+
+
+def test_the_index_page_renders_with_its_thumbnails(tiny_run, tmp_path):
+    pixels = screenshot(tiny_run / "index.html", tmp_path)
+    non_white = (pixels < 245).any(axis=2).mean()
+    assert non_white > 0.02, f"only {non_white:.2%} of the index page is not white"
+    colours = np.unique(pixels[::4, ::4].reshape(-1, 3) // 16, axis=0)
+    assert len(colours) >= 20, f"only {len(colours)} distinct colours: are the thumbnails missing?"

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import PROJECT, TINY
 
-from cxrlib import params, runfiles
+from cxrlib import params, runfiles, runstatus
 from cxrlib.errors import UserError
 from cxrlib.experiments import lister, runs
 from cxrlib.labels import FINDINGS
@@ -66,7 +66,7 @@ def test_epoch_lines_stream_to_the_terminal_and_ctrl_c_prints_one_line(tiny_data
     # what ran is kept: the notebook so far, with the epochs it printed
     kept = nbformat.read(tmp_path / "stream" / "02_train.ipynb", as_version=4)
     assert "epoch 1/40: train loss" in json.dumps(kept.cells)
-    assert lister.status(tmp_path / "stream")["status"] == "training"
+    assert runstatus.status(tmp_path / "stream")["status"] == "training"
 
 
 def test_streamer_gives_a_live_bar_in_a_terminal_and_plain_lines_in_a_log(capsys):
@@ -129,14 +129,14 @@ def copy_run(src: Path, dst: Path, **changes) -> Path:
 
 def test_runs_index_marks_metrics_older_than_training_as_stale(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "r1", epochs=2)
-    assert lister.status(run)["status"] == "evaluated"
+    assert runstatus.status(run)["status"] == "evaluated"
     history = pd.read_csv(run / "history.csv")
     extra = history.iloc[[-1]].assign(epoch=2, selected=True, best_epoch=2)
     pd.concat([history, extra]).to_csv(run / "history.csv", index=False)   # trained one epoch further
-    s = lister.status(run)
+    s = runstatus.status(run)
     assert s["status"] == "stale" and "make evaluate RUN=r1" in " ".join(s["notes"])
     (run / "metrics.json").unlink()
-    assert lister.status(run)["status"] == "trained"
+    assert runstatus.status(run)["status"] == "trained"
     table = lister.runs_table(tmp_path).set_index("run")
     assert table.loc["r1", "status"] == "trained" and table.loc["r1", "best"] == 2
     assert "NaN" not in table.to_string()
@@ -210,7 +210,7 @@ def test_clean_removes_checkpoints_and_keeps_reports(tiny_run, tmp_path):
         lister.clean(run)
     freed = lister.clean(run, assume_yes=True)
     assert freed > 0 and not (run / "checkpoints").exists() and (run / "metrics.json").is_file()
-    assert "checkpoints removed" in lister.status(run)["notes"]
+    assert "checkpoints removed" in runstatus.status(run)["notes"]
 
 
 def test_nbstripout_filter_strips_outputs_on_git_add(tmp_path):
@@ -319,7 +319,6 @@ def test_two_runs_with_different_cohorts_started_at_once_keep_all_their_images(t
 def test_notebook_seconds_reads_the_notebook_level_duration_from_the_tail(tmp_path):
     import json
 
-    from cxrlib.experiments import lister
 
     cells = [{"cell_type": "code", "source": "", "outputs": [{"output_type": "stream", "name": "stdout",
                                                               "text": "x" * 100_000}],
@@ -329,8 +328,8 @@ def test_notebook_seconds_reads_the_notebook_level_duration_from_the_tail(tmp_pa
               "nbformat": 4, "nbformat_minor": 5}
         path = tmp_path / "01_cohort.ipynb"
         path.write_text(json.dumps(nb, indent=1))
-        assert lister.notebook_seconds(path) == expected
-    assert lister.notebook_seconds(tmp_path / "missing.ipynb") == 0.0
+        assert runstatus.notebook_seconds(path) == expected
+    assert runstatus.notebook_seconds(tmp_path / "missing.ipynb") == 0.0
 
 
 def test_make_evaluate_checks_params_and_make_train_on_a_run_does_not_take_the_demo_preset():

@@ -4,19 +4,15 @@
     python -m cxrlib diff A B             # parameters first, then figures, then notebook text (no images, no HTML)
     python -m cxrlib clean --name RUN     # remove a run's checkpoints (after asking), keep reports and metrics
 
-Status of a run folder: new (parameters only), cohort (cohort.csv), training (a checkpoint, training not
-at its end: running, or stopped and resumable), trained, evaluated, stale (metrics.json was computed
-before the last training step: the run was trained further since, so its figures describe an older model).
+What each status means: cxrlib.runstatus.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
 import json
-import re
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -25,11 +21,9 @@ from .. import runlock
 from ..errors import UserError
 from ..progress import duration
 from ..runfiles import (
-    BEST,
     CHECKPOINTS,
-    COHORT,
     FAIRNESS_JSON,
-    LAST,
+    INDEX,
     METRICS,
     NOTEBOOKS,
     PARAMS,
@@ -37,70 +31,12 @@ from ..runfiles import (
     read_history,
     read_json,
 )
+from ..runstatus import status, training_finished
 
 
 def fmt(x, digits: int = 3) -> str:
     """A figure for reading: 3 decimals; n/a where metrics.json holds null (an undefined figure)."""
     return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def training_finished(params: dict, history: pd.DataFrame) -> bool:
-    if history.empty:
-        return False
-    patience = int(params.get("patience", 0) or 0)
-    stopped = patience > 0 and int(history["patience_counter"].iloc[-1]) >= patience
-    return stopped or len(history) >= int(params.get("epochs", 0) or 0)
-
-
-def status(run_dir) -> dict:
-    """What the run folder holds, judged from its files (nothing is loaded into torch)."""
-    run_dir = Path(run_dir)
-    params, history, metrics = frozen_if_any(run_dir), read_history(run_dir), read_json(run_dir / METRICS)
-    notes = [f"{p.name.split('.')[0]} did not finish (running, or killed)" for p in sorted(run_dir.glob("*.running.ipynb"))]
-    if metrics:
-        sel = metrics.get("selection", {})
-        trained_now = (len(history), int(history["best_epoch"].iloc[-1]) if len(history) else 0)
-        stale = trained_now != (sel.get("epochs_run"), sel.get("best_epoch"))
-        state = "stale" if stale else "evaluated"
-        if stale:
-            notes.append(f"metrics of {sel.get('epochs_run')} epochs (best {sel.get('best_epoch')}); now "
-                         f"{trained_now[0]} (best {trained_now[1]}): make evaluate RUN={run_dir.name}")
-    elif training_finished(params, history):
-        state = "trained"
-    elif len(history) or (run_dir / CHECKPOINTS / LAST).is_file():
-        state = "training"
-    elif (run_dir / COHORT).is_file():
-        state = "cohort"
-    else:
-        state = "new"
-    if state in ("evaluated", "stale", "trained") and not (run_dir / CHECKPOINTS / BEST).is_file():
-        notes.append("checkpoints removed")
-    files = [f for f in run_dir.iterdir() if f.is_file()] if run_dir.is_dir() else []
-    seconds = sum(notebook_seconds(run_dir / f"{nb}.ipynb") for nb in NOTEBOOKS)
-    best = history[history["epoch"] == history["best_epoch"].iloc[-1]] if len(history) else history
-    return {"status": state, "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(max(f.stat().st_mtime for f in files)))
-            if files else "", "duration": seconds, "epochs": f"{len(history)}/{params.get('epochs', '?')}",
-            "best_epoch": int(best["epoch"].iloc[0]) if len(best) else None,
-            "best_val": float(best["val_auroc_macro"].iloc[0]) if len(best) else None,
-            "metrics": metrics, "notes": notes}
-
-
-def notebook_seconds(path: Path) -> float:
-    """papermill's duration of an executed notebook; 0 when absent.
-
-    The notebook-level metadata follows every cell (nbformat writes keys in order), and its
-    papermill block holds the file's last "duration" key: reading the tail spares parsing a
-    notebook whose outputs (images) run to megabytes. The whole file is parsed when the tail holds none.
-    """
-    if not path.is_file():
-        return 0.0
-    with open(path, "rb") as f:
-        f.seek(max(path.stat().st_size - 65536, 0))
-        found = re.findall(rb'"duration": ([0-9.eE+-]+|null)', f.read())
-    if found:   # null: the notebook never finished
-        return 0.0 if found[-1] == b"null" else float(found[-1])
-    papermill = json.loads(path.read_text()).get("metadata", {}).get("papermill", {})
-    return float(papermill.get("duration") or 0)
 
 
 def runs_table(runs_dir="runs") -> pd.DataFrame:
@@ -194,6 +130,8 @@ def print_summary(run_dir, notebooks=NOTEBOOKS) -> None:
         lines += [""] + evaluation_summary(run_dir)
     if "05_fairness" in notebooks and (run_dir / FAIRNESS_JSON).is_file():
         lines += [""] + audit_summary(run_dir)
+    if (run_dir / INDEX).is_file():
+        lines += ["", f"Run index (every figure, report and file of the run): {run_dir / INDEX}"]
     print("\n".join(lines), flush=True)
 
 
@@ -281,6 +219,10 @@ def cli(command: str, argv: list[str]) -> int:
         args = ap.parse_args(argv)
         table = runs_table(args.runs_dir)
         print(table.to_string(index=False) if len(table) else f"no runs under {args.runs_dir}/")
+        indexes = sorted(Path(args.runs_dir).glob(f"**/{INDEX}"))
+        if indexes:
+            print("\nIndex pages (open in a browser; they work from disk):")
+            print("\n".join(f"  {p}" for p in indexes))
         return 0
     if command == "diff":
         ap.add_argument("a")

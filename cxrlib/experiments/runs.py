@@ -23,6 +23,7 @@ from .. import runfiles, runlock
 from ..errors import Interrupted, UserError
 from ..fsutil import disk_full
 from ..handoff.html import CODE_HIDDEN_IN, render_html, strip_images
+from ..handoff.index_page import write_index
 from ..params import FIELDS, STAGE_OF, Params, check_for_training, parse_override, read_yaml, suggest, validate
 from ..progress import Streamer
 from ..runfiles import NOTEBOOKS, PARAMS
@@ -292,8 +293,8 @@ def run(p: Params, notebooks: list[str], summary: bool = False, progress: bool =
                 redact_reports(run_dir, p, skip=notebooks)
             for nb in notebooks:
                 execute(nb, p, root, run_dir, progress=progress)
+                write_index(run_dir)   # the way in follows every notebook that changed the run
             if "03_evaluate" in notebooks:
-
                 finish(p, run_dir)   # tracker: the test figures and the reports (nothing when tracker: none)
         except BaseException:
             restore_runtime_fields(run_dir, frozen, p)

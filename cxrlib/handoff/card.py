@@ -28,7 +28,6 @@ from ..runfiles import (
     CHECKPOINTS,
     COHORT,
     COHORT_REPORT,
-    EXPORT,
     FAIRNESS_JSON,
     METRICS,
     is_ensemble,
@@ -37,6 +36,8 @@ from ..runfiles import (
 )
 from ..stats.levels import plural
 from .checklists import CLAIM, TRIPOD_AI
+from .html import PAGE_CSS, with_navigation
+from .index_page import write_index
 
 SHARING = ("**Sharing.** Models trained on credentialed PhysioNet data are shared under the same terms as the data: "
            "only with people who hold PhysioNet credentials and have signed the MIMIC-CXR-JPG data use agreement. "
@@ -313,28 +314,21 @@ def software_section(run_dir: Path, report: dict) -> list[str]:
              "- " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
              *(f"- {k}: `{data.get(k)}`" for k in ("cohort_sha256", "cache_index_sha256", "predictions_sha256")), "",
              "## Export", ""]
-    best = run_dir / CHECKPOINTS / BEST
-    current = sha256_file(best) if best.is_file() else None
-    found = False
-    for record in sorted((run_dir / EXPORT).glob("*.json")):
-        export = _read(record)
-        if not export or "parity" not in export:
-            continue
-        found = True
-        model = record.with_name(export["file"])
-        if not model.is_file() or sha256_file(model) != export.get("sha256"):
-            lines += [f"`export/{record.name}` describes a file that is not there any more (an interrupted or removed "
+    exports = runfiles.export_states(run_dir)
+    for export in exports:
+        if export["state"] == "gone":
+            lines += [f"`export/{export['record']}` describes a file that is not there any more (an interrupted or removed "
                       f"export); run `make export RUN={run_dir.name} FORMAT={export['format']}` again.", ""]
-            continue
-        if export.get("metadata", {}).get("checkpoint_sha256") != current:
+        elif export["state"] == "stale":
             lines += [f"`export/{export['file']}` is STALE: it was made from another best.pt than today's; run "
                       f"`make export RUN={run_dir.name} FORMAT={export['format']}` again.", ""]
-            continue
-        parity = export["parity"]
-        lines += [f"`export/{export['file']}` ({export['format']}, sha256 `{export['sha256'][:16]}...`): uint8 "
-                  f"{export['metadata']['input']['image_size']} px grey in, logits and probabilities out; checked "
-                  f"against PyTorch on {parity['images']} cached test images, max probability difference "
-                  f"{parity['max_abs_prob_diff']:.1e} (limit {parity['limit']:g}).", ""]
+        else:
+            parity = export["parity"]
+            lines += [f"`export/{export['file']}` ({export['format']}, sha256 `{export['sha256'][:16]}...`): uint8 "
+                      f"{export['image_size']} px grey in, logits and probabilities out; checked "
+                      f"against PyTorch on {parity['images']} cached test images, max probability difference "
+                      f"{parity['max_abs_prob_diff']:.1e} (limit {parity['limit']:g}).", ""]
+    found = bool(exports)
     if is_ensemble(run_dir):
         return lines + ["An ensemble has no checkpoint of its own: export each member (`make export RUN=<sweep>/<member>`) "
                         "and average their probabilities in the application.", ""]
@@ -378,7 +372,7 @@ def to_html(markdown: str, title: str) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;line-height:1.45}"
             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em}"
-            "blockquote{border-left:4px solid #c00;margin:0;padding:.2em 1em;background:#fee}</style></head>"
+            "blockquote{border-left:4px solid #c00;margin:0;padding:.2em 1em;background:#fee}" + PAGE_CSS + "</style></head>"
             f"<body>{body}</body></html>\n")
 
 
@@ -387,7 +381,7 @@ def write_card(run_dir) -> tuple[Path, Path]:
     markdown = build_card(run_dir)
     md, page = run_dir / CARD_MD, run_dir / CARD_HTML
     atomic_write_text(md, markdown)
-    atomic_write_text(page, to_html(markdown, f"Model card: {run_dir.name}"))
+    atomic_write_text(page, with_navigation(to_html(markdown, f"Model card: {run_dir.name}"), run_dir, CARD_HTML))
     return md, page
 
 
@@ -403,4 +397,5 @@ def cli(command: str, argv: list[str]) -> int:
     with runlock.hold(run_dir, "cxrlib card"):
         for path in write_card(run_dir):
             print(path)
+        print(f"Run index: {write_index(run_dir)}")
     return 0

@@ -28,6 +28,7 @@ from ..fsutil import atomic_write_json, sha256_file
 from ..labels import FINDINGS
 from ..params import validate
 from ..runfiles import BEST, CHECKPOINTS, EXPORT, is_ensemble, run_folder
+from .index_page import write_index
 from .predict import image_calibrator
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -228,9 +229,10 @@ def cli(command: str, argv: list[str]) -> int:
     run_dir, p = run_folder(args.run)
     with runlock.hold(run_dir, f"cxrlib export --format {args.format}"):
         summary = export_run(run_dir, p, args.format, args.out)
-    parity = summary["parity"]
-    print(f"{run_dir / 'export' / summary['file'] if not args.out else args.out} (record: .json beside it): "
-          f"{summary['format']}, "
-          f"{summary['bytes'] / 1e6:.1f} MB; parity with PyTorch on {parity['images']} cached test images: "
-          f"max |prob diff| {parity['max_abs_prob_diff']:.1e} (limit {parity['limit']:g})")
+        parity = summary["parity"]
+        print(f"{run_dir / 'export' / summary['file'] if not args.out else args.out} (record: .json beside it): "
+              f"{summary['format']}, "
+              f"{summary['bytes'] / 1e6:.1f} MB; parity with PyTorch on {parity['images']} cached test images: "
+              f"max |prob diff| {parity['max_abs_prob_diff']:.1e} (limit {parity['limit']:g})")
+        print(f"Run index: {write_index(run_dir)}")
     return 0

@@ -1,5 +1,7 @@
 """Reports: an executed notebook becomes standalone HTML, with no script from the network and, when
-redact_images is on, no pixel data at all."""
+redact_images is on, no pixel data at all. Each report starts with a bar of links (the run's index page,
+the other reports, the model card) and a table of contents of its sections; wide tables scroll and
+figures fit the window. All of it is static: the pages open from disk, with no server and no network."""
 from __future__ import annotations
 
 import base64
@@ -8,6 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..fsutil import atomic_path, atomic_write_text
+from ..runfiles import CARD_HTML, INDEX
 
 CODE_HIDDEN_IN = ("03_", "04_", "05_", "06_")   # report_code: hide (01 and 02 document how the data was made)
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
@@ -78,5 +81,73 @@ def render_html(notebook_path: Path, redact: bool = False, hide_code: bool = Fal
                             f"`make report RUN={notebook_path.parent.name}` strips them from the run's notebooks "
                             "and renders every report again")
     html = notebook_path.with_suffix(".html")
-    atomic_write_text(html, body)
+    body = with_contents(body.replace("</head>", f"<style>{PAGE_CSS}</style></head>", 1))
+    atomic_write_text(html, with_navigation(body, html.parent, html.name))
     return html
+
+
+# --------------------------------------------------------------------------- navigation
+# Wide tables scroll inside the page instead of running off its right edge; figures never exceed the window.
+PAGE_CSS = """
+.cxr-nav{position:sticky;top:0;z-index:100;background:#f6f8fa;border-bottom:1px solid #d0d7de;padding:6px 16px;
+ font:14px/1.6 system-ui,sans-serif}
+.cxr-nav a{margin-right:14px;text-decoration:none}.cxr-nav a.here{font-weight:bold;color:#000}
+.cxr-toc{font:14px/1.5 system-ui,sans-serif;margin:8px 0 16px 0;padding:8px 16px;border-left:3px solid #d0d7de}
+.cxr-toc ol{margin:0;padding-left:20px}
+table{display:block;overflow-x:auto;max-width:100%}
+.jp-OutputArea-output img,.jp-RenderedImage img{max-width:100%;height:auto}
+.jp-RenderedSVG svg{max-width:100%;height:auto}
+"""
+NAV = re.compile(r"<!--cxr-nav-->.*?<!--/cxr-nav-->", re.S)
+H2 = re.compile(r'<h2 id="([^"]+)"[^>]*>(.*?)</h2>', re.S)
+TAGS = re.compile(r"<[^>]+>")
+
+
+def report_label(name: str) -> str:
+    """"03_evaluate.html" -> "03 Evaluate"."""
+    stem = name.rsplit(".", 1)[0]
+    number, _, rest = stem.partition("_")
+    return f"{number} {rest.replace('_', ' ').capitalize()}" if rest else stem
+
+
+def navigation(run_dir: Path, here: str) -> str:
+    """The bar of links: the index page, every report of the run folder, the model card (those that exist)."""
+    run_dir = Path(run_dir)
+    pages = [(INDEX, f"Run {run_dir.name}")]
+    pages += [(p.name, report_label(p.name)) for p in sorted(run_dir.glob("[0-9][0-9]_*.html"))]
+    pages += [(CARD_HTML, "Model card")]
+    links = [f'<a href="{name}"{" class=here" if name == here else ""}>{label}</a>' for name, label in pages
+             if name == here or (run_dir / name).is_file()]
+    return f'<!--cxr-nav--><nav class="cxr-nav">{"".join(links)}</nav><!--/cxr-nav-->'
+
+
+def with_navigation(page: str, run_dir: Path, here: str) -> str:
+    bar = navigation(run_dir, here)
+    if NAV.search(page):
+        return NAV.sub(lambda _: bar, page, count=1)
+    return re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + bar, page, count=1)
+
+
+def with_contents(page: str) -> str:
+    """A table of contents of the report's sections (its ## headings), at the top of its content."""
+    sections = [(anchor, TAGS.sub("", text).replace("¶", "").strip()) for anchor, text in H2.findall(page)]
+    if not sections:
+        return page
+    items = "".join(f'<li><a href="#{anchor}">{text}</a></li>' for anchor, text in sections)
+    toc = f'<nav class="cxr-toc"><b>Contents</b><ol>{items}</ol></nav>'
+    # At the top of the page's content: nbconvert nests a title cell's text in flex boxes, where a block
+    # inserted after the <h1> would sit beside the text instead of under it.
+    return re.sub(r"(<main[^>]*>|<body[^>]*>)", lambda m: m.group(1) + toc, page, count=1)
+
+
+def refresh_navigation(run_dir) -> list[Path]:
+    """Every report's bar again, so that each links to the reports and the card made after it."""
+    done = []
+    for page in [*sorted(Path(run_dir).glob("[0-9][0-9]_*.html")), Path(run_dir) / CARD_HTML]:
+        if page.is_file():
+            text = page.read_text()
+            new = with_navigation(text, page.parent, page.name)
+            if new != text:
+                atomic_write_text(page, new)
+                done.append(page)
+    return done

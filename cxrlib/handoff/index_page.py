@@ -1,0 +1,183 @@
+"""runs/<name>/index.html: the way into a run. Its status and recipe in brief, the headline test figures
+with their CIs and what qualifies them, the audit's verdict, the radiologist-label check, the exports,
+thumbnails of the key figures (cells tagged `key-figure` in the notebooks) and a link to every report
+and file. Written again by every command that changes the run (run, export, card); static HTML that
+opens from disk with no server and no network.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from ..fsutil import atomic_write_text
+from ..runfiles import (
+    CARD_HTML,
+    CARD_MD,
+    COHORT,
+    COHORT_REPORT,
+    DEMOGRAPHICS,
+    EXPORT,
+    FAIRNESS_CSV,
+    FAIRNESS_JSON,
+    HISTORY,
+    INDEX,
+    METRICS,
+    NOTEBOOKS,
+    PARAMS,
+    PREDICTIONS,
+    export_states,
+    frozen_if_any,
+    read_json,
+)
+from ..runstatus import status
+from ..stats.levels import plural
+from .html import PAGE_CSS, refresh_navigation, report_label, with_navigation
+
+KEY_FIGURE_TAG = "key-figure"
+RECIPE = ("label_source", "views", "one_image_per", "split_mode", "arch", "pretrained", "image_size", "epochs",
+          "batch_size", "lr", "select_on", "eval_level", "seed", "split_seed")   # the recipe at a glance
+DATA_FILES = [(PARAMS, "frozen parameters"), (COHORT, "the cohort"), (COHORT_REPORT, "its funnel"),
+              (HISTORY, "one row per epoch"), (PREDICTIONS, "test and validation probabilities"),
+              (METRICS, "every figure with its CI"), (DEMOGRAPHICS, "groups of the cohort"),
+              (FAIRNESS_CSV, "every audit figure"), (FAIRNESS_JSON, "the audit's decisions"), (CARD_MD, "model card")]
+
+
+def ci(v: dict | None, digits: int = 3) -> str:
+    if not v or v.get("value") is None:
+        return "n/a"
+    text = f"{v['value']:.{digits}f}"
+    if v.get("lo") is not None and v.get("hi") is not None:
+        text += f" [{v['lo']:.{digits}f}, {v['hi']:.{digits}f}]"
+    return text
+
+
+def headline_section(m: dict) -> list[str]:
+    if not m.get("headline"):
+        return ["<p>Not evaluated yet: <code>make evaluate RUN=…</code> writes the figures.</p>"]
+    level, data, interval = m.get("level") or {}, m.get("data", {}), m.get("ci", {})
+    split = m.get("headline_split", "test")
+    unit = level.get("headline", "image")
+    units = (level.get("units_per_split") or {}).get(split, "?")
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{ci(v)}</td><td>{v.get('n_boot_valid', '?')}</td></tr>"
+                   for k, v in m["headline"].items())
+    macro = m.get("macro") or {}
+    left = macro.get("not_estimable", []) + macro.get("one_class", [])
+    out = [f"<p>{split.capitalize()} split, per <b>{unit}</b>: {units} {plural(unit)} of "
+           f"{data.get('patients_per_split', {}).get(split, '?')} patients. {interval.get('level', 0.95):.0%} CIs: "
+           f"{html.escape(str(interval.get('method', 'patient bootstrap')))}, {interval.get('n_boot', '?')} resamples; "
+           "they are conditional on this test set and this trained model (not on a retraining).</p>",
+           f"<table><tr><th>figure</th><th>estimate [CI]</th><th>resamples used</th></tr>{rows}</table>"]
+    if macro.get("findings") is not None:
+        out.append(f"<p>Macro figures average {len(macro['findings'])} of 14 findings"
+                   + (f"; left out (fewer than {macro.get('min_positives')} positive or negative {unit} units, or one "
+                      f"class): {html.escape(', '.join(left))}" if left else "") + ".</p>")
+    for warning in m.get("warnings", []):
+        out.append(f'<p class="warn">&#9888; {html.escape(warning)}</p>')
+    gold = ((m.get("gold") or {}).get("model_vs_gold") or {}).get("macro", {}).get("auroc")
+    if gold:
+        out.append(f"<p>Against the 2.1.0 test-set labels (one annotator's labels of the reports; "
+                   f"{m['gold'].get('studies_scored', '?')} studies): AUROC macro {ci(gold)}.</p>")
+    return out
+
+
+def audit_section(run_dir: Path) -> list[str]:
+    audit = read_json(run_dir / FAIRNESS_JSON)
+    if not audit:
+        return ["<p>No audit yet (notebook 05).</p>"]
+    hits, proc = audit.get("significant", []), audit.get("procedure", {})
+    out = [f"<p>{len(hits)} of {proc.get('primary_tests', '?')} primary gap(s) significant (Bonferroni over the "
+           f"audit, family-wise 0.05); exploratory: {audit.get('exploratory_hits', '?')} of "
+           f"{proc.get('exploratory_tests', '?')} tests with BH q &lt; 0.05 (not decisions).</p>"]
+    if hits:
+        out.append("<ul>" + "".join(
+            f"<li>{html.escape(h['attribute'])}: {html.escape(str(h['group']))} vs {html.escape(str(h['reference']))} "
+            f"{html.escape(h['metric'])}: gap {h['gap']:+.3f} [{h['gap_lo']:+.3f}, {h['gap_hi']:+.3f}] "
+            "(simultaneous)</li>" for h in hits[:6]) + "</ul>")
+    if check := audit.get("planted"):
+        out.append(f"<p>Synthetic data: the planted disparity ({html.escape(check['planted']['attribute'])}="
+                   f"{html.escape(str(check['planted']['group']))}) was "
+                   f"{'DETECTED' if check['detected'] else 'NOT DETECTED'}.</p>")
+    return out
+
+
+def export_section(run_dir: Path) -> list[str]:
+    states = export_states(run_dir)
+    if not states:
+        return ["<p>No export yet: <code>make export RUN=" + html.escape(run_dir.name) + " FORMAT=onnx</code>.</p>"]
+    items = []
+    for e in states:
+        link = f'<a href="{EXPORT}/{html.escape(e["file"])}">{html.escape(e["file"])}</a>'
+        if e["state"] == "current":
+            items.append(f"<li>{link} ({e['format']}): checked against PyTorch, max probability difference "
+                         f"{e['parity']['max_abs_prob_diff']:.1e}</li>")
+        else:
+            what = "STALE (made from another best.pt)" if e["state"] == "stale" else "a record without its file"
+            items.append(f"<li>{link}: {what}; export again</li>")
+    return ["<ul>" + "".join(items) + "</ul>"]
+
+
+def key_figures(run_dir: Path) -> list[tuple[str, str]]:
+    """(report name, <img> or <svg> markup) of each output of a cell tagged key-figure, in notebook order."""
+    figures = []
+    for name in NOTEBOOKS:
+        notebook = run_dir / f"{name}.ipynb"
+        if not notebook.is_file():
+            continue
+        for cell in json.loads(notebook.read_text()).get("cells", []):
+            if KEY_FIGURE_TAG not in cell.get("metadata", {}).get("tags", []):
+                continue
+            for output in cell.get("outputs", []):
+                data = output.get("data", {})
+                if "image/png" in data:
+                    png = "".join(data["image/png"]) if isinstance(data["image/png"], list) else data["image/png"]
+                    figures.append((f"{name}.html", f'<img src="data:image/png;base64,{png.strip()}">'))
+                elif "image/svg+xml" in data:
+                    svg = data["image/svg+xml"]
+                    figures.append((f"{name}.html", "".join(svg) if isinstance(svg, list) else svg))
+    return figures
+
+
+def files_section(run_dir: Path) -> list[str]:
+    reports = [f'<li><a href="{p.name}">{report_label(p.name)}</a></li>'
+               for p in sorted(run_dir.glob("[0-9][0-9]_*.html"))]
+    if (run_dir / CARD_HTML).is_file():
+        reports.append(f'<li><a href="{CARD_HTML}">Model card</a></li>')
+    files = [f'<li><a href="{name}">{name}</a>: {what}</li>' for name, what in DATA_FILES if (run_dir / name).is_file()]
+    return ["<h2 id='reports'>Reports</h2><ul>" + "".join(reports) + "</ul>",
+            "<h2 id='files'>Files</h2><ul>" + "".join(files) + "</ul>"]
+
+
+def build_index(run_dir) -> str:
+    run_dir = Path(run_dir)
+    params, state, m = frozen_if_any(run_dir), status(run_dir), read_json(run_dir / METRICS)
+    recipe = ", ".join(f"{k} {html.escape(str(params[k]))}" for k in RECIPE if k in params)
+    best = f", best epoch {state['best_epoch']}" if state["best_epoch"] else ""
+    parts = [f"<h1>Run {html.escape(run_dir.name)}</h1>",
+             f"<p><b>{state['status']}</b> · {state['date']} · epochs {state['epochs']}{best}"
+             + "".join(f" · {html.escape(n)}" for n in state["notes"]) + "</p>",
+             f"<p class='recipe'>{recipe}</p>",
+             "<h2 id='headline'>Headline figures</h2>", *headline_section(m),
+             "<h2 id='audit'>Audit by patient group</h2>", *audit_section(run_dir),
+             "<h2 id='export'>Hand-off</h2>", *export_section(run_dir)]
+    figures = key_figures(run_dir)
+    if figures:
+        parts.append("<h2 id='figures'>Key figures</h2><div class='thumbs'>" + "".join(
+            f'<a href="{report}" class="thumb">{markup}</a>' for report, markup in figures) + "</div>")
+    parts += files_section(run_dir)
+    style = (PAGE_CSS + "body{font-family:system-ui,sans-serif;max-width:72em;margin:0 auto 2em auto;line-height:1.45}"
+             "main{padding:0 16px}td,th{border:1px solid #ccc;padding:.2em .6em}table{border-collapse:collapse}"
+             ".warn{color:#b00020;font-weight:bold}.recipe{color:#555}.thumbs{display:flex;flex-wrap:wrap;gap:12px}"
+             ".thumb{display:block;width:340px;border:1px solid #ddd}.thumb img,.thumb svg{width:100%;height:auto}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run_dir.name)} · index</title>"
+            f"<style>{style}</style></head><body><main>{''.join(parts)}</main></body></html>\n")
+    return with_navigation(page, run_dir, INDEX)
+
+
+def write_index(run_dir) -> Path:
+    """index.html written atomically, then every report's bar of links refreshed to match the folder."""
+    run_dir = Path(run_dir)
+    path = run_dir / INDEX
+    atomic_write_text(path, build_index(run_dir))
+    refresh_navigation(run_dir)
+    return path
