@@ -7,17 +7,26 @@ prints plain progress lines instead, at most one per tenth of the work and one e
 
 Runner side. `Streamer` receives the kernel's stdout as papermill reads it, cell by cell. It prints
 every line as it arrives; in a terminal the progress lines drive a live tqdm bar instead.
+
+The progress lines are for the person watching, not for the record: the runner names a side file in
+CXRLIB_PROGRESS_FILE, the kernel's LineBar writes there instead of to the cell's output, and the Streamer
+reads it (before every line of cell output, so the order holds, and every SIDE_POLL seconds). The saved
+notebook keeps the per-epoch lines and none of the batch lines.
 """
 from __future__ import annotations
 
 import os
 import re
 import sys
+import threading
 import time
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 MIN_SECONDS = float(os.environ.get("CXRLIB_PROGRESS_SECONDS", 10))
+PROGRESS_FILE = "CXRLIB_PROGRESS_FILE"   # the environment variable naming the runner's side file
+SIDE_POLL = 0.2                          # seconds between reads of the side file
 LINE = re.compile(r"^(?P<desc>[^:\n]+): (?P<n>\d+)/(?P<total>\d+) (?P<unit>[\w/]+) \((?P<pct>\d+)%\)(?P<rest>.*)$")
 
 
@@ -40,7 +49,13 @@ class LineBar:
 
     def __init__(self, total: int, initial: int = 0, desc: str = "", unit: str = "it", stream=None):
         self.total, self.n, self.desc, self.unit = int(total), int(initial), desc, unit
-        self.stream = stream or sys.stdout
+        self.side = None
+        if stream is None and os.environ.get(PROGRESS_FILE):
+            try:
+                self.side = open(os.environ[PROGRESS_FILE], "a", buffering=1)   # line-buffered: each line lands whole
+            except OSError:   # the runner's folder is gone or read-only: the lines go to the output after all
+                self.side = None
+        self.stream = stream or self.side or sys.stdout
         self.postfix = ""
         self.start_n, self.started = self.n, time.monotonic()
         self.last_print, self.next_fraction = self.started, 0.1 * (int(10 * self.n / max(self.total, 1)) + 1)
@@ -74,7 +89,9 @@ class LineBar:
         self.next_fraction = 0.1 * (int(10 * fraction) + 1)
 
     def close(self) -> None:
-        pass
+        if self.side is not None:
+            self.side.close()
+            self.side = None
 
 
 def bar(total: int, desc: str, unit: str, initial: int = 0, enabled: bool = True):
@@ -88,18 +105,40 @@ def bar(total: int, desc: str, unit: str, initial: int = 0, enabled: bool = True
 class Streamer:
     """A file-like sink for a kernel's stdout (papermill's stdout_file): lines out as they come."""
 
-    def __init__(self, out=None, live: bool | None = None):
+    def __init__(self, out=None, live: bool | None = None, side: Path | None = None):
         self.out = out or sys.stdout
         self.live = self.out.isatty() if live is None else live   # a live bar only where a person watches
         self.buffer = ""
         self.bar = None
         self.bar_desc = None
+        self.lock = threading.RLock()   # the side file's reader thread and papermill's writes share the bar
+        self.side, self.side_buffer, self.stopped = None, "", threading.Event()
+        if side is not None:
+            self.side = open(side, encoding="utf-8", errors="replace")
+            self.reader = threading.Thread(target=self.poll, daemon=True)
+            self.reader.start()
+
+    def poll(self) -> None:
+        while not self.stopped.wait(SIDE_POLL):
+            self.drain()
+
+    def drain(self) -> None:
+        """The progress lines the kernel has written to the side file since the last read."""
+        with self.lock:
+            if self.side is None:
+                return
+            self.side_buffer += self.side.read()
+            *lines, self.side_buffer = self.side_buffer.split("\n")
+            for line in lines:
+                self.line(line.rstrip("\r"))
 
     def write(self, text: str) -> int:
-        self.buffer += text
-        *lines, self.buffer = self.buffer.split("\n")
-        for line in lines:
-            self.line(line.rstrip("\r"))
+        with self.lock:
+            self.drain()   # progress written before this output is shown before it
+            self.buffer += text
+            *lines, self.buffer = self.buffer.split("\n")
+            for line in lines:
+                self.line(line.rstrip("\r"))
         return len(text)
 
     def line(self, text: str) -> None:
@@ -129,10 +168,16 @@ class Streamer:
         self.out.flush()   # a partial line waits for its end: papermill flushes after every chunk
 
     def finish(self) -> None:
-        if self.buffer:
-            self.line(self.buffer)
-            self.buffer = ""
-        self.close()
+        self.stopped.set()
+        with self.lock:
+            self.drain()
+            if self.side is not None:
+                self.side.close()
+                self.side = None
+            if self.buffer:
+                self.line(self.buffer)
+                self.buffer = ""
+            self.close()
 
     def close(self) -> None:
         if self.bar is not None:

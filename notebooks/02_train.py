@@ -66,7 +66,7 @@ result = train.launch(p, run_dir, progress=True)   # a bar in Lab; progress line
 
 # %% tags=["key-figure"]
 history = runfiles.read_history(run_dir)
-display(history.round(4))
+display(viz.readable(history, digits=4))   # lr to 3 significant digits
 viz.plot_history(history);
 
 # %% [markdown]

@@ -66,6 +66,7 @@ def test_epoch_lines_stream_to_the_terminal_and_ctrl_c_prints_one_line(tiny_data
     # what ran is kept: the notebook so far, with the epochs it printed
     kept = nbformat.read(tmp_path / "stream" / "02_train.ipynb", as_version=4)
     assert "epoch 1/40: train loss" in json.dumps(kept.cells)
+    assert " batches (" not in json.dumps(kept.cells)   # the batch progress reached the terminal, not the record
     assert runstatus.status(tmp_path / "stream")["status"] == "training"
 
 
@@ -340,3 +341,36 @@ def test_make_evaluate_checks_params_and_make_train_on_a_run_does_not_take_the_d
     assert "--params params/improved.yaml --notebooks 03,04,05" in out.stdout
     out = subprocess.run(["make", "-n", "evaluate", "RUN=x"], cwd=PROJECT, capture_output=True, text=True)
     assert "--params" not in out.stdout.split("--notebooks 03,04,05")[0].split("cxrlib run")[-1]
+
+
+def test_progress_lines_go_to_the_terminal_through_the_side_file_in_order(tmp_path, monkeypatch):
+    """The kernel's LineBar writes to CXRLIB_PROGRESS_FILE, not to the cell's output; the Streamer shows those
+    lines before any cell output that came after them, so the terminal reads as if they were one stream."""
+    side = tmp_path / ".02_train.progress"
+    side.write_text("")
+    monkeypatch.setenv("CXRLIB_PROGRESS_FILE", str(side))
+    monkeypatch.setattr("cxrlib.progress.MIN_SECONDS", 0.0)
+
+    class Log:
+        text = ""
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            pass
+
+        def isatty(self):
+            return False
+
+    log = Log()
+    streamer = Streamer(log, side=side)
+    bar = LineBar(total=2, desc="epoch 1/1", unit="batches")
+    bar.update()
+    bar.update()
+    bar.close()
+    streamer.write("epoch 1/1: train loss 0.5\n")   # the cell's output, after the two batch lines
+    streamer.finish()
+    lines = log.text.splitlines()
+    assert [LINE.match(x)["n"] for x in lines[:2]] == ["1", "2"] and lines[2] == "epoch 1/1: train loss 0.5"
+    assert side.read_text().count(" batches (") == 2   # where they went instead of the notebook

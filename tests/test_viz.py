@@ -33,7 +33,7 @@ def test_report_tables_read_as_people_read_them():
 
     from cxrlib import params
     from cxrlib.evaluation import viz
-    from cxrlib.evaluation.paired import format_p
+    from cxrlib.stats.multiplicity import format_p
 
     frame = pd.DataFrame({"auroc": pd.array([0.80157, None], dtype="Float64"),
                           "n_pos": pd.array([55, None], dtype="Int64"), "finding": ["Edema", "macro"]})
@@ -44,3 +44,7 @@ def test_report_tables_read_as_people_read_them():
     table = viz.params_table(p, ["amp", "lr", "compare_with", "mean"])["value"].tolist()
     assert table == ["bf16 (GPU only; off on this CPU run)", "1e-04", "(none)", "0.4691"]
     assert format_p(0.0423) == "0.042" and format_p(0.0004) == "< 0.001" and format_p(float("nan")) == "n/a"
+    audit = viz.readable(pd.DataFrame({"p_value": [0.0004, 0.2], "p_adjusted": [0.00011, None], "lr": [9.39e-4, 1e-3]}),
+                         digits=4)
+    assert audit["p_value"].tolist() == ["< 0.001", "0.200"] and audit["p_adjusted"].tolist() == ["< 0.001", ""]
+    assert audit["lr"].tolist() == ["0.000939", "0.001"]   # the precision it carries, not 0.0009

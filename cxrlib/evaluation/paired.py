@@ -12,7 +12,7 @@ from ..labels import FINDINGS
 from ..runfiles import PROB_COLUMNS, read_predictions
 from ..stats import levels, metrics
 from ..stats.delong import delong_macro, delong_test
-from ..stats.multiplicity import holm
+from ..stats.multiplicity import format_p, holm
 
 
 def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
@@ -109,14 +109,6 @@ def with_delong(table: pd.DataFrame, y, p_this, p_other, patients, estimable) ->
     rows = per_finding & (table["metric"] == "auroc")
     table.loc[rows, "delong_p_holm"] = holm(table.loc[rows, "delong_p"].to_numpy(float))
     return table
-
-
-def format_p(p, n_valid=None) -> str:
-    """A p-value for reading: three decimals, '< 0.001' below that, 'n/a' when there is none. Bootstrap
-    p-values are never 0 (metrics.bootstrap_p: at least 2 / (B + 1)), so none prints as certainty."""
-    if p is None or pd.isna(p):
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from sklearn.metrics import (
 from ..labels import FINDINGS, label_matrix
 from ..stats.calibration import brier, ece, reliability_curve
 from ..stats.inputs import check_inputs
+from ..stats.multiplicity import format_p
 from ..training.checkpoint import TEST_SELECTION_WARNING
 from ..training.optim import pos_weight_from_labels
 from . import tables
@@ -379,11 +380,19 @@ def shown_value(p, name: str) -> str:
     return str(value) if value != "" else "(none)"
 
 
+P_COLUMNS = ("p_value", "p_adjusted", "p_holm", "q_value", "delong_p")
+
+
 def readable(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """A table for a report: floats to `digits` decimals, missing values blank (not <NA> or NaN)."""
+    """A table for a report: floats to `digits` decimals, p-values as '< 0.001' below that (never 0.000), the
+    learning rate to 3 significant digits, missing values blank (not <NA> or NaN)."""
     out = frame.copy()
     for column in out.columns:
-        if pd.api.types.is_float_dtype(out[column]):
+        if column in P_COLUMNS:
+            out[column] = ["" if pd.isna(v) else format_p(v) for v in out[column]]
+        elif column == "lr":
+            out[column] = ["" if pd.isna(v) else f"{v:.3g}" for v in out[column]]
+        elif pd.api.types.is_float_dtype(out[column]):
             out[column] = [("" if pd.isna(v) else f"{v:.{digits}f}") for v in out[column]]
         elif out[column].isna().any():   # nullable integers (counts) print <NA>
             out[column] = ["" if pd.isna(v) else str(v) for v in out[column]]

@@ -25,7 +25,7 @@ from ..fsutil import disk_full
 from ..handoff.html import CODE_HIDDEN_IN, render_html, strip_images
 from ..handoff.index_page import write_index
 from ..params import FIELDS, STAGE_OF, Params, check_for_training, parse_override, read_yaml, suggest, validate
-from ..progress import Streamer
+from ..progress import PROGRESS_FILE, Streamer
 from ..runfiles import NOTEBOOKS, PARAMS
 from ..tracking import finish
 from .lister import print_summary
@@ -177,9 +177,11 @@ def execute(notebook: str, p: Params, root: Path, run_dir: Path, progress: bool 
         inject["run_dir"] = str(run_dir)
     inject.update({k: v for k, v in (extra or {}).items() if k in declared})   # a notebook's own, not Params
     print(f"[{notebook}] running -> {output}", flush=True)
-    env_before = os.environ.get("PAPERMILL_EXECUTION")
-    os.environ["PAPERMILL_EXECUTION"] = "1"
-    out, err = (Streamer(sys.stdout), Streamer(sys.stderr, live=False)) if progress else (None, None)
+    side = run_dir / f".{notebook}.progress"   # the kernel's batch progress: shown here, not saved in the notebook
+    side.write_text("")
+    env_before = {k: os.environ.get(k) for k in ("PAPERMILL_EXECUTION", PROGRESS_FILE)}
+    os.environ.update({"PAPERMILL_EXECUTION": "1", PROGRESS_FILE: str(side)})
+    out, err = (Streamer(sys.stdout, side=side), Streamer(sys.stderr, live=False)) if progress else (None, None)
     started = time.time()
     try:
         papermill.execute_notebook(
@@ -207,10 +209,12 @@ def execute(notebook: str, p: Params, root: Path, run_dir: Path, progress: bool 
         for stream in (out, err):
             if stream is not None:
                 stream.finish()
-        if env_before is None:
-            os.environ.pop("PAPERMILL_EXECUTION", None)
-        else:
-            os.environ["PAPERMILL_EXECUTION"] = env_before
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        side.unlink(missing_ok=True)
     promote(running, output)
     if p.redact_images:
         strip_images(output)
@@ -247,6 +251,8 @@ def remove_temp_notebooks(run_dir: Path) -> None:
     for stale in Path(run_dir).glob(".[0-9][0-9]_*.ipynb.*"):
         stale.unlink(missing_ok=True)
     for stale in Path(run_dir).glob(".[0-9][0-9]_*.html.*"):
+        stale.unlink(missing_ok=True)
+    for stale in Path(run_dir).glob(".[0-9][0-9]_*.progress"):
         stale.unlink(missing_ok=True)
 
 

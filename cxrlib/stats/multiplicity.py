@@ -1,6 +1,7 @@
 """Multiple-testing adjustment where decisions are made: Holm (family-wise error) and Benjamini-Hochberg
 (false discovery rate), both on arrays that may hold NaN (a test that was not run stays NaN and is not
-counted in m), and Bonferroni-simultaneous normal intervals, which agree with Bonferroni decisions."""
+counted in m), and Bonferroni-simultaneous normal intervals, which agree with Bonferroni decisions; and
+how a p-value is printed (never as 0)."""
 from __future__ import annotations
 
 from statistics import NormalDist
@@ -44,3 +45,11 @@ def normal_quantile(level: float) -> float:
 def p_from_z(z: float) -> float:
     """Two-sided p of a standard normal statistic z."""
     return float(2 * (1 - NormalDist().cdf(abs(z))))
+
+
+def format_p(p, n_valid=None) -> str:
+    """A p-value for reading: three decimals, '< 0.001' below that, 'n/a' when there is none. Bootstrap
+    p-values are never 0 (metrics.bootstrap_p: at least 2 / (B + 1)), so none prints as certainty."""
+    if p is None or p != p:
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
