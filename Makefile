@@ -106,7 +106,9 @@ compare: setup ## Compare runs: make compare RUNS=<sweep> or RUNS=a,b,c [BASELIN
 	@test -n "$(RUNS)" || { echo "usage: make compare RUNS=<sweep name> or RUNS=a,b,c [BASELINE=a]"; exit 2; }
 	$(PY) -m cxrlib compare --runs $(RUNS) $(if $(BASELINE),--baseline $(BASELINE)) $(if $(COMPARE_ON),--compare-on $(COMPARE_ON))
 
-tensorboard: setup ## TensorBoard on 127.0.0.1 over runs/ (tracker: tensorboard); PORT=6006
+tensorboard: setup ## Every run's training curves (the presets log them: tracker: tensorboard) on 127.0.0.1; PORT=6006
+	@ls -d runs/*/tb runs/*/*/tb >/dev/null 2>&1 || echo "no TensorBoard logs under runs/ yet: train a run whose parameters say tracker: tensorboard (the presets do)"
+	@echo "curves of every run under runs/ (tracker: none in a run's parameters turns its logging off); open http://127.0.0.1:$(or $(PORT),6006)"
 	$(VENV)/bin/tensorboard --logdir runs --host 127.0.0.1 --port $(or $(PORT),6006)
 
 mlflow-ui: setup ## The MLflow UI on 127.0.0.1 over runs/mlruns (tracker: mlflow); PORT=5000, MLRUNS=<store>

@@ -79,7 +79,7 @@ class TensorBoard(Tracker):
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError("tracker: tensorboard needs the tensorboard package: .venv/bin/pip install tensorboard "
-                            "(it is in cxrlib's dev extras), or set tracker: none") from None
+                            "(a dependency of cxrlib: make setup installs it), or set tracker: none") from None
         self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
         self.writer.add_text("params", "\n".join(f"    {k}: {v}" for k, v in p.to_dict().items()))
 

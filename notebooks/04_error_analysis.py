@@ -57,7 +57,8 @@ if report.get("test_selected"):
 # ## The most confident errors per finding
 #
 # FP: label 0 with the highest probability; FN: label 1 with the lowest. Grad-CAM shows the regions
-# that raise the finding's logit (bright: see the colorbar), at the resolution of the last feature map.
+# that raise the finding's logit (bright: see the colorbar), on the deepest feature map at least 8 x 8 at
+# the run's image size (the line under the galleries names it).
 # A blank map means no region raises it, and the radiograph shows unchanged.
 
 # %%
@@ -69,9 +70,10 @@ if p.redact_images:
     images = cams = None
     print("redact_images is on: no images or Grad-CAM maps are drawn.")
 else:
-    images, cams = analysis.error_images(run_dir, p, errors)
+    images, cams, cam_note = analysis.error_images(run_dir, p, errors)
     for finding in errors["finding"].unique():
         display(analysis.error_gallery(errors, images, cams, finding))
+    print(cam_note)
 
 # %% [markdown]
 # ## Label uncertainty

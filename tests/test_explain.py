@@ -108,3 +108,19 @@ def test_overlay():
     assert np.array_equal(overlay(image, np.zeros_like(cam)), np.repeat(image[..., None], 3, axis=2))  # blank map
     with pytest.raises(ValueError):
         overlay(image, cam[:8])
+
+
+def test_small_images_get_a_grad_cam_layer_with_at_least_an_8_by_8_map():
+    from cxrlib.evaluation.explain import MIN_CAM_SIDE, GradCAM
+    from cxrlib.training.model import build
+
+    torch.manual_seed(0)
+    small = build("resnet18", "avgpool", image_size=64, weights="none")
+    cam = GradCAM(small, image_size=64)
+    assert cam.target_layer is small.body[5] and "its map 8 x 8 at 64 px" in cam.note   # layer2; layer4 is 2 x 2
+    maps = cam(torch.rand(2, 1, 64, 64), "Edema")
+    assert maps.shape == (2, 64, 64)
+    # 8 x 8 cells upsampled: more distinct values per row than layer4's 2 x 2 map could give
+    assert len(np.unique(np.round(maps[0, 32], 4))) > 8 or maps[0].max() == 0
+    large = build("resnet18", "avgpool", image_size=256, weights="none")
+    assert GradCAM(large, image_size=256).target_layer is large.body and MIN_CAM_SIDE == 8

@@ -193,6 +193,13 @@ def test_predicting_the_source_jpegs_reproduces_predictions_csv(tiny_run, tmp_pa
     assert len(written) == 3 and np.allclose(written[runfiles.PROB_COLUMNS], expected.to_numpy()[:3], atol=1e-6)
     assert main(["predict", "--run", str(tiny_run), str(broken), "--no-progress"]) == 1
     assert f"skipped {broken}:" in capsys.readouterr().err
+    # at the terminal: a short block per image (its calls and top 3 probabilities), at most ~130 columns
+    assert main(["predict", "--run", str(tiny_run), *files[:2], "--no-progress", "--device", "cpu"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0] == str(files[0]) and shown[1].startswith("  called: ") and shown[2].startswith("  top ")
+    assert len(shown) == 7 and max(len(line) for line in shown[:6]) < 200 and "--format wide" in shown[-1]
+    called = [f for f in FINDINGS if frame[f"call_{f}"].iloc[0]]
+    assert shown[1] == "  called: none" if not called else all(f in shown[1] for f in called)
 
 
 # --------------------------------------------------------------------------- the model card

@@ -383,10 +383,11 @@ def test_an_ensembles_grad_cam_is_the_mean_of_its_members_maps(tmp_path):
         def error_images(self, p, rows):
             size = p.image_size
             return (np.full((len(rows), size, size), 7, np.uint8),
-                    np.full((len(rows), size, size), 0.2 if self.run_dir.name == "a" else 0.6, np.float32))
+                    np.full((len(rows), size, size), 0.2 if self.run_dir.name == "a" else 0.6, np.float32), "layer")
 
     from cxrlib.params import Params
 
-    images, cams = ensemble.Ensemble(tmp_path / "ensemble", member=OneMember).error_images(Params(), errors)
+    images, cams, note = ensemble.Ensemble(tmp_path / "ensemble", member=OneMember).error_images(Params(), errors)
+    assert note == "the mean of 2 members' maps; the first member's: layer"
     assert images.shape == (2, 32, 32) and cams.shape == (2, 32, 32)
     assert np.allclose(cams, 0.4)   # b's 64 px map resampled to a's 32 px, then averaged

@@ -94,8 +94,9 @@ def top_errors(predictions: pd.DataFrame, k: int, split: str = "test") -> pd.Dat
     return pd.DataFrame(out, columns=columns)
 
 
-def error_images(run_dir, p, errors: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images (n, S, S) from the cache, Grad-CAM maps (n, S, S) in [0, 1]) for the rows of `errors`.
+def error_images(run_dir, p, errors: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str]:
+    """(uint8 images (n, S, S) from the cache, Grad-CAM maps (n, S, S) in [0, 1], a sentence saying which
+    layer the maps come from and how fine they are) for the rows of `errors`.
 
     Each map is for that row's finding, from the run's best checkpoint (an ensemble: its members' mean map).
     """

@@ -97,9 +97,10 @@ class Ensemble:
         return {**{k: (None if k in differs else first.get(k)) for k in keys}, "ensemble_of": len(configs),
                 "differs": differs, "members": configs}
 
-    def error_images(self, p, errors: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(the first member's images, the mean of every member's Grad-CAM maps, each on the first member's grid)
-        for the rows of `errors`; each member runs with its own frozen parameters, on `p`'s device and data."""
+    def error_images(self, p, errors: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str]:
+        """(the first member's images, the mean of every member's Grad-CAM maps, each on the first member's grid,
+        which layers) for the rows of `errors`; each member runs with its own frozen parameters, on `p`'s
+        device and data."""
 
         import torch  # lazy: keeps torch out of this module's import (the sweep's ensemble builder reads it)
 
@@ -107,11 +108,12 @@ class Ensemble:
         for member in self.members:
             member_p = validate({**runfiles.load_frozen(member.run_dir).to_dict(), "device": p.device,
                                  "data_root": p.data_root, "cache_dir": p.cache_dir}, str(member.run_dir))
-            pixels, cams = member.error_images(member_p, errors)
+            pixels, cams, note = member.error_images(member_p, errors)
             if images is None:
-                images, total = pixels, np.zeros(pixels.shape, np.float64)
+                images, total, first_note = pixels, np.zeros(pixels.shape, np.float64), note
             if cams.shape != total.shape and len(cams):   # a member trained at another image size
                 cams = torch.nn.functional.interpolate(torch.from_numpy(cams)[:, None], size=total.shape[1:],
                                                        mode="bilinear", align_corners=False)[:, 0].numpy()
             total += cams
-        return images, (total / len(self.members)).astype(np.float32)
+        return (images, (total / len(self.members)).astype(np.float32),
+                f"the mean of {len(self.members)} members' maps; the first member's: {first_note}")

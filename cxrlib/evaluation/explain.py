@@ -3,8 +3,10 @@
 The map is ReLU(sum over channels of activation * channel weight), the weight being the
 gradient of the finding's logit averaged over the feature map, upsampled to the input size
 and scaled to [0, 1] per image (all zeros when no region raises the logit, common for
-untrained networks). It shows the last feature map's coarse grid (8 x 8 for
-ResNet101 at 256 px), so it points at regions, not at structures.
+untrained networks). It shows a feature map's coarse grid, so it points at regions, not at
+structures. Given the image size, GradCAM takes the deepest block whose map is at least MIN_CAM_SIDE
+on a side (ResNet101's last block at 256 px: 8 x 8; at 64 px that map is 2 x 2, so layer2's 8 x 8),
+and `note` says which.
 """
 from __future__ import annotations
 
@@ -41,6 +43,41 @@ def find_target_layer(model: nn.Module) -> nn.Module:
             return module
 
 
+MIN_CAM_SIDE = 8   # a coarser map draws a few blocks over the image, not regions
+
+
+def choose_target_layer(model: nn.Module, image_size: int, min_side: int = MIN_CAM_SIDE):
+    """(layer, its name, its (h, w) map) at `image_size`: find_target_layer's block when its map is at least
+    min_side on a side; else the deepest block inside it (in the order it runs) whose map is. One forward
+    pass of a blank image finds the sizes."""
+    last = find_target_layer(model)
+    inner = [m for m in last.children() if _has(m, nn.Conv2d)]
+    while len(inner) == 1 and not isinstance(inner[0], nn.Conv2d):   # a wrapper (DenseNet's features): its blocks
+        inner = [m for m in inner[0].children() if _has(m, nn.Conv2d)]
+    sizes, hooks = {}, []
+    for module in [*inner, last]:
+        hooks.append(module.register_forward_hook(
+            lambda m, _i, out: sizes.__setitem__(m, tuple(out.shape[-2:]) if isinstance(out, torch.Tensor)
+                                                 and out.ndim == 4 else None)))
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, first.in_channels, image_size, image_size, device=parameter.device,
+                              dtype=parameter.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    names = {m: n for n, m in model.named_modules()}
+    chosen = last
+    if sizes.get(last) is not None and min(sizes[last]) < min_side:
+        chosen = next((m for m in reversed(inner) if sizes.get(m) is not None and min(sizes[m]) >= min_side), last)
+    return chosen, names.get(chosen, type(chosen).__name__), sizes.get(chosen)
+
+
 class GradCAM:
     """cams = GradCAM(model)(images, finding) -> (B, H, W) float32 numpy array in [0, 1].
 
@@ -50,9 +87,22 @@ class GradCAM:
     Usable as a context manager for symmetry with other hook-based tools; it holds nothing open.
     """
 
-    def __init__(self, model: nn.Module, target_layer: Optional[nn.Module] = None):
+    def __init__(self, model: nn.Module, target_layer: Optional[nn.Module] = None, image_size: Optional[int] = None):
+        """image_size: choose the layer for maps of at least MIN_CAM_SIDE at that size (choose_target_layer);
+        without it, the last convolutional block."""
         self.model = model
-        self.target_layer = target_layer if target_layer is not None else find_target_layer(model)
+        self.note = "Grad-CAM on the given layer"
+        if target_layer is not None:
+            self.target_layer = target_layer
+        elif image_size is None:
+            self.target_layer = find_target_layer(model)
+            self.note = "Grad-CAM on the last convolutional block"
+        else:
+            self.target_layer, name, grid = choose_target_layer(model, image_size)
+            last = self.target_layer is find_target_layer(model)
+            self.note = (f"Grad-CAM on `{name}`" + (f", its map {grid[0]} x {grid[1]} at {image_size} px" if grid else "")
+                         + ("" if last else f" (the last block's map is under {MIN_CAM_SIDE} x {MIN_CAM_SIDE} at this "
+                                             "size, so the deepest block with a finer map was taken)"))
 
     def __enter__(self) -> "GradCAM":
         return self

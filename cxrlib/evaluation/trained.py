@@ -136,9 +136,9 @@ class TrainedRun:
         """What shaped the model, from best.pt."""
         return read_model_config(self.run_dir)
 
-    def error_images(self, p, errors: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 images (n, S, S) from the cache, Grad-CAM maps (n, S, S) in [0, 1]) for the rows of `errors`,
-        each map for that row's finding."""
+    def error_images(self, p, errors: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str]:
+        """(uint8 images (n, S, S) from the cache, Grad-CAM maps (n, S, S) in [0, 1], which layer they come
+        from) for the rows of `errors`, each map for that row's finding."""
 
         model, trained, device, transform = load_best(self.run_dir, p)
         _, cache = eval_cohort(self.run_dir, trained)
@@ -148,10 +148,10 @@ class TrainedRun:
             raise UserError(f"image {missing} is not in the cache {cache.dir}; rebuild it with notebook 01")
         images = np.asarray(cache.images[rows]) if len(rows) else np.zeros((0, cache.size, cache.size), np.uint8)
         index = np.array([FINDINGS.index(f) for f in errors["finding"]], dtype=np.int64)
-        cam = GradCAM(model)
+        cam = GradCAM(model, image_size=trained.image_size)
         maps = []
         for start in range(0, len(images), p.eval_batch_size):
             batch = torch.from_numpy(images[start:start + p.eval_batch_size])[:, None].to(device)
             maps.append(cam(transform(batch), torch.from_numpy(index[start:start + p.eval_batch_size])))
         cams = np.concatenate(maps) if maps else np.zeros(images.shape, np.float32)
-        return images, cams
+        return images, cams, cam.note

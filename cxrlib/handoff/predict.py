@@ -28,7 +28,7 @@ from ..evaluation.trained import load_best
 from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
 from ..params import validate
-from ..runfiles import METRICS, is_ensemble, member_dirs, run_folder
+from ..runfiles import METRICS, is_ensemble, member_dirs, prob_column, run_folder
 from ..training.runtime import amp_dtype
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -112,7 +112,25 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     if calibrator and calibrator.get("method", "none") != "none":
         out[[f"cal_{f}" for f in FINDINGS]] = recalibration.apply(calibrator, prob).astype(np.float32)
     out.attrs["notes"] = notes   # [(path, how it was read)]: printed by the command line
+    out.attrs["thresholds"] = thresholds
     return out, skipped, note
+
+
+def short_summary(frame: pd.DataFrame, top: int = 3) -> str:
+    """Per image, a short block for a terminal: the findings called at the run's thresholds, then the `top`
+    highest probabilities (the calibrated ones where the run was recalibrated)."""
+    thresholds = frame.attrs.get("thresholds", {})
+    calibrated = f"cal_{FINDINGS[0]}" in frame
+    blocks = []
+    for _, row in frame.iterrows():
+        called = [f"{f} {row[prob_column(f)]:.2f} (>= {thresholds.get(f, 0.5):.2f})" for f in FINDINGS
+                  if row[f"call_{f}"]]
+        shown = {f: row[f"cal_{f}" if calibrated else prob_column(f)] for f in FINDINGS}
+        best = sorted(shown, key=shown.get, reverse=True)[:top]
+        blocks.append(f"{row['path']}\n  called: {', '.join(called) if called else 'none'}\n"
+                      f"  top {'calibrated ' if calibrated else ''}probabilities: "
+                      + ", ".join(f"{f} {shown[f]:.2f}" for f in best))
+    return "\n".join(blocks)
 
 
 def image_calibrator(report: dict | None) -> dict | None:
@@ -130,7 +148,10 @@ def cli(command: str, argv: list[str]) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="the run: runs/<name> or its name")
     ap.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="JPEG/PNG files, or folders of them")
-    ap.add_argument("--out", help="CSV to write (default: print the table)")
+    ap.add_argument("--out", help="CSV to write, every column (default: a short block per image on the terminal)")
+    ap.add_argument("--format", choices=["short", "wide"], default="short",
+                    help="terminal output: short (the calls and the top 3 probabilities per image) or wide (every "
+                         "column, as in --out)")
     ap.add_argument("--batch", type=int, default=BATCH, help=f"images per forward pass (default {BATCH})")
     ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="default: the GPU if there is one")
     ap.add_argument("--no-progress", action="store_true")
@@ -148,8 +169,12 @@ def cli(command: str, argv: list[str]) -> int:
     if args.out:
         atomic_write_csv(args.out, frame, index=False, float_format="%.9g")
         print(f"{len(frame)} image(s) -> {args.out}; {len(skipped)} skipped; {note}")
-    else:
-        with pd.option_context("display.max_columns", 8, "display.width", 160):
-            print(frame.to_string(index=False, float_format="%.4f") if len(frame) else "no readable image")
+    elif frame.empty:
+        print(f"no readable image; {len(skipped)} skipped")
+    elif args.format == "wide":
+        print(frame.to_string(index=False, float_format="%.4f"))
         print(f"{len(skipped)} skipped; {note}")
+    else:
+        print(short_summary(frame))
+        print(f"{len(frame)} image(s), {len(skipped)} skipped; {note}. Every column: --out FILE.csv or --format wide")
     return 1 if skipped and frame.empty else 0
