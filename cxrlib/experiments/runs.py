@@ -178,9 +178,14 @@ def execute(notebook: str, p: Params, root: Path, run_dir: Path, progress: bool 
     inject.update({k: v for k, v in (extra or {}).items() if k in declared})   # a notebook's own, not Params
     print(f"[{notebook}] running -> {output}", flush=True)
     side = run_dir / f".{notebook}.progress"   # the kernel's batch progress: shown here, not saved in the notebook
-    side.write_text("")
+    try:
+        side.write_text("")
+    except OSError:   # no folder or no space: the progress lines stay in the cell output, as before
+        side = None
     env_before = {k: os.environ.get(k) for k in ("PAPERMILL_EXECUTION", PROGRESS_FILE)}
-    os.environ.update({"PAPERMILL_EXECUTION": "1", PROGRESS_FILE: str(side)})
+    os.environ["PAPERMILL_EXECUTION"] = "1"
+    if side is not None:
+        os.environ[PROGRESS_FILE] = str(side)
     out, err = (Streamer(sys.stdout, side=side), Streamer(sys.stderr, live=False)) if progress else (None, None)
     started = time.time()
     try:
@@ -214,7 +219,8 @@ def execute(notebook: str, p: Params, root: Path, run_dir: Path, progress: bool 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        side.unlink(missing_ok=True)
+        if side is not None:
+            side.unlink(missing_ok=True)
     promote(running, output)
     if p.redact_images:
         strip_images(output)
@@ -297,6 +303,7 @@ def run(p: Params, notebooks: list[str], summary: bool = False, progress: bool =
             remove_temp_notebooks(run_dir)
             if p.redact_images:   # a property of the run's reports: those made before it was asked for too
                 redact_reports(run_dir, p, skip=notebooks)
+                write_index(run_dir)   # its thumbnails too
             for nb in notebooks:
                 execute(nb, p, root, run_dir, progress=progress)
                 write_index(run_dir)   # the way in follows every notebook that changed the run

@@ -32,7 +32,7 @@ from ..runfiles import (
 )
 from ..runstatus import status
 from ..stats.levels import plural
-from .html import PAGE_CSS, refresh_navigation, report_label, with_navigation
+from .html import PAGE_CSS, XML_PROLOG, refresh_navigation, report_label, with_navigation
 
 KEY_FIGURE_TAG = "key-figure"
 RECIPE = ("label_source", "views", "one_image_per", "split_mode", "arch", "pretrained", "image_size", "epochs",
@@ -117,8 +117,9 @@ def export_section(run_dir: Path) -> list[str]:
     return ["<ul>" + "".join(items) + "</ul>"]
 
 
-def key_figures(run_dir: Path) -> list[tuple[str, str]]:
-    """(report name, <img> or <svg> markup) of each output of a cell tagged key-figure, in notebook order."""
+def key_figures(run_dir: Path, redact: bool = False) -> list[tuple[str, str]]:
+    """(report name, <img> or <svg> markup) of each output of a cell tagged key-figure, in notebook order;
+    with `redact`, vector plots only (never a raster, never an SVG that embeds one)."""
     figures = []
     for name in NOTEBOOKS:
         notebook = run_dir / f"{name}.ipynb"
@@ -129,12 +130,13 @@ def key_figures(run_dir: Path) -> list[tuple[str, str]]:
                 continue
             for output in cell.get("outputs", []):
                 data = output.get("data", {})
-                if "image/png" in data:
+                if "image/png" in data and not redact:
                     png = "".join(data["image/png"]) if isinstance(data["image/png"], list) else data["image/png"]
                     figures.append((f"{name}.html", f'<img src="data:image/png;base64,{png.strip()}">'))
                 elif "image/svg+xml" in data:
-                    svg = data["image/svg+xml"]
-                    figures.append((f"{name}.html", "".join(svg) if isinstance(svg, list) else svg))
+                    svg = "".join(data["image/svg+xml"]) if isinstance(data["image/svg+xml"], list) else data["image/svg+xml"]
+                    if not (redact and "<image" in svg):
+                        figures.append((f"{name}.html", XML_PROLOG.sub("", svg)))
     return figures
 
 
@@ -160,7 +162,7 @@ def build_index(run_dir) -> str:
              "<h2 id='headline'>Headline figures</h2>", *headline_section(m),
              "<h2 id='audit'>Audit by patient group</h2>", *audit_section(run_dir),
              "<h2 id='export'>Hand-off</h2>", *export_section(run_dir)]
-    figures = key_figures(run_dir)
+    figures = key_figures(run_dir, redact=bool(params.get("redact_images")))
     if figures:
         parts.append("<h2 id='figures'>Key figures</h2><div class='thumbs'>" + "".join(
             f'<a href="{report}" class="thumb">{markup}</a>' for report, markup in figures) + "</div>")
