@@ -361,7 +361,7 @@ def class_balance(cohort: pd.DataFrame, split: str = "train") -> pd.DataFrame:
 
 TRAINING_RECIPE = ["device", "gpus", "arch", "head", "weights", "image_size", "dropout", "epochs", "batch_size", "lr",
                    "optimizer", "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "augment",
-                   "select_on", "select_metric", "patience", "amp", "channels_last", "compile", "seed",
+                   "select_on", "select_metric", "patience", "amp", "channels_last", "cpu_amp", "compile", "seed",
                    "checkpoint_minutes", "resume"]
 GPU_ONLY = ("amp", "channels_last")
 
@@ -369,6 +369,9 @@ GPU_ONLY = ("amp", "channels_last")
 def shown_value(p, name: str) -> str:
     """A parameter as a person reads it: 1e-03 not 0.0010, what null means, GPU-only settings on a CPU."""
     value = getattr(p, name)
+    if name in GPU_ONLY and p.device == "cpu" and getattr(p, "cpu_amp", False):
+        shown = "bf16" if name == "amp" and value != "off" else value
+        return f"{shown} (on this CPU run too: cpu_amp)" if value not in ("off", False) else str(value)
     if name in GPU_ONLY and p.device == "cpu":
         return f"{value} (GPU only; off on this CPU run)" if value not in ("off", False) else str(value)
     if name in ("mean", "std") and value is None:

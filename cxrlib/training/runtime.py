@@ -58,10 +58,15 @@ def set_tf32(enabled: bool) -> None:
 
 
 def amp_dtype(params, device: torch.device):
-    """The autocast dtype on the GPU (None: fp32). CPU runs never autocast."""
+    """The autocast dtype (None: fp32). On a CPU only with cpu_amp, and then bf16 (CPUs have no fast fp16)."""
     if device.type != "cuda":
-        return None
+        return torch.bfloat16 if getattr(params, "cpu_amp", False) and params.amp != "off" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[params.amp]
+
+
+def use_channels_last(params, device: torch.device) -> bool:
+    """channels_last memory format: on the GPU, and on a CPU with cpu_amp (oneDNN's fast path for bf16)."""
+    return bool(params.channels_last and (device.type == "cuda" or getattr(params, "cpu_amp", False)))
 
 
 def step_seed(seed: int, rank: int, epoch: int, step: int) -> int:

@@ -84,6 +84,7 @@ from .runtime import (
     resolve_device,
     torchrun_command,
     under_torchrun,
+    use_channels_last,
 )
 from .selection import fit_result, new_selection, result_from_history, update_selection
 from .steps import new_position, train_one_epoch
@@ -163,7 +164,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
 
     torch.manual_seed(params.seed)   # the initial weights
     model = build_model(params).to(device)
-    if device.type == "cuda" and params.channels_last:
+    if use_channels_last(params, device):
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, params)
     scheduler = make_scheduler(optimizer, params, steps)
@@ -235,7 +236,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     selection_units = ({"units": eval_set.study_ids, "aggregate": params.study_aggregate}
                        if params.eval_level == "study" and eval_set.study_ids is not None else {})
     train_kw = dict(steps=steps, seed=params.seed, rank=rank, pos_weight=pos_weight, amp=amp,
-                    grad_clip=params.grad_clip, channels_last=device.type == "cuda" and params.channels_last,
+                    grad_clip=params.grad_clip, channels_last=use_channels_last(params, device),
                     after_step=after_step, progress=progress, epochs=params.epochs)
     tracker = tracking.open_tracker(params, run_dir) if rank == 0 else tracking.Tracker()
     train_kw["log_step"] = tracker.step
