@@ -71,8 +71,12 @@ test: setup ## Run the test suite (ruff first: lint and import order)
 
 # jupytext is installed in the venv, so Lab opens notebooks/NN_name.ipynb paired: saving updates the .py too.
 # Root (in a container) needs --allow-root; LAB_ARGS adds any other flag: LAB_ARGS="--no-browser --port 8899".
+# tools/jupyter_lab_config.py: one file-browser entry per notebook, notebooks/ saved without outputs. The
+# settings override (in the venv, not ~/.jupyter) turns off Lab's news and update pop-ups.
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
 lab: setup ## Open JupyterLab with the venv's kernel (notebooks are jupytext pairs); LAB_ARGS= adds flags
-	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	@mkdir -p $(dir $(LAB_OVERRIDES)) && printf '%s\n' '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' > $(LAB_OVERRIDES)
+	$(VENV)/bin/jupyter lab --notebook-dir=. --config=tools/jupyter_lab_config.py $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 cohort: setup ## Notebook 01: cohort (and image cache) for PARAMS
 	$(RUNNER) $(PRESET) --notebooks 01

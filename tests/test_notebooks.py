@@ -1,6 +1,7 @@
 """The notebooks are jupytext pairs: notebooks/NN_name.py (percent format) is the reviewed source and the
 .ipynb beside it (no outputs) what papermill and JupyterLab open. Each declares run_dir and only its own
 stage's knobs; everything else comes from the run's params.yaml."""
+import json
 from pathlib import Path
 
 import jupytext
@@ -54,3 +55,31 @@ def test_a_stale_pair_is_detected(tmp_path):
     script = tmp_path / "nb.py"
     script.write_text((NOTEBOOKS / "03_evaluate.py").read_text().replace("bootstrap = 1000", "bootstrap = 10"))
     assert cells(jupytext.read(script)) != cells(nbformat.read(NOTEBOOKS / "03_evaluate.ipynb", as_version=4))
+
+
+def test_make_labs_settings_hide_the_twins_and_save_notebooks_sources_without_outputs(tmp_path):
+    """tools/jupyter_lab_config.py through jupytext's contents manager, as `make lab` runs it."""
+    import copy
+    import runpy
+
+    from jupyter_server.services.contents.largefilemanager import LargeFileManager
+    from jupytext.sync_contentsmanager import build_sync_jupytext_contents_manager_class
+    from traitlets.config import Config
+
+    config = Config()
+    runpy.run_path(str(Path(__file__).resolve().parent.parent / "tools" / "jupyter_lab_config.py"),
+                   init_globals={"get_config": lambda: config})
+    manager = build_sync_jupytext_contents_manager_class(LargeFileManager)(root_dir=str(tmp_path), config=config)
+    (tmp_path / "notebooks").mkdir()
+    cell = {"cell_type": "code", "execution_count": 3, "id": "a1", "metadata": {}, "source": "1 + 1",
+            "outputs": [{"output_type": "execute_result", "execution_count": 3, "data": {"text/plain": "2"},
+                         "metadata": {}}]}
+    notebook = {"cells": [cell], "nbformat": 4, "nbformat_minor": 5,
+                "metadata": {"jupytext": {"formats": "ipynb,py:percent"}}}
+    for path in ("notebooks/01_x.ipynb", "scratch.ipynb"):
+        manager.save({"type": "notebook", "format": "json", "content": copy.deepcopy(notebook)}, path)
+    source = json.loads((tmp_path / "notebooks" / "01_x.ipynb").read_text())["cells"][0]
+    assert source["outputs"] == [] and source["execution_count"] is None and "".join(source["source"]) == "1 + 1"
+    assert (tmp_path / "notebooks" / "01_x.py").is_file()                    # the pair is still written
+    assert json.loads((tmp_path / "scratch.ipynb").read_text())["cells"][0]["outputs"]   # elsewhere: kept
+    assert [m["name"] for m in manager.get("notebooks")["content"]] == ["01_x.ipynb"]   # one entry per notebook

@@ -1,8 +1,9 @@
 """The planted disparity, end to end without a GPU: synthetic tree -> cohort -> MIMIC-IV join -> a model
 -> the audit. The model is a logistic regression on 32x32 pixels (a CNN would take minutes; make demo
 trains the ResNet): it learns from every training image, and must still under-detect in women, whose
-findings the stand-in draws at half strength. The audit has to find that gap, in the under-detection
-direction with a CI excluding 0 and surviving Holm, and find nothing on age, race or insurance."""
+findings the stand-in draws fainter (SIGNATURE_STRENGTH). The audit has to find that gap, in the
+under-detection direction with a CI excluding 0 and surviving Holm, and find nothing on age, race or
+insurance."""
 from __future__ import annotations
 
 import json

@@ -15,7 +15,7 @@ must then run unchanged on the real one. `generate(out)` writes into `out`:
     IMAGE_FILENAMES, RECORDS            one image path / one study folder per line
     mimic-iv/hosp/patients.csv.gz, admissions.csv.gz   MIMIC-IV demographics (mimic_iv.py;
                                         another project, so outside SHA256SUMS.txt)
-    mimic-iv/PLANTED.json               the planted disparity: women's findings drawn at half strength
+    mimic-iv/PLANTED.json               the planted disparity: women's findings drawn at 0.3 strength
     files/pXX/pSUBJECT/sSTUDY/DICOM.jpg 8-bit grayscale JPEG, quality 95
     SHA256SUMS.txt                      `<sha256>  <path>` for every other file; written last,
                                         so its presence means "complete"
@@ -288,7 +288,7 @@ def cli(command: str, argv: list[str]) -> int:
     parser.add_argument("--max-studies", type=int, default=None, help="cap on studies per subject")
     parser.add_argument("--tables-only", action="store_true", help="write the CSV tables but no images")
     parser.add_argument("--no-planted-gap", action="store_true",
-                        help="draw every patient's findings alike (default: women's at half strength, "
+                        help="draw every patient's findings alike (default: women's at 0.3 strength, "
                              "the disparity the audit should find)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

@@ -11,7 +11,7 @@ Most admissions contain one of the subject's studies (inpatients are imaged duri
 Its own RNG stream: the MIMIC-CXR tables do not change with it.
 
 The planted disparity (PLANTED): for the female patients of this table, every finding is drawn at
-SIGNATURE_STRENGTH of its usual strength (as though overlying soft tissue took away half of its
+SIGNATURE_STRENGTH of its usual strength (as though overlying soft tissue took away most of its
 contrast), so a model trained on the stand-in under-detects findings in women: lower TPR and
 AUROC, more underdiagnosis. Nothing else depends on a demographic: age, race and insurance are
 drawn independently of the images (insurance follows age), so an audit should find the gap for
@@ -39,7 +39,9 @@ RACES = [("WHITE", .50), ("WHITE - OTHER EUROPEAN", .03), ("WHITE - RUSSIAN", .0
          ("PATIENT DECLINED TO ANSWER", .02)]
 INSURANCE_UNDER_65 = [("Medicaid", .30), ("Private", .45), ("Other", .18), ("Medicare", .05), ("No charge", .02)]
 INSURANCE_65_ON = [("Medicare", .80), ("Private", .10), ("Other", .07), ("Medicaid", .02), ("No charge", .01)]
-SIGNATURE_STRENGTH = 0.5
+# 0.3, not 0.5: at 0.5 the demo's audit found the gap at the margin of its family-wise interval (lower
+# bound +0.005), so a bf16 or another machine's run could miss it; a demo should show the procedure work.
+SIGNATURE_STRENGTH = 0.3
 PLANTED = {"attribute": "sex", "group": "F", "signature_strength": SIGNATURE_STRENGTH,
            "effect": "findings drawn fainter, so under-detected: TPR and AUROC lower, underdiagnosis higher",
            "unplanted": ["age_band", "race", "insurance"]}
