@@ -80,7 +80,7 @@ class Params:
     patience: int = 5
     amp: Literal["bf16", "fp16", "off"] = "bf16"  # GPU only, unless cpu_amp
     channels_last: bool = True          # GPU only, unless cpu_amp
-    cpu_amp: bool = False               # on a CPU too: bf16 autocast + channels_last (the demo: 1.6x faster here)
+    cpu_amp: bool = False               # train on a CPU with bf16 autocast + channels_last too (scoring stays fp32)
     compile: bool = False
     gpus: int = 1
     resume: bool = False

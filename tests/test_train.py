@@ -406,12 +406,13 @@ def test_resume_removes_its_own_stale_temp_checkpoints_only(data_root, tmp_path)
 
 def test_cpu_amp_turns_on_bf16_and_channels_last_on_a_cpu_only_when_asked():
     from cxrlib.evaluation import viz
-    from cxrlib.training.runtime import amp_dtype, use_channels_last
+    from cxrlib.training.runtime import amp_dtype, inference_amp, use_channels_last
 
     cpu = torch.device("cpu")
     plain, fast = params.validate({"device": "cpu"}), params.validate({"device": "cpu", "cpu_amp": True})
     assert amp_dtype(plain, cpu) is None and not use_channels_last(plain, cpu)
     assert amp_dtype(fast, cpu) == torch.bfloat16 and use_channels_last(fast, cpu)
+    assert inference_amp(fast, cpu) is None   # scoring stays fp32 on a CPU: predictions agree with the fp32 export
     assert amp_dtype(params.validate({"device": "cpu", "cpu_amp": True, "amp": "off"}), cpu) is None
     assert viz.shown_value(fast, "amp") == "bf16 (on this CPU run too: cpu_amp)"
     assert viz.shown_value(plain, "amp") == "bf16 (GPU only; off on this CPU run)"

@@ -23,7 +23,7 @@ from ..runfiles import COHORT, ID_COLUMNS, PROB_COLUMNS, read_history
 from ..training.checkpoint import TEST_SELECTION_WARNING, load_trained, read_model_config
 from ..training.inference import predict
 from ..training.loader import BatchTransform, CacheDataset, make_loader
-from ..training.runtime import amp_dtype, configure, resolve_device, use_channels_last
+from ..training.runtime import configure, inference_amp, resolve_device
 from .explain import GradCAM
 
 TTA_SHIFT = 0.03        # fraction of the image side per shift; small enough to keep the anatomy in frame
@@ -103,8 +103,8 @@ class TrainedRun:
         dataset = CacheDataset.from_cohort(cache, chosen)
         loader = make_loader(dataset, p.eval_batch_size, shuffle=False, num_workers=p.num_workers, seed=p.seed)
         net = ShiftTTA(model) if tta else model
-        channels_last = use_channels_last(p, device) and (device.type == "cuda" or trained.cpu_amp)
-        probs, index = predict(net, loader, transform, device, amp_dtype(trained, device), channels_last)
+        channels_last = device.type == "cuda" and p.channels_last
+        probs, index = predict(net, loader, transform, device, inference_amp(trained, device), channels_last)
         if not np.array_equal(index, np.arange(len(chosen))):
             raise RuntimeError("predict returned rows out of order")  # a bug, not a user mistake
         frame = chosen[ID_COLUMNS].copy()

@@ -170,7 +170,8 @@ def build_index(run_dir) -> str:
     style = (PAGE_CSS + "body{font-family:system-ui,sans-serif;max-width:72em;margin:0 auto 2em auto;line-height:1.45}"
              "main{padding:0 16px}td,th{border:1px solid #ccc;padding:.2em .6em}table{border-collapse:collapse}"
              ".warn{color:#b00020;font-weight:bold}.recipe{color:#555}.thumbs{display:flex;flex-wrap:wrap;gap:12px}"
-             ".thumb{display:block;width:340px;border:1px solid #ddd}.thumb img,.thumb svg{width:100%;height:auto}")
+             ".thumb{display:block;width:340px;border:1px solid #ddd}"
+             ".thumb img,.thumb svg{display:block;width:100%;height:220px;object-fit:contain}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run_dir.name)} · index</title>"
             f"<style>{style}</style></head><body><main>{''.join(parts)}</main></body></html>\n")
     return with_navigation(page, run_dir, INDEX)

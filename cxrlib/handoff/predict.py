@@ -29,7 +29,7 @@ from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
 from ..params import validate
 from ..runfiles import METRICS, is_ensemble, member_dirs, prob_column, run_folder
-from ..training.runtime import amp_dtype
+from ..training.runtime import inference_amp
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 FORMATS = ("JPEG", "PNG")
@@ -86,7 +86,7 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     else:
         thresholds, note = {f: 0.5 for f in FINDINGS}, "thresholds: fixed 0.5 (the run has no metrics.json yet)"
     calibrator = image_calibrator(report)
-    amp = amp_dtype(trained, device)
+    amp = inference_amp(trained, device)
     rows, probs, notes = [], [], []
     args = (trained.image_size, trained.resize, trained.decode)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # PIL decodes without the GIL

@@ -64,6 +64,13 @@ def amp_dtype(params, device: torch.device):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[params.amp]
 
 
+def inference_amp(params, device: torch.device):
+    """The autocast dtype of forward passes that score (validation, test predictions, predict): the GPU's amp;
+    on a CPU always fp32, so that cpu_amp speeds training only and a CPU run's predictions agree with each
+    other and with its fp32 export."""
+    return amp_dtype(params, device) if device.type == "cuda" else None
+
+
 def use_channels_last(params, device: torch.device) -> bool:
     """channels_last memory format: on the GPU, and on a CPU with cpu_amp (oneDNN's fast path for bf16)."""
     return bool(params.channels_last and (device.type == "cuda" or getattr(params, "cpu_amp", False)))

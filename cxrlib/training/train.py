@@ -81,6 +81,7 @@ from .runtime import (
     broadcast_buffers,
     configure,
     distributed,
+    inference_amp,
     resolve_device,
     torchrun_command,
     under_torchrun,
@@ -252,8 +253,9 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
         # training forward, so after the last one each rank holds its own running statistics.
         broadcast_buffers(model)
         # the bare model: ranks hold different numbers of evaluation batches, and DDP's forward may sync buffers
-        scores = evaluate(model, eval_loader, transform, device, pos_weight, amp,
-                          train_kw["channels_last"], progress and not is_batch(), **selection_units)
+        scores = evaluate(model, eval_loader, transform, device, pos_weight, inference_amp(params, device),
+                          device.type == "cuda" and train_kw["channels_last"], progress and not is_batch(),
+                          **selection_units)
         score = scores["auroc_macro" if params.select_metric == "auroc" else "accuracy"]
         keep, stopped = update_selection(selection, score, epoch + 1, params.patience)
         history.append({
