@@ -83,3 +83,42 @@ def test_make_labs_settings_hide_the_twins_and_save_notebooks_sources_without_ou
     assert (tmp_path / "notebooks" / "01_x.py").is_file()                    # the pair is still written
     assert json.loads((tmp_path / "scratch.ipynb").read_text())["cells"][0]["outputs"]   # elsewhere: kept
     assert [m["name"] for m in manager.get("notebooks")["content"]] == ["01_x.ipynb"]   # one entry per notebook
+
+
+def test_a_notebook_saved_by_lab_after_its_kernel_started_leaves_git_status_clean(tmp_path):
+    """What Lab writes when a person opens notebooks/01_cohort.ipynb, runs a cell and saves (or autosave
+    does): the kernel's full language_info and an output. Through make lab's settings and the repository's
+    nbstripout filter, `git status` shows nothing."""
+    import runpy
+    import shutil
+    import subprocess
+    import sys
+
+    from jupyter_server.services.contents.largefilemanager import LargeFileManager
+    from jupytext.sync_contentsmanager import build_sync_jupytext_contents_manager_class
+    from traitlets.config import Config
+
+    project = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    (tmp_path / "notebooks").mkdir()
+    for name in ("notebooks/01_cohort.ipynb", "notebooks/01_cohort.py", ".gitattributes", ".gitignore"):
+        shutil.copy2(project / name, tmp_path / name)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    subprocess.run(git[:3] + ["config", "filter.nbstripout.clean", f"'{sys.executable}' -m nbstripout --keep-id"],
+                   check=True)
+    subprocess.run(git[:3] + ["config", "filter.nbstripout.smudge", "cat"], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    config = Config()
+    runpy.run_path(str(project / "tools" / "jupyter_lab_config.py"), init_globals={"get_config": lambda: config})
+    manager = build_sync_jupytext_contents_manager_class(LargeFileManager)(root_dir=str(tmp_path), config=config)
+    notebook = manager.get("notebooks/01_cohort.ipynb")["content"]
+    notebook["metadata"]["language_info"] = {"codemirror_mode": {"name": "ipython", "version": 3}, "name": "python",
+                                             "file_extension": ".py", "version": "3.11.7"}
+    code = next(c for c in notebook["cells"] if c["cell_type"] == "code")
+    code["outputs"], code["execution_count"] = [{"output_type": "stream", "name": "stdout", "text": "hi\n"}], 4
+    manager.save({"type": "notebook", "format": "json", "content": notebook}, "notebooks/01_cohort.ipynb")
+    status = subprocess.run(git[:3] + ["status", "--porcelain"], capture_output=True, text=True, check=True).stdout
+    assert status == "", status
