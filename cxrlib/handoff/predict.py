@@ -116,18 +116,22 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     return out, skipped, note
 
 
+CALLS_SHOWN = 4   # per image at the terminal; --format wide or --out has every finding
+
+
 def short_summary(frame: pd.DataFrame, top: int = 3) -> str:
     """Per image, a short block for a terminal: the findings called at the run's thresholds, then the `top`
     highest probabilities (the calibrated ones where the run was recalibrated)."""
-    thresholds = frame.attrs.get("thresholds", {})
     calibrated = f"cal_{FINDINGS[0]}" in frame
     blocks = []
     for _, row in frame.iterrows():
-        called = [f"{f} {row[prob_column(f)]:.2f} (>= {thresholds.get(f, 0.5):.2f})" for f in FINDINGS
-                  if row[f"call_{f}"]]
+        called = sorted((f for f in FINDINGS if row[f"call_{f}"]), key=lambda f: -row[prob_column(f)])
+        listed = ", ".join(f"{f} {row[prob_column(f)]:.2f}" for f in called[:CALLS_SHOWN])
+        if len(called) > CALLS_SHOWN:
+            listed += f" (+{len(called) - CALLS_SHOWN} more)"
         shown = {f: row[f"cal_{f}" if calibrated else prob_column(f)] for f in FINDINGS}
         best = sorted(shown, key=shown.get, reverse=True)[:top]
-        blocks.append(f"{row['path']}\n  called: {', '.join(called) if called else 'none'}\n"
+        blocks.append(f"{row['path']}\n  called: {listed or 'none'}\n"
                       f"  top {'calibrated ' if calibrated else ''}probabilities: "
                       + ", ".join(f"{f} {shown[f]:.2f}" for f in best))
     return "\n".join(blocks)
@@ -176,5 +180,6 @@ def cli(command: str, argv: list[str]) -> int:
         print(f"{len(skipped)} skipped; {note}")
     else:
         print(short_summary(frame))
-        print(f"{len(frame)} image(s), {len(skipped)} skipped; {note}. Every column: --out FILE.csv or --format wide")
+        print(f"{len(frame)} image(s), {len(skipped)} skipped; called: p at or above the finding's threshold; {note}. "
+              "Every column: --out FILE.csv or --format wide")
     return 1 if skipped and frame.empty else 0
