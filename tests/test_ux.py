@@ -70,25 +70,29 @@ def test_epoch_lines_stream_to_the_terminal_and_ctrl_c_prints_one_line(tiny_data
     assert runstatus.status(tmp_path / "stream")["status"] == "training"
 
 
+class Screen:
+    """A stream that keeps what is written to it; a terminal (isatty) or a log file."""
+
+    def __init__(self, tty: bool):
+        self.text, self.tty = "", tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return self.tty
+
+
 def test_streamer_gives_a_live_bar_in_a_terminal_and_plain_lines_in_a_log(capsys):
-    class Terminal:
-        text = ""
-
-        def write(self, s):
-            self.text += s
-
-        def flush(self):
-            pass
-
-        def isatty(self):
-            return True
-
     log = Streamer(sys.stdout, live=False)
     log.write("epoch 1/3: 5/10 batches (50%) | loss 0.5 | ETA 0:05\nhello")
     log.write(" world\n")
     log.finish()
     assert capsys.readouterr().out == "epoch 1/3: 5/10 batches (50%) | loss 0.5 | ETA 0:05\nhello world\n"
-    terminal = Terminal()
+    terminal = Screen(tty=True)
     live = Streamer(terminal)
     live.write("epoch 1/3: 5/10 batches (50%) | loss 0.5\n")
     assert live.bar is not None and live.bar.n == 5 and live.bar.total == 10
@@ -351,19 +355,7 @@ def test_progress_lines_go_to_the_terminal_through_the_side_file_in_order(tmp_pa
     monkeypatch.setenv("CXRLIB_PROGRESS_FILE", str(side))
     monkeypatch.setattr("cxrlib.progress.MIN_SECONDS", 0.0)
 
-    class Log:
-        text = ""
-
-        def write(self, s):
-            self.text += s
-
-        def flush(self):
-            pass
-
-        def isatty(self):
-            return False
-
-    log = Log()
+    log = Screen(tty=False)
     streamer = Streamer(log, side=side)
     bar = LineBar(total=2, desc="epoch 1/1", unit="batches")
     bar.update()
