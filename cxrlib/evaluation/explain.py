@@ -47,9 +47,9 @@ MIN_CAM_SIDE = 8   # a coarser map draws a few blocks over the image, not region
 
 
 def choose_target_layer(model: nn.Module, image_size: int, min_side: int = MIN_CAM_SIDE):
-    """(layer, its name, its (h, w) map) at `image_size`: find_target_layer's block when its map is at least
-    min_side on a side; else the deepest block inside it (in the order it runs) whose map is. One forward
-    pass of a blank image finds the sizes."""
+    """(layer, its name, its (h, w) map, whether it is the last block) at `image_size`: find_target_layer's
+    block when its map is at least min_side on a side; else the deepest block inside it (in the order it
+    runs) whose map is. One forward pass of a blank image finds the sizes."""
     last = find_target_layer(model)
     inner = [m for m in last.children() if _has(m, nn.Conv2d)]
     while len(inner) == 1 and not isinstance(inner[0], nn.Conv2d):   # a wrapper (DenseNet's features): its blocks
@@ -75,7 +75,7 @@ def choose_target_layer(model: nn.Module, image_size: int, min_side: int = MIN_C
     chosen = last
     if sizes.get(last) is not None and min(sizes[last]) < min_side:
         chosen = next((m for m in reversed(inner) if sizes.get(m) is not None and min(sizes[m]) >= min_side), last)
-    return chosen, names.get(chosen, type(chosen).__name__), sizes.get(chosen)
+    return chosen, names.get(chosen, type(chosen).__name__), sizes.get(chosen), chosen is last
 
 
 class GradCAM:
@@ -98,8 +98,7 @@ class GradCAM:
             self.target_layer = find_target_layer(model)
             self.note = "Grad-CAM on the last convolutional block"
         else:
-            self.target_layer, name, grid = choose_target_layer(model, image_size)
-            last = self.target_layer is find_target_layer(model)
+            self.target_layer, name, grid, last = choose_target_layer(model, image_size)
             self.note = (f"Grad-CAM on `{name}`" + (f", its map {grid[0]} x {grid[1]} at {image_size} px" if grid else "")
                          + ("" if last else f" (the last block's map is under {MIN_CAM_SIDE} x {MIN_CAM_SIDE} at this "
                                              "size, so the deepest block with a finer map was taken)"))
