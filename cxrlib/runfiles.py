@@ -73,13 +73,14 @@ def read_json(path: Path) -> dict:
 def export_states(run_dir: Path) -> list[dict]:
     """Each export record under export/ and what it describes now: `current` (its file, made from today's
     best.pt), `stale` (made from another best.pt) or `gone` (its file is missing or was replaced)."""
-    best = Path(run_dir) / CHECKPOINTS / BEST
+    records = [(r, read_json(r)) for r in sorted((Path(run_dir) / EXPORT).glob("*.json"))]
+    records = [(r, export) for r, export in records if export and "parity" in export]
+    if not records:   # no export: best.pt (hundreds of MB) is not hashed; the index is written after every notebook
+        return []
+    best = checkpoint_path(run_dir)
     current = sha256_file(best) if best.is_file() else None
     states = []
-    for record in sorted((Path(run_dir) / EXPORT).glob("*.json")):
-        export = read_json(record)
-        if not export or "parity" not in export:
-            continue
+    for record, export in records:
         model = record.with_name(export["file"])
         state = ("gone" if not model.is_file() or sha256_file(model) != export.get("sha256") else
                  "stale" if export.get("metadata", {}).get("checkpoint_sha256") != current else "current")
