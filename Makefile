@@ -15,7 +15,7 @@ RUNNER  = $(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" $(if $(RUN),--name 
 PRESET  = $(if $(PARAMS),--params $(PARAMS),--params params/demo.yaml --default-params)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache audit train evaluate run sweep compare tensorboard mlflow-ui report card export runs diff clean bench gpu-check clean-venv
+.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache external audit train evaluate run sweep compare tensorboard mlflow-ui report card export runs diff clean bench gpu-check clean-venv
 
 help: ## List the targets
 	@echo "cxrlib: train and audit multi-label chest X-ray classifiers on MIMIC-CXR-JPG"
@@ -58,15 +58,23 @@ data/demo/SHA256SUMS.txt: | $(STAMP)
 
 data: $(STAMP) data/demo/SHA256SUMS.txt ## Generate the synthetic MIMIC-CXR-JPG stand-in into data/demo/
 
-demo: setup data ## The whole pipeline on synthetic data, on CPU (minutes), then its ONNX export and model card
+# The external step: a synthetic NIH ChestX-ray14 in its own files (PNGs, some RGB/RGBA) with a planted site
+# shift (data/demo-nih/PLANTED.json), about 40 s more.
+data/demo-nih/SYNTHETIC.json: | $(STAMP)
+	$(PY) -m cxrlib demo-data --source nih --out data/demo-nih --images 500 --seed 0
+
+demo: setup data data/demo-nih/SYNTHETIC.json ## The whole pipeline on synthetic data, on CPU (minutes): export, external validation, model card
 	$(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" --params params/demo.yaml $(if $(RUN),--name $(RUN))
 	$(PY) -m cxrlib export --run $(or $(RUN),demo) --format onnx
+	$(PY) -m cxrlib external --run $(or $(RUN),demo) --source nih --data-root data/demo-nih
 	$(PY) -m cxrlib card --run $(or $(RUN),demo)
 
 # One pytest worker per core, at most 4 (TEST_WORKERS=0: one process); PYTEST_ARGS adds flags, e.g. -k cohort.
+# tests/test_sources.py reads the real label tables in torchxrayvision's wheel (29 MB, not installed).
 TEST_WORKERS ?= auto
 test: setup ## Run the test suite (ruff first: lint and import order)
 	$(VENV)/bin/ruff check .
+	@ls $(VENV)/wheels/torchxrayvision-*.whl >/dev/null 2>&1 || $(PY) -m pip download -q --no-deps torchxrayvision -d $(VENV)/wheels
 	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --maxprocesses 4 --dist loadscope) $(PYTEST_ARGS)
 
 # jupytext is installed in the venv, so Lab opens notebooks/NN_name.ipynb paired: saving updates the .py too.
@@ -95,6 +103,11 @@ train: setup ## Notebooks 01-02: cohort, cache, train (RESUME=1 RUN=<name> conti
 
 evaluate: setup ## Notebooks 03-05 on RUN's best checkpoint (the original's -m test -n name)
 	$(RUNNER) $(if $(PARAMS),--params $(PARAMS)) --notebooks 03,04,05
+
+# SOURCE: chexpert | nih | padchest | vindr; DATA_ROOT: that dataset's folder. SUBSET, EXTERNAL_VIEWS=all, EQUALIZE=1.
+external: setup ## Notebook 07 on RUN: validate on another dataset (SOURCE=nih DATA_ROOT=<its folder>)
+	@test -n "$(SOURCE)" -a -n "$(DATA_ROOT)" || { echo "usage: make external RUN=<run> SOURCE=chexpert|nih|padchest|vindr DATA_ROOT=<the dataset's folder> [SUBSET=...] [EXTERNAL_VIEWS=all] [EQUALIZE=1]"; exit 2; }
+	$(PY) -m cxrlib external --run $(or $(RUN),demo) --source $(SOURCE) --data-root $(DATA_ROOT) $(if $(SUBSET),--subset $(SUBSET)) $(if $(EXTERNAL_VIEWS),--external-views $(EXTERNAL_VIEWS)) $(if $(EQUALIZE),--equalize)
 
 audit: setup ## Notebook 05 on RUN: the audit by patient group (MIMIC-IV demographics)
 	$(RUNNER) $(if $(PARAMS),--params $(PARAMS)) --notebooks 05

@@ -41,6 +41,11 @@ CARD_HTML = "MODEL_CARD.html"
 ENSEMBLE = "ensemble.json"
 TRACKING = "tracking.json"
 INDEX = "index.html"
+EXTERNAL = "external"          # external/<source>/: one external validation each (notebook 07)
+EXTERNAL_NOTEBOOK = "07_external"
+EXTERNAL_PREDICTIONS = "predictions.csv"
+EXTERNAL_METRICS = "metrics.json"
+EXTERNAL_SETTINGS = "settings.json"
 
 NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"]   # a run's, in order
 ID_COLUMNS = ["dicom_id", "subject_id", "study_id", "split"]
@@ -64,6 +69,28 @@ def member_dirs(run_dir) -> list[Path]:
     """An ensemble's member folders, siblings of its own (names in ensemble.json)."""
     run_dir = Path(run_dir)
     return [run_dir.parent / name for name in json.loads((run_dir / ENSEMBLE).read_text())["members"]]
+
+
+def external_dir(run_dir, source: str) -> Path:
+    return Path(run_dir) / EXTERNAL / source
+
+
+def checkpoint_stamp(run_dir) -> dict | None:
+    """best.pt's size and modification time: which checkpoint a record was made from, without hashing it."""
+    try:
+        st = checkpoint_path(run_dir).stat()
+    except OSError:
+        return None
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def external_results(run_dir) -> dict[str, dict]:
+    """{source: its external metrics.json, with `stale`: made from another best.pt than today's} of every
+    finished external validation of the run."""
+    folder = Path(run_dir) / EXTERNAL
+    found = sorted(folder.glob(f"*/{EXTERNAL_METRICS}")) if folder.is_dir() else []
+    now = checkpoint_stamp(run_dir)
+    return {path.parent.name: {**(r := read_json(path)), "stale": r.get("checkpoint") != now} for path in found}
 
 
 def read_json(path: Path) -> dict:

@@ -131,7 +131,7 @@ def bench_decode(argv=None) -> dict:
                 f"exact_max_abs_diff_vs_original_{size}": int(np.abs(
                     decode_image(files[0], size, "squash", "exact")[0].astype(int) - reference.astype(int)).max()),
             })
-        tasks = [(i, str(files[i % len(files)]), sizes[0], "squash", "fast") for i in range(4 * len(files))]
+        tasks = [(i, str(files[i % len(files)]), sizes[0], "squash", "fast", None, 0) for i in range(4 * len(files))]
         for count in [int(p) for p in args.processes.split(",")]:
             with multiprocessing.Pool(count) as pool:
                 pool.map(decode_one, tasks[:count])  # start-up is not part of the rate

@@ -156,10 +156,12 @@ def usable_cohort(run_dir, p) -> pd.DataFrame:
 
 
 def build_cache(data_root, cohort: pd.DataFrame, size: int = 256, resize: str = "squash", cache_dir=None,
-                workers: int = 0, progress: bool = True, flush_every: int = FLUSH_EVERY, decode: str = "fast") -> Cache:
+                workers: int = 0, progress: bool = True, flush_every: int = FLUSH_EVERY, decode: str = "fast",
+                reader: dict | None = None) -> Cache:
     """Decode the cohort's images into <cache_dir>/<size>_<resize>[_exact]/ (only what is not there yet).
 
     workers: processes for decoding; 0 means one per available core, 1 decodes in this process.
+    reader: an external source's decoding (decode.READERS' keys: formats, equalize); None: MIMIC's JPEGs.
     """
     if resize not in RESIZE_MODES:
         raise UserError(f"resize {resize!r} is not one of {list(RESIZE_MODES)}; set resize (--resize) to squash "
@@ -178,12 +180,16 @@ def build_cache(data_root, cohort: pd.DataFrame, size: int = 256, resize: str = 
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     folder = cache_path(cache_dir, size, resize, decode)
     key = {"cache_version": CACHE_VERSION, "size": size, "resize": resize, "decode": decode}
+    if reader is not None:
+        key["reader"] = reader
     plan = make_plan(data_root, cohort)
     with locked(folder):
         old = _read_manifest(folder)
         old_plan = None
         if old is not None and all(old.get(k, "fast") == v for k, v in key.items()):
             old_plan = pd.DataFrame(old["sources"]).astype({"dicom_id": str, "path": str, "split": str})
+            if "bits" in plan and "bits" not in old_plan:
+                old_plan["bits"] = 0
             plan = union_plan(old_plan, plan)   # another cohort's images stay, at their rows
         if old_plan is not None and same_sources(old_plan, plan):
             shutil.rmtree(folder / ".building", ignore_errors=True)  # a stale build of another cohort
@@ -196,7 +202,7 @@ def build_cache(data_root, cohort: pd.DataFrame, size: int = 256, resize: str = 
             cache = open_cache(cache_dir, size, resize, decode)
             cache.counts = {"decoded": 0, "reused": len(plan), "failed": len(cache.failures)}
             return _for_cohort(cache, cohort)
-        build = Build(folder, plan, size, resize, decode)
+        build = Build(folder, plan, size, resize, decode, reader)
         if not build.resume():
             build.start()
         reused = reuse(build, folder, old_plan, progress) if old_plan is not None else 0

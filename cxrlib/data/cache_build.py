@@ -39,7 +39,11 @@ def make_plan(data_root: Path, cohort: pd.DataFrame) -> pd.DataFrame:
                         "(write it with `python -m cxrlib cohort` or notebook 01).")
     if len(cohort) == 0:
         raise UserError("the cohort table has no images; check the cohort parameters (views, data_root).")
-    plan = cohort[list(REQUIRED_COLUMNS)].astype(str).drop_duplicates()
+    # An external source's table may carry `bits` (stored bits per pixel, PadChest's 16-bit PNGs): the decoder's.
+    plan = cohort[list(REQUIRED_COLUMNS)].astype(str)
+    if "bits" in cohort:
+        plan["bits"] = pd.to_numeric(cohort["bits"], errors="coerce").fillna(0).astype(np.int64).to_numpy()
+    plan = plan.drop_duplicates()
     clash = plan["dicom_id"].duplicated(keep=False)
     if clash.any():
         raise UserError(f"the cohort table gives dicom_id {plan.loc[clash, 'dicom_id'].iloc[0]!r} two different "
@@ -110,9 +114,11 @@ def reserve(path: Path) -> None:
 class Build:
     """The state of one build in <final>/.building/: the images file and which rows are done."""
 
-    def __init__(self, folder: Path, plan: pd.DataFrame, size: int, resize: str, decode: str):
+    def __init__(self, folder: Path, plan: pd.DataFrame, size: int, resize: str, decode: str,
+                 reader: dict | None = None):
         self.dir = folder / ".building"
         self.plan, self.size, self.resize, self.decode = plan, size, resize, decode
+        self.reader = reader     # an external source's: formats, equalize (None: MIMIC's JPEGs)
         n = len(plan)
         self.status = np.zeros(n, np.int8)
         self.width = np.zeros(n, np.int32)
@@ -125,7 +131,8 @@ class Build:
         return self.dir / "images.npy"
 
     def key(self) -> dict:
-        return {"cache_version": CACHE_VERSION, "size": self.size, "resize": self.resize, "decode": self.decode}
+        key = {"cache_version": CACHE_VERSION, "size": self.size, "resize": self.resize, "decode": self.decode}
+        return key if self.reader is None else {**key, "reader": self.reader}
 
     def resume(self) -> bool:
         """Continue an interrupted build of the same images; False if there is none that matches."""
@@ -230,7 +237,9 @@ def mapper(workers: int):
 def decode_pending(build: Build, data_root: Path, workers: int, progress: bool, flush_every: int) -> int:
     pending = np.flatnonzero(build.status == PENDING)
     paths = build.plan["path"].to_numpy()
-    tasks = ((int(row), str(data_root / paths[row]), build.size, build.resize, build.decode) for row in pending)
+    bits = build.plan["bits"].to_numpy() if "bits" in build.plan else np.zeros(len(paths), np.int64)
+    tasks = ((int(row), str(data_root / paths[row]), build.size, build.resize, build.decode, build.reader,
+              int(bits[row])) for row in pending)
     bar = progress_bar(len(build.plan), f"cache {build.dir.parent.name}", "images",
                        initial=len(build.plan) - len(pending), enabled=progress)
     done = 0
@@ -289,7 +298,7 @@ def publish(folder: Path, key: dict, plan: pd.DataFrame, status, width, height, 
         "failed": int(len(bad)),
         "last_build": counts,
         "decoder": {"pillow": Image.__version__, "draft": key["decode"] == "fast", "resample": RESAMPLE.name.lower()},
-        "sources": plan[["dicom_id", "path", "split", "bytes", "mtime_ns"]].to_dict(orient="list"),
+        "sources": plan.to_dict(orient="list"),
     }
     # The old manifest stays until the new one replaces it: rows only grow (union_plan), so a reader that
     # meets the new images.npy with the old index finds every one of its rows where they were.

@@ -9,6 +9,12 @@ exact  the original project's path pixel for pixel: a full decode, then the bili
        torchvision Resize((S, S)) applies to a PIL image. The seed presets use it.
 
 `python -m cxrlib bench decode` times both against the original and reports their PSNR.
+
+External sources ship other files (a cache `reader`: formats, equalize): 8-bit PNG (some NIH files RGB or
+RGBA: converted to grey), 16-bit PNG scaled by the bits actually stored (PadChest's BitsStored_DICOM when
+the table gives it, else the smallest usual depth that holds the file's largest value; never 65535), and
+DICOM through data.dicom. `equalize` applies a histogram equalisation to the full-size 8-bit image, as
+MIMIC-CXR-JPG's conversion from DICOM did, so that the contrast a MIMIC model learnt is what it meets.
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ import signal
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .dicom import is_dicom, read_dicom
 
 RESIZE_MODES = ("squash", "letterbox")
 DECODE_MODES = ("fast", "exact")
@@ -51,18 +59,21 @@ def _block_mean(img: Image.Image, factor: int, rows_per_band: int = 256) -> np.n
     return out
 
 
-def grey(img: Image.Image, target: tuple[int, int] | None = None) -> Image.Image:
-    """8-bit grey. A 16-bit image is scaled by the bits it uses (a 12-bit scan in a 16-bit PNG by 255/4095, with
-    a warning, not near-black at 255/65535), and, when much larger than `target`, block-averaged first, so a
-    12000 x 12000 PNG needs its 16-bit pixels and a band of floats, not gigabytes."""
+def grey(img: Image.Image, target: tuple[int, int] | None = None, bits: int = 0) -> Image.Image:
+    """8-bit grey. A 16-bit image is scaled by `bits`, the bits stored when the source says, else the bits it
+    uses (a 12-bit scan in a 16-bit PNG by 255/4095, with a warning, not near-black at 255/65535), and, when
+    much larger than `target`, block-averaged first, so a 12000 x 12000 PNG needs its 16-bit pixels and a band
+    of floats, not gigabytes."""
     if img.mode == "L":
         return img
     if img.mode.startswith("I"):
         factor = max(1, min(img.size[0] // (2 * target[0]), img.size[1] // (2 * target[1]))) if target else 1
         pixels = _block_mean(img, factor) if factor > 1 else np.asarray(img)
         top = int(pixels.max()) if pixels.size else 0
-        bits = bits_used(top) if img.mode.startswith("I;16") or top > 255 else 8
-        if 8 < bits < 16:
+        known = bool(bits)   # the source's own record of its depth
+        if not known:
+            bits = bits_used(top) if img.mode.startswith("I;16") or top > 255 else 8
+        if 8 < bits < 16 and not known:
             warnings.warn(f"{bits}-bit values in a 16-bit image: scaled by 255/{2 ** bits - 1}", stacklevel=2)
         scaled = np.clip(np.rint(pixels.astype(np.float32) * np.float32(255.0 / (2 ** bits - 1))), 0, 255)
         return Image.fromarray(scaled.astype(np.uint8))
@@ -70,24 +81,33 @@ def grey(img: Image.Image, target: tuple[int, int] | None = None) -> Image.Image
 
 
 def decode_image(path, size: int, resize: str = "squash", mode: str = "fast",
-                 formats: tuple[str, ...] = ("JPEG",)) -> tuple[np.ndarray, tuple[int, int]]:
+                 formats: tuple[str, ...] = ("JPEG",), bits: int = 0,
+                 equalize: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
     """The S x S uint8 cache image of one file, and the source's (width, height).
 
-    The cache takes JPEGs only (MIMIC-CXR-JPG holds nothing else: another format is a wrong or damaged
-    file); `predict` passes formats=("JPEG", "PNG").
+    The cache takes JPEGs only for MIMIC (MIMIC-CXR-JPG holds nothing else: another format is a wrong or
+    damaged file); `predict` passes formats=("JPEG", "PNG"), an external source's reader what it ships
+    ("DICOM" among them). bits: stored bits per pixel of a 16-bit image, when known.
     """
     # A truncated JPEG must raise, never decode into a half-grey image that trains silently.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with Image.open(path) as img:
-        if img.format not in formats:
-            raise NotJPEG(f"not a {' or '.join(formats)} ({img.format or 'unknown'} data)")
-        source = img.size
+    if "DICOM" in formats and is_dicom(path):
+        full = read_dicom(path)
+        source = full.size
         target = target_size(*source, size, resize)
-        if mode == "fast" and img.format == "JPEG":
-            img.draft("L", target)
-        img.load()
-        small = grey(img, target).resize(target, RESAMPLE)
-    pixels = np.asarray(small, dtype=np.uint8)
+    else:
+        with Image.open(path) as img:
+            if img.format not in formats:
+                raise NotJPEG(f"not a {' or '.join(formats)} ({img.format or 'unknown'} data)")
+            source = img.size
+            target = target_size(*source, size, resize)
+            if mode == "fast" and img.format == "JPEG" and not equalize:
+                img.draft("L", target)
+            img.load()
+            full = grey(img, None if equalize else target, bits)
+    if equalize:
+        full = ImageOps.equalize(full)
+    pixels = np.asarray(full.resize(target, RESAMPLE), dtype=np.uint8)
     if resize == "letterbox":
         canvas = np.zeros((size, size), np.uint8)
         top, left = (size - target[1]) // 2, (size - target[0]) // 2
@@ -115,10 +135,15 @@ def failure_reason(error: BaseException) -> str:
 
 
 def decode_one(task: tuple) -> tuple:
-    """Worker: (row, path, size, resize, mode) -> (row, pixels or None, reason or None, (width, height))."""
-    row, path, size, resize, mode = task
+    """Worker: (row, path, size, resize, mode, reader, bits) -> (row, pixels or None, reason or None,
+    (width, height)); reader None: MIMIC's JPEGs, else an external source's formats and equalize."""
+    row, path, size, resize, mode, reader, bits = task
+    formats = tuple(reader["formats"]) if reader else ("JPEG",)
     try:
-        pixels, source = decode_image(path, size, resize, mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # a 12-bit PNG's note: the reader decided its depth
+            pixels, source = decode_image(path, size, resize, mode, formats, bits,
+                                          bool(reader and reader.get("equalize")))
         return row, pixels, None, source
     except Exception as error:  # any bad file is reported, none stops the build
         return row, None, failure_reason(error), (0, 0)

@@ -27,6 +27,7 @@ from ..runfiles import (
     METRICS,
     NOTEBOOKS,
     PARAMS,
+    external_results,
     frozen_if_any,
     read_history,
     read_json,
@@ -54,6 +55,9 @@ def runs_table(runs_dir="runs") -> pd.DataFrame:
                f"{params.get('select_on', 'validate')[:3]} AUROC": fmt(s["best_val"]) if s["best_val"] is not None else "-"}
         for key, v in (s["metrics"].get("headline") or {}).items():
             row[f"test {key}"] = f"{fmt(v['value'])} [{fmt(v['lo'])}, {fmt(v['hi'])}]"
+        row["external drop"] = ", ".join(
+            f"{source} {r['drop']['value']:+.3f}{'*' if r['drop']['reported'] else ''}{' (stale)' if r['stale'] else ''}"
+            for source, r in external_results(run_dir).items() if r.get("drop")) or "-"
         row["note"] = "; ".join(s["notes"])
         rows.append(row)
     return pd.DataFrame(rows).fillna("-")
@@ -219,6 +223,9 @@ def cli(command: str, argv: list[str]) -> int:
         args = ap.parse_args(argv)
         table = runs_table(args.runs_dir)
         print(table.to_string(index=False) if len(table) else f"no runs under {args.runs_dir}/")
+        if len(table) and (table["external drop"] != "-").any():
+            print("external drop: internal minus external macro AUROC over the exactly mapped findings (notebook 07); "
+                  "* its CI excludes 0")
         indexes = sorted(Path(args.runs_dir).glob(f"**/{INDEX}"))
         if indexes:
             print("\nIndex pages (open in a browser; they work from disk):")

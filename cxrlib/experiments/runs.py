@@ -32,7 +32,7 @@ from .lister import print_summary
 
 # Make variables that are not parameters: they choose what to run, not how.
 MAKE_CONTROL_VARS = {"PARAMS", "RUN", "A", "B", "YES", "LAB_ARGS", "PYTHON", "PYTEST_ARGS", "WORKERS", "DEMO_DATA_ARGS",
-                     "RELEASE", "PRINT_GSUTIL", "MIMIC_IV_VERSION"}
+                     "RELEASE", "PRINT_GSUTIL", "MIMIC_IV_VERSION", "SOURCE", "SUBSET", "EXTERNAL_VIEWS", "EQUALIZE"}
 
 
 def project_root(start=None) -> Path:

@@ -308,6 +308,26 @@ def subgroup_section(run_dir: Path) -> list[str]:
     return lines
 
 
+def external_section(run_dir: Path) -> list[str]:
+    results = runfiles.external_results(run_dir)
+    lines = ["### External validation", ""]
+    if not results:
+        return lines + [f"None yet: `make external RUN={run_dir.name} SOURCE=nih DATA_ROOT=...` (notebook 07).", ""]
+    lines += ["Macro AUROC over the findings each source maps exactly, on the run's test split and the external set; "
+              "the drop's CI comes from independent patient bootstraps (images for VinDr-CXR). Per-finding figures, "
+              "thresholds, calibration and the label maps: `external/<source>/07_external.html`.", ""]
+    rows = []
+    for source, r in results.items():
+        d = r.get("drop") or {}
+        rows.append([source, r.get("subset"), f"{r['counts']['units']} {plural(r['level'])}",
+                     ", ".join(d.get("findings", [])) or "none", _num(d.get("internal")), _num(d.get("external")),
+                     f"{_num(d.get('value'))} [{_num(d.get('lo'))}, {_num(d.get('hi'))}]" if d else "-",
+                     ("STALE (another best.pt) " if r["stale"] else "")
+                     + ("drop" if d.get("reported") else "no drop" if d else "-")])
+    return lines + _table(["source", "subset", "units", "exact findings", "internal", "external", "drop [CI]",
+                           "verdict"], rows) + [""]
+
+
 def software_section(run_dir: Path, report: dict) -> list[str]:
     versions, data = report.get("versions", {}), report.get("data", {})
     lines = ["## Software and fingerprints", "",
@@ -354,7 +374,7 @@ def build_card(run_dir) -> str:
     lines += ["## Intended use", "", INTENDED, ""] + factors_and_metrics(report, params)
     lines += training_data(run_dir, params, report) + evaluation_data(report)
     lines += performance(report) + thresholds_section(report) + calibration_section(report)
-    lines += subgroup_section(run_dir)
+    lines += subgroup_section(run_dir) + external_section(run_dir)
     lines += ["## Ethical considerations", "", *(f"- {x}" for x in ETHICS), ""]
     lines += ["## Caveats and recommendations", "", *(f"- {x}" for x in CAVEATS),
               "- Validate on another hospital's data before any use beyond research on MIMIC-CXR.", ""]

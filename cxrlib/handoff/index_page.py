@@ -18,6 +18,8 @@ from ..runfiles import (
     COHORT_REPORT,
     DEMOGRAPHICS,
     EXPORT,
+    EXTERNAL,
+    EXTERNAL_NOTEBOOK,
     FAIRNESS_CSV,
     FAIRNESS_JSON,
     HISTORY,
@@ -27,6 +29,7 @@ from ..runfiles import (
     PARAMS,
     PREDICTIONS,
     export_states,
+    external_results,
     frozen_if_any,
     read_json,
 )
@@ -101,6 +104,29 @@ def audit_section(run_dir: Path) -> list[str]:
     return out
 
 
+def external_section(run_dir: Path) -> list[str]:
+    """One line per external validation (notebook 07): the primary drop and a link to its report."""
+    results = external_results(run_dir)
+    if not results:
+        return [f"<p>None yet: <code>make external RUN={html.escape(run_dir.name)} SOURCE=nih DATA_ROOT=...</code>"
+                "</p>"]
+    items = []
+    for source, report in results.items():
+        link = f'<a href="{EXTERNAL}/{html.escape(source)}/{EXTERNAL_NOTEBOOK}.html">{html.escape(source)}</a>'
+        drop = report.get("drop")
+        if not drop:
+            items.append(f"<li>{link}: no exactly mapped finding could be compared</li>")
+            continue
+        verdict = "<span class='warn'>drop reported</span>" if drop["reported"] else "no drop reported"
+        if report["stale"]:
+            verdict += " <span class='warn'>(STALE: made from another best.pt; validate again)</span>"
+        items.append(f"<li>{link} ({html.escape(str(report.get('subset')))}, {report['counts']['units']} "
+                     f"{html.escape(report['level'])}-level units): macro AUROC over {len(drop['findings'])} exact "
+                     f"findings {drop['internal']:.3f} internal, {drop['external']:.3f} external; drop "
+                     f"{drop['value']:+.3f} [{drop['lo']:+.3f}, {drop['hi']:+.3f}]: {verdict}</li>")
+    return ["<ul>" + "".join(items) + "</ul>"]
+
+
 def export_section(run_dir: Path) -> list[str]:
     states = export_states(run_dir)
     if not states:
@@ -161,6 +187,7 @@ def build_index(run_dir) -> str:
              f"<p class='recipe'>{recipe}</p>",
              "<h2 id='headline'>Headline figures</h2>", *headline_section(m),
              "<h2 id='audit'>Audit by patient group</h2>", *audit_section(run_dir),
+             "<h2 id='external'>External validation</h2>", *external_section(run_dir),
              "<h2 id='export'>Hand-off</h2>", *export_section(run_dir)]
     figures = key_figures(run_dir, redact=bool(params.get("redact_images")))
     if figures:

@@ -77,7 +77,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from ..labels import FINDINGS
-from . import mimic_iv, test_labels
+from . import external, mimic_iv, test_labels
 from .draw import jpeg_bytes
 from .tables import (
     CHEXPERT,
@@ -278,8 +278,13 @@ def verify(out) -> list[str]:
 def cli(command: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog=f"python -m cxrlib {command}",
-        description="Write a synthetic MIMIC-CXR-JPG 2.1.0 stand-in (same files, columns, IDs, folders).")
+        description="Write a synthetic MIMIC-CXR-JPG 2.1.0 stand-in (same files, columns, IDs, folders), or "
+                    "with --source one of an external dataset (CheXpert, NIH, PadChest, VinDr-CXR) with a planted "
+                    "site shift.")
     parser.add_argument("--out", required=True, help="dataset folder to create, e.g. data/demo")
+    parser.add_argument("--source", choices=["mimic", *external.SOURCES], default="mimic",
+                        help="which dataset's layout (default mimic)")
+    external.add_arguments(parser)
     parser.add_argument("--subjects", type=int, default=2000, help="number of patients (real release: 65379)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", choices=["small", "full"], default="small",
@@ -292,6 +297,8 @@ def cli(command: str, argv: list[str]) -> int:
                              "the disparity the audit should find)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.source != "mimic":
+        return external.cli_external(args)
     summary = generate(args.out, subjects=args.subjects, seed=args.seed, image_size=args.image_size,
                        workers=args.workers, progress=not args.no_progress, images=not args.tables_only,
                        max_studies=args.max_studies, planted_gap=not args.no_planted_gap)

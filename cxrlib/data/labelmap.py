@@ -1,0 +1,141 @@
+"""Label maps: which of a source's own labels make each of MIMIC-CXR's 14 findings positive.
+
+A map is data, one YAML file per source in `label_maps/`, reviewed like code. Each of the 14 findings (as
+MIMIC spells them) holds the list of the source's label strings that make it positive, a mapping with that
+list under `labels` (plus `approximate: true` and a one-line `reason` when the source's concept is near but
+not equal), or null when the source cannot express it. Labels match exactly after lower-casing and
+collapsing spaces, never as substrings (torchxrayvision's substring match puts PadChest's "callus rib
+fracture" under Fracture). A null finding is missing for every image, never negative, and leaves every
+average; so is a finding none of whose labels the table at hand can hold (the Kaggle VinBigData table has
+14 of VinDr-CXR's 27 labels).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ..errors import UserError
+from ..labels import FINDINGS
+
+MAPS_DIR = Path(__file__).resolve().parent / "label_maps"
+
+
+def normalize(label: str) -> str:
+    """The form labels are compared in: lower case, spaces collapsed, none at the ends."""
+    return " ".join(str(label).split()).lower()
+
+
+@dataclass(frozen=True)
+class Entry:
+    finding: str
+    labels: tuple[str, ...]          # as written in the map; empty: the source cannot express the finding
+    approximate: bool = False
+    reason: str = ""
+
+    @property
+    def status(self) -> str:
+        return "missing" if not self.labels else "approximate" if self.approximate else "exact"
+
+
+@dataclass
+class LabelMap:
+    name: str                         # the file's stem: chexpert, nih, nih_expert, padchest, vindr
+    entries: dict[str, Entry]
+    labels_from: str
+    sha256: str
+    text: str
+
+    def status(self, vocabulary=None) -> dict[str, str]:
+        """exact / approximate / missing per finding; with `vocabulary` (the labels a table can hold), a finding
+        none of whose labels it holds is missing."""
+        known = None if vocabulary is None else {normalize(v) for v in vocabulary}
+        out = {}
+        for finding, entry in self.entries.items():
+            held = [x for x in entry.labels if known is None or normalize(x) in known]
+            out[finding] = entry.status if held else "missing"
+        return out
+
+    def encode(self, positives: pd.Series, uncertain: pd.Series | None = None, vocabulary=None) -> pd.DataFrame:
+        """The 14 finding columns (1.0, 0.0, NaN) of images whose source labels are `positives` (one set of
+        normalized labels per image; None: the image is unlabelled, every finding missing). `uncertain`: sets
+        of labels marked uncertain, which make a finding missing unless another of its labels is positive."""
+        status = self.status(vocabulary)
+        labelled = positives.map(lambda s: s is not None).to_numpy(bool)
+        out = pd.DataFrame(index=positives.index)
+        for finding in FINDINGS:
+            if status[finding] == "missing":
+                out[finding] = np.nan
+                continue
+            wanted = {normalize(x) for x in self.entries[finding].labels}
+            hit = positives.map(lambda s, w=wanted: bool(s and w & s)).to_numpy(bool)
+            column = np.where(hit, 1.0, 0.0)
+            if uncertain is not None:
+                unsure = uncertain.map(lambda s, w=wanted: bool(s and w & s)).to_numpy(bool)
+                column[unsure & ~hit] = np.nan
+            column[~labelled] = np.nan
+            out[finding] = column
+        return out
+
+    def table(self, vocabulary=None) -> pd.DataFrame:
+        """finding, status, the source labels, why approximate: the table the report and the card show."""
+        status = self.status(vocabulary)
+        rows = [{"finding": f, "status": status[f], "source labels": ", ".join(e.labels) or "(none)",
+                 "reason": e.reason or ("no label of this table holds it" if status[f] != e.status else "")}
+                for f, e in self.entries.items()]
+        return pd.DataFrame(rows)
+
+    def record(self, vocabulary=None) -> dict:
+        """What metrics.json keeps: the map's name, hash, content and the status it had for this table."""
+        return {"name": self.name, "sha256": self.sha256, "labels_from": self.labels_from,
+                "status": self.status(vocabulary),
+                "findings": {f: {"labels": list(e.labels), "approximate": e.approximate, "reason": e.reason}
+                             for f, e in self.entries.items()}}
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in MAPS_DIR.glob("*.yaml"))
+
+
+def load(name: str, path: Path | None = None) -> LabelMap:
+    """The map `label_maps/<name>.yaml` (or `path`), checked: the 14 findings exactly, each a list, a mapping
+    with `labels`, or null; an approximate one with its reason."""
+    path = Path(path) if path else MAPS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"no label map {path}; the maps are {available()}")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e})") from None
+    findings = (data or {}).get("findings")
+    if not isinstance(findings, dict):
+        raise UserError(f"{path}: needs a `findings:` mapping of the 14 findings")
+    unknown = sorted(set(findings) - set(FINDINGS))
+    absent = [f for f in FINDINGS if f not in findings]
+    if unknown or absent:
+        raise UserError(f"{path}: the findings must be MIMIC's 14, spelled as in cxrlib.labels.FINDINGS; "
+                        f"unknown {unknown}, absent {absent} (write `null` for one the source cannot express)")
+    entries = {}
+    for finding in FINDINGS:
+        value = findings[finding]
+        if isinstance(value, dict):
+            extra = sorted(set(value) - {"labels", "approximate", "reason"})
+            if extra:
+                raise UserError(f"{path}: {finding} has unknown key(s) {extra}; use labels, approximate, reason")
+            labels, approximate, reason = value.get("labels"), bool(value.get("approximate")), value.get("reason", "")
+            if approximate and not reason:
+                raise UserError(f"{path}: {finding} is approximate; give a one-line `reason`")
+        else:
+            labels, approximate, reason = value, False, ""
+        if labels is None:
+            labels = []
+        if not isinstance(labels, list) or not all(isinstance(x, str) and x.strip() for x in labels):
+            raise UserError(f"{path}: {finding} must be a list of label strings, a mapping with `labels`, or null")
+        entries[finding] = Entry(finding, tuple(labels), approximate, str(reason))
+    return LabelMap(path.stem, entries, str(data.get("labels_from", "")),
+                    hashlib.sha256(text.encode()).hexdigest(), text)

@@ -1,0 +1,142 @@
+"""Notebook 07's tables and plots, all from an external validation's metrics.json (evaluation.external)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .viz import readable
+
+
+def headline(report: dict) -> pd.DataFrame:
+    """External macro AUROC and AUPRC over the mapped findings, and the primary drop over the exact ones."""
+    rows = []
+    summary = report["summary"]
+    if summary:
+        for metric in ("auroc", "auprc"):
+            figure = summary["macro"][metric]
+            rows.append({"figure": f"external macro {metric.upper()} ({len(summary['macro_findings'])} mapped "
+                                   "findings)", "value": figure["value"], "lo": figure["lo"], "hi": figure["hi"]})
+    drop = report["drop"]
+    if drop:
+        n = len(drop["findings"])
+        rows += [{"figure": f"internal macro AUROC ({n} exact findings)", "value": drop["internal"]},
+                 {"figure": f"external macro AUROC ({n} exact findings)", "value": drop["external"]},
+                 {"figure": "drop, internal minus external (primary)", "value": drop["value"], "lo": drop["lo"],
+                  "hi": drop["hi"], "p_value": drop["p_value"]}]
+    return readable(pd.DataFrame(rows).set_index("figure"))
+
+
+def verdict(report: dict) -> str:
+    drop = report["drop"]
+    level = f"{int(round(100 * report['ci']['level']))}%"
+    if not drop:
+        return ("no exactly mapped finding has enough positives and negatives on both sides: no primary "
+                "comparison (see the per-finding table)")
+    direction = "lower" if drop["value"] > 0 else "higher"
+    if drop["reported"]:
+        return (f"DROP REPORTED: the external macro AUROC over {len(drop['findings'])} exact findings is "
+                f"{abs(drop['value']):.3f} {direction} than on the run's own test split, {level} CI "
+                f"[{drop['lo']:.3f}, {drop['hi']:.3f}] excludes 0")
+    return (f"no drop reported: internal minus external macro AUROC {drop['value']:+.3f}, {level} CI "
+            f"[{drop['lo']:.3f}, {drop['hi']:.3f}] includes 0")
+
+
+def per_finding(report: dict) -> pd.DataFrame:
+    """Each finding: how the source maps it, its external counts and AUROC/AUPRC with CIs, and its drop."""
+    status = report["label_map"]["status"]
+    per = (report["summary"] or {}).get("per_finding", {})
+    drops = {row["finding"]: row for row in (report["drop"] or {}).get("per_finding", [])}
+    rows = []
+    for finding, state in status.items():
+        entry, drop = per.get(finding), drops.get(finding, {})
+        row = {"finding": finding, "map": state}
+        if entry:
+            row.update(positives=entry["n_pos"], negatives=entry["n_neg"], auroc=entry["auroc"]["value"],
+                       auroc_lo=entry["auroc"]["lo"], auroc_hi=entry["auroc"]["hi"], auprc=entry["auprc"]["value"],
+                       note="" if entry["estimable"] else "too few: no CI, not averaged")
+        if drop:
+            row.update(internal_auroc=drop["internal"], drop=drop["drop"], drop_lo=drop["lo"], drop_hi=drop["hi"],
+                       p_holm=drop["p_holm"])
+        rows.append(row)
+    return readable(pd.DataFrame(rows).set_index("finding"))
+
+
+def map_table(report: dict) -> pd.DataFrame:
+    return pd.DataFrame(report["map_table"]).set_index("finding")
+
+
+def thresholds(report: dict) -> pd.DataFrame:
+    """Sensitivity, specificity and PPV at the run's validation max-F1 thresholds, external beside internal."""
+    keep = ["finding", "threshold", "n", "sensitivity", "specificity", "ppv"]
+    rule = report["thresholds"]["rule"]
+    external = pd.DataFrame(report["thresholds"]["external"])
+    internal = pd.DataFrame(report["thresholds"]["internal"])
+    if external.empty:
+        return external
+    external = external[external["rule"] == rule][keep].set_index("finding")
+    if not internal.empty:
+        internal = internal[internal["rule"] == rule][keep[2:] + ["finding"]].set_index("finding")
+        external = external.join(internal.add_prefix("internal_"))
+    return readable(external)
+
+
+def calibration(report: dict) -> pd.DataFrame:
+    return readable(pd.DataFrame(report["calibration"]["per_finding"]).set_index("finding"))
+
+
+def audit(report: dict) -> pd.DataFrame:
+    rows = pd.DataFrame(report["audit"])
+    if rows.empty:
+        return rows
+    columns = ["attribute", "group", "reference", "metric", "value", "lo", "hi", "gap", "gap_lo", "gap_hi",
+               "p_adjusted", "significant"]
+    return readable(rows.reindex(columns=columns))
+
+
+def plot_drop(report: dict):
+    """Internal and external AUROC per compared finding, with the drop's interval."""
+    import matplotlib.pyplot as plt  # lazy: plotting only in the notebook
+
+    rows = pd.DataFrame((report["drop"] or {}).get("per_finding", []))
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * max(len(rows), 2) + 1.2))
+    if rows.empty:
+        ax.text(0.5, 0.5, "no finding compared", ha="center")
+        return fig
+    y = np.arange(len(rows))
+    ax.errorbar(rows["drop"], y, xerr=[rows["drop"] - rows["lo"], rows["hi"] - rows["drop"]], fmt="o", color="C3",
+                capsize=3)
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_yticks(y, rows["finding"])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"AUROC drop, internal minus external ({int(100 * report['ci']['level'])}% CI, per finding)")
+    ax.set_title(f"{report['source']}: {report['level']}-level AUROC, run {report['run']}")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_intensity(report: dict):
+    """The grey-level histograms of the cached (model-input) internal and external images."""
+    import matplotlib.pyplot as plt  # lazy: plotting only in the notebook
+
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    for side, colour in (("internal", "C0"), ("external", "C1")):
+        share = np.asarray(report["intensity"][side])
+        if share.size:
+            mean = float((share * np.arange(256)).sum())
+            ax.plot(np.arange(256), share, color=colour, label=f"{side} (mean grey {mean:.0f})")
+    ax.set_xlabel("grey level of the cached images (the model's input before normalisation)")
+    ax.set_ylabel("share of pixels")
+    ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def planted(data_root) -> dict | None:
+    """The synthetic stand-in's PLANTED.json, or None (real data)."""
+    path = Path(data_root) / "PLANTED.json"
+    return json.loads(path.read_text()) if path.is_file() else None

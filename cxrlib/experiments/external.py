@@ -1,0 +1,96 @@
+"""`python -m cxrlib external --run NAME --source S --data-root DIR`: notebook 07 on a run, for one source.
+
+Writes runs/<name>/external/<source>/: settings.json (what was asked), predictions.csv, metrics.json, the
+executed 07_external.ipynb and its HTML. The run's own files are not changed, except its index page; the
+run folder's lock is held throughout (one writer at a time). Everything that can be checked is checked
+before the kernel starts: the run has a best checkpoint and notebook 03's figures, and the source's
+tables are where --data-root says.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .. import runfiles, runlock
+from ..data.sources import DEFAULT_SUBSET, SOURCES, SUBSETS, read_source
+from ..errors import UserError
+from ..evaluation.external import VIEWS
+from ..fsutil import atomic_write_json
+from ..handoff.index_page import write_index
+from ..runfiles import (
+    EXTERNAL_METRICS,
+    EXTERNAL_NOTEBOOK,
+    EXTERNAL_SETTINGS,
+    METRICS,
+    PREDICTIONS,
+    checkpoint_path,
+    external_dir,
+)
+from .runs import execute, project_root
+
+
+def check_run(run_dir: Path) -> None:
+    if not (run_dir / runfiles.PARAMS).is_file():
+        raise UserError(f"{run_dir}: no such run (no {runfiles.PARAMS}); name a run under runs/ with RUN=<name>")
+    if not checkpoint_path(run_dir).is_file():
+        raise UserError(f"{run_dir}: no {checkpoint_path(run_dir).relative_to(run_dir)}; external validation "
+                        "scores a trained run's best checkpoint (an ensemble: validate each member)")
+    for name in (PREDICTIONS, METRICS):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir}: no {name}; run notebook 03 first (make evaluate RUN={run_dir.name})")
+
+
+def validate_external(run_dir, source: str, data_root, subset: str | None = None, views: str = "frontal",
+                      equalize: bool = False, progress: bool = True) -> Path:
+    """Run notebook 07 into runs/<name>/external/<source>/; returns that folder."""
+    run_dir = Path(run_dir)
+    check_run(run_dir)
+    if views not in VIEWS:
+        raise UserError(f"--external-views {views!r}: one of {list(VIEWS)}")
+    found = read_source(source, data_root, subset)   # the tables parse before any kernel starts
+    root = project_root()
+    p = runfiles.load_frozen(run_dir)
+    out = external_dir(run_dir, source)
+    settings = {"source": source, "subset": found.subset, "data_root": str(data_root), "views": views,
+                "equalize": bool(equalize), "table_images": int(len(found.table))}
+    with runlock.hold(run_dir, " ".join(["cxrlib", "external", *sys.argv[2:]]) or "cxrlib external"):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / EXTERNAL_METRICS).unlink(missing_ok=True)   # never beside a notebook of other settings
+        atomic_write_json(out / EXTERNAL_SETTINGS, settings)
+        execute(EXTERNAL_NOTEBOOK, p, root, out, progress=progress,
+                extra={"run_dir": str(run_dir), "source": source, "source_root": str(data_root),
+                       "subset": found.subset, "external_views": views, "equalize": bool(equalize)})
+        write_index(run_dir)
+    return out
+
+
+def summary_line(out: Path) -> str:
+    report = runfiles.read_json(out / EXTERNAL_METRICS)
+    drop = report.get("drop")
+    if not drop:
+        return f"{out}: no exactly mapped finding could be compared"
+    verdict = "drop reported" if drop["reported"] else "no drop reported"
+    return (f"{out}: macro AUROC over {len(drop['findings'])} exact findings, internal {drop['internal']:.3f}, "
+            f"external {drop['external']:.3f}; drop {drop['value']:+.3f} [{drop['lo']:.3f}, {drop['hi']:.3f}] "
+            f"({verdict}; {report['level']}-level, {report['counts']['units']} external units)")
+
+
+def cli(command: str, argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cxrlib external", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="run name (runs/<name>/) or folder")
+    ap.add_argument("--source", required=True, choices=SOURCES)
+    ap.add_argument("--data-root", required=True, help="the dataset's folder (its tables; images below it)")
+    ap.add_argument("--subset", help="; ".join(f"{s}: {', '.join(v)} (default {DEFAULT_SUBSET[s]})"
+                                              for s, v in SUBSETS.items()))
+    ap.add_argument("--external-views", dest="views", choices=VIEWS, default="frontal", help="frontal (AP and PA) or all")
+    ap.add_argument("--equalize", action="store_true", help="histogram-equalise the external images")
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.runs_dir) / args.run
+    out = validate_external(run_dir, args.source, args.data_root, args.subset or None, args.views, args.equalize,
+                            progress=not args.no_progress)
+    print(summary_line(out))
+    return 0

@@ -1,0 +1,198 @@
+"""External sources: the adapters on the real label tables torchxrayvision's wheel ships, and the label maps.
+
+The wheel (`pip download --no-deps torchxrayvision`, about 29 MB) holds NIH's Data_Entry_2017_v2020.csv,
+Google's NIH expert labels, PadChest's whole table, CheXpert's train.csv and Kaggle's VinBigData boxes. The
+counts below are those published with the datasets (NIH: Wang et al. and its v2020 table; PadChest: Bustos
+et al.; CheXpert: Irvin et al.) or, where none is published, counted here independently of the adapter.
+"""
+from __future__ import annotations
+
+import ast
+import fcntl
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlib.data import labelmap, sources
+from cxrlib.errors import UserError
+from cxrlib.labels import FINDINGS
+
+PROJECT = Path(__file__).resolve().parent.parent
+WHEELS = PROJECT / ".venv" / "wheels"
+TABLES = {"nih": ["Data_Entry_2017_v2020.csv.gz", "google2019_nih-chest-xray-labels.csv.gz"],
+          "padchest": ["PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"],
+          "chexpert": [("chexpert_train.csv.gz", "train.csv.gz")], "vindr": [("vinbigdata-train.csv.gz", "train.csv.gz")]}
+
+
+def wheel() -> Path:
+    """torchxrayvision's wheel in .venv/wheels (make test fetches it; here too, once, under a lock)."""
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    with open(WHEELS / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = sorted(WHEELS.glob("torchxrayvision-*.whl"))
+        if not found:
+            result = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "torchxrayvision",
+                                     "-d", str(WHEELS)], capture_output=True, text=True)
+            found = sorted(WHEELS.glob("torchxrayvision-*.whl"))
+            assert found, f"could not fetch torchxrayvision's wheel (pip download): {result.stderr[-500:]}"
+    return found[-1]
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory) -> dict[str, Path]:
+    """One data root per source holding its real table(s) under the names the adapters expect."""
+    base = tmp_path_factory.mktemp("real-tables")
+    roots = {}
+    with zipfile.ZipFile(wheel()) as archive:
+        for source, names in TABLES.items():
+            root = roots[source] = base / source
+            root.mkdir()
+            for name in names:
+                inside, outside = name if isinstance(name, tuple) else (name, name)
+                with archive.open(f"torchxrayvision/data/{inside}") as src, open(root / outside, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    return roots
+
+
+def positives(table: pd.DataFrame, finding: str) -> int:
+    return int((table[finding] == 1).sum())
+
+
+def test_nih_table_has_the_published_counts(real):
+    found = sources.read_source("nih", real["nih"], "all")
+    table = found.table
+    assert len(table) == 112_120 and table["image_id"].is_unique
+    assert table["patient_id"].nunique() == 30_805
+    assert positives(table, "Pleural Effusion") == 13_317
+    assert positives(table, "Pneumothorax") == 5_302
+    assert positives(table, "Cardiomegaly") == 2_776
+    assert positives(table, "No Finding") == 60_361
+    for finding in ("Support Devices", "Fracture", "Enlarged Cardiomediastinum"):   # null: missing, never 0
+        assert table[finding].isna().all(), finding
+    assert table[[f for f in FINDINGS if found.label_map.entries[f].labels]].notna().all().all()
+    assert set(table["view"]) == {"AP", "PA"} and (table["view"] == "PA").sum() == 67_310
+    assert (table["path"].str.startswith("images/")).all()   # no image folders here: the documented fallback
+
+
+def test_nih_without_test_list_asks_for_subset_all(real):
+    with pytest.raises(UserError, match="subset all"):
+        sources.read_source("nih", real["nih"])
+
+
+def test_nih_expert_labels_have_their_counts(real):
+    table = sources.read_source("nih", real["nih"], "expert").table
+    assert len(table) == 4_376
+    assert (table["split"] == "test").sum() == 1_962 and (table["split"] == "validate").sum() == 2_414
+    assert positives(table, "Lung Opacity") == 2_166     # Airspace opacity
+    assert positives(table, "Lung Lesion") == 605        # Nodule or mass
+    assert positives(table, "Pneumothorax") == 238
+    assert positives(table, "Fracture") == 186
+    assert table["Cardiomegaly"].isna().all() and table["No Finding"].isna().all()
+
+
+def test_padchest_table_has_the_published_counts(real):
+    everything = sources.read_source("padchest", real["padchest"], "all")
+    table = everything.table
+    assert len(table) == 160_861 and table["patient_id"].nunique() == 67_625
+    assert (table["bits"] == 12).sum() == 144_051 and (table["bits"] == 10).sum() == 16_810
+    assert len(sources.read_source("padchest", real["padchest"]).table) == 39_053   # the physician subset
+    assert set(table["view"]) == {"PA", "AP", "LATERAL", "OTHER"}
+    assert (table["view"] == "LATERAL").sum() == 49_579
+    raw = pd.read_csv(real["padchest"] / f"{sources.PADCHEST_TABLE}.gz", usecols=["ImageID", "Labels"])
+    labels = raw["Labels"].map(sources.padchest_labels)
+    # exact matching: a healed (callus) rib fracture alone is no Fracture, and "rib fracture" is one
+    callus_only = labels.map(lambda s: s == frozenset({"callus rib fracture"})).to_numpy()
+    rib = labels.map(lambda s: bool(s) and "rib fracture" in s).to_numpy()
+    assert callus_only.sum() > 100 and (table.loc[callus_only, "Fracture"] == 0).all()
+    assert (table.loc[rib, "Fracture"] == 1).all()
+    unlabelled = labels.isna().to_numpy()
+    assert unlabelled.sum() == 880 and table.loc[unlabelled, FINDINGS].isna().all().all()
+
+
+def test_chexpert_train_table_has_the_published_counts(real):
+    table = sources.read_source("chexpert", real["chexpert"], "train").table
+    assert len(table) == 223_414 and table["patient_id"].nunique() == 64_540
+    frontal = sources.frontal(table)
+    assert len(frontal) == 191_027 - 17    # 16 LL and 1 RL views are frontal-tagged rows that are not AP or PA
+    assert (table["view"] == "AP").sum() == 161_590 and (table["view"] == "PA").sum() == 29_420
+    assert positives(table, "No Finding") == 22_381
+    assert positives(table, "Pleural Effusion") == 86_187
+    assert table["Pleural Effusion"].isna().sum() == 11_628   # the labeler's uncertain: missing
+    assert table["path"].str.startswith("train/patient").all()   # CheXpert-v1.0-small/ is the data root
+
+
+def test_vinbigdata_table_keeps_missing_what_it_cannot_hold(real):
+    found = sources.read_source("vindr", real["vindr"], "train")
+    table = found.table
+    assert len(table) == 15_000 and table["image_id"].is_unique
+    boxes = pd.read_csv(real["vindr"] / "train.csv.gz")
+    readers = boxes.drop_duplicates(["image_id", "rad_id", "class_name"])
+    votes = readers[readers["class_name"] == "No finding"].groupby("image_id").size()
+    assert positives(table, "No Finding") == int((votes >= 2).sum())
+    for finding in ("Edema", "Pneumonia", "Fracture", "Support Devices"):   # not among the 15 Kaggle classes
+        assert table[finding].isna().all(), finding
+    assert found.label_map.status(found.vocabulary)["Fracture"] == "missing"
+    with pytest.raises(UserError, match="PhysioNet"):
+        sources.read_source("vindr", real["vindr"], "test")
+
+
+def test_every_mapped_label_exists_in_the_real_vocabulary(real):
+    """A misspelt label in a map would match nothing and make a finding silently all-negative."""
+    nih = pd.read_csv(real["nih"] / "Data_Entry_2017_v2020.csv.gz", usecols=["Finding Labels"])
+    vocabulary = {"nih": {x for s in nih["Finding Labels"] for x in s.split("|")},
+                  "nih_expert": {"Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass"},
+                  "chexpert": set(FINDINGS)}
+    pad = pd.read_csv(real["padchest"] / f"{sources.PADCHEST_TABLE}.gz", usecols=["Labels"])
+    vocabulary["padchest"] = {x.strip() for s in pad["Labels"].dropna()
+                              for x in (ast.literal_eval(s) if s.startswith("[") else [])}
+    for name, words in vocabulary.items():
+        known = {labelmap.normalize(w) for w in words}
+        for entry in labelmap.load(name).entries.values():
+            unknown = [x for x in entry.labels if labelmap.normalize(x) not in known]
+            assert not unknown, (name, entry.finding, unknown)
+    kaggle = set(pd.read_csv(real["vindr"] / "train.csv.gz", usecols=["class_name"])["class_name"])
+    from cxrlib.synthetic.external import VINDR_COLUMNS
+    assert kaggle - {"No finding"} <= set(VINDR_COLUMNS)   # the PhysioNet columns hold Kaggle's classes
+    for entry in labelmap.load("vindr").entries.values():
+        assert set(entry.labels) <= set(VINDR_COLUMNS), entry.finding
+
+
+# --------------------------------------------------------------------------- label maps
+
+def write_map(path: Path, findings: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"source": "x", "findings": findings}))
+    return path
+
+
+def test_a_map_must_name_the_14_findings_and_explain_approximations(tmp_path):
+    good = {f: [f] for f in FINDINGS}
+    labelmap.load("x", write_map(tmp_path / "a.yaml", good))
+    with pytest.raises(UserError, match="absent"):
+        labelmap.load("x", write_map(tmp_path / "b.yaml", {f: [f] for f in FINDINGS[1:]}))
+    with pytest.raises(UserError, match="reason"):
+        labelmap.load("x", write_map(tmp_path / "c.yaml", {**good, "Edema": {"labels": ["e"], "approximate": True}}))
+    with pytest.raises(UserError, match="list of label strings"):
+        labelmap.load("x", write_map(tmp_path / "d.yaml", {**good, "Edema": "edema"}))
+
+
+def test_encoding_is_exact_and_keeps_missing_apart_from_negative(tmp_path):
+    lmap = labelmap.load("x", write_map(tmp_path / "m.yaml", {
+        **{f: None for f in FINDINGS}, "Fracture": ["rib fracture"], "Edema": ["Pulmonary  Edema"]}))
+    images = pd.Series([frozenset({"callus rib fracture"}), frozenset({"rib fracture"}), None,
+                        frozenset({"pulmonary edema"})])
+    unsure = pd.Series([frozenset(), frozenset(), frozenset(), frozenset({"rib fracture"})])
+    out = lmap.encode(images, unsure)
+    assert out["Fracture"].tolist()[:2] == [0.0, 1.0]           # no substring match
+    assert np.isnan(out["Fracture"].iloc[2]) and np.isnan(out["Edema"].iloc[2])   # unlabelled image
+    assert np.isnan(out["Fracture"].iloc[3])                     # uncertain, not positive: missing
+    assert out["Edema"].iloc[3] == 1.0                           # case and spaces do not matter
+    assert out["Cardiomegaly"].isna().all()                      # null: missing for every image
+    assert lmap.record()["sha256"] == labelmap.load("x", tmp_path / "m.yaml").sha256
