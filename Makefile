@@ -89,8 +89,9 @@ lab: setup ## Open JupyterLab with the venv's kernel (notebooks are jupytext pai
 cohort: setup ## Notebook 01: cohort (and image cache) for PARAMS
 	$(RUNNER) $(PRESET) --notebooks 01
 
-fetch: setup ## Download the cohort's images from PhysioNet (credentials: env, ~/.netrc or prompt)
-	$(PY) -m cxrlib fetch --params $(or $(PARAMS),params/demo.yaml) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(RELEASE),--version $(RELEASE)) $(if $(PRINT_GSUTIL),--print-gsutil)
+# SOURCE=vindr DATA_ROOT=<dir>: VinDr-CXR's test set instead (PhysioNet, its own agreement), for make external.
+fetch: setup ## Download the cohort's images from PhysioNet (credentials: env, ~/.netrc or prompt); SOURCE=vindr: VinDr-CXR's test set
+	$(if $(SOURCE),$(PY) -m cxrlib fetch-external --source $(SOURCE) --data-root $(or $(DATA_ROOT),data/vindr-cxr) $(if $(WORKERS),--workers $(WORKERS)); exit $$?;) $(PY) -m cxrlib fetch --params $(or $(PARAMS),params/demo.yaml) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(RELEASE),--version $(RELEASE)) $(if $(PRINT_GSUTIL),--print-gsutil)
 
 fetch-demographics: setup ## Download MIMIC-IV's patients and admissions (a separate agreement) for the audit
 	$(PY) -m cxrlib fetch-demographics --params $(or $(PARAMS),params/demo.yaml) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(MIMIC_IV_VERSION),--version $(MIMIC_IV_VERSION))

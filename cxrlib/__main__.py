@@ -11,6 +11,7 @@ COMMANDS = {
     "demo-data": ("synthetic.mimic_cxr", "generate the synthetic MIMIC-CXR-JPG stand-in"),
     "cohort": ("data.cohort", "build the cohort table from metadata and labels"),
     "fetch": ("data.physionet", "download the cohort's files from PhysioNet"),
+    "fetch-external": ("data.external_fetch", "download VinDr-CXR's test set from PhysioNet (its own agreement)"),
     "fetch-demographics": ("data.demographics", "download MIMIC-IV's patients and admissions for the audit"),
     "cache": ("data.cache", "decode the cohort's images once into a resized uint8 cache"),
     "external-table": ("data.sources", "an external dataset's tables (CheXpert, NIH, PadChest, VinDr-CXR) as one image table"),

@@ -41,11 +41,11 @@ def count_decodes(monkeypatch, fail_after=None):
     calls = []
     real = REAL_DECODE
 
-    def counting(path, size, resize="squash", mode="fast"):
+    def counting(path, size, resize="squash", mode="fast", *reader):
         if fail_after is not None and len(calls) >= fail_after:
             raise KeyboardInterrupt
         calls.append(os.path.basename(path))
-        return real(path, size, resize, mode)
+        return real(path, size, resize, mode, *reader)
 
     monkeypatch.setattr("cxrlib.data.decode.decode_image", counting)
     return calls

@@ -12,7 +12,7 @@ import pytest
 from cxrlib import params, runfiles
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-ALL = runfiles.NOTEBOOKS + ["06_compare"]   # 06 renders a group of runs (make compare), not one run's step
+ALL = runfiles.NOTEBOOKS + ["06_compare", "07_external"]   # 06: a group of runs (make compare); 07: one source (make external)
 GROUP_KNOBS = {"runs", "runs_root", "baseline", "bootstrap", "ci_level", "seed", "compare_on"}
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import hashlib
 import logging
 import pickle
 import sys
@@ -423,5 +424,39 @@ def test_fetch_demographics_gets_two_mimic_iv_tables_and_names_its_own_agreement
         err = captured().err
         assert "MIMIC-IV data use agreement" in err and "separate credentialed project" in err
         assert "n0t-the-Passw0rd" not in err
+    finally:
+        fake.stop()
+
+
+def test_vindr_test_set_is_fetched_with_the_same_credentials_resume_and_checksums(tmp_path):
+    """VinDr-CXR's PhysioNet layout on the emulator: the test labels, then only the DICOMs they list."""
+    from cxrlib.data import external_fetch
+
+    release = tmp_path / "vindr-release"
+    ids = ["0a1b2c", "3d4e5f"]
+    (release / "annotations").mkdir(parents=True)
+    (release / "test").mkdir()
+    (release / "train").mkdir()
+    (release / "annotations" / "image_labels_test.csv").write_text(
+        "image_id,Cardiomegaly,No finding\n" + "".join(f"{i},0,1\n" for i in ids))
+    for name in ids:
+        (release / "test" / f"{name}.dicom").write_bytes(b"\0" * 128 + b"DICM" + name.encode() * 50)
+    (release / "train" / "ffff.dicom").write_bytes(b"not wanted")
+    files = [p for p in release.rglob("*") if p.is_file()]
+    (release / "SHA256SUMS.txt").write_text("".join(
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(release).as_posix()}\n" for p in files))
+    fake = FakePhysioNet(release, USER, PASSWORD, prefix="/files/vindr-cxr/1.0.0/").start()
+    try:
+        fake.faults["test/3d4e5f.dicom"] = ["drop"]   # cut mid-file: resumed, then verified
+        root = tmp_path / "vindr"
+        labels, images = external_fetch.fetch_vindr_test(root, base_url=fake.base_url, workers=2, progress=False,
+                                                         backoff=0.01)
+        assert labels.ok and images.ok
+        assert sorted(p.name for p in (root / "test").iterdir()) == ["0a1b2c.dicom", "3d4e5f.dicom"]
+        assert not (root / "train").exists()
+        assert (root / "test" / "3d4e5f.dicom").read_bytes() == (release / "test" / "3d4e5f.dicom").read_bytes()
+        before = len(fake.requests)
+        labels, images = external_fetch.fetch_vindr_test(root, base_url=fake.base_url, progress=False)
+        assert images.ok and len(images.skipped) == 2 and len(fake.requests) == before   # a rerun asks nothing
     finally:
         fake.stop()

@@ -50,6 +50,10 @@ def test_committed_notebooks_are_clean_and_have_parameters():
         assert len(tagged) == 1, path.name
 
 
+EXTERNAL_DEMO = {"source": "nih", "source_root": "data/demo-nih", "subset": "", "external_views": "frontal",
+                 "equalize": False}
+
+
 def test_notebook_defaults_are_the_demo_preset():
     """Running a notebook by hand (JupyterLab) without the runner gives the demo."""
     import papermill
@@ -66,6 +70,9 @@ def test_notebook_defaults_are_the_demo_preset():
                 assert info["default"].strip("\"'") == ("runs/demo-grid" if path.stem == "06_compare" else "runs/demo")
                 continue
             if path.stem == "06_compare" and name in ("runs", "runs_root", "baseline"):
+                continue
+            if path.stem == "07_external" and name not in params.FIELDS:   # the demo's external step (Makefile)
+                assert eval(info["default"]) == EXTERNAL_DEMO[name], f"{path.name}: {name}"
                 continue
             expected = demo.get(name, getattr(defaults, name))
             assert eval(info["default"]) == expected, f"{path.name}: {name} = {info['default']} but demo.yaml has {expected!r}"

@@ -196,3 +196,9 @@ def test_encoding_is_exact_and_keeps_missing_apart_from_negative(tmp_path):
     assert out["Edema"].iloc[3] == 1.0                           # case and spaces do not matter
     assert out["Cardiomegaly"].isna().all()                      # null: missing for every image
     assert lmap.record()["sha256"] == labelmap.load("x", tmp_path / "m.yaml").sha256
+
+
+def test_the_docs_show_the_label_maps_as_they_are():
+    page = (PROJECT / "docs" / "external-validation.md").read_text()
+    assert labelmap.markdown_table() in page, "regenerate the table: python -c 'from cxrlib.data.labelmap import " \
+                                              "markdown_table; print(markdown_table())'"

@@ -12,11 +12,12 @@ log = logging.getLogger("cxrlib.data.physionet")
 SUMS = "SHA256SUMS.txt"
 
 CHECKSUM_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *]?(.+)$")
-# A listed path: a known top-level file, or a plain relative path under files/ (MIMIC-CXR-JPG) or one of
-# MIMIC-IV's modules (no '..', no control bytes).
-LISTED_PATH = re.compile(r"^(?:files|hosp|core|icu|ed|note)/(?:[A-Za-z0-9._ -]+/)*[A-Za-z0-9._ -]+$")
+# A listed path: a known top-level file, or a plain relative path under files/ (MIMIC-CXR-JPG), one of
+# MIMIC-IV's modules or VinDr-CXR's folders (no '..', no control bytes); VinDr-CXR's top level holds tables.
+LISTED_PATH = re.compile(r"^(?:files|hosp|core|icu|ed|note|annotations|test|train)/(?:[A-Za-z0-9._ -]+/)*"
+                         r"[A-Za-z0-9._ -]+$")
 TOP_LEVEL = re.compile(r"^(?:LICENSE\.txt|README(?:\.md)?|IMAGE_FILENAMES|RECORDS|index\.html|"
-                       r"mimic-cxr-2\.[01]\.0-[a-z-]+\.csv(?:\.gz)?)$")
+                       r"mimic-cxr-2\.[01]\.0-[a-z-]+\.csv(?:\.gz)?|[A-Za-z0-9_-]+\.(?:csv|xlsx|txt)(?:\.gz)?)$")
 
 
 class ChecksumListError(UserError):

@@ -139,3 +139,17 @@ def load(name: str, path: Path | None = None) -> LabelMap:
         entries[finding] = Entry(finding, tuple(labels), approximate, str(reason))
     return LabelMap(path.stem, entries, str(data.get("labels_from", "")),
                     hashlib.sha256(text.encode()).hexdigest(), text)
+
+
+def markdown_table(names=None) -> str:
+    """Every map side by side (≈ approximate), as docs/external-validation.md shows them; a test keeps the two equal."""
+    names = list(names or available())
+    maps = {name: load(name) for name in names}
+    lines = ["| finding | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for finding in FINDINGS:
+        cells = []
+        for name in names:
+            entry = maps[name].entries[finding]
+            cells.append("missing" if not entry.labels else ("≈ " if entry.approximate else "") + ", ".join(entry.labels))
+        lines.append(f"| {finding} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from ..data.cache import build_cache, cohort_with_rows
 from ..data.demographics import age_band
@@ -64,8 +65,6 @@ def external_cache_dir(p, source: str, equalize: bool) -> Path:
 
 def image_modes(data_root: Path, paths) -> dict:
     """How many files of each PIL mode (L, RGB, RGBA, I;16, ...) or DICOM: read from the headers only."""
-    from PIL import Image  # lazy: only this count needs PIL here
-
     counts: dict[str, int] = {}
     for rel in paths:
         try:
@@ -98,6 +97,11 @@ def score_source(run_dir, p, source: str, data_root, subset: str | None = None, 
     if table.empty:
         raise UserError(f"{source} under {data_root}: no {views} image in its table ({len(found.table)} rows); "
                         "try views: all")
+    present = table["path"].map(lambda rel: (data_root / rel).is_file())
+    if not present.any():
+        raise UserError(f"{source}: none of the {len(table)} images its table lists is under {data_root} (e.g. "
+                        f"{data_root / table['path'].iloc[0]}); the tables are there, the images are not: unpack "
+                        "them into that folder in the dataset's own layout (docs/external-validation.md)")
     model, trained, device, transform = load_best(run_dir, p)
     cohort = pd.DataFrame({"dicom_id": table["image_id"], "subject_id": table["patient_id"],
                            "study_id": table["study_id"], "split": "external", "path": table["path"],

@@ -21,6 +21,7 @@ from ..handoff.index_page import write_index
 from ..runfiles import (
     EXTERNAL_METRICS,
     EXTERNAL_NOTEBOOK,
+    EXTERNAL_PREDICTIONS,
     EXTERNAL_SETTINGS,
     METRICS,
     PREDICTIONS,
@@ -56,7 +57,8 @@ def validate_external(run_dir, source: str, data_root, subset: str | None = None
                 "equalize": bool(equalize), "table_images": int(len(found.table))}
     with runlock.hold(run_dir, " ".join(["cxrlib", "external", *sys.argv[2:]]) or "cxrlib external"):
         out.mkdir(parents=True, exist_ok=True)
-        (out / EXTERNAL_METRICS).unlink(missing_ok=True)   # never beside a notebook of other settings
+        for stale in (EXTERNAL_METRICS, EXTERNAL_PREDICTIONS):   # never beside a notebook of other settings
+            (out / stale).unlink(missing_ok=True)
         atomic_write_json(out / EXTERNAL_SETTINGS, settings)
         execute(EXTERNAL_NOTEBOOK, p, root, out, progress=progress,
                 extra={"run_dir": str(run_dir), "source": source, "source_root": str(data_root),
