@@ -99,14 +99,14 @@ def units(rng, n_patients: int, shift: float, findings: list[str]) -> pd.DataFra
     return frame
 
 
-@pytest.mark.parametrize("shift, low, high", [(0.0, 0.02, 0.09), (0.6, 0.8, 1.0)])
-def test_the_drop_holds_its_size_and_finds_a_real_drop(shift, low, high):
-    """200 internal/external pairs of 200 patients, 4 findings: with no shift about 5% report a drop;
-    with the separation cut by half (AUROC 0.80 -> 0.66) nearly all do."""
+@pytest.mark.parametrize("shift, reps, low, high", [(0.0, 200, 0.02, 0.09), (0.6, 100, 0.8, 1.0)])
+def test_the_drop_holds_its_size_and_finds_a_real_drop(shift, reps, low, high):
+    """Internal/external pairs of 200 patients, 4 findings: with no shift about 5% of 200 report a drop;
+    with the separation cut by half (AUROC 0.80 -> 0.66) at least 80% of 100 do."""
     rng = np.random.default_rng(1)
     findings = ["Atelectasis", "Edema", "Cardiomegaly", "Pneumothorax"]
     reported = []
-    for rep in range(200):
+    for rep in range(reps):
         drop = external.auroc_drop(units(rng, 200, 0.0, findings), units(rng, 200, shift, findings), findings,
                                    n_boot=200, seed=rep, ci_level=0.95, min_positives=10)
         reported.append(drop["reported"])

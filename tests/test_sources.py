@@ -202,3 +202,21 @@ def test_the_docs_show_the_label_maps_as_they_are():
     page = (PROJECT / "docs" / "external-validation.md").read_text()
     assert labelmap.markdown_table() in page, "regenerate the table: python -c 'from cxrlib.data.labelmap import " \
                                               "markdown_table; print(markdown_table())'"
+
+
+def test_mimic_is_one_source_among_them(tmp_path):
+    from cxrlib.data.cohort import load_raw_labels, read_table
+    from cxrlib.synthetic import mimic_cxr
+
+    mimic_cxr.generate(tmp_path, subjects=200, seed=0, images=False, progress=False)
+    everything = sources.read_source("mimic", tmp_path, "all").table
+    metadata, split = read_table(tmp_path, "metadata"), read_table(tmp_path, "split")
+    assert len(everything) == len(metadata) and everything["image_id"].is_unique
+    assert (everything["split"] == "test").sum() == (split["split"] == "test").sum()
+    assert len(sources.read_source("mimic", tmp_path).table) == (split["split"] == "test").sum()
+    raw = load_raw_labels(tmp_path, "chexpert").set_index("study_id")
+    cells = raw.reindex(everything["study_id"])[FINDINGS].to_numpy()
+    ours = everything[FINDINGS].to_numpy()
+    assert (np.isnan(ours) == ((cells == -1) | np.all(np.isnan(cells), 1, keepdims=True))).all()
+    blank = np.isnan(cells) & ~np.all(np.isnan(cells), 1, keepdims=True)   # not mentioned: negative
+    assert (ours[cells == 1] == 1).all() and (ours[blank] == 0).all()

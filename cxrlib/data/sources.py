@@ -12,7 +12,9 @@
   the 14 findings   1, 0 or empty (missing: the source cannot express it, or the label is uncertain)
 
 No image is needed to build a table. Tables may be .csv or .csv.gz. Which source label makes which finding
-positive is the source's label map (data/label_maps/<map>.yaml, see data.labelmap).
+positive is the source's label map (data/label_maps/<map>.yaml, see data.labelmap). MIMIC-CXR-JPG is one
+source among them (`--source mimic`: its CheXpert-labeler table and official split), so that other code can
+treat every dataset alike; notebook 07 validates on the four others.
 """
 from __future__ import annotations
 
@@ -28,12 +30,14 @@ from ..errors import UserError
 from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
 from . import labelmap
+from .cohort import image_paths, load_raw_labels, read_table
 
 COLUMNS = ["image_id", "patient_id", "study_id", "path", "view", "sex", "age", "split", "bits", *FINDINGS]
 FRONTAL = ("AP", "PA", "FRONTAL")   # FRONTAL: a frontal view whose AP or PA the source does not say
-SOURCES = ("chexpert", "nih", "padchest", "vindr")
+SOURCES = ("chexpert", "nih", "padchest", "vindr")       # the external ones: notebook 07 validates on them
+TABLE_SOURCES = (*SOURCES, "mimic")                       # MIMIC-CXR-JPG gives the same table (its own data)
 SUBSETS = {"chexpert": ("external", "valid", "test", "train"), "nih": ("test", "all", "expert"),
-           "padchest": ("physician", "all"), "vindr": ("test", "train")}
+           "padchest": ("physician", "all"), "vindr": ("test", "train"), "mimic": ("test", "all")}
 CHEXPERT_TEST_LABELS = ("groundtruth.csv", "test_labels.csv")
 NIH_ENTRIES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 NIH_EXPERT = ("four_findings_expert_labels_test_labels.csv", "four_findings_expert_labels_validation_labels.csv")
@@ -302,14 +306,39 @@ def vindr(root: Path, subset: str) -> SourceTable:
                        vocabulary, notes)
 
 
-ADAPTERS = {"chexpert": chexpert, "nih": nih, "padchest": padchest, "vindr": vindr}
-DEFAULT_SUBSET = {"chexpert": "external", "nih": "test", "padchest": "physician", "vindr": "test"}
+# --------------------------------------------------------------------------- MIMIC-CXR-JPG
+
+def mimic(root: Path, subset: str) -> SourceTable:
+    """MIMIC-CXR-JPG in the same table: its CheXpert-labeler labels (as chexpert's train), the official split."""
+    metadata = read_table(root, "metadata")
+    split = read_table(root, "split").drop_duplicates("dicom_id").set_index("dicom_id")["split"]
+    labels = load_raw_labels(root, "chexpert").set_index("study_id")
+    frame = metadata.assign(split=metadata["dicom_id"].map(split).fillna(""))
+    if subset == "test":
+        frame = frame[frame["split"] == "test"].reset_index(drop=True)
+    values = labels.reindex(frame["study_id"])[FINDINGS].to_numpy(np.float64)
+    names = np.array(FINDINGS)
+    positives = pd.Series([label_set(names[row == 1]) if np.isfinite(row).any() else None for row in values])
+    uncertain = pd.Series([label_set(names[row == -1]) for row in values])
+    view = frame["ViewPosition"].fillna("")
+    meta = pd.DataFrame({
+        "image_id": frame["dicom_id"], "patient_id": frame["subject_id"], "study_id": frame["study_id"],
+        "path": image_paths(frame), "view": view.where(view.isin(["AP", "PA"]), np.where(
+            view.isin(["LATERAL", "LL"]), "LATERAL", "OTHER")), "split": frame["split"]})
+    notes = ["the CheXpert labeler's labels (blank read as negative, -1 uncertain as missing); sex and age are "
+             "MIMIC-IV's (notebook 05), not in this table"]
+    lmap = labelmap.load("mimic")
+    return SourceTable("mimic", subset, standard(meta, lmap.encode(positives, uncertain)), lmap, notes=notes)
+
+
+ADAPTERS = {"chexpert": chexpert, "nih": nih, "padchest": padchest, "vindr": vindr, "mimic": mimic}
+DEFAULT_SUBSET = {"chexpert": "external", "nih": "test", "padchest": "physician", "vindr": "test", "mimic": "test"}
 
 
 def read_source(source: str, data_root, subset: str | None = None) -> SourceTable:
     """The standard table of `source` under `data_root` (subset: the source's default when None)."""
     if source not in ADAPTERS:
-        raise UserError(f"source {source!r} is not one of {list(SOURCES)}")
+        raise UserError(f"source {source!r} is not one of {list(TABLE_SOURCES)}")
     subset = subset or DEFAULT_SUBSET[source]
     if subset not in SUBSETS[source]:
         raise UserError(f"--subset {subset!r} is not one of {list(SUBSETS[source])} for {source}")
@@ -326,7 +355,7 @@ def frontal(table: pd.DataFrame) -> pd.DataFrame:
 def cli(command: str, argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m cxrlib external-table", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", required=True, choices=SOURCES)
+    ap.add_argument("--source", required=True, choices=TABLE_SOURCES)
     ap.add_argument("--data-root", required=True, help="the dataset's folder (its tables, images below it)")
     ap.add_argument("--subset", help="; ".join(f"{s}: {', '.join(v)} (default {DEFAULT_SUBSET[s]})"
                                               for s, v in SUBSETS.items()))
