@@ -111,7 +111,7 @@ tables.audit(report)
 # %% [markdown]
 # ## Preprocessing shift: what the model sees
 
-# %% tags=["key-figure"]
+# %%
 tables.plot_intensity(report)
 
 # %% [markdown]

@@ -179,3 +179,14 @@ def test_notebook_07_validates_the_tiny_run_on_every_source(external_run, tmp_pa
         assert len(report["intensity"]["external"]) == 256
     index = (external_run / "index.html").read_text()
     assert "external/nih/07_external.html" in index
+    nav = (external_run / "external" / "nih" / "07_external.html").read_text()
+    assert 'href="../../index.html"' in nav   # the report links back up to its run
+    from cxrlib.experiments.lister import runs_table
+    from cxrlib.handoff.card import build_card
+    assert "### External validation" in build_card(external_run) and "| nih |" in build_card(external_run)
+    row = runs_table(external_run.parent).set_index("run").loc[external_run.name]
+    assert row["external drop"].startswith("nih ")
+    best = external_run / "checkpoints" / "best.pt"   # a retrained best.pt (a new file, not the tiny run's link)
+    shutil.copy(best, best.with_suffix(".new"))
+    os.replace(best.with_suffix(".new"), best)
+    assert "STALE" in build_card(external_run) and runfiles.external_results(external_run)["nih"]["stale"]

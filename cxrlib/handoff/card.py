@@ -322,7 +322,7 @@ def external_section(run_dir: Path) -> list[str]:
         rows.append([source, r.get("subset"), f"{r['counts']['units']} {plural(r['level'])}",
                      ", ".join(d.get("findings", [])) or "none", _num(d.get("internal")), _num(d.get("external")),
                      f"{_num(d.get('value'))} [{_num(d.get('lo'))}, {_num(d.get('hi'))}]" if d else "-",
-                     ("STALE (another best.pt) " if r["stale"] else "")
+                     ("STALE (not today's best.pt) " if r["stale"] else "")
                      + ("drop" if d.get("reported") else "no drop" if d else "-")])
     return lines + _table(["source", "subset", "units", "exact findings", "internal", "external", "drop [CI]",
                            "verdict"], rows) + [""]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..fsutil import atomic_path, atomic_write_text
-from ..runfiles import CARD_HTML, INDEX
+from ..runfiles import CARD_HTML, EXTERNAL, INDEX
 
 CODE_HIDDEN_IN = ("03_", "04_", "05_", "06_")   # report_code: hide (01 and 02 document how the data was made)
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
@@ -111,13 +111,18 @@ def report_label(name: str) -> str:
 
 
 def navigation(run_dir: Path, here: str) -> str:
-    """The bar of links: the index page, every report of the run folder, the model card (those that exist)."""
-    run_dir = Path(run_dir)
+    """The bar of links: the index page, every report of the run folder, the model card (those that exist).
+    A page under external/<source>/ (notebook 07) links up to the run's pages and names its source."""
+    page_dir = Path(run_dir)
+    external = page_dir.parent.name == EXTERNAL
+    run_dir, prefix = (page_dir.parent.parent, "../../") if external else (page_dir, "")
     pages = [(INDEX, f"Run {run_dir.name}")]
     pages += [(p.name, report_label(p.name)) for p in sorted(run_dir.glob("[0-9][0-9]_*.html"))]
     pages += [(CARD_HTML, "Model card")]
-    links = [f'<a href="{name}"{" class=here" if name == here else ""}>{label}</a>' for name, label in pages
-             if name == here or (run_dir / name).is_file()]
+    links = [f'<a href="{prefix}{name}"{" class=here" if name == here and not external else ""}>{label}</a>'
+             for name, label in pages if (name == here and not external) or (run_dir / name).is_file()]
+    if external:
+        links.append(f'<a href="{here}" class=here>{report_label(here)}: {page_dir.name}</a>')
     return f'<!--cxr-nav--><nav class="cxr-nav">{"".join(links)}</nav><!--/cxr-nav-->'
 
 
@@ -143,7 +148,9 @@ def with_contents(page: str) -> str:
 def refresh_navigation(run_dir) -> list[Path]:
     """Every report's bar again, so that each links to the reports and the card made after it."""
     done = []
-    for page in [*sorted(Path(run_dir).glob("[0-9][0-9]_*.html")), Path(run_dir) / CARD_HTML]:
+    run_dir = Path(run_dir)
+    external = sorted(run_dir.glob(f"{EXTERNAL}/*/[0-9][0-9]_*.html"))
+    for page in [*sorted(run_dir.glob("[0-9][0-9]_*.html")), run_dir / CARD_HTML, *external]:
         if page.is_file():
             text = page.read_text()
             new = with_navigation(text, page.parent, page.name)

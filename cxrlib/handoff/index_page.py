@@ -119,7 +119,7 @@ def external_section(run_dir: Path) -> list[str]:
             continue
         verdict = "<span class='warn'>drop reported</span>" if drop["reported"] else "no drop reported"
         if report["stale"]:
-            verdict += " <span class='warn'>(STALE: made from another best.pt; validate again)</span>"
+            verdict += " <span class='warn'>(STALE: not made from today's best.pt; validate again)</span>"
         items.append(f"<li>{link} ({html.escape(str(report.get('subset')))}, {report['counts']['units']} "
                      f"{html.escape(report['level'])}-level units): macro AUROC over {len(drop['findings'])} exact "
                      f"findings {drop['internal']:.3f} internal, {drop['external']:.3f} external; drop "
@@ -147,10 +147,12 @@ def key_figures(run_dir: Path, redact: bool = False) -> list[tuple[str, str]]:
     """(report name, <img> or <svg> markup) of each output of a cell tagged key-figure, in notebook order;
     with `redact`, vector plots only (never a raster, never an SVG that embeds one)."""
     figures = []
-    for name in NOTEBOOKS:
-        notebook = run_dir / f"{name}.ipynb"
+    notebooks = [run_dir / f"{name}.ipynb" for name in NOTEBOOKS]
+    notebooks += sorted(run_dir.glob(f"{EXTERNAL}/*/{EXTERNAL_NOTEBOOK}.ipynb"))   # one per external source
+    for notebook in notebooks:
         if not notebook.is_file():
             continue
+        report = notebook.with_suffix(".html").relative_to(run_dir).as_posix()
         for cell in json.loads(notebook.read_text()).get("cells", []):
             if KEY_FIGURE_TAG not in cell.get("metadata", {}).get("tags", []):
                 continue
@@ -158,11 +160,11 @@ def key_figures(run_dir: Path, redact: bool = False) -> list[tuple[str, str]]:
                 data = output.get("data", {})
                 if "image/png" in data and not redact:
                     png = "".join(data["image/png"]) if isinstance(data["image/png"], list) else data["image/png"]
-                    figures.append((f"{name}.html", f'<img src="data:image/png;base64,{png.strip()}">'))
+                    figures.append((report, f'<img src="data:image/png;base64,{png.strip()}">'))
                 elif "image/svg+xml" in data:
                     svg = "".join(data["image/svg+xml"]) if isinstance(data["image/svg+xml"], list) else data["image/svg+xml"]
                     if not (redact and "<image" in svg):
-                        figures.append((f"{name}.html", XML_PROLOG.sub("", svg)))
+                        figures.append((report, XML_PROLOG.sub("", svg)))
     return figures
 
 
