@@ -25,7 +25,8 @@ help: ## List the targets
 	@echo "Variables: PARAMS=params/NAME.yaml RUN=<run name> DEVICE=cpu|gpu|auto GPUS=N RESUME=1 DATA_ROOT=<dir>,"
 	@echo "and any parameter in upper case (EPOCHS=3, BATCH_SIZE=32, ...): see cxrlib/params.py."
 	@echo "Also: A=, B= (make diff), YES=1 (make clean), LAB_ARGS= (make lab), WORKERS=, RELEASE=, PRINT_GSUTIL=1 (make fetch), MIMIC_IV_VERSION= (make fetch-demographics),"
-	@echo "GRID=, DRY_RUN=1, WAIT=1 (make sweep), RUNS=, BASELINE= (make compare), PORT=, MLRUNS= (make tensorboard, mlflow-ui)."
+	@echo "GRID=, DRY_RUN=1, WAIT=1 (make sweep), RUNS=, BASELINE= (make compare), PORT=, MLRUNS= (make tensorboard, mlflow-ui),"
+	@echo "SOURCE=, DATA_ROOT=, SUBSET=, EXTERNAL_VIEWS=all, EQUALIZE=1 (make external; make fetch SOURCE=vindr)."
 
 # In a git checkout: nbdime's notebook diffs, and nbstripout as a clean filter, so that outputs saved in
 # JupyterLab (with real data: patient images) never reach a commit (.gitattributes names the notebooks).

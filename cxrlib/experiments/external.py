@@ -85,7 +85,7 @@ def cli(command: str, argv: list[str]) -> int:
     ap.add_argument("--source", required=True, choices=SOURCES)
     ap.add_argument("--data-root", required=True, help="the dataset's folder (its tables; images below it)")
     ap.add_argument("--subset", help="; ".join(f"{s}: {', '.join(v)} (default {DEFAULT_SUBSET[s]})"
-                                              for s, v in SUBSETS.items()))
+                                              for s, v in SUBSETS.items() if s in SOURCES))
     ap.add_argument("--external-views", dest="views", choices=VIEWS, default="frontal", help="frontal (AP and PA) or all")
     ap.add_argument("--equalize", action="store_true", help="histogram-equalise the external images")
     ap.add_argument("--runs-dir", default="runs")
