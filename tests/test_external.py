@@ -46,6 +46,20 @@ def test_12_bit_png_and_monochrome1_dicom_decode_as_the_8_bit_jpeg(tmp_path):
     assert abs(png.mean() - jpeg.mean()) < 1 and png.mean() > 100
 
 
+def test_a_jpeg_2000_dicom_decodes_as_the_uncompressed_one(tmp_path):
+    from pydicom import dcmread
+    from pydicom.uid import JPEG2000Lossless
+
+    plain = stand_in.dicom_bytes(smooth_image(), monochrome1=True, window=False, uid="1.2.6")
+    (tmp_path / "plain.dicom").write_bytes(plain)
+    compressed = dcmread(io.BytesIO(plain))
+    compressed.compress(JPEG2000Lossless)
+    compressed.save_as(tmp_path / "j2k.dicom")
+    a = decode_image(tmp_path / "plain.dicom", 48, formats=("DICOM",))[0]
+    b = decode_image(tmp_path / "j2k.dicom", 48, formats=("DICOM",))[0]
+    assert np.array_equal(a, b)
+
+
 def test_bits_from_the_table_win_over_the_files_range(tmp_path):
     dark = np.full((40, 40), 1000, np.uint16)   # a 12-bit image whose brightest pixel is below 1024
     Image.fromarray(dark).save(tmp_path / "dark.png")

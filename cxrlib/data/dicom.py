@@ -1,6 +1,7 @@
 """A DICOM radiograph -> 8-bit grey, as a viewer shows it (VinDr-CXR ships DICOM).
 
-pydicom decodes the pixel data (uncompressed and the transfer syntaxes its installed handlers support),
+pydicom decodes the pixel data (uncompressed, and JPEG 2000 through pylibjpeg-openjpeg; other syntaxes
+need their handler, and a file without one is listed by the cache, not a crash),
 then the modality LUT (rescale slope and intercept) and the VOI LUT (the window the scanner chose) apply,
 and MONOCHROME1 (white is low) is inverted, so that bone is bright in every image. The window's output
 range, or the stored bits' range when there is no window, maps linearly onto 0-255.
@@ -33,7 +34,9 @@ def read_dicom(path) -> Image.Image:
         raw = ds.pixel_array
     except Exception as error:   # a compressed syntax without its handler, or damaged pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise ValueError(f"pydicom cannot decode its pixel data (transfer syntax {syntax}: {error})") from None
+        raise ValueError(f"pydicom cannot decode its pixel data (transfer syntax {syntax}: {error}); JPEG 2000 is "
+                         "decoded by pylibjpeg-openjpeg (installed), JPEG lossless needs `pip install "
+                         "pylibjpeg-libjpeg` (GPL) or `python-gdcm`") from None
     if raw.ndim != 2:
         raise ValueError(f"not a single grey frame (pixel array of shape {raw.shape})")
     bits = int(getattr(ds, "BitsStored", 16))
