@@ -220,3 +220,11 @@ def test_mimic_is_one_source_among_them(tmp_path):
     assert (np.isnan(ours) == ((cells == -1) | np.all(np.isnan(cells), 1, keepdims=True))).all()
     blank = np.isnan(cells) & ~np.all(np.isnan(cells), 1, keepdims=True)   # not mentioned: negative
     assert (ours[cells == 1] == 1).all() and (ours[blank] == 0).all()
+
+
+def test_a_table_without_its_columns_is_named_with_what_it_lacks(tmp_path):
+    (tmp_path / "Data_Entry_2017_v2020.csv").write_text("Image Index,Labels\na.png,x\n")
+    with pytest.raises(UserError, match=r"Data_Entry_2017_v2020.csv: no column\(s\) \['Finding Labels'"):
+        sources.read_source("nih", tmp_path, "all")
+    with pytest.raises(UserError, match="no valid.csv"):
+        sources.read_source("chexpert", tmp_path)

@@ -46,6 +46,7 @@ PADCHEST_TABLE = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 VINDR_LABELS = "annotations/image_labels_{split}.csv"
 VINBIGDATA = "train.csv"          # Kaggle's VinBigData box table: image_id, class_name, rad_id, boxes
 VINDR_READERS_NEEDED = 2          # of a train image's 3 readers
+EXPERT_COLUMNS = ["Image Index", "Patient ID", "Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass"]
 
 
 @dataclass
@@ -74,6 +75,19 @@ def find_table(root: Path, name: str, required: bool = True) -> Path | None:
     return None
 
 
+def read_csv(path: Path, required, **kwargs) -> pd.DataFrame:
+    """A source table with the columns an adapter needs, else one line naming the file and what it lacks."""
+    try:
+        frame = pd.read_csv(path, **kwargs)
+    except (OSError, ValueError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: could not be read as a table ({e}); download it again") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: no column(s) {missing} (it has {list(frame.columns)[:12]}...); is it the "
+                        "release's own file? See docs/external-validation.md for the expected layout")
+    return frame
+
+
 def label_set(values) -> frozenset:
     return frozenset(labelmap.normalize(v) for v in values if str(v).strip())
 
@@ -94,7 +108,7 @@ def standard(frame: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- CheXpert
 
 def chexpert_rows(csv: Path, split: str, root: Path) -> pd.DataFrame:
-    frame = pd.read_csv(csv, dtype={"Path": str})
+    frame = read_csv(csv, ["Path", *FINDINGS], dtype={"Path": str})
     # Paths start with the release folder (CheXpert-v1.0-small/ or CheXpert-v1.0/); the data root is its parent
     # or the folder itself.
     release, inside = frame["Path"].str.split("/", n=1).str[0], frame["Path"].str.split("/", n=1).str[1]
@@ -111,7 +125,7 @@ def chexpert_rows(csv: Path, split: str, root: Path) -> pd.DataFrame:
 
 def chexpert_test_rows(csv: Path, root: Path) -> pd.DataFrame:
     """The test labels are per study (`Study`); each frontal image found under the study's folder is a row."""
-    frame = pd.read_csv(csv)
+    frame = read_csv(csv, FINDINGS)
     if "Path" in frame:
         return chexpert_rows(csv, "test", root)
     rows = []
@@ -177,7 +191,8 @@ def nih(root: Path, subset: str) -> SourceTable:
     entries = next((p for n in NIH_ENTRIES if (p := find_table(root, n, required=False))), None)
     if entries is None:
         raise UserError(f"{root}: no {' or '.join(NIH_ENTRIES)} (.gz accepted); is DATA_ROOT the NIH folder?")
-    frame = pd.read_csv(entries)
+    frame = read_csv(entries, ["Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender",
+                               "View Position"])
     names = frame["Image Index"].astype(str)
     split = nih_split(root, names)
     if subset == "test":
@@ -201,16 +216,16 @@ def nih_expert(root: Path) -> SourceTable:
     parts = [(p, split) for n, split in zip(NIH_EXPERT, ("test", "validate"))
              if (p := find_table(root, n, required=False))]
     if parts:
-        frame = pd.concat([pd.read_csv(p).assign(_split=s) for p, s in parts], ignore_index=True)
+        frame = pd.concat([read_csv(p, EXPERT_COLUMNS).assign(_split=s) for p, s in parts], ignore_index=True)
     else:
         combined = find_table(root, NIH_EXPERT_COMBINED, required=False)
         if combined is None:
             raise UserError(f"{root}: no Google expert labels ({NIH_EXPERT[0]} and {NIH_EXPERT[1]}, or "
                             f"{NIH_EXPERT_COMBINED}); they come from Google's NIH ChestX-ray14 annotations")
-        frame = pd.read_csv(combined)
+        frame = read_csv(combined, [*EXPERT_COLUMNS, "Set Id"])
         frame["_split"] = frame["Set Id"].map({"test": "test", "val": "validate"}).fillna("")
     lmap = labelmap.load("nih_expert")
-    expert = ["Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass"]
+    expert = EXPERT_COLUMNS[2:]
     yes = frame[expert].apply(lambda c: c.astype(str).str.upper().eq("YES"))
     positives = pd.Series([label_set(np.array(expert)[row]) for row in yes.to_numpy()])
     names = frame["Image Index"].astype(str)
@@ -239,8 +254,9 @@ def padchest_labels(text) -> frozenset | None:
 
 
 def padchest(root: Path, subset: str) -> SourceTable:
-    frame = pd.read_csv(find_table(root, PADCHEST_TABLE), low_memory=False,
-                        dtype={"ImageID": str, "PatientID": str, "StudyID": str})
+    frame = read_csv(find_table(root, PADCHEST_TABLE), ["ImageID", "ImageDir", "StudyID", "PatientID", "PatientBirth",
+                     "PatientSex_DICOM", "StudyDate_DICOM", "Projection", "MethodLabel", "BitsStored_DICOM", "Labels"],
+                     low_memory=False, dtype={"ImageID": str, "PatientID": str, "StudyID": str})
     if subset == "physician":
         frame = frame[frame["MethodLabel"].eq("Physician")].reset_index(drop=True)
     lmap = labelmap.load("padchest")
@@ -269,7 +285,7 @@ def vindr(root: Path, subset: str) -> SourceTable:
     physionet = find_table(root, VINDR_LABELS.format(split=subset), required=False)
     vocabulary = None
     if physionet is not None:
-        frame = pd.read_csv(physionet, dtype={"image_id": str})
+        frame = read_csv(physionet, ["image_id"], dtype={"image_id": str})
         label_columns = [c for c in frame.columns if c not in ("image_id", "rad_id")]
         present = frame[label_columns].apply(pd.to_numeric, errors="coerce").fillna(0).gt(0)
         if "rad_id" in frame:   # train: one row per reader; a label counts when enough readers drew it
@@ -286,7 +302,7 @@ def vindr(root: Path, subset: str) -> SourceTable:
             raise UserError(f"{root}: no {VINDR_LABELS.format(split=subset)} (.gz accepted): VinDr-CXR 1.0.0 from "
                             "PhysioNet (`make fetch SOURCE=vindr` fetches its test set); Kaggle's VinBigData "
                             f"{VINBIGDATA} serves --subset train only")
-        boxes = pd.read_csv(kaggle, dtype={"image_id": str})
+        boxes = read_csv(kaggle, ["image_id", "class_name", "rad_id"], dtype={"image_id": str})
         readers = boxes.drop_duplicates(["image_id", "rad_id", "class_name"])
         counts = readers.groupby(["image_id", "class_name"]).size().ge(VINDR_READERS_NEEDED)
         by_image = counts[counts].reset_index().groupby("image_id")["class_name"].apply(label_set)
