@@ -12,8 +12,10 @@ The procedure, declared before any figure is seen:
 - Primary (the one decision per source): the drop of the macro AUROC from the run's own test split to the
   external set, over the findings the source maps *exactly* and both sides can estimate (min_positives
   positives and negatives). Internal and external are independent samples: the drop's interval is the
-  percentile interval of the difference of independent patient bootstraps; a drop is reported when it
-  excludes 0. Approximately mapped findings mix site and definition, so they are shown, not decided on.
+  percentile interval of the difference of independent patient bootstraps. A drop is reported when the
+  interval lies above 0; one below 0 says the external AUROC is higher (`direction`: drop, higher, none),
+  which is no failure of the model but still a difference to explain (cleaner labels, an easier case mix).
+  Approximately mapped findings mix site and definition, so they are shown, not decided on.
 - Exploratory: per-finding drops with Holm-adjusted p-values; thresholds chosen on the run's validation
   split, carried over (what a deployed model would do); calibration (ECE, calibration-in-the-large)
   with and without the run's recalibration; the sex and age-band audit of evaluation.fairness.
@@ -198,7 +200,8 @@ def auroc_drop(internal: pd.DataFrame, external: pd.DataFrame, findings: list[st
         table.loc[tested, "p_holm"] = holm(table.loc[tested, "p_value"].to_numpy())
     return {"findings": findings, "internal": point[0]["macro"]["auroc"], "external": point[1]["macro"]["auroc"],
             "value": value, "lo": lo, "hi": hi, "p_value": p_macro, "ci_level": ci_level, "n_boot": n_boot,
-            "reported": bool(np.isfinite(lo) and (lo > 0 or hi < 0)),
+            "reported": bool(np.isfinite(lo) and lo > 0),
+            "direction": "drop" if np.isfinite(lo) and lo > 0 else "higher" if np.isfinite(hi) and hi < 0 else "none",
             "method": "independent patient bootstraps of the run's test split and the external set; percentile",
             "per_finding": table.to_dict("records")}
 

@@ -40,6 +40,9 @@ def verdict(report: dict) -> str:
         return (f"DROP REPORTED: the external macro AUROC over {len(drop['findings'])} exact findings is "
                 f"{abs(drop['value']):.3f} {direction} than on the run's own test split, {level} CI "
                 f"[{drop['lo']:.3f}, {drop['hi']:.3f}] excludes 0")
+    if drop.get("direction") == "higher":
+        return (f"no drop; the external macro AUROC is HIGHER by {-drop['value']:.3f}, {level} CI of the drop "
+                f"[{drop['lo']:.3f}, {drop['hi']:.3f}] below 0: cleaner labels or an easier case mix, worth a look")
     return (f"no drop reported: internal minus external macro AUROC {drop['value']:+.3f}, {level} CI "
             f"[{drop['lo']:.3f}, {drop['hi']:.3f}] includes 0")
 
