@@ -93,6 +93,14 @@ def external_results(run_dir) -> dict[str, dict]:
     return {path.parent.name: {**(r := read_json(path)), "stale": r.get("checkpoint") != now} for path in found}
 
 
+def drop_verdict(drop: dict | None) -> str:
+    """An external validation's decision in a few words (its metrics.json `drop`), wherever it is listed."""
+    if not drop:
+        return "no finding compared"
+    return {"drop": "drop reported", "higher": "no drop; external higher"}.get(drop.get("direction"),
+                                                                              "no drop reported")
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 

@@ -72,8 +72,7 @@ def summary_line(out: Path) -> str:
     drop = report.get("drop")
     if not drop:
         return f"{out}: no exactly mapped finding could be compared"
-    verdict = {"drop": "drop reported", "higher": "no drop; external higher"}.get(drop.get("direction"),
-                                                                                 "no drop reported")
+    verdict = runfiles.drop_verdict(drop)
     return (f"{out}: macro AUROC over {len(drop['findings'])} exact findings, internal {drop['internal']:.3f}, "
             f"external {drop['external']:.3f}; drop {drop['value']:+.3f} [{drop['lo']:.3f}, {drop['hi']:.3f}] "
             f"({verdict}; {report['level']}-level, {report['counts']['units']} external units)")

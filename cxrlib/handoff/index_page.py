@@ -28,6 +28,7 @@ from ..runfiles import (
     NOTEBOOKS,
     PARAMS,
     PREDICTIONS,
+    drop_verdict,
     export_states,
     external_results,
     frozen_if_any,
@@ -117,8 +118,8 @@ def external_section(run_dir: Path) -> list[str]:
         if not drop:
             items.append(f"<li>{link}: no exactly mapped finding could be compared</li>")
             continue
-        verdict = ("<span class='warn'>drop reported</span>" if drop["reported"] else
-                   "no drop; external higher" if drop.get("direction") == "higher" else "no drop reported")
+        verdict = drop_verdict(drop)
+        verdict = f"<span class='warn'>{verdict}</span>" if drop["reported"] else verdict
         if report["stale"]:
             verdict += " <span class='warn'>(STALE: not made from today's best.pt; validate again)</span>"
         items.append(f"<li>{link} ({html.escape(str(report.get('subset')))}, {report['counts']['units']} "
