@@ -228,3 +228,15 @@ def test_a_table_without_its_columns_is_named_with_what_it_lacks(tmp_path):
         sources.read_source("nih", tmp_path, "all")
     with pytest.raises(UserError, match="no valid.csv"):
         sources.read_source("chexpert", tmp_path)
+
+
+def test_a_vindr_label_the_release_lacks_leaves_its_finding_missing_not_negative(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "image_labels_test.csv").write_text(
+        "image_id,Cardiomegaly,Pleural effusion,No finding\nab12,1,0,0\ncd34,0,0,1\n")
+    found = sources.read_source("vindr", tmp_path)
+    table = found.table
+    assert table["Cardiomegaly"].tolist() == [1.0, 0.0] and table["No Finding"].tolist() == [0.0, 1.0]
+    assert table["Pneumothorax"].isna().all() and table["Edema"].isna().all()   # columns it does not have
+    assert any("does not have" in note for note in found.notes)
+    assert table["path"].tolist() == ["test/ab12.dicom", "test/cd34.dicom"]

@@ -296,6 +296,7 @@ def vindr(root: Path, subset: str) -> SourceTable:
             ids = frame["image_id"]
         columns = np.array(label_columns)
         positives = pd.Series([label_set(columns[row]) for row in present.to_numpy()])
+        vocabulary = label_columns   # a map label the release spells otherwise must not read as "never present"
     else:
         kaggle = find_table(root, VINBIGDATA, required=False)
         if kaggle is None or subset != "train":
@@ -316,8 +317,12 @@ def vindr(root: Path, subset: str) -> SourceTable:
              "view: PA for every image (the dataset's description; DICOM headers not read)",
              "test: consensus of 5 radiologists" if subset == "test"
              else f"train: a label counts when {VINDR_READERS_NEEDED} of the 3 readers drew it"]
-    if vocabulary is not None:
+    if physionet is None:
         notes.append(f"Kaggle's VinBigData table holds {len(vocabulary)} labels; findings it cannot hold are missing")
+    absent = sorted({x for e in lmap.entries.values() for x in e.labels} - set(vocabulary))
+    if absent:
+        notes.append(f"labels of the map this table does not have: {absent} (a finding with none of its labels is "
+                     "missing, never negative)")
     return SourceTable("vindr", subset, standard(meta, lmap.encode(positives, vocabulary=vocabulary)), lmap,
                        vocabulary, notes)
 
