@@ -88,6 +88,15 @@ def read_csv(path: Path, required, **kwargs) -> pd.DataFrame:
     return frame
 
 
+def column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """An optional column as strings, blank where the table lacks it or a cell is empty."""
+    return frame[name].fillna("").astype(str) if name in frame else pd.Series("", index=frame.index)
+
+
+def kept(values: pd.Series, allowed, other: str) -> pd.Series:
+    return values.where(values.isin(allowed), other)
+
+
 def label_set(values) -> frozenset:
     return frozenset(labelmap.normalize(v) for v in values if str(v).strip())
 
@@ -114,12 +123,12 @@ def chexpert_rows(csv: Path, split: str, root: Path) -> pd.DataFrame:
     release, inside = frame["Path"].str.split("/", n=1).str[0], frame["Path"].str.split("/", n=1).str[1]
     path = frame["Path"] if len(frame) and (root / release.iloc[0]).is_dir() else inside
     pieces = inside.str.split("/")
-    lateral = frame.get("Frontal/Lateral", pd.Series("", index=frame.index)).eq("Lateral")
-    view = np.where(lateral, "LATERAL", frame.get("AP/PA", pd.Series("", index=frame.index)).fillna("OTHER"))
+    lateral = column(frame, "Frontal/Lateral").eq("Lateral")
+    view = np.where(lateral, "LATERAL", column(frame, "AP/PA").replace("", "OTHER"))
     return pd.DataFrame({
         "image_id": frame["Path"], "patient_id": pieces.str[1], "study_id": pieces.str[:3].str.join("/"),
         "path": path, "view": pd.Series(view).where(pd.Series(view).isin(["AP", "PA", "LATERAL"]), "OTHER"),
-        "sex": frame.get("Sex", pd.Series("", index=frame.index)).map({"Female": "F", "Male": "M"}).fillna(""),
+        "sex": column(frame, "Sex").map({"Female": "F", "Male": "M"}).fillna(""),
         "age": frame.get("Age"), "split": split, **{f: frame[f] for f in FINDINGS}})
 
 
@@ -204,9 +213,8 @@ def nih(root: Path, subset: str) -> SourceTable:
     positives = frame["Finding Labels"].fillna("").map(lambda s: label_set(s.split("|")))
     meta = pd.DataFrame({
         "image_id": names, "patient_id": frame["Patient ID"].astype(str), "study_id": names,
-        "path": nih_paths(root, names), "view": frame["View Position"].where(frame["View Position"].isin(["AP", "PA"]),
-                                                                             "OTHER"),
-        "sex": frame["Patient Gender"].where(frame["Patient Gender"].isin(["F", "M"]), ""),
+        "path": nih_paths(root, names), "view": kept(frame["View Position"], ["AP", "PA"], "OTHER"),
+        "sex": kept(frame["Patient Gender"], ["F", "M"], ""),
         "age": frame["Patient Age"], "split": split.to_numpy()})
     notes = ["labels by NLP from the reports; each image is its own study (NIH gives follow-up numbers, not studies)"]
     return SourceTable("nih", subset, standard(meta, lmap.encode(positives)), lmap, notes=notes)
@@ -232,10 +240,8 @@ def nih_expert(root: Path) -> SourceTable:
     meta = pd.DataFrame({
         "image_id": names, "patient_id": frame["Patient ID"].astype(str), "study_id": names,
         "path": nih_paths(root, names),
-        "view": frame.get("View Position", pd.Series("OTHER", index=frame.index)).where(
-            frame.get("View Position", pd.Series("", index=frame.index)).isin(["AP", "PA"]), "OTHER"),
-        "sex": frame.get("Patient Gender", pd.Series("", index=frame.index)).where(
-            frame.get("Patient Gender", pd.Series("", index=frame.index)).isin(["F", "M"]), ""),
+        "view": kept(column(frame, "View Position"), ["AP", "PA"], "OTHER"),
+        "sex": kept(column(frame, "Patient Gender"), ["F", "M"], ""),
         "age": frame.get("Patient Age"), "split": frame["_split"]})
     notes = ["Google's expert labels (radiologists, adjudicated) for four findings"]
     return SourceTable("nih", "expert", standard(meta, lmap.encode(positives)), lmap, notes=notes)

@@ -157,38 +157,22 @@ def estimable(y: np.ndarray, minimum: int) -> np.ndarray:
     return np.minimum(np.nansum(y == 1, 0), np.nansum(y == 0, 0)) >= max(minimum, 1)
 
 
-def bootstrap_auroc(y, prob, groups, findings, n_boot: int, seed: int, min_positives: int) -> dict:
-    """AUROC per finding (B, F) and their macro (B,) on n_boot patient resamples."""
-    plan = metrics.resample_plan(y, prob, findings, min_positives=min_positives)
-    parts = [metrics.plan_stats(plan, w) for w in metrics.patient_weights(groups, len(y), n_boot, seed)]
-    return {"auroc": np.concatenate([x["auroc"] for x in parts]),
-            "macro": np.concatenate([x["auroc_macro"] for x in parts])}
-
-
-def interval(samples: np.ndarray, ci_level: float) -> tuple[float, float]:
-    kept = samples[np.isfinite(samples)]
-    if kept.size == 0:
-        return float("nan"), float("nan")
-    tail = 100 * (1 - ci_level) / 2
-    return float(np.percentile(kept, tail)), float(np.percentile(kept, 100 - tail))
-
-
 def auroc_drop(internal: pd.DataFrame, external: pd.DataFrame, findings: list[str], n_boot: int, seed: int,
                ci_level: float, min_positives: int) -> dict:
     """Internal minus external AUROC (macro over `findings`, and each), with independent patient bootstraps:
     percentile intervals of the difference, two-sided bootstrap p-values, Holm over the findings."""
     sides = [matrices(internal, findings), matrices(external, findings)]
     point = [metrics.ranking_metrics(y, prob, findings, min_positives) for y, prob, _ in sides]
-    boot = [bootstrap_auroc(y, prob, g, findings, n_boot, seed + k, min_positives)
-            for k, (y, prob, g) in enumerate(sides)]
-    macro_diff = boot[0]["macro"] - boot[1]["macro"]
-    lo, hi = interval(macro_diff, ci_level)
+    boot = [metrics.bootstrap_plans([metrics.resample_plan(y, prob, findings, min_positives=min_positives)], y, g,
+                                    n_boot, seed + k, progress=False)[0] for k, (y, prob, g) in enumerate(sides)]
+    macro_diff = boot[0]["auroc_macro"] - boot[1]["auroc_macro"]
+    lo, hi, _ = metrics.percentile_interval(macro_diff, ci_level)
     value = point[0]["macro"]["auroc"] - point[1]["macro"]["auroc"]
     p_macro = metrics.bootstrap_p(macro_diff[np.isfinite(macro_diff)])[0] if np.isfinite(macro_diff).any() else None
     rows = []
     for j, finding in enumerate(findings):
         diff = boot[0]["auroc"][:, j] - boot[1]["auroc"][:, j]
-        d_lo, d_hi = interval(diff, ci_level)
+        d_lo, d_hi, _ = metrics.percentile_interval(diff, ci_level)
         a, b = point[0]["per_finding"][finding]["auroc"], point[1]["per_finding"][finding]["auroc"]
         p_value = metrics.bootstrap_p(diff[np.isfinite(diff)])[0] if np.isfinite(diff).any() else np.nan
         rows.append({"finding": finding, "internal": a, "external": b, "drop": a - b, "lo": d_lo, "hi": d_hi,
@@ -229,7 +213,7 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
     exact = [f for f in mapped if status[f] == "exact"]
     units = units_of(frame, p)
     internal = units_of(read_predictions(run_dir), p)
-    internal = internal[internal["split"] == "test"].reset_index(drop=True)
+    internal = internal[internal["split"] == "test"].reset_index(drop=True)   # the units notebook 03 scored
     y_ext, p_ext, g_ext = matrices(units, mapped)
     summary = metrics.summarize(y_ext, p_ext, g_ext, n_boot=n_boot, seed=p.seed, ci_level=p.ci_level,
                                 findings=mapped, min_positives=p.min_positives) if mapped else None
@@ -243,10 +227,7 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
              for f, by_rule in run_metrics["thresholds"]["values"].items()}
     at_thresholds = threshold_metrics(y_ext, p_ext, {f: rules[f] for f in mapped}, mapped) if mapped else None
     internal_at = [r for r in run_metrics["thresholds"]["test"] if r["finding"] in mapped]
-    val = units_of(read_predictions(run_dir), p)
-    val = val[val["split"] == "validate"]
-    calibrator = (recalibration.fit(p.calibration, *matrices(val, FINDINGS)[:2])
-                  if p.calibration != "none" and len(val) else None)
+    calibrator = run_metrics.get("recalibration")   # what notebook 03 fitted on validation (None: not recalibrated)
     calibrated = recalibration.apply(calibrator, units[PROB_COLUMNS].to_numpy(np.float64))
     calibrated = calibrated[:, [FINDINGS.index(f) for f in mapped]]
     audit = subgroup_audit(units, frame, {f: rules[f]["f1"] for f in FINDINGS}, n_boot, p)

@@ -242,7 +242,7 @@ def _chunk_size(y: np.ndarray) -> int:
     return int(np.clip(4_000_000 // cells, 8, 256))
 
 
-def _bootstrap(plans: list[ResamplePlan], y, groups, n_boot: int, seed: int, progress: bool) -> list[dict]:
+def bootstrap_plans(plans: list[ResamplePlan], y, groups, n_boot: int, seed: int, progress: bool) -> list[dict]:
     """The statistics of every plan on the same n_boot patient resamples (paired when several)."""
     chunks = [[] for _ in plans]
     size = _chunk_size(y)
@@ -253,7 +253,7 @@ def _bootstrap(plans: list[ResamplePlan], y, groups, n_boot: int, seed: int, pro
     return [{k: np.concatenate([c[k] for c in out]) for k in out[0]} for out in chunks]
 
 
-def _interval(samples: np.ndarray, ci_level: float) -> tuple[float, float, int]:
+def percentile_interval(samples: np.ndarray, ci_level: float) -> tuple[float, float, int]:
     valid = samples[~np.isnan(samples)]
     if not valid.size:
         return float("nan"), float("nan"), 0
@@ -264,7 +264,7 @@ def _interval(samples: np.ndarray, ci_level: float) -> tuple[float, float, int]:
 
 def _figure(value, samples, ci_level, estimable: bool = True) -> dict:
     """{value, lo, hi, n_boot_valid, conditional}; no interval for a figure that is not estimable."""
-    lo, hi, valid = _interval(samples, ci_level)
+    lo, hi, valid = percentile_interval(samples, ci_level)
     if not estimable:
         lo = hi = float("nan")
     return {"value": json_number(value), "lo": json_number(lo), "hi": json_number(hi), "n_boot_valid": valid,
@@ -292,7 +292,7 @@ def summarize(y, p, groups=None, n_boot: int = 1000, seed: int = 0, ci_level: fl
     y, p, findings = check_inputs(y, p, findings)
     point = ranking_metrics(y, p, findings, min_positives)
     cal = calibration(y, p, n_bins, "uniform", findings)
-    boot = _bootstrap([resample_plan(y, p, findings, n_bins, min_positives)], y, groups, n_boot, seed, progress)[0]
+    boot = bootstrap_plans([resample_plan(y, p, findings, n_bins, min_positives)], y, groups, n_boot, seed, progress)[0]
     per_finding = {}
     for j, name in enumerate(findings):
         pf = point["per_finding"][name]
@@ -355,12 +355,12 @@ def paired_bootstrap(y, p_a, p_b, groups=None, n_boot: int = 1000, seed: int = 0
     points = [ranking_metrics(y, p, findings, min_positives) for p in (p_a, p_b)]
     cals = [calibration(y, p, n_bins, "uniform", findings) for p in (p_a, p_b)]
     plans = [resample_plan(y, p, findings, n_bins, min_positives) for p in (p_a, p_b)]
-    boot_a, boot_b = _bootstrap(plans, y, groups, n_boot, seed, progress)
+    boot_a, boot_b = bootstrap_plans(plans, y, groups, n_boot, seed, progress)
 
     def compare(a, b, key, column=None, estimable=True):
         da, db = boot_a[key], boot_b[key]
         diff = (db - da) if column is None else (db[:, column] - da[:, column])
-        lo, hi, valid = _interval(diff, ci_level)
+        lo, hi, valid = percentile_interval(diff, ci_level)
         p_value, _ = bootstrap_p(diff)
         if not estimable:
             lo = hi = p_value = float("nan")
