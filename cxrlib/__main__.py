@@ -15,6 +15,7 @@ COMMANDS = {
     "fetch-demographics": ("data.demographics", "download MIMIC-IV's patients and admissions for the audit"),
     "cache": ("data.cache", "decode the cohort's images once into a resized uint8 cache"),
     "external-table": ("data.sources", "an external dataset's tables (CheXpert, NIH, PadChest, VinDr-CXR) as one image table"),
+    "convert-weights": ("training.convert", "a torchxrayvision file (or a trusted checkpoint) as safetensors + JSON, once"),
     "run": ("experiments.runs", "run the pipeline notebooks for a parameter file"),
     "audit": ("experiments.runs", "notebook 05 on a run: the audit by patient group (MIMIC-IV demographics)"),
     "report": ("experiments.runs", "re-render a run's executed notebooks to HTML"),

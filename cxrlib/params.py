@@ -60,9 +60,12 @@ class Params:
     aug_contrast: float = 0.10
     num_workers: int = 2
     # --- model ---
-    arch: Literal["resnet101", "resnet50", "densenet121", "resnet18"] = "resnet101"
+    arch: str = "resnet101"             # resnet101 | resnet50 | densenet121 | resnet18 | timm:<model>, e.g. timm:convnext_tiny
     head: Literal["flatten", "avgpool"] = "flatten"
-    weights: str = "imagenet"           # imagenet | none | path to a state_dict
+    weights: str = "imagenet"           # imagenet | none | a local file or Hugging Face folder (training/weights.py)
+    weights_manifest: str = ""          # the starting weights' training-image list: overlap with the test split counted
+    freeze: Literal["none", "backbone"] = "none"   # backbone: a linear probe (only the head trains)
+    backbone_lr: float = 1.0            # the backbone's learning rate as a multiple of lr
     dropout: float = 0.0
     # --- training (02) ---
     epochs: int = 100
@@ -132,7 +135,8 @@ STAGES = {
                "blank_policy", "split_mode", "val_fraction", "split_seed"),
     "cache": ("image_size", "resize", "decode"),
     "train": ("seed", "mean", "std", "augment", "hflip", "aug_rotate", "aug_scale", "aug_translate", "aug_brightness",
-              "aug_contrast", "arch", "head", "weights", "dropout", "batch_size", "lr", "optimizer",
+              "aug_contrast", "arch", "head", "weights", "weights_manifest", "freeze", "backbone_lr", "dropout",
+              "batch_size", "lr", "optimizer",
               "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "select_on",
               "select_metric", "amp", "cpu_amp", "max_train_batches"),
     "evaluate": ("tta", "eval_level", "study_aggregate", "calibration", "bootstrap", "ci_level", "compare_with", "topk",
@@ -284,11 +288,38 @@ def validate(values: dict, where: str = "parameters", sources: dict | None = Non
                                               f"MIMIC-CXR ({', '.join(VIEW_POSITIONS)})"),
         ("name", p.name and "/" not in p.name and p.name not in (".", ".."), "name must be a plain folder name"),
         ("image_size", image_size_problem(p.head, p.image_size) is None, image_size_problem(p.head, p.image_size)),
+        ("arch", arch_problem(p.arch, p.head, p.freeze, p.weights) is None, arch_problem(p.arch, p.head, p.freeze,
+                                                                                        p.weights)),
+        ("backbone_lr", p.backbone_lr >= 0, "backbone_lr must be 0 or more (a multiple of lr; 1: the same lr)"),
     ]
     for field_name, ok, message in checks:   # the field names where its value came from (sources)
         if not ok:
             raise ParamError(f"{sources.get(field_name, where)}: {message}")
     return p
+
+
+TORCHVISION_ARCHS = ("resnet101", "resnet50", "densenet121", "resnet18")
+TIMM_PREFIX = "timm:"
+
+
+def arch_problem(arch: str, head: str, freeze: str = "none", weights: str = "imagenet") -> str | None:
+    """Why arch/head/freeze/weights cannot go together, as a message naming the parameter; None when they can."""
+    timm = arch.startswith(TIMM_PREFIX)
+    if not timm and arch not in TORCHVISION_ARCHS:
+        return f"arch: {arch!r} is not supported; choose one of {list(TORCHVISION_ARCHS)} or timm:<model name>"
+    if timm and not arch[len(TIMM_PREFIX):]:
+        return "arch: timm: needs a model name, e.g. timm:convnext_tiny"
+    if timm and str(weights).lower() in ("imagenet", "imagenet1k_v1", "imagenet1k_v2"):
+        return (f"weights: {weights} names torchvision's files; {arch} starts from a local file (timm, safetensors, "
+                "Hugging Face; docs/pretrained-weights.md) or weights: none")
+    if timm and head == "flatten":
+        return (f"head: flatten is the original project's ResNet head (a Linear over every position of a CNN's map); "
+                f"{arch} pools with its own head: set head: avgpool")
+    if freeze == "backbone" and head == "flatten":
+        return "freeze: backbone trains only the head, but the flatten head's 1x1 stem starts random: set head: avgpool"
+    if freeze == "backbone" and str(weights).lower() == "none":
+        return "freeze: backbone with weights: none would train a linear probe of random features; give weights"
+    return None
 
 
 def image_size_problem(head: str, image_size: int) -> str | None:
@@ -306,6 +337,9 @@ def check_for_training(p: Params, where: str = "parameters") -> None:
     if p.select_on == "validate" and p.val_fraction <= 0 and p.split_mode != "official":
         raise ParamError(f"{where}: select_on: validate needs a validation split: set val_fraction > 0 "
                          "(e.g. 0.1) or split_mode: official")
+    if p.weights_manifest and not Path(p.weights_manifest).is_file():
+        raise ParamError(f"{where}: weights_manifest: {p.weights_manifest} does not exist; give the CSV that lists "
+                         "the starting weights' training images (e.g. RAD-DINO's training_images.csv), or leave it empty")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -26,6 +26,9 @@
 #   by `select_on`. `validate` is honest. `test` is the original project's rule (best accuracy at 0.5 on
 #   the **test** set, early stop after `patience` epochs without a strictly better score): it makes the test
 #   figures optimistic, and this notebook says so in red.
+# - **Starting weights.** `weights` names torchvision's ImageNet weights, `none`, or a local file in any layout of
+#   `docs/pretrained-weights.md`; its hash and what it was trained on are recorded in the checkpoint. When what it
+#   saw may include this run's test split, a red box below says so.
 # - **Several GPUs.** With `gpus` > 1 training runs under `torchrun` (DDP) and its output appears below;
 #   `batch_size` is the global batch.
 
@@ -39,13 +42,17 @@ from IPython.display import HTML, display
 
 from cxrlib import runfiles
 from cxrlib.data import cache
-from cxrlib.evaluation import viz
+from cxrlib.evaluation import tables, viz
 from cxrlib.experiments import notebook
 from cxrlib.training import train
 
 p = notebook.setup(run_dir, globals(), show=viz.TRAINING_RECIPE)   # the recipe, as a table
 if p.select_on == "test":
     display(HTML(viz.test_selection_html()))
+starting = train.starting_weights_of(p, run_dir)   # its hash, what it saw, and whether our test split is in it
+print(tables.starting_weights_line(starting))
+if tables.contamination_html(starting):
+    display(HTML(tables.contamination_html(starting)))
 
 # %% [markdown]
 # ## Class balance of the training split (images that decoded), and the pos_weight it implies

@@ -1,4 +1,5 @@
-"""`python -m cxrlib bench train`: ResNet101 training images/s, the original recipe against ours."""
+"""`python -m cxrlib bench train`: ResNet101 training images/s, the original recipe against ours; with --also,
+other archs (timm:convnext_tiny, a ViT...) timed with our recipe in the same run, as ratios to the first arch."""
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,10 @@ def bench_train(argv=None) -> dict:
     parser.add_argument("--arch", default="resnet101")
     parser.add_argument("--head", default="flatten", choices=["flatten", "avgpool"])
     parser.add_argument("--compile", action="store_true", help="also time our recipe under torch.compile")
+    parser.add_argument("--also", action="append", default=[], metavar="ARCH",
+                        help="another arch timed with our recipe and the avgpool head (repeatable), e.g. timm:convnext_tiny; "
+                             "a ViT runs at the nearest multiple of its patch size")
     args = parser.parse_args([a for a in argv or [] if a != "--"])
-    from ..training.model import build  # lazy: keeps torchvision out of this module's import
-
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     batch = args.batch or (64 if gpu else 8)
@@ -42,41 +44,61 @@ def bench_train(argv=None) -> dict:
     result = {"bench": "train", "arch": args.arch, "head": args.head, "image_size": args.size, "batch": batch,
               "steps": steps, "warmup": warmup, "device": str(device)}
     for name, recipe in recipes.items():
-        torch.manual_seed(0)
-        # The original's fp32 also means no TF32 on the GPU; ours allows it, as fit does.
-        set_tf32(recipe["amp"] is not None)
+        timed = time_recipe(args.arch, args.head, args.size, batch, steps, warmup, device, **recipe)
+        result[f"{name}_images_per_s"] = timed["images_per_s"]
         if gpu:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        model = build(args.arch, args.head, len(FINDINGS), args.size, "none").to(device)
-        if recipe["channels_last"]:
-            model = model.to(memory_format=torch.channels_last)
-        net = torch.compile(model) if recipe["compile"] else model
-        net.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        scaler = torch.amp.GradScaler(device.type, enabled=False)
-        x = torch.randn(batch, 1, args.size, args.size, device=device)
-        if recipe["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = (torch.rand(batch, len(FINDINGS), device=device) < 0.15).float()
-        mask = torch.ones_like(y)
-        for i in range(warmup + steps):
-            if i == warmup:
-                if gpu:
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-            train_step(net, x, y, mask, optimizer, scaler, amp=recipe["amp"])
-        if gpu:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        result[f"{name}_images_per_s"] = round(batch * steps / seconds, 2)
-        if gpu:
-            result[f"{name}_peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-        result[f"{name}_recipe"] = (f"{'bf16 autocast' if recipe['amp'] else 'fp32'}, "
-                                    f"{'channels_last' if recipe['channels_last'] else 'NCHW'}"
-                                    f"{', compiled' if recipe['compile'] else ''}")
-        del model, net, optimizer
+            result[f"{name}_peak_gpu_mb"] = timed["peak_gpu_mb"]
+        result[f"{name}_recipe"] = timed["recipe"]
     result["speedup"] = round(result["ours_images_per_s"] / result["original_images_per_s"], 3)
     if args.compile:
         result["compiled_speedup"] = round(result["ours_compiled_images_per_s"] / result["original_images_per_s"], 3)
+    if args.also:
+        result["archs"] = {}
+    for arch in args.also:
+        timed = time_recipe(arch, "avgpool", args.size, batch, steps, warmup, device, amp=torch.bfloat16,
+                            channels_last=True, compile=False)
+        timed["vs_first_arch"] = round(timed["images_per_s"] / result["ours_images_per_s"], 3)
+        result["archs"][arch] = timed
     return result
+
+
+def time_recipe(arch: str, head: str, size: int, batch: int, steps: int, warmup: int, device, amp, channels_last: bool,
+                compile: bool) -> dict:
+    """Training images/s of one arch under one recipe: synthetic batches through the real train_step."""
+    from ..training.model import build  # lazy: keeps torchvision out of this module's import
+
+    gpu = device.type == "cuda"
+    patch = 14 if "patch14" in arch else 16 if "patch16" in arch else 1   # a ViT's grid must be whole
+    size = max(patch, round(size / patch) * patch)
+    torch.manual_seed(0)
+    set_tf32(amp is not None)   # the original's fp32 also means no TF32 on the GPU; ours allows it, as fit does
+    if gpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model = build(arch, head, len(FINDINGS), size, "none").to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if compile else model
+    net.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    x = torch.randn(batch, 1, size, size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch, len(FINDINGS), device=device) < 0.15).float()
+    mask = torch.ones_like(y)
+    for i in range(warmup + steps):
+        if i == warmup:
+            if gpu:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        train_step(net, x, y, mask, optimizer, scaler, amp=amp)
+    if gpu:
+        torch.cuda.synchronize()
+    timed = {"images_per_s": round(batch * steps / (time.perf_counter() - started), 2), "image_size": size,
+             "parameters_m": round(sum(w.numel() for w in model.parameters()) / 1e6, 1),
+             "recipe": f"{'bf16 autocast' if amp else 'fp32'}, {'channels_last' if channels_last else 'NCHW'}"
+                       f"{', compiled' if compile else ''}"}
+    if gpu:
+        timed["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return timed

@@ -26,6 +26,7 @@ from ..runfiles import METRICS, PREDICTIONS, PROB_COLUMNS, read_predictions
 from ..stats import levels, metrics
 from ..stats.calibration import reliability_curve
 from ..stats.thresholds import choose_thresholds, threshold_metrics
+from ..training.contamination import warning_text
 from . import recalibration
 from .gold import gold_section, read_gold
 from .kinds import open_run
@@ -109,7 +110,8 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     run = open_run(run_dir)
     sel = run.selection(p)
     model = run.model_config()
-    warnings_list = [sel["warning"]] if sel["warning"] else []
+    contaminated = warning_text(model.get("starting_weights"))
+    warnings_list = [w for w in (sel["warning"], contaminated) if w]
     notes += [sel["note"]] if sel.get("note") else []
     reliability = reliability_curve(y_test, p_test, test["calibration"]["n_bins"])
     recal = None
@@ -141,6 +143,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
                                       rules if p.eval_level == "study" else
                                       validation_rules(levels.rows_at(predictions, "study", p.study_aggregate))),
         "test_selected": sel["test_selected"],
+        "contaminated": contaminated is not None,   # the starting weights may have seen the test patients
         "warnings": warnings_list,
         "notes": notes + test["notes"],
         "data": fingerprint(run_dir, p, predictions, model),

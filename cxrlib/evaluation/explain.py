@@ -6,7 +6,9 @@ and scaled to [0, 1] per image (all zeros when no region raises the logit, commo
 untrained networks). It shows a feature map's coarse grid, so it points at regions, not at
 structures. Given the image size, GradCAM takes the deepest block whose map is at least MIN_CAM_SIDE
 on a side (ResNet101's last block at 256 px: 8 x 8; at 64 px that map is 2 x 2, so layer2's 8 x 8),
-and `note` says which.
+and `note` says which. A timm CNN's blocks are those its feature_info names. On a ViT the map comes from the
+tokens entering its last block (its norm1: the class token's output depends on them through attention, unlike
+the last block's own patch outputs), reshaped to their patch grid.
 """
 from __future__ import annotations
 
@@ -46,10 +48,21 @@ def find_target_layer(model: nn.Module) -> nn.Module:
 MIN_CAM_SIDE = 8   # a coarser map draws a few blocks over the image, not regions
 
 
+def token_model(model: nn.Module) -> nn.Module | None:
+    """The ViT (timm VisionTransformer) inside a Classifier, or None for a CNN."""
+    body = getattr(model, "body", model)
+    return body if all(hasattr(body, a) for a in ("patch_embed", "blocks", "num_prefix_tokens")) else None
+
+
 def choose_target_layer(model: nn.Module, image_size: int, min_side: int = MIN_CAM_SIDE):
     """(layer, its name, its (h, w) map, whether it is the last block) at `image_size`: find_target_layer's
     block when its map is at least min_side on a side; else the deepest block inside it (in the order it
     runs) whose map is. One forward pass of a blank image finds the sizes."""
+    body = getattr(model, "body", None)
+    if hasattr(body, "feature_info"):   # a timm CNN names its blocks and their strides
+        stages = [(f["module"], image_size // f["reduction"]) for f in body.feature_info]
+        name, side = next(((n, s) for n, s in reversed(stages) if s >= min_side), stages[-1])
+        return body.get_submodule(name), f"body.{name}", (side, side), name == stages[-1][0]
     last = find_target_layer(model)
     inner = [m for m in last.children() if _has(m, nn.Conv2d)]
     while len(inner) == 1 and not isinstance(inner[0], nn.Conv2d):   # a wrapper (DenseNet's features): its blocks
@@ -92,7 +105,16 @@ class GradCAM:
         without it, the last convolutional block."""
         self.model = model
         self.note = "Grad-CAM on the given layer"
-        if target_layer is not None:
+        self.tokens = None   # a ViT's (prefix tokens, grid side): its tokens are reshaped to a map
+        vit = token_model(model) if target_layer is None else None
+        if vit is not None:
+            last = len(vit.blocks) - 1
+            self.target_layer = vit.blocks[last].norm1
+            side = vit.patch_embed.grid_size[0]
+            self.tokens = (vit.num_prefix_tokens, side)
+            self.note = (f"Grad-CAM on the ViT's patch tokens entering its last block (`body.blocks.{last}.norm1`), "
+                         f"as their {side} x {side} grid")
+        elif target_layer is not None:
             self.target_layer = target_layer
         elif image_size is None:
             self.target_layer = find_target_layer(model)
@@ -127,7 +149,12 @@ class GradCAM:
                 x = images.detach().clone().requires_grad_(True)  # so the graph exists even with frozen weights
                 logits = self.model(x)
                 activation = captured.get("activation")
-                if not isinstance(activation, torch.Tensor) or activation.ndim != 4:
+                if self.tokens is not None and isinstance(activation, torch.Tensor) and activation.ndim == 3:
+                    grid = (len(images), self.tokens[1], self.tokens[1], activation.shape[-1])
+                    tokens = activation
+                else:
+                    tokens = None
+                if tokens is None and (not isinstance(activation, torch.Tensor) or activation.ndim != 4):
                     raise UserError(f"Grad-CAM target layer {type(self.target_layer).__name__} gave no (B, C, h, w) "
                                     "feature map; pass target_layer= a convolutional block")
                 if index.max() >= logits.shape[1]:
@@ -137,6 +164,8 @@ class GradCAM:
         finally:
             hook.remove()
             self.model.train(was_training)
+        if tokens is not None:   # (B, prefix + h*w, C) -> (B, C, h, w), the class token dropped
+            activation, grads = (t[:, self.tokens[0]:].reshape(grid).permute(0, 3, 1, 2) for t in (activation, grads))
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()
         cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

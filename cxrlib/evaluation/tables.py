@@ -1,12 +1,36 @@
 """The tables notebook 03 shows, read from a run's metrics.json (evaluate.evaluate_run writes it)."""
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 
 from ..original import original_project_results
+from ..training.contamination import warning_text
 
 HEADLINE = {"AUROC macro": ("macro", "auroc"), "AUROC micro": ("micro", "auroc"),
             "AUPRC macro": ("macro", "auprc"), "AUPRC micro": ("micro", "auprc")}
+
+
+RED_BOX = ('<div style="border:4px solid #c00000;background:#ffe5e5;color:#8b0000;padding:12px 16px;'
+           'font-size:1.15em;font-weight:bold;margin:8px 0">')
+
+
+def contamination_html(starting: dict | None) -> str | None:
+    """A bold red box when the test split may overlap what the starting weights saw; None otherwise."""
+    text = warning_text(starting)
+    return None if text is None else f"{RED_BOX}&#9888; {html.escape(text)}</div>"
+
+
+def starting_weights_line(starting: dict | None) -> str:
+    """One line: what the run started from, its hash, what it saw and what that means for the test split."""
+    if not starting:
+        return "starting weights: not recorded (a checkpoint from before cxrlib recorded them)"
+    check = starting.get("contamination") or {}
+    sha = starting.get("sha256")
+    return (f"starting weights: {starting.get('source') or starting.get('file') or 'unnamed file'}"
+            + (f" (sha256 {sha[:12]}…)" if sha else "") + f", trained on {starting.get('trained_on', 'unknown')}"
+            + (f"; test split {check['status']}: {check['message']}" if check else ""))
 
 
 def selection_warning_html(report: dict) -> str | None:
@@ -14,9 +38,7 @@ def selection_warning_html(report: dict) -> str | None:
     if not report.get("test_selected"):
         return None
     sel = report["selection"]
-    return ('<div style="border:4px solid #c00000;background:#ffe5e5;color:#8b0000;padding:12px 16px;'
-            'font-size:1.15em;font-weight:bold;margin:8px 0">'
-            "&#9888; THE TEST FIGURES BELOW ARE OPTIMISTIC.<br>"
+    return (RED_BOX + "&#9888; THE TEST FIGURES BELOW ARE OPTIMISTIC.<br>"
             f"This run selected its model (epoch {sel['best_epoch']}) by {sel['select_metric']} on the TEST set. "
             "The test set was used to pick the model, so it no longer measures unseen data: "
             "do not report these figures as test performance. Rerun with select_on: validate "
@@ -40,6 +62,8 @@ def headline_table(report: dict) -> pd.DataFrame:
 
     def note(key, v):
         parts = [f"mean of {covered} of 14 findings"] if covered and key.endswith("macro") else []
+        if report.get("contaminated"):
+            parts.insert(0, "OPTIMISTIC: the starting weights may have seen test patients")
         if v.get("conditional"):
             parts.append(f"CI conditional ({v['n_boot_valid']} of {report['ci']['n_boot']} resamples)")
         return "; ".join(parts)

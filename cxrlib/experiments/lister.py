@@ -114,6 +114,8 @@ def evaluation_summary(run_dir) -> list[str]:
                         + ", ".join(left) if left else ""))
     if m.get("test_selected"):
         lines.append("  WARNING: the model was selected on the test set: these figures are optimistic")
+    if m.get("contaminated"):
+        lines.append("  WARNING: the starting weights may have seen the test patients: these figures are optimistic")
     return lines
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import runfiles, runlock
 from ..data.cohort import read_cohort
 from ..errors import UserError
+from ..evaluation.tables import starting_weights_line
 from ..fsutil import atomic_write_text, sha256_file
 from ..labels import FINDINGS
 from ..runfiles import (
@@ -35,6 +36,7 @@ from ..runfiles import (
     run_folder,
 )
 from ..stats.levels import plural
+from ..training.contamination import warning_text
 from .checklists import CLAIM, TRIPOD_AI
 from .html import PAGE_CSS, with_navigation
 from .index_page import write_index
@@ -129,9 +131,9 @@ def model_details(run_dir: Path, params: dict, report: dict) -> list[str]:
              f"- Developed with cxrlib {versions.get('cxrlib', '?')} (commit `{versions.get('git_commit') or '?'}`) on "
              f"{report.get('created', '?')[:10]}; checkpoint `best.pt` sha256 "
              f"`{sha256_file(best)[:16] if best.is_file() else 'n/a'}...`. License: the data's terms (Sharing).",
-             f"- {value('arch', params['arch'])}, head `{value('head', params['head'])}`, initial weights "
-             f"`{params['weights']}`; input {value('image_size')} px grey, resize `{value('resize')}`, decode "
-             f"`{value('decode', 'fast')}`, normalised with mean {value('mean', show=_num)} and std "
+             f"- {value('arch', params['arch'])}, head `{value('head', params['head'])}`, weights `{params['weights']}` "
+             f"({starting_weights_line(model.get('starting_weights'))}); input {value('image_size')} px grey, resize "
+             f"`{value('resize')}`, decode `{value('decode', 'fast')}`, normalised with mean {value('mean', show=_num)} and std "
              f"{value('std', show=_num)}. Output: 14 independent probabilities.", training]
     if members:
         lines.append(f"- An ensemble: the mean probability of {len(members)} members, each selected on its own "
@@ -370,6 +372,8 @@ def build_card(run_dir) -> str:
     if report.get("test_selected"):
         lines += ["> **WARNING: the model was selected on the test split** (the original project's rule). Every "
                   "test figure below is optimistic; do not report it as a held-out estimate.", ""]
+    contaminated = warning_text(report.get("model", {}).get("starting_weights"))
+    lines += [f"> **WARNING: {contaminated}**", ""] if contaminated else []
     lines += [SHARING, ""] + model_details(run_dir, params, report)
     lines += ["## Intended use", "", INTENDED, ""] + factors_and_metrics(report, params)
     lines += training_data(run_dir, params, report) + evaluation_data(report)

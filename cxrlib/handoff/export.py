@@ -79,6 +79,7 @@ def _model_and_meta(run_dir: Path, p):
         "data": report.get("data", {}),
         "versions": report.get("versions", {}),
         "test_selected": report.get("test_selected", False),
+        "starting_weights": config.get("starting_weights"), "contaminated": report.get("contaminated", False),
         "sharing": SHARING_NOTE,
     }
     return Deployable(model.cpu().eval(), transform.mean, transform.std).eval(), trained, meta

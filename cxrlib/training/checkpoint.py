@@ -17,7 +17,6 @@ import torch
 
 from ..errors import UserError
 from ..fsutil import atomic_path, disk_full
-from ..labels import FINDINGS
 from ..params import validate
 from ..runfiles import BEST, CHECKPOINTS, LAST
 
@@ -84,10 +83,16 @@ MODEL_FIELDS = ("arch", "head", "dropout", "image_size", "resize", "decode", "vi
                 "blank_policy")
 
 
-def model_config(params, transform) -> dict:
-    """What shaped the model, as evaluation must reproduce it: the fields above and the mean/std used."""
+def model_config(params, transform, model=None, starting: dict | None = None) -> dict:
+    """What shaped the model, as evaluation must reproduce it: the fields above, the mean/std used, the shape a
+    weights file fixed (arch_kwargs), and what the run started from (starting_weights, with its contamination)."""
     values = params.to_dict()
-    return {**{k: values[k] for k in MODEL_FIELDS}, "mean": float(transform.mean), "std": float(transform.std)}
+    config = {**{k: values[k] for k in MODEL_FIELDS}, "mean": float(transform.mean), "std": float(transform.std)}
+    if model is not None and getattr(model, "arch_kwargs", None):
+        config["arch_kwargs"] = dict(model.arch_kwargs)
+    if starting is not None:
+        config["starting_weights"] = starting
+    return config
 
 
 def load_trained(run_dir, which: str = "best", device="cpu"):
@@ -96,13 +101,13 @@ def load_trained(run_dir, which: str = "best", device="cpu"):
     Checkpoints written before model_config existed get one rebuilt from their params (mean/std None
     when the run took them from the cache: the caller then falls back on the cache's statistics).
     """
-    from .model import build  # lazy: keeps torchvision out of this module's import
+    from .model import build_model  # lazy: keeps torchvision out of this module's import
 
     path = Path(run_dir) / CHECKPOINTS / f"{which}.pt"
     checkpoint = load_checkpoint(path)
     p = validate(checkpoint["params"], str(path))
     config = saved_model_config(checkpoint, p)
-    model = build(config["arch"], config["head"], len(FINDINGS), config["image_size"], "none", config["dropout"])
+    model = build_model(p, config)
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), p, config
 

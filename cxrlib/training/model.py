@@ -1,4 +1,4 @@
-"""The classifier: a torchvision backbone with one of two heads.
+"""The classifier: a torchvision or timm backbone with one of two heads.
 
 head `flatten` is the original project's network, layer for layer:
     1x1 Conv2d(1 -> 3, no bias) + ReLU -> ResNet101 body (no avgpool, no fc) -> flatten 2048 x (S/32)^2 -> Linear(14)
@@ -8,19 +8,20 @@ for (S divisible by 32).
 head `avgpool` is the usual transfer-learning head: the grayscale image goes straight into the
 pretrained stem (conv1's weights summed over the colour channels, which is exactly what the
 pretrained conv computes on a gray image copied into R, G and B), then global average pooling,
-Dropout and Linear(14). It works at any image size.
+Dropout and Linear(14). It works at any image size. `timm:<name>` archs (ConvNeXt, EfficientNet, ViTs...)
+are built by timm with one input channel and pooled by their own head (a ViT's class token), then Dropout and
+Linear(14); a ViT is built for the run's image_size, a multiple of its patch size.
 
 weights: `imagenet` (torchvision's current best, e.g. ResNet101_Weights.IMAGENET1K_V2), an explicit
 torchvision weight name (`IMAGENET1K_V1` is what the original's `pretrained=True` loaded), `none`
-(random init), or a path to a local file holding either
-  - a torchvision backbone state_dict (keys conv1.weight, layer1.0..., any fc/classifier is ignored),
-  - a full state_dict of this module's networks, or a checkpoint of ours ({"model": ...}, e.g. best.pt),
-  - the original project's checkpoint ({"model": {layer1.*, resnet.*, fc.0.*}}).
+(random init), or a local file or folder in any layout training.weights reads (torchvision, safetensors,
+timm, ours, the original project's, MoCo-CXR, a Hugging Face DINOv2 folder). A file's first conv is summed into
+the grey-level stem when it takes three channels and loaded as is when it takes one. `freeze: backbone`
+(Classifier.freeze_backbone) trains the head alone: a linear probe, BatchNorm statistics frozen too.
 """
 from __future__ import annotations
 
 import os
-import re
 import urllib.error
 from pathlib import Path
 
@@ -29,9 +30,11 @@ import torchvision
 from torch import nn
 
 from ..errors import UserError
+from ..fsutil import sha256_file
 from ..labels import FINDINGS
-from ..params import image_size_problem
+from ..params import TIMM_PREFIX, arch_problem, image_size_problem
 from ..runfiles import CHECKPOINTS
+from .weights import describe_file, load_backbone, read_weights, rename_legacy_densenet_keys
 
 ARCHS = {
     # arch: (constructor, weights enum, channels of the last feature map)
@@ -40,7 +43,7 @@ ARCHS = {
     "densenet121": (torchvision.models.densenet121, torchvision.models.DenseNet121_Weights, 1024),
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights, 512),   # quick checks
 }
-HEADS = ("flatten", "avgpool")
+HEADS = ("flatten", "avgpool")   # params.TORCHVISION_ARCHS names ARCHS' keys without importing torchvision
 
 
 class Classifier(nn.Module):
@@ -55,53 +58,109 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(self.stem(x)))
 
+    def freeze_backbone(self) -> None:
+        """A linear probe: stem and body keep their weights and their BatchNorm statistics; only the head trains."""
+        for part in (self.stem, self.body):
+            part.requires_grad_(False)
+        self.frozen = True
+        self.train(self.training)
 
-def build_model(params) -> Classifier:
-    return build(params.arch, params.head, num_classes=len(FINDINGS), image_size=params.image_size,
-                 weights=params.weights, dropout=params.dropout)
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if getattr(self, "frozen", False):
+            self.stem.eval()
+            self.body.eval()
+        return self
+
+
+def build_model(params, config: dict | None = None) -> Classifier:
+    """The run's network from its params, starting from params.weights; with a checkpoint's model_config
+    (evaluation) its shape only, the weights then coming from the checkpoint."""
+    if config is not None:
+        return build(config["arch"], config["head"], len(FINDINGS), config["image_size"], "none", config["dropout"],
+                     arch_kwargs=config.get("arch_kwargs"))
+    model = build(params.arch, params.head, num_classes=len(FINDINGS), image_size=params.image_size,
+                  weights=params.weights, dropout=params.dropout)
+    if params.freeze == "backbone":
+        model.freeze_backbone()
+    return model
+
+
+def is_timm(arch: str) -> bool:
+    return arch.startswith(TIMM_PREFIX)
 
 
 def build(arch: str = "resnet101", head: str = "flatten", num_classes: int = 14, image_size: int = 256,
-          weights: str = "imagenet", dropout: float = 0.0) -> Classifier:
-    if arch not in ARCHS:
-        raise UserError(f"arch: {arch!r} is not supported; choose one of {list(ARCHS)}")
-    if head not in HEADS:
-        raise UserError(f"head: {head!r} is not supported; choose one of {list(HEADS)}")
-    problem = image_size_problem(head, image_size)
+          weights: str = "imagenet", dropout: float = 0.0, arch_kwargs: dict | None = None) -> Classifier:
+    problem = arch_problem(arch, head, "none", weights) or image_size_problem(head, image_size)
     if problem:
         raise UserError(problem)
-    constructor, _, channels = ARCHS[arch]
-    backbone = constructor(weights=None)
+    state = None
+    if is_local_file(weights):
+        state, info = read_weights(weights)
+        arch_kwargs = {**info.get("arch_kwargs", {}), **(arch_kwargs or {})}
+    in_chans = 3 if head == "flatten" else 1   # flatten: the original's 1x1 conv makes three channels
+    if is_timm(arch):
+        backbone, channels = timm_backbone(arch[len(TIMM_PREFIX):], in_chans, image_size, arch_kwargs or {})
+    else:
+        constructor, _, channels = ARCHS[arch]
+        backbone = constructor(weights=None)
+        owner, name = (backbone, "conv1") if arch.startswith("resnet") else (backbone.features, "conv0")
+        if in_chans == 1:
+            _make_grayscale(owner, name)
+        for head_name in ("fc", "classifier"):   # the run's own head replaces it: its keys are not loaded
+            if hasattr(backbone, head_name):
+                setattr(backbone, head_name, nn.Identity())
     full_state = None
-    if _is_local_file(weights):
-        state = _read_state_dict(weights)
-        if _is_backbone_state(state):
-            _load_backbone(backbone, state, weights)
-        else:
-            full_state = state   # ours or the original's whole network: loaded once it is assembled
-    elif weights.lower() != "none":
-        backbone.load_state_dict(imagenet_state_dict(arch, weights))
+    if state is not None and not is_backbone_state(state):
+        full_state = state   # ours or the original's whole network: loaded once it is assembled
+    elif state is not None:
+        load_backbone(backbone, state, weights)
+    elif weights.lower() != "none":   # (params refuses torchvision's names for timm: archs)
+        load_backbone(backbone, imagenet_state_dict(arch, weights), str(weights_file(arch, weights)))
 
     if head == "flatten":
         stem = nn.Sequential(nn.Conv2d(1, 3, kernel_size=1, bias=False), nn.ReLU())
         side = image_size // 32
         top = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels * side * side, num_classes))
+    elif is_timm(arch):   # the timm model pools with its own head (num_classes=0): features (B, C)
+        stem, top = nn.Identity(), nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
     else:
         stem = nn.Identity()
-        if arch.startswith("resnet"):
-            _make_grayscale(backbone, "conv1")
-        else:
-            _make_grayscale(backbone.features, "conv0")
         top = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                             nn.Linear(channels, num_classes))
-    if arch.startswith("resnet"):
-        body_layers = list(backbone.children())[:-2]   # drop avgpool and fc
+    if is_timm(arch):
+        body = backbone
+    elif arch.startswith("resnet"):
+        body = nn.Sequential(*list(backbone.children())[:-2])   # drop avgpool and fc
     else:
-        body_layers = [backbone.features, nn.ReLU()]   # torchvision applies this ReLU in forward()
-    model = Classifier(stem, nn.Sequential(*body_layers), top)
+        body = nn.Sequential(backbone.features, nn.ReLU())   # torchvision applies this ReLU in forward()
+    model = Classifier(stem, body, top)
     if full_state is not None:
         _load_full(model, full_state, weights)
+    model.arch_kwargs = dict(arch_kwargs or {})   # what model_config keeps to rebuild this shape
     return model
+
+
+def timm_backbone(name: str, in_chans: int, image_size: int, arch_kwargs: dict) -> tuple[nn.Module, int]:
+    """timm.create_model(name, in_chans, num_classes=0, pretrained=False): its features pooled by its own head."""
+    try:
+        import timm  # lazy: only timm: archs need it
+    except ImportError:
+        raise UserError("arch: timm:... needs the timm package: `pip install timm` in the venv (make setup does)") from None
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise UserError(f"arch: timm:{name} is not a timm model; e.g. {close or ['convnext_tiny', 'efficientnet_b0']}")
+    kwargs = dict(pretrained=False, num_classes=0, in_chans=in_chans, **arch_kwargs)
+    try:   # ViTs are built for the run's image size (their position embeddings fix the grid)
+        model = timm.create_model(name, img_size=image_size, **kwargs)
+    except TypeError:
+        model = timm.create_model(name, **kwargs)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is not None and image_size % patch[0]:
+        raise UserError(f"image_size: {image_size} is not a multiple of {name}'s patch size {patch[0]}; "
+                        f"use e.g. {image_size // patch[0] * patch[0]} or {(image_size // patch[0] + 1) * patch[0]}")
+    return model, int(model.num_features)
 
 
 def _make_grayscale(owner: nn.Module, name: str) -> None:
@@ -155,71 +214,35 @@ def imagenet_state_dict(arch: str, name: str = "imagenet") -> dict:
             f"torchvision.models.{arch}(weights='{entry.name}')\"`, then copy "
             f"~/.cache/torch/hub/checkpoints/{path.name} to {path} (the folder is $TORCH_HOME/hub/checkpoints/); "
             "or set weights: none to train from scratch") from None
-    return _rename_legacy_densenet_keys(state)
+    return rename_legacy_densenet_keys(state)
 
 
-def _rename_legacy_densenet_keys(state: dict) -> dict:
-    # torchvision's DenseNet files use 'norm.1'-style names that modules can no longer have.
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
-                         r"((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-    return {(m.group(1) + m.group(2) if (m := pattern.match(k)) else k): v for k, v in state.items()}
-
-
-def _is_local_file(weights: str) -> bool:
+def is_local_file(weights: str) -> bool:
+    """Whether `weights` names a file or folder (rather than imagenet, none or a torchvision weight name)."""
     if weights.lower() in ("none", "imagenet") or weights.upper() in ("IMAGENET1K_V1", "IMAGENET1K_V2"):
         return False
-    if os.sep in weights or weights.endswith((".pt", ".pth", ".bin")) or Path(weights).exists():
-        if not Path(weights).is_file():
-            raise UserError(f"weights: {weights} does not exist; give the path of a state_dict file, "
-                            "or imagenet, or none")
+    if "/" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")) or Path(weights).exists():
+        if not Path(weights).exists():
+            raise UserError(f"weights: {weights} does not exist; give the path of a weights file (or a Hugging Face "
+                            "folder), or imagenet, or none")
         return True
     return False
 
 
-def _read_state_dict(path: str) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"weights: {path} is not a readable state_dict file ({e})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]   # a checkpoint: ours or the original project's
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"weights: {path} holds no state_dict (a mapping of names to tensors)")
-    return _rename_legacy_densenet_keys(_from_original_project(obj))
+def is_backbone_state(state: dict) -> bool:
+    return not any(k.startswith("body.") for k in state)   # a whole Classifier (ours, the original's) has body.*
 
 
-def _from_original_project(state: dict) -> dict:
-    """The original project's names (layer1 = stem, resnet = body, fc.0 = Linear) to ours."""
-    if not any(k.startswith("resnet.") for k in state):
-        return state
-    renamed = {}
-    for k, v in state.items():
-        if k.startswith("layer1."):
-            renamed["stem." + k[len("layer1."):]] = v
-        elif k.startswith("resnet."):
-            renamed["body." + k[len("resnet."):]] = v
-        elif k.startswith("fc.0."):
-            renamed["head.2." + k[len("fc.0."):]] = v
-        else:
-            renamed[k] = v
-    return renamed
-
-
-def _is_backbone_state(state: dict) -> bool:
-    return not any(k.startswith(("stem.", "body.", "head.")) for k in state)
-
-
-def _load_backbone(backbone: nn.Module, state: dict, path: str) -> None:
-    head_keys = ("fc.", "classifier.")
-    state = {k: v for k, v in state.items() if not k.startswith(head_keys)}
-    try:
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise UserError(f"weights: {path} does not fit this arch ({str(e).splitlines()[0]}...)") from None
-    missing = [k for k in missing if not k.startswith(head_keys)]
-    if missing or unexpected:
-        raise UserError(f"weights: {path} is not a backbone state_dict for this arch: missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]} (of {len(missing)} and {len(unexpected)})")
+def starting_info(arch: str, weights: str) -> dict:
+    """What a run starts from: a file's description (training.weights), torchvision's ImageNet weights, or nothing."""
+    if weights.lower() == "none":
+        return {"source": "none", "trained_on": "nothing (random initialisation)", "mimic": "none"}
+    if is_local_file(weights):
+        return describe_file(weights)
+    entry = weights_entry(arch, weights)
+    path = weights_file(arch, weights)
+    return {"source": f"torchvision:{arch}.{entry.name}", "file": str(path), "trained_on": "ImageNet-1k",
+            "mimic": "none", "sha256": sha256_file(path) if path.is_file() else None}
 
 
 def _load_full(model: nn.Module, state: dict, path: str) -> None:

@@ -32,10 +32,22 @@ def pos_weight_from_labels(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32)
 
 
+def parameter_groups(model: nn.Module, params) -> list[dict]:
+    """The head at lr, the backbone (stem and body) at lr x backbone_lr; frozen weights are left out."""
+    head = getattr(model, "head", None)
+    if head is None or params.backbone_lr == 1.0:
+        return [{"params": [w for w in model.parameters() if w.requires_grad], "lr": params.lr}]
+    in_head = {id(w) for w in head.parameters()}
+    backbone = [w for w in model.parameters() if w.requires_grad and id(w) not in in_head]
+    groups = [{"params": [w for w in head.parameters() if w.requires_grad], "lr": params.lr}]
+    return groups + ([{"params": backbone, "lr": params.lr * params.backbone_lr}] if backbone else [])
+
+
 def make_optimizer(model: nn.Module, params) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, params)
     if params.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+        return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
+    return torch.optim.Adam(groups, lr=params.lr, weight_decay=params.weight_decay)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:

@@ -67,11 +67,13 @@ from .checkpoint import (
     load_checkpoint,
     model_config,
     plain,
+    read_model_config,
     remove_stale_temp_files,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from .contamination import starting_weights
 from .inference import evaluate
 from .loader import BatchTransform, CacheDataset, EpochSampler, make_loader
 from .optim import make_optimizer, make_scheduler, pos_weight_from_labels
@@ -152,11 +154,12 @@ def steps_per_epoch(images: int, batch: int) -> int:
 
 
 def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress: bool) -> dict:
-    from .model import build_model  # lazy: keeps torchvision out of this module's import
+    from .model import build_model, starting_info  # lazy: keeps torchvision out of this module's import
 
     configure(params, device)
     folder = run_dir / CHECKPOINTS
     last_path, best_path = folder / LAST, folder / BEST
+    cohort = read_cohort(run_dir / COHORT) if cohort is None else cohort
     train_set, eval_set, train_labels, transform = prepare_data(params, run_dir, cohort, rank, world)
     per_rank = params.batch_size // world
     steps = steps_per_epoch(len(train_set) // world if world > 1 else len(train_set), per_rank)
@@ -165,6 +168,10 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
 
     torch.manual_seed(params.seed)   # the initial weights
     model = build_model(params).to(device)
+    # the starting weights' hash, what they saw, and whether that includes this run's test split
+    starting = starting_weights(starting_info(params.arch, params.weights), params, cohort)
+    if starting.get("input"):   # the input range the weights were trained with (their JSON), not the params' guess
+        transform.mean, transform.std = float(starting["input"]["mean"]), float(starting["input"]["std"])
     if use_channels_last(params, device):
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, params)
@@ -216,7 +223,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "position": {k: plain(v) for k, v in position.items()}, "selection": dict(selection),
                 "history": history, "rng": rng_state(), "params": params.to_dict(),
-                "model_config": model_config(params, transform),
+                "model_config": model_config(params, transform, model, starting),
                 "cpu_threads": torch.get_num_threads(), "finished": finished, "stopped_early": stopped}
 
     last_saved = [time.monotonic()]
@@ -293,6 +300,19 @@ def epoch_line(row: dict, params, eta_seconds: float, keep: bool) -> str:
             f"{row['val_loss']:.4f}, AUROC macro {row['val_auroc_macro']:.4f} micro {row['val_auroc_micro']:.4f}, "
             f"accuracy {row['val_accuracy']:.4f}, lr {row['lr']:.2e}, {row['images_per_s']:.1f} img/s, "
             f"epoch {duration(row['seconds'])}, ETA {duration(eta_seconds)}{'  * best' if keep else ''}")
+
+
+def starting_weights_of(params, run_dir) -> dict:
+    """What the run starts from (or started from, once trained), with its contamination check, as model_config
+    records it; before training it is computed from params and cohort.csv the same way _fit does."""
+    from .model import starting_info  # lazy: keeps torchvision out of this module's import
+
+    last = Path(run_dir) / CHECKPOINTS / LAST
+    if last.is_file():
+        recorded = read_model_config(run_dir, "last").get("starting_weights")
+        if recorded:
+            return recorded
+    return starting_weights(starting_info(params.arch, params.weights), params, read_cohort(Path(run_dir) / COHORT))
 
 
 # --------------------------------------------------------------------------- launching

@@ -1,0 +1,270 @@
+"""Starting weights in every layout people have, made here with random weights: each loads, and the loaded
+network computes what the source network computes on the same grey image (copied into R, G, B where the source
+takes three channels)."""
+import json
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+import timm
+import torch
+import torchvision
+
+from cxrlib import params
+from cxrlib.errors import UserError
+from cxrlib.evaluation.explain import GradCAM
+from cxrlib.training import contamination, convert, model, optim, weights
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def features(net, gray):
+    """The classifier's pooled features: what its new head reads."""
+    with torch.no_grad():
+        out = net.body(net.stem(gray))
+        return out if out.ndim == 2 else net.head[:2](out)   # torchvision bodies give maps: pool, flatten
+
+
+def test_torchvision_and_safetensors_files_compute_the_source_network(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    source = torchvision.models.resnet18(weights=None).eval()
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    save_file(source.state_dict(), str(tmp_path / "r18.safetensors"))
+    source.fc = torch.nn.Identity()
+    gray = torch.rand(2, 1, 64, 64)
+    expected = source(gray.repeat(1, 3, 1, 1)).detach()
+    for name in ("r18.pth", "r18.safetensors"):
+        net = model.build("resnet18", "avgpool", 14, 64, str(tmp_path / name)).eval()
+        assert torch.allclose(features(net, gray), expected, atol=1e-4), name
+
+
+def test_timm_checkpoint_loads_into_a_grey_level_convnext(tmp_path):
+    torch.manual_seed(0)
+    source = timm.create_model("convnext_atto", pretrained=False, num_classes=5).eval()   # its own head is dropped
+    torch.save({"state_dict": source.state_dict(), "epoch": 7, "arch": "convnext_atto"}, tmp_path / "timm.pth.tar")
+    net = model.build("timm:convnext_atto", "avgpool", 14, 64, str(tmp_path / "timm.pth.tar")).eval()
+    assert net.body.stem[0].in_channels == 1
+    gray = torch.rand(2, 1, 64, 64)
+    expected = source.forward_head(source.forward_features(gray.repeat(1, 3, 1, 1)), pre_logits=True).detach()
+    assert torch.allclose(features(net, gray), expected, atol=1e-4)
+    assert net(gray).shape == (2, 14)
+
+
+def test_moco_cxr_lightning_checkpoint_uses_the_query_encoder(tmp_path):
+    torch.manual_seed(0)
+    query, key = torchvision.models.densenet121(weights=None).eval(), torchvision.models.densenet121(weights=None)
+    state = {**{f"model.encoder_q.{k}": v for k, v in query.state_dict().items()},
+             **{f"model.encoder_k.{k}": v for k, v in key.state_dict().items()},
+             "model.queue": torch.randn(128, 64), "model.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    torch.save({"state_dict": state, "epoch": 3, "global_step": 99, "pytorch-lightning_version": "1.9.0"},
+               tmp_path / "mimic-moco.ckpt")
+    (tmp_path / "mimic-moco.ckpt.json").write_text(json.dumps({"source": "moco-cxr:mimic"}))
+    net = model.build("densenet121", "avgpool", 14, 64, str(tmp_path / "mimic-moco.ckpt")).eval()
+    gray = torch.rand(2, 1, 64, 64)
+    expected = torch.relu(query.features(gray.repeat(1, 3, 1, 1)))
+    assert torch.allclose(net.body(gray), expected, atol=1e-4)
+    info = model.starting_info("densenet121", str(tmp_path / "mimic-moco.ckpt"))
+    assert contamination.describe(info)["mimic"] == "official-train"
+
+
+XRV_PACKAGE = '''
+import torch, torchvision
+class DenseNet(torch.nn.Module):
+    """torchxrayvision's shape: a one-channel conv0, 18 outputs, op_threshs, pixels in [-1024, 1024]."""
+    def __init__(self, weights="densenet121-res224-all"):
+        super().__init__()
+        self.features = torchvision.models.densenet121(weights=None).features
+        self.features.conv0 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+        self.classifier = torch.nn.Linear(1024, 18)
+        self.register_buffer("op_threshs", torch.rand(18))
+        self.pathologies = [f"finding {i}" for i in range(18)]
+        self.weights = weights
+    def forward(self, x):
+        pooled = torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.features(x)), 1).flatten(1)
+        return self.classifier(pooled)
+'''
+
+
+@pytest.fixture
+def torchxrayvision_file(tmp_path, monkeypatch):
+    """A pickled whole module, as torchxrayvision releases them, of a stand-in `torchxrayvision` package."""
+    package = tmp_path / "pkgs" / "torchxrayvision"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("from . import models\n")
+    (package / "models.py").write_text(textwrap.dedent(XRV_PACKAGE))
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    for name in [m for m in sys.modules if m.startswith("torchxrayvision")]:
+        monkeypatch.delitem(sys.modules, name)
+    import torchxrayvision.models
+
+    torch.manual_seed(0)
+    source = torchxrayvision.models.DenseNet().eval()
+    path = tmp_path / "xrv-all.pt"
+    torch.save(source, path)
+    return path, source
+
+
+def test_torchxrayvision_file_is_refused_then_converted_once(torchxrayvision_file, tmp_path):
+    path, source = torchxrayvision_file
+    with pytest.raises(UserError, match="convert-weights --from torchxrayvision"):
+        model.build("densenet121", "avgpool", 14, 64, str(path))
+    out, meta = convert.convert(path, "torchxrayvision")
+    assert out.suffix == ".safetensors" and weights.sidecar_path(out).is_file()
+    assert meta["source"] == "torchxrayvision:densenet121-res224-all" and meta["mimic"] == "random"
+    assert meta["input"] == {"mean": 0.5, "std": 1 / 2048} and meta["resolution"] == 224
+    assert len(meta["labels"]) == 18 and len(meta["op_threshs"]) == 18
+    assert meta["original_sha256"] == weights.sha256_file(path) and meta["sha256"] == weights.sha256_file(out)
+    net = model.build("densenet121", "avgpool", 14, 64, str(out)).eval()
+    assert net.body[0].conv0.in_channels == 1   # a one-channel conv0 goes in as it is
+    assert torch.equal(net.body[0].conv0.weight, source.features.conv0.weight)
+    gray = torch.rand(2, 1, 64, 64)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(torch.relu(source.features(gray)), 1).flatten(1).detach()
+    assert torch.allclose(features(net, gray), pooled, atol=1e-5)
+
+
+def test_huggingface_dinov2_folder_is_the_same_vit(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, image_size=56,
+                                       patch_size=14)
+    torch.manual_seed(0)
+    source = transformers.Dinov2Model(config).eval()
+    source.save_pretrained(tmp_path / "rad-dino")
+    (tmp_path / "rad-dino" / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5307] * 3, "image_std": [0.2583] * 3}))
+    (tmp_path / "rad-dino" / "cxrlib.json").write_text(json.dumps({"source": "microsoft/rad-dino"}))
+    folder = str(tmp_path / "rad-dino")
+    net = model.build("timm:vit_small_patch14_dinov2", "avgpool", 14, 56, folder).eval()
+    assert net.arch_kwargs["embed_dim"] == 48 and net.arch_kwargs["depth"] == 2
+    gray = torch.rand(2, 1, 56, 56)
+    with torch.no_grad():
+        expected = source(pixel_values=gray.repeat(1, 3, 1, 1)).pooler_output
+    assert torch.allclose(features(net, gray), expected, atol=1e-4)
+    info = contamination.describe(model.starting_info("timm:vit_small_patch14_dinov2", folder))
+    assert info["input"] == pytest.approx({"mean": 0.5307, "std": 0.2583}) and info["mimic"] == "manifest"
+    cam = GradCAM(net, image_size=56)
+    maps = cam(gray, "Edema")
+    assert maps.shape == (2, 56, 56) and "4 x 4 grid" in cam.note and maps.max() <= 1
+
+
+def test_a_file_that_does_not_fit_names_its_keys(tmp_path):
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(UserError, match=r"Missing \(725\): features.conv0.weight.*Unexpected \(120\): conv1.weight"):
+        model.build("densenet121", "avgpool", 14, 64, str(tmp_path / "r18.pth"))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"arch": "timm:convnext_tiny"}, "weights: imagenet names torchvision's files"),
+    ({"arch": "timm:convnext_tiny", "weights": "none"}, "head: flatten is the original project's"),
+    ({"freeze": "backbone", "head": "avgpool", "weights": "none"}, "linear probe of random features"),
+    ({"freeze": "backbone"}, "1x1 stem starts random"),
+    ({"arch": "vgg16"}, "not supported"),
+])
+def test_impossible_combinations_are_refused_before_any_work(change, message):
+    with pytest.raises(params.ParamError, match=message):
+        params.validate(change)
+
+
+def test_linear_probe_trains_the_head_alone_with_frozen_statistics(tmp_path):
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    p = params.validate({"arch": "resnet18", "head": "avgpool", "weights": str(tmp_path / "r18.pth"),
+                         "freeze": "backbone", "image_size": 64})
+    net = model.build_model(p).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    optimizer = optim.make_optimizer(net, p)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 2   # the Linear's weight and bias
+    loss = net(torch.rand(4, 1, 64, 64)).sum()
+    loss.backward()
+    optimizer.step()
+    after = net.state_dict()
+    changed = [k for k in after if not torch.equal(before[k], after[k])]
+    assert changed == ["head.3.weight", "head.3.bias"]   # BatchNorm's running statistics included
+
+
+def test_backbone_learning_rate_multiplier():
+    p = params.validate({"arch": "resnet18", "head": "avgpool", "weights": "none", "backbone_lr": 0.1, "lr": 1e-3})
+    groups = optim.make_optimizer(model.build_model(p), p).param_groups
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-3), pytest.approx(1e-4)] and len(groups[0]["params"]) == 2
+
+
+# --------------------------------------------------------------------------- contamination
+def cohort(test_ids, test_subjects):
+    rows = [("a", "1", "train"), ("b", "2", "validate")] + [(d, s, "test") for d, s in zip(test_ids, test_subjects)]
+    return pd.DataFrame(rows, columns=["dicom_id", "subject_id", "split"])
+
+
+@pytest.mark.parametrize("rule, split_mode, status", [
+    ("none", "seed", "clean"), ("random", "official", "contaminated"), ("all", "seed", "contaminated"),
+    ("manifest", "seed", "unknown"), ("unknown", "seed", "unknown")])
+def test_rules_decide_without_counting(rule, split_mode, status):
+    p = params.validate({"split_mode": split_mode})
+    check = contamination.assess({"mimic": rule, "source": "x"}, p, cohort(["t1"], ["9"]))
+    assert check["status"] == status
+    assert (contamination.warning_text({"contamination": check}) is not None) == (status == "contaminated")
+
+
+def test_official_train_rule_counts_the_seed_split_against_the_split_table(tmp_path):
+    pd.DataFrame({"dicom_id": ["t1", "t2", "t3"], "study_id": ["1", "2", "3"], "subject_id": ["9", "9", "8"],
+                  "split": ["train", "test", "validate"]}).to_csv(tmp_path / "mimic-cxr-2.0.0-split.csv", index=False)
+    record = {"mimic": "official-train", "source": "moco-cxr:mimic"}
+    seed = contamination.assess(record, params.validate({"data_root": str(tmp_path)}), cohort(["t1", "t2", "t3"],
+                                                                                              ["9", "9", "8"]))
+    assert (seed["status"], seed["seen_images"], seed["seen_patients"]) == ("contaminated", 1, 1)
+    official = contamination.assess(record, params.validate({"data_root": str(tmp_path), "split_mode": "official"}),
+                                    cohort(["t2"], ["9"]))
+    assert official["status"] == "clean" and contamination.warning_text({"contamination": official}) is None
+
+
+def test_manifest_counts_test_images_and_patients_exactly(tmp_path):
+    manifest = tmp_path / "training_images.csv"
+    pd.DataFrame({"image_path": ["mimic/files/p10/p10000001/s5/t1.jpg", "chexpert/patient1/view1.jpg",
+                                 "mimic/files/p10/p10000002/s7/other.jpg"]}).to_csv(manifest, index=False)
+    p = params.validate({"weights_manifest": str(manifest)})
+    check = contamination.assess({"mimic": "manifest", "source": "microsoft/rad-dino"}, p,
+                                 cohort(["t1", "t2", "t3"], ["10000001", "10000002", "10000003"]))
+    # t1 is listed; patient 10000002 has another image listed: 1 image, 2 patients
+    assert (check["status"], check["seen_images"], check["seen_patients"]) == ("contaminated", 1, 2)
+    assert "1 of the 3 test images and 2 of the 3 test patients" in contamination.warning_text({"contamination": check})
+
+
+def test_every_known_source_has_a_rule():
+    assert all(rule in contamination.RULES for _, rule, _ in contamination.KNOWN_SOURCES.values())
+    assert params.TORCHVISION_ARCHS == tuple(model.ARCHS)
+
+
+def test_the_docs_show_the_known_sources_table():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "pretrained-weights.md").read_text()
+    assert contamination.markdown_table() in docs
+
+
+@pytest.mark.slow
+def test_runs_record_their_starting_weights_and_flag_a_contaminated_test_split(torchxrayvision_file, tiny_data,
+                                                                              tmp_path):
+    """Through the notebooks: a torchxrayvision `all` start is flagged in 02, 03 and the card; a MoCo-CXR MIMIC
+    start on the official split is not; both name their weights and hash."""
+    from conftest import run_notebooks, tiny_params
+
+    from cxrlib.handoff import card
+
+    converted, meta = convert.convert(torchxrayvision_file[0], "torchxrayvision")
+    moco = tmp_path / "moco.ckpt"
+    torch.save({"state_dict": {f"model.encoder_q.{k}": v for k, v in
+                               torchvision.models.densenet121(weights=None).state_dict().items()}}, moco)
+    (tmp_path / "moco.ckpt.json").write_text(json.dumps({"source": "moco-cxr:mimic"}))
+    shown = {}
+    for name, file in (("xrv", converted), ("moco", moco)):
+        p = tiny_params(tiny_data, tmp_path / "runs", name, arch="densenet121", weights=str(file))
+        run_dir = run_notebooks(p, ["01_cohort", "02_train", "03_evaluate"])
+        card.write_card(run_dir)
+        texts = [(run_dir / f"{nb}.html").read_text() for nb in ("02_train", "03_evaluate")]
+        texts.append((run_dir / "MODEL_CARD.md").read_text())
+        shown[name] = [("MAY HAVE SEEN THE TEST PATIENTS" in t) for t in texts]
+        starting = json.loads((run_dir / "metrics.json").read_text())["model"]["starting_weights"]
+        assert starting["sha256"] == weights.sha256_file(file) and starting["sha256"][:12] in texts[-1]
+    assert shown == {"xrv": [True, True, True], "moco": [False, False, False]}
+    xrv_metrics = json.loads((tmp_path / "runs" / "xrv" / "metrics.json").read_text())
+    assert xrv_metrics["contaminated"] and xrv_metrics["model"]["mean"] == 0.5   # the JSON's input range was used
