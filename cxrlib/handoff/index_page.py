@@ -39,7 +39,7 @@ from ..stats.levels import plural
 from .html import PAGE_CSS, XML_PROLOG, refresh_navigation, report_label, with_navigation
 
 KEY_FIGURE_TAG = "key-figure"
-RECIPE = ("label_source", "views", "one_image_per", "split_mode", "arch", "pretrained", "image_size", "epochs",
+RECIPE = ("label_source", "views", "studies_per_subject", "split_mode", "arch", "weights", "image_size", "epochs",
           "batch_size", "lr", "select_on", "eval_level", "seed", "split_seed")   # the recipe at a glance
 DATA_FILES = [(PARAMS, "frozen parameters"), (COHORT, "the cohort"), (COHORT_REPORT, "its funnel"),
               (HISTORY, "one row per epoch"), (PREDICTIONS, "test and validation probabilities"),
