@@ -229,6 +229,17 @@ def test_manifest_counts_test_images_and_patients_exactly(tmp_path):
     assert "1 of the 3 test images and 2 of the 3 test patients" in contamination.warning_text({"contamination": check})
 
 
+def test_bench_train_times_other_archs_beside_the_first():
+    from cxrlib.bench import train as bench_train
+
+    result = bench_train.bench_train(["--arch", "resnet18", "--head", "avgpool", "--size", "32", "--batch", "2",
+                                      "--steps", "1", "--also", "timm:convnext_atto", "--also", "timm:vit_tiny_patch16_224"])
+    assert list(result["archs"]) == ["timm:convnext_atto", "timm:vit_tiny_patch16_224"]
+    vit = result["archs"]["timm:vit_tiny_patch16_224"]
+    assert vit["image_size"] == 32 and vit["parameters_m"] == pytest.approx(5.5, abs=0.2)
+    assert vit["vs_first_arch"] == pytest.approx(vit["images_per_s"] / result["ours_images_per_s"], rel=0.01)
+
+
 def test_every_known_source_has_a_rule():
     assert all(rule in contamination.RULES for _, rule, _ in contamination.KNOWN_SOURCES.values())
     assert params.TORCHVISION_ARCHS == tuple(model.ARCHS)
@@ -241,30 +252,48 @@ def test_the_docs_show_the_known_sources_table():
     assert contamination.markdown_table() in docs
 
 
+def dinov2_folder(folder, meta: dict):
+    """A tiny DINOv2 in the Hugging Face layout (config.json + model.safetensors), with a cxrlib.json."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, image_size=28,
+                                       patch_size=14)
+    torch.manual_seed(0)
+    transformers.Dinov2Model(config).save_pretrained(folder)
+    (folder / "cxrlib.json").write_text(json.dumps(meta))
+    return folder
+
+
 @pytest.mark.slow
 def test_runs_record_their_starting_weights_and_flag_a_contaminated_test_split(torchxrayvision_file, tiny_data,
                                                                               tmp_path):
-    """Through the notebooks: a torchxrayvision `all` start is flagged in 02, 03 and the card; a MoCo-CXR MIMIC
-    start on the official split is not; both name their weights and hash."""
+    """Through the notebooks: a torchxrayvision `all` start (DenseNet) is flagged in 02, 03 and the card; a ViT
+    from a Hugging Face folder trained on MIMIC's official train split, tested on the official split, is not, and
+    exports with parity in both formats. Both name their weights and hash."""
     from conftest import run_notebooks, tiny_params
 
-    from cxrlib.handoff import card
+    from cxrlib.handoff import card, export
 
-    converted, meta = convert.convert(torchxrayvision_file[0], "torchxrayvision")
-    moco = tmp_path / "moco.ckpt"
-    torch.save({"state_dict": {f"model.encoder_q.{k}": v for k, v in
-                               torchvision.models.densenet121(weights=None).state_dict().items()}}, moco)
-    (tmp_path / "moco.ckpt.json").write_text(json.dumps({"source": "moco-cxr:mimic"}))
+    converted, _ = convert.convert(torchxrayvision_file[0], "torchxrayvision")
+    vit = dinov2_folder(tmp_path / "dino", {"source": "a DINOv2 of ours", "mimic": "official-train"})
+    starts = {"xrv": dict(arch="densenet121", weights=str(converted)),
+              # 3 x 3 patches of 14 px: the folder's 2 x 2 position embeddings are resampled
+              "vit": dict(arch="timm:vit_small_patch14_dinov2", weights=str(vit), image_size=42)}
     shown = {}
-    for name, file in (("xrv", converted), ("moco", moco)):
-        p = tiny_params(tiny_data, tmp_path / "runs", name, arch="densenet121", weights=str(file))
+    for name, start in starts.items():
+        p = tiny_params(tiny_data, tmp_path / "runs", name, **start)
         run_dir = run_notebooks(p, ["01_cohort", "02_train", "03_evaluate"])
         card.write_card(run_dir)
         texts = [(run_dir / f"{nb}.html").read_text() for nb in ("02_train", "03_evaluate")]
         texts.append((run_dir / "MODEL_CARD.md").read_text())
         shown[name] = [("MAY HAVE SEEN THE TEST PATIENTS" in t) for t in texts]
         starting = json.loads((run_dir / "metrics.json").read_text())["model"]["starting_weights"]
-        assert starting["sha256"] == weights.sha256_file(file) and starting["sha256"][:12] in texts[-1]
-    assert shown == {"xrv": [True, True, True], "moco": [False, False, False]}
+        assert starting["sha256"][:12] in texts[-1]
+    assert shown == {"xrv": [True, True, True], "vit": [False, False, False]}
     xrv_metrics = json.loads((tmp_path / "runs" / "xrv" / "metrics.json").read_text())
     assert xrv_metrics["contaminated"] and xrv_metrics["model"]["mean"] == 0.5   # the JSON's input range was used
+    assert xrv_metrics["model"]["starting_weights"]["sha256"] == weights.sha256_file(converted)
+    p = tiny_params(tiny_data, tmp_path / "runs", "vit", **starts["vit"])
+    for fmt in ("onnx", "torchscript"):
+        record = export.export_run(tmp_path / "runs" / "vit", p, fmt)
+        assert record["parity"]["max_abs_prob_diff"] < 1e-4
+        assert record["metadata"]["starting_weights"]["source"] == "a DINOv2 of ours"

@@ -3,6 +3,7 @@ other archs (timm:convnext_tiny, a ViT...) timed with our recipe in the same run
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 import torch
@@ -68,7 +69,7 @@ def time_recipe(arch: str, head: str, size: int, batch: int, steps: int, warmup:
     from ..training.model import build  # lazy: keeps torchvision out of this module's import
 
     gpu = device.type == "cuda"
-    patch = 14 if "patch14" in arch else 16 if "patch16" in arch else 1   # a ViT's grid must be whole
+    patch = int(m.group(1)) if (m := re.search(r"patch(\d+)", arch)) else 1   # timm names a ViT's patch size
     size = max(patch, round(size / patch) * patch)
     torch.manual_seed(0)
     set_tf32(amp is not None)   # the original's fp32 also means no TF32 on the GPU; ours allows it, as fit does

@@ -236,7 +236,7 @@ def is_backbone_state(state: dict) -> bool:
 def starting_info(arch: str, weights: str) -> dict:
     """What a run starts from: a file's description (training.weights), torchvision's ImageNet weights, or nothing."""
     if weights.lower() == "none":
-        return {"source": "none", "trained_on": "nothing (random initialisation)", "mimic": "none"}
+        return {"source": "random initialisation (weights: none)", "trained_on": "nothing", "mimic": "none"}
     if is_local_file(weights):
         return describe_file(weights)
     entry = weights_entry(arch, weights)
