@@ -50,7 +50,7 @@ p = notebook.setup(run_dir, globals(), show=viz.TRAINING_RECIPE)   # the recipe,
 if p.select_on == "test":
     display(HTML(viz.test_selection_html()))
 starting = train.starting_weights_of(p, run_dir)   # its hash, what it saw, and whether our test split is in it
-print(tables.starting_weights_line(starting))
+print(tables.starting_weights_line(starting, p.weights))
 if tables.contamination_html(starting):
     display(HTML(tables.contamination_html(starting)))
 

@@ -75,7 +75,7 @@ predictions.groupby("split").agg(images=("dicom_id", "size"), patients=("subject
 # %%
 report = evaluate.evaluate_run(run_dir, p, predictions)
 starting = report["model"].get("starting_weights")
-print(tables.starting_weights_line(starting))
+print(tables.starting_weights_line(starting, p.weights))
 if tables.contamination_html(starting):   # the starting weights may have seen this test split
     display(HTML(tables.contamination_html(starting)))
 warning = tables.selection_warning_html(report)

@@ -14,6 +14,7 @@ import torchvision
 from cxrlib import params
 from cxrlib.errors import UserError
 from cxrlib.evaluation.explain import GradCAM
+from cxrlib.fsutil import sha256_file
 from cxrlib.training import contamination, convert, model, optim, weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -116,7 +117,7 @@ def test_torchxrayvision_file_is_refused_then_converted_once(torchxrayvision_fil
     assert meta["source"] == "torchxrayvision:densenet121-res224-all" and meta["mimic"] == "random"
     assert meta["input"] == {"mean": 0.5, "std": 1 / 2048} and meta["resolution"] == 224
     assert len(meta["labels"]) == 18 and len(meta["op_threshs"]) == 18
-    assert meta["original_sha256"] == weights.sha256_file(path) and meta["sha256"] == weights.sha256_file(out)
+    assert meta["original_sha256"] == sha256_file(path) and meta["sha256"] == sha256_file(out)
     net = model.build("densenet121", "avgpool", 14, 64, str(out)).eval()
     assert net.body[0].conv0.in_channels == 1   # a one-channel conv0 goes in as it is
     assert torch.equal(net.body[0].conv0.weight, source.features.conv0.weight)
@@ -291,9 +292,19 @@ def test_runs_record_their_starting_weights_and_flag_a_contaminated_test_split(t
     assert shown == {"xrv": [True, True, True], "vit": [False, False, False]}
     xrv_metrics = json.loads((tmp_path / "runs" / "xrv" / "metrics.json").read_text())
     assert xrv_metrics["contaminated"] and xrv_metrics["model"]["mean"] == 0.5   # the JSON's input range was used
-    assert xrv_metrics["model"]["starting_weights"]["sha256"] == weights.sha256_file(converted)
+    assert xrv_metrics["model"]["starting_weights"]["sha256"] == sha256_file(converted)
     p = tiny_params(tiny_data, tmp_path / "runs", "vit", **starts["vit"])
     for fmt in ("onnx", "torchscript"):
         record = export.export_run(tmp_path / "runs" / "vit", p, fmt)
         assert record["parity"]["max_abs_prob_diff"] < 1e-4
         assert record["metadata"]["starting_weights"]["source"] == "a DINOv2 of ours"
+
+
+@pytest.mark.parametrize("arch, size, message", [
+    ("timm:vit_base_patch14_dinov2", 256, "not a multiple of vit_base_patch14_dinov2's patch size 14; use e.g. 252 or 266"),
+    ("timm:convnext_tny", 64, "not a timm model; e.g. .*convnext_atto"),
+])
+def test_timm_names_and_patch_sizes_are_checked_before_any_work(arch, size, message):
+    p = params.validate({"arch": arch, "head": "avgpool", "weights": "none", "image_size": size})
+    with pytest.raises(UserError, match=message):
+        model.check_arch(p)

@@ -22,13 +22,13 @@ def contamination_html(starting: dict | None) -> str | None:
     return None if text is None else f"{RED_BOX}&#9888; {html.escape(text)}</div>"
 
 
-def starting_weights_line(starting: dict | None) -> str:
+def starting_weights_line(starting: dict | None, weights: str = "") -> str:
     """One line: what the run started from, its hash, what it saw and what that means for the test split."""
     if not starting:
-        return "starting weights: not recorded (a checkpoint from before cxrlib recorded them)"
+        return f"starting weights: {weights or 'not recorded'} (a checkpoint from before cxrlib recorded what they saw)"
     check = starting.get("contamination") or {}
     sha = starting.get("sha256")
-    return (f"starting weights: {starting.get('source') or starting.get('file') or 'unnamed file'}"
+    return (f"starting weights: {starting.get('source') or starting.get('file') or weights or 'unnamed file'}"
             + (f" (sha256 {sha[:12]}…)" if sha else "") + f", trained on {starting.get('trained_on', 'unknown')}"
             + (f"; test split {check['status']}: {check['message']}" if check else ""))
 

@@ -359,7 +359,8 @@ def class_balance(cohort: pd.DataFrame, split: str = "train") -> pd.DataFrame:
                         index=pd.Index(FINDINGS, name="finding"))
 
 
-TRAINING_RECIPE = ["device", "gpus", "arch", "head", "weights", "image_size", "dropout", "epochs", "batch_size", "lr",
+TRAINING_RECIPE = ["device", "gpus", "arch", "head", "weights", "freeze", "backbone_lr", "image_size", "dropout", "epochs",
+                   "batch_size", "lr",
                    "optimizer", "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "augment",
                    "select_on", "select_metric", "patience", "amp", "channels_last", "cpu_amp", "compile", "seed",
                    "checkpoint_minutes", "resume"]

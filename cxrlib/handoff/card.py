@@ -131,10 +131,10 @@ def model_details(run_dir: Path, params: dict, report: dict) -> list[str]:
              f"- Developed with cxrlib {versions.get('cxrlib', '?')} (commit `{versions.get('git_commit') or '?'}`) on "
              f"{report.get('created', '?')[:10]}; checkpoint `best.pt` sha256 "
              f"`{sha256_file(best)[:16] if best.is_file() else 'n/a'}...`. License: the data's terms (Sharing).",
-             f"- {value('arch', params['arch'])}, head `{value('head', params['head'])}`, weights `{params['weights']}` "
-             f"({starting_weights_line(model.get('starting_weights'))}); input {value('image_size')} px grey, resize "
-             f"`{value('resize')}`, decode `{value('decode', 'fast')}`, normalised with mean {value('mean', show=_num)} and std "
-             f"{value('std', show=_num)}. Output: 14 independent probabilities.", training]
+             f"- {value('arch', params['arch'])}, head `{value('head', params['head'])}`; "
+             f"{starting_weights_line(model.get('starting_weights'), params['weights'])}; input {value('image_size')} px "
+             f"grey, resize `{value('resize')}`, decode `{value('decode', 'fast')}`, normalised with mean "
+             f"{value('mean', show=_num)} and std {value('std', show=_num)}. Output: 14 independent probabilities.", training]
     if members:
         lines.append(f"- An ensemble: the mean probability of {len(members)} members, each selected on its own "
                      f"validation split: " + ", ".join(f"{m} (epoch {e})" for m, e in members.items()) + ".")

@@ -107,8 +107,8 @@ def assess(record: dict, params, cohort: pd.DataFrame) -> dict:
         out["message"] = (f"{what} lists its training images: give that list as weights_manifest to count how many of "
                           "this run's test images it saw")
     else:
-        out["message"] = (f"cxrlib cannot tell what {what} was trained on: write {{\"source\", \"trained_on\", "
-                          "\"mimic\"}} into the JSON beside the file (training/contamination.py lists the rules)")
+        out["message"] = (f"cxrlib cannot tell what {what} was trained on: write its source, trained_on and mimic "
+                          "into the JSON beside the file (docs/pretrained-weights.md)")
     return out
 
 

@@ -142,6 +142,14 @@ def build(arch: str = "resnet101", head: str = "flatten", num_classes: int = 14,
     return model
 
 
+def check_arch(params) -> None:
+    """A timm: arch's name and its image_size checked before any work (notebook 01 caches at that size): the model
+    is built on the meta device, which allocates nothing."""
+    if is_timm(params.arch):
+        with torch.device("meta"):
+            timm_backbone(params.arch[len(TIMM_PREFIX):], 1, params.image_size, {})
+
+
 def timm_backbone(name: str, in_chans: int, image_size: int, arch_kwargs: dict) -> tuple[nn.Module, int]:
     """timm.create_model(name, in_chans, num_classes=0, pretrained=False): its features pooled by its own head."""
     try:

@@ -17,6 +17,7 @@ A JSON beside the file (`<file>.json`, or `cxrlib.json` in a Hugging Face folder
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -28,7 +29,7 @@ from ..errors import UserError
 from ..fsutil import sha256_file
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-HEAD_KEY_PREFIXES = ("fc.", "classifier.", "head.fc.", "head.")   # a classifier the run replaces by its own
+HEAD_KEY_PREFIXES = ("fc.", "classifier.", "head.")   # a classifier the run replaces by its own
 
 
 def sidecar_path(path) -> Path:
@@ -53,6 +54,18 @@ def read_sidecar(path) -> dict:
     return meta
 
 
+@functools.lru_cache(maxsize=8)
+def _hash_of(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def file_hash(path) -> str:
+    """sha256 of a weights file, read once per process while the file stays the same (a RAD-DINO file is 350 MB,
+    and training both describes and loads it)."""
+    stat = Path(path).stat()
+    return _hash_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
 def describe_file(path) -> dict:
     """What a weights file or Hugging Face folder is, without reading its tensors: file, sha256 (of the file
     holding the tensors), the sidecar's fields, and for a Hugging Face folder its name, shape and normalisation."""
@@ -60,9 +73,9 @@ def describe_file(path) -> dict:
     info = {"file": str(where)}
     if where.is_dir():
         config, weight_file = _huggingface_files(where)
-        info.update(sha256=sha256_file(weight_file), layout="huggingface dinov2", **_huggingface_info(where, config))
+        info.update(sha256=file_hash(weight_file), layout="huggingface dinov2", **_huggingface_info(where, config))
     else:
-        info["sha256"] = sha256_file(where)
+        info["sha256"] = file_hash(where)
     return {**info, **read_sidecar(where)}
 
 
