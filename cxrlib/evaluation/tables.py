@@ -30,6 +30,8 @@ def starting_weights_line(starting: dict | None, weights: str = "") -> str:
     sha = starting.get("sha256")
     return (f"starting weights: {starting.get('source') or starting.get('file') or weights or 'unnamed file'}"
             + (f" (sha256 {sha[:12]}…)" if sha else "") + f", trained on {starting.get('trained_on', 'unknown')}"
+            + (f"; input normalised as its JSON says (mean {starting['input']['mean']:.4g}, std "
+               f"{starting['input']['std']:.4g}), not by the mean/std parameters" if starting.get("input") else "")
             + (f"; test split {check['status']}: {check['message']}" if check else ""))
 
 

@@ -117,6 +117,8 @@ def _quiet_jit():
     TorchScript stays for apps (C++ libtorch, older mobile stacks) that load nothing else."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        # A ViT checks its input size in Python: traced, the check is a constant, as the export's S x S input is.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         yield
 
 
