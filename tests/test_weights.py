@@ -308,3 +308,11 @@ def test_timm_names_and_patch_sizes_are_checked_before_any_work(arch, size, mess
     p = params.validate({"arch": arch, "head": "avgpool", "weights": "none", "image_size": size})
     with pytest.raises(UserError, match=message):
         model.check_arch(p)
+
+
+def test_a_dinov2_folder_given_to_another_family_is_refused_before_any_work(tmp_path):
+    folder = dinov2_folder(tmp_path / "dino", {"source": "microsoft/rad-dino"})
+    p = params.validate({"arch": "timm:convnext_atto", "head": "avgpool", "weights": str(folder), "image_size": 42})
+    with pytest.raises(UserError, match="cannot take the shape .*'embed_dim': 48.*timm:vit_base_patch14_dinov2"):
+        model.check_arch(p)
+    model.check_arch(params.validate({**p.to_dict(), "arch": "timm:vit_small_patch14_dinov2"}))   # the right family

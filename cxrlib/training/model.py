@@ -146,8 +146,9 @@ def check_arch(params) -> None:
     """A timm: arch's name and its image_size checked before any work (notebook 01 caches at that size): the model
     is built on the meta device, which allocates nothing."""
     if is_timm(params.arch):
+        shape = describe_file(params.weights).get("arch_kwargs", {}) if is_local_file(params.weights) else {}
         with torch.device("meta"):
-            timm_backbone(params.arch[len(TIMM_PREFIX):], 1, params.image_size, {})
+            timm_backbone(params.arch[len(TIMM_PREFIX):], 1, params.image_size, shape)
 
 
 def timm_backbone(name: str, in_chans: int, image_size: int, arch_kwargs: dict) -> tuple[nn.Module, int]:
@@ -163,7 +164,11 @@ def timm_backbone(name: str, in_chans: int, image_size: int, arch_kwargs: dict) 
     try:   # ViTs are built for the run's image size (their position embeddings fix the grid)
         model = timm.create_model(name, img_size=image_size, **kwargs)
     except TypeError:
-        model = timm.create_model(name, **kwargs)
+        try:
+            model = timm.create_model(name, **kwargs)
+        except TypeError as e:   # a Hugging Face config's ViT shape given to another family
+            raise UserError(f"arch: timm:{name} cannot take the shape {arch_kwargs} that the weights' config sets "
+                            f"({e}); a DINOv2 folder needs arch: timm:vit_base_patch14_dinov2 (or its size)") from None
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     if patch is not None and image_size % patch[0]:
         raise UserError(f"image_size: {image_size} is not a multiple of {name}'s patch size {patch[0]}; "
