@@ -43,7 +43,7 @@ external_views = "frontal"      # frontal (AP and PA) | all
 equalize = False                # histogram-equalise the external images, as MIMIC-CXR-JPG's conversion did
 
 # %%
-from IPython.display import display
+from IPython.display import HTML, display
 
 from cxrlib.evaluation import external
 from cxrlib.evaluation import external_tables as tables
@@ -74,6 +74,8 @@ tables.map_table(report)
 # ## The decision: internal versus external AUROC on the exactly mapped findings
 
 # %% tags=["key-figure"]
+if tables.warnings_html(report):   # the starting weights saw this source: not an independent validation
+    display(HTML(tables.warnings_html(report)))
 print(tables.verdict(report))
 display(tables.headline(report))
 tables.plot_drop(report)

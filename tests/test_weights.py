@@ -68,7 +68,9 @@ def test_moco_cxr_lightning_checkpoint_uses_the_query_encoder(tmp_path):
     expected = torch.relu(query.features(gray.repeat(1, 3, 1, 1)))
     assert torch.allclose(net.body(gray), expected, atol=1e-4)
     info = model.starting_info("densenet121", str(tmp_path / "mimic-moco.ckpt"))
-    assert contamination.describe(info)["mimic"] == "official-train"
+    record = contamination.describe(info)
+    assert record["mimic"] == "official-train" and record["external_seen"] == []
+    assert contamination.external_warning(record, "nih") is None
 
 
 XRV_PACKAGE = '''
@@ -117,6 +119,9 @@ def test_torchxrayvision_file_is_refused_then_converted_once(torchxrayvision_fil
     assert meta["source"] == "torchxrayvision:densenet121-res224-all" and meta["mimic"] == "random"
     assert meta["input"] == {"mean": 0.5, "std": 1 / 2048} and meta["resolution"] == 224
     assert len(meta["labels"]) == 18 and len(meta["op_threshs"]) == 18
+    record = contamination.describe(model.starting_info("densenet121", str(out)))
+    assert "NIH CHESTX-RAY14" in contamination.external_warning(record, "nih")   # `all` saw NIH: not independent
+    assert contamination.external_warning(record, "vindr") is None
     assert meta["original_sha256"] == sha256_file(path) and meta["sha256"] == sha256_file(out)
     net = model.build("densenet121", "avgpool", 14, 64, str(out)).eval()
     assert net.body[0].conv0.in_channels == 1   # a one-channel conv0 goes in as it is
@@ -242,7 +247,8 @@ def test_bench_train_times_other_archs_beside_the_first():
 
 
 def test_every_known_source_has_a_rule():
-    assert all(rule in contamination.RULES for _, rule, _ in contamination.KNOWN_SOURCES.values())
+    assert all(rule in contamination.RULES for _, rule, _, _ in contamination.KNOWN_SOURCES.values())
+    assert all(set(seen) <= set(contamination.EXTERNAL_SOURCES) for *_, seen in contamination.KNOWN_SOURCES.values())
     assert params.TORCHVISION_ARCHS == tuple(model.ARCHS)
 
 

@@ -49,6 +49,7 @@ from ..stats.calibration import ece
 from ..stats.multiplicity import holm
 from ..stats.thresholds import threshold_metrics
 from ..training.checkpoint import read_model_config
+from ..training.contamination import external_warning
 from ..training.inference import predict
 from ..training.loader import CacheDataset, make_loader
 from ..training.runtime import inference_amp
@@ -231,6 +232,7 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
     calibrated = recalibration.apply(calibrator, units[PROB_COLUMNS].to_numpy(np.float64))
     calibrated = calibrated[:, [FINDINGS.index(f) for f in mapped]]
     audit = subgroup_audit(units, frame, {f: rules[f]["f1"] for f in FINDINGS}, n_boot, p)
+    model = read_model_config(run_dir)
     return jsonable({
         "source": info["source"], "subset": info["subset"], "run": Path(run_dir).name,
         "level": p.eval_level, "unit_note": info["unit_note"], "label_map": info["label_map"],
@@ -245,7 +247,8 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
         "audit": audit,
         "intensity": info["intensity"], "file_modes": info["file_modes"], "preprocessing": info["preprocessing"],
         "equalize": info["equalize"], "views": info["views"], "failures": info["failures"],
-        "model": read_model_config(run_dir), "checkpoint": checkpoint_stamp(run_dir), "versions": versions(),
+        "model": model, "warnings": [w for w in [external_warning(model.get("starting_weights"), info["source"])] if w],
+        "checkpoint": checkpoint_stamp(run_dir), "versions": versions(),
         "ci": {"level": p.ci_level, "n_boot": n_boot, "seed": p.seed,
                "method": "percentile; patient-level (cluster) bootstrap" + (
                    "; VinDr-CXR has no patient identifier, so images are resampled" if info["source"] == "vindr"

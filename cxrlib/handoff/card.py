@@ -325,6 +325,7 @@ def external_section(run_dir: Path) -> list[str]:
                      ", ".join(d.get("findings", [])) or "none", _num(d.get("internal")), _num(d.get("external")),
                      f"{_num(d.get('value'))} [{_num(d.get('lo'))}, {_num(d.get('hi'))}]" if d else "-",
                      ("STALE (not today's best.pt) " if r["stale"] else "")
+                     + ("NOT INDEPENDENT (the starting weights saw this source) " if r.get("warnings") else "")
                      + runfiles.drop_verdict(d)])
     return lines + _table(["source", "subset", "units", "exact findings", "internal", "external", "drop [CI]",
                            "verdict"], rows) + [""]

@@ -26,42 +26,50 @@ from ..errors import UserError
 RULES = ("none", "random", "all", "official-train", "manifest", "unknown")
 _TXRV = "torchxrayvision:densenet121-res224-"
 KNOWN_SOURCES = {
-    # source: (trained on, MIMIC rule, where it comes from)
+    # source: (trained on, MIMIC rule, where it comes from, the external sources (EXTERNAL_SOURCES) it saw)
     f"{_TXRV}all": ("NIH, PadChest, CheXpert, MIMIC-CXR (CheXpert labels), Google, OpenI, RSNA", "random",
-                    "torchxrayvision (its issues #47, #139: MIMIC split lost)"),
-    f"{_TXRV}mimic_ch": ("MIMIC-CXR, CheXpert labeler", "random", "torchxrayvision"),
-    f"{_TXRV}mimic_nb": ("MIMIC-CXR, NegBio labeler", "random", "torchxrayvision"),
-    f"{_TXRV}chex": ("CheXpert", "none", "torchxrayvision"),
-    f"{_TXRV}nih": ("NIH ChestX-ray14", "none", "torchxrayvision"),
-    f"{_TXRV}pc": ("PadChest", "none", "torchxrayvision"),
-    f"{_TXRV}rsna": ("RSNA Pneumonia", "none", "torchxrayvision"),
-    "torchxrayvision:resnet50-res512-all": ("PadChest, NIH, RSNA, SIIM, VinDr-CXR", "none", "torchxrayvision"),
+                    "torchxrayvision (its issues #47, #139: MIMIC split lost)", ("chexpert", "nih", "padchest")),
+    f"{_TXRV}mimic_ch": ("MIMIC-CXR, CheXpert labeler", "random", "torchxrayvision", ()),
+    f"{_TXRV}mimic_nb": ("MIMIC-CXR, NegBio labeler", "random", "torchxrayvision", ()),
+    f"{_TXRV}chex": ("CheXpert", "none", "torchxrayvision", ("chexpert",)),
+    f"{_TXRV}nih": ("NIH ChestX-ray14", "none", "torchxrayvision", ("nih",)),
+    f"{_TXRV}pc": ("PadChest", "none", "torchxrayvision", ("padchest",)),
+    f"{_TXRV}rsna": ("RSNA Pneumonia (NIH ChestX-ray14 images)", "none", "torchxrayvision", ("nih",)),
+    "torchxrayvision:resnet50-res512-all": ("PadChest, NIH, RSNA, SIIM, VinDr-CXR", "none", "torchxrayvision",
+                                            ("nih", "padchest", "vindr")),
     "moco-cxr:mimic": ("MIMIC-CXR official train split (self-supervised)", "official-train",
-                       "CovidPrognosis (facebookresearch)"),
+                       "CovidPrognosis (facebookresearch)", ()),
     "moco-cxr:mimic-chexpert": ("MIMIC-CXR official train split and CheXpert (self-supervised)", "official-train",
-                                "CovidPrognosis (facebookresearch)"),
+                                "CovidPrognosis (facebookresearch)", ("chexpert",)),
     "chexzero": ("every MIMIC-CXR-JPG image and its report impression (inferred from its preprocessing code)", "all",
-                 "CheXzero (rajpurkarlab)"),
-    "microsoft/rad-dino": ("chest X-rays from several countries, MIMIC-CXR among them; listed in training_images.csv",
-                           "manifest", "Hugging Face microsoft/rad-dino"),
+                 "CheXzero (rajpurkarlab)", ()),
+    "microsoft/rad-dino": ("MIMIC-CXR, CheXpert, NIH, PadChest, BRAX (its model card; unverified here); listed in "
+                           "training_images.csv", "manifest", "Hugging Face microsoft/rad-dino",
+                           ("chexpert", "nih", "padchest")),
     "biomedclip": ("PubMed Central figure-caption pairs (unverified: no MIMIC-CXR)", "none",
-                   "Hugging Face microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"),
+                   "Hugging Face microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", ()),
 }
+EXTERNAL_SOURCES = {"chexpert": "CheXpert", "nih": "NIH ChestX-ray14", "padchest": "PadChest", "vindr": "VinDr-CXR"}
 
 
 def known(source: str | None) -> dict:
     entry = KNOWN_SOURCES.get(str(source or "").lower())
-    return {} if entry is None else {"trained_on": entry[0], "mimic": entry[1], "where": entry[2]}
+    return {} if entry is None else {"trained_on": entry[0], "mimic": entry[1], "where": entry[2],
+                                     "external_seen": list(entry[3])}
 
 
 def describe(info: dict) -> dict:
     """The starting weights' record: the file's fields, filled from KNOWN_SOURCES where the file is silent."""
     filled = {**known(info.get("source")), **{k: v for k, v in info.items() if v is not None}}
     rule = filled.get("mimic") or "unknown"
+    seen = filled.get("external_seen", [])
+    if not isinstance(seen, list) or not set(seen) <= set(EXTERNAL_SOURCES):
+        raise UserError(f"{info.get('file', 'weights')}: external_seen: {seen!r} in its JSON should list some of "
+                        f"{list(EXTERNAL_SOURCES)}")
     if rule not in RULES:
         raise UserError(f"{info.get('file', 'weights')}: mimic: {rule!r} in its JSON is not one of {list(RULES)}")
     keep = ("source", "file", "sha256", "layout", "trained_on", "where", "original_sha256", "labels", "input",
-            "resolution")
+            "resolution", "external_seen")
     return {**{k: filled[k] for k in keep if k in filled}, "mimic": rule}
 
 
@@ -154,10 +162,21 @@ VERDICTS = {"none": ("clean", "clean"), "random": ("**contaminated**", "**contam
             "unknown": ("unknown", "unknown")}
 
 
+def external_warning(starting: dict | None, source: str) -> str | None:
+    """The red box's words when the starting weights were trained on the external source being validated on."""
+    if source not in ((starting or {}).get("external_seen") or []):
+        return None
+    name = EXTERNAL_SOURCES.get(source, source)
+    return (f"THE STARTING WEIGHTS WERE TRAINED ON {name.upper()}: {starting.get('source') or 'the starting weights'} "
+            f"saw {name} images, perhaps these. This is not an independent external validation: the figures are "
+            "optimistic. Start from weights that never saw this source (docs/pretrained-weights.md).")
+
+
 def markdown_table() -> str:
     """KNOWN_SOURCES as docs/pretrained-weights.md shows it (a test keeps the two equal)."""
-    rows = ["| source (`source` in the JSON) | trained on | from | `split_mode: seed` test | `split_mode: official` test |",
-            "|---|---|---|---|---|"]
-    rows += [f"| `{name}` | {trained} | {where} | {VERDICTS[rule][0]} | {VERDICTS[rule][1]} |"
-             for name, (trained, rule, where) in KNOWN_SOURCES.items()]
+    rows = ["| source (`source` in the JSON) | trained on | from | `split_mode: seed` test | `split_mode: official` test "
+            "| contaminated external sources |", "|---|---|---|---|---|---|"]
+    rows += [f"| `{name}` | {trained} | {where} | {VERDICTS[rule][0]} | {VERDICTS[rule][1]} | "
+             f"{', '.join(EXTERNAL_SOURCES[x] for x in seen) or 'none'} |"
+             for name, (trained, rule, where, seen) in KNOWN_SOURCES.items()]
     return "\n".join(rows)
