@@ -260,6 +260,10 @@ def test_the_card_calls_an_export_of_an_older_checkpoint_stale(tiny_run, tmp_pat
     (copy / "export" / "model.onnx.json").write_text(json.dumps(record))
     text = card.build_card(copy)
     assert "STALE" not in text and "checked against PyTorch on 5 cached test images" in text
+    # weights: none never saw MIMIC-CXR: no contamination box, here or in notebooks 02 and 03
+    assert "starting weights: random initialisation (weights: none)" in text
+    assert not any("MAY HAVE SEEN THE TEST PATIENTS" in t for t in
+                   [text, *((tiny_run / f"{nb}.html").read_text() for nb in ("02_train", "03_evaluate"))])
 
 
 # --------------------------------------------------------------------------- reports to hand around

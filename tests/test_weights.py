@@ -2,6 +2,7 @@
 network computes what the source network computes on the same grey image (copied into R, G, B where the source
 takes three channels)."""
 import json
+import shutil
 import sys
 import textwrap
 
@@ -259,11 +260,11 @@ def test_the_docs_show_the_known_sources_table():
     assert contamination.markdown_table() in docs
 
 
-def dinov2_folder(folder, meta: dict):
+def dinov2_folder(folder, meta: dict, patch_size: int = 14):
     """A tiny DINOv2 in the Hugging Face layout (config.json + model.safetensors), with a cxrlib.json."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, image_size=28,
-                                       patch_size=14)
+    config = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                                       image_size=2 * patch_size, patch_size=patch_size)
     torch.manual_seed(0)
     transformers.Dinov2Model(config).save_pretrained(folder)
     (folder / "cxrlib.json").write_text(json.dumps(meta))
@@ -273,35 +274,39 @@ def dinov2_folder(folder, meta: dict):
 @pytest.mark.slow
 def test_runs_record_their_starting_weights_and_flag_a_contaminated_test_split(torchxrayvision_file, tiny_data,
                                                                               tmp_path):
-    """Through the notebooks: a torchxrayvision `all` start (DenseNet) is flagged in 02, 03 and the card; a ViT
-    from a Hugging Face folder trained on MIMIC's official train split, tested on the official split, is not, and
-    exports with parity in both formats. Both name their weights and hash."""
+    """Through the notebooks, a torchxrayvision `all` start (DenseNet) is flagged in 02, 03 and the card (the tiny
+    run, weights: none, is not: tests/test_handoff.py). A ViT from a Hugging Face folder trained on MIMIC's official
+    train split, tested on the official split, is not flagged, and exports with parity in both formats."""
     from conftest import run_notebooks, tiny_params
 
+    from cxrlib.evaluation import evaluate
     from cxrlib.handoff import card, export
+    from cxrlib.training import train
 
     converted, _ = convert.convert(torchxrayvision_file[0], "torchxrayvision")
-    vit = dinov2_folder(tmp_path / "dino", {"source": "a DINOv2 of ours", "mimic": "official-train"})
-    starts = {"xrv": dict(arch="densenet121", weights=str(converted)),
-              # 3 x 3 patches of 14 px: the folder's 2 x 2 position embeddings are resampled
-              "vit": dict(arch="timm:vit_small_patch14_dinov2", weights=str(vit), image_size=42)}
-    shown = {}
-    for name, start in starts.items():
-        p = tiny_params(tiny_data, tmp_path / "runs", name, **start)
-        run_dir = run_notebooks(p, ["01_cohort", "02_train", "03_evaluate"])
-        card.write_card(run_dir)
-        texts = [(run_dir / f"{nb}.html").read_text() for nb in ("02_train", "03_evaluate")]
-        texts.append((run_dir / "MODEL_CARD.md").read_text())
-        shown[name] = [("MAY HAVE SEEN THE TEST PATIENTS" in t) for t in texts]
-        starting = json.loads((run_dir / "metrics.json").read_text())["model"]["starting_weights"]
-        assert starting["sha256"][:12] in texts[-1]
-    assert shown == {"xrv": [True, True, True], "vit": [False, False, False]}
-    xrv_metrics = json.loads((tmp_path / "runs" / "xrv" / "metrics.json").read_text())
-    assert xrv_metrics["contaminated"] and xrv_metrics["model"]["mean"] == 0.5   # the JSON's input range was used
-    assert xrv_metrics["model"]["starting_weights"]["sha256"] == sha256_file(converted)
-    p = tiny_params(tiny_data, tmp_path / "runs", "vit", **starts["vit"])
+    p = tiny_params(tiny_data, tmp_path / "runs", "xrv", arch="densenet121", weights=str(converted))
+    run_dir = run_notebooks(p, ["01_cohort", "02_train", "03_evaluate"])
+    card.write_card(run_dir)
+    texts = [(run_dir / f"{nb}.html").read_text() for nb in ("02_train", "03_evaluate")]
+    texts.append((run_dir / "MODEL_CARD.md").read_text())
+    assert all("MAY HAVE SEEN THE TEST PATIENTS" in t for t in texts)
+    report = json.loads((run_dir / "metrics.json").read_text())
+    starting = report["model"]["starting_weights"]
+    assert starting["sha256"] == sha256_file(converted) and starting["sha256"][:12] in texts[-1]
+    assert report["contaminated"] and report["model"]["mean"] == 0.5   # the JSON's input range was used
+
+    # the same cohort and 32 px cache: patches of 16 px (the folder's shape overrides the arch's)
+    vit = dinov2_folder(tmp_path / "dino", {"source": "a DINOv2 of ours", "mimic": "official-train"}, patch_size=16)
+    p = tiny_params(tiny_data, tmp_path / "runs", "vit", arch="timm:vit_small_patch14_dinov2", weights=str(vit))
+    vit_dir = p.run_dir()
+    vit_dir.mkdir()
+    shutil.copy2(run_dir / "cohort.csv", vit_dir / "cohort.csv")
+    train.fit(p, vit_dir, progress=False)
+    report = evaluate.evaluate_run(vit_dir, p, evaluate.predict_run(vit_dir, p))
+    assert not report["contaminated"] and report["model"]["starting_weights"]["contamination"]["status"] == "clean"
+    assert report["model"]["arch_kwargs"]["patch_size"] == 16
     for fmt in ("onnx", "torchscript"):
-        record = export.export_run(tmp_path / "runs" / "vit", p, fmt)
+        record = export.export_run(vit_dir, p, fmt)
         assert record["parity"]["max_abs_prob_diff"] < 1e-4
         assert record["metadata"]["starting_weights"]["source"] == "a DINOv2 of ours"
 
