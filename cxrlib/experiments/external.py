@@ -75,7 +75,8 @@ def summary_line(out: Path) -> str:
     verdict = runfiles.drop_verdict(drop)
     return (f"{out}: macro AUROC over {len(drop['findings'])} exact findings, internal {drop['internal']:.3f}, "
             f"external {drop['external']:.3f}; drop {drop['value']:+.3f} [{drop['lo']:.3f}, {drop['hi']:.3f}] "
-            f"({verdict}; {report['level']}-level, {report['counts']['units']} external units)")
+            f"({verdict}; {report['level']}-level, {report['counts']['units']} external units)"
+            + "".join(f"\nWARNING: {w}" for w in report.get("warnings", [])))
 
 
 def cli(command: str, argv: list[str]) -> int:

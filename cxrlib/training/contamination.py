@@ -164,7 +164,11 @@ VERDICTS = {"none": ("clean", "clean"), "random": ("**contaminated**", "**contam
 
 def external_warning(starting: dict | None, source: str) -> str | None:
     """The red box's words when the starting weights were trained on the external source being validated on."""
-    if source not in ((starting or {}).get("external_seen") or []):
+    starting = starting or {}
+    seen = starting.get("external_seen")
+    if seen is None:   # recorded before cxrlib kept external_seen: the table, by source
+        seen = known(starting.get("source")).get("external_seen", [])
+    if source not in seen:
         return None
     name = EXTERNAL_SOURCES.get(source, source)
     return (f"THE STARTING WEIGHTS WERE TRAINED ON {name.upper()}: {starting.get('source') or 'the starting weights'} "
