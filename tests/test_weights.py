@@ -318,12 +318,24 @@ def test_runs_record_their_starting_weights_and_flag_a_contaminated_test_split(t
 def test_timm_names_and_patch_sizes_are_checked_before_any_work(arch, size, message):
     p = params.validate({"arch": arch, "head": "avgpool", "weights": "none", "image_size": size})
     with pytest.raises(UserError, match=message):
-        model.check_arch(p)
+        model.check_model(p)
+
+
+def test_a_bad_weights_json_or_manifest_is_refused_before_any_work(tmp_path):
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    (tmp_path / "r18.pth.json").write_text(json.dumps({"mimic": "some of it"}))
+    p = params.validate({"arch": "resnet18", "head": "avgpool", "weights": str(tmp_path / "r18.pth")})
+    with pytest.raises(UserError, match="r18.pth: mimic: 'some of it' in its JSON is not one of"):
+        model.check_model(p)
+    (tmp_path / "r18.pth.json").write_text(json.dumps({"mimic": "manifest"}))
+    (tmp_path / "list.csv").write_text("study,reader\n1,a\n")
+    with pytest.raises(UserError, match="list.csv has neither a dicom_id/image_id column nor a column of image paths"):
+        model.check_model(params.validate({**p.to_dict(), "weights_manifest": str(tmp_path / "list.csv")}))
 
 
 def test_a_dinov2_folder_given_to_another_family_is_refused_before_any_work(tmp_path):
     folder = dinov2_folder(tmp_path / "dino", {"source": "microsoft/rad-dino"})
     p = params.validate({"arch": "timm:convnext_atto", "head": "avgpool", "weights": str(folder), "image_size": 42})
     with pytest.raises(UserError, match="cannot take the shape .*'embed_dim': 48.*timm:vit_base_patch14_dinov2"):
-        model.check_arch(p)
-    model.check_arch(params.validate({**p.to_dict(), "arch": "timm:vit_small_patch14_dinov2"}))   # the right family
+        model.check_model(p)
+    model.check_model(params.validate({**p.to_dict(), "arch": "timm:vit_small_patch14_dinov2"}))   # the right family

@@ -24,7 +24,7 @@ from ..errors import Interrupted, UserError
 from ..fsutil import disk_full
 from ..handoff.html import CODE_HIDDEN_IN, render_html, strip_images
 from ..handoff.index_page import write_index
-from ..params import FIELDS, STAGE_OF, TIMM_PREFIX, Params, check_for_training, parse_override, read_yaml, suggest, validate
+from ..params import FIELDS, STAGE_OF, Params, check_for_training, parse_override, read_yaml, suggest, validate
 from ..progress import PROGRESS_FILE, Streamer
 from ..runfiles import NOTEBOOKS, PARAMS
 from ..tracking import finish
@@ -288,10 +288,9 @@ def run(p: Params, notebooks: list[str], summary: bool = False, progress: bool =
     run_dir = p.run_dir()
     if "02_train" in notebooks:
         check_for_training(p)
-        if p.arch.startswith(TIMM_PREFIX):
-            from ..training.model import check_arch  # lazy: keeps torch and timm out of this module's import
+        from ..training.model import check_model  # lazy: keeps torch out of this module's import
 
-            check_arch(p)
+        check_model(p)
         if p.device == "gpu" or p.gpus > 1:   # before notebook 01 builds any cache: no GPU is one line now
             from ..training.runtime import resolve_device  # lazy: keeps torch out of this module's import
 

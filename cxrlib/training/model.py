@@ -25,6 +25,7 @@ import os
 import urllib.error
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torchvision
 from torch import nn
@@ -34,6 +35,7 @@ from ..fsutil import sha256_file
 from ..labels import FINDINGS
 from ..params import TIMM_PREFIX, arch_problem, image_size_problem
 from ..runfiles import CHECKPOINTS
+from .contamination import describe, manifest_overlap
 from .weights import describe_file, load_backbone, read_weights, rename_legacy_densenet_keys
 
 ARCHS = {
@@ -142,13 +144,16 @@ def build(arch: str = "resnet101", head: str = "flatten", num_classes: int = 14,
     return model
 
 
-def check_arch(params) -> None:
-    """A timm: arch's name and its image_size checked before any work (notebook 01 caches at that size): the model
-    is built on the meta device, which allocates nothing."""
+def check_model(params) -> None:
+    """Before any work (notebook 01 caches at image_size): a timm: arch's name and image size, built on the meta
+    device (which allocates nothing) with the shape its weights fix; the weights' JSON; the manifest's columns."""
+    info = starting_info(params.arch, params.weights)
+    describe(info)
+    if params.weights_manifest:
+        manifest_overlap(params.weights_manifest, pd.DataFrame({"dicom_id": [], "subject_id": []}))
     if is_timm(params.arch):
-        shape = describe_file(params.weights).get("arch_kwargs", {}) if is_local_file(params.weights) else {}
         with torch.device("meta"):
-            timm_backbone(params.arch[len(TIMM_PREFIX):], 1, params.image_size, shape)
+            timm_backbone(params.arch[len(TIMM_PREFIX):], 1, params.image_size, info.get("arch_kwargs", {}))
 
 
 def timm_backbone(name: str, in_chans: int, image_size: int, arch_kwargs: dict) -> tuple[nn.Module, int]:
