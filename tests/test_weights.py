@@ -53,6 +53,8 @@ def test_timm_checkpoint_loads_into_a_grey_level_convnext(tmp_path):
     expected = source.forward_head(source.forward_features(gray.repeat(1, 3, 1, 1)), pre_logits=True).detach()
     assert torch.allclose(features(net, gray), expected, atol=1e-4)
     assert net(gray).shape == (2, 14)
+    cam = GradCAM(net, image_size=64)   # timm's feature_info names the stages: the deepest with an 8 x 8 map
+    assert "`body.stages.1`, its map 8 x 8 at 64 px" in cam.note and cam(gray, 0).shape == (2, 64, 64)
 
 
 def test_moco_cxr_lightning_checkpoint_uses_the_query_encoder(tmp_path):

@@ -149,12 +149,8 @@ class GradCAM:
                 x = images.detach().clone().requires_grad_(True)  # so the graph exists even with frozen weights
                 logits = self.model(x)
                 activation = captured.get("activation")
-                if self.tokens is not None and isinstance(activation, torch.Tensor) and activation.ndim == 3:
-                    grid = (len(images), self.tokens[1], self.tokens[1], activation.shape[-1])
-                    tokens = activation
-                else:
-                    tokens = None
-                if tokens is None and (not isinstance(activation, torch.Tensor) or activation.ndim != 4):
+                as_tokens = self.tokens is not None and isinstance(activation, torch.Tensor) and activation.ndim == 3
+                if not as_tokens and (not isinstance(activation, torch.Tensor) or activation.ndim != 4):
                     raise UserError(f"Grad-CAM target layer {type(self.target_layer).__name__} gave no (B, C, h, w) "
                                     "feature map; pass target_layer= a convolutional block")
                 if index.max() >= logits.shape[1]:
@@ -164,14 +160,19 @@ class GradCAM:
         finally:
             hook.remove()
             self.model.train(was_training)
-        if tokens is not None:   # (B, prefix + h*w, C) -> (B, C, h, w), the class token dropped
-            activation, grads = (t[:, self.tokens[0]:].reshape(grid).permute(0, 3, 1, 2) for t in (activation, grads))
+        if as_tokens:
+            activation, grads = self._as_map(activation), self._as_map(grads)
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()
         cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         peak = cam.amax(dim=(1, 2), keepdim=True)
         cam = torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.zeros_like(cam))
         return cam.clamp(0, 1).float().cpu().numpy()
+
+    def _as_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A ViT's (B, prefix + h*w, C) tokens as a (B, C, h, w) map, the class (and register) tokens dropped."""
+        prefix, side = self.tokens
+        return tokens[:, prefix:].reshape(len(tokens), side, side, tokens.shape[-1]).permute(0, 3, 1, 2)
 
     @staticmethod
     def _indices(finding, batch: int, device) -> torch.Tensor:
