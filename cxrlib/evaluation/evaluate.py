@@ -110,8 +110,8 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     run = open_run(run_dir)
     sel = run.selection(p)
     model = run.model_config()
-    contaminated = warning_text(model.get("starting_weights"))
-    warnings_list = [w for w in (sel["warning"], contaminated) if w]
+    contamination_warning = warning_text(model.get("starting_weights"))
+    warnings_list = [w for w in (sel["warning"], contamination_warning) if w]
     notes += [sel["note"]] if sel.get("note") else []
     reliability = reliability_curve(y_test, p_test, test["calibration"]["n_bins"])
     recal = None
@@ -143,7 +143,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
                                       rules if p.eval_level == "study" else
                                       validation_rules(levels.rows_at(predictions, "study", p.study_aggregate))),
         "test_selected": sel["test_selected"],
-        "contaminated": contaminated is not None,   # the starting weights may have seen the test patients
+        "contaminated": contamination_warning is not None,   # the starting weights may have seen the test patients
         "warnings": warnings_list,
         "notes": notes + test["notes"],
         "data": fingerprint(run_dir, p, predictions, model),

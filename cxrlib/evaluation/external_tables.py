@@ -1,21 +1,20 @@
 """Notebook 07's tables and plots, all from an external validation's metrics.json (evaluation.external)."""
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .tables import RED_BOX
+from .tables import red_box
 from .viz import readable
 
 
 def warnings_html(report: dict) -> str | None:
     """A bold red box when the validation is not independent (the starting weights saw this source)."""
     found = report.get("warnings") or []
-    return "".join(f"{RED_BOX}&#9888; {html.escape(w)}</div>" for w in found) or None
+    return "".join(red_box(w) for w in found) or None
 
 
 def headline(report: dict) -> pd.DataFrame:

@@ -16,10 +16,15 @@ RED_BOX = ('<div style="border:4px solid #c00000;background:#ffe5e5;color:#8b000
            'font-size:1.15em;font-weight:bold;margin:8px 0">')
 
 
+def red_box(text: str) -> str:
+    """A warning as the notebooks show it: bold, in a red box."""
+    return f"{RED_BOX}&#9888; {html.escape(text)}</div>"
+
+
 def contamination_html(starting: dict | None) -> str | None:
     """A bold red box when the test split may overlap what the starting weights saw; None otherwise."""
     text = warning_text(starting)
-    return None if text is None else f"{RED_BOX}&#9888; {html.escape(text)}</div>"
+    return None if text is None else red_box(text)
 
 
 def starting_weights_line(starting: dict | None, weights: str = "") -> str:

@@ -31,12 +31,11 @@ import torchvision
 from torch import nn
 
 from ..errors import UserError
-from ..fsutil import sha256_file
 from ..labels import FINDINGS
 from ..params import TIMM_PREFIX, arch_problem, image_size_problem
 from ..runfiles import CHECKPOINTS
 from .contamination import describe, manifest_overlap
-from .weights import describe_file, load_backbone, read_weights, rename_legacy_densenet_keys
+from .weights import describe_file, file_hash, load_backbone, read_weights, rename_legacy_densenet_keys
 
 ARCHS = {
     # arch: (constructor, weights enum, channels of the last feature map)
@@ -147,7 +146,7 @@ def build(arch: str = "resnet101", head: str = "flatten", num_classes: int = 14,
 def check_model(params) -> None:
     """Before any work (notebook 01 caches at image_size): a timm: arch's name and image size, built on the meta
     device (which allocates nothing) with the shape its weights fix; the weights' JSON; the manifest's columns."""
-    info = starting_info(params.arch, params.weights)
+    info = starting_info(params.arch, params.weights, hashed=False)
     describe(info)
     if params.weights_manifest:
         manifest_overlap(params.weights_manifest, pd.DataFrame({"dicom_id": [], "subject_id": []}))
@@ -251,16 +250,17 @@ def is_backbone_state(state: dict) -> bool:
     return not any(k.startswith("body.") for k in state)   # a whole Classifier (ours, the original's) has body.*
 
 
-def starting_info(arch: str, weights: str) -> dict:
-    """What a run starts from: a file's description (training.weights), torchvision's ImageNet weights, or nothing."""
+def starting_info(arch: str, weights: str, hashed: bool = True) -> dict:
+    """What a run starts from: a file's description (training.weights), torchvision's ImageNet weights, or nothing.
+    hashed=False leaves out the file's sha256 (checks before a run need no record)."""
     if weights.lower() == "none":
         return {"source": "random initialisation (weights: none)", "trained_on": "nothing", "mimic": "none"}
     if is_local_file(weights):
-        return describe_file(weights)
+        return describe_file(weights, hashed)
     entry = weights_entry(arch, weights)
     path = weights_file(arch, weights)
     return {"source": f"torchvision:{arch}.{entry.name}", "file": str(path), "trained_on": "ImageNet-1k",
-            "mimic": "none", "sha256": sha256_file(path) if path.is_file() else None}
+            "mimic": "none", "sha256": file_hash(path) if hashed and path.is_file() else None}
 
 
 def _load_full(model: nn.Module, state: dict, path: str) -> None:

@@ -154,7 +154,7 @@ def steps_per_epoch(images: int, batch: int) -> int:
 
 
 def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress: bool) -> dict:
-    from .model import build_model, starting_info  # lazy: keeps torchvision out of this module's import
+    from .model import build_model  # lazy: keeps torchvision out of this module's import
 
     configure(params, device)
     folder = run_dir / CHECKPOINTS
@@ -168,8 +168,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
 
     torch.manual_seed(params.seed)   # the initial weights
     model = build_model(params).to(device)
-    # the starting weights' hash, what they saw, and whether that includes this run's test split
-    starting = starting_weights(starting_info(params.arch, params.weights), params, cohort)
+    starting = run_starting_weights(params, cohort)
     if starting.get("input"):   # the input range the weights were trained with (their JSON), not the params' guess
         transform.mean, transform.std = float(starting["input"]["mean"]), float(starting["input"]["std"])
     if use_channels_last(params, device):
@@ -302,17 +301,22 @@ def epoch_line(row: dict, params, eta_seconds: float, keep: bool) -> str:
             f"epoch {duration(row['seconds'])}, ETA {duration(eta_seconds)}{'  * best' if keep else ''}")
 
 
-def starting_weights_of(params, run_dir) -> dict:
-    """What the run starts from (or started from, once trained), with its contamination check, as model_config
-    records it; before training it is computed from params and cohort.csv the same way _fit does."""
+def run_starting_weights(params, cohort: pd.DataFrame) -> dict:
+    """The starting weights' record: their hash, what they saw, and whether that includes this run's test split."""
     from .model import starting_info  # lazy: keeps torchvision out of this module's import
 
+    return starting_weights(starting_info(params.arch, params.weights), params, cohort)
+
+
+def starting_weights_of(params, run_dir) -> dict:
+    """What the run starts from (or started from, once trained), as model_config records it; before training,
+    run_starting_weights on cohort.csv, as _fit computes it."""
     last = Path(run_dir) / CHECKPOINTS / LAST
     if last.is_file():
         recorded = read_model_config(run_dir, "last").get("starting_weights")
         if recorded:
             return recorded
-    return starting_weights(starting_info(params.arch, params.weights), params, read_cohort(Path(run_dir) / COHORT))
+    return run_starting_weights(params, read_cohort(Path(run_dir) / COHORT))
 
 
 # --------------------------------------------------------------------------- launching

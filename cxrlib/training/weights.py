@@ -66,16 +66,19 @@ def file_hash(path) -> str:
     return _hash_of(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-def describe_file(path) -> dict:
+def describe_file(path, hashed: bool = True) -> dict:
     """What a weights file or Hugging Face folder is, without reading its tensors: file, sha256 (of the file
-    holding the tensors), the sidecar's fields, and for a Hugging Face folder its name, shape and normalisation."""
+    holding the tensors; left out when not `hashed`, for checks that need no record), the sidecar's fields, and
+    for a Hugging Face folder its name, shape and normalisation."""
     where = Path(path)
     info = {"file": str(where)}
     if where.is_dir():
         config, weight_file = _huggingface_files(where)
-        info.update(sha256=file_hash(weight_file), layout="huggingface dinov2", **_huggingface_info(where, config))
+        info.update(layout="huggingface dinov2", **_huggingface_info(where, config))
     else:
-        info["sha256"] = file_hash(where)
+        weight_file = where
+    if hashed:
+        info["sha256"] = file_hash(weight_file)
     return {**info, **read_sidecar(where)}
 
 
