@@ -85,10 +85,21 @@ def test_make_labs_settings_hide_the_twins_and_save_notebooks_sources_without_ou
     assert [m["name"] for m in manager.get("notebooks")["content"]] == ["01_x.ipynb"]   # one entry per notebook
 
 
-def test_a_notebook_saved_by_lab_after_its_kernel_started_leaves_git_status_clean(tmp_path):
-    """What Lab writes when a person opens notebooks/01_cohort.ipynb, runs a cell and saves (or autosave
-    does): the kernel's full language_info and an output. Through make lab's settings and the repository's
-    nbstripout filter, `git status` shows nothing."""
+def test_the_twins_carry_no_tool_version():
+    """A jupytext release rewrites a `jupytext_version` (or `format_version`) header on every save, so the twins
+    filter text_representation out (the notebooks' notebook_metadata_filter) and `git status` stays clean."""
+    for name in ALL:
+        header = (NOTEBOOKS / f"{name}.py").read_text().split("# ---", 2)[1]
+        assert "version" not in header, f"{name}.py's header carries a version stamp:{header}"
+        metadata = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4).metadata["jupytext"]
+        assert metadata.get("notebook_metadata_filter") == "-jupytext.text_representation", name
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_notebook_saved_by_lab_after_its_kernel_started_leaves_git_status_clean(tmp_path, name):
+    """What Lab writes when a person opens a notebook, runs a cell and saves (or autosave does): the kernel's
+    full language_info and an output, and the twin rewritten by the jupytext installed now. Through make lab's
+    settings and the repository's nbstripout filter, `git status` shows nothing."""
     import runpy
     import shutil
     import subprocess
@@ -102,8 +113,8 @@ def test_a_notebook_saved_by_lab_after_its_kernel_started_leaves_git_status_clea
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
     (tmp_path / "notebooks").mkdir()
-    for name in ("notebooks/01_cohort.ipynb", "notebooks/01_cohort.py", ".gitattributes", ".gitignore"):
-        shutil.copy2(project / name, tmp_path / name)
+    for path in (f"notebooks/{name}.ipynb", f"notebooks/{name}.py", ".gitattributes", ".gitignore"):
+        shutil.copy2(project / path, tmp_path / path)
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org"]
     subprocess.run(git[:3] + ["init", "-q"], check=True)
     subprocess.run(git[:3] + ["config", "filter.nbstripout.clean", f"'{sys.executable}' -m nbstripout --keep-id"],
@@ -114,11 +125,11 @@ def test_a_notebook_saved_by_lab_after_its_kernel_started_leaves_git_status_clea
     config = Config()
     runpy.run_path(str(project / "tools" / "jupyter_lab_config.py"), init_globals={"get_config": lambda: config})
     manager = build_sync_jupytext_contents_manager_class(LargeFileManager)(root_dir=str(tmp_path), config=config)
-    notebook = manager.get("notebooks/01_cohort.ipynb")["content"]
+    notebook = manager.get(f"notebooks/{name}.ipynb")["content"]
     notebook["metadata"]["language_info"] = {"codemirror_mode": {"name": "ipython", "version": 3}, "name": "python",
                                              "file_extension": ".py", "version": "3.11.7"}
     code = next(c for c in notebook["cells"] if c["cell_type"] == "code")
     code["outputs"], code["execution_count"] = [{"output_type": "stream", "name": "stdout", "text": "hi\n"}], 4
-    manager.save({"type": "notebook", "format": "json", "content": notebook}, "notebooks/01_cohort.ipynb")
+    manager.save({"type": "notebook", "format": "json", "content": notebook}, f"notebooks/{name}.ipynb")
     status = subprocess.run(git[:3] + ["status", "--porcelain"], capture_output=True, text=True, check=True).stdout
     assert status == "", status
