@@ -159,8 +159,9 @@ def test_huggingface_dinov2_folder_is_the_same_vit(tmp_path):
 
 
 def test_a_file_that_does_not_fit_names_its_keys(tmp_path):
+    # 725 keys of which 121 BatchNorm counters, which a file may lack (filled as BatchNorm does): 604 missing
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(UserError, match=r"Missing \(725\): features.conv0.weight.*Unexpected \(120\): conv1.weight"):
+    with pytest.raises(UserError, match=r"Missing \(604\): features.conv0.weight.*Unexpected \(120\): conv1.weight"):
         model.build("densenet121", "avgpool", 14, 64, str(tmp_path / "r18.pth"))
 
 

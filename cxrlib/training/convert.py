@@ -1,11 +1,11 @@
-"""`python -m cxrlib convert-weights --from torchxrayvision|checkpoint FILE`: a weights file that cannot be read
-safely, once, into a plain safetensors file and the JSON beside it.
+"""`python -m cxrlib convert-weights --from torchxrayvision|checkpoint FILE`: a weights file that holds more than
+tensors, once, into a plain safetensors file and the JSON beside it.
 
-torchxrayvision releases pickled whole modules: reading one runs its code, so it needs the torchxrayvision package
-(`pip install torchxrayvision`, or the venv's extra `pip install -e '.[xrv]'`) and trust in the file. This command is
-the only place cxrlib does that; runs then read the safetensors file, which holds tensors only. `--from checkpoint`
-does the same for any checkpoint you trust that holds Python objects besides tensors (a Lightning checkpoint
-with its hyper-parameters, e.g. MoCo-CXR's).
+torchxrayvision releases its DenseNets as pickled whole modules. This command reads one through training.pickled,
+which runs none of the file's code and needs no torchxrayvision package, takes the module's tensors (what its
+state_dict() returns, op_threshs kept in the JSON) and what it says of itself: its weights name, labels,
+op_threshs. `--from checkpoint` does the same for any other checkpoint (a Lightning or timm checkpoint with its
+hyper-parameters; `weights:` reads those directly too).
 
 The JSON (`<out>.json`) records the source, the SHA-256 of the original file, the label list and op_threshs
 a torchxrayvision model carried, its input range as cxrlib's mean/std (torchxrayvision scales pixels to
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import pickle
 from pathlib import Path
 
 import torch
@@ -24,37 +24,29 @@ import torch
 from ..errors import UserError
 from ..fsutil import atomic_path, atomic_write_text, sha256_file
 from .contamination import KNOWN_SOURCES, known
-from .weights import sidecar_path, unwrap_checkpoint
+from .pickled import attribute, is_pickled_module, module_state_dict
+from .pickled import load as load_pickled
+from .weights import sidecar_path, source_defaults, unwrap_checkpoint
 
-XRV_INPUT = {"mean": 0.5, "std": 1 / 2048}   # torchxrayvision: pixel/255 * 2048 - 1024
 
-
-def load_trusted(path: Path, kind: str):
-    """torch.load with weights_only=False: runs the pickle's code, which is why it is a separate command."""
+def read_file(path: Path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except ModuleNotFoundError as e:
-        if kind == "torchxrayvision" or "torchxrayvision" in str(e):
-            raise UserError(f"{path} is a pickled torchxrayvision module: reading it needs the torchxrayvision "
-                            "package (`pip install torchxrayvision`, only for this command)") from None
-        raise UserError(f"{path} needs the Python package {e.name!r} to be read; install it for this command") from None
-    except Exception as e:
+        return load_pickled(path)[0]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(f"{path} could not be read as a PyTorch file ({type(e).__name__}: {e})") from None
 
 
 def torchxrayvision_meta(module, path: Path, source: str | None) -> dict:
-    """What a torchxrayvision model says of itself: its weights name, labels, op_threshs and resolution."""
-    name = getattr(module, "weights", None) or source
+    """What a pickled torchxrayvision model says of itself: its weights name, labels, op_threshs and resolution."""
+    name = source or attribute(module, "weights")
     if not name:
         raise UserError(f"{path} does not name its weights (no .weights attribute): give --source, e.g. "
                         "torchxrayvision:densenet121-res224-all")
     name = name if name.startswith("torchxrayvision:") else f"torchxrayvision:{name}"
-    labels = getattr(module, "targets", None) or getattr(module, "pathologies", None)
-    threshs = getattr(module, "op_threshs", None)
-    resolution = re.search(r"res(\d+)", name)
+    labels = attribute(module, "targets") or attribute(module, "pathologies")
+    threshs = attribute(module, "op_threshs")
     return {"source": name, "labels": list(labels) if labels is not None else None,
-            "op_threshs": threshs.tolist() if isinstance(threshs, torch.Tensor) else None,
-            "input": XRV_INPUT, "resolution": int(resolution.group(1)) if resolution else None}
+            "op_threshs": threshs.tolist() if isinstance(threshs, torch.Tensor) else None, **source_defaults(name)}
 
 
 def convert(path, kind: str, out=None, source: str | None = None) -> tuple[Path, dict]:
@@ -65,13 +57,14 @@ def convert(path, kind: str, out=None, source: str | None = None) -> tuple[Path,
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     out = Path(out) if out else path.with_suffix(".safetensors")
-    obj = load_trusted(path, kind)
+    obj = read_file(path)
     meta = {"converted_from": path.name, "original_sha256": sha256_file(path)}
     if kind == "torchxrayvision":
-        if not isinstance(obj, torch.nn.Module):
-            raise UserError(f"{path} holds a {type(obj).__name__}, not a torchxrayvision model")
+        if not is_pickled_module(obj):
+            raise UserError(f"{path} holds a {type(obj).__name__}, not a pickled torchxrayvision model; a state_dict "
+                            "(torchxrayvision's ResNet50) is read directly: set weights: to the file")
         meta.update(torchxrayvision_meta(obj, path, source))
-        state = {k: v for k, v in obj.state_dict().items() if k != "op_threshs"}   # kept in the JSON
+        state = {k: v for k, v in module_state_dict(obj).items() if k != "op_threshs"}   # kept in the JSON
     else:
         state, found = unwrap_checkpoint(obj, path)
         meta.update(layout_converted=found["layout"], source=source)

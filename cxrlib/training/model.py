@@ -21,6 +21,7 @@ the grey-level stem when it takes three channels and loaded as is when it takes 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.error
 from pathlib import Path
@@ -35,7 +36,7 @@ from ..labels import FINDINGS
 from ..params import TIMM_PREFIX, arch_problem, image_size_problem
 from ..runfiles import CHECKPOINTS
 from .contamination import describe, manifest_overlap
-from .weights import describe_file, file_hash, load_backbone, read_weights, rename_legacy_densenet_keys
+from .weights import describe_file, file_hash, key_report, load_backbone, read_weights, rename_legacy_densenet_keys
 
 ARCHS = {
     # arch: (constructor, weights enum, channels of the last feature map)
@@ -92,67 +93,75 @@ def is_timm(arch: str) -> bool:
 
 
 def build(arch: str = "resnet101", head: str = "flatten", num_classes: int = 14, image_size: int = 256,
-          weights: str = "imagenet", dropout: float = 0.0, arch_kwargs: dict | None = None) -> Classifier:
+          weights: str = "imagenet", dropout: float = 0.0, arch_kwargs: dict | None = None,
+          check_only: bool = False) -> Classifier:
+    """The network, its backbone loaded from `weights`. check_only: built on the meta device (nothing allocated)
+    and the weights' keys and shapes compared with it, nothing loaded: what make run checks before notebook 01."""
     problem = arch_problem(arch, head, "none", weights) or image_size_problem(head, image_size)
     if problem:
         raise UserError(problem)
-    state = None
+    state, where = None, str(weights)
     if is_local_file(weights):
         state, info = read_weights(weights)
+        _check_timm_folder(arch, weights, info)
         arch_kwargs = {**info.get("arch_kwargs", {}), **(arch_kwargs or {})}
-    in_chans = 3 if head == "flatten" else 1   # flatten: the original's 1x1 conv makes three channels
-    if is_timm(arch):
-        backbone, channels = timm_backbone(arch[len(TIMM_PREFIX):], in_chans, image_size, arch_kwargs or {})
-    else:
-        constructor, _, channels = ARCHS[arch]
-        backbone = constructor(weights=None)
-        owner, name = (backbone, "conv1") if arch.startswith("resnet") else (backbone.features, "conv0")
-        if in_chans == 1:
-            _make_grayscale(owner, name)
-        for head_name in ("fc", "classifier"):   # the run's own head replaces it: its keys are not loaded
-            if hasattr(backbone, head_name):
-                setattr(backbone, head_name, nn.Identity())
-    full_state = None
-    if state is not None and not is_backbone_state(state):
-        full_state = state   # ours or the original's whole network: loaded once it is assembled
-    elif state is not None:
-        load_backbone(backbone, state, weights)
     elif weights.lower() != "none":   # (params refuses torchvision's names for timm: archs)
-        load_backbone(backbone, imagenet_state_dict(arch, weights), str(weights_file(arch, weights)))
-
-    if head == "flatten":
-        stem = nn.Sequential(nn.Conv2d(1, 3, kernel_size=1, bias=False), nn.ReLU())
-        side = image_size // 32
-        top = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels * side * side, num_classes))
-    elif is_timm(arch):   # the timm model pools with its own head (num_classes=0): features (B, C)
-        stem, top = nn.Identity(), nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
-    else:
-        stem = nn.Identity()
-        top = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                            nn.Linear(channels, num_classes))
-    if is_timm(arch):
-        body = backbone
-    elif arch.startswith("resnet"):
-        body = nn.Sequential(*list(backbone.children())[:-2])   # drop avgpool and fc
-    else:
-        body = nn.Sequential(backbone.features, nn.ReLU())   # torchvision applies this ReLU in forward()
-    model = Classifier(stem, body, top)
-    if full_state is not None:
-        _load_full(model, full_state, weights)
+        state, where = imagenet_state_dict(arch, weights), str(weights_file(arch, weights))
+    in_chans = 3 if head == "flatten" else 1   # flatten: the original's 1x1 conv makes three channels
+    with torch.device("meta") if check_only else contextlib.nullcontext():
+        if is_timm(arch):
+            backbone, channels = timm_backbone(arch[len(TIMM_PREFIX):], in_chans, image_size, arch_kwargs or {})
+        else:
+            constructor, _, channels = ARCHS[arch]
+            backbone = constructor(weights=None)
+            owner, name = (backbone, "conv1") if arch.startswith("resnet") else (backbone.features, "conv0")
+            if in_chans == 1:
+                _make_grayscale(owner, name)
+            for head_name in ("fc", "classifier"):   # the run's own head replaces it: its keys are not loaded
+                if hasattr(backbone, head_name):
+                    setattr(backbone, head_name, nn.Identity())
+        whole = state is not None and not is_backbone_state(state)   # ours or the original's whole network
+        if state is not None and not whole:
+            load_backbone(backbone, state, where, check_only)
+        if head == "flatten":
+            stem = nn.Sequential(nn.Conv2d(1, 3, kernel_size=1, bias=False), nn.ReLU())
+            side = image_size // 32
+            top = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels * side * side, num_classes))
+        elif is_timm(arch):   # the timm model pools with its own head (num_classes=0): features (B, C)
+            stem, top = nn.Identity(), nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+        else:
+            stem = nn.Identity()
+            top = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                nn.Linear(channels, num_classes))
+        if is_timm(arch):
+            body = backbone
+        elif arch.startswith("resnet"):
+            body = nn.Sequential(*list(backbone.children())[:-2])   # drop avgpool and fc
+        else:
+            body = nn.Sequential(backbone.features, nn.ReLU())   # torchvision applies this ReLU in forward()
+        model = Classifier(stem, body, top)
+    if whole:
+        _load_full(model, state, weights, check_only)
     model.arch_kwargs = dict(arch_kwargs or {})   # what model_config keeps to rebuild this shape
     return model
 
 
 def check_model(params) -> None:
-    """Before any work (notebook 01 caches at image_size): a timm: arch's name and image size, built on the meta
-    device (which allocates nothing) with the shape its weights fix; the weights' JSON; the manifest's columns."""
+    """Before any work (notebook 01 caches at image_size): the weights' JSON and the manifest's columns, then the
+    network built on the meta device (which allocates nothing) and the weights' keys and shapes compared with it,
+    torchvision's ImageNet files included (which must then be in the torch hub cache, or downloadable)."""
     info = starting_info(params.arch, params.weights, hashed=False)
     describe(info)
     if params.weights_manifest:
         manifest_overlap(params.weights_manifest, pd.DataFrame({"dicom_id": [], "subject_id": []}))
-    if is_timm(params.arch):
-        with torch.device("meta"):
-            timm_backbone(params.arch[len(TIMM_PREFIX):], 1, params.image_size, info.get("arch_kwargs", {}))
+    build(params.arch, params.head, len(FINDINGS), params.image_size, params.weights, params.dropout, check_only=True)
+
+
+def _check_timm_folder(arch: str, weights: str, info: dict) -> None:
+    name = info.get("timm_architecture")
+    if name and arch != f"{TIMM_PREFIX}{name}":
+        raise UserError(f"weights: {weights} is timm's {name} (its config.json's architecture); set arch: "
+                        f"{TIMM_PREFIX}{name} (and head: avgpool), not arch: {arch}")
 
 
 def timm_backbone(name: str, in_chans: int, image_size: int, arch_kwargs: dict) -> tuple[nn.Module, int]:
@@ -226,10 +235,10 @@ def imagenet_state_dict(arch: str, name: str = "imagenet") -> dict:
         if not isinstance(e, (urllib.error.URLError, OSError, ConnectionError)):
             raise
         raise UserError(
-            f"weights: {name} for {arch} are not in {path.parent} and could not be downloaded ({e}). "
-            f"On a machine with internet run `python -c \"import torchvision; "
-            f"torchvision.models.{arch}(weights='{entry.name}')\"`, then copy "
-            f"~/.cache/torch/hub/checkpoints/{path.name} to {path} (the folder is $TORCH_HOME/hub/checkpoints/); "
+            f"weights: {name} for {arch} ({entry.name}) are not in {path.parent} and could not be downloaded ({e}). "
+            f"Put the file there with `curl -L --create-dirs -o {path} {entry.url}` (on a machine that reaches "
+            f"download.pytorch.org; elsewhere run it there and copy the file to {path}: the folder is "
+            "$TORCH_HOME/hub/checkpoints/, ~/.cache/torch/hub/checkpoints/ by default); "
             "or set weights: none to train from scratch") from None
     return rename_legacy_densenet_keys(state)
 
@@ -259,14 +268,19 @@ def starting_info(arch: str, weights: str, hashed: bool = True) -> dict:
         return describe_file(weights, hashed)
     entry = weights_entry(arch, weights)
     path = weights_file(arch, weights)
-    return {"source": f"torchvision:{arch}.{entry.name}", "file": str(path), "trained_on": "ImageNet-1k",
+    return {"source": f"torchvision:{arch}.{entry.name}", "file": str(path), "layout": "torchvision model zoo",
+            "trained_on": "ImageNet-1k",
             "mimic": "none", "sha256": file_hash(path) if hashed and path.is_file() else None}
 
 
-def _load_full(model: nn.Module, state: dict, path: str) -> None:
-    try:
+def _load_full(model: nn.Module, state: dict, path: str, check_only: bool = False) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise UserError(f"weights: {path} was saved for another arch, head or image_size. "
+                        f"{key_report(missing, unexpected, wrong)}")
+    if not check_only:
         model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()
-        raise UserError(f"weights: {path} was saved for another arch, head or image_size: "
-                        f"{' '.join(first[:3])[:400]}") from None

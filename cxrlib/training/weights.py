@@ -1,14 +1,18 @@
 """Starting weights from local files, in the layouts people have; nothing is downloaded here.
 
 `weights:` may name
-  - a torchvision state_dict (`.pt`/`.pth`/`.bin`: conv1.weight, layer1.0..., features.conv0...),
+  - a torchvision state_dict (`.pt`/`.pth`/`.bin`), the model zoo's pre-0.4.1 files included (no BatchNorm
+    `num_batches_tracked`, DenseNet's legacy `norm.1` names, the pre-1.6 file format),
   - a safetensors file (`.safetensors`), e.g. what `python -m cxrlib convert-weights` writes,
-  - a timm checkpoint (a state_dict, or {"state_dict": ...} / {"model": ...} as timm's train.py saves it),
+  - a timm checkpoint (a state_dict, or what timm's CheckpointSaver writes: its EMA weights when it kept them),
   - a cxrlib checkpoint ({"model": ...}, e.g. best.pt) or the original project's ({"model": {layer1.*, resnet.*}}),
-  - a MoCo-CXR (CovidPrognosis) Lightning checkpoint ({"state_dict": {"model.encoder_q.*": ...}}),
-  - a Hugging Face folder (config.json + model.safetensors) of a DINOv2 ViT such as RAD-DINO, read offline.
-torchxrayvision releases pickled whole modules, which cannot be read without running their code:
-`python -m cxrlib convert-weights --from torchxrayvision FILE` turns one into a safetensors file once.
+  - a PyTorch Lightning checkpoint, MoCo-CXR's ({"state_dict": {"model.encoder_q.*": ...}}) included, as
+    Lightning 1.0 writes it (callbacks keyed by class), read without pytorch_lightning,
+  - torchxrayvision's ResNet50 release (a plain state_dict: recognised by its one-channel conv1 and 18 outputs),
+  - a Hugging Face folder: a DINOv2 ViT such as RAD-DINO, or a timm model (training.hf_folders).
+Files are read by training.pickled, which runs none of the code a file names. torchxrayvision's DenseNets are
+pickled whole modules: `python -m cxrlib convert-weights --from torchxrayvision FILE` turns one into a
+safetensors file and the JSON that records its input range, once.
 
 A JSON beside the file (`<file>.json`, or `cxrlib.json` in a Hugging Face folder) says what the weights are:
 {"source": ..., "trained_on": ..., "mimic": <rule of training.contamination>, "input": {"mean", "std"},
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -27,9 +32,16 @@ from torch import nn
 
 from ..errors import UserError
 from ..fsutil import sha256_file
+from .hf_folders import folder_info, folder_state
+from .pickled import is_pickled_module
+from .pickled import load as load_pickled
 
-HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HEAD_KEY_PREFIXES = ("fc.", "classifier.", "head.")   # a classifier the run replaces by its own
+XRV_INPUT = {"mean": 0.5, "std": 1 / 2048}   # torchxrayvision: pixel/255 * 2048 - 1024
+XRV_RESNET50 = "torchxrayvision:resnet50-res512-all"
+XRV_RESNET50_LABELS = ["Atelectasis", "Consolidation", "Infiltration", "Pneumothorax", "Edema", "Emphysema", "Fibrosis",
+                       "Effusion", "Pneumonia", "Pleural_Thickening", "Cardiomegaly", "Nodule", "Mass", "Hernia",
+                       "Lung Lesion", "Fracture", "Lung Opacity", "Enlarged Cardiomediastinum"]
 
 
 def sidecar_path(path) -> Path:
@@ -54,6 +66,14 @@ def read_sidecar(path) -> dict:
     return meta
 
 
+def source_defaults(source: str | None) -> dict:
+    """What a source's name fixes: torchxrayvision's releases all take pixels in [-1024, 1024] at resNNN."""
+    if not str(source or "").startswith("torchxrayvision:"):
+        return {}
+    resolution = re.search(r"res(\d+)", source)
+    return {"input": XRV_INPUT, **({"resolution": int(resolution.group(1))} if resolution else {})}
+
+
 @functools.lru_cache(maxsize=8)
 def _hash_of(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
@@ -66,39 +86,53 @@ def file_hash(path) -> str:
     return _hash_of(str(path), stat.st_size, stat.st_mtime_ns)
 
 
+@functools.lru_cache(maxsize=8)
+def _found_in(path: str, size: int, mtime_ns: int) -> dict:
+    return read_weights(path)[1]
+
+
 def describe_file(path, hashed: bool = True) -> dict:
-    """What a weights file or Hugging Face folder is, without reading its tensors: file, sha256 (of the file
-    holding the tensors; left out when not `hashed`, for checks that need no record), the sidecar's fields, and
-    for a Hugging Face folder its name, shape and normalisation."""
+    """What a weights file or Hugging Face folder is: file, layout, sha256 (of the file holding the tensors; left
+    out when not `hashed`, for checks that need no record), what the layout or the keys say (a folder's shape and
+    normalisation, torchxrayvision's ResNet50), then the sidecar's fields, which win."""
     where = Path(path)
-    info = {"file": str(where)}
     if where.is_dir():
-        config, weight_file = _huggingface_files(where)
-        info.update(layout="huggingface dinov2", **_huggingface_info(where, config))
+        found = folder_info(where)
+        weight_file = next(where / n for n in ("model.safetensors", "pytorch_model.bin") if (where / n).is_file())
     else:
-        weight_file = where
+        stat = where.stat()
+        found, weight_file = _found_in(str(where), stat.st_size, stat.st_mtime_ns), where
+    side = read_sidecar(where)
+    info = {"file": str(where), **found, **source_defaults(side.get("source") or found.get("source"))}
     if hashed:
         info["sha256"] = file_hash(weight_file)
-    return {**info, **read_sidecar(where)}
+    return {**info, **side}
 
 
 def read_weights(path: str) -> tuple[dict, dict]:
-    """(state_dict in torchvision or timm names, describe_file's info with the layout found).
-
-    info's arch_kwargs (from a Hugging Face config) fix the architecture's shape.
-    """
+    """(state_dict in torchvision or timm names, what the file's layout and keys say: layout, and for a
+    recognised release its source, input range, resolution and labels). info's arch_kwargs (from a Hugging Face
+    config) fix the architecture's shape."""
     where = Path(path)
-    info = describe_file(where)
     if where.is_dir():
-        _, weight_file = _huggingface_files(where)
-        raw = _read_safetensors(weight_file) if weight_file.suffix == ".safetensors" else _read_torch_file(weight_file)[0]
-        state = dinov2_to_timm(raw)
-    elif where.suffix == ".safetensors":
-        state, info["layout"] = _read_safetensors(where), "safetensors"
+        return folder_state(where), folder_info(where)
+    if where.suffix == ".safetensors":
+        state, info = _read_safetensors(where), {"layout": "safetensors"}
     else:
-        state, found = _read_torch_file(where)
-        info["layout"] = found["layout"]
-    return rename_legacy_densenet_keys(state), info
+        state, info = _read_torch_file(where)
+    state = rename_legacy_densenet_keys(state)
+    return state, {**info, **recognise(state)}
+
+
+def recognise(state: dict) -> dict:
+    """A release known by its keys alone: torchxrayvision's ResNet50 is a plain state_dict of a torchvision
+    ResNet50 with a one-channel conv1 and 18 outputs; without this its [-1024, 1024] input would go unnoticed."""
+    conv1, fc = state.get("conv1.weight"), state.get("fc.weight")
+    if conv1 is not None and fc is not None and tuple(conv1.shape) == (64, 1, 7, 7) \
+            and tuple(fc.shape) == (18, 2048) and "layer4.2.conv3.weight" in state and "layer3.6.conv1.weight" not in state:
+        return {"source": XRV_RESNET50, "labels": XRV_RESNET50_LABELS, "recognised_by": "keys",
+                **source_defaults(XRV_RESNET50)}
+    return {}
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -112,30 +146,35 @@ def _read_safetensors(path: Path) -> dict:
 
 def _read_torch_file(path: Path) -> tuple[dict, dict]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        text = str(e)
-        if "torchxrayvision" in text or "weights_only" in text.lower() or "unpickl" in text.lower():
-            raise UserError(
-                f"weights: {path} holds pickled Python objects, not only tensors, and cxrlib does not run code from "
-                "weight files. If it is a torchxrayvision release, convert it once with `python -m cxrlib "
-                f"convert-weights --from torchxrayvision {path}`; if it is a checkpoint you trust, with "
-                f"`python -m cxrlib convert-weights --from checkpoint {path}`; then set weights: to the "
-                ".safetensors file it writes") from None
-        raise UserError(f"weights: {path} is not a readable weights file ({e})") from None
+        obj, stood_in = load_pickled(path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"weights: {path} is not a readable PyTorch file ({type(e).__name__}: {e})") from None
+    if is_pickled_module(obj):
+        raise UserError(
+            f"weights: {path} is a whole pickled module ({obj.qualified_name}), not a state_dict: cxrlib cannot tell "
+            f"its input range from its tensors. If it is a torchxrayvision release, convert it once with `python -m "
+            f"cxrlib convert-weights --from torchxrayvision {path}` (it records the range; torchxrayvision need not "
+            "be installed), then set weights: to the .safetensors file it writes")
     return unwrap_checkpoint(obj, path)
 
 
 def unwrap_checkpoint(obj, path) -> tuple[dict, dict]:
     """The state_dict inside what torch.load returned, and the layout it was found in."""
     layout = "state_dict"
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj, layout = obj["state_dict"], "lightning"   # Lightning, and timm's train.py checkpoints
+    if isinstance(obj, dict) and "pytorch-lightning_version" in obj and isinstance(obj.get("state_dict"), dict):
+        obj, layout = obj["state_dict"], f"lightning {obj['pytorch-lightning_version']}"
         if any(k.startswith("model.encoder_q.") for k in obj):   # MoCo-CXR: the query encoder is the network
             obj, layout = {k[len("model.encoder_q."):]: v for k, v in obj.items()
-                           if k.startswith("model.encoder_q.")}, "moco-cxr"
+                           if k.startswith("model.encoder_q.")}, f"moco-cxr ({layout})"
         elif obj and all(k.startswith("model.") for k in obj):
             obj = {k[len("model."):]: v for k, v in obj.items()}
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        # timm's CheckpointSaver ({"epoch", "arch", "state_dict", "optimizer", "args", ...}); like timm's
+        # load_checkpoint, its EMA weights when it kept them
+        ema = next((k for k in ("state_dict_ema", "model_ema") if isinstance(obj.get(k), dict)), None)
+        timm_like = bool({"arch", "args", "optimizer", "version"} & set(obj))
+        layout = ("timm checkpoint" if timm_like else "checkpoint state_dict") + (" (EMA weights)" if ema else "")
+        obj = obj[ema or "state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj, layout = obj["model"], "checkpoint"   # ours, the original project's, or timm's
     if isinstance(obj, nn.Module):
@@ -171,66 +210,6 @@ def rename_legacy_densenet_keys(state: dict) -> dict:
     return {(m.group(1) + m.group(2) if (m := pattern.match(k)) else k): v for k, v in state.items()}
 
 
-# --------------------------------------------------------------------------- Hugging Face DINOv2 (RAD-DINO)
-def _huggingface_files(folder: Path) -> tuple[dict, Path]:
-    config_file = folder / "config.json"
-    weight_file = next((folder / n for n in HF_WEIGHT_FILES if (folder / n).is_file()), None)
-    if not config_file.is_file() or weight_file is None:
-        raise UserError(f"weights: {folder} is a folder but not a Hugging Face model: it needs config.json and "
-                        f"one of {list(HF_WEIGHT_FILES)}")
-    config = json.loads(config_file.read_text())
-    if config.get("model_type") != "dinov2":
-        raise UserError(f"weights: {folder} holds a {config.get('model_type')!r} model; cxrlib reads DINOv2 "
-                        "ViTs (RAD-DINO) from Hugging Face folders, other models from state_dict files")
-    return config, weight_file
-
-
-def _huggingface_info(folder: Path, config: dict) -> dict:
-    """The ViT's shape from config.json, its name, and the normalisation of preprocessor_config.json."""
-    hidden = int(config["hidden_size"])
-    info = {"arch_kwargs": {"embed_dim": hidden, "depth": int(config["num_hidden_layers"]),
-                            "num_heads": int(config["num_attention_heads"]), "patch_size": int(config["patch_size"]),
-                            "mlp_ratio": float(config.get("mlp_ratio", 4))}}
-    if config.get("_name_or_path"):
-        info["source"] = config["_name_or_path"]
-    processor = folder / "preprocessor_config.json"
-    if processor.is_file():   # per channel of an RGB copy; a grey image gets their mean
-        pre = json.loads(processor.read_text())
-        mean, std = pre.get("image_mean"), pre.get("image_std")
-        if mean and std:
-            info["input"] = {"mean": sum(mean) / len(mean), "std": sum(std) / len(std)}
-    return info
-
-
-_HF_BLOCK = {"norm1": "norm1", "norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
-             "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
-             "attention.output.dense": "attn.proj", "attention.o_proj": "attn.proj"}
-_HF_QKV = {"q": ("attention.attention.query", "attention.q_proj"), "k": ("attention.attention.key", "attention.k_proj"),
-           "v": ("attention.attention.value", "attention.v_proj")}
-
-
-def dinov2_to_timm(raw: dict) -> dict:
-    """transformers' Dinov2Model names (4.x and 5.x) to timm's VisionTransformer names; q, k, v joined."""
-    raw = {k[len("dinov2."):] if k.startswith("dinov2.") else k: v for k, v in raw.items()}
-    out = {"cls_token": raw["embeddings.cls_token"], "pos_embed": raw["embeddings.position_embeddings"],
-           "patch_embed.proj.weight": raw["embeddings.patch_embeddings.projection.weight"],
-           "patch_embed.proj.bias": raw["embeddings.patch_embeddings.projection.bias"],
-           "norm.weight": raw["layernorm.weight"], "norm.bias": raw["layernorm.bias"]}
-    depth = 1 + max(int(m.group(1)) for k in raw if (m := re.match(r"encoder\.layer\.(\d+)\.", k)))
-    for i in range(depth):
-        src = f"encoder.layer.{i}."
-        for theirs, ours in _HF_BLOCK.items():
-            for end in ("weight", "bias") if not theirs.endswith("lambda1") else ("",):
-                key = src + theirs + (f".{end}" if end else "")
-                if key in raw:
-                    out[f"blocks.{i}.{ours}" + (f".{end}" if end else "")] = raw[key]
-        for end in ("weight", "bias"):
-            parts = [next(raw[src + name + "." + end] for name in _HF_QKV[part] if src + name + "." + end in raw)
-                     for part in "qkv"]
-            out[f"blocks.{i}.attn.qkv.{end}"] = torch.cat(parts, dim=0)
-    return out
-
-
 # --------------------------------------------------------------------------- loading into a backbone
 def adapt_to(module: nn.Module, state: dict) -> dict:
     """The state made to fit `module` where only the image's channels or grid differ:
@@ -256,20 +235,31 @@ def adapt_to(module: nn.Module, state: dict) -> dict:
     return adapted
 
 
-def load_backbone(module: nn.Module, state: dict, path: str) -> None:
+def load_backbone(module: nn.Module, state: dict, path: str, check_only: bool = False) -> None:
     """Loads every backbone tensor of `state` into `module`, the classifier's own head left out; a file that does
-    not fit lists its missing and unexpected keys by name, in one message."""
+    not fit lists its missing, unexpected and mis-shaped keys by name, in one message. A BatchNorm counter
+    (`num_batches_tracked`) the file lacks is 0, as BatchNorm itself fills it for files saved before PyTorch
+    0.4.1 (torchvision's ImageNet files). check_only: the comparison alone, e.g. against a module on the meta
+    device, before any work."""
     own = module.state_dict()
     state = {k: v for k, v in adapt_to(module, state).items()
              if not (k.startswith(HEAD_KEY_PREFIXES) and k not in own)}
+    for key in own:
+        if key.endswith(".num_batches_tracked") and key not in state:
+            state[key] = torch.tensor(0, dtype=torch.long)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
              if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        def listed(keys):
-            return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "") if keys else "none"
-        raise UserError(f"weights: {path} does not fit this arch. Missing ({len(missing)}): {listed(missing)}. "
-                        f"Unexpected ({len(unexpected)}): {listed(unexpected)}. Other shape ({len(wrong)}): "
-                        f"{listed(wrong)}. Check arch: (and that the file is a backbone of it)")
-    module.load_state_dict(state)
+        raise UserError(f"weights: {path} does not fit this arch. {key_report(missing, unexpected, wrong)}. "
+                        "Check arch: (and that the file is a backbone of it)")
+    if not check_only:
+        module.load_state_dict(state)
+
+
+def key_report(missing: list, unexpected: list, wrong: list) -> str:
+    def listed(keys):
+        return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "") if keys else "none"
+    return (f"Missing ({len(missing)}): {listed(missing)}. Unexpected ({len(unexpected)}): {listed(unexpected)}. "
+            f"Other shape ({len(wrong)}): {listed(wrong)}")
