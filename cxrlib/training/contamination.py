@@ -68,8 +68,8 @@ def describe(info: dict) -> dict:
                         f"{list(EXTERNAL_SOURCES)}")
     if rule not in RULES:
         raise UserError(f"{info.get('file', 'weights')}: mimic: {rule!r} in its JSON is not one of {list(RULES)}")
-    keep = ("source", "file", "sha256", "layout", "trained_on", "where", "original_sha256", "labels", "input",
-            "resolution", "external_seen")
+    keep = ("source", "file", "sha256", "layout", "recognised_by", "trained_on", "where", "original_sha256", "labels",
+            "input", "resolution", "external_seen")
     return {**{k: filled[k] for k in keep if k in filled}, "mimic": rule}
 
 
