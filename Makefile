@@ -26,7 +26,7 @@ help: ## List the targets
 	@echo "and any parameter in upper case (EPOCHS=3, BATCH_SIZE=32, ...): see cxrlib/params.py."
 	@echo "Also: A=, B= (make diff), YES=1 (make clean), LAB_ARGS= (make lab), WORKERS=, RELEASE=, PRINT_GSUTIL=1 (make fetch), MIMIC_IV_VERSION= (make fetch-demographics),"
 	@echo "GRID=, DRY_RUN=1, WAIT=1 (make sweep), RUNS=, BASELINE= (make compare), PORT=, MLRUNS= (make tensorboard, mlflow-ui),"
-	@echo "SOURCE=, DATA_ROOT=, SUBSET=, EXTERNAL_VIEWS=all, EQUALIZE=1 (make external; make fetch SOURCE=vindr)."
+	@echo "SOURCE=, DATA_ROOT=, SUBSET=, EXTERNAL_VIEWS=all, EQUALIZE=1, ALLOW_MISSING=1 (make external; make fetch SOURCE=vindr)."
 
 # In a git checkout: nbdime's notebook diffs, and nbstripout as a clean filter, so that outputs saved in
 # JupyterLab (with real data: patient images) never reach a commit (.gitattributes names the notebooks).
@@ -106,10 +106,11 @@ train: setup ## Notebooks 01-02: cohort, cache, train (RESUME=1 RUN=<name> conti
 evaluate: setup ## Notebooks 03-05 on RUN's best checkpoint (the original's -m test -n name)
 	$(RUNNER) $(if $(PARAMS),--params $(PARAMS)) --notebooks 03,04,05
 
-# SOURCE: chexpert | nih | padchest | vindr; DATA_ROOT: that dataset's folder. SUBSET, EXTERNAL_VIEWS=all, EQUALIZE=1.
+# SOURCE: chexpert | nih | padchest | vindr; DATA_ROOT: that dataset's folder. SUBSET, EXTERNAL_VIEWS=all, EQUALIZE=1,
+# ALLOW_MISSING=1 (score a partial download; otherwise fewer than 99% of the selected images present is refused).
 external: setup ## Notebook 07 on RUN: validate on another dataset (SOURCE=nih DATA_ROOT=<its folder>)
-	@test -n "$(SOURCE)" -a -n "$(DATA_ROOT)" || { echo "usage: make external RUN=<run> SOURCE=chexpert|nih|padchest|vindr DATA_ROOT=<the dataset's folder> [SUBSET=...] [EXTERNAL_VIEWS=all] [EQUALIZE=1]"; exit 2; }
-	$(PY) -m cxrlib external --run $(or $(RUN),demo) --source $(SOURCE) --data-root $(DATA_ROOT) $(if $(SUBSET),--subset $(SUBSET)) $(if $(EXTERNAL_VIEWS),--external-views $(EXTERNAL_VIEWS)) $(if $(EQUALIZE),--equalize)
+	@test -n "$(SOURCE)" -a -n "$(DATA_ROOT)" || { echo "usage: make external RUN=<run> SOURCE=chexpert|nih|padchest|vindr DATA_ROOT=<the dataset's folder> [SUBSET=...] [EXTERNAL_VIEWS=all] [EQUALIZE=1] [ALLOW_MISSING=1]"; exit 2; }
+	$(PY) -m cxrlib external --run $(or $(RUN),demo) --source $(SOURCE) --data-root $(DATA_ROOT) $(if $(SUBSET),--subset $(SUBSET)) $(if $(EXTERNAL_VIEWS),--external-views $(EXTERNAL_VIEWS)) $(if $(EQUALIZE),--equalize) $(if $(ALLOW_MISSING),--allow-missing)
 
 audit: setup ## Notebook 05 on RUN: the audit by patient group (MIMIC-IV demographics)
 	$(RUNNER) $(if $(PARAMS),--params $(PARAMS)) --notebooks 05

@@ -101,6 +101,24 @@ def drop_verdict(drop: dict | None) -> str:
                                                                               "no drop reported")
 
 
+def scored_share(report: dict) -> float | None:
+    """The share of the images an external validation's table selects that it scored (its metrics.json counts)."""
+    counts = report.get("counts") or {}
+    chosen, scored = counts.get("chosen_images"), counts.get("scored_images")
+    return None if not chosen or scored is None else scored / chosen
+
+
+def decoded_share(report: dict) -> str:
+    """scored_share in one phrase, wherever an external result is listed; PARTIAL when some selected images were
+    missing or could not be decoded."""
+    share, counts = scored_share(report), report.get("counts") or {}
+    if share is None:
+        return "decoded share not recorded"
+    text = f"decoded {counts['scored_images']:,} of the {counts['chosen_images']:,} selected images ({share:.1%})"
+    return text + (f", PARTIAL: {counts.get('missing_images', 0):,} missing, {counts.get('failed_images', 0):,} "
+                   "undecodable" if share < 1 else "")
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 

@@ -37,10 +37,12 @@ source_root = "data/demo-nih"   # the dataset's folder (its tables; images below
 subset = ""                     # the source's subset ("": its default: see python -m cxrlib external-table --help)
 external_views = "frontal"      # frontal (AP and PA) | all
 equalize = False                # histogram-equalise the external images, as MIMIC-CXR-JPG's conversion did
+allow_missing = False           # score a partial download (fewer than 99% of the selected images on disk)
 
 # %%
 from IPython.display import HTML, display
 
+from cxrlib import runfiles
 from cxrlib.evaluation import external
 from cxrlib.evaluation import external_tables as tables
 from cxrlib.experiments import notebook
@@ -51,13 +53,16 @@ p = notebook.setup(run_dir, globals(), show=["eval_level", "bootstrap", "ci_leve
 # ## The source, its table and its label map
 
 # %%
-frame, info = external.score_source(run_dir, p, source, source_root, subset or None, external_views, equalize)
+frame, info = external.score_source(run_dir, p, source, source_root, subset or None, external_views, equalize,
+                                    allow_missing=allow_missing)
 report = external.external_report(run_dir, p, frame, info)
 folder = external.write_results(run_dir, source, frame, report)
 counts = report["counts"]
 print(f"{source} ({report['subset']}) under {source_root}: {counts['table_images']} images in its table, "
-      f"{counts['chosen_images']} {external_views}, {counts['scored_images']} scored ({counts['failed_images']} "
-      f"could not be decoded); {counts['patients']} patients, {counts['units']} {report['level']}-level units")
+      f"{counts['chosen_images']} {external_views}, {counts['present_images']} on disk, {counts['scored_images']} "
+      f"scored ({counts['failed_images']} could not be decoded); {counts['patients']} patients, {counts['units']} "
+      f"{report['level']}-level units")
+print(runfiles.decoded_share(report))
 print(f"units: {report['unit_note']}; file kinds: {report['file_modes']}")
 print(f"label map {report['label_map']['name']} (sha256 {report['label_map']['sha256'][:12]}), labels from "
       f"{report['label_map']['labels_from']}")

@@ -17,6 +17,7 @@ from PIL import Image
 from cxrlib import runfiles
 from cxrlib.data.cache import build_cache
 from cxrlib.data.decode import decode_image
+from cxrlib.errors import UserError
 from cxrlib.evaluation import external
 from cxrlib.labels import FINDINGS
 from cxrlib.synthetic import external as stand_in
@@ -206,3 +207,47 @@ def test_notebook_07_validates_the_tiny_run_on_every_source(external_run, tmp_pa
     shutil.copy(best, best.with_suffix(".new"))
     os.replace(best.with_suffix(".new"), best)
     assert "STALE" in build_card(external_run) and runfiles.external_results(external_run)["nih"]["stale"]
+
+
+def test_a_partial_download_is_refused_before_the_kernel_or_scored_and_reported_as_partial(external_run, tmp_path,
+                                                                                          one_thread):
+    from cxrlib.experiments.external import summary_line, validate_external
+    from cxrlib.experiments.lister import runs_table
+    from cxrlib.handoff.card import build_card
+    from cxrlib.handoff.index_page import write_index
+
+    root = tmp_path / "chexpert"
+    stand_in.generate(root, "chexpert", images=80, seed=2, shift="none")
+    found, selected, present = external.selected_images("chexpert", root)
+    assert present.all()
+    images = sorted(root.rglob("*.jpg"))
+    for path in images[::3]:   # a third of the download never arrived
+        path.unlink()
+    found, selected, present = external.selected_images("chexpert", root)
+    n, k = len(selected), int(present.sum())
+    assert 0 < k < external.MIN_PRESENT * n
+    with pytest.raises(UserError, match=rf"only {k} of the {n} images its table selects .*--allow-missing"):
+        validate_external(external_run, "chexpert", root, progress=False)
+    assert not (external_run / "external" / "chexpert").exists()   # refused before any kernel or folder
+    p = runfiles.load_frozen(external_run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frame, info = external.score_source(external_run, p, "chexpert", root, progress=False, allow_missing=True)
+        report = external.external_report(external_run, p, frame, info, n_boot=50)
+    external.write_results(external_run, "chexpert", frame, report)
+    counts = report["counts"]
+    assert (counts["chosen_images"], counts["present_images"], counts["missing_images"]) == (n, k, n - k)
+    assert counts["scored_images"] == len(frame) <= k and report["allow_missing"]
+    share = runfiles.decoded_share(report)
+    assert share.startswith(f"decoded {len(frame)} of the {n} selected images") and f"PARTIAL: {n - k} missing" in share
+    out = external_run / "external" / "chexpert"
+    assert summary_line(out).splitlines()[-1] == f"chexpert: {share}"   # the command's last line
+    write_index(external_run)
+    assert share in (external_run / "index.html").read_text()
+    assert share in build_card(external_run)
+    row = runs_table(external_run.parent).set_index("run").loc[external_run.name]
+    assert f"chexpert {report['drop']['value']:+.3f}" in row["external drop"] and "partial: " in row["external drop"]
+    for path in root.rglob("*.jpg"):   # none present: refused before the kernel, allow_missing or not
+        path.unlink()
+    with pytest.raises(UserError, match="none of (the .* images its table selects is|its .* studies has a .jpg) under"):
+        validate_external(external_run, "chexpert", root, progress=False, allow_missing=True)

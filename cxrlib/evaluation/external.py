@@ -60,6 +60,8 @@ from .trained import eval_cohort, load_best
 FORMATS = {"chexpert": ("JPEG", "PNG"), "nih": ("PNG",), "padchest": ("PNG",), "vindr": ("DICOM", "PNG")}
 VIEWS = ("frontal", "all")
 HISTOGRAM_IMAGES = 500      # images per side whose pixels make the intensity histograms
+MIN_PRESENT = 0.99          # below this share of the selected images on disk, a download is partial: refused
+                            # unless allow_missing, and then the share is reported wherever the result is
 
 
 def external_cache_dir(p, source: str, equalize: bool) -> Path:
@@ -88,10 +90,8 @@ def histogram(images, rows: np.ndarray, limit: int = HISTOGRAM_IMAGES) -> list[f
     return (counts / max(counts.sum(), 1)).round(6).tolist()
 
 
-def score_source(run_dir, p, source: str, data_root, subset: str | None = None, views: str = "frontal",
-                 equalize: bool = False, progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """(predictions: dicom_id (the source's image_id), subject_id, study_id, split, view, sex, age, p_<finding>,
-    <finding>; info: the source table's map, notes, counts, cache, intensity histograms)."""
+def selected_images(source: str, data_root, subset: str | None = None, views: str = "frontal"):
+    """(the source's table, the rows its views select, which of them are on disk under data_root)."""
     if views not in VIEWS:
         raise UserError(f"views {views!r}: one of {list(VIEWS)}")
     data_root = Path(data_root)
@@ -100,11 +100,35 @@ def score_source(run_dir, p, source: str, data_root, subset: str | None = None, 
     if table.empty:
         raise UserError(f"{source} under {data_root}: no {views} image in its table ({len(found.table)} rows); "
                         "try views: all")
-    present = table["path"].map(lambda rel: (data_root / rel).is_file())
-    if not present.any():
-        raise UserError(f"{source}: none of the {len(table)} images its table lists is under {data_root} (e.g. "
+    present = table["path"].map(lambda rel: (data_root / rel).is_file()).to_numpy(bool)
+    return found, table, present
+
+
+def check_present(source: str, data_root, table: pd.DataFrame, present: np.ndarray, allow_missing: bool) -> None:
+    """A partial download is not validated as if it were whole: none present is refused, fewer than MIN_PRESENT
+    of the selected images too unless allow_missing (then the share is reported)."""
+    data_root, n, k = Path(data_root), len(table), int(present.sum())
+    if k == 0:
+        raise UserError(f"{source}: none of the {n:,} images its table selects is under {data_root} (e.g. "
                         f"{data_root / table['path'].iloc[0]}); the tables are there, the images are not: unpack "
                         "them into that folder in the dataset's own layout (docs/external-validation.md)")
+    if k < MIN_PRESENT * n and not allow_missing:
+        example = data_root / table["path"].to_numpy()[~present][0]
+        raise UserError(f"{source}: only {k:,} of the {n:,} images its table selects are under {data_root} "
+                        f"({k / n:.1%}; {n - k:,} missing, e.g. {example}). A partial download would be validated as if "
+                        f"it were the whole set: finish it, or pass --allow-missing (make external ... ALLOW_MISSING=1) "
+                        f"to score the {k:,} present, with the share they are reported wherever the result is shown")
+
+
+def score_source(run_dir, p, source: str, data_root, subset: str | None = None, views: str = "frontal",
+                 equalize: bool = False, progress: bool = True, allow_missing: bool = False) -> tuple[pd.DataFrame, dict]:
+    """(predictions: dicom_id (the source's image_id), subject_id, study_id, split, view, sex, age, p_<finding>,
+    <finding>; info: the source table's map, notes, counts, cache, intensity histograms). Only the selected images
+    on disk are scored; check_present decides whether there are enough."""
+    data_root = Path(data_root)
+    found, selected, present = selected_images(source, data_root, subset, views)
+    check_present(source, data_root, selected, present, allow_missing)
+    table = selected[present]
     model, trained, device, transform = load_best(run_dir, p)
     cohort = pd.DataFrame({"dicom_id": table["image_id"], "subject_id": table["patient_id"],
                            "study_id": table["study_id"], "split": "external", "path": table["path"],
@@ -127,10 +151,11 @@ def score_source(run_dir, p, source: str, data_root, subset: str | None = None, 
     internal_rows = internal_cohort.loc[internal_cohort["split"] == "test", "cache_row"].to_numpy()
     info = {
         "source": source, "subset": found.subset, "data_root": str(data_root), "views": views,
-        "equalize": bool(equalize), "label_map": found.label_map.record(found.vocabulary),
+        "equalize": bool(equalize), "allow_missing": bool(allow_missing), "label_map": found.label_map.record(found.vocabulary),
         "map_table": found.label_map.table(found.vocabulary).to_dict("records"),
         "notes": found.notes, "unit_note": found.unit_note,
-        "counts": {"table_images": int(len(found.table)), "chosen_images": int(len(table)),
+        "counts": {"table_images": int(len(found.table)), "chosen_images": int(len(selected)),
+                   "present_images": int(len(table)), "missing_images": int(len(selected) - len(table)),
                    "scored_images": int(len(frame)), "failed_images": int(len(failed)),
                    "patients": int(frame["subject_id"].nunique()), "studies": int(frame["study_id"].nunique())},
         "failures": failed.head(20).to_dict("records"),
@@ -247,6 +272,7 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
         "audit": audit,
         "intensity": info["intensity"], "file_modes": info["file_modes"], "preprocessing": info["preprocessing"],
         "equalize": info["equalize"], "views": info["views"], "failures": info["failures"],
+        "allow_missing": info["allow_missing"], "min_present": MIN_PRESENT,
         "model": model, "warnings": [w for w in [external_warning(model.get("starting_weights"), info["source"])] if w],
         "checkpoint": checkpoint_stamp(run_dir), "versions": versions(),
         "ci": {"level": p.ci_level, "n_boot": n_boot, "seed": p.seed,

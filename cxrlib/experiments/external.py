@@ -3,8 +3,9 @@
 Writes runs/<name>/external/<source>/: settings.json (what was asked), predictions.csv, metrics.json, the
 executed 07_external.ipynb and its HTML. The run's own files are not changed, except its index page; the
 run folder's lock is held throughout (one writer at a time). Everything that can be checked is checked
-before the kernel starts: the run has a best checkpoint and notebook 03's figures, and the source's
-tables are where --data-root says.
+before the kernel starts: the run has a best checkpoint and notebook 03's figures, the source's tables are
+where --data-root says, and its selected images are there (a partial download is refused unless
+--allow-missing; then the decoded share is on the last line, and in the index, the card and the run list).
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import sys
 from pathlib import Path
 
 from .. import runfiles, runlock
-from ..data.sources import DEFAULT_SUBSET, SOURCES, SUBSETS, read_source
+from ..data.sources import DEFAULT_SUBSET, SOURCES, SUBSETS
 from ..errors import UserError
-from ..evaluation.external import VIEWS
+from ..evaluation.external import MIN_PRESENT, VIEWS, check_present, selected_images
 from ..fsutil import atomic_write_json
 from ..handoff.index_page import write_index
 from ..runfiles import (
@@ -43,18 +44,21 @@ def check_run(run_dir: Path) -> None:
 
 
 def validate_external(run_dir, source: str, data_root, subset: str | None = None, views: str = "frontal",
-                      equalize: bool = False, progress: bool = True) -> Path:
+                      equalize: bool = False, progress: bool = True, allow_missing: bool = False) -> Path:
     """Run notebook 07 into runs/<name>/external/<source>/; returns that folder."""
     run_dir = Path(run_dir)
     check_run(run_dir)
     if views not in VIEWS:
         raise UserError(f"--external-views {views!r}: one of {list(VIEWS)}")
-    found = read_source(source, data_root, subset)   # the tables parse before any kernel starts
+    # the tables parse, and the images they select are there, before any kernel starts
+    found, selected, present = selected_images(source, data_root, subset, views)
+    check_present(source, data_root, selected, present, allow_missing)
     root = project_root()
     p = runfiles.load_frozen(run_dir)
     out = external_dir(run_dir, source)
     settings = {"source": source, "subset": found.subset, "data_root": str(data_root), "views": views,
-                "equalize": bool(equalize), "table_images": int(len(found.table))}
+                "equalize": bool(equalize), "allow_missing": bool(allow_missing), "table_images": int(len(found.table)),
+                "selected_images": int(len(selected)), "present_images": int(present.sum())}
     with runlock.hold(run_dir, " ".join(["cxrlib", "external", *sys.argv[2:]]) or "cxrlib external"):
         out.mkdir(parents=True, exist_ok=True)
         for stale in (EXTERNAL_METRICS, EXTERNAL_PREDICTIONS):   # never beside a notebook of other settings
@@ -62,21 +66,24 @@ def validate_external(run_dir, source: str, data_root, subset: str | None = None
         atomic_write_json(out / EXTERNAL_SETTINGS, settings)
         execute(EXTERNAL_NOTEBOOK, p, root, out, progress=progress,
                 extra={"run_dir": str(run_dir), "source": source, "source_root": str(data_root),
-                       "subset": found.subset, "external_views": views, "equalize": bool(equalize)})
+                       "subset": found.subset, "external_views": views, "equalize": bool(equalize),
+                       "allow_missing": bool(allow_missing)})
         write_index(run_dir)
     return out
 
 
 def summary_line(out: Path) -> str:
+    """The command's closing lines: the decision, any warning, and last the share of the selected images scored."""
     report = runfiles.read_json(out / EXTERNAL_METRICS)
     drop = report.get("drop")
     if not drop:
-        return f"{out}: no exactly mapped finding could be compared"
-    verdict = runfiles.drop_verdict(drop)
-    return (f"{out}: macro AUROC over {len(drop['findings'])} exact findings, internal {drop['internal']:.3f}, "
-            f"external {drop['external']:.3f}; drop {drop['value']:+.3f} [{drop['lo']:.3f}, {drop['hi']:.3f}] "
-            f"({verdict}; {report['level']}-level, {report['counts']['units']} external units)"
-            + "".join(f"\nWARNING: {w}" for w in report.get("warnings", [])))
+        head = f"{out}: no exactly mapped finding could be compared"
+    else:
+        head = (f"{out}: macro AUROC over {len(drop['findings'])} exact findings, internal {drop['internal']:.3f}, "
+                f"external {drop['external']:.3f}; drop {drop['value']:+.3f} [{drop['lo']:.3f}, {drop['hi']:.3f}] "
+                f"({runfiles.drop_verdict(drop)}; {report['level']}-level, {report['counts']['units']} external units)")
+    return head + "".join(f"\nWARNING: {w}" for w in report.get("warnings", [])) + \
+        f"\n{report['source']}: {runfiles.decoded_share(report)}"
 
 
 def cli(command: str, argv: list[str]) -> int:
@@ -89,11 +96,14 @@ def cli(command: str, argv: list[str]) -> int:
                                               for s, v in SUBSETS.items() if s in SOURCES))
     ap.add_argument("--external-views", dest="views", choices=VIEWS, default="frontal", help="frontal (AP and PA) or all")
     ap.add_argument("--equalize", action="store_true", help="histogram-equalise the external images")
+    ap.add_argument("--allow-missing", action="store_true",
+                    help=f"score the images present even when fewer than {MIN_PRESENT:.0%} of those the table selects "
+                         "are (a partial download); the decoded share is then reported wherever the result is")
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.runs_dir) / args.run
     out = validate_external(run_dir, args.source, args.data_root, args.subset or None, args.views, args.equalize,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, allow_missing=args.allow_missing)
     print(summary_line(out))
     return 0

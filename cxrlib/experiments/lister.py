@@ -31,6 +31,7 @@ from ..runfiles import (
     frozen_if_any,
     read_history,
     read_json,
+    scored_share,
 )
 from ..runstatus import status, training_finished
 
@@ -57,6 +58,7 @@ def runs_table(runs_dir="runs") -> pd.DataFrame:
             row[f"test {key}"] = f"{fmt(v['value'])} [{fmt(v['lo'])}, {fmt(v['hi'])}]"
         row["external drop"] = ", ".join(
             f"{source} {r['drop']['value']:+.3f}{'*' if r['drop']['reported'] else ''}{' (stale)' if r['stale'] else ''}"
+            f"{f' (partial: {scored_share(r):.1%} scored)' if (scored_share(r) or 1) < 1 else ''}"
             for source, r in external_results(run_dir).items() if r.get("drop")) or "-"
         row["note"] = "; ".join(s["notes"])
         rows.append(row)

@@ -326,9 +326,9 @@ def external_section(run_dir: Path) -> list[str]:
                      f"{_num(d.get('value'))} [{_num(d.get('lo'))}, {_num(d.get('hi'))}]" if d else "-",
                      ("STALE (not today's best.pt) " if r["stale"] else "")
                      + ("NOT INDEPENDENT (the starting weights saw this source) " if r.get("warnings") else "")
-                     + runfiles.drop_verdict(d)])
+                     + runfiles.drop_verdict(d), runfiles.decoded_share(r)])
     return lines + _table(["source", "subset", "units", "exact findings", "internal", "external", "drop [CI]",
-                           "verdict"], rows) + [""]
+                           "verdict", "images scored"], rows) + [""]
 
 
 def software_section(run_dir: Path, report: dict) -> list[str]:

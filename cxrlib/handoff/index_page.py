@@ -28,6 +28,7 @@ from ..runfiles import (
     NOTEBOOKS,
     PARAMS,
     PREDICTIONS,
+    decoded_share,
     drop_verdict,
     export_states,
     external_results,
@@ -115,8 +116,10 @@ def external_section(run_dir: Path) -> list[str]:
     for source, report in results.items():
         link = f'<a href="{EXTERNAL}/{html.escape(source)}/{EXTERNAL_NOTEBOOK}.html">{html.escape(source)}</a>'
         drop = report.get("drop")
+        share = html.escape(decoded_share(report))
+        share = f"<span class='warn'>{share}</span>" if "PARTIAL" in share else share
         if not drop:
-            items.append(f"<li>{link}: no exactly mapped finding could be compared</li>")
+            items.append(f"<li>{link}: no exactly mapped finding could be compared; {share}</li>")
             continue
         verdict = drop_verdict(drop)
         verdict = f"<span class='warn'>{verdict}</span>" if drop["reported"] else verdict
@@ -125,7 +128,7 @@ def external_section(run_dir: Path) -> list[str]:
         items.append(f"<li>{link} ({html.escape(str(report.get('subset')))}, {report['counts']['units']} "
                      f"{html.escape(report['level'])}-level units): macro AUROC over {len(drop['findings'])} exact "
                      f"findings {drop['internal']:.3f} internal, {drop['external']:.3f} external; drop "
-                     f"{drop['value']:+.3f} [{drop['lo']:+.3f}, {drop['hi']:+.3f}]: {verdict}</li>")
+                     f"{drop['value']:+.3f} [{drop['lo']:+.3f}, {drop['hi']:+.3f}]: {verdict}; {share}</li>")
     return ["<ul>" + "".join(items) + "</ul>"]
 
 
