@@ -115,6 +115,43 @@ def test_padchest_table_has_the_published_counts(real):
     assert unlabelled.sum() == 880 and table.loc[unlabelled, FINDINGS].isna().all().all()
 
 
+def test_padchest_rows_with_no_diagnostic_label_are_missing_and_lung_opacity_holds_atelectasis(real):
+    """The map's decisions on the real table: `exclude`, `unchanged`, `suboptimal study` alone say nothing about any
+    finding (1,284 physician rows: missing, not 14 negatives); every Atelectasis, Consolidation, Pneumonia and Edema
+    positive is a Lung Opacity positive (CheXpert's hierarchy); dai, loculated fissural effusion, cavitation land."""
+    found = sources.read_source("padchest", real["padchest"])   # physicians
+    table = found.table
+    raw = pd.read_csv(real["padchest"] / f"{sources.PADCHEST_TABLE}.gz", usecols=["MethodLabel", "Labels"])
+    labels = raw.loc[raw["MethodLabel"].eq("Physician"), "Labels"].map(sources.padchest_labels).reset_index(drop=True)
+    silent = labels.map(lambda s: s is not None and s <= {"exclude", "unchanged", "suboptimal study"}).to_numpy()
+    assert silent.sum() == 1_284 and table.loc[silent, FINDINGS].isna().all().all()
+    assert "1284 rows labelled only exclude, unchanged, suboptimal study: every finding missing" in " ".join(found.notes)
+    lmap = labelmap.load("padchest")
+    opacity = set(lmap.entries["Lung Opacity"].labels)
+    for child in ("Atelectasis", "Consolidation", "Pneumonia", "Edema"):
+        assert set(lmap.entries[child].labels) <= opacity, child
+        assert (table.loc[table[child] == 1, "Lung Opacity"] == 1).all(), child
+    assert (table["Atelectasis"] == 1).sum() > 1_000
+    for label, finding in (("dai", "Support Devices"), ("loculated fissural effusion", "Pleural Effusion"),
+                           ("cavitation", "Lung Lesion")):
+        rows = labels.map(lambda s, x=label: bool(s) and x in s).to_numpy()
+        assert rows.sum() > 10 and (table.loc[rows, finding] == 1).all(), label
+
+
+def test_implausible_ages_are_missing_with_a_count(real):
+    found = sources.read_source("nih", real["nih"], "expert")
+    assert found.table["age"].max() <= 110 and found.table["age"].notna().sum() == 4_376 - 1
+    assert "1 images with an age outside 0-110 years (e.g. 155): age missing" in found.notes
+    assert not any("outside 0-110" in n for n in sources.read_source("nih", real["nih"], "all").notes)
+
+
+def test_vindr_enlarged_cardiomediastinum_is_missing_with_its_reason():
+    entry = labelmap.load("vindr").entries["Enlarged Cardiomediastinum"]
+    assert entry.status == "missing" and "Aortic enlargement" in entry.reason
+    row = labelmap.load("vindr").table().set_index("finding").loc["Enlarged Cardiomediastinum"]
+    assert row["status"] == "missing" and row["reason"] == entry.reason
+
+
 def test_chexpert_train_table_has_the_published_counts(real):
     table = sources.read_source("chexpert", real["chexpert"], "train").table
     assert len(table) == 223_414 and table["patient_id"].nunique() == 64_540

@@ -7,7 +7,11 @@ not equal), or null when the source cannot express it. Labels match exactly afte
 collapsing spaces, never as substrings (torchxrayvision's substring match puts PadChest's "callus rib
 fracture" under Fracture). A null finding is missing for every image, never negative, and leaves every
 average; so is a finding none of whose labels the table at hand can hold (the Kaggle VinBigData table has
-14 of VinDr-CXR's 27 labels).
+14 of VinDr-CXR's 27 labels). A null finding may be written `{labels: [], reason: ...}` to say why.
+
+`uninformative: {labels: [...], reason: ...}` lists labels that say nothing about any finding (PadChest's
+`exclude`, `unchanged`, `suboptimal study`): an image whose labels are all among them is unlabelled (every
+finding missing), not negative for all 14.
 """
 from __future__ import annotations
 
@@ -49,6 +53,8 @@ class LabelMap:
     labels_from: str
     sha256: str
     text: str
+    uninformative: tuple[str, ...] = ()   # labels that say nothing about any finding
+    uninformative_reason: str = ""
 
     def status(self, vocabulary=None) -> dict[str, str]:
         """exact / approximate / missing per finding; with `vocabulary` (the labels a table can hold), a finding
@@ -60,12 +66,17 @@ class LabelMap:
             out[finding] = entry.status if held else "missing"
         return out
 
+    def says_nothing(self, positives: pd.Series) -> np.ndarray:
+        """Images whose labels are all `uninformative` ones: unlabelled, every finding missing."""
+        silent = {normalize(x) for x in self.uninformative}
+        return positives.map(lambda s: bool(silent) and s is not None and s <= silent).to_numpy(bool)
+
     def encode(self, positives: pd.Series, uncertain: pd.Series | None = None, vocabulary=None) -> pd.DataFrame:
         """The 14 finding columns (1.0, 0.0, NaN) of images whose source labels are `positives` (one set of
         normalized labels per image; None: the image is unlabelled, every finding missing). `uncertain`: sets
         of labels marked uncertain, which make a finding missing unless another of its labels is positive."""
         status = self.status(vocabulary)
-        labelled = positives.map(lambda s: s is not None).to_numpy(bool)
+        labelled = positives.map(lambda s: s is not None).to_numpy(bool) & ~self.says_nothing(positives)
         out = pd.DataFrame(index=positives.index)
         for finding in FINDINGS:
             if status[finding] == "missing":
@@ -93,6 +104,7 @@ class LabelMap:
         """What metrics.json keeps: the map's name, hash, content and the status it had for this table."""
         return {"name": self.name, "sha256": self.sha256, "labels_from": self.labels_from,
                 "status": self.status(vocabulary),
+                "uninformative": {"labels": list(self.uninformative), "reason": self.uninformative_reason},
                 "findings": {f: {"labels": list(e.labels), "approximate": e.approximate, "reason": e.reason}
                              for f, e in self.entries.items()}}
 
@@ -115,6 +127,9 @@ def load(name: str, path: Path | None = None) -> LabelMap:
     findings = (data or {}).get("findings")
     if not isinstance(findings, dict):
         raise UserError(f"{path}: needs a `findings:` mapping of the 14 findings")
+    extra = sorted(set(data) - {"source", "labels_from", "findings", "uninformative"})
+    if extra:
+        raise UserError(f"{path}: unknown top-level key(s) {extra}; use source, labels_from, findings, uninformative")
     unknown = sorted(set(findings) - set(FINDINGS))
     absent = [f for f in FINDINGS if f not in findings]
     if unknown or absent:
@@ -137,8 +152,11 @@ def load(name: str, path: Path | None = None) -> LabelMap:
         if not isinstance(labels, list) or not all(isinstance(x, str) and x.strip() for x in labels):
             raise UserError(f"{path}: {finding} must be a list of label strings, a mapping with `labels`, or null")
         entries[finding] = Entry(finding, tuple(labels), approximate, str(reason))
-    return LabelMap(path.stem, entries, str(data.get("labels_from", "")),
-                    hashlib.sha256(text.encode()).hexdigest(), text)
+    silent = data.get("uninformative") or {}
+    if silent and not (isinstance(silent, dict) and isinstance(silent.get("labels"), list) and silent.get("reason")):
+        raise UserError(f"{path}: uninformative must be a mapping with a list of `labels` and a one-line `reason`")
+    return LabelMap(path.stem, entries, str(data.get("labels_from", "")), hashlib.sha256(text.encode()).hexdigest(),
+                    text, tuple(silent.get("labels", ())), str(silent.get("reason", "")))
 
 
 def markdown_table(names=None) -> str:

@@ -46,6 +46,7 @@ PADCHEST_TABLE = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 VINDR_LABELS = "annotations/image_labels_{split}.csv"
 VINBIGDATA = "train.csv"          # Kaggle's VinBigData box table: image_id, class_name, rad_id, boxes
 VINDR_READERS_NEEDED = 2          # of a train image's 3 readers
+AGE_RANGE = (0, 110)              # years; outside it an age is a data-entry error
 EXPERT_COLUMNS = ["Image Index", "Patient ID", "Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass"]
 
 
@@ -277,10 +278,14 @@ def padchest(root: Path, subset: str) -> SourceTable:
         "age": study_year - pd.to_numeric(frame["PatientBirth"], errors="coerce"), "split": "",
         "bits": frame["BitsStored_DICOM"]})
     unlabelled = int(positives.isna().sum())
+    silent = int(lmap.says_nothing(positives).sum())
     notes = [f"MethodLabel: {'physicians only' if subset == 'physician' else 'physicians and the RNN model'}",
              "age: the study's year minus the birth year (±1 year)"]
     if unlabelled:
         notes.append(f"{unlabelled} rows have no readable Labels: every finding missing")
+    if silent:
+        notes.append(f"{silent} rows labelled only {', '.join(lmap.uninformative)}: every finding missing (they say "
+                     "nothing about findings)")
     return SourceTable("padchest", subset, standard(meta, lmap.encode(positives)), lmap, notes=notes)
 
 
@@ -372,7 +377,19 @@ def read_source(source: str, data_root, subset: str | None = None) -> SourceTabl
     root = Path(data_root)
     if not root.is_dir():
         raise UserError(f"data root {root} is not a folder; set --data-root (DATA_ROOT) to the {source} dataset")
-    return ADAPTERS[source](root, subset)
+    return plausible_ages(ADAPTERS[source](root, subset))
+
+
+def plausible_ages(found: SourceTable) -> SourceTable:
+    """Ages outside AGE_RANGE are data-entry errors (NIH's expert-label table has an image aged 155; the older
+    Data_Entry_2017.csv more), not patients of the audit's oldest band: missing, with a count in the notes."""
+    age = found.table["age"]
+    implausible = age.notna() & ~age.between(*AGE_RANGE)
+    if implausible.any():
+        found.notes.append(f"{int(implausible.sum())} images with an age outside {AGE_RANGE[0]}-{AGE_RANGE[1]} years "
+                           f"(e.g. {age[implausible].iloc[0]:g}): age missing")
+        found.table.loc[implausible, "age"] = np.nan
+    return found
 
 
 def frontal(table: pd.DataFrame) -> pd.DataFrame:
