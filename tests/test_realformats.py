@@ -364,3 +364,19 @@ def test_versions_of_the_writing_libraries(capsys):
 def test_weights_module_names_the_input_range_of_torchxrayvision():
     assert weights.XRV_INPUT == XRV_INPUT and weights.source_defaults("torchxrayvision:densenet121-res224-nih") == {
         "input": XRV_INPUT, "resolution": 224}
+
+
+def test_every_layout_the_docs_list_names_a_real_format_test_that_exists():
+    import pathlib
+
+    import test_model
+    docs = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "pretrained-weights.md").read_text()
+    table = docs[docs.index("## Layouts cxrlib reads"):docs.index("**The JSON beside the file**")]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| you have", "|---"))]
+    assert len(rows) >= 10
+    here = globals()
+    for row in rows:
+        tests = re.findall(r"`(test_\w+)`", row.rsplit("|", 2)[1])
+        assert tests, f"no test named for: {row[:80]}"
+        for name in tests:
+            assert callable(here.get(name)) or callable(getattr(test_model, name, None)), name
