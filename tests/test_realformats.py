@@ -345,7 +345,7 @@ def test_missing_imagenet_file_is_refused_before_notebook_01_with_the_command_th
         in str(info.value)
 
 
-def test_versions_of_the_writing_libraries(capsys):
+def test_versions_of_the_writing_libraries():
     """The versions of the libraries that wrote this run's files (pytest -s shows them; the note quotes them)."""
     import safetensors
     import transformers

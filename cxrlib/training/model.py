@@ -235,7 +235,8 @@ def imagenet_state_dict(arch: str, name: str = "imagenet") -> dict:
         if not isinstance(e, (urllib.error.URLError, OSError, ConnectionError)):
             raise
         raise UserError(
-            f"weights: {name} for {arch} ({entry.name}) are not in {path.parent} and could not be downloaded ({e}). "
+            f"weights: {name} for {arch}{'' if name == entry.name else f' ({entry.name})'} are not in {path.parent} "
+            f"and could not be downloaded ({e}). "
             f"Put the file there with `curl -L --create-dirs -o {path} {entry.url}` (on a machine that reaches "
             f"download.pytorch.org; elsewhere run it there and copy the file to {path}: the folder is "
             "$TORCH_HOME/hub/checkpoints/, ~/.cache/torch/hub/checkpoints/ by default); "
