@@ -19,6 +19,7 @@ import torchvision
 
 from cxrlib import params
 from cxrlib.errors import UserError
+from cxrlib.evaluation.explain import GradCAM
 from cxrlib.fsutil import sha256_file
 from cxrlib.training import contamination, convert, model, weights
 
@@ -189,9 +190,13 @@ def test_transformers_dinov2_folder_from_save_pretrained(tmp_path):
     assert torch.equal(loaded["blocks.1.attn.qkv.weight"][:48], query)
     assert torch.equal(loaded["patch_embed.proj.weight"],
                        raw["embeddings.patch_embeddings.projection.weight"].sum(1, keepdim=True))
+    (folder / "cxrlib.json").write_text(json.dumps({"source": "microsoft/rad-dino"}))
     info = record("timm:vit_small_patch14_dinov2", folder)
     assert info["layout"] == "huggingface dinov2" and info["sha256"] == sha256_file(folder / "model.safetensors")
-    assert info["input"] == pytest.approx({"mean": 0.5307, "std": 0.2583})
+    assert info["input"] == pytest.approx({"mean": 0.5307, "std": 0.2583}) and info["mimic"] == "manifest"
+    cam = GradCAM(net, image_size=56)   # the patch tokens entering the last block, on their grid
+    maps = cam(gray, "Edema")
+    assert maps.shape == (2, 56, 56) and "4 x 4 grid" in cam.note and maps.max() <= 1
 
 
 # --------------------------------------------------------------------------- torchxrayvision
@@ -227,6 +232,8 @@ def test_torchxrayvision_densenet_release_is_converted_without_the_package(xrv, 
     assert info["source"] == "torchxrayvision:densenet121-res224-all" and info["input"] == XRV_INPUT
     assert info["resolution"] == 224 and info["layout"] == "safetensors" and info["sha256"] == sha256_file(out)
     assert meta["original_sha256"] == sha256_file(path) and meta["labels"] == list(release.pathologies)
+    assert "NIH CHESTX-RAY14" in contamination.external_warning(info, "nih")   # `all` saw NIH: not independent
+    assert contamination.external_warning(info, "vindr") is None and info["mimic"] == "random"
     assert "op_threshs" not in meta   # the release holds none; torchxrayvision's table has them
 
 

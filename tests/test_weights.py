@@ -3,8 +3,6 @@ network computes what the source network computes on the same grey image (copied
 takes three channels)."""
 import json
 import shutil
-import sys
-import textwrap
 
 import pandas as pd
 import pytest
@@ -16,7 +14,7 @@ from cxrlib import params
 from cxrlib.errors import UserError
 from cxrlib.evaluation.explain import GradCAM
 from cxrlib.fsutil import sha256_file
-from cxrlib.training import contamination, convert, model, optim, weights
+from cxrlib.training import contamination, convert, model, optim
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,88 +72,6 @@ def test_moco_cxr_lightning_checkpoint_uses_the_query_encoder(tmp_path):
     record = contamination.describe(info)
     assert record["mimic"] == "official-train" and record["external_seen"] == []
     assert contamination.external_warning(record, "nih") is None
-
-
-XRV_PACKAGE = '''
-import torch, torchvision
-class DenseNet(torch.nn.Module):
-    """torchxrayvision's shape: a one-channel conv0, 18 outputs, op_threshs, pixels in [-1024, 1024]."""
-    def __init__(self, weights="densenet121-res224-all"):
-        super().__init__()
-        self.features = torchvision.models.densenet121(weights=None).features
-        self.features.conv0 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-        self.classifier = torch.nn.Linear(1024, 18)
-        self.register_buffer("op_threshs", torch.rand(18))
-        self.pathologies = [f"finding {i}" for i in range(18)]
-        self.weights = weights
-    def forward(self, x):
-        pooled = torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.features(x)), 1).flatten(1)
-        return self.classifier(pooled)
-'''
-
-
-@pytest.fixture
-def torchxrayvision_file(tmp_path, monkeypatch):
-    """A pickled whole module, as torchxrayvision releases them, of a stand-in `torchxrayvision` package."""
-    package = tmp_path / "pkgs" / "torchxrayvision"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("from . import models\n")
-    (package / "models.py").write_text(textwrap.dedent(XRV_PACKAGE))
-    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
-    for name in [m for m in sys.modules if m.startswith("torchxrayvision")]:
-        monkeypatch.delitem(sys.modules, name)
-    import torchxrayvision.models
-
-    torch.manual_seed(0)
-    source = torchxrayvision.models.DenseNet().eval()
-    path = tmp_path / "xrv-all.pt"
-    torch.save(source, path)
-    return path, source
-
-
-def test_torchxrayvision_file_is_refused_then_converted_once(torchxrayvision_file, tmp_path):
-    path, source = torchxrayvision_file
-    with pytest.raises(UserError, match="convert-weights --from torchxrayvision"):
-        model.build("densenet121", "avgpool", 14, 64, str(path))
-    out, meta = convert.convert(path, "torchxrayvision")
-    assert out.suffix == ".safetensors" and weights.sidecar_path(out).is_file()
-    assert meta["source"] == "torchxrayvision:densenet121-res224-all" and meta["mimic"] == "random"
-    assert meta["input"] == {"mean": 0.5, "std": 1 / 2048} and meta["resolution"] == 224
-    assert len(meta["labels"]) == 18 and len(meta["op_threshs"]) == 18
-    record = contamination.describe(model.starting_info("densenet121", str(out)))
-    assert "NIH CHESTX-RAY14" in contamination.external_warning(record, "nih")   # `all` saw NIH: not independent
-    assert contamination.external_warning(record, "vindr") is None
-    assert meta["original_sha256"] == sha256_file(path) and meta["sha256"] == sha256_file(out)
-    net = model.build("densenet121", "avgpool", 14, 64, str(out)).eval()
-    assert net.body[0].conv0.in_channels == 1   # a one-channel conv0 goes in as it is
-    assert torch.equal(net.body[0].conv0.weight, source.features.conv0.weight)
-    gray = torch.rand(2, 1, 64, 64)
-    pooled = torch.nn.functional.adaptive_avg_pool2d(torch.relu(source.features(gray)), 1).flatten(1).detach()
-    assert torch.allclose(features(net, gray), pooled, atol=1e-5)
-
-
-def test_huggingface_dinov2_folder_is_the_same_vit(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, image_size=56,
-                                       patch_size=14)
-    torch.manual_seed(0)
-    source = transformers.Dinov2Model(config).eval()
-    source.save_pretrained(tmp_path / "rad-dino")
-    (tmp_path / "rad-dino" / "preprocessor_config.json").write_text(json.dumps(
-        {"image_mean": [0.5307] * 3, "image_std": [0.2583] * 3}))
-    (tmp_path / "rad-dino" / "cxrlib.json").write_text(json.dumps({"source": "microsoft/rad-dino"}))
-    folder = str(tmp_path / "rad-dino")
-    net = model.build("timm:vit_small_patch14_dinov2", "avgpool", 14, 56, folder).eval()
-    assert net.arch_kwargs["embed_dim"] == 48 and net.arch_kwargs["depth"] == 2
-    gray = torch.rand(2, 1, 56, 56)
-    with torch.no_grad():
-        expected = source(pixel_values=gray.repeat(1, 3, 1, 1)).pooler_output
-    assert torch.allclose(features(net, gray), expected, atol=1e-4)
-    info = contamination.describe(model.starting_info("timm:vit_small_patch14_dinov2", folder))
-    assert info["input"] == pytest.approx({"mean": 0.5307, "std": 0.2583}) and info["mimic"] == "manifest"
-    cam = GradCAM(net, image_size=56)
-    maps = cam(gray, "Edema")
-    assert maps.shape == (2, 56, 56) and "4 x 4 grid" in cam.note and maps.max() <= 1
 
 
 def test_a_file_that_does_not_fit_names_its_keys(tmp_path):

@@ -275,13 +275,8 @@ def starting_info(arch: str, weights: str, hashed: bool = True) -> dict:
 
 
 def _load_full(model: nn.Module, state: dict, path: str, check_only: bool = False) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        raise UserError(f"weights: {path} was saved for another arch, head or image_size. "
-                        f"{key_report(missing, unexpected, wrong)}")
+    problems = key_report(model.state_dict(), state)
+    if problems:
+        raise UserError(f"weights: {path} was saved for another arch, head or image_size. {problems}")
     if not check_only:
         model.load_state_dict(state)

@@ -247,18 +247,24 @@ def load_backbone(module: nn.Module, state: dict, path: str, check_only: bool = 
     for key in own:
         if key.endswith(".num_batches_tracked") and key not in state:
             state[key] = torch.tensor(0, dtype=torch.long)
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        raise UserError(f"weights: {path} does not fit this arch. {key_report(missing, unexpected, wrong)}. "
-                        "Check arch: (and that the file is a backbone of it)")
+    problems = key_report(own, state)
+    if problems:
+        raise UserError(f"weights: {path} does not fit this arch. {problems}. Check arch: (and that the file is a "
+                        "backbone of it)")
     if not check_only:
         module.load_state_dict(state)
 
 
-def key_report(missing: list, unexpected: list, wrong: list) -> str:
+def key_report(own: dict, state: dict) -> str | None:
+    """The keys of `state` that do not fit the module whose state_dict is `own`: missing, unexpected and
+    mis-shaped, each listed by name (the first 8); None when it fits."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and state[k].shape != own[k].shape]
+    if not (missing or unexpected or wrong):
+        return None
+
     def listed(keys):
         return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "") if keys else "none"
     return (f"Missing ({len(missing)}): {listed(missing)}. Unexpected ({len(unexpected)}): {listed(unexpected)}. "
