@@ -183,7 +183,10 @@ def test_predicting_the_source_jpegs_reproduces_predictions_csv(tiny_run, tmp_pa
     assert np.abs(frame[runfiles.PROB_COLUMNS].to_numpy()[:12] - expected.to_numpy()).max() < 1e-5
     assert np.abs(frame[runfiles.PROB_COLUMNS].to_numpy()[12] - expected.to_numpy()[0]).max() < 1e-5   # same pixels, no resize
     assert dict(skipped) == {"nope.jpg": "no such file or folder", str(broken): dict(skipped)[str(broken)]}
-    thresholds = json.loads((tiny_run / "metrics.json").read_text())["thresholds"]["values"]
+    # a file is one image: predict applies the thresholds chosen on validation images, also in a study-level run
+    report = json.loads((tiny_run / "metrics.json").read_text())
+    thresholds = (report["image_level"] or {}).get("thresholds", report["thresholds"])["values"] \
+        if report["level"]["headline"] == "study" else report["thresholds"]["values"]
     f = "Support Devices"
     cut = 0.5 if thresholds[f]["f1"] is None else thresholds[f]["f1"]
     assert (frame[f"call_{f}"] == (frame[f"p_{f}"] >= cut)).all()

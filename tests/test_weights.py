@@ -190,6 +190,18 @@ def dinov2_folder(folder, meta: dict, patch_size: int = 14):
     return folder
 
 
+@pytest.fixture
+def torchxrayvision_file(tmp_path):
+    """A torchxrayvision DenseNet release: pickled from torchxrayvision's own class (random weights)."""
+    xrv = pytest.importorskip("torchxrayvision")
+    torch.manual_seed(0)
+    release = xrv.models.DenseNet(weights=None)
+    release.weights = "densenet121-res224-all"
+    path = tmp_path / "xrv-all.pt"
+    torch.save(release, path)
+    return path, release
+
+
 @pytest.mark.slow
 def test_runs_record_their_starting_weights_and_flag_a_contaminated_test_split(torchxrayvision_file, tiny_data,
                                                                               tmp_path):
