@@ -3,11 +3,14 @@
     with runlock.hold(run_dir, "make train"):
         ...   # a second writer is refused with one line naming this process
 
-The lock is `<folder>/.cxrlib.lock`, created exclusively (O_EXCL) and holding the holder's PID, host,
-process start time, command and SLURM job id. A lock whose holder is gone is taken over: on the same
-host when the PID no longer runs (or now belongs to another process, by its start time), and on any
-host when the holder was this same SLURM job (a requeued job resumes its own run). A live holder, or one
-on another host that cannot be checked, is refused with its PID, host and what to do.
+The lock is `<folder>/.cxrlib.lock`, holding the holder's PID, host, process start time, command and SLURM
+job id. Taking and releasing it are serialised by an flock on the folder itself, and the file is written
+atomically, so among processes that start at once exactly one holds it, and a half-written lock is never read
+as a dead one. A lock whose holder is gone is taken over: on the same host when the PID no longer runs (or now
+belongs to another process, by its start time), and on another host when the holder was this same SLURM job
+(a requeued job resumes its own run; two processes of one job on one host, as in an `salloc` shell, are
+checked by PID like any other). A live holder, or one on another host that cannot be checked, is refused with
+its PID, host and what to do.
 
 Child processes inherit the right to write: the folders a process holds are listed in the environment
 (CXRLIB_HELD_LOCKS), so the notebook kernels papermill starts, and torchrun's workers, write under their
@@ -16,6 +19,7 @@ parent's lock; a notebook opened in JupyterLab only checks that no other live pr
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .fsutil import atomic_write_text
 
 LOCK_NAME = ".cxrlib.lock"
 HELD_ENV = "CXRLIB_HELD_LOCKS"
@@ -70,10 +75,10 @@ def is_stale(holder: dict) -> bool:
     """Whether the holder is certainly gone (its lock may be taken over)."""
     if not holder:
         return True
-    if holder.get("slurm_job") and holder["slurm_job"] == os.environ.get("SLURM_JOB_ID"):
-        return True   # this job, requeued after preemption: the earlier attempt is dead
     if holder.get("host") != socket.gethostname():
-        return False  # cannot check a process on another machine
+        # this job, requeued on another node after preemption: the earlier attempt is dead; any other
+        # process on another machine cannot be checked
+        return bool(holder.get("slurm_job")) and holder["slurm_job"] == os.environ.get("SLURM_JOB_ID")
     pid = int(holder.get("pid", 0))
     if pid <= 0 or not running(pid):
         return True
@@ -103,25 +108,30 @@ def check_free(folder) -> None:
         raise UserError(describe(folder, holder))
 
 
+@contextlib.contextmanager
+def _serialised(folder: Path):
+    """One process at a time reads, judges and writes a folder's lock: an flock on the folder itself (a directory
+    descriptor; no extra file), released when the descriptor closes, also when the process dies."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _acquire(folder: Path, command: str) -> None:
     path = folder / LOCK_NAME
-    folder.mkdir(parents=True, exist_ok=True)
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with _serialised(folder):
             holder = read_holder(folder)
-            if holder is None:
-                continue   # released between our two calls: try again
-            if not is_stale(holder):
-                raise UserError(describe(folder, holder)) from None
-            with contextlib.suppress(FileNotFoundError):   # a stale lock: take it over
-                os.unlink(path)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(_me(command), f)
-        return
-    raise UserError(f"{path}: could not take the lock (another process keeps taking it); try again")
+            if holder is not None and not is_stale(holder):
+                raise UserError(describe(folder, holder))
+            atomic_write_text(path, json.dumps(_me(command)))   # whole or absent, never half-written
+    except OSError as e:
+        raise UserError(f"{folder}: cannot write its lock {LOCK_NAME} ({e.strerror}); a run folder must be "
+                        "writable by whoever writes the run: fix its permissions or the disk") from None
 
 
 @contextlib.contextmanager
@@ -142,7 +152,7 @@ def hold(folder, command: str):
             os.environ.pop(HELD_ENV, None)
         else:
             os.environ[HELD_ENV] = before
-        holder = read_holder(folder)
-        if holder is not None and holder.get("pid") == os.getpid():
-            with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError), _serialised(folder):
+            holder = read_holder(folder)
+            if holder is not None and holder.get("pid") == os.getpid():
                 os.unlink(folder / LOCK_NAME)

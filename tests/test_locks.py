@@ -195,3 +195,72 @@ def test_two_sweeps_on_one_grid_at_once_the_second_is_refused(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def _contend(folder: str, barrier, results) -> None:
+    """One of the processes that start at once: take the lock, and while holding it check that nobody else is
+    inside (an O_EXCL marker), then let go."""
+    barrier.wait()
+    try:
+        with runlock.hold(folder, "contender"):
+            marker = os.open(os.path.join(folder, "inside"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            time.sleep(0.05)
+            os.close(marker)
+            os.unlink(os.path.join(folder, "inside"))
+            results.put("held")
+    except UserError:
+        results.put("refused")
+    except FileExistsError:
+        results.put("TWO HOLDERS")
+
+
+@pytest.mark.parametrize("start", ["fresh", "stale"])
+def test_processes_starting_at_once_never_hold_the_lock_together(tmp_path, start):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = {"pid": int(dead.stdout), "host": socket.gethostname(), "start": "1", "command": "killed", "since": "then"}
+    outcomes = []
+    for trial in range(50):
+        folder = tmp_path / f"t{trial}"
+        folder.mkdir()
+        if start == "stale":
+            (folder / runlock.LOCK_NAME).write_text(json.dumps(stale))
+        barrier, results = context.Barrier(8), context.Queue()
+        procs = [context.Process(target=_contend, args=(str(folder), barrier, results)) for _ in range(8)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(30)
+        got = [results.get(timeout=5) for _ in procs]
+        outcomes.append(got)
+        assert "TWO HOLDERS" not in got, (trial, got)
+        assert got.count("held") >= 1, (trial, got)   # someone always gets it; later ones may, once it is free
+    assert sum(o.count("refused") for o in outcomes) > 0   # they did contend
+
+
+def test_two_processes_of_one_slurm_job_on_one_host_do_not_both_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "777")   # an salloc shell: everything runs under one job id
+    proc = holder(tmp_path)
+    try:
+        assert runlock.read_holder(tmp_path)["slurm_job"] == "777"
+        with pytest.raises(UserError, match=f"being written by process {proc.pid} on this machine"):
+            with runlock.hold(tmp_path, "second, same job"):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    with runlock.hold(tmp_path, "after it died"):   # dead on this host: taken over
+        assert runlock.read_holder(tmp_path)["pid"] == os.getpid()
+
+
+def test_a_read_only_run_folder_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    def read_only(path, text):   # what a read-only mount answers (root ignores permission bits, so it is simulated)
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    monkeypatch.setattr(runlock, "atomic_write_text", read_only)
+    with pytest.raises(UserError, match=r"cannot write its lock \.cxrlib\.lock \(Read-only file system\)"):
+        with runlock.hold(tmp_path, "x"):
+            pass
