@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,27 @@ def atomic_path(path, suffix: str = ".tmp"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_folder(new, final, spare) -> None:
+    """`new` becomes `final`, the folder `final` was moved aside to `spare` first and removed last: a reader sees
+    the old folder or the new one, whole. A process killed between the two renames leaves `final` absent and the
+    old folder at `spare`, which recover_folder puts back."""
+    new, final, spare = Path(new), Path(final), Path(spare)
+    if spare.exists():
+        shutil.rmtree(spare)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        os.replace(final, spare)
+    os.replace(new, final)
+    shutil.rmtree(spare, ignore_errors=True)
+
+
+def recover_folder(final, spare) -> None:
+    """After a replace_folder killed midway: the old folder back where it was."""
+    final, spare = Path(final), Path(spare)
+    if spare.is_dir() and not final.exists():
+        os.replace(spare, final)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

@@ -46,6 +46,8 @@ EXTERNAL_NOTEBOOK = "07_external"
 EXTERNAL_PREDICTIONS = "predictions.csv"
 EXTERNAL_METRICS = "metrics.json"
 EXTERNAL_SETTINGS = "settings.json"
+EXTERNAL_STAGING = ".external-staging"   # <source>/: notebook 07 runs here; its folder replaces external/<source>/
+                                         # only when complete, and a failed attempt stays here to be read
 
 NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"]   # a run's, in order
 ID_COLUMNS = ["dicom_id", "subject_id", "study_id", "split"]
@@ -73,6 +75,10 @@ def member_dirs(run_dir) -> list[Path]:
 
 def external_dir(run_dir, source: str) -> Path:
     return Path(run_dir) / EXTERNAL / source
+
+
+def external_staging_dir(run_dir, source: str) -> Path:
+    return Path(run_dir) / EXTERNAL_STAGING / source
 
 
 def checkpoint_stamp(run_dir) -> dict | None:

@@ -38,6 +38,7 @@ subset = ""                     # the source's subset ("": its default: see pyth
 external_views = "frontal"      # frontal (AP and PA) | all
 equalize = False                # histogram-equalise the external images, as MIMIC-CXR-JPG's conversion did
 allow_missing = False           # score a partial download (fewer than 99% of the selected images on disk)
+out_dir = ""                    # where the results go ("": external/<source>/; make external stages them)
 
 # %%
 from IPython.display import HTML, display
@@ -56,7 +57,7 @@ p = notebook.setup(run_dir, globals(), show=["eval_level", "bootstrap", "ci_leve
 frame, info = external.score_source(run_dir, p, source, source_root, subset or None, external_views, equalize,
                                     allow_missing=allow_missing)
 report = external.external_report(run_dir, p, frame, info)
-folder = external.write_results(run_dir, source, frame, report)
+folder = external.write_results(run_dir, source, frame, report, out_dir or None)
 counts = report["counts"]
 print(f"{source} ({report['subset']}) under {source_root}: {counts['table_images']} images in its table, "
       f"{counts['chosen_images']} {external_views}, {counts['present_images']} on disk, {counts['scored_images']} "

@@ -251,3 +251,29 @@ def test_a_partial_download_is_refused_before_the_kernel_or_scored_and_reported_
         path.unlink()
     with pytest.raises(UserError, match="none of (the .* images its table selects is|its .* studies has a .jpg) under"):
         validate_external(external_run, "chexpert", root, progress=False, allow_missing=True)
+
+
+def test_a_failed_external_run_leaves_the_last_good_result_byte_identical(external_run, tmp_path, one_thread):
+    from cxrlib.experiments.external import validate_external
+
+    def snapshot(folder):
+        return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    root = tmp_path / "nih"
+    stand_in.generate(root, "nih", images=60, seed=3, shift="planted")
+    good = runfiles.external_dir(external_run, "nih")
+    cwd = os.getcwd()
+    try:
+        if not (good / "metrics.json").is_file():   # run alone: make the good result first
+            validate_external(external_run, "nih", root, progress=False)
+        before = snapshot(good)
+        for png in root.glob("images_*/images/*.png"):   # every image there, none decodable: 07 fails in its kernel
+            png.write_bytes(b"\x89PNG\r\n\x1a\n but the rest is lost")
+        with pytest.raises(UserError, match="07_external.ipynb failed"):
+            validate_external(external_run, "nih", root, progress=False)
+    finally:
+        os.chdir(cwd)
+    assert snapshot(good) == before   # byte for byte
+    staging = runfiles.external_staging_dir(external_run, "nih")
+    assert (staging / "07_external.ipynb").is_file() and not (staging / "metrics.json").exists()   # to be read
+    assert not any(p.name.startswith(".") for p in good.parent.iterdir())   # nothing half-moved in external/

@@ -51,7 +51,7 @@ def test_committed_notebooks_are_clean_and_have_parameters():
 
 
 EXTERNAL_DEMO = {"source": "nih", "source_root": "data/demo-nih", "subset": "", "external_views": "frontal",
-                 "equalize": False, "allow_missing": False}
+                 "equalize": False, "allow_missing": False, "out_dir": ""}
 
 
 def test_notebook_defaults_are_the_demo_preset():

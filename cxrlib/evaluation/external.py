@@ -299,9 +299,10 @@ def subgroup_audit(units: pd.DataFrame, frame: pd.DataFrame, thresholds: dict, n
         table[table["metric"].isin(["auroc_macro"]) & table["gap"].isna()].to_dict("records")
 
 
-def write_results(run_dir, source: str, frame: pd.DataFrame, report: dict) -> Path:
-    """external/<source>/predictions.csv and metrics.json, atomically; metrics.json last (it marks them done)."""
-    folder = external_dir(run_dir, source)
+def write_results(run_dir, source: str, frame: pd.DataFrame, report: dict, folder=None) -> Path:
+    """predictions.csv and metrics.json, atomically, metrics.json last (it marks them done), into `folder`:
+    external/<source>/ by default (notebook 07 opened by hand); make external's staging folder when it runs it."""
+    folder = Path(folder) if folder else external_dir(run_dir, source)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(folder / EXTERNAL_PREDICTIONS, frame, float_format="%.9g")
     atomic_write_json(folder / EXTERNAL_METRICS, report)

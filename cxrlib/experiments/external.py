@@ -1,15 +1,20 @@
 """`python -m cxrlib external --run NAME --source S --data-root DIR`: notebook 07 on a run, for one source.
 
 Writes runs/<name>/external/<source>/: settings.json (what was asked), predictions.csv, metrics.json, the
-executed 07_external.ipynb and its HTML. The run's own files are not changed, except its index page; the
-run folder's lock is held throughout (one writer at a time). Everything that can be checked is checked
-before the kernel starts: the run has a best checkpoint and notebook 03's figures, the source's tables are
-where --data-root says, and its selected images are there (a partial download is refused unless
---allow-missing; then the decoded share is on the last line, and in the index, the card and the run list).
+executed 07_external.ipynb and its HTML. Notebook 07 runs in runs/<name>/.external-staging/<source>/, and that
+folder replaces external/<source>/ only when the notebook has finished: a failed attempt leaves the last good
+result as it was (byte for byte) and stays in the staging folder to be read. The run's own files are not
+changed, except its index page; the run folder's lock is held throughout (one writer at a time).
+
+Everything that can be checked is checked before the kernel starts: the run has a best checkpoint and notebook
+03's figures, the source's tables are where --data-root says, and its selected images are there (a partial
+download is refused unless --allow-missing; then the decoded share is on the last line, and in the index, the
+card and the run list).
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,17 +22,17 @@ from .. import runfiles, runlock
 from ..data.sources import DEFAULT_SUBSET, SOURCES, SUBSETS
 from ..errors import UserError
 from ..evaluation.external import MIN_PRESENT, VIEWS, check_present, selected_images
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_json, recover_folder, replace_folder
 from ..handoff.index_page import write_index
 from ..runfiles import (
     EXTERNAL_METRICS,
     EXTERNAL_NOTEBOOK,
-    EXTERNAL_PREDICTIONS,
     EXTERNAL_SETTINGS,
     METRICS,
     PREDICTIONS,
     checkpoint_path,
     external_dir,
+    external_staging_dir,
 )
 from .runs import execute, project_root
 
@@ -60,14 +65,20 @@ def validate_external(run_dir, source: str, data_root, subset: str | None = None
                 "equalize": bool(equalize), "allow_missing": bool(allow_missing), "table_images": int(len(found.table)),
                 "selected_images": int(len(selected)), "present_images": int(present.sum())}
     with runlock.hold(run_dir, " ".join(["cxrlib", "external", *sys.argv[2:]]) or "cxrlib external"):
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in (EXTERNAL_METRICS, EXTERNAL_PREDICTIONS):   # never beside a notebook of other settings
-            (out / stale).unlink(missing_ok=True)
-        atomic_write_json(out / EXTERNAL_SETTINGS, settings)
-        execute(EXTERNAL_NOTEBOOK, p, root, out, progress=progress,
+        staging = external_staging_dir(run_dir, source)
+        spare = staging.with_name(f"{source}.replaced")
+        recover_folder(out, spare)   # a replacement killed midway: the last good result back first
+        shutil.rmtree(staging, ignore_errors=True)   # an earlier failed attempt
+        staging.mkdir(parents=True)
+        atomic_write_json(staging / EXTERNAL_SETTINGS, settings)
+        execute(EXTERNAL_NOTEBOOK, p, root, staging, progress=progress,
                 extra={"run_dir": str(run_dir), "source": source, "source_root": str(data_root),
                        "subset": found.subset, "external_views": views, "equalize": bool(equalize),
-                       "allow_missing": bool(allow_missing)})
+                       "allow_missing": bool(allow_missing), "out_dir": str(staging)})
+        if not (staging / EXTERNAL_METRICS).is_file():
+            raise UserError(f"notebook 07 ended without writing {EXTERNAL_METRICS} (see {staging}); "
+                            f"{out} is as it was")
+        replace_folder(staging, out, spare)
         write_index(run_dir)
     return out
 
