@@ -88,7 +88,17 @@ def assess(record: dict, params, cohort: pd.DataFrame) -> dict:
     what = record.get("source") or Path(str(record.get("file", "the starting weights"))).name
     rule = record["mimic"]
     if params.weights_manifest:
-        seen_images, seen_patients = manifest_overlap(params.weights_manifest, test)
+        ids, subjects, rows = read_manifest(params.weights_manifest)
+        if rows == 0 or overlap(ids, subjects, cohort) == (0, 0):
+            # an empty list, or one naming no image or patient of the whole cohort (another id scheme, another
+            # dataset), cannot vouch for a clean test split
+            told = "is empty" if rows == 0 else (f"lists {rows} images, none of them an image or patient of this "
+                                                  f"cohort's {len(cohort)} images (another id scheme or dataset?)")
+            out.update(method="manifest", status="unknown", message=(
+                f"{what}: its training list {params.weights_manifest} {told}; cxrlib cannot tell whether it saw "
+                "this run's test split"))
+            return out
+        seen_images, seen_patients = overlap(ids, subjects, test)
         out.update(method="manifest", seen_images=seen_images, seen_patients=seen_patients,
                    status="contaminated" if seen_images or seen_patients else "clean")
         out["message"] = (f"{what}: {seen_images} of the {len(test)} test images and {seen_patients} of the "
@@ -121,17 +131,26 @@ def assess(record: dict, params, cohort: pd.DataFrame) -> dict:
 
 
 def manifest_overlap(path, test: pd.DataFrame) -> tuple[int, int]:
-    """(test images listed, test patients with any listed image) in a CSV of training images: by dicom_id
-    (a dicom_id/image_id column, or the file names in a path column) and by subject_id (a column, or /p<id>/)."""
+    """(test images listed, test patients with any listed image) in a CSV of training images."""
+    ids, subjects, _ = read_manifest(path)
+    return overlap(ids, subjects, test)
+
+
+def read_manifest(path) -> tuple[set, set, int]:
+    """(image ids, patient ids, rows) of a CSV of training images: images by dicom_id (a dicom_id/image_id column, or
+    the file names in a path column), patients by subject_id (a column, or /p<id>/ in a path)."""
     try:
         listed = pd.read_csv(path, dtype=str)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"weights_manifest: {path} is empty (not even a header); give the weights' list of "
+                        "training images") from None
     except (OSError, ValueError) as e:
         raise UserError(f"weights_manifest: {path} is not a readable CSV ({e})") from None
     columns = {c.lower(): c for c in listed.columns}
     id_column = columns.get("dicom_id") or columns.get("image_id")
     path_column = next((c for c in listed.columns if listed[c].astype(str).str.contains(r"\.(?:jpg|dcm|png)$",
                                                                                        case=False).any()), None)
-    if id_column is None and path_column is None:
+    if id_column is None and path_column is None and len(listed):
         raise UserError(f"weights_manifest: {path} has neither a dicom_id/image_id column nor a column of image "
                         f"paths; its columns are {list(listed.columns)}")
     ids = set(listed[id_column].dropna()) if id_column else set()
@@ -140,8 +159,13 @@ def manifest_overlap(path, test: pd.DataFrame) -> tuple[int, int]:
         paths = listed[path_column].dropna().astype(str)
         ids |= {Path(p).stem for p in paths}
         subjects |= {m.group(1) for p in paths if (m := re.search(r"/p(\d{8})/", p))}
-    seen = test["dicom_id"].astype(str).isin(ids)
-    patients = set(test.loc[seen, "subject_id"].astype(str)) | (set(test["subject_id"].astype(str)) & subjects)
+    return ids, subjects, len(listed)
+
+
+def overlap(ids: set, subjects: set, frame: pd.DataFrame) -> tuple[int, int]:
+    """(images of `frame` among ids, patients of `frame` with a listed image or listed themselves)."""
+    seen = frame["dicom_id"].astype(str).isin(ids)
+    patients = set(frame.loc[seen, "subject_id"].astype(str)) | (set(frame["subject_id"].astype(str)) & subjects)
     return int(seen.sum()), len(patients)
 
 

@@ -47,9 +47,14 @@ def folder_info(folder: Path) -> dict:
     config, _, layout = read_config(folder)
     info = {"layout": layout}
     if layout == "huggingface dinov2":
-        info["arch_kwargs"] = {"embed_dim": int(config["hidden_size"]), "depth": int(config["num_hidden_layers"]),
-                               "num_heads": int(config["num_attention_heads"]), "patch_size": int(config["patch_size"]),
-                               "mlp_ratio": float(config.get("mlp_ratio", 4))}
+        try:
+            info["arch_kwargs"] = {"embed_dim": int(config["hidden_size"]), "depth": int(config["num_hidden_layers"]),
+                                   "num_heads": int(config["num_attention_heads"]),
+                                   "patch_size": int(config["patch_size"]), "mlp_ratio": float(config.get("mlp_ratio", 4))}
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"weights: {folder / 'config.json'} lacks a DINOv2 config's {e} (hidden_size, "
+                            "num_hidden_layers, num_attention_heads, patch_size as numbers); is it the model's own "
+                            "config.json?") from None
         if config.get("_name_or_path"):
             info["source"] = config["_name_or_path"]
         processor = folder / "preprocessor_config.json"
@@ -73,10 +78,22 @@ def folder_state(folder: Path) -> dict:
     if weight_file.suffix == ".safetensors":
         from safetensors.torch import load_file  # lazy: only safetensors files need it
 
-        raw = load_file(str(weight_file), device="cpu")
+        try:
+            raw = load_file(str(weight_file), device="cpu")
+        except Exception as e:
+            raise UserError(f"weights: {weight_file} is not a readable safetensors file ({e})") from None
     else:
-        raw, _ = load_pickled(weight_file)
-    return dinov2_to_timm(raw) if layout == "huggingface dinov2" else dict(raw)
+        try:
+            raw, _ = load_pickled(weight_file)
+        except Exception as e:   # a truncated or foreign file: what torch says, in one line
+            raise UserError(f"weights: {weight_file} is not a readable PyTorch file ({type(e).__name__}: {e})") from None
+    if layout != "huggingface dinov2":
+        return dict(raw)
+    try:
+        return dinov2_to_timm(raw)
+    except (KeyError, ValueError, StopIteration) as e:   # (ValueError: no encoder.layer at all)
+        raise UserError(f"weights: {weight_file} does not hold a DINOv2's tensors in transformers' names (no {e}); "
+                        "is it the folder's own model file?") from None
 
 
 _BLOCK = {"norm1": "norm1", "norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import json
-import pickle
 import re
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from .pickled import is_pickled_module
 from .pickled import load as load_pickled
 
 HEAD_KEY_PREFIXES = ("fc.", "classifier.", "head.")   # a classifier the run replaces by its own
+OWN_FIELDS = ("file", "sha256", "layout", "recognised_by")   # a sidecar JSON cannot say these of the file
 XRV_INPUT = {"mean": 0.5, "std": 1 / 2048}   # torchxrayvision: pixel/255 * 2048 - 1024
 XRV_RESNET50 = "torchxrayvision:resnet50-res512-all"
 XRV_RESNET50_LABELS = ["Atelectasis", "Consolidation", "Infiltration", "Pneumothorax", "Edema", "Emphysema", "Fibrosis",
@@ -60,10 +60,19 @@ def read_sidecar(path) -> dict:
         raise UserError(f"{side}: not readable JSON ({e}); fix or delete it") from None
     if not isinstance(meta, dict):
         raise UserError(f"{side}: should hold a JSON object (source, trained_on, mimic, input, ...)")
-    bad = meta.get("input")
-    if bad is not None and not (isinstance(bad, dict) and {"mean", "std"} <= set(bad) and float(bad["std"]) > 0):
-        raise UserError(f"{side}: 'input' should be {{\"mean\": m, \"std\": s}} on pixels in [0, 1], s > 0")
+    given = meta.get("input")
+    if given is not None and not _is_normalisation(given):
+        raise UserError(f"{side}: 'input' should be {{\"mean\": m, \"std\": s}} (numbers, on pixels in [0, 1], "
+                        f"s > 0), not {given!r}")
     return meta
+
+
+def _is_normalisation(given) -> bool:
+    try:
+        return isinstance(given, dict) and {"mean", "std"} <= set(given) and float(given["std"]) > 0 \
+            and float(given["mean"]) == float(given["mean"])
+    except (TypeError, ValueError):
+        return False
 
 
 def source_defaults(source: str | None) -> dict:
@@ -103,10 +112,15 @@ def describe_file(path, hashed: bool = True) -> dict:
         stat = where.stat()
         found, weight_file = _found_in(str(where), stat.st_size, stat.st_mtime_ns), where
     side = read_sidecar(where)
+    if side.get("sha256") and side["sha256"] != file_hash(weight_file):
+        raise UserError(f"{sidecar_path(where)} describes another file (sha256 {str(side['sha256'])[:12]}…, but "
+                        f"{weight_file.name} is {file_hash(weight_file)[:12]}…): a conversion interrupted, or the file "
+                        "replaced. Convert again (python -m cxrlib convert-weights), or delete the JSON")
     info = {"file": str(where), **found, **source_defaults(side.get("source") or found.get("source"))}
+    info.update({k: v for k, v in side.items() if k not in OWN_FIELDS})   # what the file is, the file says
     if hashed:
         info["sha256"] = file_hash(weight_file)
-    return {**info, **side}
+    return info
 
 
 def read_weights(path: str) -> tuple[dict, dict]:
@@ -147,7 +161,7 @@ def _read_safetensors(path: Path) -> dict:
 def _read_torch_file(path: Path) -> tuple[dict, dict]:
     try:
         obj, stood_in = load_pickled(path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:   # truncated, empty, not a torch file at all: what torch says, in one line
         raise UserError(f"weights: {path} is not a readable PyTorch file ({type(e).__name__}: {e})") from None
     if is_pickled_module(obj):
         raise UserError(
@@ -262,10 +276,13 @@ def key_report(own: dict, state: dict) -> str | None:
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
              if k in state and state[k].shape != own[k].shape]
-    if not (missing or unexpected or wrong):
+    # an integer or bool tensor where the module has floats would be cast silently by load_state_dict
+    kind = [f"{k} {state[k].dtype} vs {own[k].dtype}" for k in own
+            if k in state and state[k].is_floating_point() != own[k].is_floating_point()]
+    if not (missing or unexpected or wrong or kind):
         return None
 
     def listed(keys):
         return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "") if keys else "none"
     return (f"Missing ({len(missing)}): {listed(missing)}. Unexpected ({len(unexpected)}): {listed(unexpected)}. "
-            f"Other shape ({len(wrong)}): {listed(wrong)}")
+            f"Other shape ({len(wrong)}): {listed(wrong)}" + (f". Other type ({len(kind)}): {listed(kind)}" if kind else ""))

@@ -1,0 +1,145 @@
+"""The careless-user probe (issue 32): bad inputs and faults a user really meets, each with what it must give: one
+line naming the file and the fix, before any work where it can be checked; never a traceback, a silent wrong result
+or lost data. Rerun it with `make test PYTEST_ARGS="tests/test_probe.py"`.
+
+Cases of the probe kept elsewhere, beside the code they test: the run lock's races (tests/test_locks.py:
+processes starting at once, one SLURM job on one host, a read-only folder) and a failed external run keeping
+the last good result (tests/test_external.py)."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+import torchvision
+
+from cxrlib import params
+from cxrlib.errors import UserError
+from cxrlib.training import contamination, model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def checked(tmp_path, weights, arch="resnet18", **extra):
+    """make run's check before notebook 01, on these weights."""
+    p = params.validate({"arch": arch, "head": "avgpool", "weights": str(weights), "image_size": 56, **extra})
+    model.check_model(p)
+
+
+def resnet18_file(tmp_path, name="r18.pth"):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / name)
+    return tmp_path / name
+
+
+def dinov2_folder(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Dinov2Config(hidden_size=48, num_hidden_layers=1, num_attention_heads=3, image_size=28,
+                                       patch_size=14)
+    transformers.Dinov2Model(config).save_pretrained(tmp_path / "dino")
+    return tmp_path / "dino"
+
+
+# --------------------------------------------------------------------------- bad weight files, before notebook 01
+def test_a_truncated_file_is_one_line(tmp_path):
+    whole = resnet18_file(tmp_path).read_bytes()
+    (tmp_path / "cut.pth").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match=r"weights: .*cut.pth is not a readable PyTorch file"):
+        checked(tmp_path, tmp_path / "cut.pth")
+
+
+def test_an_empty_file_is_one_line(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"empty.pt is not a readable PyTorch file"):
+        checked(tmp_path, tmp_path / "empty.pt")
+
+
+def test_a_pickled_module_is_refused_with_the_command_that_converts_it(tmp_path):
+    torch.save(torchvision.models.resnet18(), tmp_path / "whole.pt")
+    with pytest.raises(UserError, match="whole pickled module .*convert-weights"):
+        checked(tmp_path, tmp_path / "whole.pt")
+
+
+def test_another_architecture_is_refused_with_its_keys(tmp_path):
+    with pytest.raises(UserError, match=r"does not fit this arch\. Missing \(\d+\)"):
+        checked(tmp_path, resnet18_file(tmp_path), arch="densenet121")
+
+
+def test_junk_safetensors_is_one_line(tmp_path):
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(UserError, match="junk.safetensors is not a readable safetensors file"):
+        checked(tmp_path, tmp_path / "junk.safetensors")
+
+
+def test_a_dinov2_folder_of_the_wrong_tensors_is_one_line(tmp_path):
+    folder = dinov2_folder(tmp_path)
+    from safetensors.torch import save_file
+
+    save_file(torchvision.models.resnet18().state_dict(), str(folder / "model.safetensors"))   # another model's
+    with pytest.raises(UserError, match="does not hold a DINOv2's tensors"):
+        checked(tmp_path, folder, arch="timm:vit_small_patch14_dinov2")
+
+
+def test_a_huggingface_config_that_is_not_json_or_lacks_its_shape_is_one_line(tmp_path):
+    folder = dinov2_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "hidden_size"}))
+    with pytest.raises(UserError, match="config.json lacks a DINOv2 config's 'hidden_size'"):
+        checked(tmp_path, folder, arch="timm:vit_small_patch14_dinov2")
+    (folder / "config.json").write_text("{half")
+    with pytest.raises(UserError, match="config.json is not readable JSON"):
+        checked(tmp_path, folder, arch="timm:vit_small_patch14_dinov2")
+
+
+def test_integer_and_bool_tensors_are_refused_not_cast(tmp_path):
+    state = torchvision.models.resnet18().state_dict()
+    state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"].to(torch.int8)
+    state["bn1.weight"] = state["bn1.weight"] > 0
+    torch.save(state, tmp_path / "ints.pth")
+    with pytest.raises(UserError, match=r"Other type \(2\): bn1.weight torch.bool vs torch.float32, "
+                                        r"layer1.0.conv1.weight torch.int8 vs torch.float32"):
+        checked(tmp_path, tmp_path / "ints.pth")
+
+
+# --------------------------------------------------------------------------- the weights' JSON
+def test_a_json_naming_another_files_hash_is_refused(tmp_path):
+    path = resnet18_file(tmp_path)
+    (tmp_path / "r18.pth.json").write_text(json.dumps({"source": "chexpert-clean", "mimic": "none",
+                                                       "sha256": "0" * 64}))   # a conversion of another file
+    with pytest.raises(UserError, match="r18.pth.json describes another file .*Convert again"):
+        checked(tmp_path, path)
+
+
+def test_the_json_cannot_speak_for_the_files_own_hash_or_layout(tmp_path):
+    from cxrlib.fsutil import sha256_file
+
+    path = resnet18_file(tmp_path)
+    (tmp_path / "r18.pth.json").write_text(json.dumps({"source": "x", "mimic": "none", "layout": "safetensors",
+                                                       "file": "/elsewhere.pt"}))
+    record = model.starting_info("resnet18", str(path))
+    assert (record["sha256"], record["layout"], record["file"]) == (sha256_file(path), "state_dict", str(path))
+
+
+def test_a_non_numeric_std_is_one_line(tmp_path):
+    path = resnet18_file(tmp_path)
+    (tmp_path / "r18.pth.json").write_text(json.dumps({"input": {"mean": 0.5, "std": "wide"}}))
+    with pytest.raises(UserError, match=r"r18.pth.json: 'input' should be .*numbers.*not \{'mean': 0.5, 'std': 'wide'\}"):
+        checked(tmp_path, path)
+
+
+# --------------------------------------------------------------------------- a training-image manifest
+def cohort() -> pd.DataFrame:
+    return pd.DataFrame({"dicom_id": [f"d{i}" for i in range(45)], "subject_id": [str(10000000 + i) for i in range(45)],
+                         "split": ["test"] * 15 + ["train"] * 30})
+
+
+@pytest.mark.parametrize("manifest, told", [
+    ("dicom_id,subject_id\n", "is empty"),                                          # a header alone
+    ("dicom_id\nx1\nx2\nx3\n", "lists 3 images, none of them an image or patient of this cohort"),   # another scheme
+])
+def test_a_manifest_that_names_nothing_of_the_cohort_is_unknown_not_clean(tmp_path, manifest, told):
+    (tmp_path / "list.csv").write_text(manifest)
+    p = params.validate({"weights": "none", "weights_manifest": str(tmp_path / "list.csv")})
+    check = contamination.starting_weights({"source": "microsoft/rad-dino"}, p, cohort())["contamination"]
+    assert check["status"] == "unknown" and told in check["message"], check
+    (tmp_path / "list.csv").write_text("dicom_id\nd20\nd21\n")   # two training images of the cohort: counted, clean
+    check = contamination.starting_weights({"source": "microsoft/rad-dino"}, p, cohort())["contamination"]
+    assert check["status"] == "clean" and check["seen_images"] == 0
