@@ -143,3 +143,102 @@ def test_a_manifest_that_names_nothing_of_the_cohort_is_unknown_not_clean(tmp_pa
     (tmp_path / "list.csv").write_text("dicom_id\nd20\nd21\n")   # two training images of the cohort: counted, clean
     check = contamination.starting_weights({"source": "microsoft/rad-dino"}, p, cohort())["contamination"]
     assert check["status"] == "clean" and check["seen_images"] == 0
+
+
+# --------------------------------------------------------------------------- external source tables
+def stand_in_table(tmp_path, source: str, images: int = 200):
+    """A source's stand-in folder and its table (path, frame) to corrupt the way a user's copy may be."""
+    from cxrlib.synthetic import external as stand_in
+
+    root = tmp_path / source
+    stand_in.generate(root, source, images=images, seed=5, shift="none")
+    table = {"nih": "Data_Entry_2017_v2020.csv", "chexpert": "valid.csv", "vindr": "annotations/image_labels_test.csv",
+             "padchest": "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"}[source]
+    return root, root / table, pd.read_csv(root / table, dtype=str, keep_default_na=False)
+
+
+def read(source, root, subset=None):
+    from cxrlib.data import sources
+
+    return sources.read_source(source, root, subset)
+
+
+def test_a_label_spelt_another_way_is_refused_not_read_as_negative(tmp_path):
+    root, path, frame = stand_in_table(tmp_path, "nih")
+    effusion = frame["Finding Labels"].str.contains("Effusion")
+    assert effusion.sum() > 5
+    frame["Finding Labels"] = frame["Finding Labels"].str.replace("Effusion", "Pleural Effusion")
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError, match=r"rows' Finding Labels hold values this reader does not know \('pleural "
+                                        r"effusion' \(\d+\)\)"):
+        read("nih", root, "all")
+
+
+def test_one_unknown_label_among_many_rows_is_counted_named_and_missing(tmp_path):
+    root, path, frame = stand_in_table(tmp_path, "nih", images=1200)
+    frame.loc[0, "Finding Labels"] = "Cardiomegally"
+    frame.to_csv(path, index=False)
+    found = read("nih", root, "all")
+    assert "1 rows' Finding Labels not recognised ('cardiomegally' (1)): read as missing (every finding of the row)" \
+        in found.notes
+    row = found.table.set_index("image_id").loc[frame.loc[0, "Image Index"]]
+    assert row[list(found.table.columns[-14:])].isna().all()
+
+
+def test_chexpert_cells_outside_1_0_minus_1_blank_are_refused(tmp_path):
+    root, path, frame = stand_in_table(tmp_path, "chexpert")
+    frame.loc[frame["Cardiomegaly"] == "1.0", "Cardiomegaly"] = "yes"
+    frame.loc[frame.index[:3], "Edema"] = "2"
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError, match=r"label cells \(1, 0, -1 or blank\) hold values .*'yes'"):
+        read("chexpert", root, "valid")
+
+
+def test_vindr_cells_yes_no_are_refused_not_read_as_absent(tmp_path):
+    root, path, frame = stand_in_table(tmp_path, "vindr")
+    frame["Cardiomegaly"] = frame["Cardiomegaly"].map({"1": "yes", "0": "no"}).fillna(frame["Cardiomegaly"])
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError, match=r"label cells \(0, 1 or blank\) hold values .*'no'"):
+        read("vindr", root, "test")
+
+
+def test_a_header_only_table_is_refused(tmp_path):
+    root, path, frame = stand_in_table(tmp_path, "nih")
+    frame.head(0).to_csv(path, index=False)
+    with pytest.raises(UserError, match="its table has no rows"):
+        read("nih", root, "all")
+
+
+def test_repeated_rows_are_dropped_with_a_count_and_conflicting_ones_refused(tmp_path):
+    root, path, frame = stand_in_table(tmp_path, "nih")
+    pd.concat([frame, frame.head(3)]).to_csv(path, index=False)
+    found = read("nih", root, "all")
+    assert len(found.table) == len(frame) and "3 repeated rows of the same image (identical labels) dropped" in found.notes
+    other = frame.head(1).assign(**{"Finding Labels": "Hernia"})
+    pd.concat([frame, other]).to_csv(path, index=False)
+    with pytest.raises(UserError, match=f"image '{frame.loc[0, 'Image Index']}' has rows with different labels"):
+        read("nih", root, "all")
+
+
+@pytest.mark.parametrize("source, column, escape", [
+    ("chexpert", "Path", "/etc/passwd"),
+    ("padchest", "ImageID", "../../../outside/x.png"),
+])
+def test_a_path_that_leaves_the_data_root_is_refused_with_its_row(tmp_path, source, column, escape):
+    root, path, frame = stand_in_table(tmp_path, source)
+    frame.loc[0, column] = escape
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError, match=r"1 image path\(s\) leave the data root .*relative to its folder"):
+        read(source, root, "valid" if source == "chexpert" else "all")
+
+
+def test_a_misspelt_or_repeated_map_label_is_refused_when_the_map_loads(tmp_path):
+    from cxrlib.data import labelmap
+
+    text = (labelmap.MAPS_DIR / "nih.yaml").read_text()
+    (tmp_path / "nih.yaml").write_text(text.replace("Pleural Effusion: [Effusion]", "Pleural Effusion: [Efusion]"))
+    with pytest.raises(UserError, match=r"label\(s\) \['Efusion'\] are not in its vocabulary"):
+        labelmap.load("nih", tmp_path / "nih.yaml")
+    (tmp_path / "nih.yaml").write_text(text + "  Pneumothorax: [Effusion]\n")   # a finding written twice
+    with pytest.raises(UserError, match="the key 'Pneumothorax' is written twice"):
+        labelmap.load("nih", tmp_path / "nih.yaml")

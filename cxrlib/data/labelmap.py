@@ -55,6 +55,7 @@ class LabelMap:
     text: str
     uninformative: tuple[str, ...] = ()   # labels that say nothing about any finding
     uninformative_reason: str = ""
+    vocabulary: tuple[str, ...] = ()      # every label the source's release can hold, when the map lists them
 
     def status(self, vocabulary=None) -> dict[str, str]:
         """exact / approximate / missing per finding; with `vocabulary` (the labels a table can hold), a finding
@@ -109,6 +110,20 @@ class LabelMap:
                              for f, e in self.entries.items()}}
 
 
+class _NoDuplicates(yaml.SafeLoader):
+    """yaml.safe_load, except that a key written twice is an error (safe_load keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is written twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def available() -> list[str]:
     return sorted(p.stem for p in MAPS_DIR.glob("*.yaml"))
 
@@ -121,15 +136,16 @@ def load(name: str, path: Path | None = None) -> LabelMap:
         raise UserError(f"no label map {path}; the maps are {available()}")
     text = path.read_text()
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoDuplicates)
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({e})") from None
     findings = (data or {}).get("findings")
     if not isinstance(findings, dict):
         raise UserError(f"{path}: needs a `findings:` mapping of the 14 findings")
-    extra = sorted(set(data) - {"source", "labels_from", "findings", "uninformative"})
+    extra = sorted(set(data) - {"source", "labels_from", "findings", "uninformative", "vocabulary"})
     if extra:
-        raise UserError(f"{path}: unknown top-level key(s) {extra}; use source, labels_from, findings, uninformative")
+        raise UserError(f"{path}: unknown top-level key(s) {extra}; use source, labels_from, findings, uninformative, "
+                        "vocabulary")
     unknown = sorted(set(findings) - set(FINDINGS))
     absent = [f for f in FINDINGS if f not in findings]
     if unknown or absent:
@@ -155,8 +171,13 @@ def load(name: str, path: Path | None = None) -> LabelMap:
     silent = data.get("uninformative") or {}
     if silent and not (isinstance(silent, dict) and isinstance(silent.get("labels"), list) and silent.get("reason")):
         raise UserError(f"{path}: uninformative must be a mapping with a list of `labels` and a one-line `reason`")
+    vocabulary = tuple(data.get("vocabulary") or ())
+    known = {normalize(x) for x in vocabulary}
+    typos = [x for e in entries.values() for x in e.labels if known and normalize(x) not in known]
+    if typos:   # a misspelt label would match nothing and make its finding all negative
+        raise UserError(f"{path}: label(s) {typos} are not in its vocabulary (the labels the release can hold)")
     return LabelMap(path.stem, entries, str(data.get("labels_from", "")), hashlib.sha256(text.encode()).hexdigest(),
-                    text, tuple(silent.get("labels", ())), str(silent.get("reason", "")))
+                    text, tuple(silent.get("labels", ())), str(silent.get("reason", "")), vocabulary)
 
 
 def markdown_table(names=None) -> str:

@@ -31,6 +31,7 @@ from ..fsutil import atomic_write_csv
 from ..labels import FINDINGS
 from . import labelmap
 from .cohort import image_paths, load_raw_labels, read_table
+from .source_checks import check_table, unrecognised
 
 COLUMNS = ["image_id", "patient_id", "study_id", "path", "view", "sex", "age", "split", "bits", *FINDINGS]
 FRONTAL = ("AP", "PA", "FRONTAL")   # FRONTAL: a frontal view whose AP or PA the source does not say
@@ -46,7 +47,6 @@ PADCHEST_TABLE = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 VINDR_LABELS = "annotations/image_labels_{split}.csv"
 VINBIGDATA = "train.csv"          # Kaggle's VinBigData box table: image_id, class_name, rad_id, boxes
 VINDR_READERS_NEEDED = 2          # of a train image's 3 readers
-AGE_RANGE = (0, 110)              # years; outside it an age is a data-entry error
 EXPERT_COLUMNS = ["Image Index", "Patient ID", "Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass"]
 
 
@@ -170,11 +170,16 @@ def chexpert(root: Path, subset: str) -> SourceTable:
         parts.append(chexpert_rows(find_table(root, "train.csv"), "train", root))
     frame = pd.concat(parts, ignore_index=True)
     values = frame[FINDINGS].apply(pd.to_numeric, errors="coerce")
+    blank = frame[FINDINGS].isna() | frame[FINDINGS].astype(str).apply(lambda c: c.str.strip().eq(""))
+    foreign = ~blank & ~values.isin([1, 0, -1])   # `yes`, `2`: neither a label nor blank
+    notes = ["train: the CheXpert labeler's labels (blank read as negative, -1 uncertain as missing), not "
+             "radiologists'"] if subset == "train" else ["valid and test: radiologists' labels, binary"]
+    unrecognised(frame[FINDINGS].to_numpy()[foreign.to_numpy()], foreign.size, "label cells (1, 0, -1 or blank)",
+                 f"chexpert under {root}", notes, "missing")
+    values = values.mask(foreign, -1)   # an unrecognised cell is missing, as an uncertain one
     names = np.array(FINDINGS)
     positives = pd.Series([label_set(names[row == 1]) for row in values.to_numpy()])
     uncertain = pd.Series([label_set(names[row == -1]) for row in values.to_numpy()])
-    notes = ["train: the CheXpert labeler's labels (blank read as negative, -1 uncertain as missing), not "
-             "radiologists'"] if subset == "train" else ["valid and test: radiologists' labels, binary"]
     return SourceTable("chexpert", subset, standard(frame, lmap.encode(positives, uncertain)), lmap, notes=notes)
 
 
@@ -212,12 +217,17 @@ def nih(root: Path, subset: str) -> SourceTable:
         frame, names, split = frame[keep].reset_index(drop=True), names[keep].reset_index(drop=True), split[keep]
     lmap = labelmap.load("nih")
     positives = frame["Finding Labels"].fillna("").map(lambda s: label_set(s.split("|")))
+    vocabulary = {labelmap.normalize(x) for x in lmap.vocabulary}
+    foreign = positives.map(lambda found: ", ".join(sorted(found - vocabulary)))   # e.g. "pleural effusion"
+    notes = ["labels by NLP from the reports; each image is its own study (NIH gives follow-up numbers, not studies)"]
+    unrecognised(foreign[foreign != ""], len(foreign), "rows' Finding Labels", str(entries), notes,
+                 "missing (every finding of the row)")
+    positives = positives.where(foreign == "", None)
     meta = pd.DataFrame({
         "image_id": names, "patient_id": frame["Patient ID"].astype(str), "study_id": names,
         "path": nih_paths(root, names), "view": kept(frame["View Position"], ["AP", "PA"], "OTHER"),
         "sex": kept(frame["Patient Gender"], ["F", "M"], ""),
         "age": frame["Patient Age"], "split": split.to_numpy()})
-    notes = ["labels by NLP from the reports; each image is its own study (NIH gives follow-up numbers, not studies)"]
     return SourceTable("nih", subset, standard(meta, lmap.encode(positives)), lmap, notes=notes)
 
 
@@ -294,11 +304,15 @@ def padchest(root: Path, subset: str) -> SourceTable:
 def vindr(root: Path, subset: str) -> SourceTable:
     lmap = labelmap.load("vindr")
     physionet = find_table(root, VINDR_LABELS.format(split=subset), required=False)
-    vocabulary = None
+    vocabulary, checks = None, []
     if physionet is not None:
         frame = read_csv(physionet, ["image_id"], dtype={"image_id": str})
         label_columns = [c for c in frame.columns if c not in ("image_id", "rad_id")]
-        present = frame[label_columns].apply(pd.to_numeric, errors="coerce").fillna(0).gt(0)
+        cells = frame[label_columns].apply(pd.to_numeric, errors="coerce")
+        foreign = frame[label_columns].notna() & ~cells.isin([0, 1])   # `yes`/`no`: neither 0, 1 nor blank
+        unrecognised(frame[label_columns].to_numpy()[foreign.to_numpy()], foreign.size, "label cells (0, 1 or blank)",
+                     str(physionet), checks, "absent")
+        present = cells.fillna(0).gt(0)
         if "rad_id" in frame:   # train: one row per reader; a label counts when enough readers drew it
             present = present.groupby(frame["image_id"]).sum().ge(VINDR_READERS_NEEDED)
             ids = present.index.to_series().reset_index(drop=True)
@@ -328,6 +342,7 @@ def vindr(root: Path, subset: str) -> SourceTable:
              "view: PA for every image (the dataset's description; DICOM headers not read)",
              "test: consensus of 5 radiologists" if subset == "test"
              else f"train: a label counts when {VINDR_READERS_NEEDED} of the 3 readers drew it"]
+    notes += checks
     if physionet is None:
         notes.append(f"Kaggle's VinBigData table holds {len(vocabulary)} labels; findings it cannot hold are missing")
     absent = sorted({x for e in lmap.entries.values() for x in e.labels} - set(vocabulary))
@@ -377,18 +392,8 @@ def read_source(source: str, data_root, subset: str | None = None) -> SourceTabl
     root = Path(data_root)
     if not root.is_dir():
         raise UserError(f"data root {root} is not a folder; set --data-root (DATA_ROOT) to the {source} dataset")
-    return plausible_ages(ADAPTERS[source](root, subset))
-
-
-def plausible_ages(found: SourceTable) -> SourceTable:
-    """Ages outside AGE_RANGE are data-entry errors (NIH's expert-label table has an image aged 155; the older
-    Data_Entry_2017.csv more), not patients of the audit's oldest band: missing, with a count in the notes."""
-    age = found.table["age"]
-    implausible = age.notna() & ~age.between(*AGE_RANGE)
-    if implausible.any():
-        found.notes.append(f"{int(implausible.sum())} images with an age outside {AGE_RANGE[0]}-{AGE_RANGE[1]} years "
-                           f"(e.g. {age[implausible].iloc[0]:g}): age missing")
-        found.table.loc[implausible, "age"] = np.nan
+    found = ADAPTERS[source](root, subset)
+    found.table = check_table(source, root, found.table, found.notes)
     return found
 
 
