@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import UserError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -33,6 +35,25 @@ def atomic_path(path, suffix: str = ".tmp"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def out_path(path, flag: str) -> Path:
+    """A user-named output, before any work: a regular file or a new path, nothing else (an atomic write would
+    rename over a folder's name, a device or a link's target)."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UserError(f"{flag} {path}: not a regular file; name a new file or one to replace")
+    return path
+
+
+@contextlib.contextmanager
+def writing_out(path, flag: str):
+    """Around the write of a user-named output: a failure (a full disk) is one line naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"{flag} {path}: could not be written ({e.strerror}); free space there or choose another "
+                        "place") from None
 
 
 def replace_folder(new, final, spare) -> None:

@@ -6,6 +6,7 @@ Cases of the probe kept elsewhere, beside the code they test: the run lock's rac
 processes starting at once, one SLURM job on one host, a read-only folder) and a failed external run keeping
 the last good result (tests/test_external.py)."""
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -242,3 +243,38 @@ def test_a_misspelt_or_repeated_map_label_is_refused_when_the_map_loads(tmp_path
     (tmp_path / "nih.yaml").write_text(text + "  Pneumothorax: [Effusion]\n")   # a finding written twice
     with pytest.raises(UserError, match="the key 'Pneumothorax' is written twice"):
         labelmap.load("nih", tmp_path / "nih.yaml")
+
+
+def test_external_table_out_must_be_a_regular_file_or_new(tmp_path):
+    from cxrlib.data import sources
+
+    root, _, _ = stand_in_table(tmp_path, "nih", images=20)
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "link.csv").symlink_to(tmp_path / "elsewhere.csv")
+    for out in ("folder.csv", "link.csv"):
+        with pytest.raises(UserError, match=f"--out {tmp_path / out}: not a regular file"):
+            sources.cli("external-table", ["--source", "nih", "--data-root", str(root), "--subset", "all",
+                                           "--out", str(tmp_path / out)])
+    assert not (tmp_path / "elsewhere.csv").exists()
+
+
+def test_a_string_equalize_is_refused_not_truthy(tmp_path):
+    from cxrlib.evaluation import external
+
+    with pytest.raises(UserError, match="equalize = 'no': write True or False"):
+        external.score_source(tmp_path, None, "nih", tmp_path, equalize="no")
+
+
+def test_a_full_disk_while_external_table_writes_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from cxrlib.data import sources
+
+    root, _, _ = stand_in_table(tmp_path, "nih", images=20)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(sources, "atomic_write_csv", full)
+    with pytest.raises(UserError, match=r"--out .*table.csv: could not be written \(No space left on device\)"):
+        sources.cli("external-table", ["--source", "nih", "--data-root", str(root), "--subset", "all",
+                                       "--out", str(tmp_path / "table.csv")])

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..fsutil import atomic_write_csv
+from ..fsutil import atomic_write_csv, out_path, writing_out
 from ..labels import FINDINGS
 from . import labelmap
 from .cohort import image_paths, load_raw_labels, read_table
@@ -410,8 +410,10 @@ def cli(command: str, argv: list[str]) -> int:
                                               for s, v in SUBSETS.items()))
     ap.add_argument("--out", required=True, help="the table to write (.csv)")
     args = ap.parse_args(argv)
+    out = out_path(args.out, "--out")
     found = read_source(args.source, args.data_root, args.subset)
-    atomic_write_csv(Path(args.out), found.table)
+    with writing_out(out, "--out"):
+        atomic_write_csv(out, found.table)
     table = found.table
     status = found.label_map.status(found.vocabulary)
     print(f"{args.out}: {len(table)} images of {table['patient_id'].nunique()} patients, {args.source} "

@@ -125,6 +125,9 @@ def score_source(run_dir, p, source: str, data_root, subset: str | None = None, 
     """(predictions: dicom_id (the source's image_id), subject_id, study_id, split, view, sex, age, p_<finding>,
     <finding>; info: the source table's map, notes, counts, cache, intensity histograms). Only the selected images
     on disk are scored; check_present decides whether there are enough."""
+    for name, value in (("equalize", equalize), ("allow_missing", allow_missing)):
+        if not isinstance(value, bool):   # notebook 07 by hand: the string "no" would be true
+            raise UserError(f"{name} = {value!r}: write True or False")
     data_root = Path(data_root)
     found, selected, present = selected_images(source, data_root, subset, views)
     check_present(source, data_root, selected, present, allow_missing)
