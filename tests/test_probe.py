@@ -8,6 +8,7 @@ the last good result (tests/test_external.py)."""
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -278,3 +279,47 @@ def test_a_full_disk_while_external_table_writes_is_one_line(tmp_path, monkeypat
     with pytest.raises(UserError, match=r"--out .*table.csv: could not be written \(No space left on device\)"):
         sources.cli("external-table", ["--source", "nih", "--data-root", str(root), "--subset", "all",
                                        "--out", str(tmp_path / "table.csv")])
+
+
+# --------------------------------------------------------------------------- pixels
+def test_values_above_the_declared_depth_are_a_named_failure_not_clipped(tmp_path):
+    from PIL import Image
+
+    from cxrlib.data.cache import build_cache
+    from cxrlib.data.decode import BeyondDepth, decode_image
+
+    full = (np.arange(64 * 64, dtype=np.uint32) * 16).reshape(64, 64).astype(np.uint16)   # 0..65520
+    Image.fromarray(full).save(tmp_path / "full.png")
+    with pytest.raises(BeyondDepth, match="values up to .* declares 12-bit"):
+        decode_image(tmp_path / "full.png", 16, formats=("PNG",), bits=12)
+    cohort = pd.DataFrame({"dicom_id": ["a"], "subject_id": ["1"], "study_id": ["1"], "split": ["external"],
+                           "path": ["full.png"], "bits": [12]})
+    with pytest.raises(UserError, match="none of the 1 cohort images could be decoded"):
+        build_cache(tmp_path, cohort, size=16, cache_dir=tmp_path / "cache", workers=1, progress=False,
+                    reader={"formats": ["PNG"], "equalize": False})
+    report = pd.read_csv(next((tmp_path / "cache").rglob("report.csv")))
+    assert "declares 12-bit" in report["reason"].iloc[0]
+
+
+def test_a_changed_bit_depth_decodes_again_instead_of_reusing_stale_pixels(tmp_path):
+    from PIL import Image
+
+    from cxrlib.data.cache import build_cache
+
+    Image.fromarray(np.full((32, 32), 1000, np.uint16)).save(tmp_path / "x.png")
+    cohort = pd.DataFrame({"dicom_id": ["a"], "subject_id": ["1"], "study_id": ["1"], "split": ["external"],
+                           "path": ["x.png"], "bits": [12]})
+    args = dict(size=16, cache_dir=tmp_path / "cache", workers=1, progress=False,
+                reader={"formats": ["PNG"], "equalize": False})
+    twelve = np.asarray(build_cache(tmp_path, cohort, **args).images[0]).max()
+    ten = np.asarray(build_cache(tmp_path, cohort.assign(bits=10), **args).images[0]).max()
+    assert (twelve, ten) == (round(1000 * 255 / 4095), round(1000 * 255 / 1023))
+
+
+def test_a_non_numeric_bit_depth_is_counted_and_named(tmp_path):
+    root, path, frame = stand_in_table(tmp_path, "padchest", images=1200)
+    frame.loc[0, "BitsStored_DICOM"] = "twelve"
+    frame.to_csv(path, index=False)
+    found = read("padchest", root, "all")
+    assert "1 BitsStored_DICOM cells not recognised ('twelve' (1)): read as unknown depth (each image's own range)" \
+        in found.notes

@@ -79,9 +79,14 @@ def union_plan(old_plan: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
     return union.astype({"bytes": np.int64, "mtime_ns": np.int64})
 
 
+def source_keys(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    """What makes a cached row the decoding of a file: the file (path, size, mtime) and, for an external source's
+    16-bit images, the bit depth it was scaled by (a changed depth must decode again)."""
+    return ["dicom_id", "path", "bytes", "mtime_ns"] + (["bits"] if "bits" in a and "bits" in b else [])
+
+
 def same_sources(a: pd.DataFrame, b: pd.DataFrame) -> bool:
-    columns = ["dicom_id", "path", "bytes", "mtime_ns"]
-    return len(a) == len(b) and all((a[c].to_numpy() == b[c].to_numpy()).all() for c in columns)
+    return len(a) == len(b) and all((a[c].to_numpy() == b[c].to_numpy()).all() for c in source_keys(a, b))
 
 
 def read_plan(path: Path) -> pd.DataFrame | None:
@@ -203,7 +208,7 @@ def old_state(folder: Path, old_plan: pd.DataFrame):
 def reuse(build: Build, folder: Path, old_plan: pd.DataFrame, progress: bool) -> int:
     """Fill pending rows from the last complete cache where the source file did not change."""
     status, width, height, reasons = old_state(folder, old_plan)
-    keys = ["dicom_id", "path", "bytes", "mtime_ns"]
+    keys = source_keys(old_plan, build.plan)
     old = old_plan[keys].assign(old_row=np.arange(len(old_plan)))
     new = build.plan[keys].assign(new_row=np.arange(len(build.plan)))[build.status == PENDING]
     both = new.merge(old, on=keys, how="inner")

@@ -71,6 +71,9 @@ def grey(img: Image.Image, target: tuple[int, int] | None = None, bits: int = 0)
         pixels = _block_mean(img, factor) if factor > 1 else np.asarray(img)
         top = int(pixels.max()) if pixels.size else 0
         known = bool(bits)   # the source's own record of its depth
+        if known and top > 2 ** bits - 1:   # clipping would turn a full-range image nearly white
+            raise BeyondDepth(f"values up to {top} in an image its table declares {bits}-bit (at most "
+                              f"{2 ** bits - 1}): the table's bits do not describe this file")
         if not known:
             bits = bits_used(top) if img.mode.startswith("I;16") or top > 255 else 8
         if 8 < bits < 16 and not known:
@@ -120,8 +123,12 @@ class NotJPEG(ValueError):
     pass
 
 
+class BeyondDepth(ValueError):
+    """A 16-bit image holding values its declared bit depth cannot: listed as a failure with this reason."""
+
+
 def failure_reason(error: BaseException) -> str:
-    if isinstance(error, NotJPEG):
+    if isinstance(error, (NotJPEG, BeyondDepth)):
         return str(error)
     if isinstance(error, FileNotFoundError):
         return "missing file"

@@ -280,17 +280,20 @@ def padchest(root: Path, subset: str) -> SourceTable:
     positives = frame["Labels"].map(padchest_labels)
     projection = frame["Projection"].map({"PA": "PA", "AP": "AP", "AP_horizontal": "AP", "L": "LATERAL"})
     study_year = pd.to_numeric(frame["StudyDate_DICOM"].astype(str).str[:4], errors="coerce")
+    bits, checks = pd.to_numeric(frame["BitsStored_DICOM"], errors="coerce"), []   # not a number: counted, named
+    unrecognised(frame["BitsStored_DICOM"][bits.isna()], len(frame), "BitsStored_DICOM cells",
+                 f"padchest under {root}", checks, "unknown depth (each image's own range)")
     directory = pd.to_numeric(frame["ImageDir"], errors="coerce").astype("Int64").astype(str)
     meta = pd.DataFrame({
         "image_id": frame["ImageID"], "patient_id": frame["PatientID"], "study_id": frame["StudyID"],
         "path": directory + "/" + frame["ImageID"], "view": projection.fillna("OTHER"),
         "sex": frame["PatientSex_DICOM"].where(frame["PatientSex_DICOM"].isin(["F", "M"]), ""),
         "age": study_year - pd.to_numeric(frame["PatientBirth"], errors="coerce"), "split": "",
-        "bits": frame["BitsStored_DICOM"]})
+        "bits": bits})
     unlabelled = int(positives.isna().sum())
     silent = int(lmap.says_nothing(positives).sum())
     notes = [f"MethodLabel: {'physicians only' if subset == 'physician' else 'physicians and the RNN model'}",
-             "age: the study's year minus the birth year (±1 year)"]
+             "age: the study's year minus the birth year (±1 year)", *checks]
     if unlabelled:
         notes.append(f"{unlabelled} rows have no readable Labels: every finding missing")
     if silent:
