@@ -77,6 +77,15 @@ def external_dir(run_dir, source: str) -> Path:
     return Path(run_dir) / EXTERNAL / source
 
 
+def run_arg(run_dir) -> str:
+    """What `make ... RUN=` names this run: its folder below runs/ (a sweep's member or ensemble: <sweep>/<name>),
+    else the folder's own name."""
+    parts = Path(run_dir).resolve().parts
+    if "runs" not in parts:
+        return Path(run_dir).name
+    return "/".join(parts[len(parts) - parts[::-1].index("runs"):])
+
+
 def external_staging_dir(run_dir, source: str) -> Path:
     return Path(run_dir) / EXTERNAL_STAGING / source
 

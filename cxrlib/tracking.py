@@ -165,11 +165,10 @@ class Guarded(Tracker):
             self._off(error)
 
     def _off(self, error: Exception) -> None:
-        import warnings
-
-        warnings.warn(f"tracking stopped: {self.where} could not be written ({type(error).__name__}: {error}); "
-                      "the run goes on without it. Check the folder's space and permissions, or set tracker: none",
-                      stacklevel=3)
+        # one line, as cxrlib's other warnings (a Python warning would print this file's path before it)
+        print(f"warning: tracking stopped: {self.where} could not be written ({type(error).__name__}: {error}); "
+              "the run goes on without it. Check the folder's space and permissions, or set tracker: none",
+              file=sys.stderr, flush=True)
         self.inner = Tracker()
 
     def _call(self, name: str, *args) -> None:

@@ -323,3 +323,12 @@ def test_a_non_numeric_bit_depth_is_counted_and_named(tmp_path):
     found = read("padchest", root, "all")
     assert "1 BitsStored_DICOM cells not recognised ('twelve' (1)): read as unknown depth (each image's own range)" \
         in found.notes
+
+
+# --------------------------------------------------------------------------- what the reports tell a user to type
+def test_the_run_a_command_names_is_the_folder_below_runs(tmp_path):
+    from cxrlib import runfiles
+
+    assert runfiles.run_arg(tmp_path / "runs" / "ens" / "ensemble") == "ens/ensemble"   # make audit RUN=ens/ensemble
+    assert runfiles.run_arg(tmp_path / "runs" / "demo") == "demo"
+    assert runfiles.run_arg(tmp_path / "elsewhere" / "x") == "x"

@@ -188,7 +188,8 @@ def test_an_ensemble_of_members_of_other_sizes_describes_each_member_and_refuses
     lines = card.model_details(sweep_dir / "ensemble", params.validate({}).to_dict(),
                                {"model": config, "selection": {"ensemble_of": {"small": 3, "large": 4}}})
     text = "\n".join(lines)
-    assert "input differs by member (below) px" in text and "large: resnet18, head `avgpool`, 48 px" in text
+    assert "input size differs by member (below) grey" in text and "large: resnet18, head `avgpool`, 48 px" in text
+    assert "(below) px" not in text
     assert "Selected: epoch None" not in text and "large (epoch 4)" in text
     p = params.validate({"name": "ensemble", "runs_dir": str(sweep_dir), "device": "cpu"})
     with pytest.raises(UserError, match="ensemble .no checkpoint of its own.: export each member"):

@@ -132,7 +132,8 @@ def model_details(run_dir: Path, params: dict, report: dict) -> list[str]:
              f"{report.get('created', '?')[:10]}; checkpoint `best.pt` sha256 "
              f"`{sha256_file(best)[:16] if best.is_file() else 'n/a'}...`. License: the data's terms (Sharing).",
              f"- {value('arch', params['arch'])}, head `{value('head', params['head'])}`; "
-             f"{starting_weights_line(model.get('starting_weights'), params['weights'])}; input {value('image_size')} px "
+             f"{starting_weights_line(model.get('starting_weights'), params['weights'])}; input "
+             f"{'size differs by member (below)' if 'image_size' in differs else str(model.get('image_size')) + ' px'} "
              f"grey, resize `{value('resize')}`, decode `{value('decode', 'fast')}`, normalised with mean "
              f"{value('mean', show=_num)} and std {value('std', show=_num)}. Output: 14 independent probabilities.", training]
     if members:
@@ -276,9 +277,10 @@ def subgroup_section(run_dir: Path) -> list[str]:
     audit = _read(run_dir / FAIRNESS_JSON)
     lines = ["### Subgroups", ""]
     if not audit:
-        return lines + ["No audit yet: `make audit RUN=" + run_dir.name + "` (notebook 05) adds one.", ""]
+        return lines + ["No audit yet: `make audit RUN=" + runfiles.run_arg(run_dir) + "` (notebook 05) adds one.", ""]
     if "procedure" not in audit:
-        return lines + ["fairness.json predates the audit-wide procedure: rerun `make audit RUN=" + run_dir.name + "`.", ""]
+        return lines + [("fairness.json predates the audit-wide procedure: rerun `make audit RUN="
+                        + runfiles.run_arg(run_dir) + "`."), ""]
     rows, proc = audit["rows"], audit["procedure"]
     covered = audit.get("test_coverage", {})
     lines += [f"Audited on {audit['test_units']} test {plural(audit['level'])} of {covered.get('patients', '?')} "
@@ -314,7 +316,7 @@ def external_section(run_dir: Path) -> list[str]:
     results = runfiles.external_results(run_dir)
     lines = ["### External validation", ""]
     if not results:
-        return lines + [f"None yet: `make external RUN={run_dir.name} SOURCE=nih DATA_ROOT=...` (notebook 07).", ""]
+        return lines + [f"None yet: `make external RUN={runfiles.run_arg(run_dir)} SOURCE=nih DATA_ROOT=...` (notebook 07).", ""]
     lines += ["Macro AUROC over the findings each source maps exactly, on the run's test split and the external set; "
               "the drop's CI comes from independent patient bootstraps (images for VinDr-CXR). Per-finding figures, "
               "thresholds, calibration and the label maps: `external/<source>/07_external.html`.", ""]
@@ -341,10 +343,10 @@ def software_section(run_dir: Path, report: dict) -> list[str]:
     for export in exports:
         if export["state"] == "gone":
             lines += [f"`export/{export['record']}` describes a file that is not there any more (an interrupted or removed "
-                      f"export); run `make export RUN={run_dir.name} FORMAT={export['format']}` again.", ""]
+                      f"export); run `make export RUN={runfiles.run_arg(run_dir)} FORMAT={export['format']}` again.", ""]
         elif export["state"] == "stale":
             lines += [f"`export/{export['file']}` is STALE: it was made from another best.pt than today's; run "
-                      f"`make export RUN={run_dir.name} FORMAT={export['format']}` again.", ""]
+                      f"`make export RUN={runfiles.run_arg(run_dir)} FORMAT={export['format']}` again.", ""]
         else:
             parity = export["parity"]
             lines += [f"`export/{export['file']}` ({export['format']}, sha256 `{export['sha256'][:16]}...`): uint8 "
@@ -355,7 +357,7 @@ def software_section(run_dir: Path, report: dict) -> list[str]:
     if is_ensemble(run_dir):
         return lines + ["An ensemble has no checkpoint of its own: export each member (`make export RUN=<sweep>/<member>`) "
                         "and average their probabilities in the application.", ""]
-    return lines + ([] if found else [f"None yet: `make export RUN={run_dir.name} FORMAT=onnx`.", ""])
+    return lines + ([] if found else [f"None yet: `make export RUN={runfiles.run_arg(run_dir)} FORMAT=onnx`.", ""])
 
 
 def build_card(run_dir) -> str:
@@ -365,7 +367,8 @@ def build_card(run_dir) -> str:
     params = load_frozen(run_dir).to_dict()
     _, synthetic = data_name(params)
     lines = [f"# Model card: {run_dir.name}", "",
-             f"Generated {time.strftime('%Y-%m-%d')} by cxrlib from `{run_dir.name}/` (`make card RUN={run_dir.name}`).", ""]
+             f"Generated {time.strftime('%Y-%m-%d')} by cxrlib from `{run_dir.name}/` "
+             f"(`make card RUN={runfiles.run_arg(run_dir)}`).", ""]
     if synthetic:
         lines += ["> **Synthetic data.** This run was trained and tested on cxrlib's synthetic stand-in for "
                   "MIMIC-CXR-JPG (`make demo`), not on MIMIC-CXR-JPG: its figures show the pipeline at work, not how "
@@ -418,7 +421,8 @@ def cli(command: str, argv: list[str]) -> int:
     args = ap.parse_args(argv)
     run_dir, _ = run_folder(args.run)
     if not (run_dir / METRICS).is_file():
-        raise UserError(f"{run_dir}/metrics.json: no metrics; run notebook 03 first (make evaluate RUN={run_dir.name})")
+        raise UserError(f"{run_dir}/metrics.json: no metrics; run notebook 03 first "
+                        f"(make evaluate RUN={runfiles.run_arg(run_dir)})")
     with runlock.hold(run_dir, "cxrlib card"):
         for path in write_card(run_dir):
             print(path)
