@@ -126,6 +126,11 @@ def disk_full(error: BaseException, folder) -> str | None:
     return f"the disk is full ({free / 1e6:,.0f} MB free under {folder})"
 
 
+def size_text(n: float) -> str:
+    """Bytes for reading: GB from a gigabyte up, else MB (a small cache on a small disk is not '0.0 GB')."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
+
+
 def jsonable(value):
     """NaN, inf and pd.NA -> None; numpy scalars -> Python numbers (json.dumps writes NaN, which is not JSON)."""
     import numpy as np  # here, not at the top: light commands import fsutil without the array libraries

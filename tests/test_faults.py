@@ -34,7 +34,7 @@ def test_the_image_cache_reserves_its_space_and_a_full_disk_is_one_line(small_di
     images = small_disk / "images.npy"
     with open(images, "wb") as f:
         f.truncate(4_000_000)   # what open_memmap leaves: a sparse file larger than the disk
-    with pytest.raises(UserError, match=r"images.npy: the image cache needs 0.00 GB and the disk is full .*cache_dir"):
+    with pytest.raises(UserError, match=r"images.npy: the image cache needs 4.0 MB and the disk is full .*cache_dir"):
         cache_build.reserve(images)
     fits = small_disk / "small.npy"
     with open(fits, "wb") as f:

@@ -332,3 +332,22 @@ def test_the_run_a_command_names_is_the_folder_below_runs(tmp_path):
     assert runfiles.run_arg(tmp_path / "runs" / "ens" / "ensemble") == "ens/ensemble"   # make audit RUN=ens/ensemble
     assert runfiles.run_arg(tmp_path / "runs" / "demo") == "demo"
     assert runfiles.run_arg(tmp_path / "elsewhere" / "x") == "x"
+
+
+def test_a_full_disk_during_the_cache_builds_own_writes_is_one_line_naming_the_cache(tmp_path, monkeypatch):
+    import errno
+
+    from PIL import Image
+
+    from cxrlib.data import cache, cache_build
+
+    Image.fromarray(np.full((32, 32), 100, np.uint8)).save(tmp_path / "x.png")
+    cohort = pd.DataFrame({"dicom_id": ["a"], "subject_id": ["1"], "study_id": ["1"], "split": ["external"],
+                           "path": ["x.png"]})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(cache_build, "atomic_write_csv", full)   # the plan's write, after the reservation
+    with pytest.raises(UserError, match=r"cache.*: writing the image cache failed, the disk is full \(.* MB free"):
+        cache.build_cache(tmp_path, cohort, size=16, cache_dir=tmp_path / "cache", workers=1, progress=False,
+                          reader={"formats": ["PNG"], "equalize": False})

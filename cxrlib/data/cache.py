@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
+from ..fsutil import disk_full
 from ..runfiles import COHORT
 from .cache_build import (
     CACHE_VERSION,
@@ -203,14 +204,21 @@ def build_cache(data_root, cohort: pd.DataFrame, size: int = 256, resize: str = 
             cache.counts = {"decoded": 0, "reused": len(plan), "failed": len(cache.failures)}
             return _for_cohort(cache, cohort)
         build = Build(folder, plan, size, resize, decode, reader)
-        if not build.resume():
-            build.start()
-        reused = reuse(build, folder, old_plan, progress) if old_plan is not None else 0
-        build.save()
-        decoded = decode_pending(build, data_root, workers, progress, flush_every)
-        counts = {"decoded": decoded, "reused": reused, "failed": int((build.status == FAILED).sum())}
-        publish(folder, key, plan, build.status, build.width, build.height, build.reasons, build.images,
-                 build.images_path, counts)
+        try:
+            if not build.resume():
+                build.start()
+            reused = reuse(build, folder, old_plan, progress) if old_plan is not None else 0
+            build.save()
+            decoded = decode_pending(build, data_root, workers, progress, flush_every)
+            counts = {"decoded": decoded, "reused": reused, "failed": int((build.status == FAILED).sum())}
+            publish(folder, key, plan, build.status, build.width, build.height, build.reasons, build.images,
+                    build.images_path, counts)
+        except OSError as error:   # any of the build's writes on a full disk: one line naming the cache
+            full = disk_full(error, folder)
+            if full is None:
+                raise
+            raise UserError(f"{folder}: writing the image cache failed, {full}; free some space or set cache_dir "
+                            "to a larger disk, then rerun (the images decoded so far are kept)") from None
         build.images = None
         shutil.rmtree(build.dir, ignore_errors=True)
     cache = open_cache(cache_dir, size, resize, decode)

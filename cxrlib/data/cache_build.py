@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..fsutil import atomic_write_bytes, atomic_write_csv, atomic_write_json, disk_full
+from ..fsutil import atomic_write_bytes, atomic_write_csv, atomic_write_json, disk_full, size_text
 from ..progress import bar as progress_bar
 from ..progress import is_batch
 from .decode import RESAMPLE, decode_one, ignore_sigint
@@ -112,7 +112,7 @@ def reserve(path: Path) -> None:
             full = disk_full(error, path.parent)
             if full is None:
                 raise
-            raise UserError(f"{path}: the image cache needs {size / 1e9:.2f} GB and {full}; free some space or set "
+            raise UserError(f"{path}: the image cache needs {size_text(size)} and {full}; free some space or set "
                             "cache_dir to a larger disk, then rerun (the images decoded so far are kept)") from None
 
 
@@ -165,7 +165,7 @@ class Build:
         need = int(np.prod(shape))
         free = shutil.disk_usage(self.dir).free
         if need > free:
-            raise UserError(f"the cache needs {need / 1e9:.1f} GB but {self.dir} has {free / 1e9:.1f} GB free; "
+            raise UserError(f"the cache needs {size_text(need)} but {self.dir} has {size_text(free)} free; "
                             "free some space or set cache_dir (--cache-dir) to a larger disk.")
         self.images = open_memmap(self.images_path, mode="w+", dtype=np.uint8, shape=shape)
         reserve(self.images_path)
