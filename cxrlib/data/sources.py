@@ -2,8 +2,7 @@
 
 `python -m cxrlib external-table --source nih --data-root DIR --out table.csv [--subset test]` writes it:
 
-  image_id     the source's own identifier (NIH's Image Index, PadChest's ImageID, VinDr's image_id,
-               CheXpert's path)
+  image_id     the source's own identifier (NIH's Image Index, PadChest's ImageID, VinDr's image_id, CheXpert's path)
   patient_id, study_id   the bootstrap's and the scoring's units (VinDr has no patient: its image)
   path         relative to the data root
   view         AP, PA, FRONTAL (AP or PA not said), LATERAL or OTHER
@@ -11,10 +10,10 @@
   bits         bits stored per pixel where the source says (PadChest's BitsStored_DICOM), else 0
   the 14 findings   1, 0 or empty (missing: the source cannot express it, or the label is uncertain)
 
-No image is needed to build a table. Tables may be .csv or .csv.gz. Which source label makes which finding
-positive is the source's label map (data/label_maps/<map>.yaml, see data.labelmap). MIMIC-CXR-JPG is one
-source among them (`--source mimic`: its CheXpert-labeler table and official split), so that other code can
-treat every dataset alike; notebook 07 validates on the four others.
+No image is needed to build a table; tables may be .csv or .csv.gz, and data.source_checks checks each. The
+source's label map (data/label_maps/<map>.yaml, data.labelmap) says which label makes which finding positive.
+MIMIC-CXR-JPG is one source among them (`--source mimic`: its CheXpert-labeler table and official split), so
+that other code can treat every dataset alike; notebook 07 validates on the four others.
 """
 from __future__ import annotations
 
@@ -280,16 +279,17 @@ def padchest(root: Path, subset: str) -> SourceTable:
     positives = frame["Labels"].map(padchest_labels)
     projection = frame["Projection"].map({"PA": "PA", "AP": "AP", "AP_horizontal": "AP", "L": "LATERAL"})
     study_year = pd.to_numeric(frame["StudyDate_DICOM"].astype(str).str[:4], errors="coerce")
-    bits, checks = pd.to_numeric(frame["BitsStored_DICOM"], errors="coerce"), []   # not a number: counted, named
-    unrecognised(frame["BitsStored_DICOM"][bits.isna()], len(frame), "BitsStored_DICOM cells",
-                 f"padchest under {root}", checks, "unknown depth (each image's own range)")
+    bits, checks = pd.to_numeric(frame["BitsStored_DICOM"], errors="coerce"), []   # a depth that is not a number:
+    common = int(bits.mode().iloc[0]) if bits.notna().any() else 0   # counted, named, the table's usual one, no guess
+    unrecognised(frame["BitsStored_DICOM"][bits.isna()], len(frame), "BitsStored_DICOM cells", f"padchest under {root}",
+                 checks, f"the table's most common depth, {common} bits")
     directory = pd.to_numeric(frame["ImageDir"], errors="coerce").astype("Int64").astype(str)
     meta = pd.DataFrame({
         "image_id": frame["ImageID"], "patient_id": frame["PatientID"], "study_id": frame["StudyID"],
         "path": directory + "/" + frame["ImageID"], "view": projection.fillna("OTHER"),
         "sex": frame["PatientSex_DICOM"].where(frame["PatientSex_DICOM"].isin(["F", "M"]), ""),
         "age": study_year - pd.to_numeric(frame["PatientBirth"], errors="coerce"), "split": "",
-        "bits": bits})
+        "bits": bits.fillna(common)})
     unlabelled = int(positives.isna().sum())
     silent = int(lmap.says_nothing(positives).sum())
     notes = [f"MethodLabel: {'physicians only' if subset == 'physician' else 'physicians and the RNN model'}",
