@@ -353,3 +353,13 @@ def test_a_full_disk_during_the_cache_builds_own_writes_is_one_line_naming_the_c
     with pytest.raises(UserError, match=r"cache.*: writing the image cache failed, the disk is full \(.* MB free"):
         cache.build_cache(tmp_path, cohort, size=16, cache_dir=tmp_path / "cache", workers=1, progress=False,
                           reader={"formats": ["PNG"], "equalize": False})
+
+
+def test_a_map_label_the_table_never_holds_is_named(tmp_path):
+    root, path, frame = stand_in_table(tmp_path, "padchest")
+    assert frame["Labels"].str.contains("'cardiomegaly'").any()
+    frame["Labels"] = frame["Labels"].str.replace("'cardiomegaly'", "'cardiomegalia'")   # another release's spelling
+    frame.to_csv(path, index=False)
+    found = read("padchest", root, "all")
+    assert any(n.startswith("labels of the map this table never holds: ") and "'cardiomegaly'" in n for n in found.notes)
+    assert found.table["Cardiomegaly"].isna().all()   # missing, never negative

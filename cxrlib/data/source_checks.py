@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..labels import FINDINGS
+from .labelmap import normalize
 
 UNRECOGNISED_LIMIT = 0.001   # above this share of a table's rows with an unrecognised label cell, it is refused
 AGE_RANGE = (0, 110)         # years; outside it an age is a data-entry error
@@ -61,6 +62,16 @@ def unrecognised(bad: pd.Series, total: int, what: str, where: str, notes: list[
         raise UserError(f"{where}: {len(bad)} of {total} {what} hold values this reader does not know ({shown}); "
                         "is it the release's own file, unchanged? (docs/external-validation.md)")
     notes.append(f"{len(bad)} {what} not recognised ({shown}): read as {read_as}")
+
+
+def absent_map_labels(label_map, vocabulary, notes: list[str]) -> None:
+    """A label of the map that the table never holds (a misspelling, or another release's spelling) is named in the
+    notes: a finding whose labels are all absent is missing, never negative (LabelMap.status)."""
+    held = {normalize(x) for x in vocabulary}
+    absent = sorted({x for e in label_map.entries.values() for x in e.labels if normalize(x) not in held})
+    if absent:
+        notes.append(f"labels of the map this table never holds: {absent} (a finding with none of its labels is "
+                     "missing, never negative)")
 
 
 def plausible_ages(table: pd.DataFrame, notes: list[str]) -> None:

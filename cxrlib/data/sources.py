@@ -30,7 +30,7 @@ from ..fsutil import atomic_write_csv, out_path, writing_out
 from ..labels import FINDINGS
 from . import labelmap
 from .cohort import image_paths, load_raw_labels, read_table
-from .source_checks import check_table, unrecognised
+from .source_checks import absent_map_labels, check_table, unrecognised
 
 COLUMNS = ["image_id", "patient_id", "study_id", "path", "view", "sex", "age", "split", "bits", *FINDINGS]
 FRONTAL = ("AP", "PA", "FRONTAL")   # FRONTAL: a frontal view whose AP or PA the source does not say
@@ -277,6 +277,7 @@ def padchest(root: Path, subset: str) -> SourceTable:
         frame = frame[frame["MethodLabel"].eq("Physician")].reset_index(drop=True)
     lmap = labelmap.load("padchest")
     positives = frame["Labels"].map(padchest_labels)
+    vocabulary = set().union(*positives.dropna())   # of the rows read: a map label none holds is named
     projection = frame["Projection"].map({"PA": "PA", "AP": "AP", "AP_horizontal": "AP", "L": "LATERAL"})
     study_year = pd.to_numeric(frame["StudyDate_DICOM"].astype(str).str[:4], errors="coerce")
     bits, checks = pd.to_numeric(frame["BitsStored_DICOM"], errors="coerce"), []   # a depth that is not a number:
@@ -294,6 +295,7 @@ def padchest(root: Path, subset: str) -> SourceTable:
     silent = int(lmap.says_nothing(positives).sum())
     notes = [f"MethodLabel: {'physicians only' if subset == 'physician' else 'physicians and the RNN model'}",
              "age: the study's year minus the birth year (±1 year)", *checks]
+    absent_map_labels(lmap, vocabulary, notes)
     if unlabelled:
         notes.append(f"{unlabelled} rows have no readable Labels: every finding missing")
     if silent:
@@ -348,10 +350,7 @@ def vindr(root: Path, subset: str) -> SourceTable:
     notes += checks
     if physionet is None:
         notes.append(f"Kaggle's VinBigData table holds {len(vocabulary)} labels; findings it cannot hold are missing")
-    absent = sorted({x for e in lmap.entries.values() for x in e.labels} - set(vocabulary))
-    if absent:
-        notes.append(f"labels of the map this table does not have: {absent} (a finding with none of its labels is "
-                     "missing, never negative)")
+    absent_map_labels(lmap, vocabulary, notes)
     return SourceTable("vindr", subset, standard(meta, lmap.encode(positives, vocabulary=vocabulary)), lmap,
                        vocabulary, notes)
 
