@@ -301,7 +301,8 @@ def padchest(root: Path, subset: str) -> SourceTable:
     if silent:
         notes.append(f"{silent} rows labelled only {', '.join(lmap.uninformative)}: every finding missing (they say "
                      "nothing about findings)")
-    return SourceTable("padchest", subset, standard(meta, lmap.encode(positives)), lmap, notes=notes)
+    return SourceTable("padchest", subset, standard(meta, lmap.encode(positives, vocabulary=vocabulary)), lmap,
+                       sorted(vocabulary), notes)
 
 
 # --------------------------------------------------------------------------- VinDr-CXR
