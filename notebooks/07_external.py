@@ -69,7 +69,7 @@ print(f"label map {report['label_map']['name']} (sha256 {report['label_map']['sh
       f"{report['label_map']['labels_from']}")
 for note in report["notes"]:
     print("note:", note)
-print(f"written: {folder}")
+print(f"written: {runfiles.external_dir(run_dir, source)}" + (" (once this notebook has finished)" if out_dir else ""))
 tables.map_table(report)
 
 # %% [markdown]

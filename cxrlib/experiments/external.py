@@ -79,6 +79,7 @@ def validate_external(run_dir, source: str, data_root, subset: str | None = None
             raise UserError(f"notebook 07 ended without writing {EXTERNAL_METRICS} (see {staging}); "
                             f"{out} is as it was")
         replace_folder(staging, out, spare)
+        print(f"[{EXTERNAL_NOTEBOOK}] in place -> {out / EXTERNAL_NOTEBOOK}.html", flush=True)
         write_index(run_dir)
     return out
 
