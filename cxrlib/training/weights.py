@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..fsutil import sha256_file
-from .hf_folders import folder_info, folder_state
+from .hf_folders import folder_info, folder_state, read_config
 from .pickled import is_pickled_module
 from .pickled import load as load_pickled
 
@@ -106,8 +106,7 @@ def describe_file(path, hashed: bool = True) -> dict:
     normalisation, torchxrayvision's ResNet50), then the sidecar's fields, which win."""
     where = Path(path)
     if where.is_dir():
-        found = folder_info(where)
-        weight_file = next(where / n for n in ("model.safetensors", "pytorch_model.bin") if (where / n).is_file())
+        found, weight_file = folder_info(where), read_config(where)[1]
     else:
         stat = where.stat()
         found, weight_file = _found_in(str(where), stat.st_size, stat.st_mtime_ns), where
