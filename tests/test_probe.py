@@ -363,3 +363,15 @@ def test_a_map_label_the_table_never_holds_is_named(tmp_path):
     found = read("padchest", root, "all")
     assert any(n.startswith("labels of the map this table never holds: ") and "'cardiomegaly'" in n for n in found.notes)
     assert found.table["Cardiomegaly"].isna().all()   # missing, never negative
+
+
+def test_nih_expert_cells_other_than_yes_no_blank_are_refused(tmp_path):
+    rows = [f"{i:08d}_000.png,{i},{'YES' if i % 3 == 0 else 'NO'},NO,NO,NO,test" for i in range(40)]
+    (tmp_path / "google2019_nih-chest-xray-labels.csv").write_text(
+        "Image Index,Patient ID,Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id\n" + "\n".join(rows) + "\n")
+    assert (read("nih", tmp_path, "expert").table["Fracture"] == 1).sum() == 14
+    (tmp_path / "google2019_nih-chest-xray-labels.csv").write_text(
+        "Image Index,Patient ID,Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id\n"
+        + "\n".join(r.replace("YES", "Y") for r in rows) + "\n")
+    with pytest.raises(UserError, match=r"label cells \(YES, NO or blank\) hold values .*'Y' \(14\)"):
+        read("nih", tmp_path, "expert")

@@ -12,8 +12,7 @@
 
 No image is needed to build a table; tables may be .csv or .csv.gz, and data.source_checks checks each. The
 source's label map (data/label_maps/<map>.yaml, data.labelmap) says which label makes which finding positive.
-MIMIC-CXR-JPG is one source among them (`--source mimic`: its CheXpert-labeler table and official split), so
-that other code can treat every dataset alike; notebook 07 validates on the four others.
+MIMIC-CXR-JPG is a source too (`--source mimic`: its CheXpert-labeler table, official split), never an external one.
 """
 from __future__ import annotations
 
@@ -243,9 +242,11 @@ def nih_expert(root: Path) -> SourceTable:
         frame = read_csv(combined, [*EXPERT_COLUMNS, "Set Id"])
         frame["_split"] = frame["Set Id"].map({"test": "test", "val": "validate"}).fillna("")
     lmap = labelmap.load("nih_expert")
-    expert = EXPERT_COLUMNS[2:]
-    yes = frame[expert].apply(lambda c: c.astype(str).str.upper().eq("YES"))
-    positives = pd.Series([label_set(np.array(expert)[row]) for row in yes.to_numpy()])
+    expert, notes = EXPERT_COLUMNS[2:], ["Google's expert labels (radiologists, adjudicated) for four findings"]
+    cells = frame[expert].fillna("").astype(str).apply(lambda c: c.str.strip().str.upper())
+    unrecognised(frame[expert].to_numpy()[~cells.isin(["YES", "NO", ""]).to_numpy()], cells.size,
+                 "label cells (YES, NO or blank)", f"nih expert labels under {root}", notes, "NO")
+    positives = pd.Series([label_set(np.array(expert)[row]) for row in cells.eq("YES").to_numpy()])
     names = frame["Image Index"].astype(str)
     meta = pd.DataFrame({
         "image_id": names, "patient_id": frame["Patient ID"].astype(str), "study_id": names,
@@ -253,7 +254,6 @@ def nih_expert(root: Path) -> SourceTable:
         "view": kept(column(frame, "View Position"), ["AP", "PA"], "OTHER"),
         "sex": kept(column(frame, "Patient Gender"), ["F", "M"], ""),
         "age": frame.get("Patient Age"), "split": frame["_split"]})
-    notes = ["Google's expert labels (radiologists, adjudicated) for four findings"]
     return SourceTable("nih", "expert", standard(meta, lmap.encode(positives)), lmap, notes=notes)
 
 
