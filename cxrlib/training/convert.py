@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 from pathlib import Path
 
 import torch
@@ -24,16 +23,8 @@ import torch
 from ..errors import UserError
 from ..fsutil import atomic_path, atomic_write_text, sha256_file
 from .contamination import KNOWN_SOURCES, known
-from .pickled import attribute, is_pickled_module, module_state_dict
-from .pickled import load as load_pickled
+from .pickled import attribute, is_pickled_module, module_state_dict, read_file
 from .weights import sidecar_path, source_defaults, unwrap_checkpoint
-
-
-def read_file(path: Path):
-    try:
-        return load_pickled(path)[0]
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path} could not be read as a PyTorch file ({type(e).__name__}: {e})") from None
 
 
 def torchxrayvision_meta(module, path: Path, source: str | None) -> dict:
@@ -57,7 +48,7 @@ def convert(path, kind: str, out=None, source: str | None = None) -> tuple[Path,
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     out = Path(out) if out else path.with_suffix(".safetensors")
-    obj = read_file(path)
+    obj = read_file(path)[0]
     meta = {"converted_from": path.name, "original_sha256": sha256_file(path)}
     if kind == "torchxrayvision":
         if not is_pickled_module(obj):

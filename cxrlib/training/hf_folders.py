@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .pickled import load as load_pickled
+from .pickled import read_file, read_safetensors
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # timm's model_args that the run sets itself: its own head, one grey channel, its image size.
@@ -75,18 +75,7 @@ def folder_info(folder: Path) -> dict:
 def folder_state(folder: Path) -> dict:
     """The folder's tensors in timm's names."""
     _, weight_file, layout = read_config(folder)
-    if weight_file.suffix == ".safetensors":
-        from safetensors.torch import load_file  # lazy: only safetensors files need it
-
-        try:
-            raw = load_file(str(weight_file), device="cpu")
-        except Exception as e:
-            raise UserError(f"weights: {weight_file} is not a readable safetensors file ({e})") from None
-    else:
-        try:
-            raw, _ = load_pickled(weight_file)
-        except Exception as e:   # a truncated or foreign file: what torch says, in one line
-            raise UserError(f"weights: {weight_file} is not a readable PyTorch file ({type(e).__name__}: {e})") from None
+    raw = read_safetensors(weight_file) if weight_file.suffix == ".safetensors" else read_file(weight_file)[0]
     if layout != "huggingface dinov2":
         return dict(raw)
     try:

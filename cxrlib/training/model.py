@@ -147,14 +147,14 @@ def build(arch: str = "resnet101", head: str = "flatten", num_classes: int = 14,
 
 
 def check_model(params) -> None:
-    """Before any work (notebook 01 caches at image_size): the weights' JSON and the manifest's columns, then the
-    network built on the meta device (which allocates nothing) and the weights' keys and shapes compared with it,
-    torchvision's ImageNet files included (which must then be in the torch hub cache, or downloadable)."""
-    info = starting_info(params.arch, params.weights, hashed=False)
-    describe(info)
+    """Before any work (notebook 01 caches at image_size): the network built on the meta device (which allocates
+    nothing) and the weights' keys and shapes compared with it, torchvision's ImageNet files included (which must
+    then be in the torch hub cache, or downloadable); then the weights' JSON and the manifest's columns."""
+    # built first: describing the weights then reuses what loading them found (the file is read once)
+    build(params.arch, params.head, len(FINDINGS), params.image_size, params.weights, params.dropout, check_only=True)
+    describe(starting_info(params.arch, params.weights, hashed=False))
     if params.weights_manifest:
         manifest_overlap(params.weights_manifest, pd.DataFrame({"dicom_id": [], "subject_id": []}))
-    build(params.arch, params.head, len(FINDINGS), params.image_size, params.weights, params.dropout, check_only=True)
 
 
 def _check_timm_folder(arch: str, weights: str, info: dict) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+
 # Globals resolved to the real object: tensor rebuilders (what weights_only itself allows) and containers.
 # Storage classes are resolved by torch.load before they reach the unpickler.
 _REAL = {
@@ -101,6 +103,24 @@ def load(path) -> tuple[object, list[str]]:
         warnings.filterwarnings("ignore", message="Couldn't retrieve source code")
         obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=TENSORS_ONLY, mmap=mmap)
     return obj, sorted(_Unpickler.stood_in)
+
+
+def read_file(path) -> tuple[object, list[str]]:
+    """load, a file that is not a readable PyTorch file (truncated, empty, something else) refused in one line."""
+    try:
+        return load(path)
+    except Exception as e:   # what torch says, in one line naming the file
+        raise UserError(f"weights: {path} is not a readable PyTorch file ({type(e).__name__}: {e})") from None
+
+
+def read_safetensors(path) -> dict:
+    """A safetensors file's tensors, a file that is not one refused in one line."""
+    from safetensors.torch import load_file  # lazy: only safetensors files need it
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:
+        raise UserError(f"weights: {path} is not a readable safetensors file ({e})") from None
 
 
 def is_pickled_module(obj) -> bool:

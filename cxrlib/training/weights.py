@@ -32,8 +32,7 @@ from torch import nn
 from ..errors import UserError
 from ..fsutil import sha256_file
 from .hf_folders import folder_info, folder_state, read_config
-from .pickled import is_pickled_module
-from .pickled import load as load_pickled
+from .pickled import is_pickled_module, read_file, read_safetensors
 
 HEAD_KEY_PREFIXES = ("fc.", "classifier.", "head.")   # a classifier the run replaces by its own
 OWN_FIELDS = ("file", "sha256", "layout", "recognised_by")   # a sidecar JSON cannot say these of the file
@@ -95,9 +94,12 @@ def file_hash(path) -> str:
     return _hash_of(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=8)
-def _found_in(path: str, size: int, mtime_ns: int) -> dict:
-    return read_weights(path)[1]
+_FOUND: dict[tuple, dict] = {}   # (file, size, mtime) -> what read_weights found there, this process
+
+
+def _stamp(path: Path) -> tuple:
+    stat = path.stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
 
 
 def describe_file(path, hashed: bool = True) -> dict:
@@ -107,9 +109,8 @@ def describe_file(path, hashed: bool = True) -> dict:
     where = Path(path)
     if where.is_dir():
         found, weight_file = folder_info(where), read_config(where)[1]
-    else:
-        stat = where.stat()
-        found, weight_file = _found_in(str(where), stat.st_size, stat.st_mtime_ns), where
+    else:   # a file loaded already (the network is built first) is described without reading it again
+        found, weight_file = _FOUND.get(_stamp(where)) or read_weights(where)[1], where
     side = read_sidecar(where)
     if side.get("sha256") and side["sha256"] != file_hash(weight_file):
         raise UserError(f"{sidecar_path(where)} describes another file (sha256 {str(side['sha256'])[:12]}…, but "
@@ -130,11 +131,15 @@ def read_weights(path: str) -> tuple[dict, dict]:
     if where.is_dir():
         return folder_state(where), folder_info(where)
     if where.suffix == ".safetensors":
-        state, info = _read_safetensors(where), {"layout": "safetensors"}
+        state, info = read_safetensors(where), {"layout": "safetensors"}
     else:
         state, info = _read_torch_file(where)
     state = rename_legacy_densenet_keys(state)
-    return state, {**info, **recognise(state)}
+    info = {**info, **recognise(state)}
+    if len(_FOUND) > 8:   # a few files a process; never the tensors, only what was found
+        _FOUND.clear()
+    _FOUND[_stamp(where)] = info
+    return state, info
 
 
 def recognise(state: dict) -> dict:
@@ -148,20 +153,8 @@ def recognise(state: dict) -> dict:
     return {}
 
 
-def _read_safetensors(path: Path) -> dict:
-    from safetensors.torch import load_file  # lazy: only safetensors files need it
-
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as e:
-        raise UserError(f"weights: {path} is not a readable safetensors file ({e})") from None
-
-
 def _read_torch_file(path: Path) -> tuple[dict, dict]:
-    try:
-        obj, stood_in = load_pickled(path)
-    except Exception as e:   # truncated, empty, not a torch file at all: what torch says, in one line
-        raise UserError(f"weights: {path} is not a readable PyTorch file ({type(e).__name__}: {e})") from None
+    obj, stood_in = read_file(path)
     if is_pickled_module(obj):
         raise UserError(
             f"weights: {path} is a whole pickled module ({obj.qualified_name}), not a state_dict: cxrlib cannot tell "
