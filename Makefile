@@ -15,7 +15,7 @@ RUNNER  = $(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" $(if $(RUN),--name 
 PRESET  = $(if $(PARAMS),--params $(PARAMS),--params params/demo.yaml --default-params)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache external audit train evaluate run sweep compare tensorboard mlflow-ui report card export runs diff clean bench gpu-check clean-venv
+.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache external audit train evaluate run sweep compare tensorboard mlflow-ui report card export runs diff clean bench probe gpu-check clean-venv
 
 help: ## List the targets
 	@echo "cxrlib: train and audit multi-label chest X-ray classifiers on MIMIC-CXR-JPG"
@@ -77,6 +77,11 @@ test: setup ## Run the test suite (ruff first: lint and import order)
 	$(VENV)/bin/ruff check .
 	@ls $(VENV)/wheels/torchxrayvision-*.whl >/dev/null 2>&1 || $(PY) -m pip download -q --no-deps torchxrayvision -d $(VENV)/wheels
 	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --maxprocesses 4 --dist loadscope) $(PYTEST_ARGS)
+
+# Every case of the careless-user probes (issues 15, 22, 32), wherever its test lives; the last line counts,
+# per kind (silent wrong, traceback, data lost, two writers, refused only after work), the cases still failing.
+probe: setup ## Rerun the careless-user probes and count what still goes wrong
+	$(PY) -m pytest -m probe $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --maxprocesses 4 --dist loadscope) $(PYTEST_ARGS)
 
 # jupytext is installed in the venv, so Lab opens notebooks/NN_name.ipynb paired: saving updates the .py too.
 # Root (in a container) needs --allow-root; LAB_ARGS adds any other flag: LAB_ARGS="--no-browser --port 8899".

@@ -64,7 +64,8 @@ print(f"{source} ({report['subset']}) under {source_root}: {counts['table_images
       f"scored ({counts['failed_images']} could not be decoded); {counts['patients']} patients, {counts['units']} "
       f"{report['level']}-level units")
 print(runfiles.decoded_share(report))
-print(f"units: {report['unit_note']}; file kinds: {report['file_modes']}")
+print(f"units: {report['unit_note']}; file kinds: {report['file_modes']}; bit depth: "
+      f"{report['preprocessing'].get('bit_depth', 'not recorded')}")
 print(f"label map {report['label_map']['name']} (sha256 {report['label_map']['sha256'][:12]}), labels from "
       f"{report['label_map']['labels_from']}")
 for note in report["notes"]:

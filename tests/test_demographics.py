@@ -149,6 +149,7 @@ def test_the_papers_age_bands_are_available():
         dm.age_band(ages, "decades")
 
 
+@pytest.mark.probe(issue=22, kind="silent")
 def test_unknown_spellings_unreadable_values_and_conflicting_rows_are_reported_not_resolved(tmp_path):
     """Three changed race spellings once moved most patients into "Other" without a word; now an unknown
     spelling is Unknown (never compared) and listed, and bad patient rows are counted and made Unknown."""

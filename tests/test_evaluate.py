@@ -311,6 +311,7 @@ def test_compare_runs_refuses_other_labels_and_disjoint_test_sets(tiny_run, tmp_
         paired.compare_runs(tiny_run, tmp_path / "never-evaluated", p)
 
 
+@pytest.mark.probe(issue=22, kind="silent")
 def test_compare_runs_refuses_other_test_sets_unless_asked_and_then_counts_them(tiny_run, tmp_path):
     """AP-only against AP+PA shares some studies: a difference on those is not the difference of the two runs'
     reported figures, so it is refused; compare_on: shared compares them and says how many of each run's."""

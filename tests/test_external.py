@@ -16,7 +16,7 @@ from PIL import Image
 
 from cxrlib import runfiles
 from cxrlib.data.cache import build_cache
-from cxrlib.data.decode import decode_image
+from cxrlib.data.decode import UndeclaredDepth, decode_image
 from cxrlib.errors import UserError
 from cxrlib.evaluation import external
 from cxrlib.labels import FINDINGS
@@ -61,15 +61,16 @@ def test_a_jpeg_2000_dicom_decodes_as_the_uncompressed_one(tmp_path):
     assert np.array_equal(a, b)
 
 
-def test_bits_from_the_table_win_over_the_files_range(tmp_path):
+@pytest.mark.probe(issue=32, kind="silent")
+def test_a_16_bit_file_is_scaled_by_the_declared_bits_never_by_its_own_range(tmp_path):
     dark = np.full((40, 40), 1000, np.uint16)   # a 12-bit image whose brightest pixel is below 1024
     Image.fromarray(dark).save(tmp_path / "dark.png")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        guessed = decode_image(tmp_path / "dark.png", 16, formats=("PNG",))[0]
     told = decode_image(tmp_path / "dark.png", 16, formats=("PNG",), bits=12)[0]
-    # without the table's word the file's range says 10 bits: four times too bright
-    assert told.max() == round(1000 * 255 / 4095) and guessed.max() == round(1000 * 255 / 1023)
+    assert told.max() == round(1000 * 255 / 4095)
+    # the file's own range says 10 bits, which would make it four times too bright: without a declared depth it
+    # is a failure that names what would hold it, not a guess
+    with pytest.raises(UndeclaredDepth, match=r"values up to 1000; 10 bits would hold them"):
+        decode_image(tmp_path / "dark.png", 16, formats=("PNG",))
 
 
 def test_equalize_spreads_the_grey_levels(tmp_path):
@@ -253,6 +254,7 @@ def test_a_partial_download_is_refused_before_the_kernel_or_scored_and_reported_
         validate_external(external_run, "chexpert", root, progress=False, allow_missing=True)
 
 
+@pytest.mark.probe(issue=32, kind="loss")
 def test_a_failed_external_run_leaves_the_last_good_result_byte_identical(external_run, tmp_path, one_thread):
     from cxrlib.experiments.external import validate_external
 

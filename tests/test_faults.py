@@ -30,6 +30,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.probe(issue=22, kind="traceback")
 def test_the_image_cache_reserves_its_space_and_a_full_disk_is_one_line(small_disk):
     images = small_disk / "images.npy"
     with open(images, "wb") as f:
@@ -43,6 +44,7 @@ def test_the_image_cache_reserves_its_space_and_a_full_disk_is_one_line(small_di
     assert fits.stat().st_blocks * 512 >= 100_000   # the blocks are the file's now: no SIGBUS when written
 
 
+@pytest.mark.probe(issue=22, kind="traceback")
 def test_a_checkpoint_that_does_not_fit_is_one_line_and_the_previous_stays(small_disk):
     path = small_disk / "last.pt"
     checkpoint.save_checkpoint(path, {"step": 1})
@@ -53,6 +55,7 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_the_previous_stays(small
     assert [p.name for p in small_disk.iterdir()] == ["last.pt"]   # no temp file left behind
 
 
+@pytest.mark.probe(issue=22, kind="traceback")
 def test_a_notebook_that_cannot_be_saved_is_one_line(tmp_path, monkeypatch):
     import papermill
 
@@ -65,6 +68,7 @@ def test_a_notebook_that_cannot_be_saved_is_one_line(tmp_path, monkeypatch):
         runs.execute("03_evaluate", p, runs.project_root(), tmp_path / "r")
 
 
+@pytest.mark.probe(issue=22, kind="traceback")
 def test_a_tracking_store_that_fails_stops_tracking_once_and_the_work_goes_on(tmp_path, monkeypatch, capsys):
     class Broken(tracking.Tracker):
         def epoch(self, epoch, values):

@@ -48,6 +48,7 @@ def gone(pid: int, seconds: float = 15) -> bool:
     return False
 
 
+@pytest.mark.probe(issue=22, kind="writers")
 def test_a_second_writer_is_refused_while_the_first_lives_and_a_dead_ones_lock_is_taken_over(tmp_path):
     proc = holder(tmp_path)
     try:
@@ -114,6 +115,7 @@ def test_a_run_command_is_refused_while_another_writes_and_changes_nothing(tmp_p
     assert (run_dir / "params.yaml").read_bytes() == before
 
 
+@pytest.mark.probe(issue=22, kind="silent")
 def test_a_failed_command_leaves_params_yaml_as_it_was(tmp_path, monkeypatch):
     p, run_dir = frozen_run(tmp_path)
     before = (run_dir / "params.yaml").read_bytes()
@@ -130,6 +132,7 @@ def test_a_failed_command_leaves_params_yaml_as_it_was(tmp_path, monkeypatch):
     assert runfiles.load_frozen(run_dir).bootstrap == 9          # an evaluate field stays: its notebook may have written
 
 
+@pytest.mark.probe(issue=22, kind="silent")
 def test_make_train_on_an_existing_run_starts_from_its_own_params(tmp_path, monkeypatch, capsys):
     p, run_dir = frozen_run(tmp_path, images_per_study="first", split_mode="seed", val_fraction=0.1)
     seen = []
@@ -164,6 +167,7 @@ LAUNCHER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.probe(issue=22, kind="writers")
 def test_a_killed_launcher_takes_its_members_down_and_a_rerun_finds_no_orphan(tmp_path, how):
     (tmp_path / "member.py").write_text(MEMBER)
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(tmp_path), str(tmp_path / "member.py")],
@@ -182,6 +186,7 @@ def test_a_killed_launcher_takes_its_members_down_and_a_rerun_finds_no_orphan(tm
     sweep.check_no_live_writers(members_dirs)   # the rerun finds no live writer (the stale locks are taken over)
 
 
+@pytest.mark.probe(issue=22, kind="writers")
 def test_two_sweeps_on_one_grid_at_once_the_second_is_refused(tmp_path):
     grid = tmp_path / "g.yaml"
     grid.write_text(yaml.safe_dump({"base": str(PROJECT / "params" / "demo.yaml"), "name": "s",
@@ -215,6 +220,7 @@ def _contend(folder: str, barrier, results) -> None:
 
 
 @pytest.mark.parametrize("start", ["fresh", "stale"])
+@pytest.mark.probe(issue=32, kind="writers")
 def test_processes_starting_at_once_never_hold_the_lock_together(tmp_path, start):
     import multiprocessing
 
@@ -240,6 +246,7 @@ def test_processes_starting_at_once_never_hold_the_lock_together(tmp_path, start
     assert sum(o.count("refused") for o in outcomes) > 0   # they did contend
 
 
+@pytest.mark.probe(issue=32, kind="writers")
 def test_two_processes_of_one_slurm_job_on_one_host_do_not_both_write(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "777")   # an salloc shell: everything runs under one job id
     proc = holder(tmp_path)
@@ -255,6 +262,7 @@ def test_two_processes_of_one_slurm_job_on_one_host_do_not_both_write(tmp_path, 
         assert runlock.read_holder(tmp_path)["pid"] == os.getpid()
 
 
+@pytest.mark.probe(issue=32, kind="traceback")
 def test_a_read_only_run_folder_is_one_line(tmp_path, monkeypatch):
     import errno
 

@@ -368,6 +368,7 @@ def test_retry_delay_is_jittered_exponential_and_honours_retry_after():
     assert parse_retry_after("soon") is None
 
 
+@pytest.mark.probe(issue=15, kind="silent")
 def test_a_damaged_checksum_list_is_fetched_again_and_never_trusted(tmp_path, release, server):
     src, images = release
     server.faults["SHA256SUMS.txt"] = ["mangle-path"]        # the list's own transfer is damaged, once
@@ -380,6 +381,7 @@ def test_a_damaged_checksum_list_is_fetched_again_and_never_trusted(tmp_path, re
     assert not list((tmp_path / "bad").glob("files/**/*.jpg"))
 
 
+@pytest.mark.probe(issue=15, kind="late")
 def test_a_server_that_is_gone_stops_the_fetch_within_seconds(tmp_path):
     import socket
     import time

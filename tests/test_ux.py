@@ -243,6 +243,7 @@ def test_nbstripout_filter_strips_outputs_on_git_add(tmp_path):
     assert "image/png" in (repo / "02_train.ipynb").read_text()   # the working copy keeps what Lab saved
 
 
+@pytest.mark.probe(issue=15, kind="silent")
 def test_redaction_asked_for_at_evaluation_covers_every_report_of_the_run(tiny_run, tiny_data, tmp_path):
     """Trained and reported unredacted, then redaction asked for: 01-04, none holds an image any more."""
     from conftest import run_notebooks, tiny_params
@@ -261,6 +262,7 @@ def test_redaction_asked_for_at_evaluation_covers_every_report_of_the_run(tiny_r
     assert not list(run.glob(".02_train.ipynb.*"))
 
 
+@pytest.mark.probe(issue=15, kind="late")
 def test_what_the_parameters_and_machine_tell_is_checked_before_any_notebook(tmp_path):
     assert params.validate({"views": "AP,PA"}, "the make line").views == ["AP", "PA"]   # VIEWS=AP,PA: two views
     with pytest.raises(params.ParamError, match="num_workers must be 0"):
@@ -278,6 +280,7 @@ def test_what_the_parameters_and_machine_tell_is_checked_before_any_notebook(tmp
         assert not (tmp_path / "demo" / "cohort.csv").exists() and "[01_cohort] running" not in out.stdout
 
 
+@pytest.mark.probe(issue=15, kind="silent")
 def test_the_summary_says_when_an_interval_misses_its_estimate(tmp_path, capsys):
     (tmp_path / "metrics.json").write_text(json.dumps({
         "headline_split": "test", "ci": {"level": 0.95, "n_boot": 1000},
@@ -297,6 +300,7 @@ def test_the_summary_says_when_an_interval_misses_its_estimate(tmp_path, capsys)
                        "units, or one class): Fracture"
 
 
+@pytest.mark.probe(issue=15, kind="silent")
 def test_two_runs_with_different_cohorts_started_at_once_keep_all_their_images(tiny_data, tmp_path):
     """`RUN=a` (views AP) and `RUN=b` (AP and PA) at the same image size, started together: both cohort
     notebooks build into one shared cache, and afterwards each run trains and evaluates on every one of its
@@ -337,6 +341,7 @@ def test_notebook_seconds_reads_the_notebook_level_duration_from_the_tail(tmp_pa
     assert runstatus.notebook_seconds(tmp_path / "missing.ipynb") == 0.0
 
 
+@pytest.mark.probe(issue=22, kind="silent")
 def test_make_evaluate_checks_params_and_make_train_on_a_run_does_not_take_the_demo_preset():
     """PARAMS= on make evaluate used to be ignored without a word; now it reaches the runner, which checks it
     against the run's params.yaml like any other change."""

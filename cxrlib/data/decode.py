@@ -11,8 +11,8 @@ exact  the original project's path pixel for pixel: a full decode, then the bili
 `python -m cxrlib bench decode` times both against the original and reports their PSNR.
 
 External sources ship other files (a cache `reader`: formats, equalize): 8-bit PNG (some NIH files RGB or
-RGBA: converted to grey), 16-bit PNG scaled by the bits actually stored (PadChest's BitsStored_DICOM when
-the table gives it, else the smallest usual depth that holds the file's largest value; never 65535), and
+RGBA: converted to grey), 16-bit PNG scaled by the bits stored as the source declares them (PadChest's BitsStored_DICOM; a
+16-bit file where nothing declares its depth is a named failure, never scaled by its own range), and
 DICOM through data.dicom. `equalize` applies a histogram equalisation to the full-size 8-bit image, as
 MIMIC-CXR-JPG's conversion from DICOM did, so that the contrast a MIMIC model learnt is what it meets.
 """
@@ -60,24 +60,24 @@ def _block_mean(img: Image.Image, factor: int, rows_per_band: int = 256) -> np.n
 
 
 def grey(img: Image.Image, target: tuple[int, int] | None = None, bits: int = 0) -> Image.Image:
-    """8-bit grey. A 16-bit image is scaled by `bits`, the bits stored when the source says, else the bits it
-    uses (a 12-bit scan in a 16-bit PNG by 255/4095, with a warning, not near-black at 255/65535), and, when
-    much larger than `target`, block-averaged first, so a 12000 x 12000 PNG needs its 16-bit pixels and a band
-    of floats, not gigabytes."""
+    """8-bit grey. A 16-bit image is scaled by `bits`, the bits stored as its source declares them (PadChest's
+    table, predict's --bits): a 12-bit scan in a 16-bit PNG by 255/4095, not near-black at 255/65535. Without a
+    declared depth a 16-bit image is a failure that says what would hold it, never a guess from its own range
+    (which made a dark image of a set four times brighter than its neighbours). An image much larger than
+    `target` is block-averaged first, so a 12000 x 12000 PNG needs its 16-bit pixels and a band of floats,
+    not gigabytes."""
     if img.mode == "L":
         return img
     if img.mode.startswith("I"):
         factor = max(1, min(img.size[0] // (2 * target[0]), img.size[1] // (2 * target[1]))) if target else 1
         pixels = _block_mean(img, factor) if factor > 1 else np.asarray(img)
         top = int(pixels.max()) if pixels.size else 0
-        known = bool(bits)   # the source's own record of its depth
-        if known and top > 2 ** bits - 1:   # clipping would turn a full-range image nearly white
+        if not bits:
+            raise UndeclaredDepth(f"a 16-bit image (values up to {top}; {bits_used(top)} bits would hold them) where "
+                                  "no stored bit depth is declared", top)
+        if top > 2 ** bits - 1:   # clipping would turn a full-range image nearly white
             raise BeyondDepth(f"values up to {top} in an image its table declares {bits}-bit (at most "
                               f"{2 ** bits - 1}): the table's bits do not describe this file")
-        if not known:
-            bits = bits_used(top) if img.mode.startswith("I;16") or top > 255 else 8
-        if 8 < bits < 16 and not known:
-            warnings.warn(f"{bits}-bit values in a 16-bit image: scaled by 255/{2 ** bits - 1}", stacklevel=2)
         scaled = np.clip(np.rint(pixels.astype(np.float32) * np.float32(255.0 / (2 ** bits - 1))), 0, 255)
         return Image.fromarray(scaled.astype(np.uint8))
     return img.convert("L")
@@ -127,8 +127,16 @@ class BeyondDepth(ValueError):
     """A 16-bit image holding values its declared bit depth cannot: listed as a failure with this reason."""
 
 
+class UndeclaredDepth(ValueError):
+    """A 16-bit image where nothing declares the bits stored: listed as a failure; `top`, its largest value."""
+
+    def __init__(self, message: str, top: int):
+        super().__init__(message)
+        self.top = top
+
+
 def failure_reason(error: BaseException) -> str:
-    if isinstance(error, (NotJPEG, BeyondDepth)):
+    if isinstance(error, (NotJPEG, BeyondDepth, UndeclaredDepth)):
         return str(error)
     if isinstance(error, FileNotFoundError):
         return "missing file"
@@ -148,7 +156,7 @@ def decode_one(task: tuple) -> tuple:
     formats = tuple(reader["formats"]) if reader else ("JPEG",)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # a 12-bit PNG's note: the reader decided its depth
+            warnings.simplefilter("ignore")   # pydicom's notes on odd headers: the file decodes or is listed
             pixels, source = decode_image(path, size, resize, mode, formats, bits,
                                           bool(reader and reader.get("equalize")))
         return row, pixels, None, source

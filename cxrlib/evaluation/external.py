@@ -58,6 +58,12 @@ from .provenance import versions
 from .trained import eval_cohort, load_best
 
 FORMATS = {"chexpert": ("JPEG", "PNG"), "nih": ("PNG",), "padchest": ("PNG",), "vindr": ("DICOM", "PNG")}
+# How each source's pixel depth is decided, once for the source, recorded in the results: never per image from
+# its own range. A 16-bit file where nothing declares its depth is a failure listed with its largest value.
+BIT_DEPTH = {"chexpert": "8-bit files (a 16-bit one is listed as failed)",
+             "nih": "8-bit PNGs (a 16-bit one is listed as failed)",
+             "padchest": "each row's BitsStored_DICOM (rows without one: the table's most common, counted in the notes)",
+             "vindr": "each DICOM's own BitsStored and window; PNG copies 8-bit (a 16-bit one is listed as failed)"}
 VIEWS = ("frontal", "all")
 HISTOGRAM_IMAGES = 500      # images per side whose pixels make the intensity histograms
 MIN_PRESENT = 0.99          # below this share of the selected images on disk, a download is partial: refused
@@ -164,7 +170,7 @@ def score_source(run_dir, p, source: str, data_root, subset: str | None = None, 
         "failures": failed.head(20).to_dict("records"),
         "file_modes": image_modes(data_root, rows["path"]),
         "preprocessing": {"image_size": trained.image_size, "resize": trained.resize, "decode": trained.decode,
-                          "cache": str(cache.dir)},
+                          "bit_depth": BIT_DEPTH[source], "cache": str(cache.dir)},
         "intensity": {"internal": histogram(internal_cache.images, internal_rows),
                       "external": histogram(cache.images, rows["cache_row"].to_numpy())},
     }

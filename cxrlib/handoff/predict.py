@@ -5,7 +5,8 @@ the way its cache was built (resize, decode), normalised by the checkpoint's mea
 run's device and precision. The output has the 14 probabilities in predictions.csv's columns, the
 call at each finding's validation threshold (max-F1; 0.5 where the run has none) and, when the run
 was recalibrated, the calibrated probabilities. Folders are searched recursively; files that cannot
-be read are listed with the reason and skipped, never stopping the rest.
+be read are listed with the reason and skipped, never stopping the rest. A 16-bit PNG is scaled by the bits
+its scanner stored, given once for the call (--bits 12): never guessed from each image's own range.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import runfiles
-from ..data.decode import decode_image, failure_reason
+from ..data.decode import UndeclaredDepth, decode_image, failure_reason
 from ..errors import UserError
 from ..evaluation.trained import load_best
 from ..fsutil import atomic_write_csv
@@ -53,21 +54,23 @@ def find_images(inputs) -> tuple[list[Path], list[tuple[str, str]]]:
     return files, problems
 
 
-def decoded(path: Path, size: int, resize: str, mode: str):
-    """(pixels or None, why not, notes on how it was read: e.g. a 12-bit image in a 16-bit PNG)."""
+def decoded(path: Path, size: int, resize: str, mode: str, bits: int = 0):
+    """(pixels or None, why not, notes on how it was read: PIL's warnings, e.g. a very large image)."""
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            pixels = decode_image(path, size, resize, mode, formats=FORMATS)[0]
+            pixels = decode_image(path, size, resize, mode, formats=FORMATS, bits=bits)[0]
+        except UndeclaredDepth as error:
+            return None, f"{error}: give --bits N, the bits its scanner stored (one value for the call)", []
         except Exception as error:  # every unreadable file is reported, none stops the rest
             return None, failure_reason(error), []
     return pixels, None, [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
 
 
-def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = True):
+def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = True, bits: int = 0):
     """(one row per readable image: path, p_<finding> x 14, call_<finding> x 14 [, cal_<finding> x 14],
-    [(path, reason)] for the files skipped, the thresholds' note)."""
+    [(path, reason)] for the files skipped, the thresholds' note). bits: the stored bits of 16-bit PNGs."""
     from ..evaluation import analysis, recalibration  # lazy: keeps scipy, sklearn out of this module's import
 
     if batch_size < 1:
@@ -88,7 +91,7 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     calibrator = image_calibrator(report)
     amp = inference_amp(trained, device)
     rows, probs, notes = [], [], []
-    args = (trained.image_size, trained.resize, trained.decode)
+    args = (trained.image_size, trained.resize, trained.decode, bits)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # PIL decodes without the GIL
         for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch", disable=not progress):
             batch = files[start:start + batch_size]
@@ -157,15 +160,21 @@ def cli(command: str, argv: list[str]) -> int:
                     help="terminal output: short (the calls and the top 3 probabilities per image) or wide (every "
                          "column, as in --out)")
     ap.add_argument("--batch", type=int, default=BATCH, help=f"images per forward pass (default {BATCH})")
+    ap.add_argument("--bits", type=int, default=0, metavar="N",
+                    help="bits stored per pixel in 16-bit PNGs (e.g. 12 or 10; the DICOM's BitsStored); without it "
+                         "a 16-bit PNG is skipped, with the depth that would hold its values")
     ap.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="default: the GPU if there is one")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.batch < 1:
         raise UserError(f"--batch {args.batch}: give the number of images per forward pass, at least 1 "
                         f"(default {BATCH}; lower it if the GPU runs out of memory)")
+    if args.bits and not 8 < args.bits <= 16:
+        raise UserError(f"--bits {args.bits}: the bits stored per pixel of 16-bit PNGs, 9 to 16 (12 for most scanners)")
     run_dir, p = run_folder(args.run)
     p = validate({**p.to_dict(), "device": args.device}, "--device")
-    frame, skipped, note = predict_files(run_dir, p, args.inputs, args.batch, progress=not args.no_progress)
+    frame, skipped, note = predict_files(run_dir, p, args.inputs, args.batch, progress=not args.no_progress,
+                                        bits=args.bits)
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     for path, text in frame.attrs.get("notes", []):
