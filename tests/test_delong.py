@@ -152,9 +152,10 @@ def null_data(rng, positives, patients, sizes=None, rho=0.5):
 
 
 @pytest.mark.parametrize("positives, patients, several", [
-    (DEMO_TEST_POSITIVES, 305, False),                      # the demo's test counts: 34% rejections before
-    ([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 3, 5, 7, 9], 305, False),   # rare findings only: 9% before
-    ([30, 20, 12, 8, 5, 3, 2, 40, 25, 10, 6, 4, 15, 50], 150, True),   # 1-4 images per patient: 10% before
+    # without include, the default members (min_positives patients of each class): 4.8%, 5.7%, 4.3%
+    (DEMO_TEST_POSITIVES, 305, False),                      # the demo's test counts: 34% rejections once
+    ([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 3, 5, 7, 9], 305, False),   # rare findings only: 9% once
+    ([30, 20, 12, 8, 5, 3, 2, 40, 25, 10, 6, 4, 15, 50], 150, True),   # 1-4 images per patient: 10%, then 7%
 ])
 def test_the_macro_test_holds_its_size_under_a_true_null(positives, patients, several):
     from cxrlib.stats.delong import delong_macro
@@ -165,7 +166,7 @@ def test_the_macro_test_holds_its_size_under_a_true_null(positives, patients, se
         sizes = rng.integers(1, 5, patients) if several else None
         y, a, b, cluster = null_data(rng, positives, patients, sizes)
         rejected += delong_macro(y, a, b, clusters=cluster)["p"] < 0.05
-    assert 0.03 <= rejected / reps <= 0.08
+    assert 0.035 <= rejected / reps <= 0.065   # 1,000 nulls: 5% +- 2.1 SE
 
 
 def test_a_finding_with_one_positive_is_left_out_of_the_macro_not_given_zero_variance():
@@ -181,6 +182,7 @@ def test_a_finding_with_one_positive_is_left_out_of_the_macro_not_given_zero_var
     b[:, 1] = a[:, 1]                             # the other finding: identical scores
     result = delong_macro(y, a, b, findings=["rare", "common"])
     assert result["included"] == ["common"] and result["left_out"][0]["finding"] == "rare"
+    assert "the macro needs 10 of each" in result["left_out"][0]["reason"]
     assert result["diff"] == 0 and result["p"] == 1.0
     assert math.isnan(delong_test(y[:, 0], a[:, 0], b[:, 0])["p"])   # the per-finding test gives no p either
     only = delong_macro(y, a, b, include=[True, False])

@@ -365,3 +365,24 @@ def test_a_bootstrap_p_is_never_zero():
     assert metrics.bootstrap_p(np.full(999, 0.1)) == (pytest.approx(2 / 1000), 999)
     assert metrics.bootstrap_p(np.zeros(50))[0] == 1.0
     assert metrics.bootstrap_p(np.r_[np.full(90, 0.1), np.full(10, -0.1)])[0] == pytest.approx(2 * 11 / 101)
+
+
+def test_estimability_counts_patients_not_images():
+    """Ten positive images of eight patients are eight independent units: not estimable at min_positives 10
+    with the patients given; without them each row is its own unit."""
+    from cxrlib.stats.metrics import ranking_metrics, summarize
+
+    rng = np.random.default_rng(0)
+    n = 300
+    groups = np.array([f"p{i}" for i in range(n)], dtype=object)
+    groups[1], groups[3] = groups[0], groups[2]   # rows 0-9 positive: 8 patients
+    y = np.zeros((n, 1))
+    y[:10, 0] = 1
+    p = np.clip(0.3 * y + rng.random((n, 1)), 0, 1)
+    by_rows = ranking_metrics(y, p, ["x"], min_positives=10)
+    by_patients = ranking_metrics(y, p, ["x"], min_positives=10, groups=groups)
+    assert by_rows["per_finding"]["x"]["estimable"] and not by_patients["per_finding"]["x"]["estimable"]
+    assert by_patients["per_finding"]["x"]["patients_pos"] == 8 and by_patients["per_finding"]["x"]["n_pos"] == 10
+    assert "from 8 and 290 patients, fewer than min_positives = 10 patients" in by_patients["notes"][0]
+    summary = summarize(y, p, groups, n_boot=20, min_positives=10, findings=["x"])
+    assert summary["macro_findings"] == [] and summary["per_finding"]["x"]["auroc"]["lo"] is None

@@ -188,8 +188,9 @@ def matrices(units: pd.DataFrame, findings: list[str]):
             units["subject_id"].to_numpy(str))
 
 
-def estimable(y: np.ndarray, minimum: int) -> np.ndarray:
-    return np.minimum(np.nansum(y == 1, 0), np.nansum(y == 0, 0)) >= max(minimum, 1)
+def estimable(y: np.ndarray, patients: np.ndarray, minimum: int) -> np.ndarray:
+    """Per finding: at least `minimum` patients with a positive and as many with a negative (metrics' rule)."""
+    return metrics.patients_per_class(y, patients).min(0) >= max(minimum, 1)
 
 
 def auroc_drop(internal: pd.DataFrame, external: pd.DataFrame, findings: list[str], n_boot: int, seed: int,
@@ -197,9 +198,9 @@ def auroc_drop(internal: pd.DataFrame, external: pd.DataFrame, findings: list[st
     """Internal minus external AUROC (macro over `findings`, and each), with independent patient bootstraps:
     percentile intervals of the difference, two-sided bootstrap p-values, Holm over the findings."""
     sides = [matrices(internal, findings), matrices(external, findings)]
-    point = [metrics.ranking_metrics(y, prob, findings, min_positives) for y, prob, _ in sides]
-    boot = [metrics.bootstrap_plans([metrics.resample_plan(y, prob, findings, min_positives=min_positives)], y, g,
-                                    n_boot, seed + k, progress=False)[0] for k, (y, prob, g) in enumerate(sides)]
+    point = [metrics.ranking_metrics(y, prob, findings, min_positives, g) for y, prob, g in sides]
+    boot = [metrics.bootstrap_plans([metrics.resample_plan(y, prob, findings, min_positives=min_positives, groups=g)],
+                                    y, g, n_boot, seed + k, progress=False)[0] for k, (y, prob, g) in enumerate(sides)]
     macro_diff = boot[0]["auroc_macro"] - boot[1]["auroc_macro"]
     lo, hi, _ = metrics.percentile_interval(macro_diff, ci_level)
     value = point[0]["macro"]["auroc"] - point[1]["macro"]["auroc"]
@@ -252,9 +253,10 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
     y_ext, p_ext, g_ext = matrices(units, mapped)
     summary = metrics.summarize(y_ext, p_ext, g_ext, n_boot=n_boot, seed=p.seed, ci_level=p.ci_level,
                                 findings=mapped, min_positives=p.min_positives) if mapped else None
-    y_int, _, _ = matrices(internal, exact)
-    compared = [f for f, a, b in zip(exact, estimable(y_int, p.min_positives),
-                                     estimable(matrices(units, exact)[0], p.min_positives)) if a and b]
+    y_int, _, g_int = matrices(internal, exact)
+    y_exact, _, g_exact = matrices(units, exact)
+    compared = [f for f, a, b in zip(exact, estimable(y_int, g_int, p.min_positives),
+                                     estimable(y_exact, g_exact, p.min_positives)) if a and b]
     drop = auroc_drop(internal, units, compared, n_boot, p.seed, p.ci_level, p.min_positives) if compared else None
     run_metrics = read_metrics(run_dir)
     # metrics.json writes a threshold that could not be chosen (one class on validation) as null

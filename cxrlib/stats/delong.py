@@ -31,6 +31,8 @@ import math
 import numpy as np
 from scipy.stats import rankdata
 
+from .metrics import MIN_POSITIVES
+
 MIN_CLUSTERS = 2   # clusters with a positive (and with a negative) a finding needs for a variance
 
 
@@ -98,27 +100,29 @@ def _cluster_index(ids) -> tuple[np.ndarray, int]:
     return index, (int(index.max()) + 1 if len(index) else 0)
 
 
-def delong_macro(y, p_a, p_b, clusters=None, findings=None, include=None) -> dict:
+def delong_macro(y, p_a, p_b, clusters=None, findings=None, include=None, min_patients: int = MIN_POSITIVES) -> dict:
     """delong_test for the macro AUROC of (N, F) labels (NaN masked) and two (N, F) score arrays.
 
-    The macro is the mean over the findings with at least MIN_CLUSTERS clusters holding a positive and
-    as many holding a negative, and, when `include` (F booleans) is given, only over those it allows
-    (the caller's own estimability rule, e.g. metrics' min_positives). `left_out` names the others with
-    the reason.
+    The macro is the mean over the estimable findings: at least `min_patients` clusters (patients) holding a
+    positive and as many holding a negative, metrics' rule by default, so that the test holds its size on
+    clustered data (with MIN_CLUSTERS alone, findings of a handful of patients made it reject a true null
+    about 7% of the time); when `include` (F booleans) is given, only over those it also allows. `left_out`
+    names the others with the reason.
     """
     y, p_a, p_b = (np.asarray(v, dtype=float) for v in (y, p_a, p_b))
     names = list(findings) if findings is not None else [str(j) for j in range(y.shape[1])]
     cluster_index, k = _cluster_index(np.arange(len(y)) if clusters is None else clusters)
     allowed = np.ones(y.shape[1], bool) if include is None else np.asarray(include, bool)
+    need = max(MIN_CLUSTERS, min_patients)
     kept, left_out = [], []
     for j, name in enumerate(names):
         known = ~np.isnan(y[:, j])
         f = _finding(y[known, j], (p_a[known, j], p_b[known, j]), cluster_index[known], k)
         if not allowed[j]:
             left_out.append({"finding": name, "reason": "not estimable by the caller's rule (too few positives)"})
-        elif not _estimable(f):
+        elif min(f["k10"], f["k01"]) < need:
             left_out.append({"finding": name, "reason": f"{f['k10']} patient(s) with a positive and {f['k01']} "
-                                                        f"with a negative; a variance needs {MIN_CLUSTERS} of each"})
+                                                        f"with a negative; the macro needs {need} of each"})
         else:
             kept.append((name, f))
     nan = float("nan")

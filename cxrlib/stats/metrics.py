@@ -13,8 +13,8 @@ weighted sum of precisions, both from cumulative sums of the weights (`resample_
 Thresholds are chosen on the validation split only and then applied to the test split. The paired
 AUROC test (DeLong's, with Obuchowski's variance for patients with several images) is delong.py's.
 
-Estimable findings. A finding with fewer than `min_positives` positive (or negative) units in a split
-keeps its counts and point estimate, flagged `estimable: false`, but gets no CI and stays out of the
+Estimable findings. A finding with fewer than `min_positives` patients holding a positive (or a negative)
+in a split (patients, not images: the bootstrap's independent units; `groups` absent, each row) keeps its counts and point estimate, flagged `estimable: false`, but gets no CI and stays out of the
 macro averages, which name the findings they cover (`macro_findings`). The default, MIN_POSITIVES = 10,
 comes from the coverage of the patient-bootstrap percentile interval for one AUROC (binormal scores,
 AUROC 0.86, 300 negatives; tests/test_metrics.py repeats it): about 52% at 2 positives, 70% at 3, 80%
@@ -42,15 +42,29 @@ CONDITIONAL_SHARE = 0.99    # a CI from fewer valid resamples than this share is
 
 
 # --------------------------------------------------------------------------- point estimates
-def ranking_metrics(y, p, findings=None, min_positives: int = 1) -> dict:
+def patients_per_class(y, groups=None) -> np.ndarray:
+    """(2, F): per finding, the patients with a positive label and those with a negative one (rows without
+    `groups` are their own patients). Estimability counts these, the independent units of the bootstrap."""
+    y = np.asarray(y, dtype=np.float64)
+    if groups is None:
+        return np.stack([np.nansum(y == 1, 0), np.nansum(y == 0, 0)]).astype(np.int64)
+    patient = group_index(groups, len(y))
+    return np.array([[np.unique(patient[y[:, j] == value]).size for j in range(y.shape[1])] for value in (1, 0)],
+                    dtype=np.int64)
+
+
+def ranking_metrics(y, p, findings=None, min_positives: int = 1, groups=None) -> dict:
     """AUROC and AUPRC per finding, macro and micro (scikit-learn), with the findings left out.
 
     A finding with one class among its unmasked labels has no AUROC (`excluded`); one with fewer than
-    min_positives positives or negatives has its figures but is not `estimable` (`not_estimable`).
+    min_positives patients with a positive (or with a negative) has its figures but is not `estimable`
+    (`not_estimable`): on clustered data ten positive images of eight patients are eight independent units.
     Neither enters the macro averages, whose members are `macro_findings`; `notes` says why.
     Micro pools every unmasked cell.
     """
     y, p, findings = check_inputs(y, p, findings)
+    patients = patients_per_class(y, groups)
+    unit = "patients" if groups is not None else "units"
     per_finding, excluded, not_estimable, notes = {}, [], [], []
     for j, name in enumerate(findings):
         known = ~np.isnan(y[:, j])
@@ -58,7 +72,8 @@ def ranking_metrics(y, p, findings=None, min_positives: int = 1) -> dict:
         n_pos = int(t.sum())
         n_neg = int(t.size) - n_pos
         entry = {"n": int(t.size), "n_pos": n_pos, "n_neg": n_neg, "auroc": float("nan"), "auprc": float("nan"),
-                 "estimable": bool(min(n_pos, n_neg) >= max(min_positives, 1))}
+                 "patients_pos": int(patients[0, j]), "patients_neg": int(patients[1, j]),
+                 "estimable": bool(min(patients[:, j]) >= max(min_positives, 1))}
         if 0 < n_pos < t.size:
             entry["auroc"] = float(roc_auc_score(t, s))
             entry["auprc"] = float(average_precision_score(t, s))
@@ -68,8 +83,9 @@ def ranking_metrics(y, p, findings=None, min_positives: int = 1) -> dict:
                          "no AUROC/AUPRC, left out of the macro averages")
         if name not in excluded and not entry["estimable"]:
             not_estimable.append(name)
-            notes.append(f"{name}: {n_pos} positive and {n_neg} negative units, fewer than min_positives = "
-                         f"{min_positives}: point estimate only (no CI), left out of the macro averages")
+            notes.append(f"{name}: {n_pos} positive and {n_neg} negative units, from {patients[0, j]} and "
+                         f"{patients[1, j]} {unit}, fewer than min_positives = {min_positives} {unit}: point "
+                         "estimate only (no CI), left out of the macro averages")
         per_finding[name] = entry
     included = [f for f in findings if per_finding[f]["estimable"] and f not in excluded]
     macro = {m: float(np.mean([per_finding[f][m] for f in included])) if included else float("nan")
@@ -157,7 +173,7 @@ class ResamplePlan:
     n_bins: int
 
 
-def resample_plan(y, p, findings: list, n_bins: int = 10, min_positives: int = 1) -> ResamplePlan:
+def resample_plan(y, p, findings: list, n_bins: int = 10, min_positives: int = 1, groups=None) -> ResamplePlan:
     """The rank indexes and calibration design of (y, p), for plan_stats on any number of weight sets."""
     n, f = y.shape
     rows = np.arange(n)
@@ -176,8 +192,7 @@ def resample_plan(y, p, findings: list, n_bins: int = 10, min_positives: int = 1
     with_p[rows[:, None], cols] = p0
     with_y[rows[:, None], cols] = y0
     design = np.concatenate([onehot, with_p, with_y, (p0 - y0) ** 2], axis=1)
-    counts = np.stack([np.nansum(y == 1, 0), np.nansum(y == 0, 0)])
-    included = np.array([ix is not None for ix in per]) & (counts.min(0) >= max(min_positives, 1))
+    included = np.array([ix is not None for ix in per]) & (patients_per_class(y, groups).min(0) >= max(min_positives, 1))
     return ResamplePlan(findings, per, pooled, included, design, n_bins)
 
 
@@ -290,13 +305,15 @@ def summarize(y, p, groups=None, n_boot: int = 1000, seed: int = 0, ci_level: fl
     """
     _check_boot(n_boot, ci_level)
     y, p, findings = check_inputs(y, p, findings)
-    point = ranking_metrics(y, p, findings, min_positives)
+    point = ranking_metrics(y, p, findings, min_positives, groups)
     cal = calibration(y, p, n_bins, "uniform", findings)
-    boot = bootstrap_plans([resample_plan(y, p, findings, n_bins, min_positives)], y, groups, n_boot, seed, progress)[0]
+    plan = resample_plan(y, p, findings, n_bins, min_positives, groups)
+    boot = bootstrap_plans([plan], y, groups, n_boot, seed, progress)[0]
     per_finding = {}
     for j, name in enumerate(findings):
         pf = point["per_finding"][name]
-        per_finding[name] = {"n": pf["n"], "n_pos": pf["n_pos"], "n_neg": pf["n_neg"], "estimable": pf["estimable"],
+        per_finding[name] = {"n": pf["n"], "n_pos": pf["n_pos"], "n_neg": pf["n_neg"], "patients_pos": pf["patients_pos"],
+                             "patients_neg": pf["patients_neg"], "estimable": pf["estimable"],
                              **{m: _figure(pf[m], boot[m][:, j], ci_level, pf["estimable"]) for m in ("auroc", "auprc")},
                              **{m: _figure(cal["per_finding"][name][m], boot[m][:, j], ci_level)
                                 for m in ("ece", "brier")}}
@@ -352,9 +369,9 @@ def paired_bootstrap(y, p_a, p_b, groups=None, n_boot: int = 1000, seed: int = 0
     _check_boot(n_boot, ci_level)
     y, p_a, findings = check_inputs(y, p_a, findings, "p_a")
     _, p_b, _ = check_inputs(y, p_b, findings, "p_b")
-    points = [ranking_metrics(y, p, findings, min_positives) for p in (p_a, p_b)]
+    points = [ranking_metrics(y, p, findings, min_positives, groups) for p in (p_a, p_b)]
     cals = [calibration(y, p, n_bins, "uniform", findings) for p in (p_a, p_b)]
-    plans = [resample_plan(y, p, findings, n_bins, min_positives) for p in (p_a, p_b)]
+    plans = [resample_plan(y, p, findings, n_bins, min_positives, groups) for p in (p_a, p_b)]
     boot_a, boot_b = bootstrap_plans(plans, y, groups, n_boot, seed, progress)
 
     def compare(a, b, key, column=None, estimable=True):
