@@ -220,6 +220,7 @@ else:
     if gold.get("reason"):
         print(gold["reason"])
     else:
+        print(goldlib.annotator_line(gold))
         display(viz.readable(goldlib.comparison_table(gold)))
 
 # %%

@@ -187,3 +187,26 @@ def test_synthetic_radiologist_labels_cover_official_test_studies_and_disagree_a
     d, r = drawn[:, common], g[:, common]
     assert np.mean(r[d == -1] == 1) == pytest.approx(test_labels.UNCERTAIN_RESOLVED, abs=0.08)
     assert np.mean(r[np.isnan(d)] == 0) == pytest.approx(test_labels.BLANK_NEGATIVE, abs=0.03)
+
+
+def test_the_annotator_and_nlp_macros_are_set_side_by_side_over_the_same_findings():
+    """Each label set's own macro covers the findings it alone can estimate (13 against 7 in the demo): side by
+    side they compared different findings. The sentence the card and the index print compares like with like."""
+    rng = np.random.default_rng(0)
+    n = 400
+    groups = np.arange(n).astype(str)
+    y_gold = (rng.random((n, 14)) < 0.2).astype(float)
+    y_nlp = y_gold.copy()
+    y_nlp[:, 7:] = 0
+    y_nlp[:5, 7:] = 1            # the NLP labels hold too few positives for findings 8-14
+    prob = np.clip(0.4 * y_gold + rng.random((n, 14)) * 0.8, 0, 1)
+    common = dict(groups=groups, n_boot=30, seed=0, ci_level=0.95, min_positives=10)
+    section = {"model_vs_gold": metrics.summarize(y_gold, prob, **common),
+               "model_vs_nlp": metrics.summarize(y_nlp, prob, **common), "studies_scored": n, "patients_scored": n}
+    same = gold.like_for_like(section, y_gold, y_nlp, prob, common)
+    assert same["findings"] == FINDINGS[:7] and len(section["model_vs_gold"]["macro_findings"]) == 14
+    on_seven = metrics.summarize(y_gold[:, :7], prob[:, :7], findings=FINDINGS[:7], **common)["macro"]["auroc"]
+    assert same["gold"]["value"] == pytest.approx(on_seven["value"])
+    assert same["gold"]["value"] != pytest.approx(section["model_vs_gold"]["macro"]["auroc"]["value"])
+    line = gold.annotator_line({**section, "like_for_like": same})
+    assert "both over the 7 findings both label sets can estimate (Atelectasis, Cardiomegaly" in line

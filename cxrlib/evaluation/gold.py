@@ -25,7 +25,7 @@ from ..labels import FINDINGS, apply_policies
 from ..stats import levels, metrics
 from ..stats.thresholds import threshold_metrics
 from . import tables
-from .tables import with_ci
+from .tables import figure_text, with_ci
 
 GOLD_FILE = "mimic-cxr-2.1.0-test-set-labeled.csv"
 RENAMED = {"Airspace Opacity": "Lung Opacity"}   # the file's name -> the NLP tables' name
@@ -182,9 +182,38 @@ def gold_section(predictions: pd.DataFrame, gold: pd.DataFrame | None, p, thresh
                   min_positives=p.min_positives)
     section["model_vs_gold"] = metrics.summarize(y_gold, prob, **common)
     section["model_vs_nlp"] = metrics.summarize(y_nlp, prob, **common)   # same resamples: same patients, seed
+    section["like_for_like"] = like_for_like(section, y_gold, y_nlp, prob, common)
     if thresholds:
         section["thresholds_vs_gold"] = threshold_metrics(y_gold, prob, thresholds).to_dict("records")
     return section
+
+
+def like_for_like(section: dict, y_gold, y_nlp, prob, common: dict) -> dict | None:
+    """The two macro AUROCs over the same findings: those both label sets can estimate. Each label set's own
+    macro covers the findings it alone can estimate (13 against 7 in the demo), so set side by side they would
+    compare different findings."""
+    both = [f for f in section["model_vs_gold"]["macro_findings"] if f in section["model_vs_nlp"]["macro_findings"]]
+    if not both:
+        return None
+    columns = [FINDINGS.index(f) for f in both]
+    return {"findings": both,
+            **{side: metrics.summarize(y[:, columns], prob[:, columns], findings=both, **common)["macro"]["auroc"]
+               for side, y in (("gold", y_gold), ("nlp", y_nlp))}}
+
+
+def annotator_line(section: dict) -> str:
+    """The card's and the index's sentence: the model against the annotator and against the NLP labels of the
+    same studies, over the same findings (named), or why there is none."""
+    same = section.get("like_for_like")
+    if not section.get("model_vs_gold"):
+        return f"Annotator labels: {section.get('reason', 'not scored')}."
+    where = f"{section['studies_scored']} test studies ({section['patients_scored']} patients)"
+    if not same:
+        return (f"Against the annotator's labels on {where}: no finding has enough patients with a positive and a "
+                "negative under both label sets, so no macro AUROC compares them.")
+    return (f"Against the annotator's labels on {where}: AUROC macro {figure_text(same['gold'])}; against the NLP "
+            f"labels of the same studies {figure_text(same['nlp'])}; both over the {len(same['findings'])} findings "
+            f"both label sets can estimate ({', '.join(same['findings'])}).")
 
 
 def comparison_table(section: dict) -> pd.DataFrame:

@@ -19,7 +19,8 @@ from pathlib import Path
 from .. import runfiles, runlock
 from ..data.cohort import read_cohort
 from ..errors import UserError
-from ..evaluation.tables import starting_weights_line
+from ..evaluation.gold import annotator_line
+from ..evaluation.tables import figure_text, starting_weights_line
 from ..fsutil import atomic_write_text, sha256_file
 from ..labels import FINDINGS
 from ..runfiles import (
@@ -72,15 +73,6 @@ ETHICS = [
 
 def _read(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _ci(entry, digits: int = 3) -> str:
-    if not entry or entry.get("value") is None:
-        return "n/a"
-    if entry.get("lo") is None:
-        return f"{entry['value']:.{digits}f} (no CI)"
-    text = f"{entry['value']:.{digits}f} [{entry['lo']:.{digits}f}, {entry['hi']:.{digits}f}]"
-    return text + (" (CI conditional)" if entry.get("conditional") else "")
 
 
 def _num(value) -> str:
@@ -206,13 +198,7 @@ def evaluation_data(report: dict) -> list[str]:
              "**reports** (not images). The maintainers judged them not consistent enough to benchmark against "
              "(one annotator; MIT-LCP/mimic-code#1011). They are compared here after this run's uncertain and blank "
              "policies, as a second opinion on the NLP labels, never as a reference standard.", ""]
-    if gold.get("model_vs_gold"):
-        lines += [f"Against those labels on {gold['studies_scored']} test studies ({gold['patients_scored']} patients): "
-                  f"AUROC macro {_ci(gold['model_vs_gold']['macro']['auroc'])} over "
-                  f"{len(gold['model_vs_gold'].get('macro_findings', []))} findings; against the NLP labels of the same "
-                  f"studies {_ci(gold['model_vs_nlp']['macro']['auroc'])}.", ""]
-    else:
-        lines += [f"Annotator labels: {gold.get('reason', 'not scored')}.", ""]
+    lines += [annotator_line(gold), ""]
     return lines
 
 
@@ -227,9 +213,10 @@ def performance(report: dict) -> list[str]:
                 + ", ".join(macro["not_estimable"]) if macro.get("not_estimable") else "")
              + (f"; one class only: {', '.join(macro['one_class'])}" if macro.get("one_class") else "") + ".", ""]
     lines += _table(["figure", "value [CI]", "resamples used"],
-                    [[k, _ci(v), f"{v.get('n_boot_valid', '?')} of {ci['n_boot']}"] for k, v in report["headline"].items()])
+                    [[k, figure_text(v), f"{v.get('n_boot_valid', '?')} of {ci['n_boot']}"]
+                     for k, v in report["headline"].items()])
     lines += _table(["finding", "AUROC", "AUPRC", "positives", "n"],
-                    [[f + ("" if e.get("estimable", True) else " (too few)"), _ci(e["auroc"]), _ci(e["auprc"]),
+                    [[f + ("" if e.get("estimable", True) else " (too few)"), figure_text(e["auroc"]), figure_text(e["auprc"]),
                       e["n_pos"], e["n"]] for f, e in test["per_finding"].items()])
     return lines
 
@@ -259,14 +246,15 @@ def thresholds_section(report: dict) -> list[str]:
 
 def calibration_section(report: dict) -> list[str]:
     pooled = report["splits"]["test"]["calibration"]["pooled"]
-    lines = ["### Calibration", "", f"Test, pooled over findings: ECE {_ci(pooled['ece'], 4)}, Brier "
-                                    f"{_ci(pooled['brier'], 4)}.", ""]
+    lines = ["### Calibration", "", f"Test, pooled over findings: ECE {figure_text(pooled['ece'], 4)}, Brier "
+                                    f"{figure_text(pooled['brier'], 4)}.", ""]
     recal = report.get("recalibration")
     if recal and recal.get("method") != "none":
         change = recal["after_minus_before"]
         lines += [f"Recalibrated with `{recal['method']}`, fitted on the validation split only: ECE "
-                  f"{_ci(recal['after']['ece'], 4)} after (change {change['ece']['diff']:+.4f} [{change['ece']['lo']:+.4f}, "
-                  f"{change['ece']['hi']:+.4f}]), Brier {_ci(recal['after']['brier'], 4)}. `predict` and the export "
+                  f"{figure_text(recal['after']['ece'], 4)} after (change {change['ece']['diff']:+.4f} "
+                  f"[{change['ece']['lo']:+.4f}, "
+                  f"{change['ece']['hi']:+.4f}]), Brier {figure_text(recal['after']['brier'], 4)}. `predict` and the export "
                   "carry a map fitted on the validation images.", ""]
     else:
         lines += ["No recalibration (`calibration: none`).", ""]
@@ -295,7 +283,7 @@ def subgroup_section(run_dir: Path) -> list[str]:
     lines += ["Every group (95% intervals; groups under the size limit are '<N', and a second count is hidden where "
               "the first could be recovered by subtraction):", ""]
     lines += _table(["attribute", "group", "patients", "macro AUROC", "underdiagnosis (No Finding FPR)"],
-                    [[a, g, n, _ci(own.get((a, g, "auroc_macro"))), _ci(own.get((a, g, "underdiagnosis")))]
+                    [[a, g, n, figure_text(own.get((a, g, "auroc_macro"))), figure_text(own.get((a, g, "underdiagnosis")))]
                      for (a, g), n in groups.items()])
     primary = [r for r in rows if r["tier"] == "primary"]
     lines += ["Every primary comparison (simultaneous intervals, Bonferroni-adjusted p):", ""]

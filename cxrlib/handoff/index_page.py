@@ -10,6 +10,8 @@ import html
 import json
 from pathlib import Path
 
+from ..evaluation.gold import annotator_line
+from ..evaluation.tables import figure_text
 from ..fsutil import atomic_write_text
 from ..runfiles import (
     CARD_HTML,
@@ -48,14 +50,6 @@ DATA_FILES = [(PARAMS, "frozen parameters"), (COHORT, "the cohort"), (COHORT_REP
               (FAIRNESS_CSV, "every audit figure"), (FAIRNESS_JSON, "the audit's decisions"), (CARD_MD, "model card")]
 
 
-def ci(v: dict | None, digits: int = 3) -> str:
-    if not v or v.get("value") is None:
-        return "n/a"
-    text = f"{v['value']:.{digits}f}"
-    if v.get("lo") is not None and v.get("hi") is not None:
-        text += f" [{v['lo']:.{digits}f}, {v['hi']:.{digits}f}]"
-    return text
-
 
 def headline_section(m: dict) -> list[str]:
     if not m.get("headline"):
@@ -64,7 +58,7 @@ def headline_section(m: dict) -> list[str]:
     split = m.get("headline_split", "test")
     unit = level.get("headline", "image")
     units = (level.get("units_per_split") or {}).get(split, "?")
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{ci(v)}</td><td>{v.get('n_boot_valid', '?')}</td></tr>"
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{figure_text(v)}</td><td>{v.get('n_boot_valid', '?')}</td></tr>"
                    for k, v in m["headline"].items())
     macro = m.get("macro") or {}
     left = macro.get("not_estimable", []) + macro.get("one_class", [])
@@ -79,10 +73,9 @@ def headline_section(m: dict) -> list[str]:
                       f"class): {html.escape(', '.join(left))}" if left else "") + ".</p>")
     for warning in m.get("warnings", []):
         out.append(f'<p class="warn">&#9888; {html.escape(warning)}</p>')
-    gold = ((m.get("gold") or {}).get("model_vs_gold") or {}).get("macro", {}).get("auroc")
-    if gold:
-        out.append(f"<p>Against the 2.1.0 test-set labels (one annotator's labels of the reports; "
-                   f"{m['gold'].get('studies_scored', '?')} studies): AUROC macro {ci(gold)}.</p>")
+    if (m.get("gold") or {}).get("model_vs_gold"):
+        out.append(f"<p>The 2.1.0 test-set labels (one annotator's labels of the reports). "
+                   f"{html.escape(annotator_line(m['gold']))}</p>")
     return out
 
 

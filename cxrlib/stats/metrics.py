@@ -14,11 +14,12 @@ Thresholds are chosen on the validation split only and then applied to the test 
 AUROC test (DeLong's, with Obuchowski's variance for patients with several images) is delong.py's.
 
 Estimable findings. A finding with fewer than `min_positives` patients holding a positive (or a negative)
-in a split (patients, not images: the bootstrap's independent units; `groups` absent, each row) keeps its counts and point estimate, flagged `estimable: false`, but gets no CI and stays out of the
-macro averages, which name the findings they cover (`macro_findings`). The default, MIN_POSITIVES = 10,
-comes from the coverage of the patient-bootstrap percentile interval for one AUROC (binormal scores,
-AUROC 0.86, 300 negatives; tests/test_metrics.py repeats it): about 52% at 2 positives, 70% at 3, 80%
-at 5, 85% at 10 and 91% at 20 or more. Below 10 the interval no longer means what its level says.
+in a split (patients, not images: the bootstrap's independent units; without `groups`, each row) keeps its
+counts and point estimate, flagged `estimable: false`, but gets no CI and stays out of the macro averages,
+which name the findings they cover (`macro_findings`). The default, MIN_POSITIVES = 10, comes from the
+coverage of the patient-bootstrap percentile interval for one AUROC (binormal scores, AUROC 0.86, 300
+negatives; tests/test_metrics.py repeats it): about 52% at 2 positives, 70% at 3, 80% at 5, 85% at 10 and
+91% at 20 or more. Below 10 the interval no longer means what its level says.
 Every CI carries `n_boot_valid`; one built from fewer than CONDITIONAL_SHARE of the resamples (the rest
 lost every positive of a finding) is `conditional: true`, and the reports say so beside it.
 """
