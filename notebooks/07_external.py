@@ -92,10 +92,13 @@ tables.per_finding(report)
 # %% [markdown]
 # ## The run's thresholds on the external set (max F1, chosen on the run's validation split)
 #
-# What a deployed model would do: the thresholds are not refitted. The internal columns are the run's
-# own test split at the same thresholds.
+# What a deployed model would do: the thresholds are not refitted. They are the ones fitted for the unit
+# this source scores: a source whose studies are single images (NIH, VinDr-CXR) gets the thresholds and
+# recalibration fitted on validation images, not on study-level maxima. The internal columns are the run's
+# own test split, at the same unit and thresholds.
 
 # %%
+print(f"thresholds and recalibration fitted on the validation split's {report['thresholds'].get('unit', 'study')}s")
 tables.thresholds(report)
 
 # %% [markdown]

@@ -188,6 +188,18 @@ def test_notebook_07_validates_the_tiny_run_on_every_source(external_run, tmp_pa
             predictions = frame
         status = report["label_map"]["status"]
         assert report["label_map"]["sha256"] and report["counts"]["scored_images"] == len(predictions) > 0
+        # a source of single-image studies gets the thresholds fitted on validation images, not study maxima
+        single = p.eval_level == "image" or predictions["study_id"].is_unique
+        assert report["thresholds"]["unit"] == ("image" if single else p.eval_level), source
+        run_metrics = runfiles.read_metrics(external_run)
+        fitted = run_metrics["image_level" if single else "thresholds"]
+        fitted = fitted["thresholds"]["values"] if single else fitted["values"]
+        for row in report["thresholds"]["external"]:
+            if row["rule"] == "f1" and fitted[row["finding"]]["f1"] is not None:
+                assert row["threshold"] == pytest.approx(fitted[row["finding"]]["f1"]), (source, row["finding"])
+        # one headline over the exact findings the drop compares; the approximate ones apart
+        assert (report["macro"]["exact"] or {}).get("findings", []) == report["compared"]
+        assert all(status[f] == "approximate" for f in (report["macro"]["approximate"] or {}).get("findings", []))
         for finding in FINDINGS:
             if status[finding] == "missing":   # missing, never negative; and out of every average
                 assert predictions[finding].isna().all(), (source, finding)

@@ -258,16 +258,26 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
     compared = [f for f, a, b in zip(exact, estimable(y_int, g_int, p.min_positives),
                                      estimable(y_exact, g_exact, p.min_positives)) if a and b]
     drop = auroc_drop(internal, units, compared, n_boot, p.seed, p.ci_level, p.min_positives) if compared else None
+    approximate = [f for f in (summary or {}).get("macro_findings", []) if status[f] == "approximate"]
     run_metrics = read_metrics(run_dir)
+    scored_unit = "image" if p.eval_level == "image" or frame["study_id"].is_unique else "study"
+    fitted, calibrator = fitted_for(run_metrics, scored_unit)
     # metrics.json writes a threshold that could not be chosen (one class on validation) as null
     rules = {f: {rule: np.nan if v is None else float(v) for rule, v in by_rule.items()}
-             for f, by_rule in run_metrics["thresholds"]["values"].items()}
+             for f, by_rule in fitted["values"].items()}
     at_thresholds = threshold_metrics(y_ext, p_ext, {f: rules[f] for f in mapped}, mapped) if mapped else None
-    internal_at = [r for r in run_metrics["thresholds"]["test"] if r["finding"] in mapped]
-    calibrator = run_metrics.get("recalibration")   # what notebook 03 fitted on validation (None: not recalibrated)
+    if scored_unit == p.eval_level:
+        internal_at = [r for r in run_metrics["thresholds"]["test"] if r["finding"] in mapped]
+    else:   # the run's own test images at the same image-level thresholds
+        images = read_predictions(run_dir)
+        images = images[images["split"] == "test"]
+        y_img, p_img, _ = matrices(images, mapped)
+        internal_at = threshold_metrics(y_img, p_img, {f: rules[f] for f in mapped}, mapped).to_dict("records")
     calibrated = recalibration.apply(calibrator, units[PROB_COLUMNS].to_numpy(np.float64))
     calibrated = calibrated[:, [FINDINGS.index(f) for f in mapped]]
-    audit = subgroup_audit(units, frame, {f: rules[f]["f1"] for f in FINDINGS}, n_boot, p)
+    inexact = [f for f in FINDINGS if status[f] != "exact"]   # the audit, like the decision, on exact findings only
+    audit = subgroup_audit(units.assign(**{f: np.nan for f in inexact}), frame, {f: rules[f]["f1"] for f in FINDINGS},
+                           n_boot, p)
     model = read_model_config(run_dir)
     return jsonable({
         "source": info["source"], "subset": info["subset"], "run": Path(run_dir).name,
@@ -275,10 +285,17 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
         "map_table": info["map_table"], "mapped": mapped, "exact": exact, "compared": compared,
         "counts": {**info["counts"], "units": int(len(units))}, "notes": info["notes"],
         "summary": summary, "drop": drop,
-        "thresholds": {"chosen_on": run_metrics["thresholds"]["chosen_on"], "rule": "f1",
+        # one headline (the exact findings the drop compares, with its CI); the approximate ones apart, labelled
+        "macro": {"exact": macro_over(units, compared, n_boot, p),
+                  "approximate": macro_over(units, approximate, n_boot, p),
+                  "run_headline": {"value": (run_metrics.get("headline") or {}).get("auroc_macro", {}).get("value"),
+                                   "findings": len((run_metrics.get("macro") or {}).get("findings") or [])}},
+        "audit_findings": "exactly mapped findings only" + ("" if status["No Finding"] == "exact" else
+                                                            "; No Finding is not exact, so no underdiagnosis rate"),
+        "thresholds": {"chosen_on": fitted["chosen_on"], "rule": "f1", "unit": scored_unit,
                        "external": [] if at_thresholds is None else at_thresholds.to_dict("records"),
                        "internal": internal_at},
-        "calibration": {"recalibration": p.calibration if calibrator else "none",
+        "calibration": {"recalibration": (calibrator or {}).get("method", "none"), "unit": scored_unit,
                         "per_finding": calibration_rows(y_ext, p_ext, calibrated, mapped)},
         "audit": audit,
         "intensity": info["intensity"], "file_modes": info["file_modes"], "preprocessing": info["preprocessing"],
@@ -291,6 +308,27 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
                    "; VinDr-CXR has no patient identifier, so images are resampled" if info["source"] == "vindr"
                    else "")},
     })
+
+
+def macro_over(units: pd.DataFrame, findings: list[str], n_boot: int, p) -> dict | None:
+    """The external macro AUROC over exactly these findings, with its patient-bootstrap CI."""
+    if not findings:
+        return None
+    y, prob, g = matrices(units, findings)
+    summary = metrics.summarize(y, prob, g, n_boot=n_boot, seed=p.seed, ci_level=p.ci_level, findings=findings,
+                                min_positives=p.min_positives)
+    return {"findings": findings, "auroc": summary["macro"]["auroc"]}
+
+
+def fitted_for(run_metrics: dict, unit: str) -> tuple[dict, dict | None]:
+    """(thresholds section, recalibration map) fitted on validation for the unit a source scores: a source whose
+    studies are single images (NIH, VinDr-CXR) gets those fitted on validation images (metrics.json's
+    image_level), since a threshold tuned on study maxima over-calls nothing and misses much on one image."""
+    own = (run_metrics.get("level") or {}).get("headline", "image")
+    image_level = run_metrics.get("image_level") or {}
+    if unit == "image" and own != "image" and image_level.get("thresholds"):
+        return image_level["thresholds"], image_level.get("recalibration")
+    return run_metrics["thresholds"], run_metrics.get("recalibration")
 
 
 def subgroup_audit(units: pd.DataFrame, frame: pd.DataFrame, thresholds: dict, n_boot: int, p) -> list[dict]:
