@@ -132,7 +132,7 @@ compare: setup ## Compare runs: make compare RUNS=<sweep> or RUNS=a,b,c [BASELIN
 	$(PY) -m cxrlib compare --runs $(RUNS) $(if $(BASELINE),--baseline $(BASELINE)) $(if $(COMPARE_ON),--compare-on $(COMPARE_ON))
 
 tensorboard: setup ## Every run's training curves (the presets log them: tracker: tensorboard) on 127.0.0.1; PORT=6006
-	@ls -d runs/*/tb runs/*/*/tb >/dev/null 2>&1 || echo "no TensorBoard logs under runs/ yet: train a run whose parameters say tracker: tensorboard (the presets do)"
+	@find runs -maxdepth 3 -type d -name tb 2>/dev/null | grep -q . || echo "no TensorBoard logs under runs/ yet: train a run whose parameters say tracker: tensorboard (the presets do)"
 	@echo "curves of every run under runs/ (tracker: none in a run's parameters turns its logging off); open http://127.0.0.1:$(or $(PORT),6006)"
 	$(VENV)/bin/tensorboard --logdir runs --host 127.0.0.1 --port $(or $(PORT),6006)
 

@@ -42,6 +42,7 @@ ENSEMBLE = "ensemble.json"
 TRACKING = "tracking.json"
 INDEX = "index.html"
 EXTERNAL = "external"          # external/<source>/: one external validation each (notebook 07)
+COMPARISON = "comparison.json"  # make compare's group-level figures, in the sweep's or compare-a+b's folder
 EXTERNAL_NOTEBOOK = "07_external"
 EXTERNAL_PREDICTIONS = "predictions.csv"
 EXTERNAL_METRICS = "metrics.json"
@@ -91,12 +92,38 @@ def external_staging_dir(run_dir, source: str) -> Path:
 
 
 def checkpoint_stamp(run_dir) -> dict | None:
-    """best.pt's size and modification time: which checkpoint a record was made from, without hashing it."""
+    """best.pt's size, modification time and SHA-256: which checkpoint a record was made from."""
+    path = checkpoint_path(run_dir)
     try:
-        st = checkpoint_path(run_dir).stat()
+        st = path.stat()
     except OSError:
         return None
-    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _checkpoint_hash(path, st)}
+
+
+_HASHES: dict = {}   # (path, size, mtime): sha256, so that listing many runs hashes each best.pt once
+
+
+def _checkpoint_hash(path: Path, st) -> str:
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
+
+
+def made_from_todays_checkpoint(recorded: dict | None, run_dir) -> bool:
+    """Whether a record's checkpoint stamp is today's best.pt: by size and time when they match (no reading),
+    else by content, so that a copied run folder (cp -r gives new times) is not called stale."""
+    path = checkpoint_path(run_dir)
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if not recorded:
+        return False
+    if recorded.get("bytes") == st.st_size and recorded.get("mtime_ns") == st.st_mtime_ns:
+        return True
+    return recorded.get("bytes") == st.st_size and recorded.get("sha256") == _checkpoint_hash(path, st)
 
 
 def external_results(run_dir) -> dict[str, dict]:
@@ -104,8 +131,9 @@ def external_results(run_dir) -> dict[str, dict]:
     finished external validation of the run."""
     folder = Path(run_dir) / EXTERNAL
     found = sorted(folder.glob(f"*/{EXTERNAL_METRICS}")) if folder.is_dir() else []
-    now = checkpoint_stamp(run_dir)
-    return {path.parent.name: {**(r := read_json(path)), "stale": r.get("checkpoint") != now} for path in found}
+    return {path.parent.name: {**(r := read_json(path)), "stale": not made_from_todays_checkpoint(r.get("checkpoint"),
+                                                                                                 run_dir)}
+            for path in found}
 
 
 def drop_verdict(drop: dict | None) -> str:
@@ -114,6 +142,11 @@ def drop_verdict(drop: dict | None) -> str:
         return "no finding compared"
     return {"drop": "drop reported", "higher": "no drop; external higher"}.get(drop.get("direction"),
                                                                               "no drop reported")
+
+
+def excludes_zero(drop: dict) -> bool:
+    """Whether an external drop's interval excludes 0, either way (a drop, or an external AUROC higher)."""
+    return bool(drop.get("reported")) or drop.get("direction") in ("drop", "higher")
 
 
 def scored_share(report: dict) -> float | None:

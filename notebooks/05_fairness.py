@@ -80,7 +80,12 @@ rows = pd.DataFrame(summary["rows"])
 procedure = summary["procedure"]
 print(f"{procedure['primary_tests']} primary tests; {procedure['decision']}")
 hits = pd.DataFrame(summary["significant"])
-print("no primary gap is significant" if hits.empty else f"{len(hits)} significant primary gap(s):")
+if hits.empty:
+    print("no primary gap is significant")
+else:
+    print(f"{len(hits)} significant primary gap(s):")
+    display(viz.readable(hits[["attribute", "group", "reference", "metric", "gap", "gap_lo", "gap_hi", "p_adjusted"]]))
+print("every primary test (simultaneous intervals):")
 primary = rows[rows["tier"] == "primary"][["attribute", "group", "reference", "metric", "gap", "gap_lo", "gap_hi",
                                            "p_value", "p_adjusted", "significant"]]
 viz.readable(primary)

@@ -38,8 +38,9 @@ from pathlib import Path
 from IPython.display import display
 
 from cxrlib.evaluation import viz
-from cxrlib.experiments import compare
+from cxrlib.experiments import compare, notebook
 
+notebook.report_setup()   # no run of its own: figures drawn, errors as one line
 Path(run_dir).mkdir(parents=True, exist_ok=True)
 result = compare.compare_group(runs, runs_root, baseline, out_dir=run_dir,
                              overrides={"bootstrap": bootstrap, "ci_level": ci_level, "seed": seed,
@@ -48,6 +49,7 @@ print(f"{len(result['folders'])} runs; baseline {result['baseline']}")
 if result["not_evaluated"]:
     print(f"left out, not evaluated yet (no metrics.json): {', '.join(result['not_evaluated'])}")
 print(compare.selection_statement(result["headline"]))
+print(compare.VALIDATION_NOTE)
 
 # %% [markdown]
 # ## Members

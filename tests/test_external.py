@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import tiny_params
 from PIL import Image
 
@@ -216,8 +217,15 @@ def test_notebook_07_validates_the_tiny_run_on_every_source(external_run, tmp_pa
     assert "### External validation" in build_card(external_run) and "| nih |" in build_card(external_run)
     row = runs_table(external_run.parent).set_index("run").loc[external_run.name]
     assert row["external drop"].startswith("nih ")
-    best = external_run / "checkpoints" / "best.pt"   # a retrained best.pt (a new file, not the tiny run's link)
-    shutil.copy(best, best.with_suffix(".new"))
+    best = external_run / "checkpoints" / "best.pt"
+    shutil.copy(best, best.with_suffix(".new"))   # a copy (cp -r gives new times): the same checkpoint, not stale
+    os.replace(best.with_suffix(".new"), best)
+    assert not runfiles.external_results(external_run)["nih"]["stale"] and "STALE" not in build_card(external_run)
+    state = torch.load(best, map_location="cpu", weights_only=False)   # a retrained best.pt: other weights
+    weights = state["model"] if "model" in state else state
+    first = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[first] = weights[first] + 1
+    torch.save(state, best.with_suffix(".new"))
     os.replace(best.with_suffix(".new"), best)
     assert "STALE" in build_card(external_run) and runfiles.external_results(external_run)["nih"]["stale"]
 

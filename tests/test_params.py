@@ -164,3 +164,26 @@ def test_a_params_yaml_from_before_split_seed_keeps_the_split_it_carved(tmp_path
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**old, "split_seed": 7}))
     assert runfiles.load_frozen(tmp_path).split_seed == 7
     assert params.STAGE_OF["seed"] == "train" and params.STAGE_OF["split_seed"] == "cohort"
+
+
+def test_make_tensorboard_finds_a_single_runs_logs_without_a_sweep(tmp_path):
+    """Its check once listed two globs with ls, which fails when either matches nothing (no sweep folder), so it
+    always began by saying there were no logs."""
+    import subprocess
+
+    recipe = (ROOT / "Makefile").read_text().split("\ntensorboard:", 1)[1].split("\n\t")[1]
+    check = recipe.lstrip("@")
+    (tmp_path / "runs" / "demo" / "tb").mkdir(parents=True)
+    said = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert said == ""
+    (tmp_path / "runs" / "demo" / "tb").rmdir()
+    said = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert said.startswith("no TensorBoard logs under runs/ yet")
+
+
+def test_every_preset_the_docs_name_exists():
+    """docs/pretrained-weights.md once sent readers to params/original*.yaml, which never existed."""
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    named = {(page.name, m) for page in texts for m in re.findall(r"params/[\w*./-]+?\.yaml", page.read_text())}
+    missing = [(page, m) for page, m in named if not list(ROOT.glob(m))]
+    assert named and not missing

@@ -279,6 +279,9 @@ def test_the_comparison_pools_seeds_and_pairs_each_run_with_the_baseline(tiny_sw
     assert (against["p_holm"] >= against["p_value"]).all()
     html = (runs_dir / "tiny-sweep" / "06_compare.html").read_text()
     assert "Across seeds" in html and "Against the baseline" in html
+    # the forest plot and the curves drawn, not printed as '<Figure size 700x180 with 1 Axes>'; links to each run
+    assert "&lt;Figure size" not in html and html.count("data:image/png;base64") >= 2
+    assert 'href="tb/index.html">Run tb</a>' in html and 'href="mlf/index.html">Run mlf</a>' in html
     assert (table["selected_on"] == "validate").all() and "chose their model on their validation split" in html
     test_selected = compared["headline"].assign(selected_on=["TEST (optimistic)", "validate", "validate"])
     assert compare.selection_statement(test_selected).startswith("WARNING: 1 of 3 runs chose their model on the TEST")

@@ -384,7 +384,7 @@ def shown_value(p, name: str) -> str:
     return str(value) if value != "" else "(none)"
 
 
-P_COLUMNS = ("p_value", "p_adjusted", "p_holm", "q_value", "delong_p")
+P_COLUMNS = ("p_value", "p_adjusted", "p_holm", "q_value", "delong_p", "delong_p_holm")
 
 
 def readable(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:

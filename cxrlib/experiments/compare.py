@@ -99,6 +99,11 @@ def headline_table(folders: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+VALIDATION_NOTE = ("val_auroc_macro is notebook 03's figure for the selected model: the validation split at the run's "
+                   "eval_level, over its estimable findings; make runs' 'best val' is training's per-epoch figure on "
+                   "validation images, over every finding with a positive, so the two differ")
+
+
 def selection_statement(table: pd.DataFrame) -> str:
     """How the compared runs chose their models, read from each run's metrics.json (never assumed)."""
     on_test = table.loc[table["selected_on"].str.startswith("TEST"), "run"].tolist()
@@ -193,7 +198,7 @@ def plot_curves(folders: list[Path], column: str = "val_auroc_macro"):
 
 
 def compare_group(spec: str, runs_dir="runs", baseline: str = "", out_dir=None, overrides=None) -> dict:
-    """The three tables for the runs of `spec`; written to <out_dir>/comparison.json (group-level figures).
+    """The three tables for the runs of `spec`; written to <out_dir>/comparison.json (runfiles.COMPARISON).
     The paired bootstrap uses the baseline's evaluation parameters, with `overrides` (bootstrap, seed, ...)."""
 
     folders, default_baseline = resolve_runs(spec, runs_dir)
@@ -207,7 +212,7 @@ def compare_group(spec: str, runs_dir="runs", baseline: str = "", out_dir=None, 
               "baseline": baseline, "headline": table,
               "pooled": pooled_seeds(table), "against_baseline": against_baseline(folders, baseline, p)}
     if out_dir is not None:
-        atomic_write_json(Path(out_dir) / "comparison.json",
+        atomic_write_json(Path(out_dir) / runfiles.COMPARISON,
                           jsonable({k: v.to_dict("records") if isinstance(v, pd.DataFrame) else v
                                      for k, v in result.items()}))
     return {**result, "folders": folders}
@@ -226,6 +231,7 @@ def print_tables(result: dict) -> None:
         print(f"left out, not evaluated yet (no metrics.json): {', '.join(result['not_evaluated'])}")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
         print(selection_statement(result["headline"]))
+        print(VALIDATION_NOTE)
         print(result["headline"][["run", "setting", "seed", "auroc_macro", "auroc_macro_lo", "auroc_macro_hi",
                                   "auprc_macro", "val_auroc_macro", "selected_on"]].to_string(index=False))
         pooled = result["pooled"]

@@ -27,6 +27,7 @@ from ..runfiles import (
     METRICS,
     NOTEBOOKS,
     PARAMS,
+    excludes_zero,
     external_results,
     frozen_if_any,
     read_history,
@@ -57,7 +58,7 @@ def runs_table(runs_dir="runs") -> pd.DataFrame:
         for key, v in (s["metrics"].get("headline") or {}).items():
             row[f"test {key}"] = f"{fmt(v['value'])} [{fmt(v['lo'])}, {fmt(v['hi'])}]"
         row["external drop"] = ", ".join(
-            f"{source} {r['drop']['value']:+.3f}{'*' if r['drop']['reported'] else ''}{' (stale)' if r['stale'] else ''}"
+            f"{source} {r['drop']['value']:+.3f}{'*' if excludes_zero(r['drop']) else ''}{' (stale)' if r['stale'] else ''}"
             f"{f' (partial: {scored_share(r):.1%} scored)' if (scored_share(r) or 1) < 1 else ''}"
             for source, r in external_results(run_dir).items() if r.get("drop")) or "-"
         row["note"] = "; ".join(s["notes"])

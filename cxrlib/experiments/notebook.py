@@ -15,50 +15,66 @@ from ..runfiles import PARAMS
 from .runs import project_root
 
 
-def setup(run_dir, namespace: dict, show=None) -> Params:
-    """First cell of every notebook: work from the project root, load the run's parameters, show
-    UserErrors and warnings as one line, and the notebook's parameters once, as a table. Returns the
-    run's Params (runfiles.for_notebook). show: the parameters to list (default: the notebook's own knobs).
-
-    JupyterLab starts kernels in notebooks/, papermill in the project root; relative paths in
-    parameters (data/demo, runs/demo) mean the project root in both cases.
-    """
+def report_setup(redact_images: bool = False):
+    """What every report's first cell needs, with or without a run of its own (notebook 06 writes into a
+    sweep's folder): work from the project root, UserErrors and warnings as one line, pandas' widths, and
+    matplotlib Figures drawn (PNG, or SVG where no raster may appear) rather than printed as their repr.
+    Returns the IPython shell, or None in plain python."""
     import warnings
 
+    import pandas as pd
+
     os.chdir(project_root())
+    pd.set_option("display.max_columns", 40)
+    pd.set_option("display.width", 160)
+    pd.set_option("display.precision", 3)
     try:
         from IPython import get_ipython
 
         shell = get_ipython()
     except ImportError:  # plain python
-        shell = None
-    if shell is not None:
-        def show_user_error(shell, etype, value, tb, tb_offset=None):
-            print(f"{etype.__name__}: {value}", file=sys.stderr)
-            return shell.showtraceback((etype, value, tb), tb_offset=tb_offset, exception_only=True)
+        return None
+    if shell is None:
+        return None
 
-        shell.set_custom_exc((UserError,), show_user_error)
+    def show_user_error(shell, etype, value, tb, tb_offset=None):
+        print(f"{etype.__name__}: {value}", file=sys.stderr)
+        return shell.showtraceback((etype, value, tb), tb_offset=tb_offset, exception_only=True)
 
-        def one_line_warning(message, category, filename, lineno, file=None, line=None):
-            # a report reader needs the message, not our source file and line
-            print(f"warning: {message}", file=sys.stderr)
+    shell.set_custom_exc((UserError,), show_user_error)
 
-        warnings.showwarning = one_line_warning
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        # a report reader needs the message, not our source file and line
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = one_line_warning
+    figure_format(redact_images)
+    return shell
+
+
+def figure_format(redact_images: bool) -> None:
+    try:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        # SVG keeps plots as vectors: no raster pixels in reports that must hold none.
+        set_matplotlib_formats("svg" if redact_images else "png")
+    except Exception:  # no IPython display machinery (plain python)
+        pass
+
+
+def setup(run_dir, namespace: dict, show=None) -> Params:
+    """First cell of every notebook of a run: report_setup, then load the run's parameters and show the
+    notebook's parameters once, as a table. Returns the run's Params (runfiles.for_notebook). show: the
+    parameters to list (default: the notebook's own knobs).
+
+    JupyterLab starts kernels in notebooks/, papermill in the project root; relative paths in
+    parameters (data/demo, runs/demo) mean the project root in both cases.
+    """
+    shell = report_setup()   # first, so that a refusal below is one line
     runlock.check_free(run_dir)   # by hand in JupyterLab: not while a command writes the run
     p = runfiles.for_notebook(run_dir, namespace)
-    import pandas as pd
-
-    pd.set_option("display.max_columns", 40)
-    pd.set_option("display.width", 160)
-    pd.set_option("display.precision", 3)
     if shell is not None:
-        try:
-            from matplotlib_inline.backend_inline import set_matplotlib_formats
-
-            # SVG keeps plots as vectors: no raster pixels in reports that must hold none.
-            set_matplotlib_formats("svg" if p.redact_images else "png")
-        except Exception:
-            pass
+        figure_format(p.redact_images)
         from IPython.display import Markdown, display
 
         from ..evaluation.viz import params_table  # lazy: keeps scipy, sklearn, torch out of this module's import

@@ -5,12 +5,14 @@ figures fit the window. All of it is static: the pages open from disk, with no s
 from __future__ import annotations
 
 import base64
+import json
+import os
 import re
 from pathlib import Path
 
 from ..errors import UserError
 from ..fsutil import atomic_path, atomic_write_text
-from ..runfiles import CARD_HTML, EXTERNAL, INDEX
+from ..runfiles import CARD_HTML, COMPARISON, EXTERNAL, INDEX
 
 CODE_HIDDEN_IN = ("03_", "04_", "05_", "06_")   # report_code: hide (01 and 02 document how the data was made)
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
@@ -123,7 +125,24 @@ def navigation(run_dir: Path, here: str) -> str:
              for name, label in pages if (name == here and not external) or (run_dir / name).is_file()]
     if external:
         links.append(f'<a href="{here}" class=here>{report_label(here)}: {page_dir.name}</a>')
+    links += [f'<a href="{href}">Run {name}</a>' for name, href in compared_runs(page_dir)]
     return f'<!--cxr-nav--><nav class="cxr-nav">{"".join(links)}</nav><!--/cxr-nav-->'
+
+
+def compared_runs(folder: Path) -> list[tuple[str, str]]:
+    """(name, link to its index page) for each run a comparison in `folder` covers (make compare's report):
+    a sweep's members below it, or the runs beside a compare-a+b folder."""
+    try:
+        names = json.loads((folder / COMPARISON).read_text()).get("runs", [])
+    except (OSError, ValueError):
+        return []
+    found = []
+    for name in names:
+        for run in (folder / name, folder.parent / name):
+            if (run / INDEX).is_file():
+                found.append((name, os.path.relpath(run / INDEX, folder)))
+                break
+    return found
 
 
 def with_navigation(page: str, run_dir: Path, here: str) -> str:
