@@ -94,6 +94,28 @@ class LineBar:
             self.side = None
 
 
+def side_note(text: str) -> None:
+    """A line for the person watching and not for the record (an ETA): to the runner's side file when there is
+    one (a batch run: it reaches the terminal, never the saved notebook), else to the cell's output."""
+    where = os.environ.get(PROGRESS_FILE)
+    if where:
+        try:
+            with open(where, "a", buffering=1) as side:
+                side.write(text + "\n")
+            return
+        except OSError:   # the runner's folder is gone: the cell's output after all
+            pass
+    print(text, flush=True)
+
+
+def recent_epoch_seconds(walls: list[float], recent: int = 3) -> float:
+    """Seconds per epoch for an ETA: the mean of the last `recent` epochs, leaving out the first when others
+    exist (it pays for warm-up: the first reads of the cache, cuDNN's autotuning), not the running mean."""
+    kept = walls[1:] if len(walls) > 1 else walls
+    kept = kept[-recent:]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
 def bar(total: int, desc: str, unit: str, initial: int = 0, enabled: bool = True):
     """A tqdm bar in Lab or a terminal; progress lines under papermill; nothing when not enabled."""
     if enabled and is_batch():

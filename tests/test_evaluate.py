@@ -226,7 +226,7 @@ def test_without_a_validation_split_only_the_fixed_threshold(tiny_run):
     assert set(report["splits"]) == {"test"}
 
 
-def test_selection_on_test_is_flagged_loudly(tiny_run):
+def test_selection_on_test_is_flagged_loudly(tiny_run, tmp_path):
     p = frozen(tiny_run, select_on="test", select_metric="accuracy")
     report = evaluate.evaluate_run(tiny_run, p, runfiles.read_predictions(tiny_run), write=False)
     assert report["test_selected"] is True and report["selection"]["test_selected"] is True
@@ -234,6 +234,17 @@ def test_selection_on_test_is_flagged_loudly(tiny_run):
     html = tables.selection_warning_html(report)
     assert "OPTIMISTIC" in html and "color:#8b0000" in html and "font-weight:bold" in html
     assert tables.selection_warning_html(runfiles.read_metrics(tiny_run)) is None
+    # make runs says so beside the figure (in red in a terminal), as it does for contaminated starting weights
+    from cxrlib.experiments.lister import runs_table
+    from cxrlib.fsutil import atomic_write_json, jsonable
+
+    listed = tmp_path / "runs" / "selected"
+    listed.mkdir(parents=True)
+    runfiles.freeze(p, listed)
+    contaminated = {"starting_weights": {"contamination": {"status": "contaminated"}}}
+    atomic_write_json(listed / runfiles.METRICS, jsonable({**report, "model": contaminated}))
+    note = runs_table(tmp_path / "runs").set_index("run").loc["selected", "note"]
+    assert "WARNING: model selected on the TEST split" in note and "may have seen the test patients" in note
 
 
 def test_original_comparison_puts_our_ci_beside_both_published_models(tiny_run):

@@ -58,7 +58,9 @@ def test_epoch_lines_stream_to_the_terminal_and_ctrl_c_prints_one_line(tiny_data
     progress = [x for x in lines[started:epoch1] if LINE.match(x)]
     assert started < epoch1 and progress, lines
     assert LINE.match(progress[-1])["n"] == LINE.match(progress[-1])["total"] == "2"   # max_train_batches 2
-    assert "lr " in lines[epoch1] and "ETA " in lines[epoch1] and "img/s" in lines[epoch1]
+    assert "lr " in lines[epoch1] and "img/s" in lines[epoch1]
+    # the ETA reaches the terminal through the side file (in its own time relative to the cell's output)
+    assert any(x.startswith("ETA ") and "for the 39 epoch(s) left" in x for x in lines), lines
     assert not any(x.startswith("[02_train] done") for x in lines)   # streamed, not printed at the end
     assert proc.returncode == 130
     assert "Traceback" not in err and "Task exception" not in err, err[-3000:]
@@ -67,6 +69,7 @@ def test_epoch_lines_stream_to_the_terminal_and_ctrl_c_prints_one_line(tiny_data
     kept = nbformat.read(tmp_path / "stream" / "02_train.ipynb", as_version=4)
     assert "epoch 1/40: train loss" in json.dumps(kept.cells)
     assert " batches (" not in json.dumps(kept.cells)   # the batch progress reached the terminal, not the record
+    assert "ETA" not in json.dumps(kept.cells)          # nor the ETA, stale the moment it is saved
     assert runstatus.status(tmp_path / "stream")["status"] == "training"
 
 
@@ -119,6 +122,29 @@ def test_a_notebook_run_by_hand_cannot_change_a_run(tiny_run):
     # the same values pass (a notebook opened on its own run works)
     p = runfiles.for_notebook(tiny_run, {"run_dir": str(tiny_run), "bootstrap": 50, "views": ["AP", "PA"]})
     assert p.views == ["AP", "PA"]
+
+
+def test_a_notebook_opened_by_hand_on_a_commands_run_works_in_a_scratch_copy(tiny_run, tmp_path, monkeypatch):
+    """Notebook 01 run in Lab once rewrote runs/demo/cohort.csv and moved its date in make runs. Opened by hand
+    on a run a command made, a notebook works in runs/<name>-lab, whose files are links; the run never changes."""
+    from cxrlib.experiments import notebook
+
+    run = copy_run(tiny_run, tmp_path / "runs" / "made", runs_dir=str(tmp_path / "runs"))
+    before = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in run.iterdir()}
+    monkeypatch.setattr(notebook, "is_interactive", lambda: True)
+    namespace = {"run_dir": str(run), "views": ["AP", "PA"]}
+    p = notebook.setup(str(run), namespace)
+    scratch = tmp_path / "runs" / "made-lab"
+    assert namespace["run_dir"] == str(scratch) and p.name == "made-lab" and p.run_dir() == scratch
+    assert (scratch / "cohort.csv").stat().st_ino == (run / "cohort.csv").stat().st_ino   # linked, not copied
+    runfiles.freeze(params.validate({**p.to_dict(), "bootstrap": 7}), scratch)   # the scratch run changes ...
+    assert before == {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in run.iterdir()}   # ... the run does not
+    again = {"run_dir": str(run)}
+    notebook.setup(str(run), again)                     # the next notebook opened by hand: the same scratch run
+    assert again["run_dir"] == str(scratch) and runfiles.load_frozen(scratch).bootstrap == 7
+    own = {"run_dir": str(tmp_path / "runs" / "mine")}   # a run of the user's own making is theirs to write
+    notebook.setup(own["run_dir"], own)
+    assert own["run_dir"] == str(tmp_path / "runs" / "mine")
 
 
 def copy_run(src: Path, dst: Path, **changes) -> Path:
@@ -371,3 +397,14 @@ def test_progress_lines_go_to_the_terminal_through_the_side_file_in_order(tmp_pa
     lines = log.text.splitlines()
     assert [LINE.match(x)["n"] for x in lines[:2]] == ["1", "2"] and lines[2] == "epoch 1/1: train loss 0.5"
     assert side.read_text().count(" batches (") == 2   # where they went instead of the notebook
+
+
+def test_the_eta_comes_from_recent_epochs_not_a_running_mean_with_the_slow_first():
+    """After a 40-minute first epoch and three of 4 minutes, 7 epochs left take about 28 minutes, not the
+    running mean's 77 (the demo printed ETA 58:46 with 7 minutes left)."""
+    from cxrlib.progress import recent_epoch_seconds
+
+    walls = [2400.0, 240.0, 250.0, 230.0]
+    assert recent_epoch_seconds(walls) == pytest.approx(240.0)
+    assert recent_epoch_seconds([300.0]) == 300.0
+    assert recent_epoch_seconds([900.0, 100.0, 100.0, 100.0, 200.0]) == pytest.approx(400 / 3)

@@ -79,11 +79,16 @@ def per_finding(report: dict) -> pd.DataFrame:
             row.update(internal_auroc=drop["internal"], drop=drop["drop"], drop_lo=drop["lo"], drop_hi=drop["hi"],
                        p_holm=drop["p_holm"])
         rows.append(row)
-    return readable(pd.DataFrame(rows).set_index("finding"))
+    table = pd.DataFrame(rows).set_index("finding")
+    counts = [c for c in ("positives", "negatives") if c in table]
+    return readable(table.astype({c: "Int64" for c in counts}))   # counts, not 129.000
 
 
-def map_table(report: dict) -> pd.DataFrame:
-    return pd.DataFrame(report["map_table"]).set_index("finding")
+def map_table(report: dict):
+    """The label map, each reason whole (a DataFrame's display cuts long cells with an ellipsis)."""
+    from IPython.display import HTML
+
+    return HTML(pd.DataFrame(report["map_table"]).set_index("finding").to_html(escape=True))
 
 
 def thresholds(report: dict) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -227,7 +228,9 @@ def cli(command: str, argv: list[str]) -> int:
     if command == "runs":
         args = ap.parse_args(argv)
         table = runs_table(args.runs_dir)
-        print(table.to_string(index=False) if len(table) else f"no runs under {args.runs_dir}/")
+        text = table.to_string(index=False) if len(table) else f"no runs under {args.runs_dir}/"
+        red = sys.stdout.isatty() and not os.environ.get("NO_COLOR")   # a warning stands out in a terminal
+        print("\n".join(f"\033[31m{line}\033[0m" if red and "WARNING" in line else line for line in text.splitlines()))
         if len(table) and (table["external drop"] != "-").any():
             print("external drop: internal minus external macro AUROC over the exactly mapped findings (notebook 07); "
                   "* its CI excludes 0")

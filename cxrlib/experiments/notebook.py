@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from .. import runfiles, runlock
 from ..errors import UserError
-from ..params import NOTEBOOK_KNOBS, Params
+from ..params import NOTEBOOK_KNOBS, Params, validate
 from ..runfiles import PARAMS
 from .runs import project_root
 
@@ -71,6 +72,11 @@ def setup(run_dir, namespace: dict, show=None) -> Params:
     parameters (data/demo, runs/demo) mean the project root in both cases.
     """
     shell = report_setup()   # first, so that a refusal below is one line
+    if is_interactive() and (scratch := scratch_for_hand(run_dir)):
+        print(f"{run_dir} was made by a command: a notebook opened by hand works in {scratch}, a scratch copy "
+              f"(its files linked, so it costs no space), and never changes {run_dir} itself. Delete {scratch} to "
+              "start it afresh, or set run_dir to a new folder for a run of your own.")
+        run_dir = namespace["run_dir"] = str(scratch)
     runlock.check_free(run_dir)   # by hand in JupyterLab: not while a command writes the run
     p = runfiles.for_notebook(run_dir, namespace)
     if shell is not None:
@@ -84,6 +90,34 @@ def setup(run_dir, namespace: dict, show=None) -> Params:
         display(Markdown(f"**Run `{p.name}`**: parameters of this notebook (all of them: `{Path(run_dir) / PARAMS}`)"))
         display(params_table(p, names))
     return p
+
+
+SCRATCH_SUFFIX = "-lab"
+
+
+def scratch_for_hand(run_dir) -> Path | None:
+    """Where a notebook opened by hand in JupyterLab works when run_dir was made by a command (its folder
+    holds an executed NN_name.ipynb): runs/<name>-lab/, made once from the run's files as hard links
+    (every cxrlib write replaces a file, so the run's own files never change), with params.yaml naming
+    the scratch run. None for a folder of the user's own making (a run started by hand, or a new one)."""
+    run_dir = Path(run_dir)
+    if run_dir.name.endswith(SCRATCH_SUFFIX) or not any(run_dir.glob("[0-9][0-9]_*.ipynb")):
+        return None
+    scratch = run_dir.with_name(run_dir.name + SCRATCH_SUFFIX)
+    if (scratch / PARAMS).is_file():
+        return scratch
+    for source in sorted(run_dir.rglob("*")):
+        target = scratch / source.relative_to(run_dir)
+        if source.is_dir() or source.name in (PARAMS, runlock.LOCK_NAME):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:   # another file system, or links not allowed: a copy
+            shutil.copy2(source, target)
+    frozen = runfiles.load_frozen(run_dir)
+    runfiles.freeze(validate({**frozen.to_dict(), "name": scratch.name}, f"{run_dir}/{PARAMS}"), scratch)
+    return scratch
 
 
 def is_interactive() -> bool:

@@ -231,7 +231,7 @@ def execute(notebook: str, p: Params, root: Path, run_dir: Path, progress: bool 
 
 def render(notebook: Path, p: Params) -> Path:
     """The notebook's HTML report: without pixel data under redact_images; with report_code: hide, the
-    reports people hand around (03-06) show figures and tables, not code."""
+    reports people hand around (03-07) show figures and tables, not code."""
     hide = p.report_code == "hide" and Path(notebook).name[:3] in CODE_HIDDEN_IN
     return render_html(notebook, redact=p.redact_images, hide_code=hide)
 

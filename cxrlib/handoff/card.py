@@ -38,7 +38,7 @@ from ..runfiles import (
 )
 from ..stats.levels import plural
 from ..training.contamination import warning_text
-from .checklists import CLAIM, TRIPOD_AI
+from .checklists import CLAIM, TRIPOD_AI, filled
 from .html import PAGE_CSS, with_navigation
 from .index_page import write_index
 
@@ -77,6 +77,11 @@ def _read(path: Path):
 
 def _num(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _num3(value) -> str:
+    """A figure as the card's other figures print it: 3 decimals."""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -311,9 +316,10 @@ def external_section(run_dir: Path) -> list[str]:
     rows = []
     for source, r in results.items():
         d = r.get("drop") or {}
-        rows.append([source, r.get("subset"), f"{r['counts']['units']} {plural(r['level'])}",
-                     ", ".join(d.get("findings", [])) or "none", _num(d.get("internal")), _num(d.get("external")),
-                     f"{_num(d.get('value'))} [{_num(d.get('lo'))}, {_num(d.get('hi'))}]" if d else "-",
+        unit = (r.get("thresholds") or {}).get("unit") or r["level"]   # NIH's studies are single images
+        rows.append([source, r.get("subset"), f"{r['counts']['units']} {plural(unit)}",
+                     ", ".join(d.get("findings", [])) or "none", _num3(d.get("internal")), _num3(d.get("external")),
+                     f"{_num3(d.get('value'))} [{_num3(d.get('lo'))}, {_num3(d.get('hi'))}]" if d else "-",
                      ("STALE (not today's best.pt) " if r["stale"] else "")
                      + ("NOT INDEPENDENT (the starting weights saw this source) " if r.get("warnings") else "")
                      + runfiles.drop_verdict(d), runfiles.decoded_share(r)])
@@ -377,7 +383,9 @@ def build_card(run_dir) -> str:
     lines += software_section(run_dir, report)
     lines += ["## Reporting checklists", "", "Where this card, or the run folder, answers each item (item numbers as "
               "published: TRIPOD+AI 2024, CLAIM 2020); a paper answers the rest:", ""]
-    lines += _table(["TRIPOD+AI item", "answered in"], TRIPOD_AI) + _table(["CLAIM item", "answered in"], CLAIM)
+    validated = sorted(runfiles.external_results(run_dir))
+    lines += _table(["TRIPOD+AI item", "answered in"], filled(TRIPOD_AI, validated))
+    lines += _table(["CLAIM item", "answered in"], filled(CLAIM, validated))
     return "\n".join(lines) + "\n"
 
 

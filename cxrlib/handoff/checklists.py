@@ -7,6 +7,20 @@ abstract, ethics approval, funding, registration, discussion).
 """
 from __future__ import annotations
 
+
+def filled(items: list[tuple[str, str]], external_sources: list[str]) -> list[tuple[str, str]]:
+    """The items with the answers that depend on the run: whether it was validated on other hospitals."""
+    if external_sources:
+        names = ", ".join(external_sources)
+        facts = {"external": f"External validation: {names} (external/<source>/07_external.html)",
+                 "clusters": f"External validation: one row per hospital ({names}) beside the run's own test split",
+                 "external_differences": f"; External validation: each source's site, label map and files ({names})"}
+    else:
+        facts = {"external": "not done: one hospital (Caveats); make external scores other hospitals' data",
+                 "clusters": "not examined: one hospital (Caveats)", "external_differences": ""}
+    return [(item, answer.format(**facts)) for item, answer in items]
+
+
 TRIPOD_AI = [
     ("5a Data sources", "Training data: name, release, label source"),
     ("5b Dates of the data", "Caveats: one hospital, 2011-2016 (the release's span; dates are shifted per patient)"),
@@ -25,7 +39,9 @@ TRIPOD_AI = [
     ("13 Class imbalance", "Model details: pos_weight"),
     ("14 Fairness", "Quantitative analyses: subgroups (05_fairness.html)"),
     ("15 Model output", "Metrics: thresholds; Quantitative analyses: calibration"),
-    ("16 Training versus evaluation data", "Training data and Evaluation data: patient-disjoint splits"),
+    ("16 Differences between development and evaluation data", "Training data and Evaluation data: one hospital, "
+     "one release, the same cohort rules and label source for every split, which differ only by patient "
+     "(patient-disjoint){external_differences}"),
     ("18e Data sharing", "Sharing (PhysioNet's terms)"),
     ("18f Code sharing", "Software and fingerprints (cxrlib commit)"),
     ("19 Patient and public involvement", "not addressed by this card"),
@@ -33,8 +49,9 @@ TRIPOD_AI = [
     ("20b Participants' characteristics", "Quantitative analyses: subgroups (group sizes)"),
     ("21 Participants and outcome events per analysis", "Training data: positives per finding and split"),
     ("22 Model specification", "Model details; Export (the file, its inputs and outputs)"),
-    ("23a Performance with confidence intervals", "Quantitative analyses (patient-bootstrap CIs)"),
-    ("23b Heterogeneity across subgroups", "Quantitative analyses: subgroups"),
+    ("23a Performance with confidence intervals, including key subgroups",
+     "Quantitative analyses (patient-bootstrap CIs); Subgroups (05_fairness.html)"),
+    ("23b Heterogeneity across clusters (hospitals)", "{clusters}"),
     ("24 Model updating results", "Quantitative analyses: recalibration"),
     ("26 Limitations", "Caveats and recommendations"),
     ("27a Handling poor-quality or unavailable input", "Export: `predict` lists unreadable files and skips them"),
@@ -66,7 +83,7 @@ CLAIM = [
     ("29 Statistical significance and uncertainty", "Metrics; Quantitative analyses"),
     ("30 Robustness or sensitivity analysis", "04_error_analysis.html"),
     ("31 Explainability", "04_error_analysis.html (Grad-CAM)"),
-    ("32 External validation", "not done: one hospital (Caveats)"),
+    ("32 External validation", "{external}"),
     ("33 Flow of cases", "Training data: cohort funnel"),
     ("34 Characteristics of cases in each partition", "Training data; Quantitative analyses: subgroups"),
     ("35 Performance on all partitions", "Quantitative analyses (test); 03_evaluate.html (validation)"),

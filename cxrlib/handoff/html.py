@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..fsutil import atomic_path, atomic_write_text
 from ..runfiles import CARD_HTML, COMPARISON, EXTERNAL, INDEX
 
-CODE_HIDDEN_IN = ("03_", "04_", "05_", "06_")   # report_code: hide (01 and 02 document how the data was made)
+CODE_HIDDEN_IN = ("03_", "04_", "05_", "06_", "07_")   # report_code: hide (01 and 02 document how the data was made)
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
 
 

@@ -59,7 +59,7 @@ from ..data.cohort import read_cohort, write_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_csv
 from ..labels import label_matrix
-from ..progress import duration, is_batch
+from ..progress import duration, is_batch, recent_epoch_seconds, side_note
 from ..runfiles import BEST, CHECKPOINTS, COHORT, HISTORY, LAST
 from .checkpoint import (
     TEST_SELECTION_WARNING,
@@ -283,7 +283,10 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
             atomic_write_csv(run_dir / HISTORY, pd.DataFrame(history))
             epoch_walls.append(time.monotonic() - epoch_started)
             left = 0 if finished else params.epochs - position["epoch"]
-            print(epoch_line(history[-1], params, left * sum(epoch_walls) / len(epoch_walls), keep), flush=True)
+            print(epoch_line(history[-1], params, keep), flush=True)
+            if left:   # to the terminal, not the saved report: an ETA is stale the moment it is saved
+                side_note(f"ETA {duration(left * recent_epoch_seconds(epoch_walls))} for the {left} epoch(s) left "
+                          "(from the most recent epochs)")
             tracker.epoch(epoch + 1, history[-1])
         if stopped:
             if rank == 0:
@@ -293,12 +296,12 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     return fit_result(params, run_dir, selection, history, stopped)
 
 
-def epoch_line(row: dict, params, eta_seconds: float, keep: bool) -> str:
+def epoch_line(row: dict, params, keep: bool) -> str:
     """The one line per epoch that reaches the terminal (streamed by the runner) and the notebook."""
     return (f"epoch {row['epoch']}/{params.epochs}: train loss {row['train_loss']:.4f}, {params.select_on} loss "
             f"{row['val_loss']:.4f}, AUROC macro {row['val_auroc_macro']:.4f} micro {row['val_auroc_micro']:.4f}, "
             f"accuracy {row['val_accuracy']:.4f}, lr {row['lr']:.2e}, {row['images_per_s']:.1f} img/s, "
-            f"epoch {duration(row['seconds'])}, ETA {duration(eta_seconds)}{'  * best' if keep else ''}")
+            f"epoch {duration(row['seconds'])}{'  * best' if keep else ''}")
 
 
 def run_starting_weights(params, cohort: pd.DataFrame) -> dict:
