@@ -118,6 +118,7 @@ def test_small_images_get_a_grad_cam_layer_with_at_least_an_8_by_8_map():
     small = build("resnet18", "avgpool", image_size=64, weights="none")
     cam = GradCAM(small, image_size=64)
     assert cam.target_layer is small.body[5] and "its map 8 x 8 at 64 px" in cam.note   # layer2; layer4 is 2 x 2
+    assert "layer2 (body.5)" in cam.note   # torchvision's name, not only the Sequential's index
     maps = cam(torch.rand(2, 1, 64, 64), "Edema")
     assert maps.shape == (2, 64, 64)
     # 8 x 8 cells upsampled: more distinct values per row than layer4's 2 x 2 map could give

@@ -120,6 +120,17 @@ def test_a_json_naming_another_files_hash_is_refused(tmp_path):
         checked(tmp_path, path)
 
 
+def test_a_json_naming_another_architectures_source_is_refused(tmp_path):
+    """Issue 33: a JSON naming a DenseNet source was accepted on a ResNet file without a word."""
+    path = resnet18_file(tmp_path)
+    (tmp_path / "r18.pth.json").write_text(json.dumps({"source": "torchxrayvision:densenet121-res224-all"}))
+    with pytest.raises(UserError, match="its source is 'torchxrayvision:densenet121-res224-all', a densenet, but arch "
+                                        "is resnet18"):
+        checked(tmp_path, path)
+    (tmp_path / "r18.pth.json").write_text(json.dumps({"source": "torchxrayvision:resnet50-res512-all"}))
+    checked(tmp_path, path)   # the same family: the keys decide the rest
+
+
 @pytest.mark.probe(issue=32, kind="silent")
 def test_the_json_cannot_speak_for_the_files_own_hash_or_layout(tmp_path):
     from cxrlib.fsutil import sha256_file

@@ -88,7 +88,16 @@ def choose_target_layer(model: nn.Module, image_size: int, min_side: int = MIN_C
     chosen = last
     if sizes.get(last) is not None and min(sizes[last]) < min_side:
         chosen = next((m for m in reversed(inner) if sizes.get(m) is not None and min(sizes[m]) >= min_side), last)
-    return chosen, names.get(chosen, type(chosen).__name__), sizes.get(chosen), chosen is last
+    return chosen, readable_name(model, names.get(chosen, type(chosen).__name__)), sizes.get(chosen), chosen is last
+
+
+def readable_name(model: nn.Module, name: str) -> str:
+    """'layer2 (body.5)' for a torchvision body's numbered block, whose own name the Sequential lost."""
+    parts = name.split(".")
+    known = getattr(model, "body_names", None)
+    if known and len(parts) > 1 and parts[0] == "body" and parts[1].isdigit() and int(parts[1]) < len(known):
+        return ".".join([known[int(parts[1])], *parts[2:]]) + f" ({name})"
+    return name
 
 
 class GradCAM:

@@ -133,13 +133,19 @@ def build(arch: str = "resnet101", head: str = "flatten", num_classes: int = 14,
             stem = nn.Identity()
             top = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                 nn.Linear(channels, num_classes))
+        names = None
         if is_timm(arch):
             body = backbone
         elif arch.startswith("resnet"):
             body = nn.Sequential(*list(backbone.children())[:-2])   # drop avgpool and fc
+            names = [n for n, _ in backbone.named_children()][:-2]
         else:
             body = nn.Sequential(backbone.features, nn.ReLU())   # torchvision applies this ReLU in forward()
+            names = ["features", "relu"]
         model = Classifier(stem, body, top)
+        # torchvision's names of the body's blocks (body.5 is layer2), for what a report calls them; the
+        # state_dict keeps its numbered keys, which every checkpoint written so far holds
+        model.body_names = names
     if whole:
         _load_full(model, state, weights, check_only)
     model.arch_kwargs = dict(arch_kwargs or {})   # what model_config keeps to rebuild this shape
@@ -266,12 +272,29 @@ def starting_info(arch: str, weights: str, hashed: bool = True) -> dict:
     if weights.lower() == "none":
         return {"source": "random initialisation (weights: none)", "trained_on": "nothing", "mimic": "none"}
     if is_local_file(weights):
-        return describe_file(weights, hashed)
+        info = describe_file(weights, hashed)
+        source_names_this_arch(arch, weights, info.get("source"))
+        return info
     entry = weights_entry(arch, weights)
     path = weights_file(arch, weights)
     return {"source": f"torchvision:{arch}.{entry.name}", "file": str(path), "layout": "torchvision model zoo",
             "trained_on": "ImageNet-1k",
             "mimic": "none", "sha256": file_hash(path) if hashed and path.is_file() else None}
+
+
+# a name's token -> its family (a DINOv2 is a ViT); names without one (microsoft/rad-dino) say nothing
+ARCH_FAMILIES = {"densenet": "densenet", "resnet": "resnet", "efficientnet": "efficientnet", "convnext": "convnext",
+                 "vit": "vit", "dinov2": "vit", "deit": "vit", "swin": "swin", "regnet": "regnet", "mobilenet": "mobilenet"}
+
+
+def source_names_this_arch(arch: str, weights: str, source: str | None) -> None:
+    """A weights JSON whose `source` names another architecture family than arch (a DenseNet source on a ResNet
+    file) describes another file, or the run asks for another network: refused, naming both."""
+    named = [family for token, family in ARCH_FAMILIES.items() if token in str(source or "").lower()]
+    family = next((family for token, family in ARCH_FAMILIES.items() if token in arch.lower()), None)
+    if named and family and family not in named:
+        raise UserError(f"weights: the JSON beside {weights} says its source is {source!r}, a {named[0]}, but arch is "
+                        f"{arch}: fix the JSON's source, or set arch to the network the weights are for")
 
 
 def _load_full(model: nn.Module, state: dict, path: str, check_only: bool = False) -> None:
