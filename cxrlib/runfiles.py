@@ -144,6 +144,20 @@ def drop_verdict(drop: dict | None) -> str:
                                                                               "no drop reported")
 
 
+def data_name(params: dict) -> tuple[str, bool]:
+    """(what the data are called, whether they are cxrlib's synthetic stand-in), from the data root's LICENSE:
+    the card's and the index page's banner both come from here."""
+    license = Path(params["data_root"]) / "LICENSE.txt"
+    if license.is_file() and license.read_text().startswith("SYNTHETIC DATA"):
+        return "cxrlib's synthetic stand-in for MIMIC-CXR-JPG (`python -m cxrlib demo-data`; no patient data)", True
+    return f"MIMIC-CXR-JPG (data folder `{Path(params['data_root']).name}`)", False
+
+
+def source_label(source: str, report: dict) -> str:
+    """An external source as every listing names it: 'nih', or 'nih (synthetic stand-in)'."""
+    return f"{source} (synthetic stand-in)" if report.get("synthetic") else source
+
+
 def excludes_zero(drop: dict) -> bool:
     """Whether an external drop's interval excludes 0, either way (a drop, or an external AUROC higher)."""
     return bool(drop.get("reported")) or drop.get("direction") in ("drop", "higher")

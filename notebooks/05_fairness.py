@@ -109,7 +109,7 @@ else:
     planted = check["planted"]
     print(f"planted: {planted['attribute']} = {planted['group']}, findings drawn at {planted['signature_strength']} "
           f"of their strength ({planted['effect']})")
-    print(("DETECTED" if check["detected"] else "NOT DETECTED") + f": {len(check['found'])} significant primary "
+    print(report.planted_word(check) + f": {len(check['found'])} significant primary "
           "gap(s) of that group in the under-detection direction")
     print(f"attributes with nothing planted ({', '.join(planted['unplanted'])}): "
           + ("no significant gap" if check["unplanted_clean"]

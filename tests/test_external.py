@@ -214,9 +214,18 @@ def test_notebook_07_validates_the_tiny_run_on_every_source(external_run, tmp_pa
     assert 'href="../../index.html"' in nav   # the report links back up to its run
     from cxrlib.experiments.lister import runs_table
     from cxrlib.handoff.card import build_card
-    assert "### External validation" in build_card(external_run) and "| nih |" in build_card(external_run)
+    card = build_card(external_run)
+    assert "### External validation" in card and "| nih (synthetic stand-in) |" in card
+    # the checklists answer from the run's own files: external validation done, clusters examined
+    assert "| 32 External validation | External validation: nih (external/<source>/07_external.html) |" in card
+    assert "| 23b Heterogeneity across clusters (hospitals) | External validation: one row per hospital (nih)" in card
+    # the index links notebook 07 in its bar and its Reports, lists its files, captions its thumbnails
+    index_page = (external_run / "index.html").read_text()
+    assert 'href="external/nih/07_external.html">07 External: nih</a>' in index_page
+    assert 'href="external/nih/metrics.json">external/nih/metrics.json</a>' in index_page
+    assert "<figcaption>07 External: nih</figcaption>" in index_page and "nih (synthetic stand-in)" in index_page
     row = runs_table(external_run.parent).set_index("run").loc[external_run.name]
-    assert row["external drop"].startswith("nih ")
+    assert row["external drop"].startswith("nih (synthetic stand-in) ")
     best = external_run / "checkpoints" / "best.pt"
     shutil.copy(best, best.with_suffix(".new"))   # a copy (cp -r gives new times): the same checkpoint, not stale
     os.replace(best.with_suffix(".new"), best)
@@ -267,7 +276,8 @@ def test_a_partial_download_is_refused_before_the_kernel_or_scored_and_reported_
     assert share in (external_run / "index.html").read_text()
     assert share in build_card(external_run)
     row = runs_table(external_run.parent).set_index("run").loc[external_run.name]
-    assert f"chexpert {report['drop']['value']:+.3f}" in row["external drop"] and "partial: " in row["external drop"]
+    drop_cell = row["external drop"]
+    assert f"chexpert (synthetic stand-in) {report['drop']['value']:+.3f}" in drop_cell and "partial: " in drop_cell
     for path in root.rglob("*.jpg"):   # none present: refused before the kernel, allow_missing or not
         path.unlink()
     with pytest.raises(UserError, match="none of (the .* images its table selects is|its .* studies has a .jpg) under"):

@@ -71,7 +71,9 @@ def test_shuffled_demographics_give_a_significant_gap_in_about_5_percent_of_audi
         rows = fairness.audit(units, demographics_like(rng, 305), THRESHOLDS, n_boot=100, seed=r,
                               attributes=fairness.PRIMARY_ATTRIBUTES)
         alarms += significant(rows).any()
-    assert (rows["tier"] == "primary").sum() >= 16
+    # sex 1, age 4 bands less the one hidden to protect '<18', race 5, insurance 3 less the one protecting Unknown:
+    # 12 comparisons, two rows each
+    assert (rows["tier"] == "primary").sum() >= 12
     assert alarms / audits <= 0.08
 
 
@@ -194,22 +196,25 @@ def test_a_small_cell_is_suppressed_and_cannot_be_recovered_by_subtraction():
     rng = np.random.default_rng(7)
     n = 200
     sex = np.r_[np.full(5, "Unknown"), np.full(100, "F"), np.full(95, "M")]
-    race = np.r_[np.full(5, "White"), np.full(120, "White"), np.full(75, "Black")]
+    race = np.r_[np.full(40, "Unknown"), np.full(8, "Asian"), np.full(77, "White"), np.full(75, "Black")]
     groups = audit.with_intersection(pd.DataFrame({"sex": sex, "race": race}))
     rows = fairness.audit(scored_units(rng, n), groups, THRESHOLDS, n_boot=20, min_group_patients=30,
                           attributes=("sex", "race", "race_sex"))
-    unknown = rows[(rows["attribute"] == "sex") & (rows["group"] == "Unknown")]
-    assert len(unknown) == 1 and unknown["n_patients"].iloc[0] == "<30" and unknown["value"].isna().all()
     plan = fairness.plan_groups(groups, np.arange(n).astype(str), ("sex", "race", "race_sex"), 30)
     shown = {(g["attribute"], g["group"]): g["patients"] for g in fairness.group_sizes(plan, 30)}
-    assert shown[("sex", "Unknown")] == "<30" and shown[("sex", "F")] == 100
-    assert shown[("sex", "M")].startswith("hidden")                  # else 200 - 100 - 95 = 5
-    assert rows.loc[(rows["group"] == "M") & (rows["metric"] == "auroc"), "value"].notna().any()   # figures stay
-    # race_sex: 'White / Unknown' (5) is small; within White (125 published) one more cell is hidden
-    hidden = {g for (a, g), v in shown.items() if a == "race_sex" and isinstance(v, str)}
-    assert {"White / Unknown"} < hidden and any(h.startswith("White /") and h != "White / Unknown" for h in hidden)
+    # unknown sex is MIMIC-IV's coverage (no patients row), reported as such: counted, never compared
+    assert shown[("sex", "Unknown")] == 5 and shown[("sex", "F")] == 100 and shown[("sex", "M")] == 95
+    unknown = rows[(rows["attribute"] == "sex") & (rows["group"] == "Unknown")]
+    assert list(unknown["metric"]) == ["too_few"] and unknown["value"].isna().all()
     sex_comparisons = rows[(rows["attribute"] == "sex") & rows["gap"].notna()]
     assert set(sex_comparisons["group"]) == {"F"} and set(sex_comparisons["reference"]) == {"M"}
+    # race: Asian (8) is small, and Unknown race (5: declined, unable to obtain) is a cell like the others; with
+    # both hidden no count follows by subtraction, and nothing of either is published (no figure, no gap)
+    assert shown[("race", "Asian")] == "<30" and shown[("race", "Unknown")].startswith("hidden")
+    for group in ("Asian", "Unknown"):
+        mine = rows[(rows["attribute"] == "race") & ((rows["group"] == group) | (rows["reference"] == group))]
+        assert list(mine["metric"]) == ["suppressed"], group
+    assert {g for (a, g), v in shown.items() if a == "race" and isinstance(v, int)} == {"White", "Black"}
 
 
 @pytest.mark.probe(issue=22, kind="silent")
@@ -229,7 +234,11 @@ def test_an_attribute_without_two_known_groups_gets_no_verdict():
     mostly = pd.DataFrame({"sex": np.r_[np.full(5, "Unknown"), np.full(150, "F"), np.full(145, "M")]})
     plan = fairness.plan_groups(mostly, np.arange(300).astype(str), ("sex",), 30)
     verdict = audit.verdicts(plan, np.arange(300).astype(str), mostly, 30)["sex"]
-    assert verdict["known"].startswith("300 test patients; the number with a known value is withheld")   # 300 - 295 = 5
+    assert verdict["known"] == "295 of 300 test patients with a known value"   # the 5 MIMIC-IV misses: coverage
+    mostly = pd.DataFrame({"race": np.r_[np.full(5, "Unknown"), np.full(150, "White"), np.full(145, "Black")]})
+    plan = fairness.plan_groups(mostly, np.arange(300).astype(str), ("race",), 30)
+    verdict = audit.verdicts(plan, np.arange(300).astype(str), mostly, 30)["race"]
+    assert verdict["known"].startswith("300 test patients; the number with a known value is withheld")   # 300 - 295
 
 
 # --------------------------------------------------------------------------- notebook 05 on the tiny run
@@ -246,8 +255,7 @@ def test_notebook_05_writes_group_level_figures_only(tiny_run):
     test_patients = predictions.loc[predictions["split"] == "test", "subject_id"].nunique()
     assert summary["test_coverage"]["patients"] == test_patients   # counted on the audited units, not the cohort
     covered = pd.DataFrame({"in_mimic_iv": [True] * 95 + [False] * 5, "has_admission": [True] * 60 + [False] * 40})
-    assert audit.test_coverage(covered, 30) == {"patients": 100, "in_mimic_iv": "all but <30",
-                                                          "with_admission": 60}
+    assert audit.test_coverage(covered, 30) == {"patients": 100, "in_mimic_iv": 95, "with_admission": 60}
     assert not any(key in json.dumps(summary["rows"]) for key in cohort["subject_id"].head(20))
     demographics = pd.read_csv(tiny_run / "demographics.csv", dtype=str)
     assert len(demographics) == len(cohort) and set(demographics["race"]) <= set(
@@ -274,3 +282,52 @@ def test_plots_draw_comparisons_and_say_when_there_are_none():
     assert audit.plot_underdiagnosis(rows).axes
     empty = audit.plot_gaps(rows.iloc[0:0], "sex")
     assert "no comparison" in empty.axes[0].texts[0].get_text()
+
+
+def published_counts(summary_groups, verdicts, coverage):
+    """What an outsider reads: each group's published patient count, each attribute's known count, the total."""
+    counts = {}
+    for g in summary_groups:
+        counts.setdefault(g["attribute"], {})[g["group"]] = g["patients"] if isinstance(g["patients"], int) else None
+    known = {a: int(v["known"].split(" of ")[0]) if " of " in v["known"] else None for a, v in verdicts.items()}
+    return counts, known, coverage
+
+
+def test_no_hidden_cell_can_be_recovered_from_anything_the_audit_publishes():
+    """Issue 33: a hidden group's rates gave its count back (their denominators), and 'with an admission' gave a
+    small insurance group by subtraction. Every published count and figure is read as an outsider would; each
+    hidden cell must stay unknown: no margin with a published total holds it alone, and no row gives it a figure."""
+    rng = np.random.default_rng(3)
+    sizes = {"sex": {"F": 150, "M": 120, "Unknown": 6},
+             "insurance": {"Medicare": 90, "Medicaid": 80, "Private": 60, "No charge": 4, "Unknown": 42}}
+    n = 276
+    sex = np.repeat(list(sizes["sex"]), list(sizes["sex"].values()))
+    insurance = rng.permutation(np.repeat(list(sizes["insurance"]), list(sizes["insurance"].values())))
+    insurance[sex == "Unknown"] = "Unknown"   # no MIMIC-IV record: no admission either
+    groups = pd.DataFrame({"sex": sex, "insurance": insurance, "race": rng.choice(["White", "Black"], n)})
+    groups = audit.with_intersection(groups)
+    subjects = np.arange(n).astype(str)
+    attributes = ("sex", "insurance", "race", "race_sex")
+    rows = fairness.audit(scored_units(rng, n), groups, THRESHOLDS, n_boot=20, min_group_patients=30,
+                          attributes=attributes)
+    plan = fairness.plan_groups(groups, subjects, attributes, 30)
+    tested = pd.DataFrame({"in_mimic_iv": sex != "Unknown", "has_admission": insurance != "Unknown"})
+    coverage = audit.test_coverage(tested, 30, plan)
+    counts, known, _ = published_counts(fairness.group_sizes(plan, 30), audit.verdicts(plan, subjects, groups, 30),
+                                        coverage)
+    hidden = {(a, g) for a, part in plan.items() for g in part["small"] | part["complementary"]}
+    assert {("insurance", "No charge"), ("insurance", "Unknown")} <= hidden   # Unknown: the complement costing nothing
+    assert coverage["in_mimic_iv"] == 270 and ("sex", "Unknown") not in hidden   # coverage: reported, 6 missing
+    for attribute, cells in counts.items():
+        totals = [n] + [known[attribute]] * (known[attribute] is not None)
+        tied = {"sex": "in_mimic_iv", "insurance": "with_admission"}.get(attribute)
+        if tied and isinstance(coverage[tied], int):
+            totals.append(coverage[tied])
+        for total in totals:   # by subtraction: a margin holding one unpublished cell gives it away
+            unpublished = [g for g, c in cells.items() if c is None]
+            margin = unpublished if total == n else [g for g in unpublished if not fairness.is_unknown(g)]
+            assert len(margin) != 1, (attribute, total, margin)
+    for attribute, group in hidden:   # no figure, no gap: a rate's denominator, or a gap beside its other side
+        mine = rows[(rows["attribute"] == attribute) & ((rows["group"] == group) | (rows["reference"] == group))]
+        assert mine[["value", "gap"]].isna().all().all(), (attribute, group)
+    assert coverage["with_admission"].startswith("withheld")   # with 90, 80 and 60 it would give No charge's 4

@@ -198,14 +198,21 @@ def test_predicting_the_source_jpegs_reproduces_predictions_csv(tiny_run, tmp_pa
     assert len(written) == 3 and np.allclose(written[runfiles.PROB_COLUMNS], expected.to_numpy()[:3], atol=1e-6)
     assert main(["predict", "--run", str(tiny_run), str(broken), "--no-progress"]) == 1
     assert f"skipped {broken}:" in capsys.readouterr().err
-    # at the terminal: a short block per image (its calls and top 3 probabilities), at most ~130 columns
+    # No Finding means none of the pathologies: never called beside one
+    pathologies = [f"call_{f}" for f in FINDINGS if f not in ("No Finding", "Support Devices")]
+    assert not (frame["call_No Finding"].astype(bool) & frame[pathologies].any(axis=1)).any()
+    # at the terminal: a short block per image, every call (none hidden behind '+1 more') and the top 3, on one
+    # scale, in lines of at most ~130 columns
     assert main(["predict", "--run", str(tiny_run), *files[:2], "--no-progress", "--device", "cpu"]) == 0
-    shown = capsys.readouterr().out.splitlines()
-    assert shown[0] == str(files[0]) and shown[1].startswith("  called: ") and shown[2].startswith("  top ")
-    assert len(shown) == 7 and "--format wide" in shown[-1]
-    assert all(len(shown[i]) <= 130 for i in (1, 2, 4, 5)), shown   # the path line is as long as the path
-    called = sorted((f for f in FINDINGS if frame[f"call_{f}"].iloc[0]), key=lambda f: -frame[f"p_{f}"].iloc[0])
-    assert shown[1] == "  called: none" if not called else all(f in shown[1] for f in called[:4])
+    text = capsys.readouterr().out
+    shown = text.splitlines()
+    assert shown[0] == str(files[0]) and shown[1].startswith("  called (") and "--format wide" in shown[-1]
+    assert all(len(x) <= 130 for x in shown[1:-1] if not x.startswith(str(p.data_root))), shown
+    first = text.split(str(files[1]))[0]
+    called = [f for f in FINDINGS if frame[f"call_{f}"].iloc[0]]
+    assert ("called (probability): none" in first or "called (calibrated probability): none" in first) if not called \
+        else all(f in first for f in called)
+    assert "more)" not in text
 
 
 # --------------------------------------------------------------------------- the model card
@@ -220,13 +227,16 @@ def test_the_model_card_is_written_from_the_run_folder(tiny_run, tmp_path):
     report = json.loads((copy / "metrics.json").read_text())
     macro = report["headline"]["AUROC macro"]
     assert f"| AUROC macro | {figure_text(macro)} | {macro['n_boot_valid']} of 50 |" in text
-    for item, where in checklists.TRIPOD_AI + checklists.CLAIM:
+    for item, where in checklists.filled(checklists.TRIPOD_AI + checklists.CLAIM, []):   # no external validation
         assert f"| {item} | {where} |" in text
-    # TRIPOD+AI's own numbers (BMJ 2024): 13 class imbalance, 14 fairness, 15 output, 16 training vs evaluation,
+    assert "| 32 External validation | not done: one hospital" in text
+    assert "| 23b Heterogeneity across clusters (hospitals) | not examined: one hospital" in text
+    # TRIPOD+AI's own numbers (BMJ 2024): 13 class imbalance, 14 fairness, 15 output, 16 development vs evaluation data,
     # 22 model specification; there is no 12h. CLAIM 2020: 21 level of disjoint partitions, 26 selection.
     items = [item for item, _ in checklists.TRIPOD_AI]
     for number, words in (("13", "Class imbalance"), ("14", "Fairness"), ("15", "Model output"),
-                          ("16", "Training versus evaluation"), ("22", "Model specification"), ("10", "Sample size")):
+                          ("16", "Differences between development and evaluation data"), ("22", "Model specification"),
+                          ("10", "Sample size")):
         assert f"{number} {words}" in " | ".join(items)
     assert not any(item.startswith(("12h", "23 Model spec")) for item in items)
     assert "21 Level at which partitions are disjoint" in text and "26 Method of selecting the final model" in text
@@ -321,7 +331,10 @@ def test_the_index_page_links_every_report_and_file_and_states_the_headline(tiny
                  "metrics.json", "params.yaml", "predictions.csv", "fairness.json"):
         assert name in links, name
     assert [h for h in links if not (tiny_run / h).exists()] == []
-    assert len(re.findall(r'<a href="0[235]_[a-z_]+\.html" class="thumb"><img src="data:image/png', text)) >= 4
+    thumbs = re.findall(r'<figure class="thumb"><a href="0[235]_[a-z_]+\.html"><img src="data:image/png[^"]*" '
+                        r'alt="key figure of 0[235] [A-Za-z ]+">', text)
+    assert len(thumbs) >= 4 and text.count("<figcaption>key figure of 0") >= 4   # captioned, with alt text
+    assert "Synthetic data: this run was trained and tested on cxrlib's synthetic stand-in" in text
     assert "http://" not in text and "https://" not in text   # nothing from the network
 
 

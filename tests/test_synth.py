@@ -289,3 +289,11 @@ def test_the_planted_disparity_touches_only_womens_images(tree, tmp_path):
         changed[gender[subject]].append((out / path).read_bytes() != (alike / path).read_bytes())
     assert not any(changed["M"])                       # men's images are byte for byte the same
     assert drawn["F"] > 0 and sum(changed["F"]) >= 0.5 * drawn["F"]   # women's with a finding differ
+
+
+def test_the_docstrings_state_the_planted_strength_the_code_uses():
+    """A docstring said 'half strength' after the strength became 0.3."""
+    import cxrlib.synthetic.mimic_cxr as mimic_cxr
+    from cxrlib.synthetic.mimic_iv import SIGNATURE_STRENGTH
+
+    assert f"SIGNATURE_STRENGTH ({SIGNATURE_STRENGTH})" in mimic_cxr.__doc__ and "half\n  strength" not in mimic_cxr.__doc__

@@ -48,3 +48,18 @@ def test_report_tables_read_as_people_read_them():
                          digits=4)
     assert audit["p_value"].tolist() == ["< 0.001", "0.200"] and audit["p_adjusted"].tolist() == ["< 0.001", ""]
     assert audit["lr"].tolist() == ["0.000939", "0.001"]   # the precision it carries, not 0.0009
+
+
+def test_a_roc_panel_of_too_few_patients_says_so_as_the_tables_do():
+    """Issue 33: the panel of a finding below min_positives printed a bare AUROC, as if it were a full figure."""
+    from cxrlib.stats.metrics import summarize
+
+    rng = np.random.default_rng(0)
+    y = np.zeros((300, 2))
+    y[:4, 0] = 1                       # four positives: not estimable at min_positives 10
+    y[:, 1] = rng.random(300) < 0.3
+    p = np.clip(0.3 * y + rng.random((300, 2)), 0, 1)
+    summary = summarize(y, p, np.arange(300).astype(str), n_boot=20, findings=["rare", "common"])
+    fig = viz.plot_curves(y, p, ["rare", "common"], summary, kind="roc")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "(too few: no CI)" in titles[0] and "(too few" not in titles[1] and "[" in titles[1]

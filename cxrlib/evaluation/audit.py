@@ -60,7 +60,7 @@ def audit_run(run_dir, p, progress: bool = False) -> dict:
     tested = table[table["subject_id"].isin(set(units["subject_id"]))].drop_duplicates("subject_id")
     summary = {"run": run_dir.name, "level": p.eval_level, "threshold_rule": "f1", "threshold_note": threshold_note,
                "thresholds": thresholds, "coverage": coverage, "min_group_patients": p.min_group_patients,
-               "test_coverage": test_coverage(tested, p.min_group_patients),
+               "test_coverage": test_coverage(tested, p.min_group_patients, plan),
                "data_problems": demographics.data_problems(coverage),
                "n_boot": p.bootstrap, "ci_level": p.ci_level, "test_units": int(len(units)),
                "age_bands": p.age_bands, "procedure": procedure(rows),
@@ -73,16 +73,20 @@ def audit_run(run_dir, p, progress: bool = False) -> dict:
     return summary
 
 
-def test_coverage(tested: pd.DataFrame, min_group_patients: int) -> dict:
-    """How many audited test patients MIMIC-IV covers; a shortfall under min_group_patients is shown as such
-    (total minus a covered count would be a small cell: the patients with unknown sex, say)."""
+def test_coverage(tested: pd.DataFrame, min_group_patients: int, plan: dict | None = None) -> dict:
+    """How many audited test patients MIMIC-IV covers. The patients it misses are reported, whatever their
+    number (fairness.is_coverage: they are the linkage's coverage, not a patient group). Those with an admission
+    are the insurance groups' patients (Unknown insurance is also the ED-only), so their count is published
+    only where it reveals no hidden insurance group: a shortfall under min_group_patients is shown as such, and
+    the count is withheld while the insurance groups hide a cell."""
     total = int(len(tested))
-
-    def shown(n: int):
-        return n if n == total or total - n >= min_group_patients else f"all but <{min_group_patients}"
-
-    return {"patients": total, "in_mimic_iv": shown(int(tested["in_mimic_iv"].sum())),
-            "with_admission": shown(int(tested["has_admission"].sum()))}
+    admitted = int(tested["has_admission"].sum())
+    insurance = (plan or {}).get("insurance", {})
+    if admitted != total and total - admitted < min_group_patients:
+        admitted = f"all but <{min_group_patients}"
+    elif admitted != total and (insurance.get("small") or insurance.get("complementary")):
+        admitted = "withheld (with the insurance groups it would reveal a hidden group's count)"
+    return {"patients": total, "in_mimic_iv": int(tested["in_mimic_iv"].sum()), "with_admission": admitted}
 
 
 def procedure(rows: pd.DataFrame) -> dict:
@@ -115,6 +119,9 @@ def verdicts(plan: dict, subjects: np.ndarray, attributes: pd.DataFrame, min_gro
                       "small group's count)" if one_alone else f"{patients} of {total} test patients with a known value")
         if part["comparisons"]:
             text = f"{len(part['comparisons'])} comparison(s) among {len(part['known'])} groups"
+        elif part["complementary"] - {v for v in part["complementary"] if fairness.is_unknown(v)}:
+            text = (f"no verdict: a group of fewer than {min_group_patients} patients would be revealed by "
+                    "subtraction from the others, so a second group is withheld with it and too few remain to compare")
         else:
             text = (f"no verdict: fewer than two groups with a known value and at least {min_group_patients} "
                     "patients")
@@ -143,8 +150,18 @@ def planted_check(rows: pd.DataFrame, planted: dict) -> dict:
     as_reference = (where["reference"] == planted["group"]) & (sign * where["gap"] < 0)
     found = where[as_group | as_reference]
     elsewhere = hits[hits["attribute"].isin(planted["unplanted"])]
-    return {"planted": planted, "detected": bool(len(found)), "found": found[SHOWN].to_dict("records"),
+    compared = bool(((rows["attribute"] == planted["attribute"]) & rows["tier"].eq("primary")
+                     & rows["gap"].notna()).any())   # its groups may be withheld, or too small to compare
+    return {"planted": planted, "detected": bool(len(found)), "compared": compared,
+            "found": found[SHOWN].to_dict("records"),
             "unplanted_clean": elsewhere.empty, "unplanted_significant": elsewhere[SHOWN].to_dict("records")}
+
+
+def planted_word(check: dict) -> str:
+    """DETECTED, NOT DETECTED, or NOT COMPARED when no primary comparison of the planted attribute was made."""
+    if check.get("compared") is False:
+        return "NOT COMPARED (its groups withheld or too small)"
+    return "DETECTED" if check["detected"] else "NOT DETECTED"
 
 
 def summary_lines(audit: dict) -> list[str]:
@@ -161,8 +178,7 @@ def summary_lines(audit: dict) -> list[str]:
     if check := audit.get("planted"):
         planted = check["planted"]
         lines.append(f"  synthetic data, planted: {planted['attribute']}={planted['group']} drawn at "
-                     f"{planted['signature_strength']} strength -> " + ("DETECTED" if check["detected"] else
-                                                                        "NOT DETECTED")
+                     f"{planted['signature_strength']} strength -> " + planted_word(check)
                      + f" ({len(check['found'])} primary gap(s)); on {', '.join(planted['unplanted'])}: "
                      + ("none significant" if check["unplanted_clean"]
                         else f"{len(check['unplanted_significant'])} significant (false positives)"))

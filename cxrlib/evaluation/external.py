@@ -48,6 +48,7 @@ from ..stats import levels, metrics
 from ..stats.calibration import ece
 from ..stats.multiplicity import holm
 from ..stats.thresholds import threshold_metrics
+from ..synthetic.external import PLANTED_FILE as STAND_IN_PLANTED
 from ..training.checkpoint import read_model_config
 from ..training.contamination import external_warning
 from ..training.inference import predict
@@ -281,6 +282,7 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
     model = read_model_config(run_dir)
     return jsonable({
         "source": info["source"], "subset": info["subset"], "run": Path(run_dir).name,
+        "synthetic": (Path(info["data_root"]) / STAND_IN_PLANTED).is_file(),   # cxrlib's stand-in, not the source
         "level": p.eval_level, "unit_note": info["unit_note"], "label_map": info["label_map"],
         "map_table": info["map_table"], "mapped": mapped, "exact": exact, "compared": compared,
         "counts": {**info["counts"], "units": int(len(units))}, "notes": info["notes"],

@@ -29,10 +29,13 @@ The procedure, declared before any figure is seen:
   have under no difference (two-proportion, or Hanley-McNeil for AUROC): a rate of 24 of 24 varies in
   no resample. A group's own rate gets Wilson's interval on its effective sample size (n over the
   bootstrap's design effect). Every interval contains its estimate; ranges are clipped to [0, 1].
-- Small cells: a group under min_group_patients patients is shown as "<N" with no figures. If that
+- Small cells: a group under min_group_patients patients is shown as "<N" with no figures (the
+  patients missing from MIMIC-IV, unknown sex or age, are coverage: counted, never hidden). If that
   leaves one hidden cell in a margin whose total is known (an attribute's groups; a race's or a sex's
-  race_sex cells), the next smallest cell's count is hidden too (complementary suppression), so no
-  count can be recovered by subtraction; its figures stay.
+  race_sex cells), another cell is hidden too (complementary suppression: an Unknown
+  one first, else the smallest), so no count can be recovered by subtraction. A hidden cell publishes
+  nothing: no count, no figure (a rate's denominator is a count), no comparison (a gap beside the other
+  side's figures is its figure), and it is left out of every "rest" a group is compared with.
 """
 from __future__ import annotations
 
@@ -127,10 +130,22 @@ def _wilson(rate: float, n: float, z: float) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- groups, comparisons, suppression
-def _hidden(counts: dict, margins: list[list], minimum: int) -> tuple[set, set]:
+def is_coverage(attribute: str, value) -> bool:
+    """A cell that is the record linkage's coverage, not a patient group: unknown sex or age means no MIMIC-IV
+    patients row (anchor_age and gender are never blank there), so these patients are exactly the ones the run
+    reports as missing from MIMIC-IV (mimic-facts: report them, never drop them silently). Their count is
+    published, never suppressed; race and insurance Unknown also hold answers (declined, no admission) and are
+    cells like the others."""
+    if attribute in ("sex", "age_band"):
+        return str(value) == UNKNOWN
+    return attribute == "race_sex" and str(value).split(" / ")[-1] == UNKNOWN
+
+
+def _hidden(counts: dict, margins: list[list], minimum: int, published=frozenset()) -> tuple[set, set]:
     """(cells under `minimum`, cells hidden to protect them): while a margin (cells summing to a published
-    total) has exactly one hidden cell, hide its smallest visible cell."""
-    small = {c for c, n in counts.items() if n < minimum}
+    total) has exactly one hidden cell, hide another: an Unknown one first, else the smallest. `published`:
+    cells whose counts are published whatever their size (coverage), never hidden."""
+    small = {c for c, n in counts.items() if n < minimum and c not in published}
     complementary: set = set()
     changed = True
     while changed:
@@ -138,7 +153,9 @@ def _hidden(counts: dict, margins: list[list], minimum: int) -> tuple[set, set]:
         for margin in margins:
             cells = [c for c in margin if c in counts and counts[c] > 0]
             hidden = [c for c in cells if c in small or c in complementary]
-            visible = sorted((c for c in cells if c not in hidden), key=lambda c: (counts[c], str(c)))
+            # an Unknown cell first (hiding it costs no comparison), then the smallest
+            visible = sorted((c for c in cells if c not in hidden and c not in published),
+                             key=lambda c: (not is_unknown(c), counts[c], str(c)))
             if len(hidden) == 1 and visible:
                 complementary.add(visible[0])
                 changed = True
@@ -151,6 +168,8 @@ def is_unknown(value) -> bool:
 
 
 def _margins(attribute: str, values: list) -> list[list]:
+    # every cell sums to the audited patients (published); the known cells' total is published only where it
+    # reveals no cell (audit.verdicts, audit.test_coverage), so it is no margin here
     margins = [list(values)]
     if attribute == "race_sex":   # "race / sex": each race's cells and each sex's cells sum to published totals
         parts = {v: str(v).split(" / ", 1) for v in values}
@@ -169,8 +188,10 @@ def plan_groups(groups: pd.DataFrame, subjects: np.ndarray, attributes, min_grou
         values = sorted(pd.unique(column))
         masks = {v: column == v for v in values}
         patients = {v: int(len(np.unique(subjects[m]))) for v, m in masks.items()}
-        small, complementary = _hidden(patients, _margins(attribute, values), min_group_patients)
-        known = [v for v in values if not is_unknown(v) and v not in small]
+        coverage = {v for v in values if is_coverage(attribute, v)}
+        small, complementary = _hidden(patients, _margins(attribute, values), min_group_patients, coverage)
+        # a hidden cell is compared with nothing: a gap beside the other side's published figures is its figure
+        known = [v for v in values if not is_unknown(v) and v not in small and v not in complementary]
         if len(known) == 2:
             comparisons = [(known[0], known[1], masks[known[1]])]
         elif len(known) > 2:
@@ -183,7 +204,8 @@ def plan_groups(groups: pd.DataFrame, subjects: np.ndarray, attributes, min_grou
 
 
 def group_sizes(plan: dict, min_group_patients: int) -> list[dict]:
-    """Patients per (attribute, group) as published: '<N' for a small cell, 'hidden' for its complement."""
+    """Patients per (attribute, group) as published: '<N' for a small cell, 'hidden' for its complement (whose
+    figures are withheld too)."""
     out = []
     for attribute, part in plan.items():
         for value, n in part["patients"].items():
@@ -205,7 +227,7 @@ def audit(units: pd.DataFrame, groups: pd.DataFrame, thresholds: dict, n_boot: i
     sides = {}
     for attribute, part in plan.items():
         for value, mask in part["masks"].items():
-            if value not in part["small"]:
+            if value not in part["small"] and value not in part["complementary"]:
                 sides[(attribute, value)] = mask
         for group, reference, mask in part["comparisons"]:
             if reference == "rest":
@@ -236,10 +258,12 @@ def audit(units: pd.DataFrame, groups: pd.DataFrame, thresholds: dict, n_boot: i
 def _group_rows(attribute, value, part, point, boot, data, z, min_group_patients, min_cases) -> list[dict]:
     """The group's own figures (no gap): per finding, the rates, and its macro AUROC."""
     base = {"attribute": attribute, "group": value, "reference": ""}
-    if value in part["small"]:
+    if value in part["small"] or value in part["complementary"]:   # its rates' denominators would give its count
         return [{**base, "finding": "all", "metric": "suppressed", "tier": "suppressed",
-                 "n_patients": f"<{min_group_patients}"}]
-    shown = "hidden" if value in part["complementary"] else part["patients"][value]
+                 "n_patients": f"<{min_group_patients}" if value in part["small"] else "hidden"}]
+    shown = part["patients"][value]
+    if shown < min_group_patients:   # coverage: its count published, too few for figures
+        return [{**base, "finding": "all", "metric": "too_few", "tier": "descriptive", "n_patients": shown}]
     own, samples, counts = point[(attribute, value)], boot[(attribute, value)], data.counts(part["masks"][value])
     enough = (counts["pos"] >= min_cases) & (counts["neg"] >= min_cases)
     rows = []

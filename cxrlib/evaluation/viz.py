@@ -225,9 +225,12 @@ def _unit_square(ax, top: float = 1.0) -> None:
 
 
 def _ci_text(summary, name, metric) -> str:
-    e = (summary["per_finding"].get(name) or summary.get(name) or {}).get(metric) if summary else None
+    entry = (summary["per_finding"].get(name) or summary.get(name) or {}) if summary else {}
+    e = entry.get(metric)
     if not e or e["value"] is None:
         return ""
+    if entry.get("estimable") is False:   # the same mark as the tables: no CI, not averaged
+        return f"{e['value']:.3f} (too few: no CI)"
     ci = f" [{e['lo']:.3f}, {e['hi']:.3f}]" if e["lo"] is not None else ""
     return f"{e['value']:.3f}{ci}"
 

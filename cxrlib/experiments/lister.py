@@ -34,6 +34,7 @@ from ..runfiles import (
     read_history,
     read_json,
     scored_share,
+    source_label,
 )
 from ..runstatus import status, training_finished
 
@@ -59,7 +60,8 @@ def runs_table(runs_dir="runs") -> pd.DataFrame:
         for key, v in (s["metrics"].get("headline") or {}).items():
             row[f"test {key}"] = f"{fmt(v['value'])} [{fmt(v['lo'])}, {fmt(v['hi'])}]"
         row["external drop"] = ", ".join(
-            f"{source} {r['drop']['value']:+.3f}{'*' if excludes_zero(r['drop']) else ''}{' (stale)' if r['stale'] else ''}"
+            f"{source_label(source, r)} {r['drop']['value']:+.3f}{'*' if excludes_zero(r['drop']) else ''}"
+            f"{' (stale)' if r['stale'] else ''}"
             f"{f' (partial: {scored_share(r):.1%} scored)' if (scored_share(r) or 1) < 1 else ''}"
             for source, r in external_results(run_dir).items() if r.get("drop")) or "-"
         row["note"] = "; ".join(s["notes"])

@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import runfiles, runlock
 from ..data.cohort import read_cohort
 from ..errors import UserError
+from ..evaluation.audit import planted_word
 from ..evaluation.gold import annotator_line
 from ..evaluation.tables import figure_text, starting_weights_line
 from ..fsutil import atomic_write_text, sha256_file
@@ -87,14 +88,6 @@ def _num3(value) -> str:
 def _table(header: list[str], rows: list[list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
-
-
-def data_name(params: dict) -> tuple[str, bool]:
-    """(what the data are called, whether they are cxrlib's synthetic stand-in), from the data root's LICENSE."""
-    license = Path(params["data_root"]) / "LICENSE.txt"
-    if license.is_file() and license.read_text().startswith("SYNTHETIC DATA"):
-        return "cxrlib's synthetic stand-in for MIMIC-CXR-JPG (`python -m cxrlib demo-data`; no patient data)", True
-    return f"MIMIC-CXR-JPG (data folder `{Path(params['data_root']).name}`)", False
 
 
 def split_counts(run_dir: Path, level: str) -> tuple[list[list], list[list]]:
@@ -167,7 +160,7 @@ def factors_and_metrics(report: dict, params: dict) -> list[str]:
 
 def training_data(run_dir: Path, params: dict, report: dict) -> list[str]:
     cohort = _read(run_dir / COHORT_REPORT) or {}
-    name, _ = data_name(params)
+    name, _ = runfiles.data_name(params)
     level = report["level"]["headline"]
     selection = (f"- Selection: best epoch by `{params['select_metric']}` on the validation split"
                  if params["select_on"] == "validate" else
@@ -300,7 +293,7 @@ def subgroup_section(run_dir: Path) -> list[str]:
     if audit.get("planted"):
         check = audit["planted"]
         lines += [f"Synthetic data: a disparity was planted ({check['planted']['attribute']}={check['planted']['group']}); "
-                  f"the audit {'detected' if check['detected'] else 'did NOT detect'} it, with "
+                  f"the audit: {planted_word(check)}, with "
                   f"{len(check['unplanted_significant'])} significant gap(s) where nothing was planted.", ""]
     return lines
 
@@ -317,7 +310,7 @@ def external_section(run_dir: Path) -> list[str]:
     for source, r in results.items():
         d = r.get("drop") or {}
         unit = (r.get("thresholds") or {}).get("unit") or r["level"]   # NIH's studies are single images
-        rows.append([source, r.get("subset"), f"{r['counts']['units']} {plural(unit)}",
+        rows.append([runfiles.source_label(source, r), r.get("subset"), f"{r['counts']['units']} {plural(unit)}",
                      ", ".join(d.get("findings", [])) or "none", _num3(d.get("internal")), _num3(d.get("external")),
                      f"{_num3(d.get('value'))} [{_num3(d.get('lo'))}, {_num3(d.get('hi'))}]" if d else "-",
                      ("STALE (not today's best.pt) " if r["stale"] else "")
@@ -359,7 +352,7 @@ def build_card(run_dir) -> str:
     run_dir = Path(run_dir)
     report = runfiles.read_metrics(run_dir)
     params = load_frozen(run_dir).to_dict()
-    _, synthetic = data_name(params)
+    _, synthetic = runfiles.data_name(params)
     lines = [f"# Model card: {run_dir.name}", "",
              f"Generated {time.strftime('%Y-%m-%d')} by cxrlib from `{run_dir.name}/` "
              f"(`make card RUN={runfiles.run_arg(run_dir)}`).", ""]
@@ -420,7 +413,6 @@ def cli(command: str, argv: list[str]) -> int:
         raise UserError(f"{run_dir}/metrics.json: no metrics; run notebook 03 first "
                         f"(make evaluate RUN={runfiles.run_arg(run_dir)})")
     with runlock.hold(run_dir, "cxrlib card"):
-        for path in write_card(run_dir):
-            print(path)
-        print(f"Run index: {write_index(run_dir)}")
+        md, page = write_card(run_dir)
+        print(f"Model card: {md} and {page}; run index (every figure, report and file): {write_index(run_dir)}")
     return 0

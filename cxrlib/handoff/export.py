@@ -237,5 +237,5 @@ def cli(command: str, argv: list[str]) -> int:
               f"{summary['format']}, "
               f"{summary['bytes'] / 1e6:.1f} MB; parity with PyTorch on {parity['images']} cached test images: "
               f"max |prob diff| {parity['max_abs_prob_diff']:.1e} (limit {parity['limit']:g})")
-        print(f"Run index: {write_index(run_dir)}")
+        write_index(run_dir)   # its Hand-off section names the new file; the run's summary and card say where it is
     return 0

@@ -123,7 +123,11 @@ def navigation(run_dir: Path, here: str) -> str:
     pages += [(CARD_HTML, "Model card")]
     links = [f'<a href="{prefix}{name}"{" class=here" if name == here and not external else ""}>{label}</a>'
              for name, label in pages if (name == here and not external) or (run_dir / name).is_file()]
-    if external:
+    for page in sorted(run_dir.glob(f"{EXTERNAL}/*/[0-9][0-9]_*.html")):   # notebook 07, one per source
+        this = external and page.parent.name == page_dir.name and page.name == here
+        href = here if this else f"{prefix}{page.relative_to(run_dir).as_posix()}"
+        links.append(f'<a href="{href}"{" class=here" if this else ""}>{report_label(page.name)}: {page.parent.name}</a>')
+    if external and not (page_dir / here).is_file():   # being written: its own link all the same
         links.append(f'<a href="{here}" class=here>{report_label(here)}: {page_dir.name}</a>')
     links += [f'<a href="{href}">Run {name}</a>' for name, href in compared_runs(page_dir)]
     return f'<!--cxr-nav--><nav class="cxr-nav">{"".join(links)}</nav><!--/cxr-nav-->'

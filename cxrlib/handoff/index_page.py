@@ -10,6 +10,7 @@ import html
 import json
 from pathlib import Path
 
+from ..evaluation.audit import planted_word
 from ..evaluation.gold import annotator_line
 from ..evaluation.tables import figure_text
 from ..fsutil import atomic_write_text
@@ -21,7 +22,9 @@ from ..runfiles import (
     DEMOGRAPHICS,
     EXPORT,
     EXTERNAL,
+    EXTERNAL_METRICS,
     EXTERNAL_NOTEBOOK,
+    EXTERNAL_PREDICTIONS,
     FAIRNESS_CSV,
     FAIRNESS_JSON,
     HISTORY,
@@ -30,12 +33,14 @@ from ..runfiles import (
     NOTEBOOKS,
     PARAMS,
     PREDICTIONS,
+    data_name,
     decoded_share,
     drop_verdict,
     export_states,
     external_results,
     frozen_if_any,
     read_json,
+    source_label,
 )
 from ..runstatus import status
 from ..stats.levels import plural
@@ -95,7 +100,7 @@ def audit_section(run_dir: Path) -> list[str]:
     if check := audit.get("planted"):
         out.append(f"<p>Synthetic data: the planted disparity ({html.escape(check['planted']['attribute'])}="
                    f"{html.escape(str(check['planted']['group']))}) was "
-                   f"{'DETECTED' if check['detected'] else 'NOT DETECTED'}.</p>")
+                   f"{planted_word(check)}.</p>")
     return out
 
 
@@ -107,7 +112,8 @@ def external_section(run_dir: Path) -> list[str]:
                 "</p>"]
     items = []
     for source, report in results.items():
-        link = f'<a href="{EXTERNAL}/{html.escape(source)}/{EXTERNAL_NOTEBOOK}.html">{html.escape(source)}</a>'
+        link = (f'<a href="{EXTERNAL}/{html.escape(source)}/{EXTERNAL_NOTEBOOK}.html">'
+                f'{html.escape(source_label(source, report))}</a>')
         drop = report.get("drop")
         share = html.escape(decoded_share(report))
         share = f"<span class='warn'>{share}</span>" if "PARTIAL" in share else share
@@ -158,7 +164,8 @@ def key_figures(run_dir: Path, redact: bool = False) -> list[tuple[str, str]]:
                 data = output.get("data", {})
                 if "image/png" in data and not redact:
                     png = "".join(data["image/png"]) if isinstance(data["image/png"], list) else data["image/png"]
-                    figures.append((report, f'<img src="data:image/png;base64,{png.strip()}">'))
+                    figures.append((report, f'<img src="data:image/png;base64,{png.strip()}" '
+                                            f'alt="{html.escape(caption(report))}">'))
                 elif "image/svg+xml" in data:
                     svg = "".join(data["image/svg+xml"]) if isinstance(data["image/svg+xml"], list) else data["image/svg+xml"]
                     if not (redact and "<image" in svg):
@@ -166,12 +173,28 @@ def key_figures(run_dir: Path, redact: bool = False) -> list[tuple[str, str]]:
     return figures
 
 
+def caption(report: str) -> str:
+    """A key figure's caption and alt text: the report it comes from ('03 Evaluate', '07 External: nih')."""
+    path = Path(report)
+    label = report_label(path.name)
+    return f"{label}: {path.parent.name}" if path.parent.parent.name == EXTERNAL else f"key figure of {label}"
+
+
 def files_section(run_dir: Path) -> list[str]:
     reports = [f'<li><a href="{p.name}">{report_label(p.name)}</a></li>'
                for p in sorted(run_dir.glob("[0-9][0-9]_*.html"))]
+    external = sorted(run_dir.glob(f"{EXTERNAL}/*/{EXTERNAL_NOTEBOOK}.html"))
+    reports += [f'<li><a href="{p.relative_to(run_dir).as_posix()}">{report_label(p.name)}: {html.escape(p.parent.name)}'
+                "</a></li>" for p in external]
     if (run_dir / CARD_HTML).is_file():
         reports.append(f'<li><a href="{CARD_HTML}">Model card</a></li>')
     files = [f'<li><a href="{name}">{name}</a>: {what}</li>' for name, what in DATA_FILES if (run_dir / name).is_file()]
+    for page in external:
+        for name, what in ((EXTERNAL_METRICS, "every figure of this external validation"),
+                           (EXTERNAL_PREDICTIONS, "one row per external image: probabilities and mapped labels")):
+            if (page.parent / name).is_file():
+                where = (page.parent / name).relative_to(run_dir).as_posix()
+                files.append(f'<li><a href="{where}">{where}</a>: {what}</li>')
     return ["<h2 id='reports'>Reports</h2><ul>" + "".join(reports) + "</ul>",
             "<h2 id='files'>Files</h2><ul>" + "".join(files) + "</ul>"]
 
@@ -181,7 +204,11 @@ def build_index(run_dir) -> str:
     params, state, m = frozen_if_any(run_dir), status(run_dir), read_json(run_dir / METRICS)
     recipe = ", ".join(f"{k} {html.escape(str(params[k]))}" for k in RECIPE if k in params)
     best = f", best epoch {state['best_epoch']}" if state["best_epoch"] else ""
-    parts = [f"<h1>Run {html.escape(run_dir.name)}</h1>",
+    _, synthetic = data_name(params) if params.get("data_root") else (None, False)
+    banner = ("<p class='warn'>Synthetic data: this run was trained and tested on cxrlib's synthetic stand-in for "
+              "MIMIC-CXR-JPG (make demo), not on MIMIC-CXR-JPG; its figures show the pipeline at work, not how well "
+              "a model reads chest X-rays.</p>") if synthetic else ""
+    parts = [f"<h1>Run {html.escape(run_dir.name)}</h1>", banner,
              f"<p><b>{state['status']}</b> · {state['date']} · epochs {state['epochs']}{best}"
              + "".join(f" · {html.escape(n)}" for n in state["notes"]) + "</p>",
              f"<p class='recipe'>{recipe}</p>",
@@ -192,12 +219,14 @@ def build_index(run_dir) -> str:
     figures = key_figures(run_dir, redact=bool(params.get("redact_images")))
     if figures:
         parts.append("<h2 id='figures'>Key figures</h2><div class='thumbs'>" + "".join(
-            f'<a href="{report}" class="thumb">{markup}</a>' for report, markup in figures) + "</div>")
+            f'<figure class="thumb"><a href="{report}">{markup}</a><figcaption>{html.escape(caption(report))}'
+            "</figcaption></figure>" for report, markup in figures) + "</div>")
     parts += files_section(run_dir)
     style = (PAGE_CSS + "body{font-family:system-ui,sans-serif;max-width:72em;margin:0 auto 2em auto;line-height:1.45}"
              "main{padding:0 16px}td,th{border:1px solid #ccc;padding:.2em .6em}table{border-collapse:collapse}"
              ".warn{color:#b00020;font-weight:bold}.recipe{color:#555}.thumbs{display:flex;flex-wrap:wrap;gap:12px}"
-             ".thumb{display:block;width:340px;border:1px solid #ddd}"
+             ".thumb{display:block;width:340px;border:1px solid #ddd;margin:0}"
+             "figcaption{font-size:.85em;color:#444;padding:.2em .4em}"
              ".thumb img,.thumb svg{display:block;width:100%;height:220px;object-fit:contain}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run_dir.name)} · index</title>"
             f"<style>{style}</style></head><body><main>{''.join(parts)}</main></body></html>\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,7 +112,11 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     out = pd.DataFrame({"path": rows})
     out[runfiles.PROB_COLUMNS] = prob.astype(np.float32)
     cuts = np.array([thresholds[f] for f in FINDINGS])
-    out[[f"call_{f}" for f in FINDINGS]] = (prob >= cuts).astype(np.int8)
+    calls = prob >= cuts
+    # No Finding means none of the pathologies: it is not called beside one that is (Support Devices may coexist)
+    pathologies = [FINDINGS.index(f) for f in FINDINGS if f not in ("No Finding", "Support Devices")]
+    calls[:, FINDINGS.index("No Finding")] &= ~calls[:, pathologies].any(1)
+    out[[f"call_{f}" for f in FINDINGS]] = calls.astype(np.int8)
     if calibrator and calibrator.get("method", "none") != "none":
         out[[f"cal_{f}" for f in FINDINGS]] = recalibration.apply(calibrator, prob).astype(np.float32)
     out.attrs["notes"] = notes   # [(path, how it was read)]: printed by the command line
@@ -119,24 +124,20 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     return out, skipped, note
 
 
-CALLS_SHOWN = 4   # per image at the terminal; --format wide or --out has every finding
-
-
 def short_summary(frame: pd.DataFrame, top: int = 3) -> str:
-    """Per image, a short block for a terminal: the findings called at the run's thresholds, then the `top`
-    highest probabilities (the calibrated ones where the run was recalibrated)."""
+    """Per image, a short block for a terminal: every finding called at the run's thresholds, then the `top`
+    highest probabilities, both on one scale (the calibrated one where the run was recalibrated, which keeps the
+    calls' order: the map is monotone)."""
     calibrated = f"cal_{FINDINGS[0]}" in frame
+    scale = "calibrated probability" if calibrated else "probability"
     blocks = []
     for _, row in frame.iterrows():
-        called = sorted((f for f in FINDINGS if row[f"call_{f}"]), key=lambda f: -row[prob_column(f)])
-        listed = ", ".join(f"{f} {row[prob_column(f)]:.2f}" for f in called[:CALLS_SHOWN])
-        if len(called) > CALLS_SHOWN:
-            listed += f" (+{len(called) - CALLS_SHOWN} more)"
         shown = {f: row[f"cal_{f}" if calibrated else prob_column(f)] for f in FINDINGS}
+        called = sorted((f for f in FINDINGS if row[f"call_{f}"]), key=lambda f: -shown[f])
+        listed = ", ".join(f"{f} {shown[f]:.2f}" for f in called)
         best = sorted(shown, key=shown.get, reverse=True)[:top]
-        blocks.append(f"{row['path']}\n  called: {listed or 'none'}\n"
-                      f"  top {'calibrated ' if calibrated else ''}probabilities: "
-                      + ", ".join(f"{f} {shown[f]:.2f}" for f in best))
+        calls = textwrap.fill(f"  called ({scale}): {listed or 'none'}", width=110, subsequent_indent="    ")
+        blocks.append(f"{row['path']}\n{calls}\n  top {scale}: " + ", ".join(f"{f} {shown[f]:.2f}" for f in best))
     return "\n".join(blocks)
 
 
@@ -189,6 +190,7 @@ def cli(command: str, argv: list[str]) -> int:
         print(f"{len(skipped)} skipped; {note}")
     else:
         print(short_summary(frame))
-        print(f"{len(frame)} image(s), {len(skipped)} skipped; called: p at or above the finding's threshold; {note}. "
+        print(f"{len(frame)} image(s), {len(skipped)} skipped; called: p at or above the finding's threshold (No Finding "
+              f"only when no pathology is called); {note}. "
               "Every column: --out FILE.csv or --format wide")
     return 1 if skipped and frame.empty else 0

@@ -50,9 +50,9 @@ Where it deliberately differs:
   clavicles, spine, noise; lateral views show one lung field with the spine behind. Each
   positive finding has a visible signature (a larger heart, a basal fluid level, an apical
   lucency, tubes and wires, ...); uncertain findings are drawn faintly or not at all.
-- A planted disparity: the findings of female patients (MIMIC-IV's gender F) are drawn at half
-  strength, so that the audit has a known gap to find (mimic_iv.PLANTED; --no-planted-gap
-  draws everyone alike).
+- A planted disparity: the findings of female patients (MIMIC-IV's gender F) are drawn at
+  mimic_iv.SIGNATURE_STRENGTH (0.3) of their strength, so that the audit has a known gap to find
+  (mimic_iv.PLANTED; --no-planted-gap draws everyone alike).
 
 Everything is determined by the seed: the tables come from one RNG, each image from an RNG
 seeded with (seed, row of the image in the metadata table) and its anatomy from one seeded
