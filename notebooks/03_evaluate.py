@@ -51,7 +51,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import HTML, display
 
-from cxrlib.evaluation import evaluate, paired, tables, viz
+from cxrlib.evaluation import evaluate, paired, tables, viz, wording
 from cxrlib.evaluation import gold as goldlib
 from cxrlib.experiments import notebook
 from cxrlib.stats import levels
@@ -220,7 +220,7 @@ else:
     if gold.get("reason"):
         print(gold["reason"])
     else:
-        print(goldlib.annotator_line(gold))
+        print(wording.annotator_line(gold))
         display(viz.readable(goldlib.comparison_table(gold)))
 
 # %%

@@ -48,7 +48,7 @@ import pandas as pd
 from IPython.display import display
 
 from cxrlib.evaluation import audit as report
-from cxrlib.evaluation import viz
+from cxrlib.evaluation import viz, wording
 from cxrlib.experiments import notebook
 
 p = notebook.setup(run_dir, globals())
@@ -109,7 +109,7 @@ else:
     planted = check["planted"]
     print(f"planted: {planted['attribute']} = {planted['group']}, findings drawn at {planted['signature_strength']} "
           f"of their strength ({planted['effect']})")
-    print(report.planted_word(check) + f": {len(check['found'])} significant primary "
+    print(wording.planted_word(check) + f": {len(check['found'])} significant primary "
           "gap(s) of that group in the under-detection direction")
     print(f"attributes with nothing planted ({', '.join(planted['unplanted'])}): "
           + ("no significant gap" if check["unplanted_clean"]

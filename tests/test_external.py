@@ -16,6 +16,7 @@ from conftest import tiny_params
 from PIL import Image
 
 from cxrlib import runfiles
+from cxrlib.data import external_selection
 from cxrlib.data.cache import build_cache
 from cxrlib.data.decode import UndeclaredDepth, decode_image
 from cxrlib.errors import UserError
@@ -248,14 +249,14 @@ def test_a_partial_download_is_refused_before_the_kernel_or_scored_and_reported_
 
     root = tmp_path / "chexpert"
     stand_in.generate(root, "chexpert", images=80, seed=2, shift="none")
-    found, selected, present = external.selected_images("chexpert", root)
+    found, selected, present = external_selection.selected_images("chexpert", root)
     assert present.all()
     images = sorted(root.rglob("*.jpg"))
     for path in images[::3]:   # a third of the download never arrived
         path.unlink()
-    found, selected, present = external.selected_images("chexpert", root)
+    found, selected, present = external_selection.selected_images("chexpert", root)
     n, k = len(selected), int(present.sum())
-    assert 0 < k < external.MIN_PRESENT * n
+    assert 0 < k < external_selection.MIN_PRESENT * n
     with pytest.raises(UserError, match=rf"only {k} of the {n} images its table selects .*--allow-missing"):
         validate_external(external_run, "chexpert", root, progress=False)
     assert not (external_run / "external" / "chexpert").exists()   # refused before any kernel or folder

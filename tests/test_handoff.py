@@ -16,7 +16,7 @@ from cxrlib.__main__ import main
 from cxrlib.data.cohort import read_cohort
 from cxrlib.errors import UserError
 from cxrlib.evaluation import analysis, evaluate, recalibration, trained
-from cxrlib.evaluation.tables import figure_text
+from cxrlib.evaluation.wording import figure_text
 from cxrlib.handoff import card, checklists, export, predict
 from cxrlib.labels import FINDINGS
 from cxrlib.stats import levels

@@ -236,3 +236,26 @@ def test_the_layout_tree_in_the_docs_lists_every_module_and_nothing_else():
     unlisted = [t.name for t in sorted((PROJECT / "tests").glob("test_*.py")) if f"`{t.name}`" not in text]
     assert unlisted == [], f"docs/development.md's table of test files does not name {unlisted}"
     assert listed == on_disk, f"docs/development.md's tree: missing {sorted(on_disk - listed)}, stale {sorted(listed - on_disk)}"
+
+
+LIGHT = [["--help"], ["runs", "--runs-dir", "{tmp}"], ["external-table", "--help"]]
+LIGHT_MODULES = ["cxrlib.experiments.external", "cxrlib.experiments.runs", "cxrlib.experiments.lister",
+                 "cxrlib.handoff.index_page", "cxrlib.evaluation.wording", "cxrlib.data.external_selection"]
+
+
+@pytest.mark.parametrize("argv", LIGHT, ids=lambda a: a[0])
+def test_light_commands_import_no_torch_sklearn_or_scipy(argv, tmp_path):
+    """`python -m cxrlib --help`, `make runs`, `external-table`, and the parent process of `make external` and
+    `make evaluate` (the runner) stay light: once, make external's parent imported torch, sklearn and scipy
+    (3 s) for a constant, and the index page the audit's statistics for one word."""
+    import subprocess
+    import sys
+
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['cxrlib', *{argv!r}]\n"
+            "try:\n    runpy.run_module('cxrlib', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            f"import importlib\nfor m in {LIGHT_MODULES!r}:\n    importlib.import_module(m)\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'sklearn', 'scipy', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY []", done.stdout[-2000:] + done.stderr[-2000:]

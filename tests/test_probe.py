@@ -359,13 +359,13 @@ def test_a_changed_bit_depth_decodes_again_instead_of_reusing_stale_pixels(tmp_p
 @pytest.mark.probe(issue=32, kind="silent")
 def test_a_16_bit_image_without_a_declared_depth_is_a_named_failure_not_scaled_by_its_own_range(tmp_path):
     """Once a 16-bit image with no declared depth was scaled by its own maximum: a dark one of a set came out
-    four times brighter than its neighbours. The depth is the source's decision (external.BIT_DEPTH, predict's
+    four times brighter than its neighbours. The depth is the source's decision (external_selection.BIT_DEPTH, predict's
     --bits), recorded; a file that nothing describes is listed with what would hold it."""
     from PIL import Image
 
     from cxrlib.__main__ import main
     from cxrlib.data.cache import build_cache
-    from cxrlib.evaluation.external import BIT_DEPTH, FORMATS
+    from cxrlib.data.external_selection import BIT_DEPTH, FORMATS
     from cxrlib.handoff.predict import decoded
 
     Image.fromarray(np.full((32, 32), 1000, np.uint16)).save(tmp_path / "x.png")

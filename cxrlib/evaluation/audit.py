@@ -22,6 +22,7 @@ from ..stats import levels
 from ..synthetic.mimic_iv import PLANTED_FILE
 from . import fairness
 from .analysis import thresholds_from_report
+from .wording import planted_word
 
 SHOWN = ["attribute", "group", "reference", "finding", "metric", "value", "gap", "gap_lo", "gap_hi", "p_value",
          "p_adjusted", "n_patients"]
@@ -155,13 +156,6 @@ def planted_check(rows: pd.DataFrame, planted: dict) -> dict:
     return {"planted": planted, "detected": bool(len(found)), "compared": compared,
             "found": found[SHOWN].to_dict("records"),
             "unplanted_clean": elsewhere.empty, "unplanted_significant": elsewhere[SHOWN].to_dict("records")}
-
-
-def planted_word(check: dict) -> str:
-    """DETECTED, NOT DETECTED, or NOT COMPARED when no primary comparison of the planted attribute was made."""
-    if check.get("compared") is False:
-        return "NOT COMPARED (its groups withheld or too small)"
-    return "DETECTED" if check["detected"] else "NOT DETECTED"
 
 
 def summary_lines(audit: dict) -> list[str]:

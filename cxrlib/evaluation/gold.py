@@ -25,7 +25,7 @@ from ..labels import FINDINGS, apply_policies
 from ..stats import levels, metrics
 from ..stats.thresholds import threshold_metrics
 from . import tables
-from .tables import figure_text, with_ci
+from .tables import with_ci
 
 GOLD_FILE = "mimic-cxr-2.1.0-test-set-labeled.csv"
 RENAMED = {"Airspace Opacity": "Lung Opacity"}   # the file's name -> the NLP tables' name
@@ -199,21 +199,6 @@ def like_for_like(section: dict, y_gold, y_nlp, prob, common: dict) -> dict | No
     return {"findings": both,
             **{side: metrics.summarize(y[:, columns], prob[:, columns], findings=both, **common)["macro"]["auroc"]
                for side, y in (("gold", y_gold), ("nlp", y_nlp))}}
-
-
-def annotator_line(section: dict) -> str:
-    """The card's and the index's sentence: the model against the annotator and against the NLP labels of the
-    same studies, over the same findings (named), or why there is none."""
-    same = section.get("like_for_like")
-    if not section.get("model_vs_gold"):
-        return f"Annotator labels: {section.get('reason', 'not scored')}."
-    where = f"{section['studies_scored']} test studies ({section['patients_scored']} patients)"
-    if not same:
-        return (f"Against the annotator's labels on {where}: no finding has enough patients with a positive and a "
-                "negative under both label sets, so no macro AUROC compares them.")
-    return (f"Against the annotator's labels on {where}: AUROC macro {figure_text(same['gold'])}; against the NLP "
-            f"labels of the same studies {figure_text(same['nlp'])}; both over the {len(same['findings'])} findings "
-            f"both label sets can estimate ({', '.join(same['findings'])}).")
 
 
 def comparison_table(section: dict) -> pd.DataFrame:

@@ -103,17 +103,6 @@ def with_ci(value, lo, hi) -> str:
     return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def figure_text(entry: dict | None, digits: int = 3) -> str:
-    """One figure of metrics.json ({value, lo, hi, conditional}) as every report prints it: '0.761 [0.720, 0.800]',
-    '(no CI)' where it has none, '(CI conditional)' where most resamples lost a finding's positives."""
-    if not entry or entry.get("value") is None:
-        return "n/a"
-    if entry.get("lo") is None:
-        return f"{entry['value']:.{digits}f} (no CI)"
-    text = f"{entry['value']:.{digits}f} [{entry['lo']:.{digits}f}, {entry['hi']:.{digits}f}]"
-    return text + (" (CI conditional)" if entry.get("conditional") else "")
-
-
 def threshold_table(report: dict) -> pd.DataFrame:
     """Test-split counts and rates at each rule's threshold (rules chosen on validation, plus fixed 0.5)."""
     table = pd.DataFrame(report["thresholds"]["test"])

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 from .. import runfiles, runlock
+from ..data.external_selection import MIN_PRESENT, VIEWS, check_present, selected_images
 from ..data.sources import DEFAULT_SUBSET, SOURCES, SUBSETS
 from ..errors import UserError
-from ..evaluation.external import MIN_PRESENT, VIEWS, check_present, selected_images
 from ..fsutil import atomic_write_json, recover_folder, replace_folder
 from ..handoff.index_page import write_index
 from ..runfiles import (

@@ -19,9 +19,8 @@ from pathlib import Path
 from .. import runfiles, runlock
 from ..data.cohort import read_cohort
 from ..errors import UserError
-from ..evaluation.audit import planted_word
-from ..evaluation.gold import annotator_line
-from ..evaluation.tables import figure_text, starting_weights_line
+from ..evaluation.tables import starting_weights_line
+from ..evaluation.wording import annotator_line, figure_text, planted_word
 from ..fsutil import atomic_write_text, sha256_file
 from ..labels import FINDINGS
 from ..runfiles import (

@@ -10,9 +10,7 @@ import html
 import json
 from pathlib import Path
 
-from ..evaluation.audit import planted_word
-from ..evaluation.gold import annotator_line
-from ..evaluation.tables import figure_text
+from ..evaluation.wording import annotator_line, figure_text, planted_word
 from ..fsutil import atomic_write_text
 from ..runfiles import (
     CARD_HTML,
