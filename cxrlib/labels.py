@@ -6,6 +6,8 @@ Source tables hold 1.0 (positive), 0.0 (negative), -1.0 (uncertain) and blank
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -71,3 +73,15 @@ def apply_policies(raw: pd.DataFrame, uncertain="zeros", blank="zeros") -> pd.Da
 def label_matrix(df: pd.DataFrame) -> np.ndarray:
     """The 14 finding columns as an (N, 14) float32 array; NaN marks a masked label."""
     return df[FINDINGS].to_numpy(dtype=np.float32)
+
+
+def positive_weights(labels) -> np.ndarray:
+    """neg/pos per finding over training labels (NaN = masked, not counted); 1 where a finding has no positive.
+    Plain arithmetic, here so that what shows it (notebook 02's table) needs no torch."""
+    labels = np.asarray(labels, dtype=np.float64)
+    pos = (labels == 1).sum(axis=0).astype(np.float64)   # NaN equals neither
+    neg = (labels == 0).sum(axis=0).astype(np.float64)
+    if (pos == 0).any():
+        names = [FINDINGS[j] if labels.shape[1] == len(FINDINGS) else str(j) for j in np.flatnonzero(pos == 0)]
+        warnings.warn(f"pos_weight: no positive training label for {names}; their pos_weight is 1", stacklevel=3)
+    return np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)

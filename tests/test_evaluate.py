@@ -362,7 +362,7 @@ def test_redacted_run_holds_no_image_at_all(tiny_redacted_run):
     assert {f"{nb}.{ext}" for nb in runfiles.NOTEBOOKS for ext in ("ipynb", "html")} <= names
     # The plots are still there, as vectors.
     assert "image/svg+xml" in (tiny_redacted_run / "03_evaluate.ipynb").read_text()
-    assert '<a href="03_evaluate.html" class="thumb"><svg' in (tiny_redacted_run / runfiles.INDEX).read_text()
+    assert '<figure class="thumb"><a href="03_evaluate.html"><svg' in (tiny_redacted_run / runfiles.INDEX).read_text()
     assert "redact_images is on" in (tiny_redacted_run / "04_error_analysis.html").read_text()
     # compare_with: tiny (the same model) in notebook 03: paired differences, all zero.
     assert "tiny-redacted - tiny on the" in (tiny_redacted_run / "03_evaluate.html").read_text()

@@ -259,3 +259,15 @@ def test_light_commands_import_no_torch_sklearn_or_scipy(argv, tmp_path):
             "print('HEAVY', sorted(m for m in ('torch', 'sklearn', 'scipy', 'matplotlib') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "HEAVY []", done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_notebook_01_loads_no_torch():
+    """Notebook 01 (cohort and cache) once loaded torch through viz, for a warning's words and a division."""
+    import subprocess
+    import sys
+
+    imports = [line for line in (PROJECT / "notebooks" / "01_cohort.py").read_text().splitlines()
+               if line.startswith(("from cxrlib", "import cxrlib"))]
+    code = "\n".join(imports) + "\nimport sys\nprint('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert imports and done.stdout.strip() == "False", done.stderr[-2000:]

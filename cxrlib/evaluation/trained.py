@@ -18,9 +18,9 @@ from ..data.cache import cohort_with_rows, open_cache
 from ..data.cohort import read_cohort
 from ..errors import UserError
 from ..labels import FINDINGS
-from ..params import validate
+from ..params import TEST_SELECTION_WARNING, validate
 from ..runfiles import COHORT, ID_COLUMNS, PROB_COLUMNS, read_history
-from ..training.checkpoint import TEST_SELECTION_WARNING, load_trained, read_model_config
+from ..training.checkpoint import load_trained, read_model_config
 from ..training.inference import predict
 from ..training.loader import BatchTransform, CacheDataset, make_loader
 from ..training.runtime import configure, inference_amp, resolve_device

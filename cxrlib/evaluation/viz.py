@@ -17,12 +17,11 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from ..labels import FINDINGS, label_matrix
+from ..labels import FINDINGS, label_matrix, positive_weights
+from ..params import TEST_SELECTION_WARNING
 from ..stats.calibration import brier, ece, reliability_curve
 from ..stats.inputs import check_inputs
 from ..stats.multiplicity import format_p
-from ..training.checkpoint import TEST_SELECTION_WARNING
-from ..training.optim import pos_weight_from_labels
 from . import tables
 
 
@@ -353,7 +352,7 @@ def class_balance(cohort: pd.DataFrame, split: str = "train") -> pd.DataFrame:
     labels = label_matrix(frame)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        weights = pos_weight_from_labels(labels).numpy() if len(frame) else np.ones(len(FINDINGS))
+        weights = positive_weights(labels) if len(frame) else np.ones(len(FINDINGS))
     pos = (labels == 1).sum(axis=0)
     neg = (labels == 0).sum(axis=0)
     masked = np.isnan(labels).sum(axis=0)

@@ -20,10 +20,6 @@ from ..fsutil import atomic_path, disk_full
 from ..params import validate
 from ..runfiles import BEST, CHECKPOINTS, LAST
 
-TEST_SELECTION_WARNING = ("select_on: test picks the model by its score on the TEST set (the original project's "
-                          "rule): the test figures of this run are optimistic. Use select_on: validate for honest "
-                          "figures.")
-
 
 def rng_state() -> dict:
     """Every RNG's state as tensors and plain lists, loadable with weights_only=True."""

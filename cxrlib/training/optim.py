@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..labels import FINDINGS
+from ..labels import positive_weights
 
 
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, pos_weight=None) -> torch.Tensor:
@@ -22,14 +21,8 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, 
 
 
 def pos_weight_from_labels(labels: np.ndarray) -> torch.Tensor:
-    """neg/pos per finding over the training labels (NaN = masked, not counted); 1 where no positive."""
-    labels = np.asarray(labels, dtype=np.float64)
-    pos = (labels == 1).sum(axis=0).astype(np.float64)   # NaN equals neither
-    neg = (labels == 0).sum(axis=0).astype(np.float64)
-    if (pos == 0).any():
-        names = [FINDINGS[j] if labels.shape[1] == len(FINDINGS) else str(j) for j in np.flatnonzero(pos == 0)]
-        warnings.warn(f"pos_weight: no positive training label for {names}; their pos_weight is 1", stacklevel=2)
-    return torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32)
+    """labels.positive_weights as BCE's pos_weight tensor."""
+    return torch.tensor(positive_weights(labels), dtype=torch.float32)
 
 
 def parameter_groups(model: nn.Module, params) -> list[dict]:

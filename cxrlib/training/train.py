@@ -59,10 +59,10 @@ from ..data.cohort import read_cohort, write_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_csv
 from ..labels import label_matrix
+from ..params import TEST_SELECTION_WARNING
 from ..progress import duration, is_batch, recent_epoch_seconds, side_note
 from ..runfiles import BEST, CHECKPOINTS, COHORT, HISTORY, LAST
 from .checkpoint import (
-    TEST_SELECTION_WARNING,
     for_evaluation,
     load_checkpoint,
     model_config,
