@@ -51,6 +51,53 @@ EXTERNAL_STAGING = ".external-staging"   # <source>/: notebook 07 runs here; its
                                          # only when complete, and a failed attempt stays here to be read
 
 NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"]   # a run's, in order
+RUNNING = ".running.ipynb"       # papermill's notebook while it runs: <name>.running.ipynb, renamed when done
+
+
+def notebook_path(run_dir, notebook: str) -> Path:
+    """<run>/<NN_name>.ipynb: the executed notebook."""
+    return Path(run_dir) / f"{notebook}.ipynb"
+
+
+def running_path(run_dir, notebook: str) -> Path:
+    """<run>/<NN_name>.running.ipynb: the notebook as far as it ran, saved while it runs."""
+    return Path(run_dir) / f"{notebook}{RUNNING}"
+
+
+def executed_notebooks(run_dir) -> list[Path]:
+    """Every executed NN_name.ipynb of a run folder (or of one external source's folder), in order; not those
+    still running."""
+    return [p for p in sorted(Path(run_dir).glob("[0-9][0-9]_*.ipynb")) if not p.name.endswith(RUNNING)]
+
+
+def unfinished_notebooks(run_dir) -> list[Path]:
+    """The NN_name.running.ipynb a run folder holds: notebooks running now, or killed."""
+    return sorted(Path(run_dir).glob(f"*{RUNNING}"))
+
+
+def reports(run_dir) -> list[Path]:
+    """Every rendered NN_name.html of a run folder, in order."""
+    return sorted(Path(run_dir).glob("[0-9][0-9]_*.html"))
+
+
+def external_reports(run_dir) -> list[Path]:
+    """Notebook 07's report of each external source: external/<source>/07_external.html."""
+    return sorted(Path(run_dir).glob(f"{EXTERNAL}/*/[0-9][0-9]_*.html"))
+
+
+def temp_files(run_dir) -> list[Path]:
+    """What a killed command leaves of its atomic writes of notebooks and reports (.<name>.<random><suffix>)
+    and of its progress side files."""
+    run_dir = Path(run_dir)
+    return sorted([*run_dir.glob(".[0-9][0-9]_*.ipynb.*"), *run_dir.glob(".[0-9][0-9]_*.html.*"),
+                   *run_dir.glob(".[0-9][0-9]_*.progress")])
+
+
+def run_folders(runs_dir, members: bool = True) -> list[Path]:
+    """The run folders under runs_dir (those holding params.yaml), then, with `members`, the sweeps' members
+    (runs/<sweep>/<member>/)."""
+    top = sorted(f.parent for f in Path(runs_dir).glob(f"*/{PARAMS}"))
+    return top + (sorted(f.parent for f in Path(runs_dir).glob(f"*/*/{PARAMS}")) if members else [])
 ID_COLUMNS = ["dicom_id", "subject_id", "study_id", "split"]
 PROB_COLUMNS = [f"p_{f}" for f in FINDINGS]
 

@@ -14,7 +14,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from .runfiles import BEST, CHECKPOINTS, COHORT, LAST, METRICS, NOTEBOOKS, frozen_if_any, read_history, read_json
+from .runfiles import (
+    BEST,
+    CHECKPOINTS,
+    COHORT,
+    LAST,
+    METRICS,
+    NOTEBOOKS,
+    frozen_if_any,
+    notebook_path,
+    read_history,
+    read_json,
+    unfinished_notebooks,
+)
 
 
 def training_finished(params: dict, history: pd.DataFrame) -> bool:
@@ -42,7 +54,7 @@ def status(run_dir) -> dict:
     """What the run folder holds, judged from its files (nothing is loaded into torch)."""
     run_dir = Path(run_dir)
     params, history, metrics = frozen_if_any(run_dir), read_history(run_dir), read_json(run_dir / METRICS)
-    notes = [f"{p.name.split('.')[0]} did not finish (running, or killed)" for p in sorted(run_dir.glob("*.running.ipynb"))]
+    notes = [f"{p.name.split('.')[0]} did not finish (running, or killed)" for p in unfinished_notebooks(run_dir)]
     if metrics:
         sel = metrics.get("selection", {})
         trained_now = (len(history), int(history["best_epoch"].iloc[-1]) if len(history) else 0)
@@ -63,7 +75,7 @@ def status(run_dir) -> dict:
     if state in ("evaluated", "stale", "trained") and not (run_dir / CHECKPOINTS / BEST).is_file():
         notes.append("checkpoints removed")
     files = [f for f in run_dir.iterdir() if f.is_file()] if run_dir.is_dir() else []
-    seconds = sum(notebook_seconds(run_dir / f"{nb}.ipynb") for nb in NOTEBOOKS)
+    seconds = sum(notebook_seconds(notebook_path(run_dir, nb)) for nb in NOTEBOOKS)
     best = history[history["epoch"] == history["best_epoch"].iloc[-1]] if len(history) else history
     return {"status": state, "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(max(f.stat().st_mtime for f in files)))
             if files else "", "duration": seconds, "epochs": f"{len(history)}/{params.get('epochs', '?')}",

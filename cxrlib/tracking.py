@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .fsutil import atomic_write_json
-from .runfiles import METRICS, PARAMS, TRACKING
+from .runfiles import METRICS, PARAMS, TRACKING, reports
 
 EXPERIMENT = "cxrlib"
 DUA_WARNING = ("WARNING: tracking_uri {uri} is not on this machine. Parameters, figures and reports logged there "
@@ -95,8 +95,8 @@ class TensorBoard(Tracker):
     def final(self, run_dir, p):
         for key, value in test_figures(run_dir).items():
             self.writer.add_scalar(f"test/{key}", value, 0)
-        reports = sorted(path.name for path in run_dir.glob("[0-9][0-9]_*.html"))
-        self.writer.add_text("reports", "\n".join(f"    {run_dir / name}" for name in reports))
+        shown = [path.name for path in reports(run_dir)]
+        self.writer.add_text("reports", "\n".join(f"    {run_dir / name}" for name in shown))
         self.writer.flush()
 
     def close(self):
@@ -145,7 +145,7 @@ class MLflow(Tracker):
             self.client.log_metric(self.run_id, f"test_{key}", value)
         files = [run_dir / METRICS, run_dir / PARAMS]
         if not self.remote or self.redact:
-            files += sorted(run_dir.glob("[0-9][0-9]_*.html"))
+            files += reports(run_dir)
         for path in files:
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id)   # a later evaluation logs into the same run again

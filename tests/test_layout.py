@@ -4,6 +4,7 @@ spelled in one module. Every import counts, those inside functions too."""
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -190,6 +191,41 @@ def test_run_file_names_are_spelled_only_by_runfiles():
             if isinstance(node, ast.Constant) and node.value in RUN_FILES:
                 spelled.append(f"{path.relative_to(PROJECT)}:{node.lineno}: {node.value!r}")
     assert spelled == [], "use cxrlib.runfiles' names:\n" + "\n".join(spelled)
+
+
+PATH_SPELLING = re.compile(r"(^|/)(" + "|".join(map(re.escape, RUN_FILES)) + r")$|\.running\.ipynb|\[0-9\]\[0-9\]_|^\*/\S")
+
+
+def path_spellings(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, text) of each path-like piece of a string or f-string that names a run file or a run-folder glob:
+    f"{run}/metrics.json", "*/params.yaml", "[0-9][0-9]_*.html", ".running.ipynb". A name in prose (a message
+    telling the user 'rerun notebook 03: no metrics.json yet') is no path and is allowed."""
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    in_fstrings = {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for part in node.values}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in docstrings or id(node) in in_fstrings:   # prose, or read with its f-string
+            continue
+        parts = node.values if isinstance(node, ast.JoinedStr) else [node] if isinstance(node, ast.Constant) else []
+        for part in parts:
+            if isinstance(part, ast.Constant) and isinstance(part.value, str) and part.value not in RUN_FILES:
+                pieces = re.split(r"[\s:;,()'\"`]", part.value)
+                found += [(node.lineno, piece) for piece in pieces
+                          if PATH_SPELLING.search(piece) and (piece.startswith(("/", "*", "[", ".")) or "/" in piece)]
+    return found
+
+
+def test_run_folder_paths_and_globs_are_built_only_by_runfiles():
+    """Names inside f-strings and paths count too: f"{run}/metrics.json" is a second spelling of METRICS."""
+    spelled = [f"{path.relative_to(PROJECT)}:{line}: {text!r}" for module, path in MODULES.items()
+               if module != "cxrlib.runfiles" for line, text in path_spellings(ast.parse(path.read_text()))]
+    assert spelled == [], "use cxrlib.runfiles' names and helpers:\n" + "\n".join(spelled)
+    planted = ast.parse('raise UserError(f"{run}/metrics.json: no metrics")\nfor f in d.glob("*/params.yaml"): pass\n'
+                        'x = d / f"{nb}.running.ipynb"\ny = d.glob("[0-9][0-9]_*.html")\nz = "rerun 03: no metrics.json yet"')
+    assert sorted(text for _, text in path_spellings(planted)) == sorted(
+        ["/metrics.json", "*/params.yaml", ".running.ipynb", "[0-9][0-9]_*.html"])
 
 
 def test_no_module_is_much_over_400_lines():   # "about 400": the synthetic tables are 424

@@ -83,7 +83,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         predictions = read_predictions(run_dir)
     splits = [s for s in ("validate", "test") if (predictions["split"] == s).any()]
     if "test" not in splits:
-        raise UserError(f"{run_dir}/predictions.csv holds no test rows; rerun predict_run with the test split")
+        raise UserError(f"{Path(run_dir) / PREDICTIONS} holds no test rows; rerun predict_run with the test split")
     started = time.perf_counter()
     units = levels.rows_at(predictions, p.eval_level, p.study_aggregate)
     summaries = {}

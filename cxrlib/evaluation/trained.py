@@ -98,7 +98,7 @@ class TrainedRun:
         cohort, cache = eval_cohort(self.run_dir, trained)
         chosen = cohort[cohort["split"].isin(list(splits))].reset_index(drop=True)
         if "test" in splits and not (chosen["split"] == "test").any():
-            raise UserError(f"{self.run_dir}/cohort.csv has no test image in the cache {cache.dir}; "
+            raise UserError(f"{Path(self.run_dir) / COHORT} has no test image in the cache {cache.dir}; "
                             "rebuild the cohort and cache with notebook 01")
         dataset = CacheDataset.from_cohort(cache, chosen)
         loader = make_loader(dataset, p.eval_batch_size, shuffle=False, num_workers=p.num_workers, seed=p.seed)

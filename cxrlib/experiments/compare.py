@@ -53,7 +53,7 @@ def resolve_runs(spec: str, runs_dir="runs") -> tuple[list[Path], str]:
     folders = [runs_dir / n for n in names]
     missing = [f.name for f in folders if not (f / METRICS).is_file()]
     if missing:
-        known = sorted(p.parent.name for p in runs_dir.glob("*/metrics.json"))
+        known = sorted(f.name for f in runfiles.run_folders(runs_dir, members=False) if (f / METRICS).is_file())
         raise UserError(f"run(s) {missing} have no metrics.json under {runs_dir}/ (evaluate them first); "
                         f"evaluated runs: {', '.join(known) or 'none'}")
     return folders, names[0]

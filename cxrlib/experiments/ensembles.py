@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..evaluation.ensemble import best_member
 from ..fsutil import atomic_write_json, sha256_file
 from ..params import Params, validate
-from ..runfiles import COHORT, ENSEMBLE, PREDICTIONS
+from ..runfiles import COHORT, ENSEMBLE, PREDICTIONS, notebook_path
 from . import runs
 
 NOTEBOOKS = ("03_evaluate", "04_error_analysis", "05_fairness")
@@ -51,7 +51,7 @@ def build_and_evaluate(sweep_dir, members: list[str], name: str = "ensemble", pr
     """Build the pseudo-run, then run notebooks 03-05 on it (those the members ran), holding its folder's lock."""
     with runlock.hold(Path(sweep_dir) / name, "cxrlib sweep (ensemble)"):
         p = build(sweep_dir, members, name)
-        ran = [nb for nb in NOTEBOOKS if (Path(sweep_dir) / members[0] / f"{nb}.ipynb").is_file()]
+        ran = [nb for nb in NOTEBOOKS if notebook_path(Path(sweep_dir) / members[0], nb).is_file()]
         print(f"[sweep] {name}: the mean of {len(members)} members; compared with {p.compare_with} (best on "
               "validation)", flush=True)
         return runs.run(p, ran, summary=False, progress=progress)

@@ -22,17 +22,21 @@ from .. import runlock
 from ..errors import UserError
 from ..progress import duration
 from ..runfiles import (
+    BEST,
     CHECKPOINTS,
     FAIRNESS_JSON,
     INDEX,
+    LAST,
     METRICS,
     NOTEBOOKS,
     PARAMS,
     excludes_zero,
     external_results,
     frozen_if_any,
+    notebook_path,
     read_history,
     read_json,
+    run_folders,
     scored_share,
     source_label,
 )
@@ -47,9 +51,7 @@ def fmt(x, digits: int = 3) -> str:
 def runs_table(runs_dir="runs") -> pd.DataFrame:
 
     rows = []
-    sweeps = sorted(Path(runs_dir).glob("*/*/params.yaml"))   # sweep members: runs/<sweep>/<member>/
-    for params_file in sorted(Path(runs_dir).glob("*/params.yaml")) + sweeps:
-        run_dir = params_file.parent
+    for run_dir in run_folders(runs_dir):   # then the sweeps' members: runs/<sweep>/<member>/
         s = status(run_dir)
         params = frozen_if_any(run_dir)
         row = {"run": str(run_dir.relative_to(runs_dir)), "status": s["status"], "date": s["date"],
@@ -86,7 +88,7 @@ def training_summary(run_dir) -> list[str]:
                      f"loss {fmt(b['val_loss'], 4)}, accuracy {fmt(b['val_accuracy'])}")
         if split == "test":
             lines.append("  WARNING: selected on the TEST set (the original project's rule): test figures are optimistic")
-    lines.append(f"  checkpoints: {Path(run_dir) / 'checkpoints'}/best.pt (evaluation), last.pt (resume)")
+    lines.append(f"  checkpoints: {Path(run_dir) / CHECKPOINTS / BEST} (evaluation), {LAST} (resume)")
     return lines
 
 
@@ -178,7 +180,7 @@ def diff_runs(a, b) -> str:
     for run in (a, b):
         if not (run / PARAMS).is_file():
             raise UserError(f"{run}: not a run folder (no params.yaml); runs: "
-                            + ", ".join(sorted(p.parent.name for p in run.parent.glob("*/params.yaml"))))
+                            + ", ".join(f.name for f in run_folders(run.parent, members=False)))
     pa, pb = frozen_if_any(a), frozen_if_any(b)
     keys = [k for k in dict.fromkeys([*pa, *pb]) if k != "name" and pa.get(k) != pb.get(k)]
     out = [f"Parameters that differ ({a.name} | {b.name}):"]
@@ -192,7 +194,7 @@ def diff_runs(a, b) -> str:
                     for h in (ha, hb)]
             out.append(f"  {key:<12} {cell[0]} | {cell[1]}")
     for nb in NOTEBOOKS:
-        na, nb_b = a / f"{nb}.ipynb", b / f"{nb}.ipynb"
+        na, nb_b = notebook_path(a, nb), notebook_path(b, nb)
         if not (na.is_file() and nb_b.is_file()):
             continue
         body = list(difflib.unified_diff(notebook_text(na), notebook_text(nb_b), f"{a.name}/{nb}.ipynb",

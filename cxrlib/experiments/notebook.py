@@ -101,7 +101,7 @@ def scratch_for_hand(run_dir) -> Path | None:
     (every cxrlib write replaces a file, so the run's own files never change), with params.yaml naming
     the scratch run. None for a folder of the user's own making (a run started by hand, or a new one)."""
     run_dir = Path(run_dir)
-    if run_dir.name.endswith(SCRATCH_SUFFIX) or not any(run_dir.glob("[0-9][0-9]_*.ipynb")):
+    if run_dir.name.endswith(SCRATCH_SUFFIX) or not runfiles.executed_notebooks(run_dir):
         return None
     scratch = run_dir.with_name(run_dir.name + SCRATCH_SUFFIX)
     if (scratch / PARAMS).is_file():

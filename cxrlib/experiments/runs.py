@@ -104,7 +104,7 @@ def resolve(params_file=None, name=None, overrides=None, runs_dir=None, sources=
                             "or an existing run (--name RUN, make ... RUN=<name>)")
         if not frozen.is_file():
             raise UserError(f"{frozen}: run {run_name!r} has no frozen parameters. Existing runs: "
-                            + (", ".join(sorted(p.parent.name for p in frozen.parent.parent.glob('*/params.yaml'))) or "none"))
+                            + (", ".join(f.name for f in runfiles.run_folders(frozen.parent.parent, members=False)) or "none"))
         values = read_yaml(frozen)
         where = str(frozen)
     values.update(overrides)
@@ -168,8 +168,8 @@ def execute(notebook: str, p: Params, root: Path, run_dir: Path, progress: bool 
     from papermill.exceptions import PapermillExecutionError
 
     source = root / "notebooks" / f"{notebook}.ipynb"
-    output = run_dir / f"{notebook}.ipynb"
-    running = run_dir / f"{notebook}.running.ipynb"
+    output = runfiles.notebook_path(run_dir, notebook)
+    running = runfiles.running_path(run_dir, notebook)
     values = p.to_dict()
     declared = declared_parameters(source)
     inject = {k: values[k] for k in declared if k in values}
@@ -240,8 +240,8 @@ def redact_reports(run_dir: Path, p: Params, skip=()) -> list[Path]:
     """Strip pixel data from every executed notebook of the run (01-04 and any later NN_*.ipynb) and render
     it again; `skip`: the notebooks about to run (they are written redacted)."""
     done = []
-    for notebook in sorted(Path(run_dir).glob("[0-9][0-9]_*.ipynb")):
-        if notebook.stem in skip or notebook.name.endswith(".running.ipynb"):
+    for notebook in runfiles.executed_notebooks(run_dir):
+        if notebook.stem in skip:
             continue
         removed = strip_images(notebook)
         html = notebook.with_suffix(".html")
@@ -254,11 +254,7 @@ def redact_reports(run_dir: Path, p: Params, skip=()) -> list[Path]:
 
 def remove_temp_notebooks(run_dir: Path) -> None:
     """Temp files a killed run left: atomic writes (.<name>.<random><suffix>) of notebooks and reports."""
-    for stale in Path(run_dir).glob(".[0-9][0-9]_*.ipynb.*"):
-        stale.unlink(missing_ok=True)
-    for stale in Path(run_dir).glob(".[0-9][0-9]_*.html.*"):
-        stale.unlink(missing_ok=True)
-    for stale in Path(run_dir).glob(".[0-9][0-9]_*.progress"):
+    for stale in runfiles.temp_files(run_dir):
         stale.unlink(missing_ok=True)
 
 
@@ -327,7 +323,7 @@ def restore_runtime_fields(run_dir: Path, frozen: dict, p: Params) -> None:
     which an interrupted training's last.pt was already following."""
     if not frozen:
         return
-    old = validate(frozen, f"{run_dir}/params.yaml").to_dict()
+    old = validate(frozen, str(Path(run_dir) / PARAMS)).to_dict()
     new = p.to_dict()
     changed = [k for k in new if old.get(k) != new[k]]
     if changed and all(STAGE_OF[k] == "runtime" and k not in ("epochs", "patience") for k in changed):
@@ -355,7 +351,7 @@ def cli(command: str, argv: list[str]) -> int:
             key, value = parse_override(text)
             overrides[key], sources[key] = value, f"-p {text}"
         if overrides.get("resume") and not args.name:
-            existing = sorted(f.parent.name for f in Path(overrides.get("runs_dir", "runs")).glob("*/params.yaml"))
+            existing = [f.name for f in runfiles.run_folders(overrides.get("runs_dir", "runs"), members=False)]
             raise UserError("RESUME=1 continues a run: name it with RUN=<name> (runs: "
                             + (", ".join(existing) or "none yet") + ")")
         runs_dir = Path(overrides.get("runs_dir", "runs"))
@@ -375,7 +371,7 @@ def cli(command: str, argv: list[str]) -> int:
         ap.add_argument("--runs-dir", default="runs")
         args = ap.parse_args(argv)
         run_dir = Path(args.runs_dir) / args.name
-        executed = [run_dir / f"{nb}.ipynb" for nb in NOTEBOOKS if (run_dir / f"{nb}.ipynb").is_file()]
+        executed = [runfiles.notebook_path(run_dir, nb) for nb in NOTEBOOKS if runfiles.notebook_path(run_dir, nb).is_file()]
         if not executed:
             raise UserError(f"{run_dir}: no executed notebooks; run `make run RUN={args.name}` first")
         p = runfiles.load_frozen(run_dir)

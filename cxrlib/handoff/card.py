@@ -409,7 +409,7 @@ def cli(command: str, argv: list[str]) -> int:
     args = ap.parse_args(argv)
     run_dir, _ = run_folder(args.run)
     if not (run_dir / METRICS).is_file():
-        raise UserError(f"{run_dir}/metrics.json: no metrics; run notebook 03 first "
+        raise UserError(f"{run_dir / METRICS}: no metrics; run notebook 03 first "
                         f"(make evaluate RUN={runfiles.run_arg(run_dir)})")
     with runlock.hold(run_dir, "cxrlib card"):
         md, page = write_card(run_dir)

@@ -27,7 +27,7 @@ from ..evaluation.trained import eval_cohort, load_best
 from ..fsutil import atomic_write_json, sha256_file
 from ..labels import FINDINGS
 from ..params import validate
-from ..runfiles import BEST, CHECKPOINTS, EXPORT, is_ensemble, run_folder
+from ..runfiles import BEST, CHECKPOINTS, COHORT, EXPORT, is_ensemble, run_folder
 from .index_page import write_index
 from .predict import image_calibrator
 
@@ -90,7 +90,7 @@ def parity_images(run_dir: Path, trained, n: int = PARITY_IMAGES) -> np.ndarray:
     cohort, cache = eval_cohort(run_dir, trained)
     rows = cohort.loc[cohort["split"] == "test", "cache_row"].to_numpy()[:n]
     if not len(rows):
-        raise UserError(f"{run_dir}/cohort.csv has no cached test image to verify the export on; "
+        raise UserError(f"{Path(run_dir) / COHORT} has no cached test image to verify the export on; "
                         "rebuild the cache with notebook 01")
     return np.ascontiguousarray(cache.images[np.sort(rows)])
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..fsutil import atomic_path, atomic_write_text
-from ..runfiles import CARD_HTML, COMPARISON, EXTERNAL, INDEX
+from ..runfiles import CARD_HTML, COMPARISON, EXTERNAL, INDEX, external_reports, reports
 
 CODE_HIDDEN_IN = ("03_", "04_", "05_", "06_", "07_")   # report_code: hide (01 and 02 document how the data was made)
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
@@ -119,11 +119,11 @@ def navigation(run_dir: Path, here: str) -> str:
     external = page_dir.parent.name == EXTERNAL
     run_dir, prefix = (page_dir.parent.parent, "../../") if external else (page_dir, "")
     pages = [(INDEX, f"Run {run_dir.name}")]
-    pages += [(p.name, report_label(p.name)) for p in sorted(run_dir.glob("[0-9][0-9]_*.html"))]
+    pages += [(p.name, report_label(p.name)) for p in reports(run_dir)]
     pages += [(CARD_HTML, "Model card")]
     links = [f'<a href="{prefix}{name}"{" class=here" if name == here and not external else ""}>{label}</a>'
              for name, label in pages if (name == here and not external) or (run_dir / name).is_file()]
-    for page in sorted(run_dir.glob(f"{EXTERNAL}/*/[0-9][0-9]_*.html")):   # notebook 07, one per source
+    for page in external_reports(run_dir):   # notebook 07, one per source
         this = external and page.parent.name == page_dir.name and page.name == here
         href = here if this else f"{prefix}{page.relative_to(run_dir).as_posix()}"
         links.append(f'<a href="{href}"{" class=here" if this else ""}>{report_label(page.name)}: {page.parent.name}</a>')
@@ -172,8 +172,7 @@ def refresh_navigation(run_dir) -> list[Path]:
     """Every report's bar again, so that each links to the reports and the card made after it."""
     done = []
     run_dir = Path(run_dir)
-    external = sorted(run_dir.glob(f"{EXTERNAL}/*/[0-9][0-9]_*.html"))
-    for page in [*sorted(run_dir.glob("[0-9][0-9]_*.html")), run_dir / CARD_HTML, *external]:
+    for page in [*reports(run_dir), run_dir / CARD_HTML, *external_reports(run_dir)]:
         if page.is_file():
             text = page.read_text()
             new = with_navigation(text, page.parent, page.name)

@@ -35,9 +35,12 @@ from ..runfiles import (
     decoded_share,
     drop_verdict,
     export_states,
+    external_reports,
     external_results,
     frozen_if_any,
+    notebook_path,
     read_json,
+    reports,
     source_label,
 )
 from ..runstatus import status
@@ -149,8 +152,8 @@ def key_figures(run_dir: Path, redact: bool = False) -> list[tuple[str, str]]:
     """(report name, <img> or <svg> markup) of each output of a cell tagged key-figure, in notebook order;
     with `redact`, vector plots only (never a raster, never an SVG that embeds one)."""
     figures = []
-    notebooks = [run_dir / f"{name}.ipynb" for name in NOTEBOOKS]
-    notebooks += sorted(run_dir.glob(f"{EXTERNAL}/*/{EXTERNAL_NOTEBOOK}.ipynb"))   # one per external source
+    notebooks = [notebook_path(run_dir, name) for name in NOTEBOOKS]
+    notebooks += [notebook_path(page.parent, EXTERNAL_NOTEBOOK) for page in external_reports(run_dir)]
     for notebook in notebooks:
         if not notebook.is_file():
             continue
@@ -179,13 +182,13 @@ def caption(report: str) -> str:
 
 
 def files_section(run_dir: Path) -> list[str]:
-    reports = [f'<li><a href="{p.name}">{report_label(p.name)}</a></li>'
-               for p in sorted(run_dir.glob("[0-9][0-9]_*.html"))]
-    external = sorted(run_dir.glob(f"{EXTERNAL}/*/{EXTERNAL_NOTEBOOK}.html"))
-    reports += [f'<li><a href="{p.relative_to(run_dir).as_posix()}">{report_label(p.name)}: {html.escape(p.parent.name)}'
+    listed = [f'<li><a href="{p.name}">{report_label(p.name)}</a></li>'
+               for p in reports(run_dir)]
+    external = external_reports(run_dir)
+    listed += [f'<li><a href="{p.relative_to(run_dir).as_posix()}">{report_label(p.name)}: {html.escape(p.parent.name)}'
                 "</a></li>" for p in external]
     if (run_dir / CARD_HTML).is_file():
-        reports.append(f'<li><a href="{CARD_HTML}">Model card</a></li>')
+        listed.append(f'<li><a href="{CARD_HTML}">Model card</a></li>')
     files = [f'<li><a href="{name}">{name}</a>: {what}</li>' for name, what in DATA_FILES if (run_dir / name).is_file()]
     for page in external:
         for name, what in ((EXTERNAL_METRICS, "every figure of this external validation"),
@@ -193,7 +196,7 @@ def files_section(run_dir: Path) -> list[str]:
             if (page.parent / name).is_file():
                 where = (page.parent / name).relative_to(run_dir).as_posix()
                 files.append(f'<li><a href="{where}">{where}</a>: {what}</li>')
-    return ["<h2 id='reports'>Reports</h2><ul>" + "".join(reports) + "</ul>",
+    return ["<h2 id='reports'>Reports</h2><ul>" + "".join(listed) + "</ul>",
             "<h2 id='files'>Files</h2><ul>" + "".join(files) + "</ul>"]
 
 

@@ -37,7 +37,7 @@ def result_from_history(params, run_dir) -> dict:
     """fit's result, rebuilt from history.csv (after a torchrun subprocess)."""
     history = read_history(run_dir)
     if history.empty:
-        raise UserError(f"{run_dir}/history.csv has no epoch yet; training did not finish an epoch")
+        raise UserError(f"{Path(run_dir) / HISTORY} has no epoch yet; training did not finish an epoch")
     best = history[history["selected"]].iloc[-1] if history["selected"].any() else None
     last = history.iloc[-1]
     selection = {"best_epoch": int(best["epoch"]) if best is not None else 0,
