@@ -139,7 +139,8 @@ def test_error_images_and_grad_cam_on_the_best_checkpoint(tiny_run):
     errors = analysis.top_errors(predictions, 2)
     images, cams, note = analysis.error_images(tiny_run, p, errors)
     # the tiny run's ResNet50 at 32 px: layer4's map is 1 x 1, so the deepest block with 8 x 8 (layer1) is taken
-    assert note.startswith("Grad-CAM on `body.") and "its map 8 x 8 at 32 px" in note and "deepest block" in note
+    assert note.startswith("Grad-CAM on `layer") and "(body." in note and "its map 8 x 8 at 32 px" in note \
+        and "deepest block" in note   # torchvision's name first, the Sequential's index beside it
     assert images.shape == cams.shape == (len(errors), 32, 32) and images.dtype == np.uint8
     assert cams.min() >= 0 and cams.max() <= 1 and np.isfinite(cams).all()
     cache = open_cache(p.resolved_cache_dir(), p.image_size, p.resize)
