@@ -147,6 +147,78 @@ def test_imports_sit_at_the_top_unless_they_keep_a_heavy_library_out():
     assert unexplained == [], "imports inside functions without a '# lazy:' reason: " + ", ".join(unexplained)
 
 
+HEAVY = ("torch", "torchvision", "sklearn", "scipy", "matplotlib", "timm", "transformers", "pydicom", "safetensors",
+         "mlflow", "tensorboard", "submitit", "onnx", "onnxruntime", "papermill", "nbconvert", "mistune", "statsmodels",
+         "pylibjpeg", "open_clip")
+
+
+def top_level_reach() -> dict[str, set[str]]:
+    """Per cxrlib module: every top-level package its import brings in (its own top-level imports, and those of the
+    cxrlib modules it imports at top level, transitively)."""
+    direct: dict[str, set[str]] = {}
+    deps: dict[str, set[str]] = {}
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        direct[module] = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        direct[module] |= {n.module.split(".")[0] for n in tree.body
+                           if isinstance(n, ast.ImportFrom) and not n.level and n.module}
+        deps[module] = set()
+        for target, _, at_top in imports(module, path):
+            while target not in MODULES and "." in target:
+                target = target.rsplit(".", 1)[0]
+            if at_top and target != module:
+                deps[module].add(target)
+    reach: dict[str, set[str]] = {}
+
+    def visit(module, seen=()):
+        if module not in reach:
+            found = set(direct.get(module, ()))
+            for dep in deps.get(module, ()):
+                if dep not in seen:
+                    found |= visit(dep, (*seen, module))
+            reach[module] = found
+        return reach[module]
+
+    for module in MODULES:
+        visit(module)
+    return reach
+
+
+def test_a_lazy_import_names_the_heavy_library_it_keeps_out_and_truly_does():
+    """'# lazy: because' is no reason: the comment names a heavy library (HEAVY) that the imported module brings
+    in and the importing module does not already load at its top."""
+    reach, wrong = top_level_reach(), []
+    for module, path in MODULES.items():
+        lines = path.read_text().splitlines()
+        tree = ast.parse(path.read_text())
+        top = {id(n) for n in tree.body}
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in top:
+                continue
+            if "# lazy:" not in lines[node.end_lineno - 1]:   # a plain import inside a function: not a claim
+                continue
+            comment = lines[node.end_lineno - 1].partition("# lazy:")[2]
+            named = {lib for lib in HEAVY if re.search(rf"\b{lib}\b", comment)}
+            if isinstance(node, ast.ImportFrom) and node.level:
+                parts = package.split(".")
+                targets = [".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))]
+            else:
+                targets = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            brought = set()
+            for target in targets:
+                while target not in MODULES and "." in target and target.startswith("cxrlib"):
+                    target = target.rsplit(".", 1)[0]
+                brought |= reach.get(target, set()) | ({target} if target in MODULES else {target.split(".")[0]})
+                if isinstance(node, ast.ImportFrom) and target in MODULES:
+                    brought |= set().union(*(reach.get(f"{target}.{a.name}", set()) for a in node.names))
+            kept_out = named & brought - reach[module]
+            if not named or not kept_out:
+                heavy = sorted(brought & set(HEAVY))
+                wrong.append(f"{path.relative_to(PROJECT)}:{node.lineno}: '# lazy:{comment}' (brings {heavy})")
+    assert wrong == [], "a lazy import's reason must name the heavy library it keeps out:\n" + "\n".join(wrong)
+
+
 def defined_names(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     names = set()

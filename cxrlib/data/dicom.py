@@ -26,7 +26,7 @@ def is_dicom(path) -> bool:
 
 def read_dicom(path) -> Image.Image:
     """The image as 8-bit grey ("L"); raises ValueError naming what pydicom could not do."""
-    import pydicom  # lazy: only DICOM sources need it, and its import is not free
+    import pydicom  # lazy: pydicom, only for DICOM sources (its import is not free)
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     ds = pydicom.dcmread(path)

@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..labels import FINDINGS, UNCERTAIN_POLICIES, per_finding
 from ..runfiles import PROB_COLUMNS, prob_column
 from ..stats import metrics
+from .viz import finding_browser
 
 KINDS = {"FP": "false positives: label 0, highest probability",
          "FN": "false negatives: label 1, lowest probability"}
@@ -350,7 +351,6 @@ def error_browser(errors: pd.DataFrame, images, cams, redact: bool = False):
     import matplotlib.pyplot as plt
 
     from .explain import overlay  # lazy: keeps torch out of this module's import
-    from .viz import finding_browser  # lazy: keeps torch out of this module's import
 
     def show(i):
         row = errors.loc[i]

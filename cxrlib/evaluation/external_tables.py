@@ -121,7 +121,7 @@ def audit(report: dict) -> pd.DataFrame:
 
 def plot_drop(report: dict):
     """Internal and external AUROC per compared finding, with the drop's interval."""
-    import matplotlib.pyplot as plt  # lazy: plotting only in the notebook
+    import matplotlib.pyplot as plt  # lazy: matplotlib, for plotting in the notebook only
 
     rows = pd.DataFrame((report["drop"] or {}).get("per_finding", []))
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * max(len(rows), 2) + 1.2))
@@ -143,7 +143,7 @@ def plot_drop(report: dict):
 
 def plot_intensity(report: dict):
     """The grey-level histograms of the cached (model-input) internal and external images."""
-    import matplotlib.pyplot as plt  # lazy: plotting only in the notebook
+    import matplotlib.pyplot as plt  # lazy: matplotlib, for plotting in the notebook only
 
     fig, ax = plt.subplots(figsize=(6.5, 3))
     for side, colour in (("internal", "C0"), ("external", "C1")):

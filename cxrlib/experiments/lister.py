@@ -129,7 +129,7 @@ def evaluation_summary(run_dir) -> list[str]:
 
 def audit_summary(run_dir: Path) -> list[str]:
     """fairness.json in a few lines: the significant primary gaps and, on the stand-in, the planted one."""
-    from ..evaluation.audit import summary_lines  # lazy: it imports evaluate (torch); the run lister needs neither
+    from ..evaluation.audit import summary_lines  # lazy: keeps sklearn, scipy (the audit's statistics) out of make runs
 
     return summary_lines(json.loads((run_dir / FAIRNESS_JSON).read_text()))
 

@@ -232,7 +232,7 @@ def adapt_to(module: nn.Module, state: dict) -> dict:
             elif value.shape[1] == 1:
                 value = value.repeat(1, target.shape[1], 1, 1) / target.shape[1]
         elif target is not None and key.endswith("pos_embed") and value.shape != target.shape:
-            from timm.layers import resample_abs_pos_embed  # lazy: only ViTs have position embeddings
+            from timm.layers import resample_abs_pos_embed  # lazy: timm, for ViTs' position embeddings only
 
             prefix = getattr(module, "num_prefix_tokens", 1)
             side = round((target.shape[1] - prefix) ** 0.5)
