@@ -51,10 +51,9 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import HTML, display
 
-from cxrlib.evaluation import evaluate, paired, tables, viz, wording
+from cxrlib.evaluation import account, evaluate, paired, tables, viz, wording
 from cxrlib.evaluation import gold as goldlib
 from cxrlib.experiments import notebook
-from cxrlib.stats import levels
 
 p = notebook.setup(run_dir, globals())
 
@@ -72,21 +71,13 @@ predictions.groupby("split").agg(images=("dicom_id", "size"), patients=("subject
 report = evaluate.evaluate_run(run_dir, p, predictions)
 starting = report["model"].get("starting_weights")
 print(tables.starting_weights_line(starting, p.weights))
-if tables.contamination_html(starting):   # the starting weights may have seen this test split
-    display(HTML(tables.contamination_html(starting)))
-warning = tables.selection_warning_html(report)
-if warning:
-    display(HTML(warning))
-else:
+for warning in account.warnings(report):   # the words the terminal, the index and the card use
+    display(HTML(tables.red_box(warning)))
+if not report.get("test_selected"):
     sel = report["selection"]
     print(f"Model selected on {sel['select_on']} by {sel['select_metric']} (epoch {sel['best_epoch']} of "
           f"{sel['epochs_run']}): the test set was not used to choose it.")
-macro = report["macro"]
-print(f"macro averages over {len(macro['findings'])} of 14 findings"
-      + (f"; left out with fewer than {macro['min_positives']} positive or negative "
-         f"{levels.plural(report['level']['headline'])}: "
-         + ", ".join(macro["not_estimable"]) if macro["not_estimable"] else "")
-      + (f"; one class only: {', '.join(macro['one_class'])}" if macro["one_class"] else ""))
+print(account.macro_sentence(report))
 for note in report["notes"]:
     print("note:", note)
 tables.headline_table(report)

@@ -1,6 +1,7 @@
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -377,3 +378,30 @@ def test_user_mistakes_get_one_clear_line(tmp_path):
     (tmp_path / "predictions.csv").write_text("dicom_id,split\nx,test\n")
     with pytest.raises(UserError, match=r"predictions.csv: missing column\(s\)"):
         runfiles.read_predictions(tmp_path)
+
+
+def test_one_warnings_wording_reaches_the_terminal_the_index_the_card_and_notebook_03(tiny_run, tmp_path, monkeypatch):
+    """The selection and contamination warnings are worded once (evaluation.account): a new wording there is what
+    make runs' summary, the index page, the model card and notebook 03 show."""
+    import shutil
+
+    from cxrlib.evaluation import account
+    from cxrlib.experiments.lister import evaluation_summary
+    from cxrlib.fsutil import atomic_write_json, jsonable
+    from cxrlib.handoff.card import build_card
+    from cxrlib.handoff.index_page import build_index
+
+    run = tmp_path / "runs" / tiny_run.name
+    run.mkdir(parents=True)
+    for name in ("metrics.json", "params.yaml", "cohort_report.json", "fairness.json", "cohort.csv"):
+        shutil.copy2(tiny_run / name, run / name)
+    report = runfiles.read_metrics(run)
+    atomic_write_json(run / runfiles.METRICS, jsonable({**report, "test_selected": True}))
+    monkeypatch.setattr(account, "SELECTED_ON_TEST", "a wording changed in one place")
+    assert "  WARNING: a wording changed in one place" in evaluation_summary(run)
+    assert "a wording changed in one place" in build_index(run)
+    assert "> **WARNING: a wording changed in one place**" in build_card(run)
+    assert account.macro_sentence(report) in "\n".join(evaluation_summary(run))
+    notebook = (Path(__file__).resolve().parent.parent / "notebooks" / "03_evaluate.py").read_text()
+    assert "account.warnings(report)" in notebook and "account.macro_sentence(report)" in notebook
+    assert account.macro_sentence(report) in (tiny_run / "03_evaluate.html").read_text()

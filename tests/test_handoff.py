@@ -249,7 +249,7 @@ def test_the_model_card_is_written_from_the_run_folder(tiny_run, tmp_path):
         assert f"| {split} | {len(part)} | {part['study_id'].nunique()} | {part['subject_id'].nunique()} |" in text
     assert "synthetic stand-in for MIMIC-CXR-JPG" in text and "trained on MIMIC-CXR-JPG" not in text
     assert "one annotator" in text and "reports" in text and "reference standard by experts" not in text
-    assert "Macro averages cover" in text and "(TP/P)" in text
+    assert "The macro figures average" in text and "(TP/P)" in text
     assert "credentialed PhysioNet data" in text and "Not a medical device" in text
     assert ("model was selected on the test split" in text) == report["test_selected"]
     audit = json.loads((copy / "fairness.json").read_text())

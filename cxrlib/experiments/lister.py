@@ -20,6 +20,7 @@ import pandas as pd
 
 from .. import runlock
 from ..errors import UserError
+from ..evaluation import account
 from ..progress import duration
 from ..runfiles import (
     BEST,
@@ -114,16 +115,9 @@ def evaluation_summary(run_dir) -> list[str]:
     if any(v.get("conditional") for v in m["headline"].values()):
         lines.append("    a conditional interval comes from the resamples that kept both classes of every finding it "
                      "averages; it may miss the estimate (notebook 03)")
-    macro = m.get("macro")
-    if macro:
-        left = macro.get("not_estimable", []) + macro.get("one_class", [])
-        lines.append(f"  macro figures average {len(macro['findings'])} of 14 findings"
-                     + (f"; left out (fewer than {macro['min_positives']} positive or negative units, or one class): "
-                        + ", ".join(left) if left else ""))
-    if m.get("test_selected"):
-        lines.append("  WARNING: the model was selected on the test set: these figures are optimistic")
-    if m.get("contaminated"):
-        lines.append("  WARNING: the starting weights may have seen the test patients: these figures are optimistic")
+    if m.get("macro"):
+        lines.append(f"  {account.macro_sentence(m)}")
+    lines += [f"  WARNING: {w}" for w in account.warnings(m)]
     return lines
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import runfiles, runlock
 from ..data.cohort import read_cohort
 from ..errors import UserError
+from ..evaluation import account
 from ..evaluation.tables import starting_weights_line
 from ..evaluation.wording import annotator_line, figure_text, planted_word
 from ..fsutil import atomic_write_text, sha256_file
@@ -37,7 +38,6 @@ from ..runfiles import (
     run_folder,
 )
 from ..stats.levels import plural
-from ..training.contamination import warning_text
 from .checklists import CLAIM, TRIPOD_AI, filled
 from .html import PAGE_CSS, with_navigation
 from .index_page import write_index
@@ -200,15 +200,11 @@ def evaluation_data(report: dict) -> list[str]:
 
 
 def performance(report: dict) -> list[str]:
-    ci, test, macro = report["ci"], report["splits"]["test"], report.get("macro", {})
+    ci, test = report["ci"], report["splits"]["test"]
     level = report["level"]["headline"]
-    covered = macro.get("findings", test.get("macro_findings", []))
     lines = ["## Quantitative analyses", "", "### Performance (test split)", "",
              f"Counted per {level}; {int(ci['level'] * 100)}% CIs from {ci['n_boot']} patient-level bootstrap resamples. "
-             f"Macro averages cover {len(covered)} of 14 findings"
-             + (f"; left out (fewer than {macro.get('min_positives')} positive or negative {plural(level)}): "
-                + ", ".join(macro["not_estimable"]) if macro.get("not_estimable") else "")
-             + (f"; one class only: {', '.join(macro['one_class'])}" if macro.get("one_class") else "") + ".", ""]
+             f"The {account.macro_sentence(report)}.", ""]
     lines += _table(["figure", "value [CI]", "resamples used"],
                     [[k, figure_text(v), f"{v.get('n_boot_valid', '?')} of {ci['n_boot']}"]
                      for k, v in report["headline"].items()])
@@ -359,11 +355,8 @@ def build_card(run_dir) -> str:
         lines += ["> **Synthetic data.** This run was trained and tested on cxrlib's synthetic stand-in for "
                   "MIMIC-CXR-JPG (`make demo`), not on MIMIC-CXR-JPG: its figures show the pipeline at work, not how "
                   "well a model reads chest X-rays.", ""]
-    if report.get("test_selected"):
-        lines += ["> **WARNING: the model was selected on the test split** (the original project's rule). Every "
-                  "test figure below is optimistic; do not report it as a held-out estimate.", ""]
-    contaminated = warning_text(report.get("model", {}).get("starting_weights"))
-    lines += [f"> **WARNING: {contaminated}**", ""] if contaminated else []
+    for warning in account.warnings(report):
+        lines += [f"> **WARNING: {warning}**", ""]
     lines += [SHARING, ""] + model_details(run_dir, params, report)
     lines += ["## Intended use", "", INTENDED, ""] + factors_and_metrics(report, params)
     lines += training_data(run_dir, params, report) + evaluation_data(report)

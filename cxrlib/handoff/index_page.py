@@ -10,6 +10,7 @@ import html
 import json
 from pathlib import Path
 
+from ..evaluation import account
 from ..evaluation.wording import annotator_line, figure_text, planted_word
 from ..fsutil import atomic_write_text
 from ..runfiles import (
@@ -67,17 +68,14 @@ def headline_section(m: dict) -> list[str]:
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{figure_text(v)}</td><td>{v.get('n_boot_valid', '?')}</td></tr>"
                    for k, v in m["headline"].items())
     macro = m.get("macro") or {}
-    left = macro.get("not_estimable", []) + macro.get("one_class", [])
     out = [f"<p>{split.capitalize()} split, per <b>{unit}</b>: {units} {plural(unit)} of "
            f"{data.get('patients_per_split', {}).get(split, '?')} patients. {interval.get('level', 0.95):.0%} CIs: "
            f"{html.escape(str(interval.get('method', 'patient bootstrap')))}, {interval.get('n_boot', '?')} resamples; "
            "they are conditional on this test set and this trained model (not on a retraining).</p>",
            f"<table><tr><th>figure</th><th>estimate [CI]</th><th>resamples used</th></tr>{rows}</table>"]
     if macro.get("findings") is not None:
-        out.append(f"<p>Macro figures average {len(macro['findings'])} of 14 findings"
-                   + (f"; left out (fewer than {macro.get('min_positives')} positive or negative {unit} units, or one "
-                      f"class): {html.escape(', '.join(left))}" if left else "") + ".</p>")
-    for warning in m.get("warnings", []):
+        out.append(f"<p>{html.escape(account.macro_sentence(m)).capitalize()}.</p>")
+    for warning in account.warnings(m):
         out.append(f'<p class="warn">&#9888; {html.escape(warning)}</p>')
     if (m.get("gold") or {}).get("model_vs_gold"):
         out.append(f"<p>The 2.1.0 test-set labels (one annotator's labels of the reports). "

@@ -1,0 +1,35 @@
+"""One account of a run's results, read from its metrics.json and worded once: what the terminal summary, the
+index page, the model card and notebook 03 say about the headline's coverage and the warnings that travel with
+it. They only format what these functions return. Light on purpose (no numpy, no torch): make runs imports it.
+
+    warnings(m)         # the warnings every rendering shows beside the test figures, in order
+    macro_sentence(m)   # which findings the macro figures average, and why the others are left out
+"""
+from __future__ import annotations
+
+SELECTED_ON_TEST = ("the model was selected on the TEST split (the original project's rule): its test figures are "
+                    "optimistic; do not report them as held-out performance (select_on: validate is honest)")
+
+
+def warnings(m: dict) -> list[str]:
+    """The warnings that travel with a run's test figures, worded here: selection on the test split, then what
+    notebook 03 recorded of the starting weights (metrics.json `warnings`, the contamination check's words)."""
+    found = [SELECTED_ON_TEST] if m.get("test_selected") else []
+    from_evaluation = [w for w in (m.get("warnings") or []) if "select_on: test" not in w]   # worded above
+    return found + from_evaluation
+
+
+def macro_sentence(m: dict) -> str:
+    """'macro figures average 12 of 14 findings; left out (fewer than 10 patients with a positive or with a
+    negative): Fracture, Lung Lesion; one class only: Pleural Other'."""
+    macro = m.get("macro") or {}
+    covered = macro.get("findings")
+    if covered is None:
+        covered = ((m.get("splits") or {}).get("test") or {}).get("macro_findings", [])
+    text = f"macro figures average {len(covered)} of 14 findings"
+    if macro.get("not_estimable"):
+        text += (f"; left out (fewer than {macro.get('min_positives', '?')} patients with a positive or with a "
+                 f"negative): {', '.join(macro['not_estimable'])}")
+    if macro.get("one_class"):
+        text += f"; one class only: {', '.join(macro['one_class'])}"
+    return text
