@@ -19,6 +19,7 @@ from cxrlib import runfiles
 from cxrlib.data import external_selection
 from cxrlib.data.cache import build_cache
 from cxrlib.data.decode import UndeclaredDepth, decode_image
+from cxrlib.data.sources import SOURCES
 from cxrlib.errors import UserError
 from cxrlib.evaluation import external
 from cxrlib.labels import FINDINGS
@@ -136,7 +137,7 @@ def test_the_drop_holds_its_size_and_finds_a_real_drop(shift, reps, low, high):
 # --------------------------------------------------------------------------- stand-ins and notebook 07
 
 def test_stand_ins_write_each_sources_formats(tmp_path):
-    roots = {s: tmp_path / s for s in stand_in.SOURCES}
+    roots = {s: tmp_path / s for s in SOURCES}
     for source, root in roots.items():
         stand_in.generate(root, source, images=40, seed=0)
         assert json.loads((root / stand_in.PLANTED_FILE).read_text())["shift"] == "planted"
@@ -168,7 +169,7 @@ def test_notebook_07_validates_the_tiny_run_on_every_source(external_run, tmp_pa
     from cxrlib.experiments.external import summary_line, validate_external
 
     p = runfiles.load_frozen(external_run)
-    for source in stand_in.SOURCES:
+    for source in SOURCES:
         root = tmp_path / source
         stand_in.generate(root, source, images=60, seed=1, shift="none" if source == "vindr" else "planted")
         if source == "nih":   # through the notebook, as make external runs it

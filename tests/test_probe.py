@@ -366,6 +366,7 @@ def test_a_16_bit_image_without_a_declared_depth_is_a_named_failure_not_scaled_b
     from cxrlib.__main__ import main
     from cxrlib.data.cache import build_cache
     from cxrlib.data.external_selection import BIT_DEPTH, FORMATS
+    from cxrlib.data.sources import SOURCES
     from cxrlib.handoff.predict import decoded
 
     Image.fromarray(np.full((32, 32), 1000, np.uint16)).save(tmp_path / "x.png")
@@ -382,7 +383,7 @@ def test_a_16_bit_image_without_a_declared_depth_is_a_named_failure_not_scaled_b
     pixels, reason, _ = decoded(tmp_path / "x.png", 16, "squash", "fast", bits=12)
     assert reason is None and pixels.max() == round(1000 * 255 / 4095)
     assert main(["predict", "--run", "whatever", "--bits", "7", str(tmp_path)]) == 2   # before the run is read
-    assert set(BIT_DEPTH) == set(FORMATS)   # every source has its decision, recorded in its results
+    assert set(BIT_DEPTH) == set(FORMATS) == set(SOURCES)   # every source has its decision, recorded in its results
 
 
 @pytest.mark.probe(issue=32, kind="silent")

@@ -11,6 +11,7 @@ import torch
 import torchvision
 
 from cxrlib import params
+from cxrlib.data.sources import SOURCE_NAMES
 from cxrlib.errors import UserError
 from cxrlib.evaluation.explain import GradCAM
 from cxrlib.fsutil import sha256_file
@@ -168,7 +169,7 @@ def test_bench_train_times_other_archs_beside_the_first():
 
 def test_every_known_source_has_a_rule():
     assert all(rule in contamination.RULES for _, rule, _, _ in contamination.KNOWN_SOURCES.values())
-    assert all(set(seen) <= set(contamination.EXTERNAL_SOURCES) for *_, seen in contamination.KNOWN_SOURCES.values())
+    assert all(set(seen) <= set(SOURCE_NAMES) for *_, seen in contamination.KNOWN_SOURCES.values())
     assert params.TORCHVISION_ARCHS == tuple(model.ARCHS)
 
 

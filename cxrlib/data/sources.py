@@ -6,8 +6,7 @@
   patient_id, study_id   the bootstrap's and the scoring's units (VinDr has no patient: its image)
   path         relative to the data root
   view         AP, PA, FRONTAL (AP or PA not said), LATERAL or OTHER
-  sex, age     F, M or empty; years; split as the source names it
-  bits         bits stored per pixel where the source says (PadChest's BitsStored_DICOM), else 0
+  sex, age     F, M or empty; years; split as the source names it; bits: PadChest's BitsStored_DICOM, else 0
   the 14 findings   1, 0 or empty (missing: the source cannot express it, or the label is uncertain)
 
 No image is needed to build a table; tables may be .csv or .csv.gz, and data.source_checks checks each. The
@@ -33,7 +32,8 @@ from .source_checks import absent_map_labels, check_table, unrecognised
 
 COLUMNS = ["image_id", "patient_id", "study_id", "path", "view", "sex", "age", "split", "bits", *FINDINGS]
 FRONTAL = ("AP", "PA", "FRONTAL")   # FRONTAL: a frontal view whose AP or PA the source does not say
-SOURCES = ("chexpert", "nih", "padchest", "vindr")       # the external ones: notebook 07 validates on them
+SOURCE_NAMES = {"chexpert": "CheXpert", "nih": "NIH ChestX-ray14", "padchest": "PadChest", "vindr": "VinDr-CXR"}
+SOURCES = tuple(SOURCE_NAMES)   # the one list of the external sources (notebook 07 validates on them)
 TABLE_SOURCES = (*SOURCES, "mimic")                       # MIMIC-CXR-JPG gives the same table (its own data)
 SUBSETS = {"chexpert": ("external", "valid", "test", "train"), "nih": ("test", "all", "expert"),
            "padchest": ("physician", "all"), "vindr": ("test", "train"), "mimic": ("test", "all")}

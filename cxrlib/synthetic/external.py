@@ -31,13 +31,13 @@ import pandas as pd
 from PIL import Image
 
 from ..data.labelmap import load as load_map
+from ..data.sources import SOURCES
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text
 from ..labels import FINDINGS
 from .draw import render
 from .tables import SIZES_AP, SMALL_FACTOR, sample_labels
 
-SOURCES = ("chexpert", "nih", "padchest", "vindr")
 MARKER = "SYNTHETIC.json"      # written last: the settings of a complete stand-in
 PLANTED_FILE = "PLANTED.json"
 SHIFTS = {

@@ -74,6 +74,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..data.sources import SOURCES
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from ..labels import FINDINGS
@@ -282,7 +283,7 @@ def cli(command: str, argv: list[str]) -> int:
                     "with --source one of an external dataset (CheXpert, NIH, PadChest, VinDr-CXR) with a planted "
                     "site shift.")
     parser.add_argument("--out", required=True, help="dataset folder to create, e.g. data/demo")
-    parser.add_argument("--source", choices=["mimic", *external.SOURCES], default="mimic",
+    parser.add_argument("--source", choices=["mimic", *SOURCES], default="mimic",
                         help="which dataset's layout (default mimic)")
     external.add_arguments(parser)
     parser.add_argument("--subjects", type=int, default=2000, help="number of patients (real release: 65379)")

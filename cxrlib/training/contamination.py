@@ -21,12 +21,13 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.cohort import read_table
+from ..data.sources import SOURCE_NAMES
 from ..errors import UserError
 
 RULES = ("none", "random", "all", "official-train", "manifest", "unknown")
 _TXRV = "torchxrayvision:densenet121-res224-"
 KNOWN_SOURCES = {
-    # source: (trained on, MIMIC rule, where it comes from, the external sources (EXTERNAL_SOURCES) it saw)
+    # source: (trained on, MIMIC rule, where it comes from, the external sources (SOURCE_NAMES) it saw)
     f"{_TXRV}all": ("NIH, PadChest, CheXpert, MIMIC-CXR (CheXpert labels), Google, OpenI, RSNA", "random",
                     "torchxrayvision (its issues #47, #139: MIMIC split lost)", ("chexpert", "nih", "padchest")),
     f"{_TXRV}mimic_ch": ("MIMIC-CXR, CheXpert labeler", "random", "torchxrayvision", ()),
@@ -49,7 +50,6 @@ KNOWN_SOURCES = {
     "biomedclip": ("PubMed Central figure-caption pairs (unverified: no MIMIC-CXR)", "none",
                    "Hugging Face microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", ()),
 }
-EXTERNAL_SOURCES = {"chexpert": "CheXpert", "nih": "NIH ChestX-ray14", "padchest": "PadChest", "vindr": "VinDr-CXR"}
 
 
 def known(source: str | None) -> dict:
@@ -63,9 +63,9 @@ def describe(info: dict) -> dict:
     filled = {**known(info.get("source")), **{k: v for k, v in info.items() if v is not None}}
     rule = filled.get("mimic") or "unknown"
     seen = filled.get("external_seen", [])
-    if not isinstance(seen, list) or not set(seen) <= set(EXTERNAL_SOURCES):
+    if not isinstance(seen, list) or not set(seen) <= set(SOURCE_NAMES):
         raise UserError(f"{info.get('file', 'weights')}: external_seen: {seen!r} in its JSON should list some of "
-                        f"{list(EXTERNAL_SOURCES)}")
+                        f"{list(SOURCE_NAMES)}")
     if rule not in RULES:
         raise UserError(f"{info.get('file', 'weights')}: mimic: {rule!r} in its JSON is not one of {list(RULES)}")
     keep = ("source", "file", "sha256", "layout", "recognised_by", "trained_on", "where", "original_sha256", "labels",
@@ -194,7 +194,7 @@ def external_warning(starting: dict | None, source: str) -> str | None:
         seen = known(starting.get("source")).get("external_seen", [])
     if source not in seen:
         return None
-    name = EXTERNAL_SOURCES.get(source, source)
+    name = SOURCE_NAMES.get(source, source)
     return (f"THE STARTING WEIGHTS WERE TRAINED ON {name.upper()}: {starting.get('source') or 'the starting weights'} "
             f"saw {name} images, perhaps these. This is not an independent external validation: the figures are "
             "optimistic. Start from weights that never saw this source (docs/pretrained-weights.md).")
@@ -205,6 +205,6 @@ def markdown_table() -> str:
     rows = ["| source (`source` in the JSON) | trained on | from | `split_mode: seed` test | `split_mode: official` test "
             "| contaminated external sources |", "|---|---|---|---|---|---|"]
     rows += [f"| `{name}` | {trained} | {where} | {VERDICTS[rule][0]} | {VERDICTS[rule][1]} | "
-             f"{', '.join(EXTERNAL_SOURCES[x] for x in seen) or 'none'} |"
+             f"{', '.join(SOURCE_NAMES[x] for x in seen) or 'none'} |"
              for name, (trained, rule, where, seen) in KNOWN_SOURCES.items()]
     return "\n".join(rows)
