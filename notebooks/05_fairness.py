@@ -47,8 +47,8 @@ ci_level = 0.95
 import pandas as pd
 from IPython.display import display
 
+from cxrlib.evaluation import account, viz, wording
 from cxrlib.evaluation import audit as report
-from cxrlib.evaluation import viz, wording
 from cxrlib.experiments import notebook
 
 p = notebook.setup(run_dir, globals())
@@ -78,7 +78,8 @@ pd.DataFrame(summary["groups"]).pivot_table(index="group", columns="attribute", 
 # %%
 rows = pd.DataFrame(summary["rows"])
 procedure = summary["procedure"]
-print(f"{procedure['primary_tests']} primary tests; {procedure['decision']}")
+print(account.audit_verdict(summary))   # the words of make audit, the index and the card
+print(procedure["decision"])
 hits = pd.DataFrame(summary["significant"])
 if hits.empty:
     print("no primary gap is significant")

@@ -33,3 +33,18 @@ def macro_sentence(m: dict) -> str:
     if macro.get("one_class"):
         text += f"; one class only: {', '.join(macro['one_class'])}"
     return text
+
+
+def audit_verdict(audit: dict) -> str:
+    """fairness.json's decision in one sentence: the significant primary gaps among the primary tests, and the
+    exploratory hits, which decide nothing."""
+    proc = audit.get("procedure") or {}
+    return (f"{len(audit.get('significant') or [])} of {proc.get('primary_tests', '?')} primary gap(s) significant "
+            f"(Bonferroni over the audit, family-wise 0.05); exploratory: {audit.get('exploratory_hits', '?')} of "
+            f"{proc.get('exploratory_tests', '?')} tests with BH q < 0.05 (not decisions)")
+
+
+def gap_line(hit: dict) -> str:
+    """One significant primary gap: 'sex: F vs M auroc_macro: gap -0.041 [-0.070, -0.012] (simultaneous)'."""
+    return (f"{hit['attribute']}: {hit['group']} vs {hit['reference']} {hit['metric']}: gap {hit['gap']:+.3f} "
+            f"[{hit['gap_lo']:+.3f}, {hit['gap_hi']:+.3f}] (simultaneous)")

@@ -20,7 +20,7 @@ from ..labels import FINDINGS
 from ..runfiles import COHORT, DEMOGRAPHICS, FAIRNESS_CSV, FAIRNESS_JSON, read_metrics, read_predictions
 from ..stats import levels
 from ..synthetic.mimic_iv import PLANTED_FILE
-from . import fairness
+from . import account, fairness
 from .analysis import thresholds_from_report
 from .wording import planted_word
 
@@ -160,14 +160,9 @@ def planted_check(rows: pd.DataFrame, planted: dict) -> dict:
 
 def summary_lines(audit: dict) -> list[str]:
     """fairness.json in a few lines (the terminal summary after make audit)."""
-    hits, proc = audit["significant"], audit["procedure"]
-    lines = [f"Audit by patient group: {len(hits)} of {proc['primary_tests']} primary gap(s) significant "
-             "(Bonferroni, family-wise 0.05)"]
-    lines += [f"  {h['attribute']}: {h['group']} vs {h['reference']} {h['metric']}: gap {h['gap']:+.3f} "
-              f"[{h['gap_lo']:+.3f}, {h['gap_hi']:+.3f}] (simultaneous), adjusted p {h['p_adjusted']:.2g}"
-              for h in hits[:6]]
-    lines.append(f"  exploratory: {audit['exploratory_hits']} of {proc['exploratory_tests']} tests with BH q < 0.05 "
-                 "(not decisions)")
+    hits = audit["significant"]
+    lines = [f"Audit by patient group: {account.audit_verdict(audit)}"]
+    lines += [f"  {account.gap_line(h)}, adjusted p {h['p_adjusted']:.2g}" for h in hits[:6]]
     lines += [f"  {a}: {v['verdict']}" for a, v in audit["verdicts"].items() if v["verdict"].startswith("no verdict")]
     if check := audit.get("planted"):
         planted = check["planted"]

@@ -266,9 +266,7 @@ def subgroup_section(run_dir: Path) -> list[str]:
     covered = audit.get("test_coverage", {})
     lines += [f"Audited on {audit['test_units']} test {plural(audit['level'])} of {covered.get('patients', '?')} "
               f"patients, {covered.get('in_mimic_iv', '?')} of them in MIMIC-IV (demographics). "
-              f"{proc['decision']}: {len(audit['significant'])} of {proc['primary_tests']} primary gaps significant. "
-              f"Primary: {proc['primary']}. Exploratory ({proc['exploratory_tests']} tests, BH q, no decisions): "
-              f"{audit['exploratory_hits']} with q < 0.05.", ""]
+              f"{proc['decision']}: {account.audit_verdict(audit)}. Primary: {proc['primary']}.", ""]
     lines += [f"- {a}: {v['known']}; {v['verdict']}" for a, v in audit["verdicts"].items()]
     lines += [f"- Data problem: {problem}" for problem in audit.get("data_problems", [])] + [""]
     groups = {(g["attribute"], g["group"]): g["patients"] for g in audit["groups"]}

@@ -87,15 +87,10 @@ def audit_section(run_dir: Path) -> list[str]:
     audit = read_json(run_dir / FAIRNESS_JSON)
     if not audit:
         return ["<p>No audit yet (notebook 05).</p>"]
-    hits, proc = audit.get("significant", []), audit.get("procedure", {})
-    out = [f"<p>{len(hits)} of {proc.get('primary_tests', '?')} primary gap(s) significant (Bonferroni over the "
-           f"audit, family-wise 0.05); exploratory: {audit.get('exploratory_hits', '?')} of "
-           f"{proc.get('exploratory_tests', '?')} tests with BH q &lt; 0.05 (not decisions).</p>"]
+    hits = audit.get("significant", [])
+    out = [f"<p>{html.escape(account.audit_verdict(audit))}.</p>"]
     if hits:
-        out.append("<ul>" + "".join(
-            f"<li>{html.escape(h['attribute'])}: {html.escape(str(h['group']))} vs {html.escape(str(h['reference']))} "
-            f"{html.escape(h['metric'])}: gap {h['gap']:+.3f} [{h['gap_lo']:+.3f}, {h['gap_hi']:+.3f}] "
-            "(simultaneous)</li>" for h in hits[:6]) + "</ul>")
+        out.append("<ul>" + "".join(f"<li>{html.escape(account.gap_line(h))}</li>" for h in hits[:6]) + "</ul>")
     if check := audit.get("planted"):
         out.append(f"<p>Synthetic data: the planted disparity ({html.escape(check['planted']['attribute'])}="
                    f"{html.escape(str(check['planted']['group']))}) was "
