@@ -21,7 +21,7 @@ COMMANDS = {
     "report": ("experiments.runs", "re-render a run's executed notebooks to HTML"),
     "sweep": ("experiments.sweep", "run a grid of members (seeds, ablations), locally or on SLURM; skips finished ones"),
     "compare": ("experiments.compare", "several runs or a sweep: headline table, seeds pooled, each against a baseline (06)"),
-    "external": ("experiments.external", "notebook 07: a run on CheXpert, NIH, PadChest or VinDr-CXR, beside its test split"),
+    "external": ("experiments.external_runner", "notebook 07: a run on CheXpert, NIH, PadChest or VinDr-CXR, vs its test split"),
     "predict": ("handoff.predict", "a run's model on JPEG/PNG files or folders: 14 probabilities and the calls"),
     "export": ("handoff.export", "a run's best model as ONNX or TorchScript, checked against PyTorch"),
     "card": ("handoff.card", "a run's model card: MODEL_CARD.md and .html from its metrics and folder"),

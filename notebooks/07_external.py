@@ -14,7 +14,7 @@
 #
 # The run's best checkpoint scores another dataset (CheXpert, NIH ChestX-ray14, PadChest or VinDr-CXR)
 # through the same preprocessing it was trained with, and every figure is set beside the run's own
-# MIMIC test split (`cxrlib/evaluation/external.py` declares the procedure):
+# MIMIC test split (`cxrlib/evaluation/external_validation.py` declares the procedure):
 #
 # - **Label maps** (`cxrlib/data/label_maps/<source>.yaml`) say which of the source's labels make each
 #   finding positive, matched exactly. A finding the source cannot express is **missing, never
@@ -44,8 +44,8 @@ out_dir = ""                    # where the results go ("": external/<source>/; 
 from IPython.display import HTML, display
 
 from cxrlib import runfiles
-from cxrlib.evaluation import external
 from cxrlib.evaluation import external_tables as tables
+from cxrlib.evaluation import external_validation
 from cxrlib.experiments import notebook
 
 p = notebook.setup(run_dir, globals(), show=["eval_level", "bootstrap", "ci_level", "min_positives", "calibration"])
@@ -54,10 +54,10 @@ p = notebook.setup(run_dir, globals(), show=["eval_level", "bootstrap", "ci_leve
 # ## The source, its table and its label map
 
 # %%
-frame, info = external.score_source(run_dir, p, source, source_root, subset or None, external_views, equalize,
+frame, info = external_validation.score_source(run_dir, p, source, source_root, subset or None, external_views, equalize,
                                     allow_missing=allow_missing)
-report = external.external_report(run_dir, p, frame, info)
-folder = external.write_results(run_dir, source, frame, report, out_dir or None)
+report = external_validation.external_report(run_dir, p, frame, info)
+folder = external_validation.write_results(run_dir, source, frame, report, out_dir or None)
 counts = report["counts"]
 print(f"{source} ({report['subset']}) under {source_root}: {counts['table_images']} images in its table, "
       f"{counts['chosen_images']} {external_views}, {counts['present_images']} on disk, {counts['scored_images']} "

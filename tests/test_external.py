@@ -21,9 +21,9 @@ from cxrlib.data.cache import build_cache
 from cxrlib.data.decode import UndeclaredDepth, decode_image
 from cxrlib.data.sources import SOURCES
 from cxrlib.errors import UserError
-from cxrlib.evaluation import external
+from cxrlib.evaluation import external_validation
 from cxrlib.labels import FINDINGS
-from cxrlib.synthetic import external as stand_in
+from cxrlib.synthetic import external_standins as stand_in
 
 
 def smooth_image(seed: int = 0) -> np.ndarray:
@@ -127,7 +127,7 @@ def test_the_drop_holds_its_size_and_finds_a_real_drop(shift, reps, low, high):
     findings = ["Atelectasis", "Edema", "Cardiomegaly", "Pneumothorax"]
     reported = []
     for rep in range(reps):
-        drop = external.auroc_drop(units(rng, 200, 0.0, findings), units(rng, 200, shift, findings), findings,
+        drop = external_validation.auroc_drop(units(rng, 200, 0.0, findings), units(rng, 200, shift, findings), findings,
                                    n_boot=200, seed=rep, ci_level=0.95, min_positives=10)
         reported.append(drop["direction"] != "none" if shift == 0 else drop["reported"])
         assert drop["reported"] == (drop["direction"] == "drop")
@@ -166,7 +166,7 @@ def external_run(tiny_run, tiny_data, tiny_runs_dir):
 
 
 def test_notebook_07_validates_the_tiny_run_on_every_source(external_run, tmp_path, one_thread):
-    from cxrlib.experiments.external import summary_line, validate_external
+    from cxrlib.experiments.external_runner import summary_line, validate_external
 
     p = runfiles.load_frozen(external_run)
     for source in SOURCES:
@@ -186,8 +186,8 @@ def test_notebook_07_validates_the_tiny_run_on_every_source(external_run, tmp_pa
         else:   # the same library calls, without a kernel
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                frame, info = external.score_source(external_run, p, source, root, progress=False)
-                report = external.external_report(external_run, p, frame, info, n_boot=50)
+                frame, info = external_validation.score_source(external_run, p, source, root, progress=False)
+                report = external_validation.external_report(external_run, p, frame, info, n_boot=50)
             predictions = frame
         status = report["label_map"]["status"]
         assert report["label_map"]["sha256"] and report["counts"]["scored_images"] == len(predictions) > 0
@@ -243,7 +243,7 @@ def test_notebook_07_validates_the_tiny_run_on_every_source(external_run, tmp_pa
 
 def test_a_partial_download_is_refused_before_the_kernel_or_scored_and_reported_as_partial(external_run, tmp_path,
                                                                                           one_thread):
-    from cxrlib.experiments.external import summary_line, validate_external
+    from cxrlib.experiments.external_runner import summary_line, validate_external
     from cxrlib.experiments.lister import runs_table
     from cxrlib.handoff.card import build_card
     from cxrlib.handoff.index_page import write_index
@@ -264,9 +264,9 @@ def test_a_partial_download_is_refused_before_the_kernel_or_scored_and_reported_
     p = runfiles.load_frozen(external_run)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        frame, info = external.score_source(external_run, p, "chexpert", root, progress=False, allow_missing=True)
-        report = external.external_report(external_run, p, frame, info, n_boot=50)
-    external.write_results(external_run, "chexpert", frame, report)
+        frame, info = external_validation.score_source(external_run, p, "chexpert", root, progress=False, allow_missing=True)
+        report = external_validation.external_report(external_run, p, frame, info, n_boot=50)
+    external_validation.write_results(external_run, "chexpert", frame, report)
     counts = report["counts"]
     assert (counts["chosen_images"], counts["present_images"], counts["missing_images"]) == (n, k, n - k)
     assert counts["scored_images"] == len(frame) <= k and report["allow_missing"]
@@ -288,7 +288,7 @@ def test_a_partial_download_is_refused_before_the_kernel_or_scored_and_reported_
 
 @pytest.mark.probe(issue=32, kind="loss")
 def test_a_failed_external_run_leaves_the_last_good_result_byte_identical(external_run, tmp_path, one_thread):
-    from cxrlib.experiments.external import validate_external
+    from cxrlib.experiments.external_runner import validate_external
 
     def snapshot(folder):
         return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

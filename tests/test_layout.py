@@ -347,7 +347,7 @@ def test_the_layout_tree_in_the_docs_lists_every_module_and_nothing_else():
 
 
 LIGHT = [["--help"], ["runs", "--runs-dir", "{tmp}"], ["external-table", "--help"]]
-LIGHT_MODULES = ["cxrlib.experiments.external", "cxrlib.experiments.runs", "cxrlib.experiments.lister",
+LIGHT_MODULES = ["cxrlib.experiments.external_runner", "cxrlib.experiments.runs", "cxrlib.experiments.lister",
                  "cxrlib.handoff.index_page", "cxrlib.evaluation.wording", "cxrlib.data.external_selection"]
 
 

@@ -174,7 +174,7 @@ def test_a_manifest_that_names_nothing_of_the_cohort_is_unknown_not_clean(tmp_pa
 # --------------------------------------------------------------------------- external source tables
 def stand_in_table(tmp_path, source: str, images: int = 200):
     """A source's stand-in folder and its table (path, frame) to corrupt the way a user's copy may be."""
-    from cxrlib.synthetic import external as stand_in
+    from cxrlib.synthetic import external_standins as stand_in
 
     root = tmp_path / source
     stand_in.generate(root, source, images=images, seed=5, shift="none")
@@ -297,10 +297,10 @@ def test_external_table_out_must_be_a_regular_file_or_new(tmp_path):
 
 @pytest.mark.probe(issue=32, kind="silent")
 def test_a_string_equalize_is_refused_not_truthy(tmp_path):
-    from cxrlib.evaluation import external
+    from cxrlib.evaluation import external_validation
 
     with pytest.raises(UserError, match="equalize = 'no': write True or False"):
-        external.score_source(tmp_path, None, "nih", tmp_path, equalize="no")
+        external_validation.score_source(tmp_path, None, "nih", tmp_path, equalize="no")
 
 
 @pytest.mark.probe(issue=32, kind="traceback")

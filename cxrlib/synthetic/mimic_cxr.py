@@ -78,7 +78,7 @@ from ..data.sources import SOURCES
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from ..labels import FINDINGS
-from . import external, mimic_iv, test_labels
+from . import external_standins, mimic_iv, test_labels
 from .draw import jpeg_bytes
 from .tables import (
     CHEXPERT,
@@ -285,7 +285,7 @@ def cli(command: str, argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="dataset folder to create, e.g. data/demo")
     parser.add_argument("--source", choices=["mimic", *SOURCES], default="mimic",
                         help="which dataset's layout (default mimic)")
-    external.add_arguments(parser)
+    external_standins.add_arguments(parser)
     parser.add_argument("--subjects", type=int, default=2000, help="number of patients (real release: 65379)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", choices=["small", "full"], default="small",
@@ -299,7 +299,7 @@ def cli(command: str, argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.source != "mimic":
-        return external.cli_external(args)
+        return external_standins.cli_external(args)
     summary = generate(args.out, subjects=args.subjects, seed=args.seed, image_size=args.image_size,
                        workers=args.workers, progress=not args.no_progress, images=not args.tables_only,
                        max_studies=args.max_studies, planted_gap=not args.no_planted_gap)

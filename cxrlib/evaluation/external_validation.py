@@ -48,7 +48,7 @@ from ..stats import levels, metrics
 from ..stats.calibration import ece
 from ..stats.multiplicity import holm
 from ..stats.thresholds import threshold_metrics
-from ..synthetic.external import PLANTED_FILE as STAND_IN_PLANTED
+from ..synthetic.external_standins import PLANTED_FILE as STAND_IN_PLANTED
 from ..training.checkpoint import read_model_config
 from ..training.contamination import external_warning
 from ..training.inference import predict
