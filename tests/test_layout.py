@@ -379,3 +379,26 @@ def test_notebook_01_loads_no_torch():
     code = "\n".join(imports) + "\nimport sys\nprint('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert imports and done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+def dynamic_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) of each importlib.import_module / __import__ of a cxrlib module named by a string."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str) and node.args[0].value.startswith("cxrlib."):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name in ("import_module", "__import__"):
+                found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def test_no_importlib_import_of_a_higher_layer():
+    """A string import is still an import: importlib.import_module("cxrlib.experiments.runs") from stats would
+    be the upward edge the import graph cannot see. (__main__ dispatches the commands: it is above them all.)"""
+    upward = [f"{m}:{line}: {target}" for m, path in MODULES.items() if m != "cxrlib.__main__"
+              for line, target in dynamic_imports(ast.parse(path.read_text()))
+              if LAYERS.index(layer(target)) > LAYERS.index(layer(m))]
+    assert upward == []
+    planted = dynamic_imports(ast.parse('import importlib\nimportlib.import_module("cxrlib.experiments.runs")'))
+    assert [LAYERS.index(layer(t)) > LAYERS.index(layer("cxrlib.stats.metrics")) for _, t in planted] == [True]
