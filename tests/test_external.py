@@ -202,6 +202,7 @@ def test_notebook_07_validates_the_tiny_run_on_every_source(external_run, tmp_pa
                 assert row["threshold"] == pytest.approx(fitted[row["finding"]]["f1"]), (source, row["finding"])
         # one headline over the exact findings the drop compares; the approximate ones apart
         assert (report["macro"]["exact"] or {}).get("findings", []) == report["compared"]
+        assert report["macro"]["run_headline"]["value"] == run_metrics["headline"]["AUROC macro"]["value"]
         assert all(status[f] == "approximate" for f in (report["macro"]["approximate"] or {}).get("findings", []))
         for finding in FINDINGS:
             if status[finding] == "missing":   # missing, never negative; and out of every average

@@ -250,7 +250,7 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
         # one headline (the exact findings the drop compares, with its CI); the approximate ones apart, labelled
         "macro": {"exact": macro_over(units, compared, n_boot, p),
                   "approximate": macro_over(units, approximate, n_boot, p),
-                  "run_headline": {"value": (run_metrics.get("headline") or {}).get("auroc_macro", {}).get("value"),
+                  "run_headline": {"value": (run_metrics.get("headline") or {}).get("AUROC macro", {}).get("value"),
                                    "findings": len((run_metrics.get("macro") or {}).get("findings") or [])}},
         "audit_findings": "exactly mapped findings only" + ("" if status["No Finding"] == "exact" else
                                                             "; No Finding is not exact, so no underdiagnosis rate"),
