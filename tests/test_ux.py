@@ -322,8 +322,8 @@ def test_the_summary_says_when_an_interval_misses_its_estimate(tmp_path, capsys)
     (tmp_path / "metrics.json").write_text(json.dumps(report))
     lines = lister.evaluation_summary(tmp_path)
     assert lines[2].endswith("(CI conditional: 414 of 1000 resamples)") and "may miss the estimate" in lines[3]
-    assert lines[4] == "  macro figures average 9 of 14 findings; left out (fewer than 10 positive or negative " \
-                       "units, or one class): Fracture"
+    assert lines[4] == "  macro figures average 9 of 14 findings; left out (fewer than 10 patients with a positive " \
+                       "or with a negative): Fracture"
 
 
 @pytest.mark.probe(issue=15, kind="silent")
