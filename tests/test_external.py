@@ -181,6 +181,8 @@ def test_notebook_07_validates_the_tiny_run_on_every_source(external_run, tmp_pa
             assert (out / "07_external.html").is_file() and "DROP" in (out / "07_external.html").read_text() or \
                 "no drop" in (out / "07_external.html").read_text()
             assert summary_line(out).startswith(str(out))
+            scored = json.loads((out / "metrics.json").read_text())["counts"]["units"]
+            assert f"{scored} images scored" in summary_line(out)   # NIH's studies are single images
             report = json.loads((out / "metrics.json").read_text())
             predictions = pd.read_csv(out / "predictions.csv")
         else:   # the same library calls, without a kernel

@@ -48,3 +48,10 @@ def gap_line(hit: dict) -> str:
     """One significant primary gap: 'sex: F vs M auroc_macro: gap -0.041 [-0.070, -0.012] (simultaneous)'."""
     return (f"{hit['attribute']}: {hit['group']} vs {hit['reference']} {hit['metric']}: gap {hit['gap']:+.3f} "
             f"[{hit['gap_lo']:+.3f}, {hit['gap_hi']:+.3f}] (simultaneous)")
+
+
+def external_units(report: dict) -> str:
+    """What an external validation scored: '500 images' for a source whose studies are single images (NIH,
+    VinDr-CXR), else '420 studies' at a study-level run."""
+    unit = (report.get("thresholds") or {}).get("unit") or report.get("level") or "image"
+    return f"{(report.get('counts') or {}).get('units', '?')} {'studies' if unit == 'study' else 'images'}"

@@ -22,6 +22,7 @@ from .. import runfiles, runlock
 from ..data.external_selection import MIN_PRESENT, VIEWS, check_present, selected_images
 from ..data.sources import DEFAULT_SUBSET, SOURCES, SUBSETS
 from ..errors import UserError
+from ..evaluation import account
 from ..fsutil import atomic_write_json, recover_folder, replace_folder
 from ..handoff.index_page import write_index
 from ..runfiles import (
@@ -93,7 +94,7 @@ def summary_line(out: Path) -> str:
     else:
         head = (f"{out}: macro AUROC over {len(drop['findings'])} exact findings, internal {drop['internal']:.3f}, "
                 f"external {drop['external']:.3f}; drop {drop['value']:+.3f} [{drop['lo']:.3f}, {drop['hi']:.3f}] "
-                f"({runfiles.drop_verdict(drop)}; {report['level']}-level, {report['counts']['units']} external units)")
+                f"({runfiles.drop_verdict(drop)}; {account.external_units(report)} scored)")
     return head + "".join(f"\nWARNING: {w}" for w in report.get("warnings", [])) + \
         f"\n{report['source']}: {runfiles.decoded_share(report)}"
 

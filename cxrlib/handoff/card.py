@@ -302,8 +302,7 @@ def external_section(run_dir: Path) -> list[str]:
     rows = []
     for source, r in results.items():
         d = r.get("drop") or {}
-        unit = (r.get("thresholds") or {}).get("unit") or r["level"]   # NIH's studies are single images
-        rows.append([runfiles.source_label(source, r), r.get("subset"), f"{r['counts']['units']} {plural(unit)}",
+        rows.append([runfiles.source_label(source, r), r.get("subset"), account.external_units(r),
                      ", ".join(d.get("findings", [])) or "none", _num3(d.get("internal")), _num3(d.get("external")),
                      f"{_num3(d.get('value'))} [{_num3(d.get('lo'))}, {_num3(d.get('hi'))}]" if d else "-",
                      ("STALE (not today's best.pt) " if r["stale"] else "")

@@ -118,8 +118,8 @@ def external_section(run_dir: Path) -> list[str]:
         verdict = f"<span class='warn'>{verdict}</span>" if drop["reported"] else verdict
         if report["stale"]:
             verdict += " <span class='warn'>(STALE: not made from today's best.pt; validate again)</span>"
-        items.append(f"<li>{link} ({html.escape(str(report.get('subset')))}, {report['counts']['units']} "
-                     f"{html.escape(report['level'])}-level units): macro AUROC over {len(drop['findings'])} exact "
+        items.append(f"<li>{link} ({html.escape(str(report.get('subset')))}, "
+                     f"{html.escape(account.external_units(report))}): macro AUROC over {len(drop['findings'])} exact "
                      f"findings {drop['internal']:.3f} internal, {drop['external']:.3f} external; drop "
                      f"{drop['value']:+.3f} [{drop['lo']:+.3f}, {drop['hi']:+.3f}]: {verdict}; {share}</li>")
     return ["<ul>" + "".join(items) + "</ul>"]
