@@ -7,6 +7,8 @@ it. They only format what these functions return. Light on purpose (no numpy, no
 """
 from __future__ import annotations
 
+from ..params import TEST_SELECTION_WARNING
+
 SELECTED_ON_TEST = ("the model was selected on the TEST split (the original project's rule): its test figures are "
                     "optimistic; do not report them as held-out performance (select_on: validate is honest)")
 
@@ -15,7 +17,7 @@ def warnings(m: dict) -> list[str]:
     """The warnings that travel with a run's test figures, worded here: selection on the test split, then what
     notebook 03 recorded of the starting weights (metrics.json `warnings`, the contamination check's words)."""
     found = [SELECTED_ON_TEST] if m.get("test_selected") else []
-    from_evaluation = [w for w in (m.get("warnings") or []) if "select_on: test" not in w]   # worded above
+    from_evaluation = [w for w in (m.get("warnings") or []) if w != TEST_SELECTION_WARNING]   # worded above
     return found + from_evaluation
 
 

@@ -75,13 +75,8 @@ def _read(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _num(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _num3(value) -> str:
-    """A figure as the card's other figures print it: 3 decimals."""
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+def _num(value, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -303,8 +298,8 @@ def external_section(run_dir: Path) -> list[str]:
     for source, r in results.items():
         d = r.get("drop") or {}
         rows.append([runfiles.source_label(source, r), r.get("subset"), account.external_units(r),
-                     ", ".join(d.get("findings", [])) or "none", _num3(d.get("internal")), _num3(d.get("external")),
-                     f"{_num3(d.get('value'))} [{_num3(d.get('lo'))}, {_num3(d.get('hi'))}]" if d else "-",
+                     ", ".join(d.get("findings", [])) or "none", _num(d.get("internal"), 3), _num(d.get("external"), 3),
+                     f"{_num(d.get('value'), 3)} [{_num(d.get('lo'), 3)}, {_num(d.get('hi'), 3)}]" if d else "-",
                      ("STALE (not today's best.pt) " if r["stale"] else "")
                      + ("NOT INDEPENDENT (the starting weights saw this source) " if r.get("warnings") else "")
                      + runfiles.drop_verdict(d), runfiles.decoded_share(r)])
