@@ -380,6 +380,3 @@ def load(path=None, overrides: Optional[dict] = None) -> Params:
 
 
 # What every report says of a run selected on the test split (training warns with it, the notebooks show it).
-TEST_SELECTION_WARNING = ("select_on: test picks the model by its score on the TEST set (the original project's "
-                          "rule): the test figures of this run are optimistic. Use select_on: validate for honest "
-                          "figures.")

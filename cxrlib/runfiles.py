@@ -93,6 +93,11 @@ def temp_files(run_dir) -> list[Path]:
                    *run_dir.glob(".[0-9][0-9]_*.progress")])
 
 
+def index_pages(runs_dir) -> list[Path]:
+    """Every run's (and sweep's) index.html under a runs directory, sorted."""
+    return sorted(Path(runs_dir).glob(f"**/{INDEX}"))
+
+
 def run_folders(runs_dir, members: bool = True) -> list[Path]:
     """The run folders under runs_dir (those holding params.yaml), then, with `members`, the sweeps' members
     (runs/<sweep>/<member>/)."""
@@ -183,12 +188,6 @@ def external_results(run_dir) -> dict[str, dict]:
             for path in found}
 
 
-def drop_verdict(drop: dict | None) -> str:
-    """An external validation's decision in a few words (its metrics.json `drop`), wherever it is listed."""
-    if not drop:
-        return "no finding compared"
-    return {"drop": "drop reported", "higher": "no drop; external higher"}.get(drop.get("direction"),
-                                                                              "no drop reported")
 
 
 def data_name(params: dict) -> tuple[str, bool]:
@@ -200,32 +199,12 @@ def data_name(params: dict) -> tuple[str, bool]:
     return f"MIMIC-CXR-JPG (data folder `{Path(params['data_root']).name}`)", False
 
 
-def source_label(source: str, report: dict) -> str:
-    """An external source as every listing names it: 'nih', or 'nih (synthetic stand-in)'."""
-    return f"{source} (synthetic stand-in)" if report.get("synthetic") else source
 
 
-def excludes_zero(drop: dict) -> bool:
-    """Whether an external drop's interval excludes 0, either way (a drop, or an external AUROC higher)."""
-    return bool(drop.get("reported")) or drop.get("direction") in ("drop", "higher")
 
 
-def scored_share(report: dict) -> float | None:
-    """The share of the images an external validation's table selects that it scored (its metrics.json counts)."""
-    counts = report.get("counts") or {}
-    chosen, scored = counts.get("chosen_images"), counts.get("scored_images")
-    return None if not chosen or scored is None else scored / chosen
 
 
-def decoded_share(report: dict) -> str:
-    """scored_share in one phrase, wherever an external result is listed; PARTIAL when some selected images were
-    missing or could not be decoded."""
-    share, counts = scored_share(report), report.get("counts") or {}
-    if share is None:
-        return "decoded share not recorded"
-    text = f"decoded {counts['scored_images']:,} of the {counts['chosen_images']:,} selected images ({share:.1%})"
-    return text + (f", PARTIAL: {counts.get('missing_images', 0):,} missing, {counts.get('failed_images', 0):,} "
-                   "undecodable" if share < 1 else "")
 
 
 def read_json(path: Path) -> dict:
@@ -351,21 +330,24 @@ def frozen_if_any(run_dir) -> dict:
     return with_split_seed(read_yaml(path)) if path.is_file() else {}
 
 
-def for_notebook(run_dir, namespace: dict) -> Params:
+def for_notebook(run_dir, namespace: dict, knobs=None) -> Params:
     """A notebook's Params: the run's frozen params.yaml, with the notebook's own knobs from its namespace.
 
     A notebook's parameters cell declares run_dir and a few knobs of its own stage (NOTEBOOK_KNOBS).
     Under the runner they equal params.yaml (it injects them from the same values). Run by hand, a
     changed knob is checked by check_change like a command-line override, and params.yaml is written
     only when something changed and the change is allowed. Without params.yaml (a first interactive
-    run) the demo preset is the base, as the notebooks' defaults are.
+    run) the demo preset is the base, as the notebooks' defaults are. knobs: the run parameters this notebook
+    may set (default: every notebook's); notebook 07 sets none, so that its data_root (the external source's
+    folder, named as make external's flag) is never read as the run's own.
     """
     run_dir = Path(run_dir)
     frozen = frozen_if_any(run_dir)
     base = dict(frozen) if frozen else read_yaml(Path(__file__).resolve().parent.parent / "params" / "demo.yaml")
     if not frozen:
         base.update(name=run_dir.name, runs_dir=str(run_dir.parent))
-    knobs = {k for names in NOTEBOOK_KNOBS.values() for k in names}   # never a stray global that shares a name
+    if knobs is None:   # never a stray global that shares a name
+        knobs = {k for names in NOTEBOOK_KNOBS.values() for k in names}
     values = {**base, **{k: namespace[k] for k in knobs if k in namespace}}
     p = validate(values, f"{run_dir}/params.yaml and the notebook's parameters")
     if p.run_dir().resolve() != run_dir.resolve():

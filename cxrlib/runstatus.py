@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import account
 from .runfiles import (
     BEST,
     CHECKPOINTS,
@@ -37,18 +38,6 @@ def training_finished(params: dict, history: pd.DataFrame) -> bool:
     return stopped or len(history) >= int(params.get("epochs", 0) or 0)
 
 
-def warnings_of(metrics: dict | None) -> list[str]:
-    """What must travel with a run's test figures wherever they are listed (make runs shows them in red): a
-    model selected on the test split, starting weights that may have seen the test patients."""
-    metrics = metrics or {}
-    found = []
-    if metrics.get("test_selected"):
-        found.append("WARNING: model selected on the TEST split; its test figures are optimistic")
-    starting = (metrics.get("model") or {}).get("starting_weights") or {}
-    if (starting.get("contamination") or {}).get("status") == "contaminated":
-        found.append("WARNING: the starting weights may have seen the test patients; test figures optimistic")
-    return found
-
 
 def status(run_dir) -> dict:
     """What the run folder holds, judged from its files (nothing is loaded into torch)."""
@@ -71,7 +60,7 @@ def status(run_dir) -> dict:
         state = "cohort"
     else:
         state = "new"
-    notes = warnings_of(metrics) + notes
+    notes = account.warning_labels(metrics or {}) + notes
     if state in ("evaluated", "stale", "trained") and not (run_dir / CHECKPOINTS / BEST).is_file():
         notes.append("checkpoints removed")
     files = [f for f in run_dir.iterdir() if f.is_file()] if run_dir.is_dir() else []

@@ -36,15 +36,15 @@ resume = False                 # an existing last.pt with the same parameters is
 # %%
 from IPython.display import HTML, display
 
-from cxrlib import runfiles
+from cxrlib import account, runfiles
 from cxrlib.data import cache
-from cxrlib.evaluation import tables, viz
+from cxrlib.evaluation import readable, tables, viz
 from cxrlib.experiments import notebook
 from cxrlib.training import train
 
-p = notebook.setup(run_dir, globals(), show=viz.TRAINING_RECIPE)   # the recipe, as a table
+p = notebook.setup(run_dir, globals(), show=readable.TRAINING_RECIPE)   # the recipe, as a table
 if p.select_on == "test":
-    display(HTML(viz.test_selection_html()))
+    display(HTML(tables.red_box(account.SELECTED_ON_TEST)))
 starting = train.starting_weights_of(p, run_dir)   # its hash, what it saw, and whether our test split is in it
 print(tables.starting_weights_line(starting, p.weights))
 if tables.contamination_html(starting):
@@ -69,7 +69,7 @@ result = train.launch(p, run_dir, progress=True)   # a bar in Lab; progress line
 
 # %% tags=["key-figure"]
 history = runfiles.read_history(run_dir)
-display(viz.readable(history, digits=4))   # lr to 3 significant digits
+display(readable.table(history, digits=4))   # lr to 3 significant digits
 viz.plot_history(history);
 
 # %% [markdown]
@@ -81,4 +81,4 @@ print(f"best epoch {result['best_epoch']} of {result['epochs_run']}: {result['se
       + (" (stopped early)" if result["stopped_early"] else ""))
 print(f"best checkpoint: {result['best']}\nlast checkpoint: {result['last']} (resume from here)")
 if result["selected_on_test"]:
-    display(HTML(viz.test_selection_html()))
+    display(HTML(tables.red_box(account.SELECTED_ON_TEST)))

@@ -51,7 +51,8 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import HTML, display
 
-from cxrlib.evaluation import account, evaluate, paired, tables, viz, wording
+from cxrlib import account
+from cxrlib.evaluation import evaluate, paired, readable, tables, viz
 from cxrlib.evaluation import gold as goldlib
 from cxrlib.experiments import notebook
 
@@ -73,13 +74,7 @@ starting = report["model"].get("starting_weights")
 print(tables.starting_weights_line(starting, p.weights))
 for warning in account.warnings(report):   # the words the terminal, the index and the card use
     display(HTML(tables.red_box(warning)))
-if not report.get("test_selected"):
-    sel = report["selection"]
-    print(f"Model selected on {sel['select_on']} by {sel['select_metric']} (epoch {sel['best_epoch']} of "
-          f"{sel['epochs_run']}): the test set was not used to choose it.")
-print(account.macro_sentence(report))
-for note in report["notes"]:
-    print("note:", note)
+print("\n".join(account.headline_notes(report)))
 tables.headline_table(report)
 
 # %% [markdown]
@@ -90,10 +85,7 @@ tables.headline_table(report)
 # aggregated into one score. The other level is shown here when some study has several images.
 
 # %%
-level = report["level"]
-print(f"headline level: {level['headline']}"
-      + (f" ({level['aggregate']} of each study's image probabilities)" if level["aggregate"] else "")
-      + ("" if level["several_images_per_study"] else "; every study has one image here, so both levels agree"))
+print(account.level_sentence(report))
 tables.level_table(report)
 
 # %% [markdown]
@@ -105,7 +97,7 @@ tables.level_table(report)
 # `eval_level` unit.
 
 # %%
-viz.readable(tables.per_finding_table(report, "test"))
+readable.table(tables.per_finding_table(report, "test"))
 
 # %% tags=["key-figure"]
 viz.plot_forest(report['splits']['test'])
@@ -165,11 +157,7 @@ else:
 # from a handful of cases (see `tp + fn` and `tn + fp`) is not an estimate to quote.
 
 # %%
-print(f"thresholds chosen on: {report['thresholds']['chosen_on'] or 'nothing (no validation split): fixed 0.5 only'}"
-      f", per {report['thresholds'].get('level', 'image')}")
-if not report["image_level"]["same_as_headline"]:
-    print("predict and the export use thresholds and a recalibration fitted on the validation images "
-          "(metrics.json: image_level), since they score single images")
+print("\n".join(account.threshold_notes(report)))
 thresholds = tables.threshold_table(report)
 thresholds.round(3)
 
@@ -203,22 +191,15 @@ comparison.round(4)
 
 # %%
 gold = report["gold"]
-if not gold["available"]:
-    print("no radiologist labels:", gold["reason"])
-else:
-    print(f"{gold['studies_in_file']} labelled studies in {gold['file']}; {gold['studies_scored']} of them "
-          f"({gold['patients_scored']} patients) are in this run's test split")
-    if gold.get("reason"):
-        print(gold["reason"])
-    else:
-        print(wording.annotator_line(gold))
-        display(viz.readable(goldlib.comparison_table(gold)))
+print("\n".join(account.gold_lines(gold)))
+if gold["available"] and not gold.get("reason"):
+    display(readable.table(goldlib.comparison_table(gold)))
 
 # %%
 if gold["available"] and gold.get("agreement_missing"):
     print(gold["agreement_missing"])
 if gold["available"] and gold["agreement"]:
-    display(viz.readable(goldlib.agreement_frame(gold)[
+    display(readable.table(goldlib.agreement_frame(gold)[
         ["n", "gold_pos", "nlp_pos", "sensitivity", "specificity", "kappa", "kappa_lo", "kappa_hi"]]))
     display(goldlib.plot_agreement(gold))
 
@@ -232,12 +213,7 @@ if gold["available"] and gold["agreement"]:
 # %%
 if p.compare_with:
     differences = paired.compare_runs(run_dir, Path(p.runs_dir) / p.compare_with, p)
-    a = differences.attrs
-    unit_name = "studies" if a["level"] == "study" else "images"
-    print(f"{a['this']} - {a['other']} on the {a['shared_images']} test {unit_name} both predicted "
-          f"({a['patients']} patients; {a['this']} has {a['this_images']}, {a['other']} {a['other_images']}); "
-          f"{a['ci_level']:.0%} CIs from {a['n_boot']} paired patient resamples; macro over "
-          f"{len(a['macro_findings'])} findings")
+    print(account.paired_sentence(differences.attrs))
     display(paired.readable(differences))
     display(paired.plot_differences(differences))
 else:
@@ -249,7 +225,7 @@ else:
 
 # %%
 if "validate" in report["splits"]:
-    display(viz.readable(tables.per_finding_table(report, "validate")))
+    display(readable.table(tables.per_finding_table(report, "validate")))
 else:
     print("no validation split in this run")
 

@@ -47,8 +47,9 @@ ci_level = 0.95
 import pandas as pd
 from IPython.display import display
 
-from cxrlib.evaluation import account, viz, wording
+from cxrlib import account
 from cxrlib.evaluation import audit as report
+from cxrlib.evaluation import readable
 from cxrlib.experiments import notebook
 
 p = notebook.setup(run_dir, globals())
@@ -85,11 +86,11 @@ if hits.empty:
     print("no primary gap is significant")
 else:
     print(f"{len(hits)} significant primary gap(s):")
-    display(viz.readable(hits[["attribute", "group", "reference", "metric", "gap", "gap_lo", "gap_hi", "p_adjusted"]]))
+    display(readable.table(hits[["attribute", "group", "reference", "metric", "gap", "gap_lo", "gap_hi", "p_adjusted"]]))
 print("every primary test (simultaneous intervals):")
 primary = rows[rows["tier"] == "primary"][["attribute", "group", "reference", "metric", "gap", "gap_lo", "gap_hi",
                                            "p_value", "p_adjusted", "significant"]]
-viz.readable(primary)
+readable.table(primary)
 
 # %% tags=["key-figure"]
 display(report.plot_primary(rows, "auroc_macro"))
@@ -110,19 +111,19 @@ else:
     planted = check["planted"]
     print(f"planted: {planted['attribute']} = {planted['group']}, findings drawn at {planted['signature_strength']} "
           f"of their strength ({planted['effect']})")
-    print(wording.planted_word(check) + f": {len(check['found'])} significant primary "
+    print(account.planted_word(check) + f": {len(check['found'])} significant primary "
           "gap(s) of that group in the under-detection direction")
     print(f"attributes with nothing planted ({', '.join(planted['unplanted'])}): "
           + ("no significant gap" if check["unplanted_clean"]
              else f"{len(check['unplanted_significant'])} significant gap(s), false positives"))
-    display(viz.readable(pd.DataFrame(check["found"] + check["unplanted_significant"])))
+    display(readable.table(pd.DataFrame(check["found"] + check["unplanted_significant"])))
 
 # %% [markdown]
 # ## Underdiagnosis per group (No Finding false-positive rate, 95% intervals)
 
 # %%
 under = rows[(rows["metric"] == "underdiagnosis") & rows["gap"].isna()]
-display(viz.readable(under[["attribute", "group", "value", "lo", "hi", "n_patients"]]))
+display(readable.table(under[["attribute", "group", "value", "lo", "hi", "n_patients"]]))
 report.plot_underdiagnosis(rows)
 
 # %% [markdown]
@@ -143,4 +144,4 @@ for attribute in ("sex", "race"):
 # exploratory ones.
 
 # %%
-viz.readable(rows.set_index(["attribute", "group", "reference", "finding", "metric"]))
+readable.table(rows.set_index(["attribute", "group", "reference", "finding", "metric"]))

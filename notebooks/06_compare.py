@@ -37,7 +37,7 @@ from pathlib import Path
 
 from IPython.display import display
 
-from cxrlib.evaluation import viz
+from cxrlib.evaluation import readable
 from cxrlib.experiments import compare, notebook
 
 notebook.report_setup()   # no run of its own: figures drawn, errors as one line
@@ -55,7 +55,7 @@ print(compare.VALIDATION_NOTE)
 # ## Members
 
 # %%
-viz.readable(result["headline"])
+readable.table(result["headline"])
 
 # %%
 compare.plot_members(result["headline"], "auroc_macro")
@@ -64,7 +64,7 @@ compare.plot_members(result["headline"], "auroc_macro")
 # ## Across seeds (mean ± SD)
 
 # %%
-display(viz.readable(result["pooled"]))
+display(readable.table(result["pooled"]))
 
 # %% [markdown]
 # ## Against the baseline (paired on patients, Holm across runs)
@@ -75,7 +75,7 @@ display(viz.readable(result["pooled"]))
 # every line gives the shared count and each run's own.
 
 # %%
-viz.readable(result["against_baseline"])
+readable.table(result["against_baseline"])
 
 # %% [markdown]
 # ## Training curves, overlaid

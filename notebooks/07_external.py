@@ -33,7 +33,7 @@
 # %% tags=["parameters"]
 run_dir = "runs/demo"           # the run (notebook 03 must have run: thresholds, predictions)
 source = "nih"                  # chexpert | nih | padchest | vindr
-source_root = "data/demo-nih"   # the dataset's folder (its tables; images below it)
+data_root = "data/demo-nih"     # the dataset's folder (its tables; images below it): --data-root
 subset = ""                     # the source's subset ("": its default: see python -m cxrlib external-table --help)
 external_views = "frontal"      # frontal (AP and PA) | all
 equalize = False                # histogram-equalise the external images, as MIMIC-CXR-JPG's conversion did
@@ -43,33 +43,23 @@ out_dir = ""                    # where the results go ("": external/<source>/; 
 # %%
 from IPython.display import HTML, display
 
-from cxrlib import runfiles
+from cxrlib import account, runfiles
 from cxrlib.evaluation import external_tables as tables
 from cxrlib.evaluation import external_validation
 from cxrlib.experiments import notebook
 
-p = notebook.setup(run_dir, globals(), show=["eval_level", "bootstrap", "ci_level", "min_positives", "calibration"])
+# knobs=(): this notebook sets none of the run's parameters (data_root here is the source's folder, not the run's)
+p = notebook.setup(run_dir, globals(), show=["eval_level", "bootstrap", "ci_level", "min_positives", "calibration"], knobs=())
 
 # %% [markdown]
 # ## The source, its table and its label map
 
 # %%
-frame, info = external_validation.score_source(run_dir, p, source, source_root, subset or None, external_views, equalize,
+frame, info = external_validation.score_source(run_dir, p, source, data_root, subset or None, external_views, equalize,
                                     allow_missing=allow_missing)
 report = external_validation.external_report(run_dir, p, frame, info)
 folder = external_validation.write_results(run_dir, source, frame, report, out_dir or None)
-counts = report["counts"]
-print(f"{source} ({report['subset']}) under {source_root}: {counts['table_images']} images in its table, "
-      f"{counts['chosen_images']} {external_views}, {counts['present_images']} on disk, {counts['scored_images']} "
-      f"scored ({counts['failed_images']} could not be decoded); {counts['patients']} patients, {counts['units']} "
-      f"{report['level']}-level units")
-print(runfiles.decoded_share(report))
-print(f"units: {report['unit_note']}; file kinds: {report['file_modes']}; bit depth: "
-      f"{report['preprocessing'].get('bit_depth', 'not recorded')}")
-print(f"label map {report['label_map']['name']} (sha256 {report['label_map']['sha256'][:12]}), labels from "
-      f"{report['label_map']['labels_from']}")
-for note in report["notes"]:
-    print("note:", note)
+print("\n".join(account.external_source_lines(report, data_root, external_views)))
 print(f"written: {runfiles.external_dir(run_dir, source)}" + (" (once this notebook has finished)" if out_dir else ""))
 tables.map_table(report)
 
@@ -126,15 +116,4 @@ tables.plot_intensity(report)
 # ## On a synthetic stand-in: was the planted shift found?
 
 # %%
-planted = tables.planted(source_root)
-if planted is None:
-    print("no PLANTED.json in the source's folder: real data, nothing was planted")
-else:
-    found = bool(report["drop"] and report["drop"]["reported"])
-    expected = planted["shift"] == "planted"
-    print(f"planted: {planted['shift']} ({planted['expect']})")
-    print(("FOUND" if found else "NOT FOUND") if expected else ("no drop reported, as planted" if not found
-                                                               else "a drop reported where none was planted"))
-    if not expected and report["drop"] and report["drop"]["direction"] == "higher":
-        print("the external AUROC is higher: the stand-in's labels are the drawn truth, the run's test labels an "
-              "NLP labeler's (5% of cells redrawn), so the external set is scored against cleaner labels")
+print("\n".join(tables.planted_lines(report, data_root)))

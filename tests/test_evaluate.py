@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from cxrlib import params, runfiles
+from cxrlib import account, params, runfiles
 from cxrlib.data.cohort import read_cohort
 from cxrlib.errors import UserError
 from cxrlib.evaluation import evaluate, paired, tables, trained
@@ -227,25 +227,28 @@ def test_without_a_validation_split_only_the_fixed_threshold(tiny_run):
     assert set(report["splits"]) == {"test"}
 
 
-def test_selection_on_test_is_flagged_loudly(tiny_run, tmp_path):
+def test_selection_on_test_is_flagged_loudly(tiny_run, tmp_path, capsys):
     p = frozen(tiny_run, select_on="test", select_metric="accuracy")
     report = evaluate.evaluate_run(tiny_run, p, runfiles.read_predictions(tiny_run), write=False)
     assert report["test_selected"] is True and report["selection"]["test_selected"] is True
-    assert "optimistic" in report["warnings"][0]
-    html = tables.selection_warning_html(report)
-    assert "OPTIMISTIC" in html and "color:#8b0000" in html and "font-weight:bold" in html
-    assert tables.selection_warning_html(runfiles.read_metrics(tiny_run)) is None
+    assert account.warnings(report)[0] == account.SELECTED_ON_TEST and "optimistic" in account.SELECTED_ON_TEST
+    assert report["selection"]["warning"] == account.SELECTED_ON_TEST and report["warnings"] == []   # worded once
+    assert account.warnings(runfiles.read_metrics(tiny_run)) == []
     # make runs says so beside the figure (in red in a terminal), as it does for contaminated starting weights
-    from cxrlib.experiments.lister import runs_table
+    from cxrlib.experiments import lister
     from cxrlib.fsutil import atomic_write_json, jsonable
 
     listed = tmp_path / "runs" / "selected"
     listed.mkdir(parents=True)
     runfiles.freeze(p, listed)
     contaminated = {"starting_weights": {"contamination": {"status": "contaminated"}}}
-    atomic_write_json(listed / runfiles.METRICS, jsonable({**report, "model": contaminated}))
-    note = runs_table(tmp_path / "runs").set_index("run").loc["selected", "note"]
-    assert "WARNING: model selected on the TEST split" in note and "may have seen the test patients" in note
+    check = "the starting weights saw MIMIC-CXR's test patients"
+    atomic_write_json(listed / runfiles.METRICS, jsonable({**report, "model": contaminated, "warnings": [check]}))
+    note = lister.runs_table(tmp_path / "runs").set_index("run").loc["selected", "note"]
+    assert note.startswith(f"WARNING: {account.SELECTED_ON_TEST_SHORT}; WARNING: {account.CONTAMINATED_SHORT}; ")
+    lister.cli("runs", ["--runs-dir", str(tmp_path / "runs")])   # and in full, under the table, in account's words
+    printed = capsys.readouterr().out
+    assert f"WARNING selected: {account.SELECTED_ON_TEST}\nWARNING selected: {check}\n" in printed
 
 
 def test_original_comparison_puts_our_ci_beside_both_published_models(tiny_run):
@@ -381,11 +384,10 @@ def test_user_mistakes_get_one_clear_line(tmp_path):
 
 
 def test_one_warnings_wording_reaches_the_terminal_the_index_the_card_and_notebook_03(tiny_run, tmp_path, monkeypatch):
-    """The selection and contamination warnings are worded once (evaluation.account): a new wording there is what
+    """The selection and contamination warnings are worded once (cxrlib.account): a new wording there is what
     make runs' summary, the index page, the model card and notebook 03 show."""
     import shutil
 
-    from cxrlib.evaluation import account
     from cxrlib.experiments.lister import evaluation_summary
     from cxrlib.fsutil import atomic_write_json, jsonable
     from cxrlib.handoff.card import build_card

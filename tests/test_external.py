@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_params
 from PIL import Image
 
-from cxrlib import runfiles
+from cxrlib import account, runfiles
 from cxrlib.data import external_selection
 from cxrlib.data.cache import build_cache
 from cxrlib.data.decode import UndeclaredDepth, decode_image
@@ -273,7 +273,7 @@ def test_a_partial_download_is_refused_before_the_kernel_or_scored_and_reported_
     counts = report["counts"]
     assert (counts["chosen_images"], counts["present_images"], counts["missing_images"]) == (n, k, n - k)
     assert counts["scored_images"] == len(frame) <= k and report["allow_missing"]
-    share = runfiles.decoded_share(report)
+    share = account.decoded_share(report)
     assert share.startswith(f"decoded {len(frame)} of the {n} selected images") and f"PARTIAL: {n - k} missing" in share
     out = external_run / "external" / "chexpert"
     assert summary_line(out).splitlines()[-1] == f"chexpert: {share}"   # the command's last line

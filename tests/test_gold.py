@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
+from cxrlib import account
 from cxrlib.errors import UserError
-from cxrlib.evaluation import gold, wording
+from cxrlib.evaluation import gold
 from cxrlib.labels import FINDINGS
 from cxrlib.params import Params
 from cxrlib.stats import levels, metrics
@@ -208,5 +209,5 @@ def test_the_annotator_and_nlp_macros_are_set_side_by_side_over_the_same_finding
     on_seven = metrics.summarize(y_gold[:, :7], prob[:, :7], findings=FINDINGS[:7], **common)["macro"]["auroc"]
     assert same["gold"]["value"] == pytest.approx(on_seven["value"])
     assert same["gold"]["value"] != pytest.approx(section["model_vs_gold"]["macro"]["auroc"]["value"])
-    line = wording.annotator_line({**section, "like_for_like": same})
+    line = account.annotator_line({**section, "like_for_like": same})
     assert "both over the 7 findings both label sets can estimate (Atelectasis, Cardiomegaly" in line

@@ -13,10 +13,10 @@ from PIL import Image
 
 from cxrlib import params, runfiles
 from cxrlib.__main__ import main
+from cxrlib.account import figure_text
 from cxrlib.data.cohort import read_cohort
 from cxrlib.errors import UserError
 from cxrlib.evaluation import analysis, evaluate, recalibration, trained
-from cxrlib.evaluation.wording import figure_text
 from cxrlib.handoff import card, checklists, export, predict
 from cxrlib.labels import FINDINGS
 from cxrlib.stats import levels

@@ -300,8 +300,8 @@ def test_run_folder_paths_and_globs_are_built_only_by_runfiles():
         ["/metrics.json", "*/params.yaml", ".running.ipynb", "[0-9][0-9]_*.html"])
 
 
-def test_no_module_is_much_over_400_lines():   # "about 400": the synthetic tables are 424
-    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 430}
+def test_no_module_is_over_400_lines():
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 400}
     assert long == {}, long
 
 
@@ -348,7 +348,8 @@ def test_the_layout_tree_in_the_docs_lists_every_module_and_nothing_else():
 
 LIGHT = [["--help"], ["runs", "--runs-dir", "{tmp}"], ["external-table", "--help"]]
 LIGHT_MODULES = ["cxrlib.experiments.external_runner", "cxrlib.experiments.runs", "cxrlib.experiments.lister",
-                 "cxrlib.handoff.index_page", "cxrlib.evaluation.wording", "cxrlib.data.external_selection"]
+                 "cxrlib.handoff.index_page", "cxrlib.account", "cxrlib.evaluation.readable", "cxrlib.experiments.notebook",
+                 "cxrlib.data.external_selection"]
 
 
 @pytest.mark.parametrize("argv", LIGHT, ids=lambda a: a[0])

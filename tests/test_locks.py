@@ -18,6 +18,7 @@ import yaml
 
 from cxrlib import params, runfiles, runlock
 from cxrlib.errors import UserError
+from cxrlib.experiments import grid as grids
 from cxrlib.experiments import runs, sweep
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -192,7 +193,7 @@ def test_two_sweeps_on_one_grid_at_once_the_second_is_refused(tmp_path):
     grid.write_text(yaml.safe_dump({"base": str(PROJECT / "params" / "demo.yaml"), "name": "s",
                                     "set": {"epochs": 1}}))
     runs_dir = tmp_path / "runs"
-    sweep.plan(sweep.read_grid(grid), str(runs_dir))
+    sweep.plan(grids.read_grid(grid), str(runs_dir))
     proc = holder(runs_dir / "s")   # the first launcher
     try:
         with pytest.raises(UserError, match=f"process {proc.pid}"):

@@ -15,6 +15,7 @@ from physionet_server import FakePhysioNet, make_release
 
 from cxrlib.__main__ import main
 from cxrlib.data import physionet, transfer
+from cxrlib.data import release as mimic_release
 from cxrlib.data.checksums import read_checksums
 from cxrlib.data.transfer import AuthError, DiskFullError, get_credentials, parse_retry_after, retry_delay
 from cxrlib.errors import UserError
@@ -86,13 +87,13 @@ def test_cli_downloads_tables_and_cohort_images_verified(tmp_path, release, serv
                "--base-url", server.base_url, "--workers", "3"])
     assert rc == 0
     # 2.1.0 by default: the radiologist labels come with the tables
-    for rel in physionet.TABLES + (physionet.GOLD_TABLE, physionet.SUMS) + tuple(images[:4]):
+    for rel in mimic_release.TABLES + (mimic_release.GOLD_TABLE, mimic_release.SUMS) + tuple(images[:4]):
         assert same(src, root, rel), rel
     assert not (root / images[4]).exists()      # only the cohort's images
     assert not list(root.rglob("*.part"))
     assert sorted(r.rel for r in server.requests_for(".jpg")) == sorted(images[:4])
     state = physionet._load_state(root)
-    assert set(state) == set(physionet.TABLES) | {physionet.GOLD_TABLE} | set(images[:4])
+    assert set(state) == set(mimic_release.TABLES) | {mimic_release.GOLD_TABLE} | set(images[:4])
     out = captured().out
     assert "images: 4 downloaded" in out and "0 failed" in out
 
@@ -100,14 +101,14 @@ def test_cli_downloads_tables_and_cohort_images_verified(tmp_path, release, serv
 def test_release_2_0_0_has_no_radiologist_labels_and_a_missing_label_file_is_not_fatal(tmp_path, release, server,
                                                                                       captured):
     src, images = release
-    assert not physionet.has_gold_labels("2.0.0") and physionet.has_gold_labels("2.1.0")
+    assert not mimic_release.has_gold_labels("2.0.0") and mimic_release.has_gold_labels("2.1.0")
     old = physionet.fetch_release_tables(tmp_path / "old", "2.0.0", server.base_url, progress=False)
-    assert old.ok and not (tmp_path / "old" / physionet.GOLD_TABLE).exists()
-    (src / physionet.GOLD_TABLE).unlink()   # a mirror without it: the cohort does not need it
+    assert old.ok and not (tmp_path / "old" / mimic_release.GOLD_TABLE).exists()
+    (src / mimic_release.GOLD_TABLE).unlink()   # a mirror without it: the cohort does not need it
     rc = main(["fetch", "--data-root", str(tmp_path / "new"), "--cohort", str(cohort_csv(tmp_path, images[:1])),
                "--base-url", server.base_url])
     assert rc == 0
-    assert f"warning: {physionet.GOLD_TABLE} could not be fetched" in captured().err
+    assert f"warning: {mimic_release.GOLD_TABLE} could not be fetched" in captured().err
 
 
 def test_rerun_skips_complete_files_without_requests_or_credentials(tmp_path, release, server, monkeypatch):
@@ -226,7 +227,7 @@ def test_refused_credentials_stop_with_one_clear_error(tmp_path, release, server
     assert "HTTP 401" in message and "data use agreement" in message
     assert PASSWORD not in message + repr(info.value)
     # with the checksums already here, the first image is the probe: still no retry storm
-    (root / physionet.SUMS).write_bytes((src / physionet.SUMS).read_bytes())
+    (root / mimic_release.SUMS).write_bytes((src / mimic_release.SUMS).read_bytes())
     rc = main(["fetch", "--data-root", str(root), "--cohort", str(cohort_csv(tmp_path, images)),
                "--base-url", server.base_url, "--workers", "8"])
     assert rc == 2 and len(server.requests) <= 3
@@ -314,7 +315,7 @@ def test_print_gsutil_uses_no_network(tmp_path, release, server, captured):
     assert "gs://<bucket-from-physionet-page>" in out and 'gsutil -u "$PROJECT" -m cp' in out
     assert "requester pays" in out and "xargs -P 8" in out
     assert images[0] in out.splitlines() and images[1] in out.splitlines()
-    assert f'"$BUCKET/{physionet.TABLES[0]}"' in out
+    assert f'"$BUCKET/{mimic_release.TABLES[0]}"' in out
 
 
 def test_params_mode_builds_cohort_after_tables(tmp_path, release, server, monkeypatch):
@@ -325,7 +326,7 @@ def test_params_mode_builds_cohort_after_tables(tmp_path, release, server, monke
     seen = {}
 
     def build_cohort(data_root, p):
-        seen["tables"] = all((root / t).is_file() for t in physionet.TABLES)
+        seen["tables"] = all((root / t).is_file() for t in mimic_release.TABLES)
         seen["data_root"] = str(data_root)
         return pd.DataFrame({"path": images[:2]}), None
     monkeypatch.setattr(physionet, "build_cohort", build_cohort)

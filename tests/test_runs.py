@@ -50,7 +50,7 @@ def test_committed_notebooks_are_clean_and_have_parameters():
         assert len(tagged) == 1, path.name
 
 
-EXTERNAL_DEMO = {"source": "nih", "source_root": "data/demo-nih", "subset": "", "external_views": "frontal",
+EXTERNAL_DEMO = {"source": "nih", "data_root": "data/demo-nih", "subset": "", "external_views": "frontal",
                  "equalize": False, "allow_missing": False, "out_dir": ""}
 
 

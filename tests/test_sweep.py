@@ -15,6 +15,7 @@ from cxrlib import runfiles
 from cxrlib.errors import UserError
 from cxrlib.evaluation import ensemble, kinds
 from cxrlib.experiments import compare, sweep
+from cxrlib.experiments import grid as grids
 from cxrlib.labels import FINDINGS
 from cxrlib.runfiles import PROB_COLUMNS
 
@@ -29,24 +30,24 @@ def write_grid(tmp_path, **grid) -> Path:
 
 # --------------------------------------------------------------------------- the grid
 def test_expansion_product_then_list_then_seeds_with_readable_names(tmp_path):
-    grid = sweep.read_grid(write_grid(tmp_path, vary={"pos_weight": [False, True], "lr": [0.001, 0.0003]},
+    grid = grids.read_grid(write_grid(tmp_path, vary={"pos_weight": [False, True], "lr": [0.001, 0.0003]},
                                       members=[{"name": "big", "image_size": 128}, {"views": ["AP", "PA"]}],
                                       seeds=[0, 1]))
-    names = [n for n, _ in sweep.expand(grid)]
+    names = [n for n, _ in grids.expand(grid)]
     assert names[:4] == ["pos_weight-false_lr-0.001_seed-0", "pos_weight-false_lr-0.001_seed-1",
                          "pos_weight-false_lr-0.0003_seed-0", "pos_weight-false_lr-0.0003_seed-1"]
     assert names[8:] == ["big_seed-0", "big_seed-1", "views-AP+PA_seed-0", "views-AP+PA_seed-1"]
     assert len(names) == (2 * 2 + 2) * 2 == len(set(names))
-    overrides = dict(sweep.expand(grid))
+    overrides = dict(grids.expand(grid))
     assert overrides["big_seed-1"] == {"image_size": 128, "seed": 1}
     assert overrides["pos_weight-true_lr-0.0003_seed-0"] == {"pos_weight": True, "lr": 0.0003, "seed": 0}
-    plain = sweep.read_grid(write_grid(tmp_path, file="plain"))
-    assert sweep.expand(plain) == [("base", {})]
+    plain = grids.read_grid(write_grid(tmp_path, file="plain"))
+    assert grids.expand(plain) == [("base", {})]
 
 
 def test_member_parameters_and_their_folders(tmp_path):
-    grid = sweep.read_grid(write_grid(tmp_path, name="s", set={"epochs": 2}, vary={"pos_weight": [True]}, seeds=[3]))
-    (name, overrides), = sweep.expand(grid)
+    grid = grids.read_grid(write_grid(tmp_path, name="s", set={"epochs": 2}, vary={"pos_weight": [True]}, seeds=[3]))
+    (name, overrides), = grids.expand(grid)
     p = sweep.member_params(grid, name, overrides, runs_dir=str(tmp_path / "runs"))
     assert (p.epochs, p.pos_weight, p.seed, p.name) == (2, True, 3, "pos_weight-true_seed-3")
     assert p.run_dir() == tmp_path / "runs" / "s" / "pos_weight-true_seed-3"
@@ -69,7 +70,7 @@ def test_member_parameters_and_their_folders(tmp_path):
 def test_bad_grids_name_the_file_and_the_key(tmp_path, grid, message):
     path = write_grid(tmp_path, **grid)
     with pytest.raises(UserError) as e:
-        sweep.plan(sweep.read_grid(path), runs_dir=str(tmp_path / "runs"))
+        sweep.plan(grids.read_grid(path), runs_dir=str(tmp_path / "runs"))
     assert message in str(e.value) and str(path.name) in str(e.value)
 
 
@@ -78,7 +79,7 @@ def test_the_shipped_seed_ablation_grid_plans_members_that_share_one_cohort(tmp_
     """Its ensemble averages six members image by image: seeds vary the weights and data order, never the
     validation split (split_seed), so every member builds the same cohort."""
     monkeypatch.chdir(ROOT)
-    grid = sweep.read_grid(ROOT / "params" / "grids" / "seed-ablation.yaml")
+    grid = grids.read_grid(ROOT / "params" / "grids" / "seed-ablation.yaml")
     members = sweep.plan(grid, runs_dir=str(tmp_path / "runs"), write=False)
     assert len(members) == 6 and grid["ensemble"]
     from cxrlib.params import STAGES
@@ -91,20 +92,20 @@ def test_the_shipped_seed_ablation_grid_plans_members_that_share_one_cohort(tmp_
 def test_an_ensemble_of_members_with_different_cohorts_is_refused_before_anything_runs(tmp_path):
     path = write_grid(tmp_path, vary={"views": [["AP"], ["AP", "PA"]]}, ensemble=True)
     with pytest.raises(UserError, match="different cohorts") as e:
-        sweep.plan(sweep.read_grid(path), runs_dir=str(tmp_path / "runs"), write=False)
+        sweep.plan(grids.read_grid(path), runs_dir=str(tmp_path / "runs"), write=False)
     assert "views" in str(e.value) and not (tmp_path / "runs").exists()
 
 
 def test_plan_skips_finished_resumes_unfinished_and_refuses_a_changed_finished_stage(tmp_path, monkeypatch):
     runs_dir = str(tmp_path / "runs")
     path = write_grid(tmp_path, name="s", vary={"pos_weight": [False, True]})
-    members = sweep.plan(sweep.read_grid(path), runs_dir)
+    members = sweep.plan(grids.read_grid(path), runs_dir)
     assert [m["status"] for m in members] == ["new", "new"]
     done, half = members[0]["dir"], members[1]["dir"]
     (done / sweep.DONE).write_text("{}")
     (half / "checkpoints").mkdir()
     (half / "checkpoints" / "last.pt").write_bytes(b"x")
-    assert [m["status"] for m in sweep.plan(sweep.read_grid(path), runs_dir)] == ["finished", "unfinished"]
+    assert [m["status"] for m in sweep.plan(grids.read_grid(path), runs_dir)] == ["finished", "unfinished"]
     ran = []
     monkeypatch.setattr("cxrlib.experiments.runs.run", lambda p, notebooks, **kw: ran.append((p.name, p.resume, notebooks)))
     sweep.run_member(Path(runs_dir) / "s", done.name)
@@ -114,7 +115,7 @@ def test_plan_skips_finished_resumes_unfinished_and_refuses_a_changed_finished_s
     (done / "cohort.csv").write_text("x")   # the cohort stage has run: its fields are fixed
     path.write_text(path.read_text().replace("name: s", "name: s\nset: {views: [PA]}"))
     with pytest.raises(UserError, match="views"):
-        sweep.plan(sweep.read_grid(path), runs_dir)
+        sweep.plan(grids.read_grid(path), runs_dir)
 
 
 # --------------------------------------------------------------------------- groups and ensembles

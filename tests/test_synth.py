@@ -12,8 +12,7 @@ from PIL import Image
 from cxrlib.__main__ import main
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
-from cxrlib.synthetic import mimic_cxr
-from cxrlib.synthetic import tables as synthetic_tables
+from cxrlib.synthetic import label_draw, mimic_cxr
 from cxrlib.synthetic.draw import jpeg_bytes, render
 from cxrlib.synthetic.tables import CHEXPERT, METADATA, NEGBIO, SPLIT, build_tables, image_path
 
@@ -219,13 +218,13 @@ def test_statistics_match_the_release_and_the_original_cohort():
 
 
 def test_latent_correlation_reproduces_cooccurrence():
-    corr = synthetic_tables.latent_correlation()
+    corr = label_draw.latent_correlation()
     rng = np.random.default_rng(0)
-    z = rng.standard_normal((200_000, len(synthetic_tables.SAMPLED))) @ np.linalg.cholesky(corr).T
-    p = np.array([synthetic_tables.RATES[f][0] for f in synthetic_tables.SAMPLED])
+    z = rng.standard_normal((200_000, len(label_draw.SAMPLED))) @ np.linalg.cholesky(corr).T
+    p = np.array([label_draw.RATES[f][0] for f in label_draw.SAMPLED])
     pos = z > np.quantile(z, 1 - p, axis=0).diagonal()
-    i, j = synthetic_tables.SAMPLED.index("Lung Opacity"), synthetic_tables.SAMPLED.index("Pleural Effusion")
-    target = synthetic_tables.COOCCURRENCE[FINDINGS.index("Lung Opacity"), FINDINGS.index("Pleural Effusion")]
+    i, j = label_draw.SAMPLED.index("Lung Opacity"), label_draw.SAMPLED.index("Pleural Effusion")
+    target = label_draw.COOCCURRENCE[FINDINGS.index("Lung Opacity"), FINDINGS.index("Pleural Effusion")]
     assert abs((pos[:, i] & pos[:, j]).mean() - target) < 0.01
 
 

@@ -19,7 +19,7 @@ from cxrlib.bench import train as bench_train
 from cxrlib.data import cache
 from cxrlib.data.cohort import read_cohort, write_cohort
 from cxrlib.errors import UserError
-from cxrlib.evaluation import viz
+from cxrlib.evaluation import readable, viz
 from cxrlib.labels import FINDINGS
 from cxrlib.training import checkpoint, optim, runtime, steps, train
 from cxrlib.training.inference import evaluate
@@ -405,7 +405,6 @@ def test_resume_removes_its_own_stale_temp_checkpoints_only(data_root, tmp_path)
 
 
 def test_cpu_amp_turns_on_bf16_and_channels_last_on_a_cpu_only_when_asked():
-    from cxrlib.evaluation import viz
     from cxrlib.training.runtime import amp_dtype, inference_amp, use_channels_last
 
     cpu = torch.device("cpu")
@@ -414,5 +413,5 @@ def test_cpu_amp_turns_on_bf16_and_channels_last_on_a_cpu_only_when_asked():
     assert amp_dtype(fast, cpu) == torch.bfloat16 and use_channels_last(fast, cpu)
     assert inference_amp(fast, cpu) is None   # scoring stays fp32 on a CPU: predictions agree with the fp32 export
     assert amp_dtype(params.validate({"device": "cpu", "cpu_amp": True, "amp": "off"}), cpu) is None
-    assert viz.shown_value(fast, "amp") == "bf16 (on this CPU run too: cpu_amp)"
-    assert viz.shown_value(plain, "amp") == "bf16 (GPU only; off on this CPU run)"
+    assert readable.shown_value(fast, "amp") == "bf16 (on this CPU run too: cpu_amp)"
+    assert readable.shown_value(plain, "amp") == "bf16 (GPU only; off on this CPU run)"

@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 
-from cxrlib.evaluation import viz
+from cxrlib.evaluation import readable, viz
 from cxrlib.labels import FINDINGS
 
 
@@ -32,19 +32,18 @@ def test_report_tables_read_as_people_read_them():
     import pandas as pd
 
     from cxrlib import params
-    from cxrlib.evaluation import viz
     from cxrlib.stats.multiplicity import format_p
 
     frame = pd.DataFrame({"auroc": pd.array([0.80157, None], dtype="Float64"),
                           "n_pos": pd.array([55, None], dtype="Int64"), "finding": ["Edema", "macro"]})
-    shown = viz.readable(frame)
+    shown = readable.table(frame)
     assert shown["auroc"].tolist() == ["0.802", ""] and shown["n_pos"].tolist() == ["55", ""]
     assert "<NA>" not in shown.to_string() and "NaN" not in shown.to_string()
     p = params.validate({"device": "cpu", "amp": "bf16", "lr": 1e-4, "compare_with": ""})
-    table = viz.params_table(p, ["amp", "lr", "compare_with", "mean"])["value"].tolist()
+    table = readable.params_table(p, ["amp", "lr", "compare_with", "mean"])["value"].tolist()
     assert table == ["bf16 (GPU only; off on this CPU run)", "1e-04", "(none)", "0.4691"]
     assert format_p(0.0423) == "0.042" and format_p(0.0004) == "< 0.001" and format_p(float("nan")) == "n/a"
-    audit = viz.readable(pd.DataFrame({"p_value": [0.0004, 0.2], "p_adjusted": [0.00011, None], "lr": [9.39e-4, 1e-3]}),
+    audit = readable.table(pd.DataFrame({"p_value": [0.0004, 0.2], "p_adjusted": [0.00011, None], "lr": [9.39e-4, 1e-3]}),
                          digits=4)
     assert audit["p_value"].tolist() == ["< 0.001", "0.200"] and audit["p_adjusted"].tolist() == ["< 0.001", ""]
     assert audit["lr"].tolist() == ["0.000939", "0.001"]   # the precision it carries, not 0.0009

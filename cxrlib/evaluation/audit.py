@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import account
 from ..data import demographics
 from ..data.cohort import read_cohort
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
@@ -20,9 +21,8 @@ from ..labels import FINDINGS
 from ..runfiles import COHORT, DEMOGRAPHICS, FAIRNESS_CSV, FAIRNESS_JSON, read_metrics, read_predictions
 from ..stats import levels
 from ..synthetic.mimic_iv import PLANTED_FILE
-from . import account, fairness
+from . import fairness
 from .analysis import thresholds_from_report
-from .wording import planted_word
 
 SHOWN = ["attribute", "group", "reference", "finding", "metric", "value", "gap", "gap_lo", "gap_hi", "p_value",
          "p_adjusted", "n_patients"]
@@ -167,7 +167,7 @@ def summary_lines(audit: dict) -> list[str]:
     if check := audit.get("planted"):
         planted = check["planted"]
         lines.append(f"  synthetic data, planted: {planted['attribute']}={planted['group']} drawn at "
-                     f"{planted['signature_strength']} strength -> " + planted_word(check)
+                     f"{planted['signature_strength']} strength -> " + account.planted_word(check)
                      + f" ({len(check['found'])} primary gap(s)); on {', '.join(planted['unplanted'])}: "
                      + ("none significant" if check["unplanted_clean"]
                         else f"{len(check['unplanted_significant'])} significant (false positives)"))

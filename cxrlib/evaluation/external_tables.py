@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .readable import table as readable
 from .tables import red_box
-from .viz import readable
 
 
 def warnings_html(report: dict) -> str | None:
@@ -163,3 +163,19 @@ def planted(data_root) -> dict | None:
     """The synthetic stand-in's PLANTED.json, or None (real data)."""
     path = Path(data_root) / "PLANTED.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def planted_lines(report: dict, data_root) -> list[str]:
+    """On a synthetic stand-in (a PLANTED.json in its folder): what was planted and whether the drop was found."""
+    shift = planted(data_root)
+    if shift is None:
+        return ["no PLANTED.json in the source's folder: real data, nothing was planted"]
+    found = bool(report["drop"] and report["drop"]["reported"])
+    expected = shift["shift"] == "planted"
+    lines = [f"planted: {shift['shift']} ({shift['expect']})",
+             ("FOUND" if found else "NOT FOUND") if expected else
+             ("no drop reported, as planted" if not found else "a drop reported where none was planted")]
+    if not expected and report["drop"] and report["drop"]["direction"] == "higher":
+        lines.append("the external AUROC is higher: the stand-in's labels are the drawn truth, the run's test labels "
+                     "an NLP labeler's (5% of cells redrawn), so the external set is scored against cleaner labels")
+    return lines

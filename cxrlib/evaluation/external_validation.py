@@ -44,7 +44,7 @@ from ..runfiles import (
     read_metrics,
     read_predictions,
 )
-from ..stats import levels, metrics
+from ..stats import levels, metrics, paired_bootstrap
 from ..stats.calibration import ece
 from ..stats.multiplicity import holm
 from ..stats.thresholds import threshold_metrics
@@ -160,18 +160,18 @@ def auroc_drop(internal: pd.DataFrame, external: pd.DataFrame, findings: list[st
     percentile intervals of the difference, two-sided bootstrap p-values, Holm over the findings."""
     sides = [matrices(internal, findings), matrices(external, findings)]
     point = [metrics.ranking_metrics(y, prob, findings, min_positives, g) for y, prob, g in sides]
-    boot = [metrics.bootstrap_plans([metrics.resample_plan(y, prob, findings, min_positives=min_positives, groups=g)],
+    boot = [paired_bootstrap.bootstrap_plans([metrics.resample_plan(y, prob, findings, min_positives=min_positives, groups=g)],
                                     y, g, n_boot, seed + k, progress=False)[0] for k, (y, prob, g) in enumerate(sides)]
     macro_diff = boot[0]["auroc_macro"] - boot[1]["auroc_macro"]
     lo, hi, _ = metrics.percentile_interval(macro_diff, ci_level)
     value = point[0]["macro"]["auroc"] - point[1]["macro"]["auroc"]
-    p_macro = metrics.bootstrap_p(macro_diff[np.isfinite(macro_diff)])[0] if np.isfinite(macro_diff).any() else None
+    p_macro = paired_bootstrap.bootstrap_p(macro_diff[np.isfinite(macro_diff)])[0] if np.isfinite(macro_diff).any() else None
     rows = []
     for j, finding in enumerate(findings):
         diff = boot[0]["auroc"][:, j] - boot[1]["auroc"][:, j]
         d_lo, d_hi, _ = metrics.percentile_interval(diff, ci_level)
         a, b = point[0]["per_finding"][finding]["auroc"], point[1]["per_finding"][finding]["auroc"]
-        p_value = metrics.bootstrap_p(diff[np.isfinite(diff)])[0] if np.isfinite(diff).any() else np.nan
+        p_value = paired_bootstrap.bootstrap_p(diff[np.isfinite(diff)])[0] if np.isfinite(diff).any() else np.nan
         rows.append({"finding": finding, "internal": a, "external": b, "drop": a - b, "lo": d_lo, "hi": d_hi,
                      "p_value": p_value})
     table = pd.DataFrame(rows)

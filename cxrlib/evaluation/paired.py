@@ -10,7 +10,7 @@ import pandas as pd
 from ..errors import UserError
 from ..labels import FINDINGS
 from ..runfiles import PROB_COLUMNS, read_predictions
-from ..stats import levels, metrics
+from ..stats import levels, paired_bootstrap
 from ..stats.delong import delong_macro, delong_test
 from ..stats.multiplicity import format_p, holm
 
@@ -52,8 +52,8 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
                         "same labels: compare runs with the same label settings (compare_with)")
     p_this = shared[PROB_COLUMNS].to_numpy(dtype=np.float64)
     p_other = shared[[f"{c}_other" for c in PROB_COLUMNS]].to_numpy(dtype=np.float64)
-    # metrics.paired_bootstrap reports b - a: a is the other run, b this one.
-    result = metrics.paired_bootstrap(a_labels, p_other, p_this, shared["subject_id"].to_numpy(dtype=str),
+    # paired_bootstrap.paired_bootstrap reports b - a: a is the other run, b this one.
+    result = paired_bootstrap.paired_bootstrap(a_labels, p_other, p_this, shared["subject_id"].to_numpy(dtype=str),
                                       n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level,
                                       min_positives=p.min_positives)
     rows = []

@@ -99,10 +99,10 @@ def apply(calibrator: dict | None, p, findings=FINDINGS) -> np.ndarray:
 def section(calibrator: dict, y_test, p_test, groups, p, n_bins: int) -> dict:
     """metrics.json's calibration figures: ECE and Brier on test before and after, each with its CI,
     and after minus before on the same patient resamples; the reliability curves of both."""
-    from ..stats import metrics  # lazy: keeps scipy, sklearn out of this module's import
+    from ..stats import metrics, paired_bootstrap  # lazy: keeps scipy, sklearn out of this module's import
 
     calibrated = apply(calibrator, p_test)
-    paired = metrics.paired_bootstrap(y_test, p_test, calibrated, groups, n_boot=p.bootstrap, seed=p.seed,
+    paired = paired_bootstrap.paired_bootstrap(y_test, p_test, calibrated, groups, n_boot=p.bootstrap, seed=p.seed,
                                       ci_level=p.ci_level, n_bins=n_bins)
     after = metrics.summarize(y_test, calibrated, groups, n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level,
                               n_bins=n_bins)

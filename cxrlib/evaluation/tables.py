@@ -40,17 +40,6 @@ def starting_weights_line(starting: dict | None, weights: str = "") -> str:
             + (f"; test split {check['status']}: {check['message']}" if check else ""))
 
 
-def selection_warning_html(report: dict) -> str | None:
-    """A bold red box for runs whose model was selected on the test set; None otherwise."""
-    if not report.get("test_selected"):
-        return None
-    sel = report["selection"]
-    return (RED_BOX + "&#9888; THE TEST FIGURES BELOW ARE OPTIMISTIC.<br>"
-            f"This run selected its model (epoch {sel['best_epoch']}) by {sel['select_metric']} on the TEST set. "
-            "The test set was used to pick the model, so it no longer measures unseen data: "
-            "do not report these figures as test performance. Rerun with select_on: validate "
-            "(e.g. params/improved.yaml) for honest figures.</div>")
-
 
 def per_finding_table(report: dict, split: str = "test") -> pd.DataFrame:
     """AUROC, AUPRC, ECE and Brier per finding (then macro and micro) with their CIs."""

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..account import SELECTED_ON_TEST
 from ..data.cache import cohort_with_rows, open_cache
 from ..data.cohort import read_cohort
 from ..errors import UserError
 from ..labels import FINDINGS
-from ..params import TEST_SELECTION_WARNING, validate
+from ..params import validate
 from ..runfiles import COHORT, ID_COLUMNS, PROB_COLUMNS, read_history
 from ..training.checkpoint import load_trained, read_model_config
 from ..training.inference import predict
@@ -126,7 +127,7 @@ class TrainedRun:
                "best_score": float(best[score]) if best is not None else None,
                "epochs_run": int(len(history)), "test_selected": p.select_on == "test", "warning": None, "note": None}
         if out["test_selected"]:
-            out["warning"] = TEST_SELECTION_WARNING
+            out["warning"] = SELECTED_ON_TEST
         if level != p.eval_level:
             out["note"] = (f"epochs were chosen on {level}-level figures (eval_level at training time); the figures "
                            f"here are {p.eval_level}-level (eval_level was changed after training)")

@@ -18,11 +18,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import runfiles, runlock
+from .. import account, runfiles, runlock
 from ..data.external_selection import MIN_PRESENT, VIEWS, check_present, selected_images
 from ..data.sources import DEFAULT_SUBSET, SOURCES, SUBSETS
 from ..errors import UserError
-from ..evaluation import account
 from ..fsutil import atomic_write_json, recover_folder, replace_folder
 from ..handoff.index_page import write_index
 from ..runfiles import (
@@ -73,7 +72,7 @@ def validate_external(run_dir, source: str, data_root, subset: str | None = None
         staging.mkdir(parents=True)
         atomic_write_json(staging / EXTERNAL_SETTINGS, settings)
         execute(EXTERNAL_NOTEBOOK, p, root, staging, progress=progress,
-                extra={"run_dir": str(run_dir), "source": source, "source_root": str(data_root),
+                extra={"run_dir": str(run_dir), "source": source, "data_root": str(data_root),
                        "subset": found.subset, "external_views": views, "equalize": bool(equalize),
                        "allow_missing": bool(allow_missing), "out_dir": str(staging)})
         if not (staging / EXTERNAL_METRICS).is_file():
@@ -96,7 +95,7 @@ def summary_line(out: Path) -> str:
                 f"external {drop['external']:.3f}; drop {drop['value']:+.3f} [{drop['lo']:.3f}, {drop['hi']:.3f}] "
                 f"({runfiles.drop_verdict(drop)}; {account.external_units(report)} scored)")
     return head + "".join(f"\nWARNING: {w}" for w in report.get("warnings", [])) + \
-        f"\n{report['source']}: {runfiles.decoded_share(report)}"
+        f"\n{report['source']}: {account.decoded_share(report)}"
 
 
 def cli(command: str, argv: list[str]) -> int:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import runlock
+from .. import account, runlock
 from ..errors import UserError
-from ..evaluation import account
 from ..progress import duration
 from ..runfiles import (
     BEST,
@@ -31,15 +30,13 @@ from ..runfiles import (
     METRICS,
     NOTEBOOKS,
     PARAMS,
-    excludes_zero,
     external_results,
     frozen_if_any,
+    index_pages,
     notebook_path,
     read_history,
     read_json,
     run_folders,
-    scored_share,
-    source_label,
 )
 from ..runstatus import status, training_finished
 
@@ -63,9 +60,9 @@ def runs_table(runs_dir="runs") -> pd.DataFrame:
         for key, v in (s["metrics"].get("headline") or {}).items():
             row[f"test {key}"] = f"{fmt(v['value'])} [{fmt(v['lo'])}, {fmt(v['hi'])}]"
         row["external drop"] = ", ".join(
-            f"{source_label(source, r)} {r['drop']['value']:+.3f}{'*' if excludes_zero(r['drop']) else ''}"
+            f"{account.source_label(source, r)} {r['drop']['value']:+.3f}{'*' if account.excludes_zero(r['drop']) else ''}"
             f"{' (stale)' if r['stale'] else ''}"
-            f"{f' (partial: {scored_share(r):.1%} scored)' if (scored_share(r) or 1) < 1 else ''}"
+            f"{f' (partial: {account.scored_share(r):.1%} scored)' if (account.scored_share(r) or 1) < 1 else ''}"
             for source, r in external_results(run_dir).items() if r.get("drop")) or "-"
         row["note"] = "; ".join(s["notes"])
         rows.append(row)
@@ -88,7 +85,7 @@ def training_summary(run_dir) -> list[str]:
                      f"{split} AUROC macro {fmt(b['val_auroc_macro'])}, micro {fmt(b['val_auroc_micro'])}, "
                      f"loss {fmt(b['val_loss'], 4)}, accuracy {fmt(b['val_accuracy'])}")
         if split == "test":
-            lines.append("  WARNING: selected on the TEST set (the original project's rule): test figures are optimistic")
+            lines.append(f"  WARNING: {account.SELECTED_ON_TEST}")
     lines.append(f"  checkpoints: {Path(run_dir) / CHECKPOINTS / BEST} (evaluation), {LAST} (resume)")
     return lines
 
@@ -229,10 +226,14 @@ def cli(command: str, argv: list[str]) -> int:
         text = table.to_string(index=False) if len(table) else f"no runs under {args.runs_dir}/"
         red = sys.stdout.isatty() and not os.environ.get("NO_COLOR")   # a warning stands out in a terminal
         print("\n".join(f"\033[31m{line}\033[0m" if red and "WARNING" in line else line for line in text.splitlines()))
+        for run_dir in run_folders(args.runs_dir):   # a note column's WARNING in full, worded by cxrlib.account
+            name = run_dir.relative_to(args.runs_dir)
+            for warning in account.warnings(read_json(run_dir / METRICS)):
+                print(f"\033[31mWARNING\033[0m {name}: {warning}" if red else f"WARNING {name}: {warning}")
         if len(table) and (table["external drop"] != "-").any():
             print("external drop: internal minus external macro AUROC over the exactly mapped findings (notebook 07); "
                   "* its CI excludes 0")
-        indexes = sorted(Path(args.runs_dir).glob(f"**/{INDEX}"))
+        indexes = index_pages(args.runs_dir)
         if indexes:
             print("\nIndex pages (open in a browser; they work from disk):")
             print("\n".join(f"  {p}" for p in indexes))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import runfiles, runlock
 from ..errors import UserError
+from ..evaluation.readable import params_table
 from ..params import NOTEBOOK_KNOBS, Params, validate
 from ..runfiles import PARAMS
 from .runs import project_root
@@ -63,10 +64,11 @@ def figure_format(redact_images: bool) -> None:
         pass
 
 
-def setup(run_dir, namespace: dict, show=None) -> Params:
+def setup(run_dir, namespace: dict, show=None, knobs=None) -> Params:
     """First cell of every notebook of a run: report_setup, then load the run's parameters and show the
     notebook's parameters once, as a table. Returns the run's Params (runfiles.for_notebook). show: the
-    parameters to list (default: the notebook's own knobs).
+    parameters to list (default: the notebook's own knobs); knobs: the run parameters the notebook may set
+    (runfiles.for_notebook).
 
     JupyterLab starts kernels in notebooks/, papermill in the project root; relative paths in
     parameters (data/demo, runs/demo) mean the project root in both cases.
@@ -78,12 +80,10 @@ def setup(run_dir, namespace: dict, show=None) -> Params:
               "start it afresh, or set run_dir to a new folder for a run of your own.")
         run_dir = namespace["run_dir"] = str(scratch)
     runlock.check_free(run_dir)   # by hand in JupyterLab: not while a command writes the run
-    p = runfiles.for_notebook(run_dir, namespace)
+    p = runfiles.for_notebook(run_dir, namespace, knobs)
     if shell is not None:
         figure_format(p.redact_images)
         from IPython.display import Markdown, display
-
-        from ..evaluation.viz import params_table  # lazy: keeps scipy, sklearn, torch out of this module's import
 
         knobs = {k for names in NOTEBOOK_KNOBS.values() for k in names}
         names = list(show) if show is not None else [k for k in namespace if k in knobs]

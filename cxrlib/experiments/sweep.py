@@ -2,20 +2,8 @@
 
     make sweep GRID=params/grids/seed-ablation.yaml     python -m cxrlib sweep --grid FILE [--dry-run]
 
-A grid file:
-
-    name: seed-ablation            # the sweep folder runs/<name>/ (default: the file's name)
-    base: params/seed-pos.yaml     # the preset every member starts from
-    set: {epochs: 3}               # overrides for every member
-    vary: {pos_weight: [false, true]}           # the product of these values ...
-    members: [{name: big, image_size: 512}]     # ... and/or an explicit list of overrides
-    seeds: [0, 1, 2]               # each combination once per seed (default: the base's seed)
-    notebooks: [01, 02, 03]        # default: all five
-    launcher: local                # local | slurm
-    parallel: 1                    # local: members at once, each on its own GPU(s)
-    slurm: {partition: gpu, time_min: 720, cpus_per_task: 8, mem_gb: 64, array_parallelism: 8}
-    baseline: pos_weight-false_seed-0   # make compare's reference (default: the first member)
-    ensemble: true                 # also runs/<sweep>/ensemble/, the members' mean probability
+A grid file (experiments/grid.py reads and checks it) names a base preset, the overrides every member shares,
+what varies, the seeds, and how members are launched (locally, or on Slurm).
 
 Members are named from what they change, e.g. pos_weight-true_seed-1. Each member's parameters are
 frozen into its folder when the sweep is planned; a rerun skips finished members (SWEEP_DONE) and
@@ -27,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -43,95 +29,14 @@ from ..fsutil import atomic_write_text
 from ..params import STAGES, Params, check_for_training, read_yaml, validate
 from ..runfiles import CHECKPOINTS, LAST, METRICS, PARAMS
 from . import cluster, ensembles, runs
+from .grid import GridError, expand, read_grid, shipped_grids
 from .runs import select_notebooks
 
-GRID_KEYS = ("name", "base", "set", "vary", "members", "seeds", "notebooks", "launcher", "parallel", "slurm",
-             "baseline", "ensemble")
-SLURM_KEYS = ("partition", "time_min", "cpus_per_task", "mem_gb", "account", "array_parallelism", "qos",
-              "constraint", "signal_delay_s")
 DONE = "SWEEP_DONE"        # written into a member's folder once all its notebooks ran
 FROZEN_GRID = "sweep.yaml"
 
 
-class GridError(UserError):
-    pass
-
-
-# --------------------------------------------------------------------------- the grid
-def read_grid(path) -> dict:
-    path = Path(path)
-    shipped = ", ".join(sorted(str(p) for p in Path("params/grids").glob("*.yaml"))) or "none in params/grids/"
-    grid = read_yaml(path, missing=f"no such grid file. Grids: {shipped}", error=GridError,
-                                expected="a mapping with base:, vary:, seeds: ... (see cxrlib/experiments/sweep.py)")
-    unknown = sorted(set(grid) - set(GRID_KEYS))
-    if unknown:
-        raise GridError(f"{path}: unknown key(s) {unknown}; a grid file has {', '.join(GRID_KEYS)}. Parameters "
-                        "go under set:, vary: or members:")
-    grid = {"name": path.stem, "set": {}, "vary": {}, "members": [], "seeds": [], "notebooks": [],
-            "launcher": "local", "parallel": 1, "slurm": {}, "baseline": "", "ensemble": False, **grid}
-    if not grid.get("base"):
-        raise GridError(f"{path}: base: names the preset every member starts from, e.g. base: params/demo.yaml")
-    checks = [
-        ("set", isinstance(grid["set"], dict), "a mapping of parameter: value"),
-        ("vary", isinstance(grid["vary"], dict) and all(isinstance(v, list) and v for v in grid["vary"].values()),
-         "a mapping of parameter: [values ...], each list non-empty"),
-        ("members", isinstance(grid["members"], list) and all(isinstance(m, dict) for m in grid["members"]),
-         "a list of mappings of parameter: value (name: optional)"),
-        ("seeds", isinstance(grid["seeds"], list) and all(isinstance(s, int) and not isinstance(s, bool)
-                                                          for s in grid["seeds"]), "a list of integers"),
-        ("launcher", grid["launcher"] in ("local", "slurm"), "local or slurm"),
-        ("parallel", isinstance(grid["parallel"], int) and grid["parallel"] >= 1, "a number of members at once, >= 1"),
-        ("slurm", isinstance(grid["slurm"], dict) and set(grid["slurm"]) <= set(SLURM_KEYS),
-         f"a mapping with keys among {', '.join(SLURM_KEYS)}"),
-        ("name", bool(re.fullmatch(r"[A-Za-z0-9._-]+", str(grid["name"]))), "a plain folder name"),
-    ]
-    for key, ok, want in checks:
-        if not ok:
-            raise GridError(f"{path}: {key}: {grid[key]!r} should be {want}")
-    for key in ("seed", "name", "runs_dir"):
-        if key in grid["vary"] or key in grid["set"]:
-            raise GridError(f"{path}: {key} cannot be set or varied; "
-                            + ("list them under seeds:" if key == "seed" else "the sweep names its members"))
-    grid["notebooks"] = [str(n) for n in grid["notebooks"]]
-    grid["path"] = str(path)
-    return grid
-
-
-def value_text(value) -> str:
-    """A parameter value as it appears in a member's name: true, 0.001, AP+PA."""
-    if isinstance(value, bool):
-        text = str(value).lower()
-    elif isinstance(value, float):
-        text = f"{value:g}"
-    elif isinstance(value, list):
-        text = "+".join(value_text(v) for v in value)
-    elif isinstance(value, dict):
-        text = "+".join(f"{k}.{value_text(v)}" for k, v in value.items())
-    else:
-        text = str(value)
-    return re.sub(r"[^A-Za-z0-9.+-]", "", text.replace(" ", "-")) or "x"
-
-
-def expand(grid: dict) -> list[tuple[str, dict]]:
-    """[(member name, overrides)] in a stable order: the product of vary:, then members:, each per seed."""
-    keys = list(grid["vary"])
-    combos = [(None, dict(zip(keys, values))) for values in itertools.product(*grid["vary"].values())] if keys else []
-    combos += [(m.get("name"), {k: v for k, v in m.items() if k != "name"}) for m in grid["members"]]
-    if not combos:
-        combos = [("base", {})]
-    members = []
-    for explicit, overrides in combos:
-        stem = explicit or "_".join(f"{k}-{value_text(v)}" for k, v in overrides.items()) or "base"
-        for seed in grid["seeds"] or [None]:
-            name = stem if seed is None else f"{stem}_seed-{seed}"
-            members.append((name, {**overrides, **({} if seed is None else {"seed": seed})}))
-    names = [n for n, _ in members]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise GridError(f"{grid['path']}: members {repeated} come out twice; give explicit members a name:")
-    return members
-
-
+# --------------------------------------------------------------------------- the members
 def member_params(grid: dict, name: str, overrides: dict, runs_dir: str = "runs") -> Params:
     values = read_yaml(grid["base"])
     values.update(grid["set"])
@@ -400,6 +305,6 @@ def cli(command: str, argv: list[str]) -> int:
         return 0
     if not args.grid:
         raise UserError("give a grid file: make sweep GRID=params/grids/NAME.yaml (grids: "
-                        + ", ".join(sorted(str(p) for p in Path("params/grids").glob("*.yaml"))) + ")")
+                        + shipped_grids() + ")")
     result = sweep(args.grid, args.runs_dir, args.dry_run, args.cluster, args.wait)
     return 1 if result["failed"] else 0

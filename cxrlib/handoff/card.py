@@ -16,12 +16,11 @@ import json
 import time
 from pathlib import Path
 
-from .. import runfiles, runlock
+from .. import account, runfiles, runlock
+from ..account import annotator_line, figure_text, planted_word
 from ..data.cohort import read_cohort
 from ..errors import UserError
-from ..evaluation import account
 from ..evaluation.tables import starting_weights_line
-from ..evaluation.wording import annotator_line, figure_text, planted_word
 from ..fsutil import atomic_write_text, sha256_file
 from ..labels import FINDINGS
 from ..runfiles import (
@@ -219,9 +218,7 @@ def thresholds_section(report: dict) -> list[str]:
                                    "on validation images (metrics.json: image_level).", ""]
 
     def rate(r, key, hit, miss):
-        if r.get(key) is None:
-            return "n/a"
-        return f"{r[key]:.3f} ({r[hit]}/{r[hit] + r[miss]})"
+        return "n/a" if r.get(key) is None else f"{r[key]:.3f} ({r[hit]}/{r[hit] + r[miss]})"
 
     table = []
     for f in FINDINGS:
@@ -297,12 +294,12 @@ def external_section(run_dir: Path) -> list[str]:
     rows = []
     for source, r in results.items():
         d = r.get("drop") or {}
-        rows.append([runfiles.source_label(source, r), r.get("subset"), account.external_units(r),
+        rows.append([account.source_label(source, r), r.get("subset"), account.external_units(r),
                      ", ".join(d.get("findings", [])) or "none", _num(d.get("internal"), 3), _num(d.get("external"), 3),
                      f"{_num(d.get('value'), 3)} [{_num(d.get('lo'), 3)}, {_num(d.get('hi'), 3)}]" if d else "-",
                      ("STALE (not today's best.pt) " if r["stale"] else "")
                      + ("NOT INDEPENDENT (the starting weights saw this source) " if r.get("warnings") else "")
-                     + runfiles.drop_verdict(d), runfiles.decoded_share(r)])
+                     + account.drop_verdict(d), account.decoded_share(r)])
     return lines + _table(["source", "subset", "units", "exact findings", "internal", "external", "drop [CI]",
                            "verdict", "images scored"], rows) + [""]
 

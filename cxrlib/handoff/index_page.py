@@ -10,8 +10,8 @@ import html
 import json
 from pathlib import Path
 
-from ..evaluation import account
-from ..evaluation.wording import annotator_line, figure_text, planted_word
+from .. import account
+from ..account import annotator_line, figure_text, planted_word
 from ..fsutil import atomic_write_text
 from ..runfiles import (
     CARD_HTML,
@@ -33,8 +33,6 @@ from ..runfiles import (
     PARAMS,
     PREDICTIONS,
     data_name,
-    decoded_share,
-    drop_verdict,
     export_states,
     external_reports,
     external_results,
@@ -42,7 +40,6 @@ from ..runfiles import (
     notebook_path,
     read_json,
     reports,
-    source_label,
 )
 from ..runstatus import status
 from ..stats.levels import plural
@@ -107,14 +104,14 @@ def external_section(run_dir: Path) -> list[str]:
     items = []
     for source, report in results.items():
         link = (f'<a href="{EXTERNAL}/{html.escape(source)}/{EXTERNAL_NOTEBOOK}.html">'
-                f'{html.escape(source_label(source, report))}</a>')
+                f'{html.escape(account.source_label(source, report))}</a>')
         drop = report.get("drop")
-        share = html.escape(decoded_share(report))
+        share = html.escape(account.decoded_share(report))
         share = f"<span class='warn'>{share}</span>" if "PARTIAL" in share else share
         if not drop:
             items.append(f"<li>{link}: no exactly mapped finding could be compared; {share}</li>")
             continue
-        verdict = drop_verdict(drop)
+        verdict = account.drop_verdict(drop)
         verdict = f"<span class='warn'>{verdict}</span>" if drop["reported"] else verdict
         if report["stale"]:
             verdict += " <span class='warn'>(STALE: not made from today's best.pt; validate again)</span>"

@@ -29,10 +29,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    roc_auc_score,
-)
+from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm.auto import tqdm
 
 from .calibration import calibration
@@ -54,17 +51,17 @@ def patients_per_class(y, groups=None) -> np.ndarray:
                     dtype=np.int64)
 
 
-def ranking_metrics(y, p, findings=None, min_positives: int = 1, groups=None) -> dict:
+def ranking_metrics(y, p, findings=None, min_positives: int = 1, groups=None, patients=None) -> dict:
     """AUROC and AUPRC per finding, macro and micro (scikit-learn), with the findings left out.
 
     A finding with one class among its unmasked labels has no AUROC (`excluded`); one with fewer than
     min_positives patients with a positive (or with a negative) has its figures but is not `estimable`
     (`not_estimable`): on clustered data ten positive images of eight patients are eight independent units.
     Neither enters the macro averages, whose members are `macro_findings`; `notes` says why.
-    Micro pools every unmasked cell.
+    Micro pools every unmasked cell. patients: patients_per_class(y, groups), when the caller has it.
     """
     y, p, findings = check_inputs(y, p, findings)
-    patients = patients_per_class(y, groups)
+    patients = patients_per_class(y, groups) if patients is None else patients
     unit = "patients" if groups is not None else "units"
     per_finding, excluded, not_estimable, notes = {}, [], [], []
     for j, name in enumerate(findings):
@@ -174,7 +171,8 @@ class ResamplePlan:
     n_bins: int
 
 
-def resample_plan(y, p, findings: list, n_bins: int = 10, min_positives: int = 1, groups=None) -> ResamplePlan:
+def resample_plan(y, p, findings: list, n_bins: int = 10, min_positives: int = 1, groups=None,
+                  patients=None) -> ResamplePlan:
     """The rank indexes and calibration design of (y, p), for plan_stats on any number of weight sets."""
     n, f = y.shape
     rows = np.arange(n)
@@ -193,7 +191,8 @@ def resample_plan(y, p, findings: list, n_bins: int = 10, min_positives: int = 1
     with_p[rows[:, None], cols] = p0
     with_y[rows[:, None], cols] = y0
     design = np.concatenate([onehot, with_p, with_y, (p0 - y0) ** 2], axis=1)
-    included = np.array([ix is not None for ix in per]) & (patients_per_class(y, groups).min(0) >= max(min_positives, 1))
+    patients = patients_per_class(y, groups) if patients is None else patients
+    included = np.array([ix is not None for ix in per]) & (patients.min(0) >= max(min_positives, 1))
     return ResamplePlan(findings, per, pooled, included, design, n_bins)
 
 
@@ -287,7 +286,7 @@ def _figure(value, samples, ci_level, estimable: bool = True) -> dict:
             "conditional": bool(estimable and valid < CONDITIONAL_SHARE * len(samples))}
 
 
-def _check_boot(n_boot: int, ci_level: float) -> None:
+def check_boot(n_boot: int, ci_level: float) -> None:
     if n_boot < 1:
         raise MetricsInputError(f"bootstrap = {n_boot}: use at least 1 resample (1000 for reported intervals)")
     if not 0 < ci_level < 1:
@@ -304,11 +303,12 @@ def summarize(y, p, groups=None, n_boot: int = 1000, seed: int = 0, ci_level: fl
     positive or negative units has AUROC and AUPRC without a CI and is left out of the macro
     averages (`macro_findings` lists their members). ECE and Brier use equal-width bins.
     """
-    _check_boot(n_boot, ci_level)
+    check_boot(n_boot, ci_level)
     y, p, findings = check_inputs(y, p, findings)
-    point = ranking_metrics(y, p, findings, min_positives, groups)
+    patients = patients_per_class(y, groups)   # once: the point estimates and the plan both need it
+    point = ranking_metrics(y, p, findings, min_positives, groups, patients)
     cal = calibration(y, p, n_bins, "uniform", findings)
-    plan = resample_plan(y, p, findings, n_bins, min_positives, groups)
+    plan = resample_plan(y, p, findings, n_bins, min_positives, groups, patients)
     boot = bootstrap_plans([plan], y, groups, n_boot, seed, progress)[0]
     per_finding = {}
     for j, name in enumerate(findings):
@@ -340,64 +340,4 @@ def summarize(y, p, groups=None, n_boot: int = 1000, seed: int = 0, ci_level: fl
         "macro_findings": point["macro_findings"],
         "min_positives": min_positives,
         "notes": notes,
-    }
-
-
-def bootstrap_p(diffs: np.ndarray) -> tuple[float, int]:
-    """(two-sided bootstrap p of a zero difference, resamples used), never 0.
-
-    p = 2 * (1 + k) / (1 + B) with k the resamples on the far side of 0 from the estimate's side
-    (min of those <= 0 and those >= 0), clipped to 1: the +1 counts the observed data as one resample
-    (Davison and Hinkley 1997, 4.4), so B resamples can show p no smaller than 2 / (B + 1), and a Holm
-    adjustment over m tests no smaller than m times that.
-    """
-    finite = diffs[~np.isnan(diffs)]
-    if not finite.size:
-        return float("nan"), 0
-    k = min(int((finite <= 0).sum()), int((finite >= 0).sum()))
-    return min(1.0, 2 * (1 + k) / (1 + finite.size)), int(finite.size)
-
-
-def paired_bootstrap(y, p_a, p_b, groups=None, n_boot: int = 1000, seed: int = 0, ci_level: float = 0.95,
-                     findings=None, n_bins: int = 10, progress: bool = False,
-                     min_positives: int = MIN_POSITIVES) -> dict:
-    """Run B minus run A on the same test rows, both scored on the same patient resamples.
-
-    Each figure is {a, b, diff, lo, hi, p_value, n_boot_valid, conditional} with diff = b - a and
-    p_value from bootstrap_p. The macro averages cover `macro_findings` (min_positives, as summarize);
-    a finding outside them has its difference but no CI and no p.
-    """
-    _check_boot(n_boot, ci_level)
-    y, p_a, findings = check_inputs(y, p_a, findings, "p_a")
-    _, p_b, _ = check_inputs(y, p_b, findings, "p_b")
-    points = [ranking_metrics(y, p, findings, min_positives, groups) for p in (p_a, p_b)]
-    cals = [calibration(y, p, n_bins, "uniform", findings) for p in (p_a, p_b)]
-    plans = [resample_plan(y, p, findings, n_bins, min_positives, groups) for p in (p_a, p_b)]
-    boot_a, boot_b = bootstrap_plans(plans, y, groups, n_boot, seed, progress)
-
-    def compare(a, b, key, column=None, estimable=True):
-        da, db = boot_a[key], boot_b[key]
-        diff = (db - da) if column is None else (db[:, column] - da[:, column])
-        lo, hi, valid = percentile_interval(diff, ci_level)
-        p_value, _ = bootstrap_p(diff)
-        if not estimable:
-            lo = hi = p_value = float("nan")
-        return {**{k: json_number(v) for k, v in dict(a=a, b=b, diff=b - a, lo=lo, hi=hi, p_value=p_value).items()},
-                "n_boot_valid": valid,
-                "conditional": bool(estimable and valid < CONDITIONAL_SHARE * n_boot)}
-
-    pa, pb = points
-    return {
-        "n_images": int(len(y)), "n_boot": n_boot, "seed": seed, "ci_level": ci_level,
-        "diff": "b - a",
-        "macro": {m: compare(pa["macro"][m], pb["macro"][m], f"{m}_macro") for m in ("auroc", "auprc")},
-        "micro": {m: compare(pa["micro"][m], pb["micro"][m], f"{m}_micro") for m in ("auroc", "auprc")},
-        "calibration": {m: compare(cals[0]["pooled"][m], cals[1]["pooled"][m], f"{m}_pooled")
-                        for m in ("ece", "brier")},
-        "per_finding": {name: {m: compare(pa["per_finding"][name][m], pb["per_finding"][name][m], m, j,
-                                          pa["per_finding"][name]["estimable"])
-                               for m in ("auroc", "auprc")} for j, name in enumerate(findings)},
-        "excluded": pa["excluded"],
-        "macro_findings": pa["macro_findings"],
-        "not_estimable": pa["not_estimable"],
     }

@@ -49,7 +49,7 @@ def p_from_z(z: float) -> float:
 
 def format_p(p, n_valid=None) -> str:
     """A p-value for reading: three decimals, '< 0.001' below that, 'n/a' when there is none. Bootstrap
-    p-values are never 0 (metrics.bootstrap_p: at least 2 / (B + 1)), so none prints as certainty."""
+    p-values are never 0 (paired_bootstrap.bootstrap_p: at least 2 / (B + 1)), so none prints as certainty."""
     if p is None or p != p:
         return "n/a"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"

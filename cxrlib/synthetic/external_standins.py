@@ -36,7 +36,8 @@ from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text
 from ..labels import FINDINGS
 from .draw import render
-from .tables import SIZES_AP, SMALL_FACTOR, sample_labels
+from .label_draw import sample_labels
+from .tables import SIZES_AP, SMALL_FACTOR
 
 MARKER = "SYNTHETIC.json"      # written last: the settings of a complete stand-in
 PLANTED_FILE = "PLANTED.json"

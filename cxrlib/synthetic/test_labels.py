@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ..labels import FINDINGS
-from .tables import RATES, image_path
+from .label_draw import RATES
+from .tables import image_path
 
 GOLD_FILE = "mimic-cxr-2.1.0-test-set-labeled.csv"
 IMAGE_FILENAMES = "IMAGE_FILENAMES"

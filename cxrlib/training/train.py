@@ -53,13 +53,13 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import runfiles, tracking
+from ..account import SELECTED_ON_TEST
 from ..data.cache import cohort_with_rows, open_cache
 from ..data.cache_build import cohort_stats
 from ..data.cohort import read_cohort, write_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_csv
 from ..labels import label_matrix
-from ..params import TEST_SELECTION_WARNING
 from ..progress import duration, is_batch, recent_epoch_seconds, side_note
 from ..runfiles import BEST, CHECKPOINTS, COHORT, HISTORY, LAST
 from .checkpoint import (
@@ -210,7 +210,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
         print(f"resume: no checkpoint in {folder} yet, starting from the beginning", flush=True)
 
     if params.select_on == "test":
-        warnings.warn(TEST_SELECTION_WARNING, stacklevel=2)
+        warnings.warn(SELECTED_ON_TEST, stacklevel=2)
     net = model
     if dist.is_available() and dist.is_initialized():
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
