@@ -355,13 +355,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+PRESETS = Path("params")   # the presets, relative to the project root (where every command and notebook works)
+DEMO_PRESET = PRESETS / "demo.yaml"   # the notebooks' defaults: what a notebook opened without a run starts from
+
+
 def read_yaml(path, missing: str = "", expected: str = "a mapping of parameter: value", error=None) -> dict:
     """A YAML file holding a mapping; a missing file, bad YAML or another shape raise `error` (ParamError)
     naming the file. missing: what to say when it does not exist (default: the presets in params/)."""
     path, error = Path(path), error or ParamError
     if not path.is_file():
         raise error(f"{path}: " + (missing or "no such parameter file. The presets are in params/: "
-                                   + ", ".join(sorted(p.name for p in Path("params").glob("*.yaml")))))
+                                   + ", ".join(sorted(p.name for p in PRESETS.glob("*.yaml")))))
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -21,7 +21,7 @@ import yaml
 from .errors import UserError
 from .fsutil import atomic_write_text, sha256_file
 from .labels import FINDINGS
-from .params import NOTEBOOK_KNOBS, STAGE_OF, STAGES, ParamError, Params, read_yaml, validate
+from .params import DEMO_PRESET, NOTEBOOK_KNOBS, STAGE_OF, STAGES, ParamError, Params, read_yaml, validate
 
 PARAMS = "params.yaml"
 COHORT = "cohort.csv"
@@ -50,7 +50,11 @@ EXTERNAL_SETTINGS = "settings.json"
 EXTERNAL_STAGING = ".external-staging"   # <source>/: notebook 07 runs here; its folder replaces external/<source>/
                                          # only when complete, and a failed attempt stays here to be read
 
-NOTEBOOKS = ["01_cohort", "02_train", "03_evaluate", "04_error_analysis", "05_fairness"]   # a run's, in order
+COHORT_NOTEBOOK, TRAIN_NOTEBOOK, EVALUATE_NOTEBOOK = "01_cohort", "02_train", "03_evaluate"
+ERRORS_NOTEBOOK, AUDIT_NOTEBOOK = "04_error_analysis", "05_fairness"
+NOTEBOOKS = [COHORT_NOTEBOOK, TRAIN_NOTEBOOK, EVALUATE_NOTEBOOK, ERRORS_NOTEBOOK, AUDIT_NOTEBOOK]   # a run's, in order
+SCORING_NOTEBOOKS = NOTEBOOKS[2:]   # those that work from predictions alone: an ensemble pseudo-run runs these
+COMPARE_NOTEBOOK = "06_compare"     # make compare's, in the sweep's folder (or compare-a+b/)
 RUNNING = ".running.ipynb"       # papermill's notebook while it runs: <name>.running.ipynb, renamed when done
 
 
@@ -343,7 +347,7 @@ def for_notebook(run_dir, namespace: dict, knobs=None) -> Params:
     """
     run_dir = Path(run_dir)
     frozen = frozen_if_any(run_dir)
-    base = dict(frozen) if frozen else read_yaml(Path(__file__).resolve().parent.parent / "params" / "demo.yaml")
+    base = dict(frozen) if frozen else read_yaml(DEMO_PRESET)   # notebook.setup works from the project root
     if not frozen:
         base.update(name=run_dir.name, runs_dir=str(run_dir.parent))
     if knobs is None:   # never a stray global that shares a name

@@ -1,4 +1,5 @@
 import hashlib
+import html
 import json
 import re
 from pathlib import Path
@@ -383,12 +384,13 @@ def test_user_mistakes_get_one_clear_line(tmp_path):
         runfiles.read_predictions(tmp_path)
 
 
-def test_one_warnings_wording_reaches_the_terminal_the_index_the_card_and_notebook_03(tiny_run, tmp_path, monkeypatch):
+def test_one_warnings_wording_reaches_the_terminal_the_index_the_card_and_notebook_03(tiny_run, tmp_path, monkeypatch,
+                                                                                     capsys):
     """The selection and contamination warnings are worded once (cxrlib.account): a new wording there is what
     make runs' summary, the index page, the model card and notebook 03 show."""
     import shutil
 
-    from cxrlib.experiments.lister import evaluation_summary
+    from cxrlib.experiments.lister import cli, evaluation_summary
     from cxrlib.fsutil import atomic_write_json, jsonable
     from cxrlib.handoff.card import build_card
     from cxrlib.handoff.index_page import build_index
@@ -401,9 +403,15 @@ def test_one_warnings_wording_reaches_the_terminal_the_index_the_card_and_notebo
     atomic_write_json(run / runfiles.METRICS, jsonable({**report, "test_selected": True}))
     monkeypatch.setattr(account, "SELECTED_ON_TEST", "a wording changed in one place")
     assert "  WARNING: a wording changed in one place" in evaluation_summary(run)
+    cli("runs", ["--runs-dir", str(run.parent)])   # make runs: in full under the table
+    assert f"WARNING {run.name}: a wording changed in one place" in capsys.readouterr().out
     assert "a wording changed in one place" in build_index(run)
     assert "> **WARNING: a wording changed in one place**" in build_card(run)
     assert account.macro_sentence(report) in "\n".join(evaluation_summary(run))
     notebook = (Path(__file__).resolve().parent.parent / "notebooks" / "03_evaluate.py").read_text()
-    assert "account.warnings(report)" in notebook and "account.macro_sentence(report)" in notebook
-    assert account.macro_sentence(report) in (tiny_run / "03_evaluate.html").read_text()
+    assert "account.warnings(report)" in notebook and "account.headline_notes(report)" in notebook
+    # notebook 03 prints the account's sentences and words none of its own: each is in its HTML as returned
+    page = html.unescape((tiny_run / "03_evaluate.html").read_text())
+    said = [*account.headline_notes(report), account.level_sentence(report), *account.threshold_notes(report),
+            *account.gold_lines(report["gold"])]
+    assert account.macro_sentence(report) in said and [line for line in said if line not in page] == []

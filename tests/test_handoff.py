@@ -118,7 +118,7 @@ def test_single_images_get_thresholds_and_temperatures_fitted_on_validation_imag
     study_cut, _ = analysis.thresholds_from_report(report, "f1")
     image_cut, note = analysis.thresholds_from_report(report, "f1", level="image")
     assert "per image" in note and image_cut != study_cut
-    assert predict.image_calibrator(report) == image["recalibration"]
+    assert analysis.fitted_for(report, "image")[1] == image["recalibration"]
 
 
 # --------------------------------------------------------------------------- export

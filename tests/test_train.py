@@ -213,7 +213,7 @@ def test_fit_original_rule_checkpoints_and_history(data_root, tmp_path):
              max_train_batches=2)
     cohort = read_cohort(data_root / "cohort.csv")
     cohort["split"] = np.where(cohort["split"] == "validate", "test", "train")
-    with pytest.warns(UserWarning, match="TEST set"):
+    with pytest.warns(UserWarning, match="TEST split"):
         result = train.fit(p, tmp_path / "run", cohort, progress=False)
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert len(history) == 2 and history["selected_on_test"].all() and (history["eval_split"] == "test").all()

@@ -34,6 +34,21 @@ def test_rows(predictions: pd.DataFrame) -> pd.DataFrame:
     return test
 
 
+def fitted_for(report: dict, unit: str | None = None) -> tuple[dict, dict | None, str]:
+    """(thresholds section, recalibration map, the unit they were fitted on) of metrics.json for what scores
+    `unit`s. "image" (predict, the export, notebook 04, an external source whose studies are single images): those
+    fitted on validation images (image_level), since a threshold tuned on study means is not one for an image.
+    None, or the run's own level: the headline's own."""
+    own = (report.get("level") or {}).get("headline", "image")
+    image_level = report.get("image_level") or {}
+    if unit == "image" and image_level.get("thresholds"):
+        return image_level["thresholds"], image_level.get("recalibration"), "image"
+    if unit == "image" and own != "image":   # a metrics.json from before image_level: say what is being applied
+        return (report["thresholds"], report.get("recalibration"),
+                f"{own} (metrics.json predates image-level thresholds; rerun 03)")
+    return report["thresholds"], report.get("recalibration"), own
+
+
 def thresholds_from_report(report: dict, rule: str = "f1", level: str | None = None) -> tuple[dict, str]:
     """{finding: threshold} from metrics.json and a sentence saying where each came from.
 
@@ -42,13 +57,7 @@ def thresholds_from_report(report: dict, rule: str = "f1", level: str | None = N
     level: None for the run's own eval_level (the audit, which scores the same units); "image" for what
     scores single images (predict, export, notebook 04): the thresholds chosen on validation images.
     """
-    own = (report.get("level") or {}).get("headline", "image")
-    section, unit = report["thresholds"], own
-    if level == "image" and own != "image":
-        section = (report.get("image_level") or {}).get("thresholds")
-        unit = "image"
-        if section is None:   # a metrics.json from before image_level: say what is being applied
-            section, unit = report["thresholds"], f"{own} (metrics.json predates image-level thresholds; rerun 03)"
+    section, _, unit = fitted_for(report, level)
     values = section["values"]
     chosen, fallback = {}, []
     for f in FINDINGS:

@@ -55,6 +55,7 @@ from ..training.inference import predict
 from ..training.loader import CacheDataset, make_loader
 from ..training.runtime import inference_amp
 from . import fairness, recalibration
+from .analysis import fitted_for
 from .provenance import versions
 from .trained import eval_cohort, load_best
 
@@ -222,7 +223,7 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
     approximate = [f for f in (summary or {}).get("macro_findings", []) if status[f] == "approximate"]
     run_metrics = read_metrics(run_dir)
     scored_unit = "image" if p.eval_level == "image" or frame["study_id"].is_unique else "study"
-    fitted, calibrator = fitted_for(run_metrics, scored_unit)
+    fitted, calibrator, _ = fitted_for(run_metrics, scored_unit)
     # metrics.json writes a threshold that could not be chosen (one class on validation) as null
     rules = {f: {rule: np.nan if v is None else float(v) for rule, v in by_rule.items()}
              for f, by_rule in fitted["values"].items()}
@@ -281,16 +282,6 @@ def macro_over(units: pd.DataFrame, findings: list[str], n_boot: int, p) -> dict
                                 min_positives=p.min_positives)
     return {"findings": findings, "auroc": summary["macro"]["auroc"]}
 
-
-def fitted_for(run_metrics: dict, unit: str) -> tuple[dict, dict | None]:
-    """(thresholds section, recalibration map) fitted on validation for the unit a source scores: a source whose
-    studies are single images (NIH, VinDr-CXR) gets those fitted on validation images (metrics.json's
-    image_level), since a threshold tuned on study maxima over-calls nothing and misses much on one image."""
-    own = (run_metrics.get("level") or {}).get("headline", "image")
-    image_level = run_metrics.get("image_level") or {}
-    if unit == "image" and own != "image" and image_level.get("thresholds"):
-        return image_level["thresholds"], image_level.get("recalibration")
-    return run_metrics["thresholds"], run_metrics.get("recalibration")
 
 
 def subgroup_audit(units: pd.DataFrame, frame: pd.DataFrame, thresholds: dict, n_boot: int, p) -> list[dict]:

@@ -24,7 +24,7 @@ from .. import runfiles
 from ..errors import UserError
 from ..fsutil import atomic_write_json, jsonable
 from ..params import STAGES, validate
-from ..runfiles import HISTORY, METRICS, PARAMS, is_ensemble
+from ..runfiles import COMPARE_NOTEBOOK, HISTORY, METRICS, PARAMS, is_ensemble
 from ..stats.multiplicity import holm
 from .runs import execute, project_root
 from .sweep import read_frozen_grid
@@ -267,7 +267,7 @@ def cli(command: str, argv: list[str]) -> int:
     if not args.no_notebook:
         base = runfiles.load_frozen(next(f for f in result["folders"] if f.name == result["baseline"]))
         root = project_root()
-        execute("06_compare", base, root, (root / out_dir) if not out_dir.is_absolute() else out_dir, progress=False,
+        execute(COMPARE_NOTEBOOK, base, root, (root / out_dir) if not out_dir.is_absolute() else out_dir, progress=False,
                 extra={"runs": args.runs, "runs_root": str(Path(args.runs_dir).resolve()),
                        "baseline": args.baseline, "compare_on": args.compare_on})
     return 0

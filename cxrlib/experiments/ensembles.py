@@ -11,12 +11,10 @@ from pathlib import Path
 from .. import runfiles, runlock
 from ..errors import UserError
 from ..evaluation.ensemble import best_member
-from ..fsutil import atomic_write_json, sha256_file
+from ..fsutil import atomic_path, atomic_write_json, sha256_file
 from ..params import Params, validate
 from ..runfiles import COHORT, ENSEMBLE, PREDICTIONS, notebook_path
 from . import runs
-
-NOTEBOOKS = ("03_evaluate", "04_error_analysis", "05_fairness")
 
 
 def build(sweep_dir, members: list[str], name: str = "ensemble") -> Params:
@@ -36,8 +34,8 @@ def build(sweep_dir, members: list[str], name: str = "ensemble") -> Params:
                             f"{sweep_dir}/{name}")
     folder = p.run_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(dirs[0] / COHORT, folder / ".cohort.csv.tmp")
-    (folder / ".cohort.csv.tmp").replace(folder / COHORT)
+    with atomic_path(folder / COHORT) as tmp:
+        shutil.copyfile(dirs[0] / COHORT, tmp)
     atomic_write_json(folder / ENSEMBLE, {"members": members, "rule": "mean of the members' probabilities",
                                                "best_member_on_validation": best.name})
     frozen = runfiles.frozen_if_any(folder)
@@ -51,7 +49,7 @@ def build_and_evaluate(sweep_dir, members: list[str], name: str = "ensemble", pr
     """Build the pseudo-run, then run notebooks 03-05 on it (those the members ran), holding its folder's lock."""
     with runlock.hold(Path(sweep_dir) / name, "cxrlib sweep (ensemble)"):
         p = build(sweep_dir, members, name)
-        ran = [nb for nb in NOTEBOOKS if notebook_path(Path(sweep_dir) / members[0], nb).is_file()]
+        ran = [nb for nb in runfiles.SCORING_NOTEBOOKS if notebook_path(Path(sweep_dir) / members[0], nb).is_file()]
         print(f"[sweep] {name}: the mean of {len(members)} members; compared with {p.compare_with} (best on "
               "validation)", flush=True)
         return runs.run(p, ran, summary=False, progress=progress)

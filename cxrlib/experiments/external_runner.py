@@ -93,7 +93,7 @@ def summary_line(out: Path) -> str:
     else:
         head = (f"{out}: macro AUROC over {len(drop['findings'])} exact findings, internal {drop['internal']:.3f}, "
                 f"external {drop['external']:.3f}; drop {drop['value']:+.3f} [{drop['lo']:.3f}, {drop['hi']:.3f}] "
-                f"({runfiles.drop_verdict(drop)}; {account.external_units(report)} scored)")
+                f"({account.drop_verdict(drop)}; {account.external_units(report)} scored)")
     return head + "".join(f"\nWARNING: {w}" for w in report.get("warnings", [])) + \
         f"\n{report['source']}: {account.decoded_share(report)}"
 

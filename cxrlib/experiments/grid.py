@@ -22,9 +22,9 @@ import re
 from pathlib import Path
 
 from ..errors import UserError
-from ..params import read_yaml
+from ..params import PRESETS, read_yaml
 
-GRIDS = "params/grids"   # the shipped grids, relative to the project root
+GRIDS = PRESETS / "grids"   # the shipped grids, relative to the project root
 
 
 class GridError(UserError):
@@ -33,7 +33,7 @@ class GridError(UserError):
 
 def shipped_grids() -> str:
     """The grid files in params/grids/, listed for a message."""
-    return ", ".join(sorted(str(p) for p in Path(GRIDS).glob("*.yaml"))) or f"none in {GRIDS}/"
+    return ", ".join(sorted(str(p) for p in GRIDS.glob("*.yaml"))) or f"none in {GRIDS}/"
 
 
 GRID_KEYS = ("name", "base", "set", "vary", "members", "seeds", "notebooks", "launcher", "parallel", "slurm",

@@ -22,14 +22,17 @@ from .. import account, runlock
 from ..errors import UserError
 from ..progress import duration
 from ..runfiles import (
+    AUDIT_NOTEBOOK,
     BEST,
     CHECKPOINTS,
+    EVALUATE_NOTEBOOK,
     FAIRNESS_JSON,
     INDEX,
     LAST,
     METRICS,
     NOTEBOOKS,
     PARAMS,
+    TRAIN_NOTEBOOK,
     external_results,
     frozen_if_any,
     index_pages,
@@ -129,11 +132,11 @@ def print_summary(run_dir, notebooks=NOTEBOOKS) -> None:
     run_dir = Path(run_dir)
     lines = [f"\nRun folder: {run_dir}/"]
     lines += [f"  report: {run_dir / (nb + '.html')}" for nb in notebooks if (run_dir / f"{nb}.html").is_file()]
-    if "02_train" in notebooks:
+    if TRAIN_NOTEBOOK in notebooks:
         lines += [""] + training_summary(run_dir)
-    if "03_evaluate" in notebooks:
+    if EVALUATE_NOTEBOOK in notebooks:
         lines += [""] + evaluation_summary(run_dir)
-    if "05_fairness" in notebooks and (run_dir / FAIRNESS_JSON).is_file():
+    if AUDIT_NOTEBOOK in notebooks and (run_dir / FAIRNESS_JSON).is_file():
         lines += [""] + audit_summary(run_dir)
     if (run_dir / INDEX).is_file():
         lines += ["", f"Run index (every figure, report and file of the run): {run_dir / INDEX}"]

@@ -22,11 +22,11 @@ from pathlib import Path
 from .. import runfiles, runlock
 from ..errors import Interrupted, UserError
 from ..fsutil import disk_full
-from ..handoff.html import CODE_HIDDEN_IN, render_html, strip_images
+from ..handoff.html import CODE_ALWAYS_SHOWN, render_html, strip_images
 from ..handoff.index_page import write_index
 from ..params import FIELDS, STAGE_OF, Params, check_for_training, parse_override, read_yaml, suggest, validate
 from ..progress import PROGRESS_FILE, Streamer
-from ..runfiles import NOTEBOOKS, PARAMS
+from ..runfiles import AUDIT_NOTEBOOK, EVALUATE_NOTEBOOK, NOTEBOOKS, PARAMS, TRAIN_NOTEBOOK
 from ..tracking import finish
 from .lister import print_summary
 
@@ -232,7 +232,7 @@ def execute(notebook: str, p: Params, root: Path, run_dir: Path, progress: bool 
 def render(notebook: Path, p: Params) -> Path:
     """The notebook's HTML report: without pixel data under redact_images; with report_code: hide, the
     reports people hand around (03-07) show figures and tables, not code."""
-    hide = p.report_code == "hide" and Path(notebook).name[:3] in CODE_HIDDEN_IN
+    hide = p.report_code == "hide" and Path(notebook).name.split(".")[0] not in CODE_ALWAYS_SHOWN
     return render_html(notebook, redact=p.redact_images, hide_code=hide)
 
 
@@ -282,7 +282,7 @@ def run(p: Params, notebooks: list[str], summary: bool = False, progress: bool =
     root = project_root()
     os.chdir(root)
     run_dir = p.run_dir()
-    if "02_train" in notebooks:
+    if TRAIN_NOTEBOOK in notebooks:
         check_for_training(p)
         from ..training.model import check_model  # lazy: keeps torch out of this module's import
 
@@ -306,7 +306,7 @@ def run(p: Params, notebooks: list[str], summary: bool = False, progress: bool =
             for nb in notebooks:
                 execute(nb, p, root, run_dir, progress=progress)
                 write_index(run_dir)   # the way in follows every notebook that changed the run
-            if "03_evaluate" in notebooks:
+            if EVALUATE_NOTEBOOK in notebooks:
                 finish(p, run_dir)   # tracker: the test figures and the reports (nothing when tracker: none)
         except BaseException:
             restore_runtime_fields(run_dir, frozen, p)
@@ -389,6 +389,6 @@ def cli(command: str, argv: list[str]) -> int:
                         help="override an audit parameter (race_policy, min_group_patients, bootstrap, mimic_iv_root)")
         args = ap.parse_args(argv)
         overrides = dict(parse_override(text) for text in args.overrides)
-        run(resolve(None, args.run, overrides), ["05_fairness"], summary=True)
+        run(resolve(None, args.run, overrides), [AUDIT_NOTEBOOK], summary=True)
         return 0
     raise UserError(f"unknown command {command}")

@@ -27,7 +27,7 @@ from .. import runfiles, runlock
 from ..errors import UserError
 from ..fsutil import atomic_write_text
 from ..params import STAGES, Params, check_for_training, read_yaml, validate
-from ..runfiles import CHECKPOINTS, LAST, METRICS, PARAMS
+from ..runfiles import CHECKPOINTS, LAST, METRICS, PARAMS, TRAIN_NOTEBOOK
 from . import cluster, ensembles, runs
 from .grid import GridError, expand, read_grid, shipped_grids
 from .runs import select_notebooks
@@ -84,7 +84,7 @@ def check_members(grid: dict, members: list[dict]) -> None:
         notebooks = notebooks_of(grid)
     except UserError as e:
         raise GridError(f"{grid['path']}: notebooks: {e}") from None
-    if "02_train" in notebooks:
+    if TRAIN_NOTEBOOK in notebooks:
         for m in members:
             check_for_training(m["params"], f"{grid['path']} (member {m['name']})")
 

@@ -29,7 +29,6 @@ from ..labels import FINDINGS
 from ..params import validate
 from ..runfiles import BEST, CHECKPOINTS, COHORT, EXPORT, is_ensemble, run_folder
 from .index_page import write_index
-from .predict import image_calibrator
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 PARITY_LIMIT = 1e-4
@@ -72,7 +71,7 @@ def _model_and_meta(run_dir: Path, p):
         "outputs": {"logits": ["N", len(FINDINGS)], "probabilities": ["N", len(FINDINGS)]},
         "normalisation": {"mean": transform.mean, "std": transform.std, "applied": "inside the model"},
         "thresholds": {"rule": "max-F1 on validation", "level": "image", "note": note, "values": thresholds},
-        "calibration": {**(image_calibrator(report) or {"method": "none"}), "level": "image"},
+        "calibration": {**(analysis.fitted_for(report, "image")[1] or {"method": "none"}), "level": "image"},
         "headline_test": {"level": (report.get("level") or {}).get("headline", "image"), **report["headline"]},
         "arch": config["arch"], "head": config["head"],
         "checkpoint_sha256": sha256_file(run_dir / CHECKPOINTS / BEST),

@@ -12,9 +12,19 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..fsutil import atomic_path, atomic_write_text
-from ..runfiles import CARD_HTML, COMPARISON, EXTERNAL, INDEX, external_reports, reports
+from ..runfiles import (
+    CARD_HTML,
+    COHORT_NOTEBOOK,
+    COMPARISON,
+    EXTERNAL,
+    INDEX,
+    TRAIN_NOTEBOOK,
+    external_reports,
+    reports,
+)
 
-CODE_HIDDEN_IN = ("03_", "04_", "05_", "06_", "07_")   # report_code: hide (01 and 02 document how the data was made)
+# report_code: hide hides the code of every report but these two, which document how the data and model were made
+CODE_ALWAYS_SHOWN = (COHORT_NOTEBOOK, TRAIN_NOTEBOOK)
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
 
 

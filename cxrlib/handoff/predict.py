@@ -89,7 +89,7 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
         thresholds, note = analysis.thresholds_from_report(report, "f1", level="image")
     else:
         thresholds, note = {f: 0.5 for f in FINDINGS}, "thresholds: fixed 0.5 (the run has no metrics.json yet)"
-    calibrator = image_calibrator(report)
+    calibrator = analysis.fitted_for(report, "image")[1] if report else None
     amp = inference_amp(trained, device)
     rows, probs, notes = [], [], []
     args = (trained.image_size, trained.resize, trained.decode, bits)
@@ -140,14 +140,6 @@ def short_summary(frame: pd.DataFrame, top: int = 3) -> str:
         blocks.append(f"{row['path']}\n{calls}\n  top {scale}: " + ", ".join(f"{f} {shown[f]:.2f}" for f in best))
     return "\n".join(blocks)
 
-
-def image_calibrator(report: dict | None) -> dict | None:
-    """The recalibration map for single images: fitted on validation images (metrics.json's image_level);
-    the run's own one in a metrics.json from before image_level."""
-    if not report:
-        return None
-    image_level = report.get("image_level")
-    return image_level["recalibration"] if image_level else report.get("recalibration")
 
 
 def cli(command: str, argv: list[str]) -> int:
