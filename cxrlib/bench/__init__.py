@@ -7,6 +7,7 @@
     cohort     cohort selection on tables of real MIMIC-CXR-JPG scale (377k images)
     cache      the cache build with all cores vs the original decode path, on a dataset's JPEGs
     pipeline   training images/s end to end (cache -> workers -> device -> step) vs the model-only rate
+    scale      every step after training at 1x, 4x and 16x a base size (16x: the whole release, NIH's size)
 
 Ratios are always measured side by side in one run, on the same files.
 """
@@ -77,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--subjects", type=int, default=65379)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--repeats", type=int, default=3)
-    for name in ("decode", "loader", "train", "bootstrap", "cache", "pipeline"):
+    for name in ("decode", "loader", "train", "bootstrap", "cache", "pipeline", "scale"):
         sub.add_parser(name, help=f"options: python -m cxrlib bench {name} --help", add_help=False)
     return ap
 
@@ -103,6 +104,9 @@ def cli(command: str, argv: list[str]) -> int:
     elif args.name == "bootstrap":
         from .bootstrap import bench_bootstrap  # lazy: keeps scipy, sklearn out of this module's import
         result = bench_bootstrap(args.rest)
+    elif args.name == "scale":
+        from .scale import bench_scale  # lazy: keeps torch out of this module's import
+        result = bench_scale(args.rest)
     else:  # argparse already refuses other names
         raise UserError(f"unknown benchmark {args.name}")
     result["machine"] = machine()

@@ -75,7 +75,7 @@ class _Units:
         self.healthy_call = self.called[:, NO_FINDING]
         self.not_healthy = self.neg[:, NO_FINDING]                                     # No Finding label 0
         self.pathology = (np.nan_to_num(units[PATHOLOGIES].to_numpy(np.float64)) == 1).any(1).astype(float)
-        self.plan = metrics.resample_plan(self.y, self.p, list(FINDINGS))
+        self.plan = metrics.resample_plan(self.y, self.p, list(FINDINGS), micro=False)   # the audit has no micro
         self.subjects = units["subject_id"].to_numpy(str)
 
     def stats(self, w: np.ndarray) -> dict[str, np.ndarray]:
@@ -232,11 +232,14 @@ def audit(units: pd.DataFrame, groups: pd.DataFrame, thresholds: dict, n_boot: i
         for group, reference, mask in part["comparisons"]:
             if reference == "rest":
                 sides[(attribute, f"rest of {group}")] = mask
-    point = {key: data.stats(mask[:, None].astype(float)) for key, mask in sides.items()}
+    # Each side's statistics from its own rows: the same figures as the whole set's with the others weighted 0,
+    # at the cost of its rows, not of all N (the audit grew with N times the number of groups).
+    own = {key: _Units(units[mask], thresholds) for key, mask in sides.items()}
+    point = {key: own[key].stats(np.ones((int(mask.sum()), 1))) for key, mask in sides.items()}
     chunks: dict = {key: [] for key in sides}
     for w in metrics.patient_weights(data.subjects, n, n_boot, seed, chunk=64):
         for key, mask in sides.items():
-            chunks[key].append(data.stats(w * mask[:, None]))
+            chunks[key].append(own[key].stats(w[mask]))
     boot = {key: {m: np.concatenate([c[m] for c in parts]) for m in parts[0]} for key, parts in chunks.items()}
     whole = data.stats(np.ones((n, 1)))
     z_row = normal_quantile(ci_level)
