@@ -207,4 +207,6 @@ def external_source_lines(report: dict, data_root, views: str) -> list[str]:
             f"units: {report['unit_note']}; file kinds: {report['file_modes']}; bit depth: "
             f"{report['preprocessing'].get('bit_depth', 'not recorded')}",
             f"label map {lmap['name']} (sha256 {lmap['sha256'][:12]}), labels from {lmap['labels_from']}",
+            *([f"scored {run['images']:,} images from the cache in {run['seconds']:,.1f} s ({run['images_per_second']:,.1f} "
+               f"images/s on {run['device']})"] if (run := report.get("inference")) else []),
             *[f"note: {note}" for note in report["notes"]]]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..training.loader import CacheDataset, make_loader
+from ..training.loader import BatchTransform, CacheDataset, make_loader
 from .decode import synthetic_jpegs
 
 
@@ -75,7 +75,7 @@ def bench_loader(argv=None) -> dict:
     ap.add_argument("--cache-images", type=int, default=4096, help="rows of the synthetic cache")
     ap.add_argument("--jpeg-images", type=int, default=128, help="items per epoch of the JPEG path (2 batches)")
     ap.add_argument("--jpeg-files", type=int, default=8, help="distinct full-size JPEGs they cycle through")
-    ap.add_argument("--sizes", default="256,512")
+    ap.add_argument("--sizes", default="256,384")
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--data-root", default="", help="take full-size JPEGs from here instead of generating them")
@@ -111,11 +111,32 @@ def bench_loader(argv=None) -> dict:
                 slow, _ = _images_per_second(make_loader(decoding, args.batch_size, True, workers, seed=0,
                                                          pin_memory=False))
                 result[f"cache_img_per_s_{size}_w{workers}"] = round(fast, 1)
+                if workers:
+                    result[f"cache_img_per_s_per_worker_{size}_w{workers}"] = round(fast / workers, 1)
                 result[f"jpeg_img_per_s_{size}_w{workers}"] = round(slow, 2)
                 result[f"speedup_{size}_w{workers}"] = round(fast / slow, 1)
             result[f"cache_mb_{size}"] = round(path.stat().st_size / 2**20, 1)
+            result[f"augment_img_per_s_cpu_{size}"] = round(augment_rate(size, args.batch_size), 1)
         result["dataset_pickle_bytes"] = len(pickle.dumps(cached))
         result["main_rss_anon_mb"] = round(_rss_mb(os.getpid()).get("RssAnon", 0), 1)
     result["min_speedup"] = min(v for k, v in result.items() if k.startswith("speedup_"))
     result["goal_speedup"] = 100
+    result["goal_img_per_s_per_worker_256"] = 250   # 4,000 images/s from 16 workers
     return result
+
+
+def augment_rate(size: int, batch_size: int, batches: int = 4) -> float:
+    """images/s of the training transform (BatchTransform: uint8 -> float, random affine and jitter, normalise)
+    on this CPU, one thread. Training runs it on the device, on whole batches: this is its cost where no GPU is."""
+    transform = BatchTransform(0.5, 0.25, augment=True).train()
+    batch = torch.randint(0, 256, (batch_size, 1, size, size), dtype=torch.uint8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        transform(batch, epoch=0, step=0)   # warm
+        started = time.perf_counter()
+        for step in range(batches):
+            transform(batch, epoch=0, step=step + 1)
+        return batches * batch_size / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)

@@ -4,8 +4,8 @@ No image and no training: synthetic MIMIC-CXR-JPG and MIMIC-IV tables at 1x, 4x 
 default base, is the whole release: 65,379 patients, a test split of 5,159 images and a validate split of 2,991
 on its official split; NIH ChestX-ray14's 112,120 images for external validation), two run folders whose
 predictions are drawn with a signal per finding, and a stand-in best.pt of a ResNet101's size that holds the
-model's record. Then each step runs in a process of its own, timed, with the peak resident memory the kernel
-reports for that process (ru_maxrss, imports included; `baseline` is a process that only imports them all):
+model's record. Then each step runs in a process of its own, timed (its modules imported first), with the peak
+resident memory of that process (VmHWM, imports included; `baseline` is a process that only imports them all):
 
     evaluate   notebook 03's statistics (evaluate_run: every split's bootstrap, thresholds, recalibration,
                both levels, the radiologist labels), written to metrics.json
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -244,14 +245,22 @@ def external(run_dir: Path, p, root: Path) -> int:
     return int(report["counts"]["units"])
 
 
+def peak_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM, its own address space's high-water mark (ru_maxrss
+    would count the parent's, which a child started by fork and exec inherits on Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(step: str, folder: Path) -> dict:
     """Run one step in a fresh process: its seconds (the step alone, its modules imported before), units, and
-    the process's peak resident MB (its own ru_maxrss, read as it ends: imports included)."""
-    code = ("import json, resource, sys, time; from pathlib import Path; from cxrlib.bench.scale import run_step\n"
+    the process's peak resident MB (peak_mb, read as it ends: imports included)."""
+    code = ("import json, sys, time; from pathlib import Path; from cxrlib.bench.scale import run_step, peak_mb\n"
             "run_step('baseline', Path(sys.argv[2]))   # the imports, outside the timed step\n"
             "t = time.perf_counter(); units = run_step(sys.argv[1], Path(sys.argv[2])); t = time.perf_counter() - t\n"
-            "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "print(json.dumps({'seconds': t, 'units': units, 'peak_mb': peak / 1024}))")
+            "print(json.dumps({'seconds': t, 'units': units, 'peak_mb': peak_mb()}))")
     done = subprocess.run([sys.executable, "-c", code, step, str(folder)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if done.returncode:

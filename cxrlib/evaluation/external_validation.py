@@ -22,6 +22,7 @@ The procedure, declared before any figure is seen:
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,9 @@ def score_source(run_dir, p, source: str, data_root, subset: str | None = None, 
     loader = make_loader(CacheDataset.from_cohort(cache, rows), p.eval_batch_size, shuffle=False,
                          num_workers=p.num_workers, seed=p.seed)
     channels_last = device.type == "cuda" and p.channels_last
+    started = time.perf_counter()
     probs, index = predict(model, loader, transform, device, inference_amp(trained, device), channels_last)
+    scoring = {"images": int(len(rows)), "seconds": round(time.perf_counter() - started, 2), "device": str(device)}
     frame = rows[[*ID_COLUMNS, "view", "sex", "age"]].copy()
     frame[PROB_COLUMNS] = probs[np.argsort(index)].astype(np.float32)
     frame[FINDINGS] = rows[FINDINGS].to_numpy(np.float32)
@@ -130,6 +133,7 @@ def score_source(run_dir, p, source: str, data_root, subset: str | None = None, 
                    "scored_images": int(len(frame)), "failed_images": int(len(failed)),
                    "patients": int(frame["subject_id"].nunique()), "studies": int(frame["study_id"].nunique())},
         "failures": failed.head(20).to_dict("records"),
+        "inference": {**scoring, "images_per_second": round(scoring["images"] / max(scoring["seconds"], 0.01), 1)},
         "file_modes": image_modes(data_root, rows["path"]),
         "preprocessing": {"image_size": trained.image_size, "resize": trained.resize, "decode": trained.decode,
                           "bit_depth": BIT_DEPTH[source], "cache": str(cache.dir)},
@@ -263,7 +267,7 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
         "audit": audit,
         "intensity": info["intensity"], "file_modes": info["file_modes"], "preprocessing": info["preprocessing"],
         "equalize": info["equalize"], "views": info["views"], "failures": info["failures"],
-        "allow_missing": info["allow_missing"], "min_present": MIN_PRESENT,
+        "allow_missing": info["allow_missing"], "min_present": MIN_PRESENT, "inference": info.get("inference"),
         "model": model, "warnings": [w for w in [external_warning(model.get("starting_weights"), info["source"])] if w],
         "checkpoint": checkpoint_stamp(run_dir), "versions": versions(),
         "ci": {"level": p.ci_level, "n_boot": n_boot, "seed": p.seed,

@@ -237,7 +237,7 @@ def audit(units: pd.DataFrame, groups: pd.DataFrame, thresholds: dict, n_boot: i
     own = {key: _Units(units[mask], thresholds) for key, mask in sides.items()}
     point = {key: own[key].stats(np.ones((int(mask.sum()), 1))) for key, mask in sides.items()}
     chunks: dict = {key: [] for key in sides}
-    for w in metrics.patient_weights(data.subjects, n, n_boot, seed, chunk=64):
+    for w in metrics.patient_weights(data.subjects, n, n_boot, seed, chunk=metrics.chunk_size(data.y)):
         for key, mask in sides.items():
             chunks[key].append(own[key].stats(w[mask]))
     boot = {key: {m: np.concatenate([c[m] for c in parts]) for m in parts[0]} for key, parts in chunks.items()}

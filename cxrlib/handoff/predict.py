@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import textwrap
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,6 +94,7 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
     amp = inference_amp(trained, device)
     rows, probs, notes = [], [], []
     args = (trained.image_size, trained.resize, trained.decode, bits)
+    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # PIL decodes without the GIL
         for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch", disable=not progress):
             batch = files[start:start + batch_size]
@@ -121,6 +123,7 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
         out[[f"cal_{f}" for f in FINDINGS]] = recalibration.apply(calibrator, prob).astype(np.float32)
     out.attrs["notes"] = notes   # [(path, how it was read)]: printed by the command line
     out.attrs["thresholds"] = thresholds
+    out.attrs["images_per_second"] = len(out) / max(time.perf_counter() - started, 1e-9)   # decode + forward
     return out, skipped, note
 
 
@@ -172,6 +175,9 @@ def cli(command: str, argv: list[str]) -> int:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     for path, text in frame.attrs.get("notes", []):
         print(f"note {path}: {text}", file=sys.stderr)
+    if len(frame):
+        print(f"scored {len(frame)} image(s) at {frame.attrs['images_per_second']:,.1f} images/s (decoding, "
+              f"resizing and the model on {p.device})", file=sys.stderr)
     if args.out:
         atomic_write_csv(args.out, frame, index=False, float_format="%.9g")
         print(f"{len(frame)} image(s) -> {args.out}; {len(skipped)} skipped; {note}")
