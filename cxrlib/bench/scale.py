@@ -42,7 +42,17 @@ from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_text
 from ..labels import FINDINGS
 from ..params import PRESETS, read_yaml, validate
-from ..runfiles import CHECKPOINTS, COHORT, COHORT_REPORT, HISTORY, ID_COLUMNS, PREDICTIONS, PROB_COLUMNS, freeze
+from ..runfiles import (
+    CHECKPOINTS,
+    COHORT,
+    COHORT_REPORT,
+    FAIRNESS_JSON,
+    HISTORY,
+    ID_COLUMNS,
+    PREDICTIONS,
+    PROB_COLUMNS,
+    freeze,
+)
 from ..synthetic import mimic_cxr
 
 FULL = {"subjects": 65_379, "test_images": 5_159, "validate_images": 2_991, "nih_images": 112_120}
@@ -270,7 +280,7 @@ def measure(step: str, folder: Path) -> dict:
 
 
 def growth(sizes: list[dict], steps) -> dict:
-    """Per step, from the smallest size to the largest, as ratios: its seconds, its process's peak memory, and
+    """Per step, from the first of `sizes` to the last, as ratios: its seconds, its process's peak memory, and
     its work (the units it scored, or the cohort's images for the card and the index)."""
     first, last = sizes[0]["steps"], sizes[-1]["steps"]
     return {step: {"seconds": round(last[step]["seconds"] / max(first[step]["seconds"], 0.01), 1),
@@ -308,8 +318,13 @@ def bench_scale(argv=None) -> dict:
                 timed[step] = measure(step, folder)
                 print(f"[bench scale] x{multiple:g} {step}: {timed[step]['seconds']} s, {timed[step]['peak_mb']} MB "
                       f"({timed[step]['units']} units)", file=sys.stderr, flush=True)
+            if "audit" in steps:   # the audit's work grows with the groups big enough to report, too
+                audited = json.loads((folder / "runs" / "a" / FAIRNESS_JSON).read_text())
+                counts["audit_figures"] = len(audited["rows"])
             sizes.append({"multiple": multiple, **counts, "steps": timed})
     result = {"bench": "scale", "bootstrap": args.bootstrap, "sizes": sizes}
     if len(sizes) > 1:
         result["growth"] = growth(sizes, steps)
+    if len(sizes) > 2:   # the audit's groups pass min_group_patients as the test split grows: compare like with like
+        result["growth_last_two"] = growth(sizes[-2:], steps)
     return result
