@@ -408,3 +408,23 @@ def test_the_eta_comes_from_recent_epochs_not_a_running_mean_with_the_slow_first
     assert recent_epoch_seconds(walls) == pytest.approx(240.0)
     assert recent_epoch_seconds([300.0]) == 300.0
     assert recent_epoch_seconds([900.0, 100.0, 100.0, 100.0, 200.0]) == pytest.approx(400 / 3)
+
+
+def test_every_command_prints_its_help_without_a_traceback():
+    """`python -m cxrlib external --help` once died in argparse on a '%' in a help text (99% read as a format)."""
+    import contextlib
+    import io
+
+    from cxrlib.__main__ import COMMANDS, main
+
+    failed = []
+    for name in COMMANDS:
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                code = main([name, "--help"])
+        except SystemExit as stop:
+            code = stop.code
+        if code not in (0, None) or "usage" not in out.getvalue().lower():
+            failed.append((name, code, out.getvalue()[-300:]))
+    assert failed == []

@@ -109,7 +109,7 @@ def cli(command: str, argv: list[str]) -> int:
     ap.add_argument("--external-views", dest="views", choices=VIEWS, default="frontal", help="frontal (AP and PA) or all")
     ap.add_argument("--equalize", action="store_true", help="histogram-equalise the external images")
     ap.add_argument("--allow-missing", action="store_true",
-                    help=f"score the images present even when fewer than {MIN_PRESENT:.0%} of those the table selects "
+                    help=f"score the images present even when fewer than {MIN_PRESENT * 100:.0f}%% of those the table selects "
                          "are (a partial download); the decoded share is then reported wherever the result is")
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--no-progress", action="store_true")
