@@ -35,14 +35,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from ..data.cohort import build_cohort, read_cohort, write_cohort, write_report
+from ..data.cohort import build_cohort, load_raw_labels, read_cohort, write_cohort, write_report
 from ..data.sources import NIH_ENTRIES, frontal, read_source
 from ..errors import UserError
+from ..evaluation import analysis, audit, evaluate, external_validation, paired
 from ..fsutil import atomic_write_csv, atomic_write_text
+from ..handoff import card, index_page
 from ..labels import FINDINGS
 from ..params import PRESETS, read_yaml, validate
 from ..runfiles import (
+    BEST,
     CHECKPOINTS,
     COHORT,
     COHORT_REPORT,
@@ -52,8 +56,12 @@ from ..runfiles import (
     PREDICTIONS,
     PROB_COLUMNS,
     freeze,
+    load_frozen,
+    read_metrics,
+    read_predictions,
 )
 from ..synthetic import mimic_cxr
+from ..training.checkpoint import MODEL_FIELDS
 
 FULL = {"subjects": 65_379, "test_images": 5_159, "validate_images": 2_991, "nih_images": 112_120}
 STEPS = ("evaluate", "errors", "audit", "compare", "external", "card", "index")
@@ -81,9 +89,7 @@ def pick_patients(frame: pd.DataFrame, split: str, target: int, rng) -> set:
 
 def stand_in_checkpoint(path: Path, p, model_mb: int) -> None:
     """best.pt with the model's record (params, model_config) and a payload of a trained model's size."""
-    import torch  # lazy: keeps torch out of the parent process, which only builds tables and starts steps
 
-    from ..training.checkpoint import MODEL_FIELDS
 
     config = {**{k: getattr(p, k) for k in MODEL_FIELDS}, "mean": 0.5, "std": 0.25}
     weights = {"weights": torch.zeros(model_mb * 2**20 // 4)}
@@ -109,7 +115,7 @@ def make_run(folder: Path, name: str, data: Path, cohort: pd.DataFrame, report, 
                             "val_loss": [0.40, 0.37, 0.38], "val_accuracy": [0.85, 0.86, 0.86],
                             "patience_counter": [0, 0, 1], "select_level": "study", "eval_split": "validate"})
     atomic_write_csv(run_dir / CHECKPOINTS / HISTORY, history)
-    stand_in_checkpoint(run_dir / CHECKPOINTS / "best.pt", p, model_mb)
+    stand_in_checkpoint(run_dir / CHECKPOINTS / BEST, p, model_mb)
     scored = cohort[cohort["split"].isin(["validate", "test"])].reset_index(drop=True)
     predictions = scored[ID_COLUMNS].copy()
     labels = scored[FINDINGS].to_numpy(np.float64)
@@ -171,38 +177,29 @@ def build(folder: Path, share: float, n_boot: int, model_mb: int, seed: int = 0)
 # --------------------------------------------------------------------------- the steps, each in its own process
 def run_step(step: str, folder: Path) -> int:
     """One step on the rehearsal in `folder`; returns the units it scored (its work)."""
-    from ..runfiles import load_frozen
 
     run_dir = folder / "runs" / "a"
     p = load_frozen(run_dir) if step != "baseline" else None
-    if step == "baseline":   # the imports every step pays, and nothing else (measure runs it first, untimed)
-        from ..data import cohort  # noqa: F401
-        from ..evaluation import analysis, audit, evaluate, external_validation, paired  # noqa: F401
-        from ..handoff import card, index_page  # noqa: F401
+    if step == "baseline":   # the imports every step pays (this module's), and nothing else
         return 0
     if step == "evaluate":
-        from ..evaluation import evaluate
 
         return evaluate.evaluate_run(run_dir, p)["level"]["units_per_split"]["test"]
     if step == "errors":
         return error_tables(run_dir, p)
     if step == "audit":
-        from ..evaluation import audit
 
         return audit.audit_run(run_dir, p)["test_units"]
     if step == "compare":
-        from ..evaluation import paired
 
         return paired.compare_runs(run_dir, folder / "runs" / "b", p).attrs["shared_images"]
     if step == "external":
         return external(run_dir, p, folder / "nih")
     if step == "card":
-        from ..handoff import card
 
         card.write_card(run_dir)
         return int(len(read_cohort(run_dir / COHORT)))
     if step == "index":
-        from ..handoff import index_page
 
         index_page.write_index(run_dir)
         return int(len(read_cohort(run_dir / COHORT)))
@@ -211,15 +208,12 @@ def run_step(step: str, folder: Path) -> int:
 
 def error_tables(run_dir: Path, p) -> int:
     """Notebook 04's tables, in its order, images aside."""
-    from ..data import cohort
-    from ..evaluation import analysis
-    from ..runfiles import read_metrics, read_predictions
 
     predictions, report = read_predictions(run_dir), read_metrics(run_dir)
     test = analysis.test_rows(predictions)
     thresholds, _ = analysis.thresholds_from_report(report, level="image")
     analysis.top_errors(predictions, 4)
-    raw = cohort.load_raw_labels(p.data_root, p.label_source, test["study_id"])
+    raw = load_raw_labels(p.data_root, p.label_source, test["study_id"])
     analysis.uncertainty_table(test, raw, thresholds, p.uncertain_policy)
     properties = analysis.with_image_properties(test, analysis.read_metadata_columns(p.data_root))
     for by in ("size", "orientation", "ViewPosition"):
@@ -231,7 +225,6 @@ def error_tables(run_dir: Path, p) -> int:
 def external(run_dir: Path, p, root: Path) -> int:
     """Notebook 07 on an NIH-size source, its images' scores drawn instead of predicted: the source table,
     the selection, then external_report and its files, as score_source hands them on."""
-    from ..evaluation import external_validation
 
     found = read_source("nih", root, "test")
     table = frontal(found.table)
