@@ -120,3 +120,25 @@ def test_a_study_keyed_set_strips_the_s_prefix(tmp_path):
     tables(tmp_path, {"train": [("a", "1")], "development": [("b", "2")], "test": [("c", "3")]}, ["Edema", "Normal"])
     mine = labelset.load(str(own))
     assert labelset.read_table(mine, tmp_path, "test")["study_id"].tolist() == ["50000000"]
+
+
+def test_the_synthetic_cxr_lt_tables_read_back_through_their_label_sets(tmp_path):
+    from cxrlib.synthetic import cxr_lt
+    from cxrlib.synthetic.tables import build_tables
+
+    release = build_tables(300, seed=0)
+    counts = cxr_lt.write(tmp_path, release["metadata"], release["chexpert"], seed=0)
+    labelled = release["metadata"]["study_id"].isin(release["chexpert"]["study_id"]).sum()
+    for edition in ("cxr-lt-2023", "cxr-lt-2024"):
+        label_set = labelset.load(edition)
+        rows = labelset.organisers_split(label_set, tmp_path)   # by name, patient-disjoint, each image once
+        assert len(rows) == labelled == sum(v for k, v in counts.items() if k.startswith(edition) and "gold" not in k)
+        assert rows["split"].value_counts(normalize=True)["train"] > 0.55
+        values = rows[list(label_set.labels)]
+        assert (values.sum(1) >= 1).all()   # every image has a positive (nothing_found otherwise)
+        joined, missing = labelset.join(label_set, rows, release["metadata"])
+        assert len(joined) == labelled and missing["label_rows_without_image"] == 0
+        # the 14 CheXpert findings follow the synthetic CheXpert table; the new labels are rare
+        assert values["Cardiomegaly"].mean() > 0.05 and values["Pneumoperitoneum"].mean() < 0.01
+    gold = labelset.read_table(labelset.load("cxr-lt-2024"), tmp_path, "gold_test")
+    assert 0 < len(gold) <= 203 and list(gold.columns[2:]) == list(labelset.load("cxr-lt-2024").gold_labels)
