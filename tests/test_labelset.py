@@ -135,7 +135,7 @@ def test_the_synthetic_cxr_lt_tables_read_back_through_their_label_sets(tmp_path
         assert len(rows) == labelled == sum(v for k, v in counts.items() if k.startswith(edition) and "gold" not in k)
         assert rows["split"].value_counts(normalize=True)["train"] > 0.55
         values = rows[list(label_set.labels)]
-        assert (values.sum(1) >= 1).all()   # every image has a positive (nothing_found otherwise)
+        assert (values.sum(axis=1) >= 1).all()   # every image has a positive (nothing_found otherwise)
         joined, missing = labelset.join(label_set, rows, release["metadata"])
         assert len(joined) == labelled and missing["label_rows_without_image"] == 0
         # the 14 CheXpert findings follow the synthetic CheXpert table; the new labels are rare

@@ -55,7 +55,7 @@ def study_labels(chexpert: pd.DataFrame, labels, nothing_found: str, rng) -> pd.
         else:
             out[f] = (rng.random(len(out)) < rates[f]).astype(int)
     others = [f for f in labels if f != nothing_found]
-    out[nothing_found] = (out[others].sum(1) == 0).astype(int)
+    out[nothing_found] = (out[others].sum(axis=1) == 0).astype(int)
     return out
 
 
