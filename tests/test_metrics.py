@@ -386,3 +386,20 @@ def test_estimability_counts_patients_not_images():
     assert "from 8 and 290 patients, fewer than min_positives = 10 patients" in by_patients["notes"][0]
     summary = summarize(y, p, groups, n_boot=20, min_positives=10, findings=["x"])
     assert summary["macro_findings"] == [] and summary["per_finding"]["x"]["auroc"]["lo"] is None
+
+
+def test_auprc_macro_is_the_challenges_map_over_the_labels_with_positives():
+    """CXR-LT ranks by mAP: the mean over labels of binary average precision. Ours is the AUPRC macro over the
+    findings it can estimate; with min_positives 1 and no masked cells that is scikit-learn's macro AP over the
+    labels with a positive (a label with none has no AP)."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    y = (rng.random((500, 40)) < np.geomspace(0.002, 0.4, 40)).astype(float)
+    p = 1 / (1 + np.exp(-(rng.normal(size=y.shape) + 1.5 * y - 2)))
+    names = [f"label {j}" for j in range(40)]
+    has = y.sum(0) > 0
+    ours = metrics.ranking_metrics(y, p, names, min_positives=1)
+    assert not has.all() and ours["excluded"] == [n for n, h in zip(names, has) if not h]
+    assert ours["macro"]["auprc"] == pytest.approx(average_precision_score(y[:, has], p[:, has], average="macro"),
+                                                   abs=1e-12)
