@@ -258,10 +258,9 @@ def peak_mb() -> float:
 
 
 def measure(step: str, folder: Path) -> dict:
-    """Run one step in a fresh process: its seconds (the step alone, its modules imported before), units, and
-    the process's peak resident MB (peak_mb, read as it ends: imports included)."""
+    """Run one step in a fresh process: its seconds (the step alone: importing this module imported every step's
+    modules), units, and the process's peak resident MB (peak_mb, read as it ends: imports included)."""
     code = ("import json, sys, time; from pathlib import Path; from cxrlib.bench.scale import run_step, peak_mb\n"
-            "run_step('baseline', Path(sys.argv[2]))   # the imports, outside the timed step\n"
             "t = time.perf_counter(); units = run_step(sys.argv[1], Path(sys.argv[2])); t = time.perf_counter() - t\n"
             "print(json.dumps({'seconds': t, 'units': units, 'peak_mb': peak_mb()}))")
     done = subprocess.run([sys.executable, "-c", code, step, str(folder)], capture_output=True, text=True,
