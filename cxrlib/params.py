@@ -78,6 +78,12 @@ class Params:
     warmup_epochs: float = 0.0
     grad_clip: float = 0.0              # 0: off
     pos_weight: bool = False            # BCE pos_weight = neg/pos per finding, from the training labels
+    loss: Literal["bce", "focal", "asl"] = "bce"   # focal (Lin 2017) and asymmetric (Ridnik 2021) for long tails
+    focal_gamma: float = 2.0
+    focal_alpha: float = -1.0           # positives' weight in [0, 1] (negatives': 1 - it); -1: none
+    asl_gamma_neg: float = 4.0          # ASL's focusing of negatives, of positives, and its probability margin
+    asl_gamma_pos: float = 0.0
+    asl_clip: float = 0.05
     select_on: Literal["validate", "test"] = "validate"  # "test" only in the presets that copy the original
     select_metric: Literal["auroc", "accuracy"] = "auroc"
     patience: int = 5
@@ -137,7 +143,8 @@ STAGES = {
     "train": ("seed", "mean", "std", "augment", "hflip", "aug_rotate", "aug_scale", "aug_translate", "aug_brightness",
               "aug_contrast", "arch", "head", "weights", "weights_manifest", "freeze", "backbone_lr", "dropout",
               "batch_size", "lr", "optimizer",
-              "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "select_on",
+              "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "loss", "focal_gamma",
+              "focal_alpha", "asl_gamma_neg", "asl_gamma_pos", "asl_clip", "select_on",
               "select_metric", "amp", "cpu_amp", "max_train_batches"),
     "evaluate": ("tta", "eval_level", "study_aggregate", "calibration", "bootstrap", "ci_level", "compare_with", "topk",
                  "race_policy", "min_group_patients", "min_positives", "age_bands", "compare_on"),
@@ -291,6 +298,12 @@ def validate(values: dict, where: str = "parameters", sources: dict | None = Non
         ("arch", arch_problem(p.arch, p.head, p.freeze, p.weights) is None, arch_problem(p.arch, p.head, p.freeze,
                                                                                         p.weights)),
         ("backbone_lr", p.backbone_lr >= 0, "backbone_lr must be 0 or more (a multiple of lr; 1: the same lr)"),
+        ("pos_weight", not (p.pos_weight and p.loss != "bce"), f"pos_weight weighs BCE's positives; with loss: {p.loss} "
+         "set pos_weight: false (focal_alpha weighs focal loss's; ASL focuses on the negatives itself)"),
+        ("focal_alpha", p.focal_alpha == -1 or 0 <= p.focal_alpha <= 1, "focal_alpha must be in [0, 1], or -1 (none)"),
+        ("focal_gamma", min(p.focal_gamma, p.asl_gamma_neg, p.asl_gamma_pos) >= 0,
+         "focal_gamma, asl_gamma_neg and asl_gamma_pos must be 0 or more (0: no focusing)"),
+        ("asl_clip", 0 <= p.asl_clip < 1, "asl_clip must be in [0, 1) (0.05 in the ASL paper; 0: no margin)"),
     ]
     for field_name, ok, message in checks:   # the field names where its value came from (sources)
         if not ok:

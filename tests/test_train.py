@@ -415,3 +415,54 @@ def test_cpu_amp_turns_on_bf16_and_channels_last_on_a_cpu_only_when_asked():
     assert amp_dtype(params.validate({"device": "cpu", "cpu_amp": True, "amp": "off"}), cpu) is None
     assert readable.shown_value(fast, "amp") == "bf16 (on this CPU run too: cpu_amp)"
     assert readable.shown_value(plain, "amp") == "bf16 (GPU only; off on this CPU run)"
+
+
+# --------------------------------------------------------------------------- long-tail losses
+def test_focal_loss_is_torchvisions_over_the_valid_cells_and_bce_at_gamma_0():
+    from torchvision.ops import sigmoid_focal_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(64, 14, generator=g) * 3, (torch.rand(64, 14, generator=g) < 0.2).float()
+    mask = (torch.rand(64, 14, generator=g) > 0.1).float()
+    for alpha in (-1.0, 0.25):
+        reference = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=2.0, reduction="none")
+        expected = (reference * mask).sum() / mask.sum()
+        assert optim.masked_focal(logits, targets, mask, 2.0, alpha) == pytest.approx(float(expected), rel=1e-6)
+    assert optim.masked_focal(logits, targets, mask, 0.0) == pytest.approx(float(optim.masked_bce(logits, targets, mask)),
+                                                                         rel=1e-6)
+
+
+def test_asymmetric_loss_follows_the_papers_formula():
+    """Ridnik et al. 2021: L+ = (1 - p)^g+ log p; L- = p_m^g- log(1 - p_m), p_m = max(p - m, 0)."""
+    g = torch.Generator().manual_seed(1)
+    logits, targets = torch.randn(64, 14, generator=g) * 3, (torch.rand(64, 14, generator=g) < 0.2).float()
+    mask = (torch.rand(64, 14, generator=g) > 0.1).float()
+    p = 1 / (1 + np.exp(-logits.double().numpy()))
+    y, m = targets.double().numpy(), mask.double().numpy()
+    p_m = np.maximum(p - 0.05, 0)
+    cells = -(y * (1 - p) ** 1.0 * np.log(p) + (1 - y) * p_m ** 4.0 * np.log(1 - p_m))
+    expected = (cells * m).sum() / m.sum()
+    assert float(optim.masked_asl(logits, targets, mask, 4.0, 1.0, 0.05)) == pytest.approx(expected, rel=1e-5)
+    # no focusing and no margin: BCE; a negative below the margin costs nothing
+    assert float(optim.masked_asl(logits, targets, mask, 0.0, 0.0, 0.0)) == pytest.approx(
+        float(optim.masked_bce(logits, targets, mask)), rel=1e-5)
+    easy = optim.masked_asl(torch.tensor([[-5.0]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]))
+    assert float(easy) == 0.0
+
+
+def test_the_loss_is_a_training_parameter_and_pos_weight_stays_with_bce():
+    assert optim.objective(params.validate({})) is None   # bce: train_step's masked_bce, unchanged
+    asl = optim.objective(params.validate({"loss": "asl", "asl_gamma_neg": 2}))
+    assert asl.func is optim.masked_asl and asl.keywords["gamma_neg"] == 2
+    with pytest.raises(params.ParamError, match="pos_weight weighs BCE's positives; with loss: focal"):
+        params.validate({"loss": "focal", "pos_weight": True})
+    with pytest.raises(params.ParamError, match="asl_clip must be in"):
+        params.validate({"loss": "asl", "asl_clip": 1.5})
+    model = torch.nn.Linear(4, 14)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x, y, mask = torch.randn(8, 4), (torch.rand(8, 14) < 0.3).float(), torch.ones(8, 14)
+    first = steps.train_step(model, x, y, mask, optimizer, scaler, loss_fn=asl)
+    for _ in range(20):
+        last = steps.train_step(model, x, y, mask, optimizer, scaler, loss_fn=asl)
+    assert torch.isfinite(first) and last < first

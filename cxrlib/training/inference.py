@@ -42,16 +42,18 @@ def predict(model, loader, transform, device, amp=None, channels_last: bool = Fa
 
 
 def evaluate(model, loader, transform, device, pos_weight=None, amp=None, channels_last: bool = False,
-             progress: bool = False, units=None, aggregate: str = "mean") -> dict:
+             progress: bool = False, units=None, aggregate: str = "mean", loss_fn=None) -> dict:
     """loss (masked BCE, per image), macro and micro AUROC and accuracy at 0.5 over the valid cells.
 
     units: one id per dataset item (its study) to score studies, as eval_level: study does: a study's
-    image probabilities are aggregated (`aggregate`: mean or max) and its label row counted once.
+    image probabilities are aggregated (`aggregate`: mean or max) and its label row counted once. loss_fn: the
+    training objective when it is not BCE (optim.objective).
     """
     from ..stats import metrics  # lazy: keeps scipy, sklearn out of this module's import
 
     logits, targets, mask, _ = forward_all(model, loader, transform, device, amp, channels_last, progress)
-    loss = float(masked_bce(logits, targets, mask, None if pos_weight is None else pos_weight.cpu()))
+    loss = float(masked_bce(logits, targets, mask, None if pos_weight is None else pos_weight.cpu()) if loss_fn is None
+                 else loss_fn(logits, targets, mask))   # the training objective, per image
     probs = torch.sigmoid(logits).numpy()
     labels = np.where(mask.numpy() > 0, targets.numpy(), np.nan)
     if units is not None:

@@ -1,6 +1,8 @@
-"""The objective and its optimisation: masked BCE with optional pos_weight, Adam/AdamW, warmup + constant or cosine."""
+"""The objective and its optimisation: masked BCE (optional pos_weight), focal or asymmetric loss; Adam/AdamW,
+warmup + constant or cosine."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -18,6 +20,43 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, 
     """
     loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight, reduction="none")
     return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def masked_focal(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0,
+                 alpha: float = -1.0) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017, sigmoid form, as torchvision.ops.sigmoid_focal_loss) over the valid cells:
+    BCE times (1 - p_t)^gamma, where p_t is the probability of the cell's true class; alpha in [0, 1] weighs the
+    positives by alpha and the negatives by 1 - alpha, and -1 weighs neither."""
+    logits = logits.float()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p = torch.sigmoid(logits)
+    loss = ce * (1 - (p * targets + (1 - p) * (1 - targets))) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def masked_asl(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, gamma_neg: float = 4.0,
+               gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8) -> torch.Tensor:
+    """Asymmetric loss (Ridnik et al. 2021, the CXR-LT 2023 winner's) over the valid cells: a negative's
+    probability is shifted down by `clip` (easy negatives count for nothing) and focused by gamma_neg, a
+    positive's by gamma_pos. gamma_neg = gamma_pos = clip = 0 is BCE."""
+    p = torch.sigmoid(logits.float())
+    p_neg = (p - clip).clamp(min=0) if clip > 0 else p        # the shifted probability of a negative
+    positive = targets * torch.log(p.clamp(min=eps)) * (1 - p) ** gamma_pos
+    negative = (1 - targets) * torch.log((1 - p_neg).clamp(min=eps)) * p_neg ** gamma_neg
+    return (-(positive + negative) * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def objective(params):
+    """The training loss of `params.loss` as f(logits, targets, mask); None for plain BCE (train_step's
+    default, masked_bce with pos_weight)."""
+    if params.loss == "focal":
+        return functools.partial(masked_focal, gamma=params.focal_gamma, alpha=params.focal_alpha)
+    if params.loss == "asl":
+        return functools.partial(masked_asl, gamma_neg=params.asl_gamma_neg, gamma_pos=params.asl_gamma_pos,
+                                 clip=params.asl_clip)
+    return None
 
 
 def pos_weight_from_labels(labels: np.ndarray) -> torch.Tensor:

@@ -17,11 +17,12 @@ from .runtime import step_seed
 
 
 def train_step(model, images, targets, mask, optimizer, scaler, pos_weight=None, amp=None,
-               grad_clip: float = 0.0) -> torch.Tensor:
-    """Forward, masked loss, backward and exactly one optimizer.step (GradScaler skips it on inf/NaN)."""
+               grad_clip: float = 0.0, loss_fn=None) -> torch.Tensor:
+    """Forward, masked loss, backward and exactly one optimizer.step (GradScaler skips it on inf/NaN).
+    loss_fn(logits, targets, mask): optim.objective's focal or asymmetric loss; None: BCE with pos_weight."""
     with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
         logits = model(images)
-    loss = masked_bce(logits, targets, mask, pos_weight)
+    loss = masked_bce(logits, targets, mask, pos_weight) if loss_fn is None else loss_fn(logits, targets, mask)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip > 0:
@@ -43,7 +44,8 @@ GPU_SYNC_EVERY = 25
 
 
 def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, device, position: dict, *,
-                    steps: int, seed: int = 0, rank: int = 0, pos_weight=None, amp=None, grad_clip: float = 0.0,
+                    steps: int, seed: int = 0, rank: int = 0, pos_weight=None, loss_fn=None, amp=None,
+                    grad_clip: float = 0.0,
                     channels_last: bool = False, after_step=None, progress: bool = True, epochs: int = 0,
                     log_step=None) -> dict:
     """Run batches position['batch'] .. steps-1 of epoch position['epoch'], updating `position` in place.
@@ -91,7 +93,7 @@ def train_one_epoch(model, loader, transform, optimizer, scheduler, scaler, devi
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         lr = optimizer.param_groups[0]["lr"]
-        loss = train_step(model, x, targets, mask, optimizer, scaler, pos_weight, amp, grad_clip)
+        loss = train_step(model, x, targets, mask, optimizer, scaler, pos_weight, amp, grad_clip, loss_fn)
         scheduler.step()
         pending.append((loss, cells, len(images), lr))
         position["step"] += 1

@@ -76,7 +76,7 @@ from .checkpoint import (
 from .contamination import starting_weights
 from .inference import evaluate
 from .loader import BatchTransform, CacheDataset, EpochSampler, make_loader
-from .optim import make_optimizer, make_scheduler, pos_weight_from_labels
+from .optim import make_optimizer, make_scheduler, objective, pos_weight_from_labels
 from .runtime import (
     all_reduce,
     amp_dtype,
@@ -178,6 +178,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     amp = amp_dtype(params, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     pos_weight = pos_weight_from_labels(train_labels).to(device) if params.pos_weight else None
+    loss_fn = objective(params)   # None: BCE (with pos_weight when set)
     position, selection, history = new_position(), new_selection(), []
 
     if rank == 0:
@@ -242,7 +243,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     # Epochs are chosen on the units the run's figures count: studies (their images' mean or max) at study level.
     selection_units = ({"units": eval_set.study_ids, "aggregate": params.study_aggregate}
                        if params.eval_level == "study" and eval_set.study_ids is not None else {})
-    train_kw = dict(steps=steps, seed=params.seed, rank=rank, pos_weight=pos_weight, amp=amp,
+    train_kw = dict(steps=steps, seed=params.seed, rank=rank, pos_weight=pos_weight, loss_fn=loss_fn, amp=amp,
                     grad_clip=params.grad_clip, channels_last=use_channels_last(params, device),
                     after_step=after_step, progress=progress, epochs=params.epochs)
     tracker = tracking.open_tracker(params, run_dir) if rank == 0 else tracking.Tracker()
@@ -261,7 +262,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
         # the bare model: ranks hold different numbers of evaluation batches, and DDP's forward may sync buffers
         scores = evaluate(model, eval_loader, transform, device, pos_weight, inference_amp(params, device),
                           device.type == "cuda" and train_kw["channels_last"], progress and not is_batch(),
-                          **selection_units)
+                          loss_fn=loss_fn, **selection_units)
         score = scores["auroc_macro" if params.select_metric == "auroc" else "accuracy"]
         keep, stopped = update_selection(selection, score, epoch + 1, params.patience)
         history.append({
