@@ -210,3 +210,16 @@ def external_source_lines(report: dict, data_root, views: str) -> list[str]:
             *([f"scored {run['images']:,} images from the cache in {run['seconds']:,.1f} s ({run['images_per_second']:,.1f} "
                f"images/s on {run['device']})"] if (run := report.get("inference")) else []),
             *[f"note: {note}" for note in report["notes"]]]
+
+
+def bucket_rule(m: dict) -> str:
+    """How the head / medium / tail groups were made: 'chexpert14: head above 10% of training images, tail
+    below 1%' or the lists a label set names."""
+    section = m.get("buckets")
+    if not section:
+        return "no head / medium / tail groups (a metrics.json from before them; rerun notebook 03)"
+    rule = section["rule"]
+    if rule["rule"] == "share":
+        return (f"{section['label_set']}: head above {rule['head']:.0%} of the training images, tail below "
+                f"{rule['tail']:.0%}, medium between")
+    return f"{section['label_set']}: head and tail as the label set lists them, medium the rest"

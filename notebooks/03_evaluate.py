@@ -103,6 +103,17 @@ readable.table(tables.per_finding_table(report, "test"))
 viz.plot_forest(report['splits']['test'])
 
 # %% [markdown]
+# ## Head, medium and tail
+#
+# The findings grouped by how often the training images carry them (the label set's rule: above 10% head,
+# below 1% tail), and each group's macro AUROC and mean average precision (mAP, the figure CXR-LT ranks by)
+# on the test split, over the group's findings with `min_positives`, with patient-bootstrap CIs.
+
+# %%
+print(account.bucket_rule(report))
+readable.table(tables.bucket_table(report))
+
+# %% [markdown]
 # ## ROC and precision-recall curves (test, in the units of `eval_level`)
 
 # %% tags=["key-figure"]

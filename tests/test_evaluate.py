@@ -415,3 +415,26 @@ def test_one_warnings_wording_reaches_the_terminal_the_index_the_card_and_notebo
     said = [*account.headline_notes(report), account.level_sentence(report), *account.threshold_notes(report),
             *account.gold_lines(report["gold"])]
     assert account.macro_sentence(report) in said and [line for line in said if line not in page] == []
+
+
+def test_head_medium_and_tail_average_their_estimable_findings_by_the_training_share(tiny_run):
+    from cxrlib.data.cohort import read_cohort
+
+    report = runfiles.read_metrics(tiny_run)
+    section = report["buckets"]
+    assert section["label_set"] == "chexpert14" and section["rule"] == {"rule": "share", "head": 0.1, "tail": 0.01}
+    train = read_cohort(tiny_run / runfiles.COHORT).query("split == 'train'")
+    for finding, bucket in section["bucket"].items():
+        share = float((train[finding] == 1).mean())
+        assert section["train_prevalence"][finding] == pytest.approx(share)
+        assert bucket == ("head" if share > 0.1 else "tail" if share < 0.01 else "medium")
+    per_finding = report["splits"]["test"]["per_finding"]
+    for name, group in section["groups"].items():
+        assert set(group["macro_findings"]) <= set(group["findings"])
+        assert group["findings"] == [f for f in FINDINGS if section["bucket"][f] == name]
+        if group["macro_findings"]:   # the group's mean over its estimable findings, each as the test table has it
+            for metric in ("auroc", "auprc"):
+                expected = np.mean([per_finding[f][metric]["value"] for f in group["macro_findings"]])
+                assert group[metric]["value"] == pytest.approx(expected)
+    table = tables.bucket_table(report)
+    assert list(table.index) == ["head", "medium", "tail"] and "mAP (AUPRC macro)" in table

@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import labelset
+from ..data.cohort import read_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
 from ..labels import FINDINGS
 from ..original import original_project_results
-from ..runfiles import METRICS, PREDICTIONS, PROB_COLUMNS, read_predictions
+from ..runfiles import COHORT, METRICS, PREDICTIONS, PROB_COLUMNS, read_predictions
 from ..stats import levels, metrics
 from ..stats.calibration import reliability_curve
 from ..stats.thresholds import choose_thresholds, threshold_metrics
@@ -30,6 +32,7 @@ from ..training.contamination import warning_text
 from . import recalibration
 from .gold import gold_section, read_gold
 from .kinds import open_run
+from .longtail import buckets_section
 from .provenance import fingerprint, versions
 from .tables import HEADLINE
 
@@ -130,6 +133,9 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         "macro": {"findings": test["macro_findings"], "not_estimable": test["not_estimable"],
                   "one_class": test["excluded"], "min_positives": p.min_positives},
         "level": level,
+        # head / medium / tail by the training images' prevalence (chexpert14's share rule until runs carry a set)
+        "buckets": buckets_section(y_test, p_test, test_groups, read_cohort(run_dir / COHORT), p,
+                                   labelset.load(labelset.DEFAULT)),
         "ci": {"level": p.ci_level, "n_boot": p.bootstrap, "seed": p.seed, "method": test["ci_method"]},
         "splits": summaries,
         "thresholds": {"chosen_on": "validate" if "validate" in splits else None, "level": p.eval_level,

@@ -69,6 +69,21 @@ def headline_table(report: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("metric")
 
 
+def bucket_table(report: dict) -> pd.DataFrame:
+    """Head, medium and tail (metrics.json `buckets`): per group its findings, how many the macro averages, and
+    macro AUROC and AUPRC (mAP) on the test split with their CIs."""
+    section = report.get("buckets") or {"groups": {}}
+    rows = []
+    for name, group in section["groups"].items():
+        row = {"group": name, "findings": ", ".join(group["findings"]) or "none",
+               "averaged": f"{len(group['macro_findings'])} of {len(group['findings'])}"}
+        for metric, label in (("auroc", "AUROC macro"), ("auprc", "mAP (AUPRC macro)")):
+            figure = group.get(metric) or {}
+            row.update({label: figure.get("value"), f"{label} lo": figure.get("lo"), f"{label} hi": figure.get("hi")})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("group") if rows else pd.DataFrame()
+
+
 def level_table(report: dict) -> pd.DataFrame:
     """The test headline at image and at study level side by side; the headline level first."""
     level = report.get("level") or {"headline": "image", "other": None, "units_per_split": {}}

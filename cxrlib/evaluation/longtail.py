@@ -1,0 +1,41 @@
+"""Head, medium and tail: a label set's findings grouped by how often the training images carry them (the rule its
+YAML records, labelset.bucket_of), and each group's macro AUROC and AUPRC (the mean average precision CXR-LT ranks
+by) on the test split, with patient-bootstrap CIs over the group's estimable findings (min_positives)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import labelset
+from ..labels import FINDINGS
+from ..stats import metrics
+
+GROUPS = ("head", "medium", "tail")
+
+
+def train_prevalence(cohort: pd.DataFrame, findings=FINDINGS) -> dict[str, float]:
+    """Per finding, the share of the training images labelled positive (after the run's label policies)."""
+    train = cohort[cohort["split"] == "train"]
+    return {f: float((train[f] == 1).mean()) if len(train) else float("nan") for f in findings}
+
+
+def buckets_section(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, cohort: pd.DataFrame, p,
+                    label_set: labelset.LabelSet) -> dict:
+    """metrics.json's `buckets`: the rule, each finding's bucket and training share, and per bucket the macro
+    figures of its findings on the test units (y, prob, groups)."""
+    findings = list(label_set.labels)
+    prevalence = train_prevalence(cohort, findings)
+    bucket = labelset.bucket_of(label_set, prevalence)
+    out = {"label_set": label_set.name, "rule": label_set.buckets, "train_prevalence": prevalence, "bucket": bucket,
+           "groups": {}}
+    for name in GROUPS:
+        members = [f for f in findings if bucket[f] == name]
+        if not members:
+            out["groups"][name] = {"findings": [], "macro_findings": [], "auroc": None, "auprc": None}
+            continue
+        columns = [findings.index(f) for f in members]
+        summary = metrics.summarize(y[:, columns], prob[:, columns], groups, n_boot=p.bootstrap, seed=p.seed,
+                                    ci_level=p.ci_level, findings=members, min_positives=p.min_positives)
+        out["groups"][name] = {"findings": members, "macro_findings": summary["macro_findings"],
+                               "auroc": summary["macro"]["auroc"], "auprc": summary["macro"]["auprc"]}
+    return out
