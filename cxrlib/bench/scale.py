@@ -234,13 +234,9 @@ def external(run_dir: Path, p, root: Path) -> int:
     labels = table[FINDINGS].to_numpy(np.float64)
     frame[PROB_COLUMNS] = draw_scores(labels, np.random.default_rng(p.seed), -0.3)
     frame[FINDINGS] = labels.astype(np.float32)
-    counts = {"table_images": len(found.table), "chosen_images": len(table), "present_images": len(table),
-              "missing_images": 0, "scored_images": len(frame), "failed_images": 0,
-              "patients": int(frame["subject_id"].nunique()), "studies": int(frame["study_id"].nunique())}
-    info = {"source": "nih", "subset": found.subset, "data_root": str(root), "views": "frontal",
-            "equalize": False, "allow_missing": False, "label_map": found.label_map.record(found.vocabulary),
-            "map_table": found.label_map.table(found.vocabulary).to_dict("records"), "notes": found.notes,
-            "unit_note": found.unit_note, "counts": counts, "failures": [], "file_modes": {"L": len(frame)},
+    info = {"source": "nih", "data_root": str(root), "views": "frontal", "equalize": False, "allow_missing": False,
+            **external_validation.table_info(found, len(table), len(table), frame, 0),
+            "failures": [], "file_modes": {"L": len(frame)},
             "preprocessing": {"image_size": 256, "resize": "squash", "decode": "fast", "bit_depth": "8"},
             "intensity": {"internal": [], "external": []}}
     report = external_validation.external_report(run_dir, p, frame, info)

@@ -124,14 +124,8 @@ def score_source(run_dir, p, source: str, data_root, subset: str | None = None, 
     internal_cohort, internal_cache = eval_cohort(run_dir, trained)
     internal_rows = internal_cohort.loc[internal_cohort["split"] == "test", "cache_row"].to_numpy()
     info = {
-        "source": source, "subset": found.subset, "data_root": str(data_root), "views": views,
-        "equalize": bool(equalize), "allow_missing": bool(allow_missing), "label_map": found.label_map.record(found.vocabulary),
-        "map_table": found.label_map.table(found.vocabulary).to_dict("records"),
-        "notes": found.notes, "unit_note": found.unit_note,
-        "counts": {"table_images": int(len(found.table)), "chosen_images": int(len(selected)),
-                   "present_images": int(len(table)), "missing_images": int(len(selected) - len(table)),
-                   "scored_images": int(len(frame)), "failed_images": int(len(failed)),
-                   "patients": int(frame["subject_id"].nunique()), "studies": int(frame["study_id"].nunique())},
+        "source": source, "data_root": str(data_root), "views": views, "equalize": bool(equalize),
+        "allow_missing": bool(allow_missing), **table_info(found, len(selected), len(table), frame, len(failed)),
         "failures": failed.head(20).to_dict("records"),
         "inference": {**scoring, "images_per_second": round(scoring["images"] / max(scoring["seconds"], 0.01), 1)},
         "file_modes": image_modes(data_root, rows["path"]),
@@ -141,6 +135,18 @@ def score_source(run_dir, p, source: str, data_root, subset: str | None = None, 
                       "external": histogram(cache.images, rows["cache_row"].to_numpy())},
     }
     return frame, info
+
+
+def table_info(found, chosen: int, present: int, frame: pd.DataFrame, failed: int) -> dict:
+    """What score_source's info says of the source's table and what was scored of it: the subset, the label map
+    (its record and table), the reader's notes, the unit, and the counts from the table to the scored images."""
+    return {"subset": found.subset, "label_map": found.label_map.record(found.vocabulary),
+            "map_table": found.label_map.table(found.vocabulary).to_dict("records"),
+            "notes": found.notes, "unit_note": found.unit_note,
+            "counts": {"table_images": int(len(found.table)), "chosen_images": int(chosen),
+                       "present_images": int(present), "missing_images": int(chosen - present),
+                       "scored_images": int(len(frame)), "failed_images": int(failed),
+                       "patients": int(frame["subject_id"].nunique()), "studies": int(frame["study_id"].nunique())}}
 
 
 # --------------------------------------------------------------------------- figures
