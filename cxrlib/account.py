@@ -212,6 +212,22 @@ def external_source_lines(report: dict, data_root, views: str) -> list[str]:
             *[f"note: {note}" for note in report["notes"]]]
 
 
+def bucket_lines(m: dict) -> list[str]:
+    """One sentence per head / medium / tail group: its size, how many the macro averages, AUROC and mAP with CIs."""
+    section = m.get("buckets") or {}
+    lines = []
+    for name, group in (section.get("groups") or {}).items():
+        if not group["findings"]:
+            lines.append(f"{name}: no finding")
+            continue
+        figures = ", ".join(f"{label} {figure_text(group[key])}" for key, label in (("auroc", "AUROC macro"),
+                                                                                    ("auprc", "mAP"))
+                            if group.get(key))
+        lines.append(f"{name}: {len(group['findings'])} findings, {len(group['macro_findings'])} with enough "
+                     f"positives to average" + (f"; {figures}" if figures else ""))
+    return lines
+
+
 def bucket_rule(m: dict) -> str:
     """How the head / medium / tail groups were made: 'chexpert14: head above 10% of training images, tail
     below 1%' or the lists a label set names."""

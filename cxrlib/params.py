@@ -17,8 +17,10 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from . import labelset
 from .errors import UserError
 from .labels import BLANK_POLICIES, UNCERTAIN_POLICIES, per_finding
+from .param_rules import value_checks
 
 Policy = Union[str, dict]
 
@@ -36,10 +38,12 @@ class Params:
     views: list = field(default_factory=lambda: ["AP"])
     studies_per_subject: Literal["first", "all"] = "first"   # first: the lowest study_id with an in-view image
     images_per_study: Literal["first", "all"] = "first"      # first: the lowest in-view dicom_id of a study
-    label_source: Literal["negbio", "chexpert"] = "negbio"
+    label_set: str = "chexpert14"       # what the model predicts: a shipped set (cxrlib/label_sets/) or a YAML file
+    label_source: Literal["negbio", "chexpert"] = "negbio"   # chexpert14's labeler table
     uncertain_policy: Policy = "zeros"  # zeros | ones | ignore, or {finding: policy, default: policy}
     blank_policy: Policy = "zeros"      # zeros | ignore, or per finding
-    split_mode: Literal["seed", "official"] = "seed"  # seed: the original project's study_id rule
+    split_mode: Literal["seed", "official", "label_set"] = "seed"  # seed: the original's study_id rule; label_set:
+    #                                                                  the set's own train/development/test
     val_fraction: float = 0.0           # carved from the non-test part, per subject, by a stable hash
     split_seed: int = 0                 # the carve's hash seed: runs differing only in `seed` share a cohort
     # --- image cache ---
@@ -137,7 +141,7 @@ STAGES = {
                 "num_workers", "channels_last", "compile", "gpus", "resume", "checkpoint_minutes",
                 "eval_batch_size", "redact_images", "report_code", "mimic_iv_root", "tracker", "tracking_uri",
                 "epochs", "patience"),   # how long training goes on: a run can be extended
-    "cohort": ("views", "studies_per_subject", "images_per_study", "label_source", "uncertain_policy",
+    "cohort": ("views", "studies_per_subject", "images_per_study", "label_set", "label_source", "uncertain_policy",
                "blank_policy", "split_mode", "val_fraction", "split_seed"),
     "cache": ("image_size", "resize", "decode"),
     "train": ("seed", "mean", "std", "augment", "hflip", "aug_rotate", "aug_scale", "aug_translate", "aug_brightness",
@@ -160,13 +164,6 @@ NOTEBOOK_KNOBS = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(Params)}
-# MIMIC-CXR's ViewPosition values (the metadata table): a misspelt view would select no image at all.
-VIEW_POSITIONS = ("AP", "PA", "LATERAL", "LL", "AP AXIAL", "AP LLD", "AP RLD", "PA LLD", "PA RLD", "LAO", "RAO", "LPO",
-                  "XTABLE LATERAL", "SWIMMERS")
-
-
-def unknown_views(views) -> list:
-    return [v for v in views if v not in VIEW_POSITIONS]
 _HINTS = typing.get_type_hints(Params)
 FORBIDDEN = ("password", "passwd", "pwd", "username", "user", "token", "secret", "credential")
 
@@ -267,87 +264,27 @@ def validate(values: dict, where: str = "parameters", sources: dict | None = Non
     clean = {k: _coerce(k, v, _HINTS[k], sources.get(k, where)) for k, v in values.items()}
     p = Params(**clean)
     try:
-        per_finding(p.uncertain_policy, UNCERTAIN_POLICIES, "uncertain_policy")
-        per_finding(p.blank_policy, BLANK_POLICIES, "blank_policy")
+        lset = labelset.load(p.label_set)
+    except labelset.LabelSetError as e:
+        raise ParamError(f"{sources.get('label_set', where)}: {e}") from None
+    try:
+        per_finding(p.uncertain_policy, UNCERTAIN_POLICIES, "uncertain_policy", lset.labels)
+        per_finding(p.blank_policy, BLANK_POLICIES, "blank_policy", lset.labels)
     except ValueError as e:
         raise ParamError(f"{where}: {e}") from None
-    checks = [
-        ("image_size", p.image_size >= 32, "image_size must be at least 32"),
-        ("val_fraction", 0.0 <= p.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
-        ("val_fraction", p.split_mode != "official" or p.val_fraction == 0, "val_fraction must be 0 with split_mode: official, "
-         "whose split table has its own validate set (set val_fraction: 0, or split_mode: seed)"),
-        ("epochs", p.epochs >= 1, "epochs must be at least 1"),
-        ("batch_size", p.batch_size >= 1, "batch_size must be at least 1"),
-        ("gpus", p.gpus >= 1, "gpus must be at least 1"),
-        ("num_workers", p.num_workers >= 0, "num_workers must be 0 (load in the training process) or more DataLoader workers"),
-        ("cache_workers", p.cache_workers >= 0, "cache_workers must be 0 (all cores) or a number of processes"),
-        ("eval_batch_size", p.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
-        ("bootstrap", p.bootstrap >= 0, "bootstrap must be 0 (no intervals) or a number of resamples"),
-        ("topk", p.topk >= 0, "topk must be 0 or more"),
-        ("min_group_patients", p.min_group_patients >= 1, "min_group_patients must be at least 1 (30 is usual)"),
-        ("min_positives", p.min_positives >= 1, "min_positives must be at least 1 (10 is the default; see metrics.py)"),
-        ("lr", p.lr > 0, "lr must be positive"),
-        ("checkpoint_minutes", p.checkpoint_minutes >= 0, "checkpoint_minutes must be 0 (epoch ends only) or positive"),
-        ("ci_level", 0.0 < p.ci_level < 1.0, "ci_level must be in (0, 1)"),
-        ("std", p.std is None or p.std > 0, "std must be positive (or null to use the cache's statistics)"),
-        ("views", bool(p.views), "views must list at least one ViewPosition, e.g. [AP]"),
-        ("views", not unknown_views(p.views), f"views: {unknown_views(p.views)} are not ViewPosition values of "
-                                              f"MIMIC-CXR ({', '.join(VIEW_POSITIONS)})"),
-        ("name", p.name and "/" not in p.name and p.name not in (".", ".."), "name must be a plain folder name"),
-        ("image_size", image_size_problem(p.head, p.image_size) is None, image_size_problem(p.head, p.image_size)),
-        ("arch", arch_problem(p.arch, p.head, p.freeze, p.weights) is None, arch_problem(p.arch, p.head, p.freeze,
-                                                                                        p.weights)),
-        ("backbone_lr", p.backbone_lr >= 0, "backbone_lr must be 0 or more (a multiple of lr; 1: the same lr)"),
-        ("pos_weight", not (p.pos_weight and p.loss != "bce"), f"pos_weight weighs BCE's positives; with loss: {p.loss} "
-         "set pos_weight: false (focal_alpha weighs focal loss's; ASL focuses on the negatives itself)"),
-        ("focal_alpha", p.focal_alpha == -1 or 0 <= p.focal_alpha <= 1, "focal_alpha must be in [0, 1], or -1 (none)"),
-        ("focal_gamma", min(p.focal_gamma, p.asl_gamma_neg, p.asl_gamma_pos) >= 0,
-         "focal_gamma, asl_gamma_neg and asl_gamma_pos must be 0 or more (0: no focusing)"),
-        ("asl_clip", 0 <= p.asl_clip < 1, "asl_clip must be in [0, 1) (0.05 in the ASL paper; 0: no margin)"),
-    ]
-    for field_name, ok, message in checks:   # the field names where its value came from (sources)
+    if p.split_mode == "label_set" and lset.splits != "label_set":
+        raise ParamError(f"{sources.get('split_mode', where)}: split_mode: label_set takes the label set's own "
+                         f"train/development/test tables, and {lset.name} has none (splits: {lset.splits}); "
+                         "use split_mode: seed or official")
+    for field_name, ok, message in value_checks(p):   # the field names where its value came from (sources)
         if not ok:
             raise ParamError(f"{sources.get(field_name, where)}: {message}")
     return p
 
 
-TORCHVISION_ARCHS = ("resnet101", "resnet50", "densenet121", "resnet18")
-TIMM_PREFIX = "timm:"
-
-
-def arch_problem(arch: str, head: str, freeze: str = "none", weights: str = "imagenet") -> str | None:
-    """Why arch/head/freeze/weights cannot go together, as a message naming the parameter; None when they can."""
-    timm = arch.startswith(TIMM_PREFIX)
-    if not timm and arch not in TORCHVISION_ARCHS:
-        return f"arch: {arch!r} is not supported; choose one of {list(TORCHVISION_ARCHS)} or timm:<model name>"
-    if timm and not arch[len(TIMM_PREFIX):]:
-        return "arch: timm: needs a model name, e.g. timm:convnext_tiny"
-    if timm and str(weights).lower() in ("imagenet", "imagenet1k_v1", "imagenet1k_v2"):
-        return (f"weights: {weights} names torchvision's files; {arch} starts from a local file (timm, safetensors, "
-                "Hugging Face; docs/pretrained-weights.md) or weights: none")
-    if timm and head == "flatten":
-        return (f"head: flatten is the original project's ResNet head (a Linear over every position of a CNN's map); "
-                f"{arch} pools with its own head: set head: avgpool")
-    if freeze == "backbone" and head == "flatten":
-        return "freeze: backbone trains only the head, but the flatten head's 1x1 stem starts random: set head: avgpool"
-    if freeze == "backbone" and str(weights).lower() == "none":
-        return "freeze: backbone with weights: none would train a linear probe of random features; give weights"
-    return None
-
-
-def image_size_problem(head: str, image_size: int) -> str | None:
-    """The one image-size rule: the flatten head's Linear needs a whole (image_size/32)^2 feature map."""
-    if head != "flatten" or image_size % 32 == 0:
-        return None
-    lower = image_size // 32 * 32
-    nearest = " or ".join(str(s) for s in (lower, lower + 32) if s >= 32)
-    return (f"image_size: {image_size} does not work with head: flatten, whose Linear layer needs a whole "
-            f"(image_size/32)^2 feature map; use image_size {nearest}, or head: avgpool")
-
-
 def check_for_training(p: Params, where: str = "parameters") -> None:
     """Checks that matter only when a model is trained (the cohort alone needs no validation split)."""
-    if p.select_on == "validate" and p.val_fraction <= 0 and p.split_mode != "official":
+    if p.select_on == "validate" and p.val_fraction <= 0 and p.split_mode not in ("official", "label_set"):
         raise ParamError(f"{where}: select_on: validate needs a validation split: set val_fraction > 0 "
                          "(e.g. 0.1) or split_mode: official")
     if p.weights_manifest and not Path(p.weights_manifest).is_file():

@@ -20,7 +20,6 @@ import yaml
 
 from .errors import UserError
 from .fsutil import atomic_write_text, sha256_file
-from .labels import FINDINGS
 from .params import DEMO_PRESET, NOTEBOOK_KNOBS, STAGE_OF, STAGES, ParamError, Params, read_yaml, validate
 
 PARAMS = "params.yaml"
@@ -108,11 +107,33 @@ def run_folders(runs_dir, members: bool = True) -> list[Path]:
     top = sorted(f.parent for f in Path(runs_dir).glob(f"*/{PARAMS}"))
     return top + (sorted(f.parent for f in Path(runs_dir).glob(f"*/*/{PARAMS}")) if members else [])
 ID_COLUMNS = ["dicom_id", "subject_id", "study_id", "split"]
-PROB_COLUMNS = [f"p_{f}" for f in FINDINGS]
+PROB_PREFIX = "p_"
 
 
 def prob_column(finding: str) -> str:
-    return f"p_{finding}"
+    return f"{PROB_PREFIX}{finding}"
+
+
+def prob_columns(labels) -> list[str]:
+    return [prob_column(f) for f in labels]
+
+
+def labels_of(predictions: pd.DataFrame) -> list[str]:
+    """A predictions table's labels, in the model's output order: its probability columns' names."""
+    return [c[len(PROB_PREFIX):] for c in predictions.columns if c.startswith(PROB_PREFIX)]
+
+
+def check_same_labels(ours: pd.DataFrame, theirs: pd.DataFrame, this: str, other: str, what: str) -> list[str]:
+    """The labels two runs' predictions share, in order; refused, naming the difference, when they are not the same
+    labels in the same order (another label set): `what` says what needs them equal (a comparison, an ensemble)."""
+    a, b = labels_of(ours), labels_of(theirs)
+    if a != b:
+        only_a, only_b = [f for f in a if f not in b], [f for f in b if f not in a]
+        difference = (f"{this} alone predicts {only_a[:4]}" if only_a else "") + ("; " if only_a and only_b else "") \
+            + (f"{other} alone predicts {only_b[:4]}" if only_b else "") or "the same labels in another order"
+        raise UserError(f"{this} predicts {len(a)} labels and {other} {len(b)}: {difference}. {what} needs runs of one "
+                        "label set (label_set in their params.yaml)")
+    return a
 
 
 def checkpoint_path(run_dir, which: str = "best") -> Path:
@@ -246,8 +267,10 @@ def read_predictions(run_dir) -> pd.DataFrame:
         raise UserError(f"{path}: no predictions; run notebook 03 for this run first "
                         f"(make evaluate RUN={Path(run_dir).name})")
     # float32 as written: %.9g round-trips, so tied scores stay tied and rereading changes nothing.
-    frame = pd.read_csv(path, dtype={c: str for c in ID_COLUMNS} | {c: "float32" for c in PROB_COLUMNS + FINDINGS})
-    missing = [c for c in ID_COLUMNS + PROB_COLUMNS + FINDINGS if c not in frame]
+    labels = labels_of(pd.read_csv(path, nrows=0))
+    columns = ID_COLUMNS + prob_columns(labels) + labels
+    frame = pd.read_csv(path, dtype={c: str for c in ID_COLUMNS} | {c: "float32" for c in columns[len(ID_COLUMNS):]})
+    missing = [c for c in columns if c not in frame] or ([] if labels else ["p_<label>"])
     if missing:
         raise UserError(f"{path}: missing column(s) {missing[:5]}; rerun notebook 03 to rewrite it")
     return frame

@@ -119,12 +119,12 @@ else:
     display(readable.table(pd.DataFrame(check["found"] + check["unplanted_significant"])))
 
 # %% [markdown]
-# ## Underdiagnosis per group (No Finding false-positive rate, 95% intervals)
+# ## Underdiagnosis per group (the "nothing found" label's false-positive rate, 95% intervals)
 
 # %%
 under = rows[(rows["metric"] == "underdiagnosis") & rows["gap"].isna()]
 display(readable.table(under[["attribute", "group", "value", "lo", "hi", "n_patients"]]))
-report.plot_underdiagnosis(rows)
+report.plot_underdiagnosis(rows, summary["nothing_found"])
 
 # %% [markdown]
 # ## Exploratory: per-finding gaps (per-comparison intervals; BH q-values in the table)

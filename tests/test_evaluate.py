@@ -43,12 +43,12 @@ def test_every_notebook_ran_and_rendered(tiny_run):
 
 def test_predictions_csv_columns_rows_and_labels(tiny_run):
     predictions = runfiles.read_predictions(tiny_run)
-    assert list(predictions.columns) == runfiles.ID_COLUMNS + runfiles.PROB_COLUMNS + FINDINGS
+    assert list(predictions.columns) == runfiles.ID_COLUMNS + runfiles.prob_columns(FINDINGS) + FINDINGS
     cohort = read_cohort(tiny_run / "cohort.csv")
     expected = cohort[cohort["split"].isin(["validate", "test"])]
     assert sorted(predictions["dicom_id"]) == sorted(expected["dicom_id"])   # every image decoded in the demo
     assert set(predictions["split"]) == {"validate", "test"}
-    probs = predictions[runfiles.PROB_COLUMNS].to_numpy()
+    probs = predictions[runfiles.prob_columns(FINDINGS)].to_numpy()
     assert np.isfinite(probs).all() and (probs > 0).all() and (probs < 1).all()
     merged = predictions.merge(cohort, on="dicom_id", suffixes=("", "_cohort"))
     assert np.array_equal(merged[FINDINGS].to_numpy(), merged[[f"{f}_cohort" for f in FINDINGS]].to_numpy(),
@@ -62,9 +62,9 @@ def test_predict_run_is_deterministic_and_tta_stays_close(tiny_run):
     again = evaluate.predict_run(tiny_run, p, write=False)
     assert list(again["dicom_id"]) == list(on_disk["dicom_id"])
     # Same batches, same bits; the float32 text round trip loses nothing.
-    assert np.array_equal(again[runfiles.PROB_COLUMNS].to_numpy(), on_disk[runfiles.PROB_COLUMNS].to_numpy())
-    plain = again.loc[again["split"] == "test", runfiles.PROB_COLUMNS].to_numpy()
-    tta = evaluate.predict_run(tiny_run, p, splits=("test",), tta=True, write=False)[runfiles.PROB_COLUMNS].to_numpy()
+    assert np.array_equal(again[runfiles.prob_columns(FINDINGS)].to_numpy(), on_disk[runfiles.prob_columns(FINDINGS)].to_numpy())
+    plain = again.loc[again["split"] == "test", runfiles.prob_columns(FINDINGS)].to_numpy()
+    tta = evaluate.predict_run(tiny_run, p, splits=("test",), tta=True, write=False)[runfiles.prob_columns(FINDINGS)].to_numpy()
     assert not np.allclose(tta, plain, atol=1e-4) and np.abs(tta - plain).max() < 0.2
 
 
@@ -282,8 +282,8 @@ def test_compare_runs_sees_a_better_run(tiny_run, tmp_path):
     predictions = runfiles.read_predictions(tiny_run)
     labels = predictions[FINDINGS].to_numpy()
     # Nudge every probability towards its label: ranking can only improve.
-    probs = predictions[runfiles.PROB_COLUMNS].to_numpy() + 0.5 * np.nan_to_num(labels)
-    predictions[runfiles.PROB_COLUMNS] = np.clip(probs, 0, 1)
+    probs = predictions[runfiles.prob_columns(FINDINGS)].to_numpy() + 0.5 * np.nan_to_num(labels)
+    predictions[runfiles.prob_columns(FINDINGS)] = np.clip(probs, 0, 1)
     predictions.to_csv(better / "predictions.csv", index=False)
     table = paired.compare_runs(better, tiny_run, frozen(tiny_run)).set_index(["finding", "metric"])
     assert table.loc[("micro", "auroc"), "diff"] > 0 and table.loc[("micro", "auroc"), "lo"] > 0

@@ -5,6 +5,7 @@ import torchvision
 from torch import nn
 
 from cxrlib.evaluation.explain import GradCAM, find_target_layer, overlay
+from cxrlib.labels import FINDINGS
 
 
 def two_region_model() -> nn.Sequential:
@@ -71,6 +72,7 @@ def test_target_layer_is_found_for_our_layouts():
 def test_resnet_maps_in_eval_mode_without_side_effects():
     model = StemBodyHead()
     model.train()
+    model.labels = list(FINDINGS)   # what load_trained gives a checkpoint's model: a finding by name needs them
     images = torch.randn(2, 1, 64, 64)
     with GradCAM(model) as cam:
         a = cam(images, 3)
@@ -116,6 +118,7 @@ def test_small_images_get_a_grad_cam_layer_with_at_least_an_8_by_8_map():
 
     torch.manual_seed(0)
     small = build("resnet18", "avgpool", image_size=64, weights="none")
+    small.labels = list(FINDINGS)
     cam = GradCAM(small, image_size=64)
     assert cam.target_layer is small.body[5] and "its map 8 x 8 at 64 px" in cam.note   # layer2; layer4 is 2 x 2
     assert "layer2 (body.5)" in cam.note   # torchvision's name, not only the Sequential's index

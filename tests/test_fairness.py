@@ -163,7 +163,7 @@ def test_underdiagnosis_is_the_no_finding_false_positive_rate():
     rows = fairness.audit(units, groups, THRESHOLDS, n_boot=30, attributes=("grp",), min_group_patients=10)
     nf = units["No Finding"].to_numpy()
     called_healthy = units["p_No Finding"].to_numpy() >= 0.5
-    pathology = (units[fairness.PATHOLOGIES].to_numpy() == 1).any(1)
+    pathology = (units[fairness.pathologies(FINDINGS)].to_numpy() == 1).any(1)
     a = np.arange(200) < 100
     value = rows[(rows["group"] == "A") & (rows["metric"] == "underdiagnosis") & rows["gap"].isna()]["value"].iloc[0]
     assert value == pytest.approx(called_healthy[a & (nf == 0)].mean())

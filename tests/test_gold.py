@@ -11,11 +11,12 @@ from cxrlib.errors import UserError
 from cxrlib.evaluation import gold
 from cxrlib.labels import FINDINGS
 from cxrlib.params import Params
+from cxrlib.runfiles import prob_columns
 from cxrlib.stats import levels, metrics
 from cxrlib.synthetic import mimic_cxr, test_labels
 from cxrlib.synthetic.tables import CHEXPERT, SPLIT
 
-PROBS = levels.PROB_COLUMNS
+PROBS = prob_columns(FINDINGS)
 
 
 def predictions(rows):

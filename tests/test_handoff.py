@@ -81,7 +81,7 @@ def test_the_run_is_recalibrated_on_validation_and_reports_before_and_after(tiny
     recal = report["recalibration"]
     units = levels.rows_at(predictions, p.eval_level, p.study_aggregate)   # what every figure counts
     y_val, p_val, _ = evaluate.arrays(units, "validate")
-    by_hand = recalibration.fit("temperature", y_val, p_val)
+    by_hand = recalibration.fit("temperature", y_val, p_val, FINDINGS)
     for f in FINDINGS:
         ours, theirs = recal["per_finding"][f], by_hand["per_finding"][f]
         assert (ours is None) == (theirs is None) and (ours is None or ours["T"] == pytest.approx(theirs["T"]))
@@ -111,7 +111,7 @@ def test_single_images_get_thresholds_and_temperatures_fitted_on_validation_imag
         expected = chosen[f]["f1"]
         got = image["thresholds"]["values"][f]["f1"]
         assert (got is None and np.isnan(expected)) or got == pytest.approx(expected)
-    by_hand = recalibration.fit("temperature", y_img, p_img)
+    by_hand = recalibration.fit("temperature", y_img, p_img, FINDINGS)
     for f in FINDINGS:
         ours, theirs = image["recalibration"]["per_finding"][f], by_hand["per_finding"][f]
         assert (ours is None) == (theirs is None) and (ours is None or ours["T"] == pytest.approx(theirs["T"]))
@@ -141,7 +141,7 @@ def test_the_export_matches_pytorch_and_predictions_csv(tiny_run, tmp_path, fmt)
     cohort, cache = trained.eval_cohort(tiny_run, p)
     test = cohort[cohort["split"] == "test"].head(20)
     _, probs = export.run_exported(out, np.ascontiguousarray(cache.images[test["cache_row"].to_numpy()]))
-    expected = runfiles.read_predictions(tiny_run).set_index("dicom_id").loc[test["dicom_id"], runfiles.PROB_COLUMNS]
+    expected = runfiles.read_predictions(tiny_run).set_index("dicom_id").loc[test["dicom_id"], runfiles.prob_columns(FINDINGS)]
     assert probs.shape == (20, 14) and np.abs(probs - expected.to_numpy()).max() < 1e-4
     if fmt == "onnx":
         batch_of_one = export.run_exported(out, np.ascontiguousarray(cache.images[test["cache_row"].to_numpy()[:1]]))[1]
@@ -180,10 +180,11 @@ def test_predicting_the_source_jpegs_reproduces_predictions_csv(tiny_run, tmp_pa
     Image.fromarray(np.asarray(cache.images[first])).save(folder / "first.PNG")   # the cached pixels, as a PNG
     frame, skipped, _ = predict.predict_files(tiny_run, p, files + [str(broken), str(folder), "nope.jpg"],
                                               batch_size=5, progress=False)
-    expected = runfiles.read_predictions(tiny_run).set_index("dicom_id").loc[test["dicom_id"], runfiles.PROB_COLUMNS]
+    expected = runfiles.read_predictions(tiny_run).set_index("dicom_id").loc[test["dicom_id"], runfiles.prob_columns(FINDINGS)]
     assert list(frame["path"][:12]) == files
-    assert np.abs(frame[runfiles.PROB_COLUMNS].to_numpy()[:12] - expected.to_numpy()).max() < 1e-5
-    assert np.abs(frame[runfiles.PROB_COLUMNS].to_numpy()[12] - expected.to_numpy()[0]).max() < 1e-5   # same pixels, no resize
+    assert np.abs(frame[runfiles.prob_columns(FINDINGS)].to_numpy()[:12] - expected.to_numpy()).max() < 1e-5
+    probs = frame[runfiles.prob_columns(FINDINGS)].to_numpy()
+    assert np.abs(probs[12] - expected.to_numpy()[0]).max() < 1e-5   # same pixels, no resize
     assert dict(skipped) == {"nope.jpg": "no such file or folder", str(broken): dict(skipped)[str(broken)]}
     # a file is one image: predict applies the thresholds chosen on validation images, also in a study-level run
     report = json.loads((tiny_run / "metrics.json").read_text())
@@ -195,7 +196,7 @@ def test_predicting_the_source_jpegs_reproduces_predictions_csv(tiny_run, tmp_pa
     out = tmp_path / "preds.csv"
     assert main(["predict", "--run", str(tiny_run), *files[:3], "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     written = pd.read_csv(out)
-    assert len(written) == 3 and np.allclose(written[runfiles.PROB_COLUMNS], expected.to_numpy()[:3], atol=1e-6)
+    assert len(written) == 3 and np.allclose(written[runfiles.prob_columns(FINDINGS)], expected.to_numpy()[:3], atol=1e-6)
     assert main(["predict", "--run", str(tiny_run), str(broken), "--no-progress"]) == 1
     assert f"skipped {broken}:" in capsys.readouterr().err
     # No Finding means none of the pathologies: never called beside one

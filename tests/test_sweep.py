@@ -17,7 +17,9 @@ from cxrlib.evaluation import ensemble, kinds
 from cxrlib.experiments import compare, sweep
 from cxrlib.experiments import grid as grids
 from cxrlib.labels import FINDINGS
-from cxrlib.runfiles import PROB_COLUMNS
+from cxrlib.runfiles import prob_columns
+
+PROB_COLUMNS = prob_columns(FINDINGS)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -36,7 +36,7 @@ def test_files_and_columns(tree):
     assert sorted(p.name for p in out.iterdir()) == sorted([
         "LICENSE.txt", "SHA256SUMS.txt", "files", "mimic-cxr-2.0.0-metadata.csv.gz",
         "mimic-cxr-2.0.0-negbio.csv.gz", "mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-split.csv.gz",
-        "mimic-cxr-2.1.0-test-set-labeled.csv", "IMAGE_FILENAMES", "RECORDS", "mimic-iv"])
+        "mimic-cxr-2.1.0-test-set-labeled.csv", "IMAGE_FILENAMES", "RECORDS", "mimic-iv", "cxr-lt"])
     assert list(read(out, METADATA).columns) == [
         "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
         "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
@@ -87,7 +87,7 @@ def test_sha256sums_cover_every_file(tree):
         assert re.fullmatch(r"[0-9a-f]{64}", digest)
         listed[path] = digest
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"SHA256SUMS.txt"}
-    on_disk = {p for p in on_disk if not p.startswith("mimic-iv/")}   # MIMIC-IV: another project's files
+    on_disk = {p for p in on_disk if not p.startswith(("mimic-iv/", "cxr-lt/"))}   # other projects' files
     assert set(listed) == on_disk
     for path in ["LICENSE.txt", METADATA, next(p for p in listed if p.endswith(".jpg"))]:
         assert hashlib.sha256((out / path).read_bytes()).hexdigest() == listed[path]

@@ -111,7 +111,7 @@ def test_pos_weight_is_negatives_over_positives():
     labels[:, 3] = 1             # no negative -> 0
     labels[:, 4] = 0             # no positive -> guarded to 1, with a warning
     with pytest.warns(UserWarning, match="Enlarged Cardiomediastinum"):
-        weights = optim.pos_weight_from_labels(labels)
+        weights = optim.pos_weight_from_labels(labels, FINDINGS)
     assert weights.dtype == torch.float32
     assert weights[:5].tolist() == [4.0, 1.0, 4.0, 0.0, 1.0]
     assert weights[5:].tolist() == [1.0] * 9   # columns 5.. hold no positive either

@@ -10,7 +10,7 @@ import timm
 import torch
 import torchvision
 
-from cxrlib import params
+from cxrlib import param_rules, params
 from cxrlib.data.sources import SOURCE_NAMES
 from cxrlib.errors import UserError
 from cxrlib.evaluation.explain import GradCAM
@@ -170,7 +170,7 @@ def test_bench_train_times_other_archs_beside_the_first():
 def test_every_known_source_has_a_rule():
     assert all(rule in contamination.RULES for _, rule, _, _ in contamination.KNOWN_SOURCES.values())
     assert all(set(seen) <= set(SOURCE_NAMES) for *_, seen in contamination.KNOWN_SOURCES.values())
-    assert params.TORCHVISION_ARCHS == tuple(model.ARCHS)
+    assert param_rules.TORCHVISION_ARCHS == tuple(model.ARCHS)
 
 
 def test_the_docs_show_the_known_sources_table():

@@ -43,7 +43,7 @@ from ..errors import UserError
 from ..evaluation import analysis, audit, evaluate, external_validation, paired
 from ..fsutil import atomic_write_csv, atomic_write_text
 from ..handoff import card, index_page
-from ..labels import FINDINGS
+from ..labels import FINDINGS  # the rehearsal is a chexpert14 run at MIMIC's scale
 from ..params import PRESETS, read_yaml, validate
 from ..runfiles import (
     BEST,
@@ -54,9 +54,9 @@ from ..runfiles import (
     HISTORY,
     ID_COLUMNS,
     PREDICTIONS,
-    PROB_COLUMNS,
     freeze,
     load_frozen,
+    prob_columns,
     read_metrics,
     read_predictions,
 )
@@ -119,7 +119,7 @@ def make_run(folder: Path, name: str, data: Path, cohort: pd.DataFrame, report, 
     scored = cohort[cohort["split"].isin(["validate", "test"])].reset_index(drop=True)
     predictions = scored[ID_COLUMNS].copy()
     labels = scored[FINDINGS].to_numpy(np.float64)
-    predictions[PROB_COLUMNS] = draw_scores(labels, np.random.default_rng([seed, 1]), shift)
+    predictions[prob_columns(FINDINGS)] = draw_scores(labels, np.random.default_rng([seed, 1]), shift)
     predictions[FINDINGS] = labels.astype(np.float32)
     atomic_write_csv(run_dir / PREDICTIONS, predictions, float_format="%.9g")
     return run_dir
@@ -232,7 +232,7 @@ def external(run_dir: Path, p, root: Path) -> int:
                           "study_id": table["study_id"], "split": "external", "view": table["view"],
                           "sex": table["sex"], "age": table["age"]})
     labels = table[FINDINGS].to_numpy(np.float64)
-    frame[PROB_COLUMNS] = draw_scores(labels, np.random.default_rng(p.seed), -0.3)
+    frame[prob_columns(FINDINGS)] = draw_scores(labels, np.random.default_rng(p.seed), -0.3)
     frame[FINDINGS] = labels.astype(np.float32)
     info = {"source": "nih", "data_root": str(root), "views": "frontal", "equalize": False, "allow_missing": False,
             **external_validation.table_info(found, len(table), len(table), frame, 0),

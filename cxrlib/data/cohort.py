@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import labelset
 from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_json
-from ..labels import FINDINGS, apply_policies
+from ..labels import COHORT_IDENTITY, FINDINGS, apply_policies
 from ..params import ParamError, Params, load, parse_override
 from .funnel import SPLITS, CohortReport, compare_with_reference, prevalence
 
@@ -48,7 +49,12 @@ COLUMNS = {
     "split": ["dicom_id", "split"],
 }
 ID_COLUMNS = ("dicom_id", "subject_id", "study_id")
-OUTPUT_COLUMNS = ["subject_id", "study_id", "dicom_id", "view", "path", "split", *FINDINGS]
+OUTPUT_COLUMNS = [*COHORT_IDENTITY, *FINDINGS]   # the default set's (chexpert14's) cohort; others: output_columns
+SET_SPLIT = "label_set_split"   # the organisers' split of a row, carried through the join
+
+
+def output_columns(labels) -> list[str]:
+    return [*COHORT_IDENTITY, *labels]
 
 
 # --------------------------------------------------------------------------- reading
@@ -203,14 +209,28 @@ def carve_validation(frame: pd.DataFrame, val_fraction: float, seed: int) -> pd.
 
 # --------------------------------------------------------------------------- the cohort
 
+def set_labels(lset: labelset.LabelSet, root: Path, split_mode: str) -> pd.DataFrame:
+    """A label set's own tables as one frame keyed by its key; with split_mode: label_set, each row's
+    organisers' split in SET_SPLIT (a patient in two splits is refused there)."""
+    if split_mode == "label_set":
+        return labelset.organisers_split(lset, root).rename(columns={"split": SET_SPLIT})
+    rows = pd.concat([labelset.read_table(lset, root, t) for t in lset.tables], ignore_index=True)
+    return rows.drop_duplicates(lset.key)
+
+
 def build_cohort(data_root=None, params: Params | None = None) -> tuple[pd.DataFrame, CohortReport]:
     """The cohort table (OUTPUT_COLUMNS, sorted by subject_id) and its report, for `params`."""
     start = time.perf_counter()
     p = params or Params()
     root = Path(data_root if data_root is not None else p.data_root)
     metadata = read_table(root, "metadata")
-    label_path = table_path(root, p.label_source)
-    labels = _unique_studies(read_table(root, p.label_source), label_path)
+    lset = labelset.load(p.label_set)
+    names = list(lset.labels)
+    if lset.splits == "release":   # MIMIC-CXR-JPG's own labeler tables, one row per study (chexpert14)
+        key, label_path = "study_id", table_path(root, p.label_source)
+        labels = _unique_studies(read_table(root, p.label_source), label_path)
+    else:
+        key, labels, label_path = lset.key, set_labels(lset, root, p.split_mode), lset.folder(root)
 
     if p.split_mode == "official" and p.val_fraction > 0:
         raise ParamError("val_fraction must be 0 with split_mode: official, whose split table has its "
@@ -218,14 +238,15 @@ def build_cohort(data_root=None, params: Params | None = None) -> tuple[pd.DataF
     in_view = metadata["ViewPosition"].isin(list(p.views))
     blank_view = metadata["ViewPosition"].isna() | (metadata["ViewPosition"].astype(str).str.strip() == "")
     chosen = select_images(metadata, p.views, p.studies_per_subject, p.images_per_study)
-    merged = chosen.merge(labels.drop(columns="subject_id"), on="study_id", how="left", indicator=True)
+    merged = chosen.merge(labels.drop(columns="subject_id", errors="ignore"), on=key, how="left", indicator=True)
     has_labels = (merged.pop("_merge") == "both").to_numpy()
     excluded_no_labels = (merged.loc[~has_labels, ["subject_id", "study_id"]].drop_duplicates()
                           .to_dict("records"))
     if excluded_no_labels:
         one_study = p.studies_per_subject == "first"
         warnings.warn(f"{len(excluded_no_labels)} {'subject(s)' if one_study else 'selected stud(ies)'} dropped: "
-                      f"{'their selected study has' if one_study else 'they have'} no row in {label_path.name} "
+                      f"{'their selected study has' if one_study else 'they have'} no row in "
+                      f"{label_path.name if lset.splits == 'release' else f'label set {lset.name} ({label_path})'} "
                       "(as in the original project, they are not moved to another study), "
                       f"e.g. study {excluded_no_labels[0]['study_id']}.")
     frame = merged[has_labels].reset_index(drop=True)
@@ -244,24 +265,29 @@ def build_cohort(data_root=None, params: Params | None = None) -> tuple[pd.DataF
             warnings.warn(f"{len(excluded_no_split)} selected image(s) dropped: not in {split_path.name}, "
                           f"e.g. {excluded_no_split[0]['dicom_id']}.")
         frame = frame[~missing].reset_index(drop=True)
+    elif p.split_mode == "label_set":
+        frame["split"] = frame.pop(SET_SPLIT)
     else:
         frame["split"] = seed_splits(frame["study_id"])
         frame["split"] = carve_validation(frame, p.val_fraction, p.split_seed)
 
-    raw = frame[FINDINGS]
-    targets = apply_policies(raw, p.uncertain_policy, p.blank_policy)
+    raw = frame[names]
+    targets = apply_policies(raw, p.uncertain_policy, p.blank_policy, names)
     frame = pd.concat([frame[["subject_id", "study_id", "dicom_id", "view", "split"]], targets], axis=1)
     frame["path"] = image_paths(frame)
-    frame = frame[OUTPUT_COLUMNS]
+    frame = frame[output_columns(names)]
 
     values = targets.to_numpy()
     report = CohortReport(
         data_root=str(root),
         settings={k: getattr(p, k) for k in ("views", "studies_per_subject", "images_per_study", "label_source",
                                              "uncertain_policy", "blank_policy", "split_mode", "val_fraction",
-                                             "split_seed")},
+                                             "split_seed")} | ({} if lset.splits == "release" else
+                                                               {"label_set": lset.record()}),
         sources={kind: str(table_path(root, kind)) for kind in
-                 ("metadata", p.label_source, *(["split"] if p.split_mode == "official" else []))},
+                 ("metadata", *([p.label_source] if lset.splits == "release" else []),
+                  *(["split"] if p.split_mode == "official" else []))}
+        | ({} if lset.splits == "release" else {"label_set": str(label_path)}),
         metadata_rows=len(metadata),
         images_in_view=int(in_view.sum()),
         images_blank_view=int(blank_view.sum()),
@@ -277,7 +303,7 @@ def build_cohort(data_root=None, params: Params | None = None) -> tuple[pd.DataF
         negatives=int((values == 0).sum()),
         ignored=int(np.isnan(values).sum()),
         label_cells=int((~np.isnan(values)).sum()),
-        prevalence=prevalence(frame, raw),
+        prevalence=prevalence(frame, raw, names),
     )
     report.seconds = round(time.perf_counter() - start, 3)
     return frame, report
@@ -285,7 +311,7 @@ def build_cohort(data_root=None, params: Params | None = None) -> tuple[pd.DataF
 
 def write_cohort(frame: pd.DataFrame, path) -> Path:
     """Write the cohort CSV atomically; ignored labels (NaN) are empty cells."""
-    atomic_write_csv(path, frame[OUTPUT_COLUMNS])
+    atomic_write_csv(path, frame[output_columns([c for c in frame.columns if c not in COHORT_IDENTITY])])
     return Path(path)
 
 
@@ -304,13 +330,15 @@ def read_cohort(path, required=OUTPUT_COLUMNS) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path}: no cohort table. Build it with notebook 01 (`make cohort`) or "
                         "`python -m cxrlib cohort --data-root DIR --out FILE.csv`.")
-    dtypes = {c: str for c in OUTPUT_COLUMNS[:6]} | {f: "float32" for f in FINDINGS}
-    frame = pd.read_csv(path, dtype=dtypes)
+    header = list(pd.read_csv(path, nrows=0).columns)
+    names = [c for c in header if c not in COHORT_IDENTITY]   # the run's labels, in output order
+    frame = pd.read_csv(path, dtype={c: str for c in COHORT_IDENTITY} | {f: "float32" for f in names})
+    required = output_columns(names) if required is OUTPUT_COLUMNS else required
     missing = [c for c in required if c not in frame]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {missing}; columns found: {list(frame.columns)}. "
+    if missing or not names:
+        raise UserError(f"{path}: missing column(s) {missing or ['(labels)']}; columns found: {list(frame.columns)}. "
                         "Rebuild it with `python -m cxrlib cohort`.")
-    return frame[list(OUTPUT_COLUMNS)] if required is OUTPUT_COLUMNS else frame
+    return frame[output_columns(names)] if required == output_columns(names) else frame
 
 
 # --------------------------------------------------------------------------- command line

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import labelset
 from ..errors import UserError
 from .sources import frontal, read_source
 
@@ -25,12 +26,14 @@ MIN_PRESENT = 0.99          # below this share of the selected images on disk, a
 
 
 
-def selected_images(source: str, data_root, subset: str | None = None, views: str = "frontal"):
-    """(the source's table, the rows its views select, which of them are on disk under data_root)."""
+def selected_images(source: str, data_root, subset: str | None = None, views: str = "frontal",
+                    set_name: str = labelset.DEFAULT):
+    """(the source's table in label set `set_name`'s labels, the rows its views select, which of them are on disk
+    under data_root)."""
     if views not in VIEWS:
         raise UserError(f"views {views!r}: one of {list(VIEWS)}")
     data_root = Path(data_root)
-    found = read_source(source, data_root, subset)
+    found = read_source(source, data_root, subset, set_name)
     table = frontal(found.table) if views == "frontal" else found.table
     if table.empty:
         raise UserError(f"{source} under {data_root}: no {views} image in its table ({len(found.table)} rows); "

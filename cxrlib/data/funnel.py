@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..labels import BLANK_POLICIES, FINDINGS, UNCERTAIN_POLICIES, per_finding
+from ..labels import BLANK_POLICIES, UNCERTAIN_POLICIES, per_finding
 from ..original import COHORT
 
 SPLITS = ("train", "validate", "test")
@@ -58,7 +58,8 @@ class CohortReport:
             (f"studies with a [{views}] image", self.studies_in_view),
             ("subjects with such an image", self.subjects_in_view),
             (f"selected: {studies}, {images}", self.selected_images),
-            (f"... whose study has a {self.settings['label_source']} label row", self.images_with_labels),
+            (f"... whose study has a {self.settings['label_source']} label row" if "label_set" not in self.settings
+             else f"... with a row in label set {self.settings['label_set']['name']}", self.images_with_labels),
         ]
         if self.settings["split_mode"] == "official":
             rows.append(("... whose image is in the official split", self.images_with_labels
@@ -79,6 +80,8 @@ class CohortReport:
     def uses_original_rules(self) -> bool:
         """AP, NegBio, everything but 1 -> 0, the study_id test split (val_fraction may differ)."""
         s = self.settings
+        if "label_set" in s:   # another label set than MIMIC's own 14
+            return False
         policies = {**per_finding(s["uncertain_policy"], UNCERTAIN_POLICIES, "uncertain_policy"),
                     **{f"blank {k}": v for k, v in per_finding(s["blank_policy"], BLANK_POLICIES, "blank_policy").items()}}
         one_image = s.get("studies_per_subject", "first") == s.get("images_per_study", "first") == "first"
@@ -116,7 +119,7 @@ def compare_with_reference(report: CohortReport, warn: bool = True) -> pd.DataFr
     return frame
 
 
-def prevalence(frame: pd.DataFrame, raw: pd.DataFrame) -> list[dict]:
+def prevalence(frame: pd.DataFrame, raw: pd.DataFrame, findings) -> list[dict]:
     """Raw source counts (positive, negative, uncertain, blank) per split and finding."""
     values, splits = raw.to_numpy(dtype=np.float64), frame["split"].to_numpy(dtype=str)
     rows = []
@@ -124,7 +127,7 @@ def prevalence(frame: pd.DataFrame, raw: pd.DataFrame) -> list[dict]:
         part = values if split == "all" else values[splits == split]
         counts = {"positive": (part == 1).sum(0), "negative": (part == 0).sum(0), "uncertain": (part == -1).sum(0),
                   "blank": np.isnan(part).sum(0)}
-        for i, finding in enumerate(FINDINGS):
+        for i, finding in enumerate(findings):
             rows.append({"split": split, "finding": finding, "images": len(part),
                          **{k: int(v[i]) for k, v in counts.items()}})
     return rows

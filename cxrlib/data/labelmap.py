@@ -1,17 +1,19 @@
-"""Label maps: which of a source's own labels make each of MIMIC-CXR's 14 findings positive.
+"""Label maps: which of a source's own labels make each label of a run's label set positive.
 
-A map is data, one YAML file per source in `label_maps/`, reviewed like code. Each of the 14 findings (as
-MIMIC spells them) holds the list of the source's label strings that make it positive, a mapping with that
-list under `labels` (plus `approximate: true` and a one-line `reason` when the source's concept is near but
-not equal), or null when the source cannot express it. Labels match exactly after lower-casing and
-collapsing spaces, never as substrings (torchxrayvision's substring match puts PadChest's "callus rib
-fracture" under Fracture). A null finding is missing for every image, never negative, and leaves every
-average; so is a finding none of whose labels the table at hand can hold (the Kaggle VinBigData table has
-14 of VinDr-CXR's 27 labels). A null finding may be written `{labels: [], reason: ...}` to say why.
+A map is data, one YAML file per source and label set, reviewed like code: `label_maps/<source>.yaml` for the
+default set (chexpert14, MIMIC-CXR's 14 findings), `label_maps/<label set>/<source>.yaml` for another (CXR-LT's 26
+and 40 can say NIH's Emphysema, Fibrosis, Hernia, Infiltration, Mass, Nodule and Pleural_Thickening, which the 14
+cannot). Each label of the set (as the set spells it) holds the list of the source's label strings that make it
+positive, a mapping with that list under `labels` (plus `approximate: true` and a one-line `reason` when the
+source's concept is near but not equal), or null when the source cannot express it. Labels match exactly after
+lower-casing and collapsing spaces, never as substrings (torchxrayvision's substring match puts PadChest's "callus
+rib fracture" under Fracture). A null finding is missing for every image, never negative, and leaves every
+average; so is a finding none of whose labels the table at hand can hold (the Kaggle VinBigData table has 14 of
+VinDr-CXR's 27 labels). A null finding may be written `{labels: [], reason: ...}` to say why.
 
 `uninformative: {labels: [...], reason: ...}` lists labels that say nothing about any finding (PadChest's
-`exclude`, `unchanged`, `suboptimal study`): an image whose labels are all among them is unlabelled (every
-finding missing), not negative for all 14.
+`exclude`, `unchanged`, `suboptimal study`): an image whose labels are all among them is unlabelled (every finding
+missing), not negative for all 14.
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .. import labelset
 from ..errors import UserError
-from ..labels import FINDINGS
 
 MAPS_DIR = Path(__file__).resolve().parent / "label_maps"
 
@@ -79,7 +81,7 @@ class LabelMap:
         status = self.status(vocabulary)
         labelled = positives.map(lambda s: s is not None).to_numpy(bool) & ~self.says_nothing(positives)
         out = pd.DataFrame(index=positives.index)
-        for finding in FINDINGS:
+        for finding in self.entries:   # the label set's labels, in its order
             if status[finding] == "missing":
                 out[finding] = np.nan
                 continue
@@ -128,12 +130,22 @@ def available() -> list[str]:
     return sorted(p.stem for p in MAPS_DIR.glob("*.yaml"))
 
 
-def load(name: str, path: Path | None = None) -> LabelMap:
-    """The map `label_maps/<name>.yaml` (or `path`), checked: the 14 findings exactly, each a list, a mapping
-    with `labels`, or null; an approximate one with its reason."""
-    path = Path(path) if path else MAPS_DIR / f"{name}.yaml"
+def map_path(name: str, set_name: str = labelset.DEFAULT) -> Path:
+    """Where source `name`'s map for label set `set_name` lives (the default set's at the top of label_maps/)."""
+    return MAPS_DIR / f"{name}.yaml" if set_name == labelset.DEFAULT else MAPS_DIR / set_name / f"{name}.yaml"
+
+
+def load(name: str, path: Path | None = None, set_name: str = labelset.DEFAULT) -> LabelMap:
+    """The map of source `name` for label set `set_name` (or the file `path`), checked: the set's labels exactly,
+    each a list, a mapping with `labels`, or null; an approximate one with its reason."""
+    if path is None and set_name != labelset.DEFAULT and not map_path(name, set_name).is_file():
+        raise UserError(f"no label map of {name} for label set {set_name}: write {map_path(name, set_name)} (each of "
+                        f"the set's labels: the {name} labels that make it positive, or null; docs/label-sets.md), or "
+                        f"validate a run of label set {labelset.DEFAULT}")
+    path = Path(path) if path else map_path(name, set_name)
     if not path.is_file():
         raise UserError(f"no label map {path}; the maps are {available()}")
+    labels = list(labelset.load(set_name).labels)
     text = path.read_text()
     try:
         data = yaml.load(text, Loader=_NoDuplicates)
@@ -141,18 +153,18 @@ def load(name: str, path: Path | None = None) -> LabelMap:
         raise UserError(f"{path}: not valid YAML ({e})") from None
     findings = (data or {}).get("findings")
     if not isinstance(findings, dict):
-        raise UserError(f"{path}: needs a `findings:` mapping of the 14 findings")
+        raise UserError(f"{path}: needs a `findings:` mapping of label set {set_name}'s {len(labels)} labels")
     extra = sorted(set(data) - {"source", "labels_from", "findings", "uninformative", "vocabulary"})
     if extra:
         raise UserError(f"{path}: unknown top-level key(s) {extra}; use source, labels_from, findings, uninformative, "
                         "vocabulary")
-    unknown = sorted(set(findings) - set(FINDINGS))
-    absent = [f for f in FINDINGS if f not in findings]
+    unknown = sorted(set(findings) - set(labels))
+    absent = [f for f in labels if f not in findings]
     if unknown or absent:
-        raise UserError(f"{path}: the findings must be MIMIC's 14, spelled as in cxrlib.labels.FINDINGS; "
-                        f"unknown {unknown}, absent {absent} (write `null` for one the source cannot express)")
+        raise UserError(f"{path}: the findings must be label set {set_name}'s {len(labels)}, spelled as the set spells "
+                        f"them; unknown {unknown}, absent {absent} (write `null` for one the source cannot express)")
     entries = {}
-    for finding in FINDINGS:
+    for finding in labels:
         value = findings[finding]
         if isinstance(value, dict):
             extra = sorted(set(value) - {"labels", "approximate", "reason"})
@@ -180,12 +192,12 @@ def load(name: str, path: Path | None = None) -> LabelMap:
                     text, tuple(silent.get("labels", ())), str(silent.get("reason", "")), vocabulary)
 
 
-def markdown_table(names=None) -> str:
+def markdown_table(names=None, set_name: str = labelset.DEFAULT) -> str:
     """Every map side by side (≈ approximate), as docs/external-validation.md shows them; a test keeps the two equal."""
     names = list(names or available())
-    maps = {name: load(name) for name in names}
+    maps = {name: load(name, set_name=set_name) for name in names}
     lines = ["| finding | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for finding in FINDINGS:
+    for finding in labelset.load(set_name).labels:
         cells = []
         for name in names:
             entry = maps[name].entries[finding]

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..labels import FINDINGS
 from .labelmap import normalize
+from .source_table import label_columns
 
 UNRECOGNISED_LIMIT = 0.001   # above this share of a table's rows with an unrecognised label cell, it is refused
 AGE_RANGE = (0, 110)         # years; outside it an age is a data-entry error
@@ -40,8 +40,9 @@ def one_row_per_image(table: pd.DataFrame, where: str, notes: list[str]) -> pd.D
     repeated = table["image_id"].duplicated(keep=False)
     if not repeated.any():
         return table
-    labels = table.loc[repeated, ["image_id", *FINDINGS]].fillna(-9)
-    conflicting = labels.groupby("image_id")[FINDINGS].nunique().gt(1).any(axis=1)
+    names = label_columns(table)
+    labels = table.loc[repeated, ["image_id", *names]].fillna(-9)
+    conflicting = labels.groupby("image_id")[names].nunique().gt(1).any(axis=1)
     if conflicting.any():
         first = conflicting[conflicting].index[0]
         raise UserError(f"{where}: image {first!r} has rows with different labels ({int(conflicting.sum())} such "

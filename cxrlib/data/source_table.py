@@ -10,10 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from ..labels import FINDINGS
 from . import labelmap
 
-COLUMNS = ["image_id", "patient_id", "study_id", "path", "view", "sex", "age", "split", "bits", *FINDINGS]
+IDENTITY = ["image_id", "patient_id", "study_id", "path", "view", "sex", "age", "split", "bits"]   # then the labels
+
+
+def label_columns(table: pd.DataFrame) -> list[str]:
+    """A standard table's labels: the run's label set's, in its order (the map wrote them)."""
+    return [c for c in table.columns if c not in IDENTITY]
 FRONTAL = ("AP", "PA", "FRONTAL")   # FRONTAL: a frontal view whose AP or PA the source does not say
 
 
@@ -71,10 +75,10 @@ def label_set(values) -> frozenset:
 
 def standard(frame: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
-    for column in COLUMNS[:9]:
+    for column in IDENTITY:
         if column not in out:
             out[column] = 0 if column == "bits" else ""
-    out = pd.concat([out[COLUMNS[:9]].reset_index(drop=True), labels.reset_index(drop=True)], axis=1)
+    out = pd.concat([out[IDENTITY].reset_index(drop=True), labels.reset_index(drop=True)], axis=1)
     out["age"] = pd.to_numeric(out["age"], errors="coerce")
     out["bits"] = pd.to_numeric(out["bits"], errors="coerce").fillna(0).astype(int)
     for column in ("image_id", "patient_id", "study_id", "path", "view", "sex", "split"):

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import labelset
 from ..errors import UserError
 from ..fsutil import atomic_write_csv, out_path, writing_out
-from ..labels import FINDINGS
+from ..labels import FINDINGS  # CheXpert's and MIMIC's own label columns (their files' layout)
 from . import labelmap
 from .cohort import image_paths, load_raw_labels, read_table
 from .source_checks import absent_map_labels, check_table, unrecognised
@@ -86,8 +87,8 @@ def chexpert_test_rows(csv: Path, root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def chexpert(root: Path, subset: str) -> SourceTable:
-    lmap = labelmap.load("chexpert")
+def chexpert(root: Path, subset: str, set_name: str = labelset.DEFAULT) -> SourceTable:
+    lmap = labelmap.load("chexpert", set_name=set_name)
     parts = []
     if subset in ("external", "valid"):
         parts.append(chexpert_rows(find_table(root, "valid.csv"), "valid", root))
@@ -131,9 +132,9 @@ def nih_split(root: Path, names: pd.Series) -> pd.Series:
     return split
 
 
-def nih(root: Path, subset: str) -> SourceTable:
+def nih(root: Path, subset: str, set_name: str = labelset.DEFAULT) -> SourceTable:
     if subset == "expert":
-        return nih_expert(root)
+        return nih_expert(root, set_name)
     entries = next((p for n in NIH_ENTRIES if (p := find_table(root, n, required=False))), None)
     if entries is None:
         raise UserError(f"{root}: no {' or '.join(NIH_ENTRIES)} (.gz accepted); is DATA_ROOT the NIH folder?")
@@ -146,7 +147,7 @@ def nih(root: Path, subset: str) -> SourceTable:
             raise UserError(f"{root}: no test_list.txt, so no official test split; use --subset all")
         keep = (split == "test").to_numpy()
         frame, names, split = frame[keep].reset_index(drop=True), names[keep].reset_index(drop=True), split[keep]
-    lmap = labelmap.load("nih")
+    lmap = labelmap.load("nih", set_name=set_name)
     positives = frame["Finding Labels"].fillna("").map(lambda s: label_set(s.split("|")))
     vocabulary = {labelmap.normalize(x) for x in lmap.vocabulary}
     foreign = positives.map(lambda found: ", ".join(sorted(found - vocabulary)))   # e.g. "pleural effusion"
@@ -162,7 +163,7 @@ def nih(root: Path, subset: str) -> SourceTable:
     return SourceTable("nih", subset, standard(meta, lmap.encode(positives)), lmap, notes=notes)
 
 
-def nih_expert(root: Path) -> SourceTable:
+def nih_expert(root: Path, set_name: str = labelset.DEFAULT) -> SourceTable:
     parts = [(p, split) for n, split in zip(NIH_EXPERT, ("test", "validate"))
              if (p := find_table(root, n, required=False))]
     if parts:
@@ -174,7 +175,7 @@ def nih_expert(root: Path) -> SourceTable:
                             f"{NIH_EXPERT_COMBINED}); they come from Google's NIH ChestX-ray14 annotations")
         frame = read_csv(combined, [*EXPERT_COLUMNS, "Set Id"])
         frame["_split"] = frame["Set Id"].map({"test": "test", "val": "validate"}).fillna("")
-    lmap = labelmap.load("nih_expert")
+    lmap = labelmap.load("nih_expert", set_name=set_name)
     expert, notes = EXPERT_COLUMNS[2:], ["Google's expert labels (radiologists, adjudicated) for four findings"]
     cells = frame[expert].fillna("").astype(str).apply(lambda c: c.str.strip().str.upper())
     unrecognised(frame[expert].to_numpy()[~cells.isin(["YES", "NO", ""]).to_numpy()], cells.size,
@@ -202,13 +203,13 @@ def padchest_labels(text) -> frozenset | None:
     return found if found else None
 
 
-def padchest(root: Path, subset: str) -> SourceTable:
+def padchest(root: Path, subset: str, set_name: str = labelset.DEFAULT) -> SourceTable:
     frame = read_csv(find_table(root, PADCHEST_TABLE), ["ImageID", "ImageDir", "StudyID", "PatientID", "PatientBirth",
                      "PatientSex_DICOM", "StudyDate_DICOM", "Projection", "MethodLabel", "BitsStored_DICOM", "Labels"],
                      low_memory=False, dtype={"ImageID": str, "PatientID": str, "StudyID": str})
     if subset == "physician":
         frame = frame[frame["MethodLabel"].eq("Physician")].reset_index(drop=True)
-    lmap = labelmap.load("padchest")
+    lmap = labelmap.load("padchest", set_name=set_name)
     positives = frame["Labels"].map(padchest_labels)
     vocabulary = set().union(*positives.dropna())   # of the rows read: a map label none holds is named
     projection = frame["Projection"].map({"PA": "PA", "AP": "AP", "AP_horizontal": "AP", "L": "LATERAL"})
@@ -240,8 +241,8 @@ def padchest(root: Path, subset: str) -> SourceTable:
 
 # --------------------------------------------------------------------------- VinDr-CXR
 
-def vindr(root: Path, subset: str) -> SourceTable:
-    lmap = labelmap.load("vindr")
+def vindr(root: Path, subset: str, set_name: str = labelset.DEFAULT) -> SourceTable:
+    lmap = labelmap.load("vindr", set_name=set_name)
     physionet = find_table(root, VINDR_LABELS.format(split=subset), required=False)
     vocabulary, checks = None, []
     if physionet is not None:
@@ -291,7 +292,7 @@ def vindr(root: Path, subset: str) -> SourceTable:
 
 # --------------------------------------------------------------------------- MIMIC-CXR-JPG
 
-def mimic(root: Path, subset: str) -> SourceTable:
+def mimic(root: Path, subset: str, set_name: str = labelset.DEFAULT) -> SourceTable:
     """MIMIC-CXR-JPG in the same table: its CheXpert-labeler labels (as chexpert's train), the official split."""
     metadata = read_table(root, "metadata")
     split = read_table(root, "split").drop_duplicates("dicom_id").set_index("dicom_id")["split"]
@@ -310,7 +311,7 @@ def mimic(root: Path, subset: str) -> SourceTable:
             view.isin(["LATERAL", "LL"]), "LATERAL", "OTHER")), "split": frame["split"]})
     notes = ["the CheXpert labeler's labels (blank read as negative, -1 uncertain as missing); sex and age are "
              "MIMIC-IV's (notebook 05), not in this table"]
-    lmap = labelmap.load("mimic")
+    lmap = labelmap.load("mimic", set_name=set_name)
     return SourceTable("mimic", subset, standard(meta, lmap.encode(positives, uncertain)), lmap, notes=notes)
 
 
@@ -318,8 +319,9 @@ ADAPTERS = {"chexpert": chexpert, "nih": nih, "padchest": padchest, "vindr": vin
 DEFAULT_SUBSET = {"chexpert": "external", "nih": "test", "padchest": "physician", "vindr": "test", "mimic": "test"}
 
 
-def read_source(source: str, data_root, subset: str | None = None) -> SourceTable:
-    """The standard table of `source` under `data_root` (subset: the source's default when None)."""
+def read_source(source: str, data_root, subset: str | None = None, set_name: str = labelset.DEFAULT) -> SourceTable:
+    """The standard table of `source` under `data_root` (subset: the source's default when None), its labels those
+    of label set `set_name` (a run's), through the source's map for that set."""
     if source not in ADAPTERS:
         raise UserError(f"source {source!r} is not one of {list(TABLE_SOURCES)}")
     subset = subset or DEFAULT_SUBSET[source]
@@ -328,7 +330,7 @@ def read_source(source: str, data_root, subset: str | None = None) -> SourceTabl
     root = Path(data_root)
     if not root.is_dir():
         raise UserError(f"data root {root} is not a folder; set --data-root (DATA_ROOT) to the {source} dataset")
-    found = ADAPTERS[source](root, subset)
+    found = ADAPTERS[source](root, subset, set_name)
     found.table = check_table(source, root, found.table, found.notes)
     return found
 
@@ -345,16 +347,18 @@ def cli(command: str, argv: list[str]) -> int:
     ap.add_argument("--subset", help="; ".join(f"{s}: {', '.join(v)} (default {DEFAULT_SUBSET[s]})"
                                               for s, v in SUBSETS.items()))
     ap.add_argument("--out", required=True, help="the table to write (.csv)")
+    ap.add_argument("--label-set", default=labelset.DEFAULT, help="whose labels to map the source's onto "
+                                                                    f"(default {labelset.DEFAULT})")
     args = ap.parse_args(argv)
     out = out_path(args.out, "--out")
-    found = read_source(args.source, args.data_root, args.subset)
+    found = read_source(args.source, args.data_root, args.subset, args.label_set)
     with writing_out(out, "--out"):
         atomic_write_csv(out, found.table)
     table = found.table
     status = found.label_map.status(found.vocabulary)
     print(f"{args.out}: {len(table)} images of {table['patient_id'].nunique()} patients, {args.source} "
           f"({found.subset}); map {found.label_map.name} ({found.label_map.sha256[:12]})")
-    for finding in FINDINGS:
+    for finding in status:
         column = table[finding]
         print(f"  {finding:<27} {status[finding]:<12} positive {int((column == 1).sum()):>7}  "
               f"negative {int((column == 0).sum()):>7}  missing {int(column.isna().sum()):>7}")

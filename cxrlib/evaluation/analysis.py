@@ -16,8 +16,8 @@ import pandas as pd
 
 from ..data.cohort import table_path
 from ..errors import UserError
-from ..labels import FINDINGS, UNCERTAIN_POLICIES, per_finding
-from ..runfiles import PROB_COLUMNS, prob_column
+from ..labels import UNCERTAIN_POLICIES, per_finding
+from ..runfiles import labels_of, prob_column, prob_columns
 from ..stats import metrics
 from .viz import finding_browser
 
@@ -60,7 +60,7 @@ def thresholds_from_report(report: dict, rule: str = "f1", level: str | None = N
     section, _, unit = fitted_for(report, level)
     values = section["values"]
     chosen, fallback = {}, []
-    for f in FINDINGS:
+    for f in values:   # the run's labels, in output order (validation_rules wrote them so)
         cut = values.get(f, {}).get(rule) if section.get("chosen_on") == "validate" else None
         if cut is None:
             fallback.append(f)
@@ -68,17 +68,18 @@ def thresholds_from_report(report: dict, rule: str = "f1", level: str | None = N
         chosen[f] = float(cut)
     note = (f"thresholds: max-{rule.upper()} on the validation split, per {unit}" if section.get("chosen_on") else
             "thresholds: fixed 0.5 (the run has no validation split)")
-    if fallback and len(fallback) < len(FINDINGS):
+    if fallback and len(fallback) < len(values):
         note += f"; fixed 0.5 for {', '.join(fallback)} (one class on validation)"
     return chosen, note
 
 
 def errors_at(test: pd.DataFrame, thresholds: dict) -> pd.DataFrame:
     """Per image and finding: 1 where the call at the threshold disagrees with the label, NaN where masked."""
-    y = test[FINDINGS].to_numpy(dtype=np.float64)
-    called = test[PROB_COLUMNS].to_numpy(dtype=np.float64) >= np.array([thresholds[f] for f in FINDINGS])
+    names = labels_of(test)
+    y = test[names].to_numpy(dtype=np.float64)
+    called = test[prob_columns(names)].to_numpy(dtype=np.float64) >= np.array([thresholds[f] for f in names])
     wrong = np.where(np.isnan(y), np.nan, (called != (y == 1)).astype(np.float64))
-    return pd.DataFrame(wrong, columns=FINDINGS, index=test.index)
+    return pd.DataFrame(wrong, columns=names, index=test.index)
 
 
 # --------------------------------------------------------------------------- worst errors
@@ -89,14 +90,15 @@ def top_errors(predictions: pd.DataFrame, k: int, split: str = "test") -> pd.Dat
     choice is reproducible). These are the worst-ranked images whatever the threshold.
     """
     rows = predictions[predictions["split"] == split]
-    labels = rows[FINDINGS].to_numpy(dtype=np.float64)
+    names = labels_of(predictions)
+    labels = rows[names].to_numpy(dtype=np.float64)
     out = []
-    for j, f in enumerate(FINDINGS):
+    for j, f in enumerate(names):
         for kind, label, ascending in (("FP", 0.0, False), ("FN", 1.0, True)):
             chosen = rows[labels[:, j] == label].sort_values([prob_column(f), "dicom_id"],
                                                              ascending=[ascending, True], kind="stable").head(k)
             for rank, (_, r) in enumerate(chosen.iterrows(), start=1):
-                others = [g for g in FINDINGS if g != f and r[g] == 1]
+                others = [g for g in names if g != f and r[g] == 1]
                 out.append({"finding": f, "kind": kind, "rank": rank, "dicom_id": r["dicom_id"],
                             "subject_id": r["subject_id"], "study_id": r["study_id"], "p": float(r[prob_column(f)]),
                             "label": label, "other_positives": ", ".join(others)})
@@ -166,10 +168,11 @@ def uncertainty_table(test: pd.DataFrame, raw: pd.DataFrame, thresholds: dict, u
     """
     if len(raw) != len(test) or not (raw["study_id"].to_numpy(dtype=str) == test["study_id"].to_numpy(dtype=str)).all():
         raise ValueError("raw labels must be aligned with the test rows: load them with study_ids=test['study_id']")
-    policy = per_finding(uncertain_policy, UNCERTAIN_POLICIES, "uncertain_policy")
+    names = labels_of(test)
+    policy = per_finding(uncertain_policy, UNCERTAIN_POLICIES, "uncertain_policy", names)
     wrong = errors_at(test, thresholds)
     rows = []
-    for f in FINDINGS:
+    for f in names:
         source = raw[f].to_numpy(dtype=np.float64)
         target = test[f].to_numpy(dtype=np.float64)
         prob = test[prob_column(f)].to_numpy(dtype=np.float64)
@@ -264,16 +267,17 @@ def breakdown(frame: pd.DataFrame, by: str, thresholds: dict, n_boot: int = 200,
     every finding; macro AUROC is given over the findings that do.
     """
     wrong = errors_at(frame, thresholds)
+    names = labels_of(frame)
     rows = []
     for value, part in frame.groupby(by, sort=True):
-        y = part[FINDINGS].to_numpy(dtype=np.float64)
-        prob = part[PROB_COLUMNS].to_numpy(dtype=np.float64)
+        y = part[names].to_numpy(dtype=np.float64)
+        prob = part[prob_columns(names)].to_numpy(dtype=np.float64)
         known = ~np.isnan(y)
         row = {by: value, "images": len(part), "patients": part["subject_id"].nunique(), "labelled_cells": int(known.sum()),
                "error_rate": _mean(wrong.loc[part.index].to_numpy().ravel()),
                "brier": float(np.mean((prob[known] - y[known]) ** 2)) if known.any() else np.nan}
         summary = metrics.summarize(y, prob, part["subject_id"].to_numpy(dtype=str), n_boot=n_boot, seed=seed,
-                                    ci_level=ci_level)
+                                    ci_level=ci_level, findings=names)
         micro = summary["micro"]["auroc"]
         row.update(auroc_micro=micro["value"], auroc_micro_lo=micro["lo"], auroc_micro_hi=micro["hi"],
                    auroc_macro=summary["macro"]["auroc"]["value"],
@@ -313,13 +317,14 @@ def fn_by_cooccurrence(test: pd.DataFrame, thresholds: dict, min_n: int = 5) -> 
 
     `difference` = fn_rate_present - fn_rate_absent; NaN unless both groups hold at least min_n positives.
     """
-    y = test[FINDINGS].to_numpy(dtype=np.float64)
-    prob = test[PROB_COLUMNS].to_numpy(dtype=np.float64)
+    names = labels_of(test)
+    y = test[names].to_numpy(dtype=np.float64)
+    prob = test[prob_columns(names)].to_numpy(dtype=np.float64)
     rows = []
-    for i, f in enumerate(FINDINGS):
+    for i, f in enumerate(names):
         positives = y[:, i] == 1
         missed = prob[:, i] < thresholds[f]
-        for j, g in enumerate(FINDINGS):
+        for j, g in enumerate(names):
             if i == j:
                 continue
             present, absent = positives & (y[:, j] == 1), positives & (y[:, j] == 0)
@@ -339,7 +344,8 @@ def plot_cooccurrence(table: pd.DataFrame):
     import seaborn as sns
     from matplotlib.figure import Figure
 
-    matrix = table.pivot(index="finding", columns="other", values="difference").reindex(index=FINDINGS, columns=FINDINGS)
+    names = list(dict.fromkeys(table["finding"]))   # the run's labels, in output order
+    matrix = table.pivot(index="finding", columns="other", values="difference").reindex(index=names, columns=names)
     fig = Figure(figsize=(9.5, 7.5), layout="constrained")
     ax = fig.subplots()
     annot = matrix.map(lambda v: "" if v != v else f"{v:+.2f}")
@@ -375,4 +381,4 @@ def error_browser(errors: pd.DataFrame, images, cams, redact: bool = False):
     return finding_browser(list(KINDS), "error",
                            lambda finding, kind: errors.index[(errors["finding"] == finding)
                                                               & (errors["kind"] == kind)].to_numpy(),
-                           show, empty="no such errors on test", redact=redact)
+                           show, list(dict.fromkeys(errors["finding"])), empty="no such errors on test", redact=redact)

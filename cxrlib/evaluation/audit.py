@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import account
+from .. import account, labelset
 from ..data import demographics
 from ..data.cohort import read_cohort
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
-from ..labels import FINDINGS
 from ..runfiles import COHORT, DEMOGRAPHICS, FAIRNESS_CSV, FAIRNESS_JSON, read_metrics, read_predictions
 from ..stats import levels
 from ..synthetic.mimic_iv import PLANTED_FILE
@@ -51,15 +50,17 @@ def audit_run(run_dir, p, progress: bool = False) -> dict:
     key = "study_id" if p.eval_level == "study" else "dicom_id"
     attributes = with_intersection(table.drop_duplicates(key).set_index(key)).loc[units[key].to_numpy()]
     attributes = attributes.reset_index(drop=True)
+    nothing_found = labelset.load(p.label_set).nothing_found   # the underdiagnosis audit's "healthy" call
     rows = fairness.audit(units, attributes, thresholds, n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level,
-                          min_group_patients=p.min_group_patients)
+                          min_group_patients=p.min_group_patients, nothing_found=nothing_found)
     atomic_write_csv(run_dir / FAIRNESS_CSV, rows)
     plan = fairness.plan_groups(attributes, units["subject_id"].to_numpy(str), fairness.ATTRIBUTES,
                                 p.min_group_patients)
     planted_file = p.resolved_mimic_iv_root() / PLANTED_FILE   # only the synthetic stand-in has one
     planted = json.loads(planted_file.read_text()) if planted_file.is_file() else None
     tested = table[table["subject_id"].isin(set(units["subject_id"]))].drop_duplicates("subject_id")
-    summary = {"run": run_dir.name, "level": p.eval_level, "threshold_rule": "f1", "threshold_note": threshold_note,
+    summary = {"run": run_dir.name, "level": p.eval_level, "nothing_found": nothing_found, "threshold_rule": "f1",
+               "threshold_note": threshold_note,
                "thresholds": thresholds, "coverage": coverage, "min_group_patients": p.min_group_patients,
                "test_coverage": test_coverage(tested, p.min_group_patients, plan),
                "data_problems": demographics.data_problems(coverage),
@@ -208,15 +209,15 @@ def plot_primary(rows: pd.DataFrame, metric: str = "auroc_macro"):
 
 def plot_gaps(rows: pd.DataFrame, attribute: str, metric: str = "auroc"):
     """Exploratory: one attribute's per-finding gaps with per-comparison 95% intervals, no decision drawn."""
-    part = rows[(rows["attribute"] == attribute) & (rows["metric"] == metric) & (rows["finding"].isin(FINDINGS))]
+    part = rows[(rows["attribute"] == attribute) & (rows["metric"] == metric) & ~rows["finding"].isin(["any", "macro"])]
     part = part.dropna(subset=["gap"])
     return _forest(part, f"{attribute}, {metric} per finding (exploratory)",
                    "group minus reference; per-comparison 95% intervals (not adjusted: no decision here)",
                    colour_by_decision=False)
 
 
-def plot_underdiagnosis(rows: pd.DataFrame):
-    """Per attribute and group: the No Finding false-positive rate with its 95% interval."""
+def plot_underdiagnosis(rows: pd.DataFrame, nothing_found: str = fairness.NOTHING_FOUND):
+    """Per attribute and group: the "nothing found" label's false-positive rate with its 95% interval."""
     from matplotlib.figure import Figure
 
     part = rows[(rows["metric"] == "underdiagnosis") & rows["gap"].isna() & rows["value"].notna()]
@@ -229,5 +230,5 @@ def plot_underdiagnosis(rows: pd.DataFrame):
         ax.bar(np.arange(len(bars)), bars["value"], yerr=np.nan_to_num(err), color="#4c72b0", capsize=3)
         ax.set_xticks(np.arange(len(bars)), bars["group"], rotation=60, ha="right", fontsize=7)
         ax.set_title(attribute, fontsize=9)
-    axes[0].set_ylabel("underdiagnosis: 'No Finding' called\nwhen No Finding is 0 (95% CI)", fontsize=8)
+    axes[0].set_ylabel(f"underdiagnosis: '{nothing_found}' called\nwhen {nothing_found} is 0 (95% CI)", fontsize=8)
     return fig

@@ -19,9 +19,16 @@ import pandas as pd
 
 from .. import runfiles
 from ..errors import UserError
-from ..labels import FINDINGS
 from ..params import validate
-from ..runfiles import METRICS, PROB_COLUMNS, member_dirs, read_metrics, read_predictions
+from ..runfiles import (
+    METRICS,
+    check_same_labels,
+    labels_of,
+    member_dirs,
+    prob_columns,
+    read_metrics,
+    read_predictions,
+)
 
 
 def average_predictions(members: list[Path]) -> pd.DataFrame:
@@ -31,16 +38,18 @@ def average_predictions(members: list[Path]) -> pd.DataFrame:
               for m in members]
     first = frames[0]
     for member, frame in zip(members[1:], frames[1:]):
+        names = check_same_labels(first, frame, members[0].name, member.name, "An ensemble")
         if len(frame) != len(first) or not (frame[["dicom_id", "split"]] == first[["dicom_id", "split"]]).all().all():
             raise UserError(f"{member.name} predicted other images than {members[0].name}: an ensemble needs members "
                             "built on the same cohort and split (vary training settings, not cohort ones)")
-        a, b = first[FINDINGS].to_numpy(np.float64), frame[FINDINGS].to_numpy(np.float64)
+        a, b = first[names].to_numpy(np.float64), frame[names].to_numpy(np.float64)
         if not ((a == b) | (np.isnan(a) & np.isnan(b))).all():
             raise UserError(f"{member.name} labels the images differently from {members[0].name} (another label "
                             "source or policy): an ensemble's members must share the labels")
     out = first.copy()
-    mean = np.mean([f[PROB_COLUMNS].to_numpy(np.float64) for f in frames], axis=0)
-    out[PROB_COLUMNS] = mean.astype(np.float32)
+    columns = prob_columns(labels_of(first))
+    mean = np.mean([f[columns].to_numpy(np.float64) for f in frames], axis=0)
+    out[columns] = mean.astype(np.float32)
     return out
 
 

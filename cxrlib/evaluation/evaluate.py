@@ -22,9 +22,8 @@ from .. import labelset
 from ..data.cohort import read_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
-from ..labels import FINDINGS
 from ..original import original_project_results
-from ..runfiles import COHORT, METRICS, PREDICTIONS, PROB_COLUMNS, read_predictions
+from ..runfiles import COHORT, METRICS, PREDICTIONS, labels_of, prob_columns, read_predictions
 from ..stats import levels, metrics
 from ..stats.calibration import reliability_curve
 from ..stats.thresholds import choose_thresholds, threshold_metrics
@@ -62,9 +61,10 @@ def scored_units(predictions: pd.DataFrame, p) -> pd.DataFrame:
 
 
 def arrays(frame: pd.DataFrame, split: str | None = None):
-    """(labels (N, 14) with NaN = masked, probabilities (N, 14), subject ids) of one split."""
+    """(labels (N, K) with NaN = masked, probabilities (N, K), subject ids) of one split; K: the run's labels."""
     rows = frame if split is None else frame[frame["split"] == split]
-    return (rows[FINDINGS].to_numpy(dtype=np.float64), rows[PROB_COLUMNS].to_numpy(dtype=np.float64),
+    names = labels_of(frame)
+    return (rows[names].to_numpy(dtype=np.float64), rows[prob_columns(names)].to_numpy(dtype=np.float64),
             rows["subject_id"].to_numpy(dtype=str))
 
 
@@ -89,11 +89,13 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         raise UserError(f"{Path(run_dir) / PREDICTIONS} holds no test rows; rerun predict_run with the test split")
     started = time.perf_counter()
     units = levels.rows_at(predictions, p.eval_level, p.study_aggregate)
+    names = labels_of(predictions)
     summaries = {}
     for split in splits:
         y, prob, groups = arrays(units, split)
         summaries[split] = metrics.summarize(y, prob, groups, n_boot=p.bootstrap, seed=p.seed,
-                                             ci_level=p.ci_level, progress=progress, min_positives=p.min_positives)
+                                             ci_level=p.ci_level, progress=progress, min_positives=p.min_positives,
+                                             findings=names)
     y_test, p_test, test_groups = arrays(units, "test")
     rules = validation_rules(units)
     notes = []
@@ -102,7 +104,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     else:
         notes.append("no validation split: only the fixed 0.5 threshold is reported (choosing a threshold "
                      "on the test set would make the test figures at it optimistic)")
-    at_thresholds = threshold_metrics(y_test, p_test, rules)
+    at_thresholds = threshold_metrics(y_test, p_test, rules, names)
     test = summaries["test"]
     for key, (avg, m) in HEADLINE.items():
         valid = test[avg][m]["n_boot_valid"]
@@ -120,7 +122,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
     recal = None
     if p.calibration != "none" and "validate" in splits:
 
-        fitted = recalibration.fit(p.calibration, y_val, p_val)
+        fitted = recalibration.fit(p.calibration, y_val, p_val, names)
         recal = recalibration.section(fitted, y_test, p_test, test_groups, p, test["calibration"]["n_bins"])
         notes += [f"recalibration: {n}" for n in fitted["notes"]]
     elif p.calibration != "none":
@@ -133,9 +135,9 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         "macro": {"findings": test["macro_findings"], "not_estimable": test["not_estimable"],
                   "one_class": test["excluded"], "min_positives": p.min_positives},
         "level": level,
-        # head / medium / tail by the training images' prevalence (chexpert14's share rule until runs carry a set)
+        # head / medium / tail by the label set's rule (a share rule reads the training images' prevalence)
         "buckets": buckets_section(y_test, p_test, test_groups, read_cohort(run_dir / COHORT), p,
-                                   labelset.load(labelset.DEFAULT)),
+                                   labelset.load(p.label_set), names),
         "ci": {"level": p.ci_level, "n_boot": p.bootstrap, "seed": p.seed, "method": test["ci_method"]},
         "splits": summaries,
         "thresholds": {"chosen_on": "validate" if "validate" in splits else None, "level": p.eval_level,
@@ -168,10 +170,11 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
 def validation_rules(units: pd.DataFrame) -> dict:
     """{finding: {fixed_0.5, f1, youden}}: max-F1 and Youden's J chosen on the validation rows of `units`
     (images or studies) and nothing else; only the fixed 0.5 without a validation split."""
-    rules = {f: {"fixed_0.5": FIXED_THRESHOLD} for f in FINDINGS}
+    names = labels_of(units)
+    rules = {f: {"fixed_0.5": FIXED_THRESHOLD} for f in names}
     if (units["split"] == "validate").any():
         y_val, p_val, _ = arrays(units, "validate")
-        for f, chosen in choose_thresholds(y_val, p_val).items():
+        for f, chosen in choose_thresholds(y_val, p_val, names).items():
             rules[f].update(chosen)
     return rules
 
@@ -189,7 +192,7 @@ def image_level_section(predictions: pd.DataFrame, p, rules: dict, recal: dict |
     calibrator = {"method": "none"}
     if p.calibration != "none" and fitted_on:
         y_val, p_val, _ = arrays(predictions, "validate")
-        calibrator = recalibration.fit(p.calibration, y_val, p_val)
+        calibrator = recalibration.fit(p.calibration, y_val, p_val, labels_of(predictions))
     return {"level": "image", "same_as_headline": False,
             "thresholds": {"chosen_on": fitted_on, "values": validation_rules(predictions)},
             "recalibration": calibrator}

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..labels import FINDINGS
 
 
 def _has(module: nn.Module, kind: type) -> bool:
@@ -144,7 +143,7 @@ class GradCAM:
         """images: (B, C, H, W) normalised as for training; finding: an index or name, or one index per image."""
         if images.ndim != 4:
             raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
-        index = self._indices(finding, len(images), images.device)
+        index = self._indices(finding, len(images), images.device, getattr(self.model, "labels", None))
         captured = {}
 
         def keep(_module, _inputs, output):
@@ -184,11 +183,12 @@ class GradCAM:
         return tokens[:, prefix:].reshape(len(tokens), side, side, tokens.shape[-1]).permute(0, 3, 1, 2)
 
     @staticmethod
-    def _indices(finding, batch: int, device) -> torch.Tensor:
+    def _indices(finding, batch: int, device, labels) -> torch.Tensor:
+        """Output indices; a finding by name is looked up in the model's labels (load_trained gives them)."""
         if isinstance(finding, str):
-            if finding not in FINDINGS:
-                raise ValueError(f"unknown finding {finding!r}; choose one of {FINDINGS}")
-            finding = FINDINGS.index(finding)
+            if finding not in (labels or ()):
+                raise ValueError(f"unknown finding {finding!r}; the model predicts {labels}")
+            finding = labels.index(finding)
         index = torch.as_tensor(finding, dtype=torch.long, device=device).reshape(-1)
         if index.numel() == 1:
             index = index.expand(batch)

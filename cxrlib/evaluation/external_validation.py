@@ -29,19 +29,20 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .. import labelset
 from ..data.cache import build_cache, cohort_with_rows
 from ..data.demographics import age_band
 from ..data.external_selection import BIT_DEPTH, FORMATS, MIN_PRESENT, check_present, selected_images
 from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_json, jsonable
-from ..labels import FINDINGS
 from ..runfiles import (
     EXTERNAL_METRICS,
     EXTERNAL_PREDICTIONS,
     ID_COLUMNS,
-    PROB_COLUMNS,
     checkpoint_stamp,
     external_dir,
+    labels_of,
+    prob_columns,
     read_metrics,
     read_predictions,
 )
@@ -98,29 +99,32 @@ def score_source(run_dir, p, source: str, data_root, subset: str | None = None, 
         if not isinstance(value, bool):   # notebook 07 by hand: the string "no" would be true
             raise UserError(f"{name} = {value!r}: write True or False")
     data_root = Path(data_root)
-    found, selected, present = selected_images(source, data_root, subset, views)
+    found, selected, present = selected_images(source, data_root, subset, views, p.label_set)
     check_present(source, data_root, selected, present, allow_missing)
     table = selected[present]
     model, trained, device, transform = load_best(run_dir, p)
+    if list(found.label_map.entries) != model.labels:   # the map is the run's label set's: its labels, in order
+        raise UserError(f"{found.label_map.name}'s map names other labels than the {len(model.labels)} best.pt "
+                        f"predicts; is label_set ({p.label_set}) the one the run trained with?")
     cohort = pd.DataFrame({"dicom_id": table["image_id"], "subject_id": table["patient_id"],
                            "study_id": table["study_id"], "split": "external", "path": table["path"],
                            "bits": table["bits"], "view": table["view"], "sex": table["sex"], "age": table["age"]})
-    cohort[FINDINGS] = table[FINDINGS].to_numpy(np.float64)
+    cohort[model.labels] = table[model.labels].to_numpy(np.float64)
     reader = {"formats": list(FORMATS[source]), "equalize": bool(equalize)}
     cache = build_cache(data_root, cohort, trained.image_size, trained.resize,
                         cache_dir=external_cache_dir(p, source, equalize), workers=p.cache_workers,
                         progress=progress, decode=trained.decode, reader=reader)
     failed = cache.failures
     rows = cohort_with_rows(cohort, cache)
-    loader = make_loader(CacheDataset.from_cohort(cache, rows), p.eval_batch_size, shuffle=False,
+    loader = make_loader(CacheDataset.from_cohort(cache, rows, model.labels), p.eval_batch_size, shuffle=False,
                          num_workers=p.num_workers, seed=p.seed)
     channels_last = device.type == "cuda" and p.channels_last
     started = time.perf_counter()
     probs, index = predict(model, loader, transform, device, inference_amp(trained, device), channels_last)
     scoring = {"images": int(len(rows)), "seconds": round(time.perf_counter() - started, 2), "device": str(device)}
     frame = rows[[*ID_COLUMNS, "view", "sex", "age"]].copy()
-    frame[PROB_COLUMNS] = probs[np.argsort(index)].astype(np.float32)
-    frame[FINDINGS] = rows[FINDINGS].to_numpy(np.float32)
+    frame[prob_columns(model.labels)] = probs[np.argsort(index)].astype(np.float32)
+    frame[model.labels] = rows[model.labels].to_numpy(np.float32)
     internal_cohort, internal_cache = eval_cohort(run_dir, trained)
     internal_rows = internal_cohort.loc[internal_cohort["split"] == "test", "cache_row"].to_numpy()
     info = {
@@ -217,7 +221,9 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
     """Every figure of one external validation; JSON-able (NaN -> None)."""
     n_boot = n_boot or p.bootstrap
     status = info["label_map"]["status"]
-    mapped = [f for f in FINDINGS if status[f] != "missing"]
+    names = labels_of(frame)   # the run's labels, in output order (its map's)
+    nothing_found = labelset.load(p.label_set).nothing_found
+    mapped = [f for f in names if status[f] != "missing"]
     exact = [f for f in mapped if status[f] == "exact"]
     units = units_of(frame, p)
     internal = units_of(read_predictions(run_dir), p)
@@ -245,11 +251,11 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
         images = images[images["split"] == "test"]
         y_img, p_img, _ = matrices(images, mapped)
         internal_at = threshold_metrics(y_img, p_img, {f: rules[f] for f in mapped}, mapped).to_dict("records")
-    calibrated = recalibration.apply(calibrator, units[PROB_COLUMNS].to_numpy(np.float64))
-    calibrated = calibrated[:, [FINDINGS.index(f) for f in mapped]]
-    inexact = [f for f in FINDINGS if status[f] != "exact"]   # the audit, like the decision, on exact findings only
-    audit = subgroup_audit(units.assign(**{f: np.nan for f in inexact}), frame, {f: rules[f]["f1"] for f in FINDINGS},
-                           n_boot, p)
+    calibrated = recalibration.apply(calibrator, units[prob_columns(names)].to_numpy(np.float64), names)
+    calibrated = calibrated[:, [names.index(f) for f in mapped]]
+    inexact = [f for f in names if status[f] != "exact"]   # the audit, like the decision, on exact findings only
+    audit = subgroup_audit(units.assign(**{f: np.nan for f in inexact}), frame, {f: rules[f]["f1"] for f in names},
+                           n_boot, p, nothing_found)
     model = read_model_config(run_dir)
     return jsonable({
         "source": info["source"], "subset": info["subset"], "run": Path(run_dir).name,
@@ -263,8 +269,8 @@ def external_report(run_dir, p, frame: pd.DataFrame, info: dict, n_boot: int | N
                   "approximate": macro_over(units, approximate, n_boot, p),
                   "run_headline": {"value": (run_metrics.get("headline") or {}).get("AUROC macro", {}).get("value"),
                                    "findings": len((run_metrics.get("macro") or {}).get("findings") or [])}},
-        "audit_findings": "exactly mapped findings only" + ("" if status["No Finding"] == "exact" else
-                                                            "; No Finding is not exact, so no underdiagnosis rate"),
+        "audit_findings": "exactly mapped findings only" + ("" if status[nothing_found] == "exact" else
+                                                            f"; {nothing_found} is not exact, so no underdiagnosis rate"),
         "thresholds": {"chosen_on": fitted["chosen_on"], "rule": "f1", "unit": scored_unit,
                        "external": [] if at_thresholds is None else at_thresholds.to_dict("records"),
                        "internal": internal_at},
@@ -294,7 +300,8 @@ def macro_over(units: pd.DataFrame, findings: list[str], n_boot: int, p) -> dict
 
 
 
-def subgroup_audit(units: pd.DataFrame, frame: pd.DataFrame, thresholds: dict, n_boot: int, p) -> list[dict]:
+def subgroup_audit(units: pd.DataFrame, frame: pd.DataFrame, thresholds: dict, n_boot: int, p,
+                   nothing_found: str = fairness.NOTHING_FOUND) -> list[dict]:
     """evaluation.fairness's audit by sex and age band (cxrlib's bands) where the source gives them."""
     first = frame.groupby("study_id", sort=False)[["sex", "age"]].first()
     sex = units["study_id"].map(first["sex"]).fillna("").replace("", fairness.UNKNOWN)
@@ -306,7 +313,7 @@ def subgroup_audit(units: pd.DataFrame, frame: pd.DataFrame, thresholds: dict, n
         return []
     table = fairness.audit(units, groups, thresholds, n_boot=n_boot, seed=p.seed, ci_level=p.ci_level,
                            min_group_patients=p.min_group_patients, attributes=attributes,
-                           min_cases=p.min_positives)
+                           min_cases=p.min_positives, nothing_found=nothing_found)
     return table[table["tier"].astype(str) == "primary"].to_dict("records") + \
         table[table["metric"].isin(["auroc_macro"]) & table["gap"].isna()].to_dict("records")
 

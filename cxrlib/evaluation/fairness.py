@@ -42,15 +42,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..labels import FINDINGS
 from ..stats import metrics
 from ..stats.multiplicity import benjamini_hochberg, bonferroni, normal_quantile, p_from_z
 
 ATTRIBUTES = ("sex", "age_band", "race", "insurance", "race_sex")
 PRIMARY_ATTRIBUTES = ("sex", "age_band", "race", "insurance")   # race_sex: exploratory (many small cells)
 UNKNOWN = "Unknown"
-PATHOLOGIES = [f for f in FINDINGS if f not in ("No Finding", "Support Devices")]
-NO_FINDING = FINDINGS.index("No Finding")
+NOT_PATHOLOGY = ("Support Devices",)   # a positive label that is no disease (besides the set's "nothing found")
+NOTHING_FOUND = "No Finding"           # the CheXpert sets' name; a label set names its own (CXR-LT 2024: Normal)
 PER_FINDING = ("auroc", "auprc", "ece", "tpr", "fpr")
 TESTED_PER_FINDING = ("auroc", "tpr", "fpr")
 RATES = ("tpr", "fpr", "underdiagnosis", "missed_pathology")
@@ -64,18 +63,23 @@ COLUMNS = ["attribute", "group", "reference", "finding", "metric", "tier", "valu
 class _Units:
     """The audited units once: labels, calls and the ranking plan shared by every group and resample."""
 
-    def __init__(self, units: pd.DataFrame, thresholds: dict):
-        self.y = units[FINDINGS].to_numpy(np.float64)
-        self.p = units[[f"p_{f}" for f in FINDINGS]].to_numpy(np.float64)
-        called = self.p >= np.array([thresholds[f] for f in FINDINGS], dtype=float)
+    def __init__(self, units: pd.DataFrame, thresholds: dict, nothing_found: str = NOTHING_FOUND):
+        self.names = [c[2:] for c in units.columns if c.startswith("p_")]   # the run's labels, in output order
+        if nothing_found not in self.names:
+            raise ValueError(f"the audit's 'nothing found' label {nothing_found!r} is not among the run's labels")
+        self.y = units[self.names].to_numpy(np.float64)
+        self.p = units[[f"p_{f}" for f in self.names]].to_numpy(np.float64)
+        called = self.p >= np.array([thresholds[f] for f in self.names], dtype=float)
+        no_finding = self.names.index(nothing_found)
         known = ~np.isnan(self.y)
         self.pos = np.where(known, np.nan_to_num(self.y), 0.0)
         self.neg = np.where(known, 1 - np.nan_to_num(self.y), 0.0)
         self.called = called.astype(float)
-        self.healthy_call = self.called[:, NO_FINDING]
-        self.not_healthy = self.neg[:, NO_FINDING]                                     # No Finding label 0
-        self.pathology = (np.nan_to_num(units[PATHOLOGIES].to_numpy(np.float64)) == 1).any(1).astype(float)
-        self.plan = metrics.resample_plan(self.y, self.p, list(FINDINGS), micro=False)   # the audit has no micro
+        self.healthy_call = self.called[:, no_finding]
+        self.not_healthy = self.neg[:, no_finding]                                     # nothing-found label 0
+        self.pathology = (np.nan_to_num(units[pathologies(self.names, nothing_found)].to_numpy(np.float64)) == 1
+                          ).any(1).astype(float)
+        self.plan = metrics.resample_plan(self.y, self.p, self.names, micro=False)   # the audit has no micro
         self.subjects = units["subject_id"].to_numpy(str)
 
     def stats(self, w: np.ndarray) -> dict[str, np.ndarray]:
@@ -93,6 +97,11 @@ class _Units:
         """Cases behind each statistic inside `mask`: positives and negatives per finding, the rates' denominators."""
         return {"pos": self.pos[mask].sum(0), "neg": self.neg[mask].sum(0),
                 "underdiagnosis": self.not_healthy[mask].sum(), "missed_pathology": self.pathology[mask].sum()}
+
+
+def pathologies(names, nothing_found: str = NOTHING_FOUND) -> list[str]:
+    """The labels that are a disease: all but "nothing found" and the devices."""
+    return [f for f in names if f != nothing_found and f not in NOT_PATHOLOGY]
 
 
 def _macro(auroc: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -218,9 +227,10 @@ def group_sizes(plan: dict, min_group_patients: int) -> list[dict]:
 # --------------------------------------------------------------------------- the audit
 def audit(units: pd.DataFrame, groups: pd.DataFrame, thresholds: dict, n_boot: int = 1000, seed: int = 0,
           ci_level: float = 0.95, min_group_patients: int = 30, attributes=ATTRIBUTES, min_cases: int = 10,
-          alpha: float = 0.05) -> pd.DataFrame:
-    """One row per (attribute, group, finding, metric) with COLUMNS; the procedure is the module docstring's."""
-    data = _Units(units, thresholds)
+          alpha: float = 0.05, nothing_found: str = NOTHING_FOUND) -> pd.DataFrame:
+    """One row per (attribute, group, finding, metric) with COLUMNS; the procedure is the module docstring's.
+    The labels are the units' p_<label> columns; `nothing_found` is the set's label for a normal study."""
+    data = _Units(units, thresholds, nothing_found)
     n = len(units)
     plan = plan_groups(groups, data.subjects, attributes, min_group_patients)
     # Every mask whose statistics are needed: each shown group, and each comparison's reference.
@@ -234,7 +244,7 @@ def audit(units: pd.DataFrame, groups: pd.DataFrame, thresholds: dict, n_boot: i
                 sides[(attribute, f"rest of {group}")] = mask
     # Each side's statistics from its own rows: the same figures as the whole set's with the others weighted 0,
     # at the cost of its rows, not of all N (the audit grew with N times the number of groups).
-    own = {key: _Units(units[mask], thresholds) for key, mask in sides.items()}
+    own = {key: _Units(units[mask], thresholds, nothing_found) for key, mask in sides.items()}
     point = {key: own[key].stats(np.ones((int(mask.sum()), 1))) for key, mask in sides.items()}
     chunks: dict = {key: [] for key in sides}
     for w in metrics.patient_weights(data.subjects, n, n_boot, seed, chunk=metrics.chunk_size(data.y)):
@@ -251,7 +261,7 @@ def audit(units: pd.DataFrame, groups: pd.DataFrame, thresholds: dict, n_boot: i
             ref_key = (attribute, f"rest of {group}") if reference == "rest" else (attribute, reference)
             counts = (data.counts(part["masks"][group]), data.counts(ref_mask))
             rows += _gap_rows(attribute, group, reference, (attribute, group), ref_key, point, boot, whole, counts,
-                              min_cases)
+                              min_cases, data.names)
     table = pd.DataFrame(rows).reindex(columns=COLUMNS + ["se"])
     for column in ("reference", "tier", "ci", "adjustment"):
         table[column] = table[column].astype(object)
@@ -276,7 +286,7 @@ def _group_rows(attribute, value, part, point, boot, data, z, min_group_patients
                      "hi": hi, "n_patients": shown})
 
     for metric in PER_FINDING:
-        for j, finding in enumerate(FINDINGS):
+        for j, finding in enumerate(data.names):
             need = {"tpr": counts["pos"][j] >= min_cases, "fpr": counts["neg"][j] >= min_cases}.get(metric, enough[j])
             v = float(own[metric][0, j])
             if not need or np.isnan(v):
@@ -309,7 +319,7 @@ def _design_effect(sd: float, rate: float, trials: float) -> float:
     return max(1.0, sd * sd / binomial) if binomial > 0 and not np.isnan(sd) else 1.0
 
 
-def _gap_rows(attribute, group, reference, key, ref_key, point, boot, whole, counts, min_cases) -> list[dict]:
+def _gap_rows(attribute, group, reference, key, ref_key, point, boot, whole, counts, min_cases, names) -> list[dict]:
     """The group minus its reference for every metric, with the SE each test and interval will use."""
     exploratory = attribute not in PRIMARY_ATTRIBUTES
     (mine, ref), (cg, cr) = (point[key], point[ref_key]), counts
@@ -324,7 +334,7 @@ def _gap_rows(attribute, group, reference, key, ref_key, point, boot, whole, cou
     members = both(cg) & both(cr)
     for metric in PER_FINDING:
         tier = "exploratory" if metric in TESTED_PER_FINDING else "descriptive"
-        for j, finding in enumerate(FINDINGS):
+        for j, finding in enumerate(names):
             need = {"tpr": min(cg["pos"][j], cr["pos"][j]) >= min_cases,
                     "fpr": min(cg["neg"][j], cr["neg"][j]) >= min_cases}.get(metric, members[j])
             gap = float(mine[metric][0, j] - ref[metric][0, j]) if need else np.nan

@@ -22,6 +22,7 @@ import pandas as pd
 from ..data.cohort import load_raw_labels
 from ..errors import UserError
 from ..labels import FINDINGS, apply_policies
+from ..runfiles import labels_of, prob_columns
 from ..stats import levels, metrics
 from ..stats.thresholds import threshold_metrics
 from . import tables
@@ -158,6 +159,9 @@ def gold_section(predictions: pd.DataFrame, gold: pd.DataFrame | None, p, thresh
     if gold is None:
         return {"available": False, "reason": f"{GOLD_FILE} is not in the data root (MIMIC-CXR-JPG 2.1.0 ships it; "
                                               "`make fetch` downloads it)"}
+    if labels_of(predictions) != FINDINGS:   # the file labels MIMIC's 14 CheXpert findings, nothing else
+        return {"available": False, "reason": f"{GOLD_FILE} labels the 14 CheXpert findings (label set chexpert14); "
+                                              f"this run predicts label set {p.label_set}'s"}
     data_root = p.data_root if data_root is None else data_root
     section = {"available": True, "file": GOLD_FILE, "studies_in_file": int(len(gold)),
                "level": "study", "aggregate": p.study_aggregate, "label_source": p.label_source,
@@ -174,7 +178,7 @@ def gold_section(predictions: pd.DataFrame, gold: pd.DataFrame | None, p, thresh
         section["reason"] = ("none of the labelled studies is in this run's test split (they are official test "
                              "studies: use split_mode: official to score on them)")
         return section
-    prob = studies[levels.PROB_COLUMNS].to_numpy(np.float64)
+    prob = studies[prob_columns(FINDINGS)].to_numpy(np.float64)
     groups = studies["subject_id"].to_numpy(str)
     y_gold = studies[[f"gold_{f}" for f in FINDINGS]].to_numpy(np.float64)
     y_nlp = studies[FINDINGS].to_numpy(np.float64)

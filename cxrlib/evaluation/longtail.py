@@ -7,23 +7,25 @@ import numpy as np
 import pandas as pd
 
 from .. import labelset
-from ..labels import FINDINGS
 from ..stats import metrics
 
 GROUPS = ("head", "medium", "tail")
 
 
-def train_prevalence(cohort: pd.DataFrame, findings=FINDINGS) -> dict[str, float]:
+def train_prevalence(cohort: pd.DataFrame, findings) -> dict[str, float]:
     """Per finding, the share of the training images labelled positive (after the run's label policies)."""
     train = cohort[cohort["split"] == "train"]
     return {f: float((train[f] == 1).mean()) if len(train) else float("nan") for f in findings}
 
 
 def buckets_section(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, cohort: pd.DataFrame, p,
-                    label_set: labelset.LabelSet) -> dict:
+                    label_set: labelset.LabelSet, findings: list) -> dict:
     """metrics.json's `buckets`: the rule, each finding's bucket and training share, and per bucket the macro
-    figures of its findings on the test units (y, prob, groups)."""
-    findings = list(label_set.labels)
+    figures of its findings on the test units (y, prob, groups, whose columns are `findings`, the model's
+    outputs); a set whose labels are not the model's is refused."""
+    if list(label_set.labels) != list(findings):
+        raise labelset.LabelSetError(f"{label_set.path}: its labels are not the {len(findings)} the run predicts "
+                                     f"(label set {label_set.name} changed after training?); restore it")
     prevalence = train_prevalence(cohort, findings)
     bucket = labelset.bucket_of(label_set, prevalence)
     out = {"label_set": label_set.name, "rule": label_set.buckets, "train_prevalence": prevalence, "bucket": bucket,

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..labels import FINDINGS
-from ..runfiles import PROB_COLUMNS, read_predictions
+from ..runfiles import check_same_labels, prob_columns, read_predictions
 from ..stats import levels, paired_bootstrap
 from ..stats.delong import delong_macro, delong_test
 from ..stats.multiplicity import format_p, holm
@@ -28,6 +27,7 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
     """
     run_dir, other_run_dir = Path(run_dir), Path(other_run_dir)
     ours, theirs = read_predictions(run_dir), read_predictions(other_run_dir)
+    names = check_same_labels(ours, theirs, run_dir.name, other_run_dir.name, "A paired comparison")
     # At study level both runs' images are aggregated the same way, and the studies are paired.
     ours, theirs = (levels.rows_at(frame[frame["split"] == "test"], p.eval_level, p.study_aggregate)
                     for frame in (ours, theirs))
@@ -42,20 +42,20 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
                         f"{len(shared)}. A paired comparison needs the same test set (same views, cohort rules and "
                         "split); to compare on the shared ones only, and say so on every line, set compare_on: shared "
                         "(make evaluate ... COMPARE_ON=shared, or make compare ... COMPARE_ON=shared)")
-    a_labels = shared[FINDINGS].to_numpy(dtype=np.float64)
-    b_labels = shared[[f"{f}_other" for f in FINDINGS]].to_numpy(dtype=np.float64)
+    a_labels = shared[names].to_numpy(dtype=np.float64)
+    b_labels = shared[[f"{f}_other" for f in names]].to_numpy(dtype=np.float64)
     same = (a_labels == b_labels) | (np.isnan(a_labels) & np.isnan(b_labels))
     if not same.all():
-        bad = [f for j, f in enumerate(FINDINGS) if not same[:, j].all()]
+        bad = [f for j, f in enumerate(names) if not same[:, j].all()]
         raise UserError(f"{run_dir.name} and {other_run_dir.name} label the shared test images differently for "
                         f"{bad[:4]} (another label_source or uncertain/blank policy); paired differences need the "
                         "same labels: compare runs with the same label settings (compare_with)")
-    p_this = shared[PROB_COLUMNS].to_numpy(dtype=np.float64)
-    p_other = shared[[f"{c}_other" for c in PROB_COLUMNS]].to_numpy(dtype=np.float64)
+    p_this = shared[prob_columns(names)].to_numpy(dtype=np.float64)
+    p_other = shared[[f"{c}_other" for c in prob_columns(names)]].to_numpy(dtype=np.float64)
     # paired_bootstrap.paired_bootstrap reports b - a: a is the other run, b this one.
     result = paired_bootstrap.paired_bootstrap(a_labels, p_other, p_this, shared["subject_id"].to_numpy(dtype=str),
                                       n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level,
-                                      min_positives=p.min_positives)
+                                      min_positives=p.min_positives, findings=names)
     rows = []
 
     def add(name, metric, e):
@@ -71,8 +71,8 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
     for m in ("ece", "brier"):
         add("pooled", m, result["calibration"][m])
     table = pd.DataFrame(rows)
-    estimable = np.array([f in result["macro_findings"] for f in FINDINGS])
-    table = with_delong(table, a_labels, p_this, p_other, shared["subject_id"].to_numpy(dtype=str), estimable)
+    estimable = np.array([f in result["macro_findings"] for f in names])
+    table = with_delong(table, a_labels, p_this, p_other, shared["subject_id"].to_numpy(dtype=str), estimable, names)
     table = table.astype({c: "Float64" for c in ("this_run", "other_run", "diff", "lo", "hi", "p_value", "delong_se",
                                                  "delong_p", "p_holm", "delong_p_holm")})
     table.attrs.update(this=run_dir.name, other=other_run_dir.name, shared_images=int(len(shared)),
@@ -84,7 +84,7 @@ def compare_runs(run_dir, other_run_dir, p) -> pd.DataFrame:
     return table
 
 
-def with_delong(table: pd.DataFrame, y, p_this, p_other, patients, estimable) -> pd.DataFrame:
+def with_delong(table: pd.DataFrame, y, p_this, p_other, patients, estimable, names) -> pd.DataFrame:
     """DeLong's test (clustered by patient) beside the bootstrap for each finding's AUROC and the macro one,
     and Holm's adjustment across the findings of both tests' p-values (per metric for the bootstrap).
 
@@ -92,17 +92,17 @@ def with_delong(table: pd.DataFrame, y, p_this, p_other, patients, estimable) ->
     test (as in the bootstrap) and stay out of the macro, so both tests compare the same macro.
     """
     table = table.assign(delong_se=np.nan, delong_p=np.nan, p_holm=np.nan, delong_p_holm=np.nan)
-    for j, name in enumerate(FINDINGS):
+    for j, name in enumerate(names):
         if not estimable[j]:
             continue
         row = (table["finding"] == name) & (table["metric"] == "auroc")
         result = delong_test(y[:, j], p_this[:, j], p_other[:, j], clusters=patients)
         table.loc[row, ["delong_se", "delong_p"]] = [result["se"], result["p"]]
-    macro = delong_macro(y, p_this, p_other, clusters=patients, findings=FINDINGS, include=estimable)
+    macro = delong_macro(y, p_this, p_other, clusters=patients, findings=names, include=estimable)
     table.loc[(table["finding"] == "macro") & (table["metric"] == "auroc"), ["delong_se", "delong_p"]] = \
         [macro["se"], macro["p"]]
     table.attrs["delong_macro_findings"] = macro["included"]
-    per_finding = table["finding"].isin(FINDINGS)
+    per_finding = table["finding"].isin(names)
     for metric in ("auroc", "auprc"):
         rows = per_finding & (table["metric"] == metric)
         table.loc[rows, "p_holm"] = holm(table.loc[rows, "p_value"].to_numpy(float))

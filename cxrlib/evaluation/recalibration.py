@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from ..labels import FINDINGS
 from ..stats.calibration import reliability_curve
 
 METHODS = ("none", "temperature", "isotonic")
@@ -54,7 +53,7 @@ def fit_isotonic(y, p) -> dict:
     return {"x": model.X_thresholds_.tolist(), "y": model.y_thresholds_.tolist()}
 
 
-def fit(method: str, y_val, p_val, findings=FINDINGS) -> dict:
+def fit(method: str, y_val, p_val, findings) -> dict:
     """{method, fitted_on, per_finding: {finding: {T} | {x, y} | None}, notes}. None: left as it was
     (one class, or no labelled row, on validation: nothing to fit)."""
     if method not in METHODS:
@@ -85,13 +84,13 @@ def apply_one(entry: dict | None, p) -> np.ndarray:
     return np.interp(p, entry["x"], entry["y"])   # IsotonicRegression.predict, clipped at the ends
 
 
-def apply(calibrator: dict | None, p, findings=FINDINGS) -> np.ndarray:
+def apply(calibrator: dict | None, p, findings=None) -> np.ndarray:
     """Calibrated (N, F) probabilities; NaN rows stay NaN."""
     p = np.asarray(p, dtype=np.float64)
     if not calibrator or calibrator.get("method", "none") == "none":
         return p.copy()
     out = np.empty_like(p)
-    for j, name in enumerate(findings):
+    for j, name in enumerate(findings or calibrator["per_finding"]):   # fitted in the outputs' order
         out[:, j] = apply_one(calibrator["per_finding"].get(name), p[:, j])
     return out
 

@@ -18,9 +18,9 @@ from ..account import SELECTED_ON_TEST
 from ..data.cache import cohort_with_rows, open_cache
 from ..data.cohort import read_cohort
 from ..errors import UserError
-from ..labels import FINDINGS
+from ..labels import cohort_labels
 from ..params import validate
-from ..runfiles import COHORT, ID_COLUMNS, PROB_COLUMNS, read_history
+from ..runfiles import COHORT, ID_COLUMNS, prob_columns, read_history
 from ..training.checkpoint import load_trained, read_model_config
 from ..training.inference import predict
 from ..training.loader import BatchTransform, CacheDataset, make_loader
@@ -101,7 +101,11 @@ class TrainedRun:
         if "test" in splits and not (chosen["split"] == "test").any():
             raise UserError(f"{Path(self.run_dir) / COHORT} has no test image in the cache {cache.dir}; "
                             "rebuild the cohort and cache with notebook 01")
-        dataset = CacheDataset.from_cohort(cache, chosen)
+        if cohort_labels(chosen) != model.labels:
+            raise UserError(f"{Path(self.run_dir) / COHORT}: its labels ({len(cohort_labels(chosen))}, label set "
+                            f"{trained.label_set}) are not the {len(model.labels)} best.pt predicts; the cohort was "
+                            "rebuilt after training: rebuild it with the run's own parameters (notebook 01)")
+        dataset = CacheDataset.from_cohort(cache, chosen, model.labels)
         loader = make_loader(dataset, p.eval_batch_size, shuffle=False, num_workers=p.num_workers, seed=p.seed)
         net = ShiftTTA(model) if tta else model
         channels_last = device.type == "cuda" and p.channels_last
@@ -109,8 +113,8 @@ class TrainedRun:
         if not np.array_equal(index, np.arange(len(chosen))):
             raise RuntimeError("predict returned rows out of order")  # a bug, not a user mistake
         frame = chosen[ID_COLUMNS].copy()
-        frame[PROB_COLUMNS] = probs.astype(np.float32)
-        frame[FINDINGS] = chosen[FINDINGS].to_numpy(dtype=np.float32)
+        frame[prob_columns(model.labels)] = probs.astype(np.float32)
+        frame[model.labels] = chosen[model.labels].to_numpy(dtype=np.float32)
         return frame
 
     def selection(self, p) -> dict:
@@ -148,7 +152,7 @@ class TrainedRun:
             missing = errors.loc[rows < 0, "dicom_id"].iloc[0]
             raise UserError(f"image {missing} is not in the cache {cache.dir}; rebuild it with notebook 01")
         images = np.asarray(cache.images[rows]) if len(rows) else np.zeros((0, cache.size, cache.size), np.uint8)
-        index = np.array([FINDINGS.index(f) for f in errors["finding"]], dtype=np.int64)
+        index = np.array([model.labels.index(f) for f in errors["finding"]], dtype=np.int64)
         cam = GradCAM(model, image_size=trained.image_size)
         maps = []
         for start in range(0, len(images), p.eval_batch_size):

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from ..labels import FINDINGS, label_matrix, positive_weights
+from ..labels import cohort_labels, label_matrix, positive_weights
 from ..stats.calibration import brier, ece, reliability_curve
 from ..stats.inputs import check_inputs
 from . import tables
@@ -48,7 +48,9 @@ def prevalence_plot(prevalence: pd.DataFrame, value: str = "positive_rate"):
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    sns.barplot(data=prevalence, y="finding", x=value, hue="split", ax=ax, order=FINDINGS)
+    order = list(dict.fromkeys(prevalence["finding"]))   # the run's labels, in output order
+    fig.set_size_inches(9, max(4.5, 0.25 * len(order) + 1))
+    sns.barplot(data=prevalence, y="finding", x=value, hue="split", ax=ax, order=order)
     ax.set_xlabel(value.replace("_", " "))
     ax.set_ylabel("")
     ax.set_title(f"{value.replace('_', ' ').capitalize()} per finding and split")
@@ -58,20 +60,23 @@ def prevalence_plot(prevalence: pd.DataFrame, value: str = "positive_rate"):
 
 def cooccurrence(labels: pd.DataFrame) -> pd.DataFrame:
     """P(j positive | i positive): rows condition on i. Masked (NaN) labels count as not positive."""
-    y = np.nan_to_num(labels[FINDINGS].to_numpy(dtype=float)) == 1
+    names = cohort_labels(labels)
+    y = np.nan_to_num(labels[names].to_numpy(dtype=float)) == 1
     both = y.T.astype(float) @ y.astype(float)
     n_pos = np.diag(both).copy()
     with np.errstate(invalid="ignore", divide="ignore"):
         cond = both / n_pos[:, None]
-    return pd.DataFrame(cond, index=FINDINGS, columns=FINDINGS)
+    return pd.DataFrame(cond, index=names, columns=names)
 
 
 def cooccurrence_heatmap(labels: pd.DataFrame):
     import seaborn as sns
 
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8.5, 7))
-    sns.heatmap(cooccurrence(labels), annot=True, fmt=".2f", cmap="mako_r", vmin=0, vmax=1, ax=ax,
+    table = cooccurrence(labels)
+    big = len(table) > 20   # 40 labels: no numbers in the cells, which would not fit
+    fig, ax = plt.subplots(figsize=(8.5, 7) if not big else (14, 12))
+    sns.heatmap(table, annot=not big, fmt=".2f", cmap="mako_r", vmin=0, vmax=1, ax=ax,
                 annot_kws={"fontsize": 7}, cbar_kws={"label": "P(column | row)"})
     ax.set_title("Co-occurrence of positive findings: P(column positive | row positive)")
     fig.tight_layout()
@@ -82,7 +87,7 @@ def examples_per_finding(cohort: pd.DataFrame, per_finding: int = 4, seed: int =
     """A few positive images per finding (rows of `cohort` with a `cache_row`), reproducibly."""
     rng = np.random.default_rng(seed)
     picks = []
-    for f in FINDINGS:
+    for f in cohort_labels(cohort):
         pos = cohort.index[cohort[f] == 1].to_numpy()
         # permute positions, not the array: pandas hands out read-only arrays, which permutation refuses when empty
         for i in pos[rng.permutation(len(pos))[:per_finding]]:
@@ -97,10 +102,11 @@ def image_grid(images, cohort: pd.DataFrame, per_finding: int = 4, seed: int = 0
         return None
     plt = _plt()
     picks = examples_per_finding(cohort, per_finding, seed)
-    fig, axes = plt.subplots(len(FINDINGS), per_finding, figsize=(1.6 * per_finding, 1.6 * len(FINDINGS)))
+    names = cohort_labels(cohort)
+    fig, axes = plt.subplots(len(names), per_finding, figsize=(1.6 * per_finding, 1.6 * len(names)), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for r, f in enumerate(FINDINGS):
+    for r, f in enumerate(names):
         rows = picks.loc[picks["finding"] == f, "row"].to_numpy()
         axes[r, 0].set_title(f, fontsize=8, loc="left")
         for c, i in enumerate(rows):
@@ -110,7 +116,7 @@ def image_grid(images, cohort: pd.DataFrame, per_finding: int = 4, seed: int = 0
     return fig
 
 
-def finding_browser(options, label: str, rows_for, show, empty: str = "no images", redact: bool = False):
+def finding_browser(options, label: str, rows_for, show, findings, empty: str = "no images", redact: bool = False):
     """ipywidgets: a finding, a choice among `options` and a slider over rows_for(finding, choice).
 
     show(row) draws one row with matplotlib; the notebooks' image and error browsers share this.
@@ -121,7 +127,7 @@ def finding_browser(options, label: str, rows_for, show, empty: str = "no images
     import ipywidgets as W
     plt = _plt()
 
-    finding = W.Dropdown(options=FINDINGS, description="finding")
+    finding = W.Dropdown(options=list(findings), description="finding")
     choice = W.ToggleButtons(options=options, description=label)
     index = W.IntSlider(min=0, max=0, description="image")
     out = W.Output()
@@ -150,14 +156,14 @@ def image_browser(images, cohort: pd.DataFrame, extra_columns=(), redact: bool =
         fig, ax = _plt().subplots(figsize=(4, 4))
         ax.imshow(images[int(row["cache_row"])], cmap="gray", vmin=0, vmax=255)
         ax.axis("off")
-        positives = [f for f in FINDINGS if row[f] == 1]
+        positives = [f for f in cohort_labels(cohort) if row[f] == 1]
         info = [f"{row['dicom_id']}", f"split {row['split']}", "positive: " + (", ".join(positives) or "none")]
         info += [f"{c}: {row[c]}" for c in extra_columns if c in row]
         ax.set_title("\n".join(info), fontsize=7)
 
     return finding_browser([("positive", 1.0), ("negative", 0.0)], "label",
                            lambda finding, value: cohort.index[cohort[finding] == value].to_numpy(),
-                           show, redact=redact)
+                           show, cohort_labels(cohort), redact=redact)
 
 
 def plot_class_balance(balance: pd.DataFrame):
@@ -350,10 +356,10 @@ def class_balance(cohort: pd.DataFrame, split: str = "train") -> pd.DataFrame:
     labels = label_matrix(frame)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        weights = positive_weights(labels) if len(frame) else np.ones(len(FINDINGS))
+        weights = positive_weights(labels) if len(frame) else np.ones(labels.shape[1])
     pos = (labels == 1).sum(axis=0)
     neg = (labels == 0).sum(axis=0)
     masked = np.isnan(labels).sum(axis=0)
     return pd.DataFrame({"positive": pos, "negative": neg, "masked": masked,
                          "prevalence": pos / np.maximum(pos + neg, 1), "pos_weight": weights},
-                        index=pd.Index(FINDINGS, name="finding"))
+                        index=pd.Index(cohort_labels(cohort), name="finding"))

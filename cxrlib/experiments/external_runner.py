@@ -55,11 +55,11 @@ def validate_external(run_dir, source: str, data_root, subset: str | None = None
     check_run(run_dir)
     if views not in VIEWS:
         raise UserError(f"--external-views {views!r}: one of {list(VIEWS)}")
-    # the tables parse, and the images they select are there, before any kernel starts
-    found, selected, present = selected_images(source, data_root, subset, views)
+    # the tables parse (mapped onto the run's label set), and the images they select are there, before any kernel
+    p = runfiles.load_frozen(run_dir)
+    found, selected, present = selected_images(source, data_root, subset, views, p.label_set)
     check_present(source, data_root, selected, present, allow_missing)
     root = project_root()
-    p = runfiles.load_frozen(run_dir)
     out = external_dir(run_dir, source)
     settings = {"source": source, "subset": found.subset, "data_root": str(data_root), "views": views,
                 "equalize": bool(equalize), "allow_missing": bool(allow_missing), "table_images": int(len(found.table)),

@@ -22,7 +22,7 @@ from ..data.cohort import read_cohort
 from ..errors import UserError
 from ..evaluation.tables import starting_weights_line
 from ..fsutil import atomic_write_text, sha256_file
-from ..labels import FINDINGS
+from ..labels import cohort_labels
 from ..runfiles import (
     BEST,
     CARD_HTML,
@@ -37,6 +37,7 @@ from ..runfiles import (
     run_folder,
 )
 from ..stats.levels import plural
+from .card_figures import buckets_section, calibration_section, markdown_table, performance, thresholds_section
 from .checklists import CLAIM, TRIPOD_AI, filled
 from .html import PAGE_CSS, with_navigation
 from .index_page import write_index
@@ -78,11 +79,6 @@ def _num(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
-
-
 def split_counts(run_dir: Path, level: str) -> tuple[list[list], list[list]]:
     """From cohort.csv: per split images, studies, patients; per finding positives / labelled units per split."""
 
@@ -92,7 +88,8 @@ def split_counts(run_dir: Path, level: str) -> tuple[list[list], list[list]]:
               int(cohort.loc[cohort["split"] == s, "subject_id"].nunique())] for s in splits]
     units = cohort.drop_duplicates(["split", "study_id"]) if level == "study" else cohort
     positives = [[f, *(f"{int((units.loc[units['split'] == s, f] == 1).sum())} / "
-                       f"{int(units.loc[units['split'] == s, f].notna().sum())}" for s in splits)] for f in FINDINGS]
+                       f"{int(units.loc[units['split'] == s, f].notna().sum())}" for s in splits)]
+                 for f in cohort_labels(cohort)]
     return [["split", "images", "studies", "patients"], *sizes], [["finding", *splits], *positives]
 
 
@@ -168,15 +165,15 @@ def training_data(run_dir: Path, params: dict, report: dict) -> list[str]:
                                                     if params["split_mode"] == "seed" else " (the release's split table)")
              + "; every split is patient-disjoint.", selection, ""]
     if cohort:
-        lines += _table(["funnel step", "count"], [
+        lines += markdown_table(["funnel step", "count"], [
             ["metadata rows", cohort.get("metadata_rows")],
             ["images in the chosen views", cohort.get("images_in_view")],
             ["subjects in view", cohort.get("subjects_in_view")],
             ["subjects with a label row", cohort.get("subjects_with_labels")],
             ["excluded: no label row", len(cohort.get("excluded_no_labels", []))]])
     sizes, positives = split_counts(run_dir, level)
-    lines += _table(sizes[0], sizes[1:])
-    lines += [f"Positives / labelled {plural(level)} per finding and split:", ""] + _table(positives[0], positives[1:])
+    lines += markdown_table(sizes[0], sizes[1:])
+    lines += [f"Positives / labelled {plural(level)} per finding and split:", ""] + markdown_table(positives[0], positives[1:])
     return lines
 
 
@@ -190,59 +187,6 @@ def evaluation_data(report: dict) -> list[str]:
              "(one annotator; MIT-LCP/mimic-code#1011). They are compared here after this run's uncertain and blank "
              "policies, as a second opinion on the NLP labels, never as a reference standard.", ""]
     lines += [annotator_line(gold), ""]
-    return lines
-
-
-def performance(report: dict) -> list[str]:
-    ci, test = report["ci"], report["splits"]["test"]
-    level = report["level"]["headline"]
-    lines = ["## Quantitative analyses", "", "### Performance (test split)", "",
-             f"Counted per {level}; {int(ci['level'] * 100)}% CIs from {ci['n_boot']} patient-level bootstrap resamples. "
-             f"The {account.macro_sentence(report)}.", ""]
-    lines += _table(["figure", "value [CI]", "resamples used"],
-                    [[k, figure_text(v), f"{v.get('n_boot_valid', '?')} of {ci['n_boot']}"]
-                     for k, v in report["headline"].items()])
-    lines += _table(["finding", "AUROC", "AUPRC", "positives", "n"],
-                    [[f + ("" if e.get("estimable", True) else " (too few)"), figure_text(e["auroc"]), figure_text(e["auprc"]),
-                      e["n_pos"], e["n"]] for f, e in test["per_finding"].items()])
-    return lines
-
-
-def thresholds_section(report: dict) -> list[str]:
-    rows = {(r["finding"], r["rule"]): r for r in report["thresholds"]["test"]}
-    chosen = report["thresholds"]["chosen_on"]
-    rule = "f1" if chosen else "fixed_0.5"
-    level = report["thresholds"].get("level", report["level"]["headline"])
-    lines = ["### Thresholds", "", f"Chosen on the {chosen or 'no'} split (max-F1; fixed 0.5 without one), per {level}; "
-                                   "test rates at them with their counts. `predict` and the export use thresholds chosen "
-                                   "on validation images (metrics.json: image_level).", ""]
-
-    def rate(r, key, hit, miss):
-        return "n/a" if r.get(key) is None else f"{r[key]:.3f} ({r[hit]}/{r[hit] + r[miss]})"
-
-    table = []
-    for f in FINDINGS:
-        r = rows.get((f, rule), {})
-        cut = f"{r['threshold']:.4f}" if r.get("threshold") is not None else "n/a"
-        table.append([f, cut, rate(r, "sensitivity", "tp", "fn"), rate(r, "specificity", "tn", "fp"),
-                      rate(r, "ppv", "tp", "fp")])
-    return lines + _table(["finding", "threshold", "sensitivity (TP/P)", "specificity (TN/N)", "PPV (TP/called)"], table)
-
-
-def calibration_section(report: dict) -> list[str]:
-    pooled = report["splits"]["test"]["calibration"]["pooled"]
-    lines = ["### Calibration", "", f"Test, pooled over findings: ECE {figure_text(pooled['ece'], 4)}, Brier "
-                                    f"{figure_text(pooled['brier'], 4)}.", ""]
-    recal = report.get("recalibration")
-    if recal and recal.get("method") != "none":
-        change = recal["after_minus_before"]
-        lines += [f"Recalibrated with `{recal['method']}`, fitted on the validation split only: ECE "
-                  f"{figure_text(recal['after']['ece'], 4)} after (change {change['ece']['diff']:+.4f} "
-                  f"[{change['ece']['lo']:+.4f}, "
-                  f"{change['ece']['hi']:+.4f}]), Brier {figure_text(recal['after']['brier'], 4)}. `predict` and the export "
-                  "carry a map fitted on the validation images.", ""]
-    else:
-        lines += ["No recalibration (`calibration: none`).", ""]
     return lines
 
 
@@ -265,12 +209,12 @@ def subgroup_section(run_dir: Path) -> list[str]:
     own = {(r["attribute"], r["group"], r["metric"]): r for r in rows if r["gap"] is None and r["value"] is not None}
     lines += ["Every group (95% intervals; groups under the size limit are '<N', and a second count is hidden where "
               "the first could be recovered by subtraction):", ""]
-    lines += _table(["attribute", "group", "patients", "macro AUROC", "underdiagnosis (No Finding FPR)"],
+    lines += markdown_table(["attribute", "group", "patients", "macro AUROC", "underdiagnosis (No Finding FPR)"],
                     [[a, g, n, figure_text(own.get((a, g, "auroc_macro"))), figure_text(own.get((a, g, "underdiagnosis")))]
                      for (a, g), n in groups.items()])
     primary = [r for r in rows if r["tier"] == "primary"]
     lines += ["Every primary comparison (simultaneous intervals, Bonferroni-adjusted p):", ""]
-    lines += _table(["attribute", "comparison", "metric", "gap [simultaneous CI]", "adjusted p", "significant"],
+    lines += markdown_table(["attribute", "comparison", "metric", "gap [simultaneous CI]", "adjusted p", "significant"],
                     [[r["attribute"], f"{r['group']} vs {r['reference']}", r["metric"],
                       "n/a" if r["gap"] is None else f"{r['gap']:+.3f} [{r['gap_lo']:+.3f}, {r['gap_hi']:+.3f}]",
                       "n/a" if r["p_adjusted"] is None else f"{r['p_adjusted']:.3g}", "yes" if r["significant"] else "no"]
@@ -300,7 +244,7 @@ def external_section(run_dir: Path) -> list[str]:
                      ("STALE (not today's best.pt) " if r["stale"] else "")
                      + ("NOT INDEPENDENT (the starting weights saw this source) " if r.get("warnings") else "")
                      + account.drop_verdict(d), account.decoded_share(r)])
-    return lines + _table(["source", "subset", "units", "exact findings", "internal", "external", "drop [CI]",
+    return lines + markdown_table(["source", "subset", "units", "exact findings", "internal", "external", "drop [CI]",
                            "verdict", "images scored"], rows) + [""]
 
 
@@ -349,7 +293,7 @@ def build_card(run_dir) -> str:
     lines += [SHARING, ""] + model_details(run_dir, params, report)
     lines += ["## Intended use", "", INTENDED, ""] + factors_and_metrics(report, params)
     lines += training_data(run_dir, params, report) + evaluation_data(report)
-    lines += performance(report) + thresholds_section(report) + calibration_section(report)
+    lines += performance(report) + buckets_section(report) + thresholds_section(report) + calibration_section(report)
     lines += subgroup_section(run_dir) + external_section(run_dir)
     lines += ["## Ethical considerations", "", *(f"- {x}" for x in ETHICS), ""]
     lines += ["## Caveats and recommendations", "", *(f"- {x}" for x in CAVEATS),
@@ -358,8 +302,8 @@ def build_card(run_dir) -> str:
     lines += ["## Reporting checklists", "", "Where this card, or the run folder, answers each item (item numbers as "
               "published: TRIPOD+AI 2024, CLAIM 2020); a paper answers the rest:", ""]
     validated = sorted(runfiles.external_results(run_dir))
-    lines += _table(["TRIPOD+AI item", "answered in"], filled(TRIPOD_AI, validated))
-    lines += _table(["CLAIM item", "answered in"], filled(CLAIM, validated))
+    lines += markdown_table(["TRIPOD+AI item", "answered in"], filled(TRIPOD_AI, validated))
+    lines += markdown_table(["CLAIM item", "answered in"], filled(CLAIM, validated))
     return "\n".join(lines) + "\n"
 
 

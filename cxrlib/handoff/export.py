@@ -25,7 +25,6 @@ from .. import runfiles, runlock
 from ..errors import UserError
 from ..evaluation.trained import eval_cohort, load_best
 from ..fsutil import atomic_write_json, sha256_file
-from ..labels import FINDINGS
 from ..params import validate
 from ..runfiles import BEST, CHECKPOINTS, COHORT, EXPORT, is_ensemble, run_folder
 from .index_page import write_index
@@ -63,12 +62,13 @@ def _model_and_meta(run_dir: Path, p):
     meta = {
         "format_version": 1,
         "run": run_dir.name,
-        "findings": list(FINDINGS),
+        "findings": list(model.labels),   # the outputs, in order: the checkpoint's model_config
+        "label_set": trained.label_set,
         "input": {"name": "images", "dtype": "uint8", "shape": ["N", config["image_size"], config["image_size"]],
                   "image_size": config["image_size"], "resize": config["resize"], "decode": config.get("decode", "fast"),
                   "grayscale": True, "how": "decode the JPEG, convert to 8-bit grey, resize as `resize` says "
                                             "(cxrlib.data.decode.decode_image); no other scaling"},
-        "outputs": {"logits": ["N", len(FINDINGS)], "probabilities": ["N", len(FINDINGS)]},
+        "outputs": {"logits": ["N", len(model.labels)], "probabilities": ["N", len(model.labels)]},
         "normalisation": {"mean": transform.mean, "std": transform.std, "applied": "inside the model"},
         "thresholds": {"rule": "max-F1 on validation", "level": "image", "note": note, "values": thresholds},
         "calibration": {**(analysis.fitted_for(report, "image")[1] or {"method": "none"}), "level": "image"},
@@ -105,8 +105,8 @@ def _write_onnx(net: Deployable, example: torch.Tensor, path: Path, meta: dict) 
                                 output_names=["logits", "probabilities"], dynamic_shapes=({0: batch},),
                                 opset_version=OPSET, external_data=False, verbose=False)
     # The metadata goes into the in-memory model, so the file is written once (export_run's temp name).
-    program.model.metadata_props.update(cxrlib=json.dumps(meta), findings=",".join(FINDINGS))
-    program.model.doc_string = f"cxrlib run {meta['run']}: 14 chest X-ray findings. {SHARING_NOTE}"
+    program.model.metadata_props.update(cxrlib=json.dumps(meta), findings=",".join(meta["findings"]))
+    program.model.doc_string = f"cxrlib run {meta['run']}: {len(meta['findings'])} chest X-ray findings. {SHARING_NOTE}"
     program.save(str(path))
 
 

@@ -24,12 +24,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import runfiles
+from .. import labelset, runfiles
 from ..data.decode import UndeclaredDepth, decode_image, failure_reason
 from ..errors import UserError
 from ..evaluation.trained import load_best
 from ..fsutil import atomic_write_csv
-from ..labels import FINDINGS
 from ..params import validate
 from ..runfiles import METRICS, is_ensemble, member_dirs, prob_column, run_folder
 from ..training.runtime import inference_amp
@@ -73,7 +72,7 @@ def decoded(path: Path, size: int, resize: str, mode: str, bits: int = 0):
 def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = True, bits: int = 0):
     """(one row per readable image: path, p_<finding> x 14, call_<finding> x 14 [, cal_<finding> x 14],
     [(path, reason)] for the files skipped, the thresholds' note). bits: the stored bits of 16-bit PNGs."""
-    from ..evaluation import analysis, recalibration  # lazy: keeps scipy, sklearn out of this module's import
+    from ..evaluation import analysis, fairness, recalibration  # lazy: keeps scipy, sklearn out of this module's import
 
     if batch_size < 1:
         raise UserError(f"batch_size {batch_size}: at least 1 image per forward pass")
@@ -84,12 +83,13 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
                         f"(--run {run_dir.parent}/<member>; members: {names}) and average their p_ columns")
     files, skipped = find_images(inputs)
     model, trained, device, transform = load_best(run_dir, p)   # trained: the checkpoint's own params
+    names = model.labels   # the outputs, in order: the checkpoint's model_config
     metrics_file = run_dir / METRICS
     report = runfiles.read_metrics(run_dir) if metrics_file.is_file() else None
     if report:
         thresholds, note = analysis.thresholds_from_report(report, "f1", level="image")
     else:
-        thresholds, note = {f: 0.5 for f in FINDINGS}, "thresholds: fixed 0.5 (the run has no metrics.json yet)"
+        thresholds, note = {f: 0.5 for f in names}, "thresholds: fixed 0.5 (the run has no metrics.json yet)"
     calibrator = analysis.fitted_for(report, "image")[1] if report else None
     amp = inference_amp(trained, device)
     rows, probs, notes = [], [], []
@@ -110,17 +110,18 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
                 x = transform(torch.from_numpy(np.stack(images))[:, None].to(device))
                 with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     probs.append(torch.sigmoid(model(x).float()).cpu().numpy())
-    prob = np.concatenate(probs) if probs else np.zeros((0, len(FINDINGS)), np.float32)
+    prob = np.concatenate(probs) if probs else np.zeros((0, len(names)), np.float32)
     out = pd.DataFrame({"path": rows})
-    out[runfiles.PROB_COLUMNS] = prob.astype(np.float32)
-    cuts = np.array([thresholds[f] for f in FINDINGS])
+    out[runfiles.prob_columns(names)] = prob.astype(np.float32)
+    cuts = np.array([thresholds[f] for f in names])
     calls = prob >= cuts
-    # No Finding means none of the pathologies: it is not called beside one that is (Support Devices may coexist)
-    pathologies = [FINDINGS.index(f) for f in FINDINGS if f not in ("No Finding", "Support Devices")]
-    calls[:, FINDINGS.index("No Finding")] &= ~calls[:, pathologies].any(1)
-    out[[f"call_{f}" for f in FINDINGS]] = calls.astype(np.int8)
+    # "Nothing found" means none of the pathologies: not called beside one that is (Support Devices may coexist)
+    nothing_found = labelset.load(trained.label_set).nothing_found
+    pathologies = [names.index(f) for f in fairness.pathologies(names, nothing_found)]
+    calls[:, names.index(nothing_found)] &= ~calls[:, pathologies].any(1)
+    out[[f"call_{f}" for f in names]] = calls.astype(np.int8)
     if calibrator and calibrator.get("method", "none") != "none":
-        out[[f"cal_{f}" for f in FINDINGS]] = recalibration.apply(calibrator, prob).astype(np.float32)
+        out[[f"cal_{f}" for f in names]] = recalibration.apply(calibrator, prob, names).astype(np.float32)
     out.attrs["notes"] = notes   # [(path, how it was read)]: printed by the command line
     out.attrs["thresholds"] = thresholds
     out.attrs["images_per_second"] = len(out) / max(time.perf_counter() - started, 1e-9)   # decode + forward
@@ -131,12 +132,13 @@ def short_summary(frame: pd.DataFrame, top: int = 3) -> str:
     """Per image, a short block for a terminal: every finding called at the run's thresholds, then the `top`
     highest probabilities, both on one scale (the calibrated one where the run was recalibrated, which keeps the
     calls' order: the map is monotone)."""
-    calibrated = f"cal_{FINDINGS[0]}" in frame
+    names = runfiles.labels_of(frame)
+    calibrated = f"cal_{names[0]}" in frame
     scale = "calibrated probability" if calibrated else "probability"
     blocks = []
     for _, row in frame.iterrows():
-        shown = {f: row[f"cal_{f}" if calibrated else prob_column(f)] for f in FINDINGS}
-        called = sorted((f for f in FINDINGS if row[f"call_{f}"]), key=lambda f: -shown[f])
+        shown = {f: row[f"cal_{f}" if calibrated else prob_column(f)] for f in names}
+        called = sorted((f for f in names if row[f"call_{f}"]), key=lambda f: -shown[f])
         listed = ", ".join(f"{f} {shown[f]:.2f}" for f in called)
         best = sorted(shown, key=shown.get, reverse=True)[:top]
         calls = textwrap.fill(f"  called ({scale}): {listed or 'none'}", width=110, subsequent_indent="    ")

@@ -10,11 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..labels import FINDINGS
-
 LEVELS = ("image", "study")
 AGGREGATES = ("mean", "max")
-PROB_COLUMNS = [f"p_{f}" for f in FINDINGS]
+PROB_PREFIX = "p_"   # runfiles.PROB_PREFIX: the stats layer stays below runfiles
 
 
 def plural(level: str) -> str:
@@ -31,16 +29,18 @@ def study_rows(predictions: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
     """One row per (split, study): the study's images' probabilities aggregated by `how`.
 
     Columns: dicom_id (the study's first image, to name it), subject_id, study_id, split, n_images,
-    p_<finding> x 14 (float64), <finding> x 14 (the study's targets). Studies keep their first
+    p_<label> (float64) and <label> (the study's targets) per label. Studies keep their first
     appearance's order. Raises if a study's images carry different labels (a cohort bug).
     """
     if how not in AGGREGATES:
         raise ValueError(f"study_aggregate must be one of {AGGREGATES}, got {how!r}")
     keys = ["split", "study_id"]
+    prob_columns = [c for c in predictions.columns if c.startswith(PROB_PREFIX)]
+    names = [c[len(PROB_PREFIX):] for c in prob_columns]
     grouped = predictions.groupby(keys, sort=False)
-    probs = grouped[PROB_COLUMNS].agg(how).astype(np.float64)
-    labels = grouped[FINDINGS].first()
-    widest = grouped[FINDINGS].nunique(dropna=False)
+    probs = grouped[prob_columns].agg(how).astype(np.float64)
+    labels = grouped[names].first()
+    widest = grouped[names].nunique(dropna=False)
     if (widest > 1).to_numpy().any():
         study = widest.index[(widest > 1).to_numpy().any(axis=1)][0]
         raise RuntimeError(f"study {study[1]} ({study[0]}) has images with different labels; "
@@ -48,7 +48,7 @@ def study_rows(predictions: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
     first = grouped[["dicom_id", "subject_id"]].first()
     first["n_images"] = grouped.size()
     out = pd.concat([first, probs, labels], axis=1).reset_index()
-    return out[["dicom_id", "subject_id", "study_id", "split", "n_images", *PROB_COLUMNS, *FINDINGS]]
+    return out[["dicom_id", "subject_id", "study_id", "split", "n_images", *prob_columns, *names]]
 
 
 def rows_at(predictions: pd.DataFrame, level: str, how: str = "mean") -> pd.DataFrame:

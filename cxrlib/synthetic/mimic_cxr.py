@@ -78,7 +78,7 @@ from ..data.sources import SOURCES
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes, atomic_write_text, sha256_file
 from ..labels import FINDINGS
-from . import external_standins, mimic_iv, test_labels
+from . import cxr_lt, external_standins, mimic_iv, test_labels
 from .draw import jpeg_bytes
 from .tables import (
     CHEXPERT,
@@ -230,6 +230,8 @@ def generate(out, subjects: int = 2000, seed: int = 0, image_size: str = "small"
                 f"these settings (see its {LICENSE}). Choose another --out, or delete the folder to regenerate.")
     tables = build_tables(subjects, seed, max_studies)
     if (out / SUMS).is_file():
+        if not (out / cxr_lt.FOLDER).is_dir():   # a tree from before the CXR-LT stand-in
+            cxr_lt.write(out, tables["metadata"], tables["chexpert"], seed)
         return {**_summary(out, tables, time.time() - start, 0, images), "already_complete": True}
 
     out.mkdir(parents=True, exist_ok=True)
@@ -255,6 +257,8 @@ def generate(out, subjects: int = 2000, seed: int = 0, image_size: str = "small"
     if planted_gap:
         atomic_write_text(planted_file, json.dumps(mimic_iv.PLANTED, indent=1) + "\n")
     signature_of = mimic_iv.signature_strength(iv_tables["patients"], planted_gap)
+    # CXR-LT's tables are another PhysioNet project's too (the challenge's), beside the release like MIMIC-IV.
+    cxr_lt.write(out, tables["metadata"], tables["chexpert"], seed)
 
     written = 0
     if images:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import labelset
 from ..errors import UserError
 from ..fsutil import atomic_path, disk_full
 from ..params import validate
@@ -75,15 +76,17 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise UserError(f"{path}: cannot be read as a cxrlib checkpoint ({e})") from None
 
 
-MODEL_FIELDS = ("arch", "head", "dropout", "image_size", "resize", "decode", "views", "label_source", "uncertain_policy",
-                "blank_policy")
+MODEL_FIELDS = ("arch", "head", "dropout", "image_size", "resize", "decode", "views", "label_set", "label_source",
+                "uncertain_policy", "blank_policy")
 
 
-def model_config(params, transform, model=None, starting: dict | None = None) -> dict:
+def model_config(params, transform, model=None, starting: dict | None = None, labels=None) -> dict:
     """What shaped the model, as evaluation must reproduce it: the fields above, the mean/std used, the shape a
-    weights file fixed (arch_kwargs), and what the run started from (starting_weights, with its contamination)."""
+    weights file fixed (arch_kwargs), what the run started from (starting_weights, with its contamination), and
+    the labels its outputs are, in order (every later stage reads them here)."""
     values = params.to_dict()
-    config = {**{k: values[k] for k in MODEL_FIELDS}, "mean": float(transform.mean), "std": float(transform.std)}
+    config = {**{k: values[k] for k in MODEL_FIELDS}, "mean": float(transform.mean), "std": float(transform.std),
+              "labels": list(labels or labelset.load(params.label_set).labels)}
     if model is not None and getattr(model, "arch_kwargs", None):
         config["arch_kwargs"] = dict(model.arch_kwargs)
     if starting is not None:
@@ -105,6 +108,7 @@ def load_trained(run_dir, which: str = "best", device="cpu"):
     config = saved_model_config(checkpoint, p)
     model = build_model(p, config)
     model.load_state_dict(checkpoint["model"])
+    model.labels = list(config["labels"])   # what its outputs are, in order: every later stage reads them here
     return model.to(device).eval(), p, config
 
 
@@ -119,9 +123,11 @@ def read_model_config(run_dir, which: str = "best") -> dict:
 
 
 def saved_model_config(checkpoint: dict, p) -> dict:
-    """The checkpoint's model_config; for checkpoints older than it, one rebuilt from their params."""
-    return checkpoint.get("model_config") or {**{k: getattr(p, k) for k in MODEL_FIELDS}, "mean": p.mean,
-                                              "std": p.std}
+    """The checkpoint's model_config; for checkpoints older than it, one rebuilt from their params. Checkpoints
+    from before label sets predicted the default set's labels (chexpert14), which their params name."""
+    config = checkpoint.get("model_config") or {**{k: getattr(p, k) for k in MODEL_FIELDS}, "mean": p.mean,
+                                                "std": p.std}
+    return config if "labels" in config else {**config, "labels": list(labelset.load(p.label_set).labels)}
 
 
 def remove_stale_temp_files(folder) -> list[Path]:

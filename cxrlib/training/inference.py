@@ -8,7 +8,6 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..labels import FINDINGS
 from .optim import masked_bce
 
 
@@ -17,7 +16,8 @@ def forward_all(model, loader, transform, device, amp=None, channels_last: bool 
     """Logits, targets, masks and dataset indices of every item, gathered from all ranks, in index order."""
     model.eval()
     transform.eval()
-    empty = torch.empty(0, len(FINDINGS))
+    outputs = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].out_features   # the labels' count
+    empty = torch.empty(0, outputs)
     parts = [(empty, empty, empty, torch.empty(0, dtype=torch.long))]   # a rank may get no item
     for images, targets, mask, index in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
         x = transform(images.to(device, non_blocking=True))
@@ -36,7 +36,7 @@ def forward_all(model, loader, transform, device, amp=None, channels_last: bool 
 
 
 def predict(model, loader, transform, device, amp=None, channels_last: bool = False):
-    """(probabilities (N, 14) float32 ndarray, dataset indices (N,)) for notebook 03."""
+    """(probabilities (N, labels) float32 ndarray, dataset indices (N,)) for notebook 03."""
     logits, _, _, index = forward_all(model, loader, transform, device, amp, channels_last)
     return torch.sigmoid(logits).numpy(), index.numpy()
 

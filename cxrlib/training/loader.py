@@ -46,9 +46,10 @@ class CacheDataset(Dataset):
         self._images = None
 
     @classmethod
-    def from_cohort(cls, cache, cohort):
-        """Over a cohort that went through cache.cohort_with_rows (it has `cache_row`)."""
-        return cls(cache.images_path, cohort["cache_row"].to_numpy(), label_matrix(cohort),
+    def from_cohort(cls, cache, cohort, labels=None):
+        """Over a cohort that went through cache.cohort_with_rows (it has `cache_row`); `labels`: its label
+        columns, in output order (default: every column after the cohort's identity ones)."""
+        return cls(cache.images_path, cohort["cache_row"].to_numpy(), label_matrix(cohort, labels),
                    cohort["study_id"].to_numpy(str) if "study_id" in cohort else None)
 
     def images(self) -> np.ndarray:

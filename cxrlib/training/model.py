@@ -31,9 +31,9 @@ import torch
 import torchvision
 from torch import nn
 
+from .. import labelset
 from ..errors import UserError
-from ..labels import FINDINGS
-from ..params import TIMM_PREFIX, arch_problem, image_size_problem
+from ..param_rules import TIMM_PREFIX, arch_problem, image_size_problem
 from ..runfiles import CHECKPOINTS
 from .contamination import describe, manifest_overlap
 from .weights import describe_file, file_hash, key_report, load_backbone, read_weights, rename_legacy_densenet_keys
@@ -45,7 +45,7 @@ ARCHS = {
     "densenet121": (torchvision.models.densenet121, torchvision.models.DenseNet121_Weights, 1024),
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights, 512),   # quick checks
 }
-HEADS = ("flatten", "avgpool")   # params.TORCHVISION_ARCHS names ARCHS' keys without importing torchvision
+HEADS = ("flatten", "avgpool")   # param_rules.TORCHVISION_ARCHS names ARCHS' keys without importing torchvision
 
 
 class Classifier(nn.Module):
@@ -75,16 +75,19 @@ class Classifier(nn.Module):
         return self
 
 
-def build_model(params, config: dict | None = None) -> Classifier:
-    """The run's network from its params, starting from params.weights; with a checkpoint's model_config
-    (evaluation) its shape only, the weights then coming from the checkpoint."""
+def build_model(params, config: dict | None = None, labels=None) -> Classifier:
+    """The run's network from its params, one output per label (`labels`: the cohort's; else its label set's),
+    starting from params.weights; with a checkpoint's model_config (evaluation) its shape only, the weights then
+    coming from the checkpoint."""
     if config is not None:
-        return build(config["arch"], config["head"], len(FINDINGS), config["image_size"], "none", config["dropout"],
-                     arch_kwargs=config.get("arch_kwargs"))
-    model = build(params.arch, params.head, num_classes=len(FINDINGS), image_size=params.image_size,
+        return build(config["arch"], config["head"], len(config["labels"]), config["image_size"], "none",
+                     config["dropout"], arch_kwargs=config.get("arch_kwargs"))
+    labels = list(labels or labelset.load(params.label_set).labels)
+    model = build(params.arch, params.head, num_classes=len(labels), image_size=params.image_size,
                   weights=params.weights, dropout=params.dropout)
     if params.freeze == "backbone":
         model.freeze_backbone()
+    model.labels = labels   # its outputs, in order (load_trained sets them from the checkpoint)
     return model
 
 
@@ -157,7 +160,8 @@ def check_model(params) -> None:
     nothing) and the weights' keys and shapes compared with it, torchvision's ImageNet files included (which must
     then be in the torch hub cache, or downloadable); then the weights' JSON and the manifest's columns."""
     # built first: describing the weights then reuses what loading them found (the file is read once)
-    build(params.arch, params.head, len(FINDINGS), params.image_size, params.weights, params.dropout, check_only=True)
+    build(params.arch, params.head, len(labelset.load(params.label_set).labels), params.image_size, params.weights,
+          params.dropout, check_only=True)
     describe(starting_info(params.arch, params.weights, hashed=False))
     if params.weights_manifest:
         manifest_overlap(params.weights_manifest, pd.DataFrame({"dicom_id": [], "subject_id": []}))

@@ -59,9 +59,9 @@ def objective(params):
     return None
 
 
-def pos_weight_from_labels(labels: np.ndarray) -> torch.Tensor:
-    """labels.positive_weights as BCE's pos_weight tensor."""
-    return torch.tensor(positive_weights(labels), dtype=torch.float32)
+def pos_weight_from_labels(labels: np.ndarray, names=None) -> torch.Tensor:
+    """labels.positive_weights as BCE's pos_weight tensor (`names`: the labels, for its warning)."""
+    return torch.tensor(positive_weights(labels, names), dtype=torch.float32)
 
 
 def parameter_groups(model: nn.Module, params) -> list[dict]:

@@ -59,7 +59,7 @@ from ..data.cache_build import cohort_stats
 from ..data.cohort import read_cohort, write_cohort
 from ..errors import UserError
 from ..fsutil import atomic_write_csv
-from ..labels import label_matrix
+from ..labels import cohort_labels, label_matrix
 from ..progress import duration, is_batch, recent_epoch_seconds, side_note
 from ..runfiles import BEST, CHECKPOINTS, COHORT, HISTORY, LAST
 from .checkpoint import (
@@ -167,7 +167,8 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
         steps = min(steps, params.max_train_batches)
 
     torch.manual_seed(params.seed)   # the initial weights
-    model = build_model(params).to(device)
+    labels = cohort_labels(cohort)   # the outputs, in order: the cohort's label columns (its label set's)
+    model = build_model(params, labels=labels).to(device)
     starting = run_starting_weights(params, cohort)
     if starting.get("input"):   # the input range the weights were trained with (their JSON), not the params' guess
         transform.mean, transform.std = float(starting["input"]["mean"]), float(starting["input"]["std"])
@@ -177,7 +178,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     scheduler = make_scheduler(optimizer, params, steps)
     amp = amp_dtype(params, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    pos_weight = pos_weight_from_labels(train_labels).to(device) if params.pos_weight else None
+    pos_weight = pos_weight_from_labels(train_labels, labels).to(device) if params.pos_weight else None
     loss_fn = objective(params)   # None: BCE (with pos_weight when set)
     position, selection, history = new_position(), new_selection(), []
 
@@ -223,7 +224,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "position": {k: plain(v) for k, v in position.items()}, "selection": dict(selection),
                 "history": history, "rng": rng_state(), "params": params.to_dict(),
-                "model_config": model_config(params, transform, model, starting),
+                "model_config": model_config(params, transform, model, starting, labels),
                 "cpu_threads": torch.get_num_threads(), "finished": finished, "stopped_early": stopped}
 
     last_saved = [time.monotonic()]
