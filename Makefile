@@ -15,7 +15,7 @@ RUNNER  = $(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" $(if $(RUN),--name 
 PRESET  = $(if $(PARAMS),--params $(PARAMS),--params params/demo.yaml --default-params)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache external audit train evaluate run sweep compare tensorboard mlflow-ui report card export runs diff clean bench probe gpu-check clean-venv
+.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache external audit train evaluate run sweep compare tensorboard mlflow-ui report card export submission runs diff clean bench probe gpu-check clean-venv
 
 help: ## List the targets
 	@echo "cxrlib: train and audit multi-label chest X-ray classifiers on MIMIC-CXR-JPG"
@@ -150,6 +150,10 @@ card: setup ## RUN's model card: runs/<run>/MODEL_CARD.md and .html (from metric
 export: setup ## RUN's best model as FORMAT=onnx (default) or torchscript, checked against PyTorch
 	@test -n "$(RUN)" || { echo "usage: make export RUN=<run> [FORMAT=onnx|torchscript] (runs: $$(ls runs | grep -v README | tr '\n' ' '))"; exit 2; }
 	$(PY) -m cxrlib export --run $(RUN) --format $(or $(FORMAT),onnx)
+
+submission: setup ## RUN's test probabilities in the CXR-LT challenge's format: runs/<run>/submission.csv
+	@test -n "$(RUN)" || { echo "usage: make submission RUN=<run> (runs: $$(ls runs | grep -v README | tr '\n' ' '))"; exit 2; }
+	$(PY) -m cxrlib submission --run $(RUN)
 
 runs: setup ## List runs: status (stale when trained after evaluation), date, duration, best epoch, figures with CIs
 	$(PY) -m cxrlib runs

@@ -46,7 +46,9 @@ def macro_sentence(m: dict) -> str:
     covered = macro.get("findings")
     if covered is None:
         covered = ((m.get("splits") or {}).get("test") or {}).get("macro_findings", [])
-    text = f"macro figures average {len(covered)} of 14 findings"
+    test = (m.get("splits") or {}).get("test") or {}
+    total = len(test.get("per_finding") or (m.get("model") or {}).get("labels") or []) or "the"
+    text = f"macro figures average {len(covered)} of {total} findings"
     if macro.get("not_estimable"):
         text += (f"; left out (fewer than {macro.get('min_positives', '?')} patients with a positive or with a "
                  f"negative): {', '.join(macro['not_estimable'])}")

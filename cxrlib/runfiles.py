@@ -40,6 +40,7 @@ CARD_HTML = "MODEL_CARD.html"
 ENSEMBLE = "ensemble.json"
 TRACKING = "tracking.json"
 INDEX = "index.html"
+SUBMISSION = "submission.csv"  # make submission: the CXR-LT challenge's format
 EXTERNAL = "external"          # external/<source>/: one external validation each (notebook 07)
 COMPARISON = "comparison.json"  # make compare's group-level figures, in the sweep's or compare-a+b's folder
 EXTERNAL_NOTEBOOK = "07_external"

@@ -34,7 +34,6 @@ ci_level = 0.95
 from IPython.display import display
 
 from cxrlib import runfiles
-from cxrlib.data import cohort
 from cxrlib.evaluation import analysis
 from cxrlib.experiments import notebook
 
@@ -81,12 +80,12 @@ else:
 # teach it noise.
 
 # %%
-raw = cohort.load_raw_labels(p.data_root, p.label_source, test["study_id"])
-uncertainty = analysis.uncertainty_table(test, raw, thresholds, p.uncertain_policy)
-uncertainty.round(3)
+uncertainty, uncertainty_note = analysis.run_uncertainty(p, test, thresholds)
+print(uncertainty_note)
+uncertainty.round(3) if uncertainty is not None else None
 
 # %%
-analysis.plot_uncertainty(uncertainty)
+analysis.plot_uncertainty(uncertainty) if uncertainty is not None else None
 
 # %% [markdown]
 # ## Image properties from the metadata

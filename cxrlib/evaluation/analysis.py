@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..data.cohort import table_path
+from .. import labelset
+from ..data.cohort import load_raw_labels, table_path
 from ..errors import UserError
 from ..labels import UNCERTAIN_POLICIES, per_finding
 from ..runfiles import labels_of, prob_column, prob_columns
@@ -206,6 +207,16 @@ def _auroc(positive: np.ndarray, scores: np.ndarray) -> float:
 def _mean(values: np.ndarray) -> float:
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else np.nan
+
+
+def run_uncertainty(p, test: pd.DataFrame, thresholds: dict) -> tuple[pd.DataFrame | None, str]:
+    """uncertainty_table for the run's label set's source labels, and a sentence; None where the set has no
+    uncertain label (0/1 sets such as CXR-LT's)."""
+    lset = labelset.load(p.label_set)
+    if lset.encoding != "chexpert" or lset.splits != "release":
+        return None, f"label set {lset.name} is {lset.encoding} (no uncertain label): nothing to analyse here"
+    raw = load_raw_labels(p.data_root, p.label_source, test["study_id"])
+    return uncertainty_table(test, raw, thresholds, p.uncertain_policy), f"source labels: {p.label_source}"
 
 
 def plot_uncertainty(table: pd.DataFrame):
