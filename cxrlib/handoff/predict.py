@@ -124,6 +124,7 @@ def predict_files(run_dir, p, inputs, batch_size: int = BATCH, progress: bool = 
         out[[f"cal_{f}" for f in names]] = recalibration.apply(calibrator, prob, names).astype(np.float32)
     out.attrs["notes"] = notes   # [(path, how it was read)]: printed by the command line
     out.attrs["thresholds"] = thresholds
+    out.attrs["nothing_found"] = nothing_found
     out.attrs["images_per_second"] = len(out) / max(time.perf_counter() - started, 1e-9)   # decode + forward
     return out, skipped, note
 
@@ -190,7 +191,7 @@ def cli(command: str, argv: list[str]) -> int:
         print(f"{len(skipped)} skipped; {note}")
     else:
         print(short_summary(frame))
-        print(f"{len(frame)} image(s), {len(skipped)} skipped; called: p at or above the finding's threshold (No Finding "
-              f"only when no pathology is called); {note}. "
+        print(f"{len(frame)} image(s), {len(skipped)} skipped; called: p at or above the finding's threshold "
+              f"({frame.attrs['nothing_found']} only when no pathology is called); {note}. "
               "Every column: --out FILE.csv or --format wide")
     return 1 if skipped and frame.empty else 0
