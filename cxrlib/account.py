@@ -230,6 +230,20 @@ def bucket_lines(m: dict) -> list[str]:
     return lines
 
 
+def set_gold_line(m: dict) -> str | None:
+    """The label set's gold subset (CXR-LT 2024's task 2) in one sentence; None when the set has none."""
+    gold = m.get("set_gold")
+    if not gold:
+        return None
+    if gold.get("reason"):
+        return f"gold subset ({gold['table']}): not scored, {gold['reason']}"
+    figures = ", ".join(f"{label} {figure_text(gold[key])}" for key, label in (("auroc", "AUROC macro"),
+                                                                               ("auprc", "mAP")) if gold.get(key))
+    return (f"gold subset ({gold['table']}, radiologists' labels, its own split, chose nothing): "
+            f"{gold['images_scored']} test images of {gold['patients_scored']} patients, "
+            f"{len(gold['macro_findings'])} of its {len(gold['labels'])} labels averaged; {figures or 'no figure'}")
+
+
 def bucket_rule(m: dict) -> str:
     """How the head / medium / tail groups were made: 'chexpert14: head above 10% of training images, tail
     below 1%' or the lists a label set names."""

@@ -63,6 +63,9 @@ def test_a_cxr_lt_2024_run_trains_evaluates_audits_and_hands_on_its_40_labels(lt
     with pytest.raises(ValueError, match="not among the run's labels"):
         fairness.audit(test.reset_index(drop=True), sex, {f: 0.5 for f in LT.labels}, n_boot=5, attributes=("sex",))
     assert report["gold"]["available"] is False and "chexpert14" in report["gold"]["reason"]
+    gold = labelset.read_table(LT, runfiles.load_frozen(lt_run).data_root, "gold_test")   # task 2: its own split
+    assert report["set_gold"]["images_scored"] == int(test["dicom_id"].isin(gold["dicom_id"]).sum()) > 0
+    assert report["set_gold"]["labels"] == list(LT.gold_labels) and report["set_gold"]["rows_in_table"] == len(gold)
 
     p = runfiles.load_frozen(lt_run)
     record = export.export_run(lt_run, p, "torchscript")

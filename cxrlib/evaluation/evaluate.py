@@ -31,7 +31,7 @@ from ..training.contamination import warning_text
 from . import recalibration
 from .gold import gold_section, read_gold
 from .kinds import open_run
-from .longtail import buckets_section
+from .longtail import buckets_section, set_gold_section
 from .provenance import fingerprint, versions
 from .tables import HEADLINE
 
@@ -147,6 +147,7 @@ def evaluate_run(run_dir, p, predictions: pd.DataFrame | None = None, progress: 
         "recalibration": None if recal is None else {**recal, "level": p.eval_level},
         "image_level": image_level_section(predictions, p, rules, recal),
         "selection": sel,
+        "set_gold": set_gold_section(predictions, p, labelset.load(p.label_set)),   # CXR-LT 2024's task 2
         "gold": gold_section(predictions, read_gold(p.data_root), p,
                                       rules if p.eval_level == "study" else
                                       validation_rules(levels.rows_at(predictions, "study", p.study_aggregate))),

@@ -41,3 +41,29 @@ def buckets_section(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, cohort:
         out["groups"][name] = {"findings": members, "macro_findings": summary["macro_findings"],
                                "auroc": summary["macro"]["auroc"], "auprc": summary["macro"]["auprc"]}
     return out
+
+
+def set_gold_section(predictions: pd.DataFrame, p, label_set: labelset.LabelSet) -> dict | None:
+    """metrics.json's `set_gold`: the run's test images that the label set's gold table (CXR-LT 2024's task 2,
+    radiologists' labels of a subset) labels, scored against those labels on the gold labels the run predicts, per
+    image, with patient-bootstrap CIs; its own split, never used to choose anything. None: the set has none."""
+    if "test" not in label_set.gold:
+        return None
+    try:
+        gold = labelset.read_table(label_set, p.data_root, "gold_test")
+    except labelset.LabelSetError as e:   # the gold table is a separate download: its absence is said, not fatal
+        return {"table": label_set.gold["test"], "reason": str(e)}
+    names = [f for f in label_set.gold_labels if f in label_set.labels]
+    test = predictions[predictions["split"] == "test"]
+    scored = test.merge(gold[["dicom_id", *names]].rename(columns={f: f"gold_{f}" for f in names}), on="dicom_id")
+    section = {"table": label_set.gold["test"], "level": "image", "rows_in_table": int(len(gold)),
+               "images_scored": int(len(scored)), "labels": names}
+    if scored.empty:
+        return {**section, "reason": "none of the gold table's images is among this run's test images"}
+    summary = metrics.summarize(scored[[f"gold_{f}" for f in names]].to_numpy(np.float64),
+                                scored[[f"p_{f}" for f in names]].to_numpy(np.float64),
+                                scored["subject_id"].to_numpy(str), n_boot=p.bootstrap, seed=p.seed,
+                                ci_level=p.ci_level, findings=names, min_positives=p.min_positives)
+    return {**section, "patients_scored": int(scored["subject_id"].nunique()),
+            "macro_findings": summary["macro_findings"], "auroc": summary["macro"]["auroc"],
+            "auprc": summary["macro"]["auprc"]}

@@ -70,6 +70,7 @@ def buckets_section(report: dict) -> list[str]:
     section = report.get("buckets")
     if not section:
         return []
+    gold = [f"{account.set_gold_line(report).capitalize()}.", ""] if account.set_gold_line(report) else []
     rows = []
     for name, group in section["groups"].items():
         rows.append([name, len(group["findings"]), len(group["macro_findings"]),
@@ -77,4 +78,4 @@ def buckets_section(report: dict) -> list[str]:
                      figure_text(group["auprc"]) if group.get("auprc") else "n/a"])
     return ["### Head, medium and tail", "", f"Groups by {account.bucket_rule(report)}; each macro over its "
             "findings with enough positives (min_positives), on the test split.", ""] + \
-        markdown_table(["group", "findings", "averaged", "AUROC macro [CI]", "mAP (AUPRC macro) [CI]"], rows)
+        markdown_table(["group", "findings", "averaged", "AUROC macro [CI]", "mAP (AUPRC macro) [CI]"], rows) + gold

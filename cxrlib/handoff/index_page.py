@@ -75,6 +75,8 @@ def headline_section(m: dict) -> list[str]:
     if m.get("buckets"):
         out.append(f"<p>Head, medium and tail ({html.escape(account.bucket_rule(m))}):</p><ul>"
                    + "".join(f"<li>{html.escape(line)}</li>" for line in account.bucket_lines(m)) + "</ul>")
+    if account.set_gold_line(m):
+        out.append(f"<p>{html.escape(account.set_gold_line(m)).capitalize()}.</p>")
     for warning in account.warnings(m):
         out.append(f'<p class="warn">&#9888; {html.escape(warning)}</p>')
     if (m.get("gold") or {}).get("model_vs_gold"):
