@@ -47,7 +47,8 @@ def macro_sentence(m: dict) -> str:
     if covered is None:
         covered = ((m.get("splits") or {}).get("test") or {}).get("macro_findings", [])
     test = (m.get("splits") or {}).get("test") or {}
-    total = len(test.get("per_finding") or (m.get("model") or {}).get("labels") or []) or "the"
+    # a metrics.json naming neither predates label sets: it scored the 14 CheXpert findings
+    total = len(test.get("per_finding") or (m.get("model") or {}).get("labels") or []) or 14
     text = f"macro figures average {len(covered)} of {total} findings"
     if macro.get("not_estimable"):
         text += (f"; left out (fewer than {macro.get('min_positives', '?')} patients with a positive or with a "
