@@ -216,7 +216,7 @@ def level_section(predictions: pd.DataFrame, units: pd.DataFrame, p, progress: b
         rows = levels.rows_at(predictions, other, p.study_aggregate)
         y, prob, groups = arrays(rows, "test")
         test = metrics.summarize(y, prob, groups, n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level,
-                                 progress=progress, min_positives=p.min_positives)
+                                 progress=progress, min_positives=p.min_positives, findings=labels_of(rows))
         out["other"] = {"level": other, "aggregate": p.study_aggregate if other == "study" else None,
                         "units_per_split": levels.units_per_split(rows), "test": test,
                         "headline": headline(test)}

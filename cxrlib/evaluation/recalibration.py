@@ -100,11 +100,12 @@ def section(calibrator: dict, y_test, p_test, groups, p, n_bins: int) -> dict:
     and after minus before on the same patient resamples; the reliability curves of both."""
     from ..stats import metrics, paired_bootstrap  # lazy: keeps scipy, sklearn out of this module's import
 
-    calibrated = apply(calibrator, p_test)
+    names = list(calibrator["per_finding"])   # fitted in the outputs' order
+    calibrated = apply(calibrator, p_test, names)
     paired = paired_bootstrap.paired_bootstrap(y_test, p_test, calibrated, groups, n_boot=p.bootstrap, seed=p.seed,
-                                      ci_level=p.ci_level, n_bins=n_bins)
+                                      ci_level=p.ci_level, n_bins=n_bins, findings=names)
     after = metrics.summarize(y_test, calibrated, groups, n_boot=p.bootstrap, seed=p.seed, ci_level=p.ci_level,
-                              n_bins=n_bins)
+                              n_bins=n_bins, findings=names)
     return {**calibrator, "after": after["calibration"]["pooled"],
             "after_per_finding": {f: {m: e[m] for m in ("ece", "brier")} for f, e in after["per_finding"].items()},
             "after_minus_before": paired["calibration"],
