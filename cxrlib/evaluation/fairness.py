@@ -42,6 +42,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..runfiles import labels_of, prob_columns
 from ..stats import metrics
 from ..stats.multiplicity import benjamini_hochberg, bonferroni, normal_quantile, p_from_z
 
@@ -64,11 +65,11 @@ class _Units:
     """The audited units once: labels, calls and the ranking plan shared by every group and resample."""
 
     def __init__(self, units: pd.DataFrame, thresholds: dict, nothing_found: str = NOTHING_FOUND):
-        self.names = [c[2:] for c in units.columns if c.startswith("p_")]   # the run's labels, in output order
+        self.names = labels_of(units)   # the run's labels, in output order
         if nothing_found not in self.names:
             raise ValueError(f"the audit's 'nothing found' label {nothing_found!r} is not among the run's labels")
         self.y = units[self.names].to_numpy(np.float64)
-        self.p = units[[f"p_{f}" for f in self.names]].to_numpy(np.float64)
+        self.p = units[prob_columns(self.names)].to_numpy(np.float64)
         called = self.p >= np.array([thresholds[f] for f in self.names], dtype=float)
         no_finding = self.names.index(nothing_found)
         known = ~np.isnan(self.y)

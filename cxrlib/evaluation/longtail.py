@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .. import labelset
+from ..runfiles import prob_columns
 from ..stats import metrics
 
 GROUPS = ("head", "medium", "tail")
@@ -61,7 +62,7 @@ def set_gold_section(predictions: pd.DataFrame, p, label_set: labelset.LabelSet)
     if scored.empty:
         return {**section, "reason": "none of the gold table's images is among this run's test images"}
     summary = metrics.summarize(scored[[f"gold_{f}" for f in names]].to_numpy(np.float64),
-                                scored[[f"p_{f}" for f in names]].to_numpy(np.float64),
+                                scored[prob_columns(names)].to_numpy(np.float64),
                                 scored["subject_id"].to_numpy(str), n_boot=p.bootstrap, seed=p.seed,
                                 ci_level=p.ci_level, findings=names, min_positives=p.min_positives)
     return {**section, "patients_scored": int(scored["subject_id"].nunique()),
