@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxrlib import labelset
 from cxrlib.data import labelmap, sources
 from cxrlib.errors import UserError
 from cxrlib.labels import FINDINGS
@@ -277,3 +278,21 @@ def test_a_vindr_label_the_release_lacks_leaves_its_finding_missing_not_negative
     assert table["Pneumothorax"].isna().all() and table["Edema"].isna().all()   # columns it does not have
     assert any("labels of the map this table never holds" in note for note in found.notes)
     assert table["path"].tolist() == ["test/ab12.dicom", "test/cd34.dicom"]
+
+
+def test_nih_onto_cxr_lt_2024_names_the_labels_the_14_cannot(real):
+    """Through the map for CXR-LT 2024 (label_maps/cxr-lt-2024/nih.yaml): NIH's Mass, Nodule, Emphysema, Fibrosis,
+    Hernia, Infiltration and Pleural_Thickening are labels of their own, counted as the raw table counts them; a label
+    NIH cannot say (Fracture, Kyphosis) is missing for every image, never negative."""
+    found = sources.read_source("nih", real["nih"], "all", "cxr-lt-2024")
+    table = found.table
+    raw = pd.read_csv(real["nih"] / "Data_Entry_2017_v2020.csv.gz", usecols=["Finding Labels"])["Finding Labels"]
+    has = raw.str.split("|").map(set)
+    for ours, theirs in (("Mass", "Mass"), ("Nodule", "Nodule"), ("Emphysema", "Emphysema"), ("Fibrosis", "Fibrosis"),
+                         ("Hernia", "Hernia"), ("Infiltration", "Infiltration"), ("Pleural Thickening", "Pleural_Thickening"),
+                         ("Pleural Effusion", "Effusion")):
+        assert positives(table, ours) == int(has.map(lambda s, t=theirs: t in s).sum()) > 0, ours
+    assert positives(table, "Normal") == 60_361   # NIH's No Finding, approximate, as the map says
+    for label in ("Fracture", "Kyphosis", "Support Devices", "Tuberculosis"):
+        assert table[label].isna().all(), label
+    assert list(found.label_map.entries) == list(labelset.load("cxr-lt-2024").labels)
