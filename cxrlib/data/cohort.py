@@ -30,7 +30,7 @@ import pandas as pd
 from .. import labelset
 from ..errors import UserError
 from ..fsutil import atomic_write_csv, atomic_write_json
-from ..labels import COHORT_IDENTITY, FINDINGS, apply_policies
+from ..labels import COHORT_IDENTITY, FINDINGS, apply_policies, cohort_labels
 from ..params import ParamError, Params, load, parse_override
 from .funnel import SPLITS, CohortReport, compare_with_reference, prevalence
 
@@ -311,7 +311,7 @@ def build_cohort(data_root=None, params: Params | None = None) -> tuple[pd.DataF
 
 def write_cohort(frame: pd.DataFrame, path) -> Path:
     """Write the cohort CSV atomically; ignored labels (NaN) are empty cells."""
-    atomic_write_csv(path, frame[output_columns([c for c in frame.columns if c not in COHORT_IDENTITY])])
+    atomic_write_csv(path, frame[output_columns(cohort_labels(frame))])
     return Path(path)
 
 
@@ -330,8 +330,7 @@ def read_cohort(path, required=OUTPUT_COLUMNS) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path}: no cohort table. Build it with notebook 01 (`make cohort`) or "
                         "`python -m cxrlib cohort --data-root DIR --out FILE.csv`.")
-    header = list(pd.read_csv(path, nrows=0).columns)
-    names = [c for c in header if c not in COHORT_IDENTITY]   # the run's labels, in output order
+    names = cohort_labels(pd.read_csv(path, nrows=0))   # the run's labels, in output order
     frame = pd.read_csv(path, dtype={c: str for c in COHORT_IDENTITY} | {f: "float32" for f in names})
     required = output_columns(names) if required is OUTPUT_COLUMNS else required
     missing = [c for c in required if c not in frame]

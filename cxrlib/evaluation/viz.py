@@ -47,9 +47,8 @@ def prevalence_plot(prevalence: pd.DataFrame, value: str = "positive_rate"):
     import seaborn as sns
 
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 4.5))
     order = list(dict.fromkeys(prevalence["finding"]))   # the run's labels, in output order
-    fig.set_size_inches(9, max(4.5, 0.25 * len(order) + 1))
+    fig, ax = plt.subplots(figsize=(9, max(4.5, 0.25 * len(order) + 1)))
     sns.barplot(data=prevalence, y="finding", x=value, hue="split", ax=ax, order=order)
     ax.set_xlabel(value.replace("_", " "))
     ax.set_ylabel("")
