@@ -15,13 +15,21 @@ def unknown_views(views) -> list:
 
 TORCHVISION_ARCHS = ("resnet101", "resnet50", "densenet121", "resnet18")
 TIMM_PREFIX = "timm:"
+CLIP_ARCH = "clip"   # a CLIP-style model's image tower (open_clip, OpenAI CLIP layouts; training/clip_models.py)
 
 
 def arch_problem(arch: str, head: str, freeze: str = "none", weights: str = "imagenet") -> str | None:
     """Why arch/head/freeze/weights cannot go together, as a message naming the parameter; None when they can."""
     timm = arch.startswith(TIMM_PREFIX)
-    if not timm and arch not in TORCHVISION_ARCHS:
-        return f"arch: {arch!r} is not supported; choose one of {list(TORCHVISION_ARCHS)} or timm:<model name>"
+    if arch == CLIP_ARCH:
+        if str(weights).lower() in ("none", "imagenet", "imagenet1k_v1", "imagenet1k_v2"):
+            return (f"arch: clip reads its image tower from the weights: give weights: an open_clip folder "
+                    f"(open_clip_config.json) or an OpenAI-CLIP state dict (CheXzero's .pt), not {weights}")
+        if head == "flatten":
+            return "arch: clip pools with its own image tower: set head: avgpool"
+    elif not timm and arch not in TORCHVISION_ARCHS:
+        return (f"arch: {arch!r} is not supported; choose one of {list(TORCHVISION_ARCHS)}, timm:<model name> or "
+                f"{CLIP_ARCH}")
     if timm and not arch[len(TIMM_PREFIX):]:
         return "arch: timm: needs a model name, e.g. timm:convnext_tiny"
     if timm and str(weights).lower() in ("imagenet", "imagenet1k_v1", "imagenet1k_v2"):
@@ -76,6 +84,18 @@ def value_checks(p) -> list[tuple[str, bool, str]]:
         ("image_size", image_size_problem(p.head, p.image_size) is None, image_size_problem(p.head, p.image_size)),
         ("arch", arch_problem(p.arch, p.head, p.freeze, p.weights) is None, arch_problem(p.arch, p.head, p.freeze,
                                                                                         p.weights)),
+        ("train_fraction", 0 < p.train_fraction <= 1, "train_fraction must be in (0, 1] (0.01: 1% of the training "
+         "patients)"),
+        ("train_from", p.train_from == "images" or p.freeze == "backbone", f"train_from: {p.train_from} keeps the "
+         "backbone as loaded: set freeze: backbone"),
+        ("train_from", p.train_from != "embeddings" or not p.augment, "train_from: embeddings sees each image once, "
+         "as it is: set augment: false (or train_from: images to probe on augmented images)"),
+        ("train_from", p.train_from == "images" or p.gpus == 1, f"train_from: {p.train_from} runs in one process: "
+         "set gpus: 1"),
+        ("train_from", p.train_from != "zero_shot" or p.arch == CLIP_ARCH, "train_from: zero_shot needs a CLIP "
+         "model's text tower: set arch: clip and weights: to its file or folder"),
+        ("epochs", p.train_from != "zero_shot" or p.epochs == 1, "train_from: zero_shot trains nothing: set epochs: 1 "
+         "(its one pass scores the prompts on the validation split)"),
         ("backbone_lr", p.backbone_lr >= 0, "backbone_lr must be 0 or more (a multiple of lr; 1: the same lr)"),
         ("pos_weight", not (p.pos_weight and p.loss != "bce"), f"pos_weight weighs BCE's positives; with loss: {p.loss} "
          "set pos_weight: false (focal_alpha weighs focal loss's; ASL focuses on the negatives itself)"),

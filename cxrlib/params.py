@@ -69,6 +69,11 @@ class Params:
     weights: str = "imagenet"           # imagenet | none | a local file or Hugging Face folder (training/weights.py)
     weights_manifest: str = ""          # the starting weights' training-image list: overlap with the test split counted
     freeze: Literal["none", "backbone"] = "none"   # backbone: a linear probe (only the head trains)
+    # images: train on the images; embeddings: a linear probe on the embedding cache (each image through the frozen
+    # backbone once, data/embeddings.py); zero_shot: a CLIP model's prompts make the head, nothing trains
+    train_from: Literal["images", "embeddings", "zero_shot"] = "images"
+    train_fraction: float = 1.0         # the share of training patients whose labels train (nested subsets per seed)
+    prompts: str = ""                   # zero_shot: a prompts YAML; empty: the label set's (cxrlib/label_sets/prompts/)
     backbone_lr: float = 1.0            # the backbone's learning rate as a multiple of lr
     dropout: float = 0.0
     # --- training (02) ---
@@ -145,7 +150,8 @@ STAGES = {
                "blank_policy", "split_mode", "val_fraction", "split_seed"),
     "cache": ("image_size", "resize", "decode"),
     "train": ("seed", "mean", "std", "augment", "hflip", "aug_rotate", "aug_scale", "aug_translate", "aug_brightness",
-              "aug_contrast", "arch", "head", "weights", "weights_manifest", "freeze", "backbone_lr", "dropout",
+              "aug_contrast", "arch", "head", "weights", "weights_manifest", "freeze", "train_from", "train_fraction",
+              "prompts", "backbone_lr", "dropout",
               "batch_size", "lr", "optimizer",
               "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "loss", "focal_gamma",
               "focal_alpha", "asl_gamma_neg", "asl_gamma_pos", "asl_clip", "select_on",
@@ -287,6 +293,9 @@ def check_for_training(p: Params, where: str = "parameters") -> None:
     if p.select_on == "validate" and p.val_fraction <= 0 and p.split_mode not in ("official", "label_set"):
         raise ParamError(f"{where}: select_on: validate needs a validation split: set val_fraction > 0 "
                          "(e.g. 0.1) or split_mode: official")
+    if p.prompts and not Path(p.prompts).is_file():
+        raise ParamError(f"{where}: prompts: {p.prompts} does not exist; give a prompts YAML (the format of "
+                         "cxrlib/label_sets/prompts/chexpert14.yaml), or leave it empty for the label set's own")
     if p.weights_manifest and not Path(p.weights_manifest).is_file():
         raise ParamError(f"{where}: weights_manifest: {p.weights_manifest} does not exist; give the CSV that lists "
                          "the starting weights' training images (e.g. RAD-DINO's training_images.csv), or leave it empty")

@@ -77,6 +77,7 @@ from .contamination import starting_weights
 from .inference import evaluate
 from .loader import BatchTransform, CacheDataset, EpochSampler, make_loader
 from .optim import make_optimizer, make_scheduler, objective, pos_weight_from_labels
+from .probe import embedded, labelled_share
 from .runtime import (
     all_reduce,
     amp_dtype,
@@ -103,7 +104,7 @@ def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
     cache = open_cache(params.resolved_cache_dir(), params.image_size, params.resize, params.decode)
     cache.stats = cohort_stats(cache, cohort)   # this cohort's training pixels, not the shared cache's
     cohort = cohort_with_rows(cohort, cache)
-    train = cohort[cohort["split"] == "train"]
+    train = labelled_share(cohort[cohort["split"] == "train"], params.train_fraction, params.seed)
     chosen = cohort[cohort["split"] == params.select_on]
     if len(train) < world:
         raise UserError(f"the cohort has {len(train)} training images in the cache {cache.dir}; "
@@ -119,8 +120,10 @@ def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
             raise UserError(f"select_metric: auroc needs a finding with both classes on the {params.select_on} "
                             "split, which has none; enlarge val_fraction or use select_metric: accuracy")
     transform = BatchTransform.from_params(params, cache.stats, rank=rank)
-    return (CacheDataset.from_cohort(cache, train), CacheDataset.from_cohort(cache, chosen),
-            labels, transform)
+    train_set, chosen_set = CacheDataset.from_cohort(cache, train), CacheDataset.from_cohort(cache, chosen)
+    train_set.cache = cache   # where a probe's vectors are kept (train_from: embeddings)
+    train_set.patients = int(train["subject_id"].nunique())   # the labelled patients (train_fraction)
+    return train_set, chosen_set, labels, transform
 
 
 def fit(params, run_dir, cohort: pd.DataFrame | None = None, progress: bool = True) -> dict:
@@ -165,6 +168,8 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     steps = steps_per_epoch(len(train_set) // world if world > 1 else len(train_set), per_rank)
     if params.max_train_batches > 0:
         steps = min(steps, params.max_train_batches)
+    if params.train_from == "zero_shot":
+        steps = 0   # the prompts are the head: one pass scores them on the selection split
 
     torch.manual_seed(params.seed)   # the initial weights
     labels = cohort_labels(cohort)   # the outputs, in order: the cohort's label columns (its label set's)
@@ -172,6 +177,10 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     starting = run_starting_weights(params, cohort)
     if starting.get("input"):   # the input range the weights were trained with (their JSON), not the params' guess
         transform.mean, transform.std = float(starting["input"]["mean"]), float(starting["input"]["std"])
+    if params.train_from == "zero_shot":
+        from .zero_shot import set_zero_shot_head  # lazy: open_clip, for CLIP runs only
+
+        model.zero_shot = set_zero_shot_head(model, params, labels)
     if use_channels_last(params, device):
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, params)
@@ -213,7 +222,12 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
 
     if params.select_on == "test":
         warnings.warn(SELECTED_ON_TEST, stacklevel=2)
-    net = model
+    trained_on = {"train_patients": train_set.patients, "train_images": len(train_set)}
+    bare, loop_transform = model, transform   # what the loops run: the network on images, or its head on vectors
+    if params.train_from == "embeddings":
+        bare, (train_set, eval_set), loop_transform = embedded(
+            params, model, train_set.cache, [train_set, eval_set], transform, starting, device, progress and rank == 0)
+    net = bare
     if dist.is_available() and dist.is_initialized():
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if params.compile:
@@ -224,7 +238,8 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "position": {k: plain(v) for k, v in position.items()}, "selection": dict(selection),
                 "history": history, "rng": rng_state(), "params": params.to_dict(),
-                "model_config": model_config(params, transform, model, starting, labels),
+                "model_config": {**model_config(params, transform, model, starting, labels), **trained_on,
+                                 **({"zero_shot": model.zero_shot} if hasattr(model, "zero_shot") else {})},
                 "cpu_threads": torch.get_num_threads(), "finished": finished, "stopped_early": stopped}
 
     last_saved = [time.monotonic()]
@@ -245,7 +260,8 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     selection_units = ({"units": eval_set.study_ids, "aggregate": params.study_aggregate}
                        if params.eval_level == "study" and eval_set.study_ids is not None else {})
     train_kw = dict(steps=steps, seed=params.seed, rank=rank, pos_weight=pos_weight, loss_fn=loss_fn, amp=amp,
-                    grad_clip=params.grad_clip, channels_last=use_channels_last(params, device),
+                    grad_clip=params.grad_clip,
+                    channels_last=use_channels_last(params, device) and params.train_from != "embeddings",
                     after_step=after_step, progress=progress, epochs=params.epochs)
     tracker = tracking.open_tracker(params, run_dir) if rank == 0 else tracking.Tracker()
     train_kw["log_step"] = tracker.step
@@ -255,19 +271,19 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
         epoch = position["epoch"]
         epoch_started = time.monotonic()
         sampler.set_epoch(epoch, position["batch"])
-        train_one_epoch(net, train_loader, transform, optimizer, scheduler, scaler, device, position, **train_kw)
+        train_one_epoch(net, train_loader, loop_transform, optimizer, scheduler, scaler, device, position, **train_kw)
         loss_sum, cells, images = all_reduce([position["loss_sum"], position["cells"], position["images"]], device)
         # Every rank evaluates rank 0's model, the one saved: DDP broadcasts BatchNorm buffers before each
         # training forward, so after the last one each rank holds its own running statistics.
         broadcast_buffers(model)
         # the bare model: ranks hold different numbers of evaluation batches, and DDP's forward may sync buffers
-        scores = evaluate(model, eval_loader, transform, device, pos_weight, inference_amp(params, device),
+        scores = evaluate(bare, eval_loader, loop_transform, device, pos_weight, inference_amp(params, device),
                           device.type == "cuda" and train_kw["channels_last"], progress and not is_batch(),
                           loss_fn=loss_fn, **selection_units)
         score = scores["auroc_macro" if params.select_metric == "auroc" else "accuracy"]
         keep, stopped = update_selection(selection, score, epoch + 1, params.patience)
         history.append({
-            "epoch": epoch + 1, "train_loss": loss_sum / max(cells, 1.0), "val_loss": scores["loss"],
+            "epoch": epoch + 1, "train_loss": loss_sum / cells if cells else float("nan"), "val_loss": scores["loss"],
             "val_auroc_macro": scores["auroc_macro"], "val_auroc_micro": scores["auroc_micro"],
             "val_accuracy": scores["accuracy"], "eval_split": params.select_on, "select_level": params.eval_level,
             "lr": float(scheduler.get_last_lr()[0]), "images_per_s": images / max(position["seconds"], 1e-9),
