@@ -22,7 +22,7 @@ def arch_problem(arch: str, head: str, freeze: str = "none", weights: str = "ima
     """Why arch/head/freeze/weights cannot go together, as a message naming the parameter; None when they can."""
     timm = arch.startswith(TIMM_PREFIX)
     if arch == CLIP_ARCH:
-        if str(weights).lower() in ("none", "imagenet", "imagenet1k_v1", "imagenet1k_v2"):
+        if str(weights).lower() in ("imagenet", "imagenet1k_v1", "imagenet1k_v2"):
             return (f"arch: clip reads its image tower from the weights: give weights: an open_clip folder "
                     f"(open_clip_config.json) or an OpenAI-CLIP state dict (CheXzero's .pt), not {weights}")
         if head == "flatten":
@@ -84,6 +84,9 @@ def value_checks(p) -> list[tuple[str, bool, str]]:
         ("image_size", image_size_problem(p.head, p.image_size) is None, image_size_problem(p.head, p.image_size)),
         ("arch", arch_problem(p.arch, p.head, p.freeze, p.weights) is None, arch_problem(p.arch, p.head, p.freeze,
                                                                                         p.weights)),
+        ("weights", p.arch != CLIP_ARCH or str(p.weights).lower() != "none", "arch: clip reads its image tower from "
+         "the weights: give weights: an open_clip folder (open_clip_config.json) or an OpenAI-CLIP state dict "
+         "(CheXzero's .pt)"),
         ("train_fraction", 0 < p.train_fraction <= 1, "train_fraction must be in (0, 1] (0.01: 1% of the training "
          "patients)"),
         ("train_from", p.train_from == "images" or p.freeze == "backbone", f"train_from: {p.train_from} keeps the "

@@ -33,8 +33,9 @@ from torch import nn
 
 from .. import labelset
 from ..errors import UserError
-from ..param_rules import TIMM_PREFIX, arch_problem, image_size_problem
+from ..param_rules import CLIP_ARCH, TIMM_PREFIX, arch_problem, image_size_problem
 from ..runfiles import CHECKPOINTS
+from . import clip_models
 from .contamination import describe, manifest_overlap
 from .weights import describe_file, file_hash, key_report, load_backbone, read_weights, rename_legacy_densenet_keys
 
@@ -103,6 +104,8 @@ def build(arch: str = "resnet101", head: str = "flatten", num_classes: int = 14,
     problem = arch_problem(arch, head, "none", weights) or image_size_problem(head, image_size)
     if problem:
         raise UserError(problem)
+    if arch == CLIP_ARCH:
+        return clip_classifier(weights, arch_kwargs, image_size, num_classes, dropout, check_only)
     state, where = None, str(weights)
     if is_local_file(weights):
         state, info = read_weights(weights)
@@ -152,6 +155,24 @@ def build(arch: str = "resnet101", head: str = "flatten", num_classes: int = 14,
     if whole:
         _load_full(model, state, weights, check_only)
     model.arch_kwargs = dict(arch_kwargs or {})   # what model_config keeps to rebuild this shape
+    return model
+
+
+def clip_classifier(weights: str, arch_kwargs: dict | None, image_size: int, num_classes: int, dropout: float,
+                    check_only: bool = False) -> Classifier | None:
+    """A CLIP image tower (training.clip_models) with its grey-to-RGB stem and a normalised linear head; from the
+    weights, or (weights: none) of a checkpoint's recorded shape. check_only: the file read and its image size
+    checked, nothing built."""
+    given = None if str(weights).lower() == "none" else weights
+    if check_only:
+        size = clip_models.describe(weights)["resolution"]
+        if size != image_size:
+            raise UserError(f"image_size: {image_size}, but the CLIP image tower in {weights} takes {size} x {size} "
+                            f"images (its position embeddings fix the grid): set image_size: {size}")
+        return None
+    stem, body, top, arch_kwargs = clip_models.build_parts(given, arch_kwargs, image_size, num_classes, dropout)
+    model = Classifier(stem, body, top)
+    model.body_names, model.arch_kwargs = None, arch_kwargs
     return model
 
 

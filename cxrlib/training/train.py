@@ -92,6 +92,7 @@ from .runtime import (
 )
 from .selection import fit_result, new_selection, result_from_history, update_selection
 from .steps import new_position, train_one_epoch
+from .zero_shot import set_zero_shot_head
 
 # --------------------------------------------------------------------------- fit
 
@@ -178,8 +179,6 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     if starting.get("input"):   # the input range the weights were trained with (their JSON), not the params' guess
         transform.mean, transform.std = float(starting["input"]["mean"]), float(starting["input"]["std"])
     if params.train_from == "zero_shot":
-        from .zero_shot import set_zero_shot_head  # lazy: open_clip, for CLIP runs only
-
         model.zero_shot = set_zero_shot_head(model, params, labels)
     if use_channels_last(params, device):
         model = model.to(memory_format=torch.channels_last)

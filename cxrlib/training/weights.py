@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..fsutil import sha256_file
+from . import clip_models
 from .hf_folders import folder_info, folder_state, read_config
 from .pickled import is_pickled_module, read_file, read_safetensors
 
@@ -107,10 +108,17 @@ def describe_file(path, hashed: bool = True) -> dict:
     out when not `hashed`, for checks that need no record), what the layout or the keys say (a folder's shape and
     normalisation, torchxrayvision's ResNet50), then the sidecar's fields, which win."""
     where = Path(path)
-    if where.is_dir():
+    if clip_models.is_open_clip_folder(where):
+        found = clip_models.describe(where)
+    elif where.is_dir():
         found, weight_file = folder_info(where), read_config(where)[1]
     else:   # a file loaded already (the network is built first) is described without reading it again
         found, weight_file = _FOUND.get(_stamp(where)) or read_weights(where)[1], where
+        if found.get("layout") == "openai clip":
+            found = clip_models.describe(where)
+    if "weight_file" in found:   # a CLIP's: the file that holds its tensors
+        found = dict(found)
+        weight_file = Path(found.pop("weight_file"))
     side = read_sidecar(where)
     if side.get("sha256") and side["sha256"] != file_hash(weight_file):
         raise UserError(f"{sidecar_path(where)} describes another file (sha256 {str(side['sha256'])[:12]}…, but "
@@ -145,6 +153,8 @@ def read_weights(path: str) -> tuple[dict, dict]:
 def recognise(state: dict) -> dict:
     """A release known by its keys alone: torchxrayvision's ResNet50 is a plain state_dict of a torchvision
     ResNet50 with a one-channel conv1 and 18 outputs; without this its [-1024, 1024] input would go unnoticed."""
+    if all(k in state for k in clip_models.OPENAI_KEYS):   # CheXzero's checkpoints: arch: clip reads them
+        return {"layout": "openai clip"}
     conv1, fc = state.get("conv1.weight"), state.get("fc.weight")
     if conv1 is not None and fc is not None and tuple(conv1.shape) == (64, 1, 7, 7) \
             and tuple(fc.shape) == (18, 2048) and "layer4.2.conv3.weight" in state and "layer3.6.conv1.weight" not in state:
