@@ -15,7 +15,7 @@ RUNNER  = $(PY) -m cxrlib run --make-vars "$(MAKEOVERRIDES)" $(if $(RUN),--name 
 PRESET  = $(if $(PARAMS),--params $(PARAMS),--params params/demo.yaml --default-params)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache external audit train evaluate run sweep compare tensorboard mlflow-ui report card export submission runs diff clean bench probe gpu-check clean-venv
+.PHONY: help setup demo test lab data cohort fetch fetch-demographics cache external audit train evaluate run sweep compare tensorboard mlflow-ui report card export submission runs diff clean bench probe efficiency gpu-check clean-venv
 
 help: ## List the targets
 	@echo "cxrlib: train and audit multi-label chest X-ray classifiers on MIMIC-CXR-JPG"
@@ -126,6 +126,15 @@ run: setup ## Notebooks 01-05 for PARAMS
 sweep: setup ## Run a grid of members: make sweep GRID=params/grids/NAME.yaml (a rerun skips finished ones)
 	@test -n "$(GRID)" || { echo "usage: make sweep GRID=params/grids/NAME.yaml (grids: $$(ls params/grids | tr '\n' ' '))"; exit 2; }
 	$(PY) -m cxrlib sweep --grid $(GRID) $(if $(DRY_RUN),--dry-run) $(if $(WAIT),--wait)
+
+# Linear probes at 1%, 10% and 100% of the training patients (two seeds) and the CLIP models' zero-shot baselines,
+# from random-weight encoders in each layout (python -m cxrlib demo-encoders); each encoder embeds the images once.
+# GRID= another grid of probes (real encoders: copy params/grids/data-efficiency.yaml, point weights: at them).
+EFFICIENCY_GRID ?= $(or $(GRID),params/grids/data-efficiency.yaml)
+efficiency: setup data ## Data-efficiency curves: probes on the embedding cache at 1/10/100% of patients, zero-shot (GRID=)
+	@test -n "$(GRID)" -o -d data/demo-encoders || $(PY) -m cxrlib demo-encoders --out data/demo-encoders --image-size 64
+	$(PY) -m cxrlib sweep --grid $(EFFICIENCY_GRID)
+	$(PY) -m cxrlib efficiency --runs $$($(PY) -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['name'])" $(EFFICIENCY_GRID))
 
 compare: setup ## Compare runs: make compare RUNS=<sweep> or RUNS=a,b,c [BASELINE=a] (notebook 06)
 	@test -n "$(RUNS)" || { echo "usage: make compare RUNS=<sweep name> or RUNS=a,b,c [BASELINE=a]"; exit 2; }

@@ -256,3 +256,24 @@ def bucket_rule(m: dict) -> str:
         return (f"{section['label_set']}: head above {rule['head']:.0%} of the training images, tail below "
                 f"{rule['tail']:.0%}, medium between")
     return f"{section['label_set']}: head and tail as the label set lists them, medium the rest"
+
+
+def learning_line(m: dict) -> str | None:
+    """How the model learnt, when not by training every layer on all the training labels: a linear probe on an
+    encoder's frozen embeddings, a zero-shot head from prompts, or a share of the training patients."""
+    params, model = m.get("params") or {}, m.get("model") or {}
+    how, fraction = params.get("train_from", "images"), params.get("train_fraction", 1.0)
+    source = (model.get("starting_weights") or {}).get("source") or params.get("weights")
+    labelled = (f"{model['train_patients']} training patients' labels ({model.get('train_images', '?')} images"
+                + (f", train_fraction {fraction:g} of the patients" if fraction < 1 else "") + ")"
+                if model.get("train_patients") is not None else "the training labels")
+    if how == "zero_shot":
+        zero = model.get("zero_shot") or {}
+        return (f"zero-shot: no training label used; each label's probability is {zero.get('method', 'CLIP prompts')}, "
+                f"from {source}'s text tower (prompts: {zero.get('prompts_file', '?')}, recorded in model_config)")
+    if how == "embeddings":
+        return (f"a linear probe: the head alone trained on {source}'s frozen embeddings, computed once (embedding "
+                f"cache {model.get('embeddings_key', '?')}), from {labelled}")
+    if fraction < 1:
+        return f"trained on a share of the training split: {labelled}"
+    return None

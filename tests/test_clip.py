@@ -144,3 +144,14 @@ def test_a_probe_on_a_clip_tower_reads_the_embedding_cache(cohort_run, capsys):
     config = load_trained(run)[2]
     assert config["arch_kwargs"]["quick_gelu"] is True and config["starting_weights"]["source"] == "chexzero"
     assert np.isfinite(json.loads(json.dumps(config["train_patients"])))
+
+
+def test_the_demo_encoders_are_read_in_their_layouts(tmp_path):
+    from cxrlib.synthetic import encoders
+
+    written = encoders.write(tmp_path, image_size=SIZE)
+    for layout, path in written.items():
+        info = describe_file(path)
+        assert info["layout"] == {"torchvision state_dict": "state_dict"}.get(layout, layout)
+        assert info["mimic"] == "none" and info["source"].startswith("random weights")
+    assert build("clip", "avgpool", 14, SIZE, written["openai clip"]).arch_kwargs["quick_gelu"] is True

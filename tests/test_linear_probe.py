@@ -130,3 +130,51 @@ def test_labelled_shares_are_nested_patient_subsets():
         assert set(one["subject_id"]) <= set(ten["subject_id"])
         assert (one.groupby("subject_id").size() == 2).all()   # whole patients
     assert set(labelled_share(train, 0.1, 0)["subject_id"]) != set(labelled_share(train, 0.1, 1)["subject_id"])
+
+
+def test_a_data_efficiency_curve_reads_each_runs_figures(cohort_run, tmp_path):
+    from cxrlib.experiments import efficiency
+
+    names = []
+    for fraction in (0.1, 1.0):
+        name = f"curve-{fraction:g}"
+        target = cohort_run.run_dir().parent / name
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        shutil.copy(cohort_run.run_dir() / runfiles.COHORT, target / runfiles.COHORT)
+        run_notebooks(dataclasses.replace(cohort_run, name=name, train_from="embeddings", train_fraction=fraction,
+                                          bootstrap=50), [runfiles.TRAIN_NOTEBOOK, runfiles.EVALUATE_NOTEBOOK])
+        names.append(name)
+    runs_dir = cohort_run.run_dir().parent
+    result = efficiency.efficiency(",".join(names), runs_dir)
+    table = result["table"].set_index("run")
+    for name in names:
+        headline = __import__("json").loads((runs_dir / name / runfiles.METRICS).read_text())["headline"]["AUROC macro"]
+        assert table.loc[name, "value"] == headline["value"] and table.loc[name, "lo"] == headline["lo"]
+    assert table.loc["curve-0.1", "labelled_patients"] < table.loc["curve-1", "labelled_patients"]
+    assert (result["folder"] / "efficiency.png").stat().st_size > 10_000
+    assert result["folder"].name == "efficiency-" + "+".join(names)
+
+
+def test_the_embed_command_fills_the_cache_that_a_probe_then_reads(cohort_run, capsys, tmp_path):
+    from cxrlib.__main__ import main
+
+    p = dataclasses.replace(cohort_run, seed=7)   # a key of its own: nothing embedded by the other tests
+    weights = tmp_path / "resnet18-seed7.pth"
+    torch.manual_seed(7)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    p = dataclasses.replace(p, name="embedded", weights=str(weights))
+    target = p.run_dir()
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    shutil.copy(cohort_run.run_dir() / runfiles.COHORT, target / runfiles.COHORT)
+    runfiles.freeze(dataclasses.replace(p, train_from="embeddings"), target)
+    capsys.readouterr()
+    assert main(["embed", "--run", str(target)]) == 0
+    printed = capsys.readouterr().out
+    result = __import__("json").loads(printed.strip().splitlines()[-1])
+    cohort = pd.read_csv(target / runfiles.COHORT)
+    assert result["images"] == len(cohort) and "computed" in printed
+    train.fit(dataclasses.replace(p, train_from="embeddings"), target, progress=False)
+    assert "embeddings: reused all" in capsys.readouterr().out
+    assert load_trained(target)[2]["embeddings_key"] == result["key"]

@@ -8,6 +8,7 @@
     cache      the cache build with all cores vs the original decode path, on a dataset's JPEGs
     pipeline   training images/s end to end (cache -> workers -> device -> step) vs the model-only rate
     scale      every step after training at 1x, 4x and 16x a base size (16x: the whole release, NIH's size)
+    probe      a linear probe from the embedding cache vs freeze: backbone training, same epochs, same images
 
 Ratios are always measured side by side in one run, on the same files.
 """
@@ -78,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--subjects", type=int, default=65379)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--repeats", type=int, default=3)
-    for name in ("decode", "loader", "train", "bootstrap", "cache", "pipeline", "scale"):
+    for name in ("decode", "loader", "train", "bootstrap", "cache", "pipeline", "scale", "probe"):
         sub.add_parser(name, help=f"options: python -m cxrlib bench {name} --help", add_help=False)
     return ap
 
@@ -107,6 +108,9 @@ def cli(command: str, argv: list[str]) -> int:
     elif args.name == "scale":
         from .scale import bench_scale  # lazy: keeps torch out of this module's import
         result = bench_scale(args.rest)
+    elif args.name == "probe":
+        from .probe import bench_probe  # lazy: keeps torch out of this module's import
+        result = bench_probe(args.rest)
     else:  # argparse already refuses other names
         raise UserError(f"unknown benchmark {args.name}")
     result["machine"] = machine()

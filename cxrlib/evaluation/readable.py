@@ -8,7 +8,8 @@ import pandas as pd
 
 from ..stats.multiplicity import format_p
 
-TRAINING_RECIPE = ["device", "gpus", "arch", "head", "weights", "freeze", "backbone_lr", "image_size", "dropout", "epochs",
+TRAINING_RECIPE = ["device", "gpus", "arch", "head", "weights", "freeze", "train_from", "train_fraction",
+                   "backbone_lr", "image_size", "dropout", "epochs",
                    "batch_size", "lr",
                    "optimizer", "weight_decay", "schedule", "warmup_epochs", "grad_clip", "pos_weight", "loss", "augment",
                    "select_on", "select_metric", "patience", "amp", "channels_last", "cpu_amp", "compile", "seed",

@@ -115,7 +115,10 @@ def model_details(run_dir: Path, params: dict, report: dict) -> list[str]:
              f"{starting_weights_line(model.get('starting_weights'), params['weights'])}; input "
              f"{'size differs by member (below)' if 'image_size' in differs else str(model.get('image_size')) + ' px'} "
              f"grey, resize `{value('resize')}`, decode `{value('decode', 'fast')}`, normalised with mean "
-             f"{value('mean', show=_num)} and std {value('std', show=_num)}. Output: 14 independent probabilities.", training]
+             f"{value('mean', show=_num)} and std {value('std', show=_num)}. Output: "
+             f"{len(model.get('labels') or test_findings(report))} independent probabilities.", training]
+    if account.learning_line(report):
+        lines.append(f"- How it learnt: {account.learning_line(report)}.")
     if members:
         lines.append(f"- An ensemble: the mean probability of {len(members)} members, each selected on its own "
                      f"validation split: " + ", ".join(f"{m} (epoch {e})" for m, e in members.items()) + ".")
@@ -175,6 +178,11 @@ def training_data(run_dir: Path, params: dict, report: dict) -> list[str]:
     lines += markdown_table(sizes[0], sizes[1:])
     lines += [f"Positives / labelled {plural(level)} per finding and split:", ""] + markdown_table(positives[0], positives[1:])
     return lines
+
+
+def test_findings(report: dict) -> dict:
+    """The labels the test split was scored on (an ensemble's model record names none)."""
+    return ((report.get("splits") or {}).get("test") or {}).get("per_finding") or {}
 
 
 def evaluation_data(report: dict) -> list[str]:

@@ -72,6 +72,8 @@ def headline_section(m: dict) -> list[str]:
            f"<table><tr><th>figure</th><th>estimate [CI]</th><th>resamples used</th></tr>{rows}</table>"]
     if macro.get("findings") is not None:
         out.append(f"<p>{html.escape(account.macro_sentence(m)).capitalize()}.</p>")
+    if account.learning_line(m):
+        out.append(f"<p>How it learnt: {html.escape(account.learning_line(m))}.</p>")
     if m.get("buckets"):
         out.append(f"<p>Head, medium and tail ({html.escape(account.bucket_rule(m))}):</p><ul>"
                    + "".join(f"<li>{html.escape(line)}</li>" for line in account.bucket_lines(m)) + "</ul>")

@@ -67,8 +67,8 @@ def encoder_record(params, starting: dict, model: nn.Module) -> dict:
 
 
 def embedded(params, model, cache, datasets, transform, starting: dict, device, progress: bool = True, log=print):
-    """(head, its datasets over the vectors, an identity transform) for fit: the frozen backbone's vectors of
-    every image of `datasets` (CacheDatasets), computed once into the embedding cache."""
+    """(head, its datasets over the vectors, an identity transform, the vectors' key id) for fit: the frozen
+    backbone's vectors of every image of `datasets` (CacheDatasets), computed once into the embedding cache."""
     key = embeddings.embedding_key(encoder_record(params, starting, model), cache, transform.mean, transform.std)
     extract = features(model).eval()
     transform.eval()
@@ -83,7 +83,7 @@ def embedded(params, model, cache, datasets, transform, starting: dict, device, 
     for d in datasets:
         out.append(FeatureDataset(vectors[start:start + len(d)], d))
         start += len(d)
-    return head(model), out, AsGiven()
+    return head(model), out, AsGiven(), embeddings.key_id(key)
 
 
 def labelled_share(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
@@ -95,3 +95,4 @@ def labelled_share(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFr
     order = sorted(patients, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
     kept = set(order[:max(1, math.ceil(fraction * len(patients)))])
     return train[train["subject_id"].astype(str).isin(kept)]
+

@@ -224,7 +224,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     trained_on = {"train_patients": train_set.patients, "train_images": len(train_set)}
     bare, loop_transform = model, transform   # what the loops run: the network on images, or its head on vectors
     if params.train_from == "embeddings":
-        bare, (train_set, eval_set), loop_transform = embedded(
+        bare, (train_set, eval_set), loop_transform, trained_on["embeddings_key"] = embedded(
             params, model, train_set.cache, [train_set, eval_set], transform, starting, device, progress and rank == 0)
     net = bare
     if dist.is_available() and dist.is_initialized():
