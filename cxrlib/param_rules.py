@@ -15,7 +15,7 @@ def unknown_views(views) -> list:
 
 TORCHVISION_ARCHS = ("resnet101", "resnet50", "densenet121", "resnet18")
 TIMM_PREFIX = "timm:"
-CLIP_ARCH = "clip"   # a CLIP-style model's image tower (open_clip, OpenAI CLIP layouts; training/clip_models.py)
+CLIP_ARCH = "clip"   # a CLIP-style model's image tower (open_clip, Hugging Face, OpenAI layouts; training/clip_models.py)
 
 
 def arch_problem(arch: str, head: str, freeze: str = "none", weights: str = "imagenet") -> str | None:
@@ -24,7 +24,8 @@ def arch_problem(arch: str, head: str, freeze: str = "none", weights: str = "ima
     if arch == CLIP_ARCH:
         if str(weights).lower() in ("imagenet", "imagenet1k_v1", "imagenet1k_v2"):
             return (f"arch: clip reads its image tower from the weights: give weights: an open_clip folder "
-                    f"(open_clip_config.json) or an OpenAI-CLIP state dict (CheXzero's .pt), not {weights}")
+                    f"(open_clip_config.json), a Hugging Face CLIP/SigLIP folder or an OpenAI-CLIP state dict "
+                    f"(CheXzero's .pt), not {weights}")
         if head == "flatten":
             return "arch: clip pools with its own image tower: set head: avgpool"
     elif not timm and arch not in TORCHVISION_ARCHS:
@@ -85,8 +86,8 @@ def value_checks(p) -> list[tuple[str, bool, str]]:
         ("arch", arch_problem(p.arch, p.head, p.freeze, p.weights) is None, arch_problem(p.arch, p.head, p.freeze,
                                                                                         p.weights)),
         ("weights", p.arch != CLIP_ARCH or str(p.weights).lower() != "none", "arch: clip reads its image tower from "
-         "the weights: give weights: an open_clip folder (open_clip_config.json) or an OpenAI-CLIP state dict "
-         "(CheXzero's .pt)"),
+         "the weights: give weights: an open_clip folder (open_clip_config.json), a Hugging Face CLIP/SigLIP folder "
+         "or an OpenAI-CLIP state dict (CheXzero's .pt)"),
         ("train_fraction", 0 < p.train_fraction <= 1, "train_fraction must be in (0, 1] (0.01: 1% of the training "
          "patients)"),
         ("train_from", p.train_from == "images" or p.freeze == "backbone", f"train_from: {p.train_from} keeps the "

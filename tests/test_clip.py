@@ -155,3 +155,75 @@ def test_the_demo_encoders_are_read_in_their_layouts(tmp_path):
         assert info["layout"] == {"torchvision state_dict": "state_dict"}.get(layout, layout)
         assert info["mimic"] == "none" and info["source"].startswith("random weights")
     assert build("clip", "avgpool", 14, SIZE, written["openai clip"]).arch_kwargs["quick_gelu"] is True
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory):
+    """A CLIP and a SigLIP folder as transformers' save_pretrained writes them (MedSigLIP's layout); the CLIP one
+    with a tokenizer (a letter-level BPE vocabulary, saved by transformers' CLIPTokenizer) for zero-shot."""
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("hf")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for end in ("", "</w>"):
+        for c in "abcdefghijklmnopqrstuvwxyz":
+            vocab[c + end] = len(vocab)
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
+    tower = dict(image_size=SIZE, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=2)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=64)
+    torch.manual_seed(0)
+    clip = transformers.CLIPModel(transformers.CLIPConfig(
+        text_config=dict(text, vocab_size=len(vocab), bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=tower, projection_dim=16)).eval()
+    clip.save_pretrained(root / "hf-clip")
+    tokenizer.save_pretrained(root / "hf-clip")
+    transformers.CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size=SIZE).save_pretrained(root / "hf-clip")
+    siglip = transformers.SiglipModel(transformers.SiglipConfig(text_config=dict(text, vocab_size=100),
+                                                                vision_config=tower)).eval()
+    siglip.save_pretrained(root / "hf-siglip")
+    return {"clip": (root / "hf-clip", clip, tokenizer), "siglip": (root / "hf-siglip", siglip, None)}
+
+
+def _features(out) -> torch.Tensor:
+    """get_image_features / get_text_features: a tensor in transformers 4, an output with it pooled in 5."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_hugging_face_clip_and_siglip_towers_are_transformers_own(hf_folders, kind):
+    path, writer, _ = hf_folders[kind]
+    info = describe_file(path)
+    assert info["layout"] == f"huggingface {kind}" and info["resolution"] == SIZE
+    model = build("clip", "avgpool", 14, SIZE, str(path)).eval()
+    grey = torch.rand(3, 1, SIZE, SIZE)
+    mean = torch.tensor(info["arch_kwargs"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(info["arch_kwargs"]["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ours = torch.nn.Sequential(model.stem, model.body, model.head[0])(
+            (grey - info["input"]["mean"]) / info["input"]["std"])
+        theirs = _features(writer.get_image_features(pixel_values=(grey.repeat(1, 3, 1, 1) - mean) / std))
+    assert torch.allclose(ours, torch.nn.functional.normalize(theirs, dim=-1), atol=1e-5)
+    again = build("clip", "avgpool", 14, SIZE, "none", arch_kwargs=model.arch_kwargs)
+    again.load_state_dict(model.state_dict())
+
+
+def test_a_zero_shot_run_from_a_hugging_face_clip_folder(cohort_run, hf_folders):
+    path, writer, tokenizer = hf_folders["clip"]
+    run = _run(cohort_run, "zero-shot-hf", [runfiles.TRAIN_NOTEBOOK], weights=str(path), train_from="zero_shot")
+    model, _, config = load_trained(run)
+    pair = config["zero_shot"]["prompts"]["Edema"]
+    grey = torch.rand(4, 1, SIZE, SIZE)
+    info = describe_file(path)
+    mean = torch.tensor(info["arch_kwargs"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(info["arch_kwargs"]["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        image = _features(writer.get_image_features(pixel_values=(grey.repeat(1, 3, 1, 1) - mean) / std))
+        text = _features(writer.get_text_features(**tokenizer([pair["positive"], pair["negative"]], padding=True,
+                                                               return_tensors="pt")))
+        chexzero = torch.softmax(torch.nn.functional.normalize(image, dim=-1)
+                                 @ torch.nn.functional.normalize(text, dim=-1).T, dim=1)[:, 0]
+        ours = torch.sigmoid(model((grey - config["mean"]) / config["std"]))[:, model.labels.index("Edema")]
+    assert torch.allclose(ours, chexzero, atol=1e-5)

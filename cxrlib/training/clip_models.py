@@ -3,6 +3,7 @@
   - an open_clip folder, as open_clip's `save_for_hf` (and `push_to_hf_hub`) writes it: `open_clip_config.json`
     (`model_cfg`, `preprocess_cfg`) and `open_clip_model.safetensors` or `open_clip_pytorch_model.bin`; the Hub's
     open_clip repositories (BiomedCLIP's) have this layout. Read with `open_clip.create_model("local-dir:...")`;
+  - a transformers CLIP or SigLIP folder (training.hf_clip; MedSigLIP's layout), read through transformers;
   - an OpenAI-CLIP state dict: the `clip` package's `model.state_dict()` saved by torch.save, as CheXzero publishes
     its checkpoints (`visual.conv1.weight`, `token_embedding.weight`, `text_projection`, ...). Read with
     `open_clip.load_openai_model`, which infers the shape from the tensors and uses QuickGELU as OpenAI did.
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from . import hf_clip
 from .pickled import read_file
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -44,6 +46,11 @@ def open_clip_library():
 
 def is_open_clip_folder(path) -> bool:
     return Path(path).is_dir() and (Path(path) / OPEN_CLIP_CONFIG).is_file()
+
+
+def is_clip_folder(path) -> bool:
+    """An open_clip folder, or a transformers CLIP/SigLIP folder (training.hf_clip)."""
+    return is_open_clip_folder(path) or hf_clip.folder_type(path) is not None
 
 
 def openai_state(path) -> dict | None:
@@ -80,6 +87,8 @@ def describe(path) -> dict:
     """What a CLIP file or folder is, as training.weights records it: layout, the file holding the tensors, the
     tower's shape (arch_kwargs), its input range and resolution."""
     path = Path(path)
+    if hf_clip.folder_type(path):
+        return hf_clip.describe(path)
     if is_open_clip_folder(path):
         config = folder_config(path)
         model_cfg, pre = config["model_cfg"], config.get("preprocess_cfg") or {}
@@ -94,10 +103,16 @@ def describe(path) -> dict:
             raise UserError(f"weights: {path} is neither an open_clip folder ({OPEN_CLIP_CONFIG} beside the weights) "
                             f"nor an OpenAI-CLIP state dict (with {', '.join(OPENAI_KEYS)}); arch: clip reads those two")
         tower, mean, std, layout, tensors = openai_tower(state, path), OPENAI_MEAN, OPENAI_STD, "openai clip", path
-    size = tower["vision_cfg"].get("image_size", 224)
-    size = int(size[0] if isinstance(size, (list, tuple)) else size)
+    size = tower_size(tower)
     return {"layout": layout, "weight_file": str(tensors), "arch_kwargs": {**tower, "mean": list(mean), "std": list(std)},
             "input": {"mean": sum(mean) / len(mean), "std": sum(std) / len(std)}, "resolution": size}
+
+
+def tower_size(arch_kwargs: dict) -> int:
+    """The side of the images the tower takes: open_clip's vision_cfg or transformers' vision_config."""
+    vision = arch_kwargs.get("vision_cfg") or arch_kwargs.get("vision_config") or {}
+    size = vision.get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
 def openai_tower(state: dict, path) -> dict:
@@ -124,6 +139,14 @@ def load(path):
         model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
         tokenizer = open_clip.tokenize   # OpenAI's BPE, 77 tokens: what CheXzero used
     return model.eval(), tokenizer
+
+
+def text_encoder(path):
+    """texts -> the model's text embeddings (not normalised), through the library that reads its layout."""
+    if hf_clip.folder_type(path):
+        return hf_clip.text_encoder(path)
+    model, tokenizer = load(path)
+    return lambda texts: model.encode_text(tokenizer(texts))
 
 
 def vision_tower(arch_kwargs: dict) -> nn.Module:
@@ -158,13 +181,14 @@ def build_parts(weights, arch_kwargs: dict | None, image_size: int, num_classes:
     """(stem, body, head, arch_kwargs) of a CLIP classifier: from the weights (their image tower loaded), or from
     a checkpoint's arch_kwargs (random; the checkpoint fills it)."""
     if weights is not None and str(weights).lower() != "none":
-        info = describe(weights)
+        if hf_clip.folder_type(weights):
+            body, info = hf_clip.tower(weights)
+        else:
+            info, body = describe(weights), load(weights)[0].visual
         arch_kwargs = info["arch_kwargs"]
-        body = load(weights)[0].visual
     else:
-        body = vision_tower(arch_kwargs)
-    size = arch_kwargs["vision_cfg"].get("image_size", 224)
-    size = int(size[0] if isinstance(size, (list, tuple)) else size)
+        body = hf_clip.ImageTower(arch_kwargs) if "hf_model_type" in arch_kwargs else vision_tower(arch_kwargs)
+    size = tower_size(arch_kwargs)
     if size != image_size:
         raise UserError(f"image_size: {image_size}, but the CLIP image tower in {weights or 'the checkpoint'} takes "
                         f"{size} x {size} images (its position embeddings fix the grid): set image_size: {size}")

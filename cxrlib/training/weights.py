@@ -108,7 +108,7 @@ def describe_file(path, hashed: bool = True) -> dict:
     out when not `hashed`, for checks that need no record), what the layout or the keys say (a folder's shape and
     normalisation, torchxrayvision's ResNet50), then the sidecar's fields, which win."""
     where = Path(path)
-    if clip_models.is_open_clip_folder(where):
+    if clip_models.is_clip_folder(where):
         found = clip_models.describe(where)
     elif where.is_dir():
         found, weight_file = folder_info(where), read_config(where)[1]

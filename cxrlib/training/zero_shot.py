@@ -55,10 +55,11 @@ def load_prompts(labels: list[str], path: Path) -> dict[str, dict[str, str]]:
 
 
 @torch.no_grad()
-def prompt_weights(model, tokenizer, prompts: dict[str, dict[str, str]]) -> torch.Tensor:
-    """(labels, embed dim): each label's normalised positive minus its normalised negative text embedding."""
+def prompt_weights(encode_text, prompts: dict[str, dict[str, str]]) -> torch.Tensor:
+    """(labels, embed dim): each label's normalised positive minus its normalised negative text embedding;
+    encode_text(texts) -> embeddings (training.clip_models.text_encoder)."""
     def encoded(texts):
-        return torch.nn.functional.normalize(model.encode_text(tokenizer(texts)).float(), dim=-1)
+        return torch.nn.functional.normalize(encode_text(texts).float(), dim=-1)
 
     labels = list(prompts)
     return encoded([prompts[x]["positive"] for x in labels]) - encoded([prompts[x]["negative"] for x in labels])
@@ -68,9 +69,8 @@ def set_zero_shot_head(model, params, labels: list[str]) -> dict:
     """Sets the classifier's Linear to the prompts' weights; returns what the run records of them."""
     path = prompts_file(params.label_set, params.prompts)
     prompts = load_prompts(list(labels or labelset.load(params.label_set).labels), path)
-    clip, tokenizer = clip_models.load(params.weights)
     linear = model.head[-1]
     with torch.no_grad():
-        linear.weight.copy_(prompt_weights(clip, tokenizer, prompts).to(linear.weight))
+        linear.weight.copy_(prompt_weights(clip_models.text_encoder(params.weights), prompts).to(linear.weight))
         linear.bias.zero_()
     return {"method": METHOD, "prompts_file": path.name, "prompts_sha256": sha256_file(path), "prompts": prompts}
