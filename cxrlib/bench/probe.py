@@ -42,9 +42,9 @@ def _validation_probabilities(run_dir: Path, p) -> np.ndarray:
 def bench_probe(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m cxrlib bench probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subjects", type=int, default=3000, help="synthetic patients (the demo's data: 5000)")
+    parser.add_argument("--subjects", type=int, default=5000, help="synthetic patients (5000: the demo's data)")
     parser.add_argument("--size", type=int, default=64, help="image_size (the demo's: 64)")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10, help="(10: the demo's)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50", "resnet101"])
     parser.add_argument("--data-root", help="an existing MIMIC-shaped dataset (default: generate one)")

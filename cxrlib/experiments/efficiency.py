@@ -45,7 +45,8 @@ def curve_table(folders: list[Path], metric: str = "auroc_macro") -> pd.DataFram
                      "labelled_patients": 0 if params.get("train_from") == "zero_shot" else model.get("train_patients"),
                      "labelled_images": 0 if params.get("train_from") == "zero_shot" else model.get("train_images"),
                      "seed": params["seed"], "metric": metric, "value": figure["value"], "lo": figure["lo"],
-                     "hi": figure["hi"], "level": (report.get("level") or {}).get("headline", params.get("eval_level")),
+                     "hi": figure["hi"], "ci_level": (report.get("ci") or {}).get("level", 0.95),
+                     "level": (report.get("level") or {}).get("headline", params.get("eval_level")),
                      "contaminated": bool(report.get("contaminated"))})
     table = pd.DataFrame(rows)
     if table.empty:
@@ -84,7 +85,8 @@ def plot(table: pd.DataFrame):
     level = table["level"].iat[0]
     ax.set_xlabel("labelled training patients (log scale)")
     ax.set_ylabel(f"test {METRICS_SHOWN.get(metric, metric)}, per {level}")
-    ax.set_title("Data efficiency: bars are each run's 95% patient-bootstrap CI on the test split", fontsize=9)
+    ax.set_title(f"Data efficiency: bars are each run's {table['ci_level'].iat[0]:.0%} patient-bootstrap CI on the "
+                 "test split", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig

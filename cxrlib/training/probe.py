@@ -78,7 +78,9 @@ def embedded(params, model, cache, datasets, transform, starting: dict, device, 
 
     dim = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1].in_features
     rows = np.concatenate([d.rows for d in datasets])
-    vectors = embeddings.embed(cache, rows, key, dim, encode, params.eval_batch_size, progress, log=log)
+    # the whole training split's vectors, whatever share of it this run labels: the next fraction or seed reads them
+    everything = np.concatenate([rows, np.setdiff1d(getattr(datasets[0], "split_rows", rows), rows)])
+    vectors = embeddings.embed(cache, everything, key, dim, encode, params.eval_batch_size, progress, log=log)[:len(rows)]
     out, start = [], 0
     for d in datasets:
         out.append(FeatureDataset(vectors[start:start + len(d)], d))

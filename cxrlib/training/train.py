@@ -105,7 +105,8 @@ def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
     cache = open_cache(params.resolved_cache_dir(), params.image_size, params.resize, params.decode)
     cache.stats = cohort_stats(cache, cohort)   # this cohort's training pixels, not the shared cache's
     cohort = cohort_with_rows(cohort, cache)
-    train = labelled_share(cohort[cohort["split"] == "train"], params.train_fraction, params.seed)
+    whole_train = cohort[cohort["split"] == "train"]
+    train = labelled_share(whole_train, params.train_fraction, params.seed)
     chosen = cohort[cohort["split"] == params.select_on]
     if len(train) < world:
         raise UserError(f"the cohort has {len(train)} training images in the cache {cache.dir}; "
@@ -124,6 +125,7 @@ def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
     train_set, chosen_set = CacheDataset.from_cohort(cache, train), CacheDataset.from_cohort(cache, chosen)
     train_set.cache = cache   # where a probe's vectors are kept (train_from: embeddings)
     train_set.patients = int(train["subject_id"].nunique())   # the labelled patients (train_fraction)
+    train_set.split_rows = whole_train["cache_row"].to_numpy()   # a probe embeds them all, once
     return train_set, chosen_set, labels, transform
 
 
