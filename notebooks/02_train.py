@@ -27,6 +27,10 @@
 #   saw may include this run's test split, a red box below says so.
 # - **Several GPUs.** With `gpus` > 1 training runs under `torchrun` (DDP) and its output appears below;
 #   `batch_size` is the global batch.
+# - **Probes and zero-shot** (`docs/probes.md`). With `train_from: embeddings` the frozen encoder runs once per
+#   image into the embedding cache (the first line below says what it computed and what it reused) and the head
+#   trains on the vectors, by the same loop; `train_from: zero_shot` makes the head from a CLIP model's prompts and
+#   only scores it on validation. `train_fraction` labels a nested share of the training patients.
 
 # %% tags=["parameters"]
 run_dir = "runs/demo"          # the run folder (notebook 01 must have run); params.yaml holds the recipe
@@ -40,7 +44,7 @@ from cxrlib import account, runfiles
 from cxrlib.data import cache
 from cxrlib.evaluation import readable, tables, viz
 from cxrlib.experiments import notebook
-from cxrlib.training import train
+from cxrlib.training import probe, train
 
 p = notebook.setup(run_dir, globals(), show=readable.TRAINING_RECIPE)   # the recipe, as a table
 if p.select_on == "test":
@@ -51,10 +55,12 @@ if tables.contamination_html(starting):
     display(HTML(tables.contamination_html(starting)))
 
 # %% [markdown]
-# ## Class balance of the training split (images that decoded), and the pos_weight it implies
+# ## Class balance of the training split (images that decoded, of the labelled patients), and its pos_weight
 
 # %%
-balance = viz.class_balance(cache.usable_cohort(run_dir, p))   # images that decoded: what training sees
+usable = cache.usable_cohort(run_dir, p)   # images that decoded; then the train_fraction share of the patients
+labelled = probe.labelled_share(usable[usable["split"] == "train"], p.train_fraction, p.seed)
+balance = viz.class_balance(labelled)   # what training sees
 display(balance.round(3))
 viz.plot_class_balance(balance);
 

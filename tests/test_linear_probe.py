@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -178,3 +179,16 @@ def test_the_embed_command_fills_the_cache_that_a_probe_then_reads(cohort_run, c
     train.fit(dataclasses.replace(p, train_from="embeddings"), target, progress=False)
     assert "embeddings: reused all" in capsys.readouterr().out
     assert load_trained(target)[2]["embeddings_key"] == result["key"]
+
+
+def test_the_data_efficiency_grid_expands_to_valid_probes_and_zero_shot_runs(tmp_path):
+    from cxrlib.experiments import grid, sweep
+
+    project = Path(__file__).resolve().parents[1]
+    spec = grid.read_grid(project / "params" / "grids" / "data-efficiency.yaml")
+    spec["base"] = str(project / spec["base"])   # (paths in a grid are the project root's)
+    members = sweep.plan(spec, runs_dir=str(tmp_path), write=False)
+    kinds = [(m["params"].train_from, m["params"].train_fraction) for m in members]
+    assert len(members) == 22 and kinds.count(("zero_shot", 1.0)) == 4
+    assert sorted({f for how, f in kinds if how == "embeddings"}) == [0.01, 0.1, 1.0]
+    assert all(m["params"].freeze == "backbone" and not m["params"].augment for m in members)

@@ -111,7 +111,14 @@ def embed(cache, rows, key: dict, dim: int, encode, batch_size: int = 128, progr
                 chunk = todo[start:start + batch_size]
                 pixels = torch.from_numpy(np.stack([images[r] for r in chunk]))[:, None]
                 with torch.no_grad():
-                    vectors[chunk] = encode(pixels).float().cpu().numpy().astype(np.float16)
+                    computed = encode(pixels).float().cpu().numpy()
+                stored = computed.astype(np.float16)
+                if not np.isfinite(stored).all():
+                    raise UserError(f"embeddings: the encoder's vectors are not finite in float16 (largest |value| "
+                                    f"{np.nanmax(np.abs(computed)):.3g}; float16 holds up to 65504): its weights may be "
+                                    "broken, or its input range wrong (the weights' JSON `input`). Nothing was kept "
+                                    f"for these images; {folder} holds the rows done before")
+                vectors[chunk] = stored
                 done[chunk] = True
                 bar.update(len(chunk))
                 if (i + 1) % flush_every == 0:
