@@ -238,3 +238,22 @@ def test_a_zero_shot_run_from_a_hugging_face_clip_folder(cohort_run, hf_folders)
                                  @ torch.nn.functional.normalize(text, dim=-1).T, dim=1)[:, 0]
         ours = torch.sigmoid(model((grey - config["mean"]) / config["std"]))[:, model.labels.index("Edema")]
     assert torch.allclose(ours, chexzero, atol=1e-5)
+
+
+def test_a_wrong_clip_file_or_size_is_refused_before_any_work(clip_files, tmp_path, tiny_data):
+    from cxrlib.training.model import check_model
+
+    not_clip = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, not_clip)
+    for weights, size, words in ((not_clip, SIZE, "neither an open_clip folder"),
+                                 (clip_files["openai"][0], 64, "set image_size: 32"),
+                                 (clip_files["open_clip"][0], 64, "set image_size: 32")):
+        p = tiny_params(tiny_data, tmp_path, "refused", arch="clip", head="avgpool", freeze="backbone",
+                        weights=str(weights), image_size=size, augment=False, train_from="embeddings")
+        with pytest.raises(UserError, match=words):
+            check_model(p)
+    with pytest.raises(Exception, match="arch: clip"):
+        tiny_params(tiny_data, tmp_path, "refused", arch="clip", head="avgpool", weights="none")
+    with pytest.raises(Exception, match="train_from: zero_shot needs a CLIP"):
+        tiny_params(tiny_data, tmp_path, "refused", arch="resnet18", head="avgpool", freeze="backbone",
+                    weights=str(not_clip), train_from="zero_shot", epochs=1)

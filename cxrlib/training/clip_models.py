@@ -83,10 +83,24 @@ def folder_config(folder: Path) -> dict:
     return config
 
 
+_DESCRIBED: dict[tuple, dict] = {}   # (file, size, mtime) -> describe's answer: a CheXzero file is read once a process
+
+
 def describe(path) -> dict:
     """What a CLIP file or folder is, as training.weights records it: layout, the file holding the tensors, the
     tower's shape (arch_kwargs), its input range and resolution."""
     path = Path(path)
+    if path.is_file():
+        stat = path.stat()
+        stamp = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if stamp not in _DESCRIBED:
+            _DESCRIBED.clear()   # one file at a time is enough: a run checks, records and builds from one
+            _DESCRIBED[stamp] = _describe(path)
+        return json.loads(json.dumps(_DESCRIBED[stamp]))   # a copy: callers add to it
+    return _describe(path)
+
+
+def _describe(path: Path) -> dict:
     if hf_clip.folder_type(path):
         return hf_clip.describe(path)
     if is_open_clip_folder(path):
@@ -100,8 +114,9 @@ def describe(path) -> dict:
     else:
         state = openai_state(path)
         if state is None:
-            raise UserError(f"weights: {path} is neither an open_clip folder ({OPEN_CLIP_CONFIG} beside the weights) "
-                            f"nor an OpenAI-CLIP state dict (with {', '.join(OPENAI_KEYS)}); arch: clip reads those two")
+            raise UserError(f"weights: {path} is neither an open_clip folder ({OPEN_CLIP_CONFIG} beside the weights), "
+                            f"a Hugging Face CLIP/SigLIP folder, nor an OpenAI-CLIP state dict (with "
+                            f"{', '.join(OPENAI_KEYS)}); arch: clip reads those three")
         tower, mean, std, layout, tensors = openai_tower(state, path), OPENAI_MEAN, OPENAI_STD, "openai clip", path
     size = tower_size(tower)
     return {"layout": layout, "weight_file": str(tensors), "arch_kwargs": {**tower, "mean": list(mean), "std": list(std)},
