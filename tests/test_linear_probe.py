@@ -60,14 +60,9 @@ def _fit_copy(p, name, capsys=None, **changes):
     return target, q
 
 
-def _test_probabilities(run_dir, cohort_p):
-    model, _, config = load_trained(run_dir)
-    cache = open_cache(cohort_p.resolved_cache_dir(), cohort_p.image_size, cohort_p.resize, cohort_p.decode)
-    cohort = pd.read_csv(run_dir / runfiles.COHORT, dtype={"dicom_id": str})
-    rows = cache.rows_for(cohort.loc[cohort["split"] == "test", "dicom_id"])
-    x = torch.from_numpy(np.asarray(cache.images[rows[rows >= 0]], dtype=np.float32))[:, None] / 255
-    with torch.no_grad():
-        return torch.sigmoid(model((x - config["mean"]) / config["std"])).numpy()
+def _test_probabilities(run_dir, p):
+    predictions = evaluate.predict_run(run_dir, p, splits=("test",), write=False)
+    return predictions[runfiles.prob_columns(runfiles.labels_of(predictions))].to_numpy()
 
 
 def test_a_probe_from_the_cache_predicts_as_frozen_backbone_training_does(cohort_run, capsys, one_thread):

@@ -22,21 +22,17 @@ import torch
 import torchvision
 
 from .. import params, runfiles
-from ..data.cache import build_cache, open_cache
+from ..data.cache import build_cache
 from ..data.cohort import build_cohort, write_cohort
+from ..evaluation import evaluate
+from ..runfiles import labels_of, prob_columns
 from ..synthetic import mimic_cxr
-from ..training.checkpoint import load_trained
 from ..training.train import fit
 
 
 def _validation_probabilities(run_dir: Path, p) -> np.ndarray:
-    model, _, config = load_trained(run_dir)
-    cache = open_cache(p.resolved_cache_dir(), p.image_size, p.resize, p.decode)
-    cohort = __import__("pandas").read_csv(run_dir / runfiles.COHORT, dtype={"dicom_id": str})
-    rows = cache.rows_for(cohort.loc[cohort["split"] == "validate", "dicom_id"])
-    x = torch.from_numpy(np.asarray(cache.images[rows[rows >= 0]], dtype=np.float32))[:, None] / 255
-    with torch.no_grad():
-        return torch.sigmoid(model((x - config["mean"]) / config["std"])).numpy()
+    predictions = evaluate.predict_run(run_dir, p, splits=("validate",), write=False)
+    return predictions[prob_columns(labels_of(predictions))].to_numpy()
 
 
 def bench_probe(argv=None) -> dict:

@@ -10,12 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from .. import runfiles
 from ..data import embeddings
-from ..data.cache import cohort_with_rows, open_cache
-from ..data.cache_build import cohort_stats
 from ..data.cohort import read_cohort
 from ..errors import UserError
 from ..fsutil import sha256_file
@@ -23,8 +20,8 @@ from ..labels import cohort_labels
 from .checkpoint import load_trained
 from .loader import BatchTransform, CacheDataset
 from .model import build_model
-from .probe import encoder_record, features
-from .train import run_starting_weights
+from .probe import encoder_record, vectors_of
+from .train import cached_cohort, run_starting_weights, take_starting_input
 
 
 def embed_run(run_dir, splits=("train", "validate", "test"), trained: bool = False, progress: bool = True,
@@ -33,10 +30,7 @@ def embed_run(run_dir, splits=("train", "validate", "test"), trained: bool = Fal
     weights' backbone (what its probes read), or with `trained` its own trained network's (best.pt)."""
     run_dir = Path(run_dir)
     p = runfiles.load_frozen(run_dir)
-    cohort = read_cohort(run_dir / runfiles.COHORT)
-    cache = open_cache(p.resolved_cache_dir(), p.image_size, p.resize, p.decode)
-    cache.stats = cohort_stats(cache, cohort)
-    cohort = cohort_with_rows(cohort, cache)
+    cache, cohort = cached_cohort(p, read_cohort(run_dir / runfiles.COHORT))
     transform = BatchTransform.from_params(p, cache.stats)
     if trained:
         model, _, config = load_trained(run_dir)
@@ -48,19 +42,15 @@ def embed_run(run_dir, splits=("train", "validate", "test"), trained: bool = Fal
         torch.manual_seed(p.seed)
         model = build_model(p, labels=cohort_labels(cohort))
         starting = run_starting_weights(p, cohort)
-        if starting.get("input"):
-            transform.mean, transform.std = float(starting["input"]["mean"]), float(starting["input"]["std"])
+        take_starting_input(transform, starting)
         encoder = encoder_record(p, starting, model)
     chosen = cohort[cohort["split"].isin(list(splits))]
     if chosen.empty:
         raise UserError(f"{run_dir / runfiles.COHORT} has no images in the splits {list(splits)}")
     images = CacheDataset.from_cohort(cache, chosen)
     key = embeddings.embedding_key(encoder, cache, transform.mean, transform.std)
-    extract, dim = features(model).eval(), [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1].in_features
-    transform.eval()
-    vectors = embeddings.embed(cache, images.rows, key, dim, lambda x: extract(transform(x)), p.eval_batch_size,
-                               progress, log=log)
-    return {"images": len(images), "dim": dim, "key": embeddings.key_id(key),
+    vectors = vectors_of(model, transform, cache, images.rows, key, p.eval_batch_size, progress=progress, log=log)
+    return {"images": len(images), "dim": vectors.shape[1], "key": embeddings.key_id(key),
             "folder": str(embeddings.store_folder(cache, key)), "finite": bool(np.isfinite(vectors).all())}
 
 

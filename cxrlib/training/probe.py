@@ -66,21 +66,26 @@ def encoder_record(params, starting: dict, model: nn.Module) -> dict:
             "weights": weights}
 
 
+def vectors_of(model, transform, cache, rows, key: dict, batch_size: int, device="cpu", progress: bool = True,
+               log=print) -> np.ndarray:
+    """The model's features (everything before its head's Dropout and Linear) of the image cache's `rows`, read
+    from the embedding cache under `key` where they are there, computed and kept where not."""
+    extract = features(model).eval()
+    transform.eval()
+    dim = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1].in_features
+    return embeddings.embed(cache, rows, key, dim, lambda pixels: extract(transform(pixels.to(device))), batch_size,
+                            progress, log=log)
+
+
 def embedded(params, model, cache, datasets, transform, starting: dict, device, progress: bool = True, log=print):
     """(head, its datasets over the vectors, an identity transform, the vectors' key id) for fit: the frozen
     backbone's vectors of every image of `datasets` (CacheDatasets), computed once into the embedding cache."""
     key = embeddings.embedding_key(encoder_record(params, starting, model), cache, transform.mean, transform.std)
-    extract = features(model).eval()
-    transform.eval()
-
-    def encode(pixels: torch.Tensor) -> torch.Tensor:
-        return extract(transform(pixels.to(device)))
-
-    dim = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1].in_features
     rows = np.concatenate([d.rows for d in datasets])
     # the whole training split's vectors, whatever share of it this run labels: the next fraction or seed reads them
     everything = np.concatenate([rows, np.setdiff1d(getattr(datasets[0], "split_rows", rows), rows)])
-    vectors = embeddings.embed(cache, everything, key, dim, encode, params.eval_batch_size, progress, log=log)[:len(rows)]
+    vectors = vectors_of(model, transform, cache, everything, key, params.eval_batch_size, device, progress,
+                         log)[:len(rows)]
     out, start = [], 0
     for d in datasets:
         out.append(FeatureDataset(vectors[start:start + len(d)], d))

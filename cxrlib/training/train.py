@@ -97,14 +97,25 @@ from .zero_shot import set_zero_shot_head
 # --------------------------------------------------------------------------- fit
 
 
+def cached_cohort(params, cohort: pd.DataFrame):
+    """(the run's image cache, with this cohort's training-pixel statistics; the cohort's images in it)."""
+    cache = open_cache(params.resolved_cache_dir(), params.image_size, params.resize, params.decode)
+    cache.stats = cohort_stats(cache, cohort)   # this cohort's training pixels, not the shared cache's
+    return cache, cohort_with_rows(cohort, cache)
+
+
+def take_starting_input(transform, starting: dict) -> None:
+    """The input range the weights were trained with (their JSON), not the params' guess."""
+    if starting.get("input"):
+        transform.mean, transform.std = float(starting["input"]["mean"]), float(starting["input"]["std"])
+
+
 def prepare_data(params, run_dir, cohort=None, rank: int = 0, world: int = 1):
     """The training and selection datasets, their label matrices and the batch transform."""
 
     if cohort is None:
         cohort = read_cohort(Path(run_dir) / COHORT)
-    cache = open_cache(params.resolved_cache_dir(), params.image_size, params.resize, params.decode)
-    cache.stats = cohort_stats(cache, cohort)   # this cohort's training pixels, not the shared cache's
-    cohort = cohort_with_rows(cohort, cache)
+    cache, cohort = cached_cohort(params, cohort)
     whole_train = cohort[cohort["split"] == "train"]
     train = labelled_share(whole_train, params.train_fraction, params.seed)
     chosen = cohort[cohort["split"] == params.select_on]
@@ -178,8 +189,7 @@ def _fit(params, run_dir: Path, cohort, device, rank: int, world: int, progress:
     labels = cohort_labels(cohort)   # the outputs, in order: the cohort's label columns (its label set's)
     model = build_model(params, labels=labels).to(device)
     starting = run_starting_weights(params, cohort)
-    if starting.get("input"):   # the input range the weights were trained with (their JSON), not the params' guess
-        transform.mean, transform.std = float(starting["input"]["mean"]), float(starting["input"]["std"])
+    take_starting_input(transform, starting)
     if params.train_from == "zero_shot":
         model.zero_shot = set_zero_shot_head(model, params, labels)
     if use_channels_last(params, device):
@@ -382,9 +392,6 @@ def main(argv=None) -> int:
         print(f"best epoch {result['best_epoch']} ({result['select_metric']} {result['best_score']:.4f}); "
               f"checkpoints in {Path(result['best']).parent}", flush=True)
     return 0
-
-
-# --------------------------------------------------------------------------- notebook helpers
 
 
 if __name__ == "__main__":
