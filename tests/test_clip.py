@@ -86,8 +86,8 @@ def test_the_image_tower_is_the_writers_own(clip_files, layout):
     with torch.no_grad():
         ours = torch.nn.Sequential(model.stem, model.body, model.head[0])((grey - m) / s)
         theirs = torch.nn.functional.normalize(writer.encode_image(_clip_input(grey)).float(), dim=-1)
-    # open_clip's OpenAI loader rounds the weights through float16, as OpenAI's clip.load does
-    assert torch.allclose(ours, theirs, atol=2e-3 if layout == "openai" else 1e-5), (ours - theirs).abs().max()
+    # the tower's tensors go in as stored (open_clip's whole-model OpenAI loader would round them through float16)
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
     # a checkpoint rebuilds the tower from its recorded shape alone
     again = build("clip", "avgpool", 14, SIZE, "none", arch_kwargs=model.arch_kwargs)
     again.load_state_dict(model.state_dict())
@@ -257,3 +257,48 @@ def test_a_wrong_clip_file_or_size_is_refused_before_any_work(clip_files, tmp_pa
     with pytest.raises(Exception, match="train_from: zero_shot needs a CLIP"):
         tiny_params(tiny_data, tmp_path, "refused", arch="resnet18", head="avgpool", freeze="backbone",
                     weights=str(not_clip), train_from="zero_shot", epochs=1)
+
+
+def test_a_biomedclip_layout_gives_its_image_tower_offline_and_says_what_its_text_tower_needs(tmp_path, monkeypatch):
+    """BiomedCLIP's open_clip folder: a timm image tower and a text tower that names a Hugging Face model (PubMedBERT).
+    The writer is open_clip's own, with the text model at a local path; the folder then names the Hub model, as the
+    real one does. A probe needs only the image tower, built without the text model; zero-shot says what it needs."""
+    transformers = pytest.importorskip("transformers")
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    bert = tmp_path / "tiny-bert"
+    transformers.BertModel(transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=64,
+                                                   max_position_embeddings=64)).save_pretrained(bert)
+    config = {"embed_dim": 16,
+              "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False, "timm_pool": "",
+                             "timm_proj": "linear", "image_size": 224},
+              "text_cfg": {"hf_model_name": str(bert), "hf_tokenizer_name": str(bert), "hf_proj_type": "mlp",
+                           "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 32}}
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny-biomedclip-cxrlib.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "configs")
+    writer = open_clip.create_model("tiny-biomedclip-cxrlib").eval()
+
+    class NoTokenizerFiles:
+        def save_pretrained(self, dest):
+            pass
+
+    from open_clip.push_to_hf_hub import save_for_hf
+    folder = tmp_path / "biomedclip-like"
+    save_for_hf(writer, NoTokenizerFiles(), config, folder)
+    written = json.loads((folder / clip_models.OPEN_CLIP_CONFIG).read_text())
+    written["model_cfg"]["text_cfg"]["hf_model_name"] = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+    (folder / clip_models.OPEN_CLIP_CONFIG).write_text(json.dumps(written))
+    model = build("clip", "avgpool", 14, 224, str(folder)).eval()
+    info = describe_file(folder)
+    grey = torch.rand(2, 1, 224, 224)
+    with torch.no_grad():
+        ours = torch.nn.Sequential(model.stem, model.body, model.head[0])(
+            (grey - info["input"]["mean"]) / info["input"]["std"])
+        theirs = torch.nn.functional.normalize(writer.encode_image(_clip_input(grey)), dim=-1)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    with pytest.raises(UserError, match="needs that model in the Hugging Face cache"):
+        clip_models.text_encoder(folder)

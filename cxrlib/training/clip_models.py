@@ -144,12 +144,18 @@ def openai_tower(state: dict, path) -> dict:
 
 
 def load(path):
-    """(the whole CLIP model in eval mode, float32 on the CPU, its tokenizer) through open_clip."""
+    """(the whole CLIP model in eval mode, float32 on the CPU, its tokenizer) through open_clip: for the text tower."""
     open_clip = open_clip_library()
     path = Path(path)
     if is_open_clip_folder(path):
-        model = open_clip.create_model(f"local-dir:{path}", device="cpu", precision="fp32")
-        tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
+        try:
+            model = open_clip.create_model(f"local-dir:{path}", device="cpu", precision="fp32")
+            tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
+        except (OSError, ValueError, RuntimeError) as e:   # e.g. a Hugging Face text model not in the local cache
+            raise UserError(f"prompts: open_clip could not build {path}'s text tower offline ({type(e).__name__}: "
+                            f"{str(e)[:300]}). A text tower that names a Hugging Face model (BiomedCLIP's PubMedBERT: "
+                            "text_cfg.hf_model_name) needs that model in the Hugging Face cache "
+                            "(HF_HOME); probes need only the image tower") from None
     else:
         model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
         tokenizer = open_clip.tokenize   # OpenAI's BPE, 77 tokens: what CheXzero used
@@ -171,6 +177,26 @@ def vision_tower(arch_kwargs: dict) -> nn.Module:
     # meaning (timm towers included) is spelt, so it is used rather than copied
     return open_clip.model._build_vision_tower(arch_kwargs["embed_dim"], arch_kwargs["vision_cfg"],
                                                arch_kwargs.get("quick_gelu", False))
+
+
+def image_tower(info: dict) -> nn.Module:
+    """The image tower alone, open_clip's own module for the recorded shape, filled with the file's `visual.*`
+    tensors: no text tower is built (BiomedCLIP's names a Hugging Face text model that an offline machine lacks),
+    and OpenAI's tensors go in as they are stored (open_clip's whole-model loader rounds them through float16)."""
+    weight = Path(info["weight_file"])
+    if weight.suffix == ".safetensors":
+        from safetensors.torch import load_file  # lazy: safetensors, for this layout's file only
+
+        state = load_file(str(weight))
+    else:
+        state = openai_state(weight) if info["layout"] == "openai clip" else read_file(weight)[0]
+    tower = vision_tower(info["arch_kwargs"])
+    visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+    problems = tower.load_state_dict(visual, strict=False)
+    if problems.missing_keys or problems.unexpected_keys:
+        raise UserError(f"weights: {weight}'s image tower does not fit its own config: missing "
+                        f"{problems.missing_keys[:8]}, unexpected {problems.unexpected_keys[:8]}")
+    return tower.eval()
 
 
 def grey_to_clip_input(mean: list, std: list) -> nn.Conv2d:
@@ -199,7 +225,8 @@ def build_parts(weights, arch_kwargs: dict | None, image_size: int, num_classes:
         if hf_clip.folder_type(weights):
             body, info = hf_clip.tower(weights)
         else:
-            info, body = describe(weights), load(weights)[0].visual
+            info = describe(weights)
+            body = image_tower(info)
         arch_kwargs = info["arch_kwargs"]
     else:
         body = hf_clip.ImageTower(arch_kwargs) if "hf_model_type" in arch_kwargs else vision_tower(arch_kwargs)
