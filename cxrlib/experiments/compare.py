@@ -218,12 +218,12 @@ def compare_group(spec: str, runs_dir="runs", baseline: str = "", out_dir=None, 
     return {**result, "folders": folders}
 
 
-def output_folder(spec: str, runs_dir="runs") -> Path:
-    """Where make compare writes: the sweep's own folder, or runs/compare-a+b+c for a list of runs."""
+def output_folder(spec: str, runs_dir="runs", prefix: str = "compare") -> Path:
+    """Where make compare writes: the sweep's own folder, or runs/<prefix>-a+b+c for a list of runs."""
     names = [s.strip() for s in str(spec).split(",") if s.strip()]
     if len(names) == 1 and (Path(runs_dir) / names[0] / "sweep.yaml").is_file():
         return Path(runs_dir) / names[0]
-    return Path(runs_dir) / ("compare-" + "+".join(names))
+    return Path(runs_dir) / (f"{prefix}-" + "+".join(names))
 
 
 def print_tables(result: dict) -> None:

@@ -96,9 +96,7 @@ def efficiency(spec: str, runs_dir="runs", metric: str = "auroc_macro") -> dict:
     folders, _ = resolve_runs(spec, runs_dir)
     folders = [f for f in folders if f.name != "ensemble"]
     table = curve_table(folders, metric)
-    out = output_folder(spec, runs_dir)
-    if out.name.startswith("compare-"):
-        out = out.with_name("efficiency-" + out.name[len("compare-"):])
+    out = output_folder(spec, runs_dir, prefix="efficiency")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(out / "efficiency.csv", table, index=False)
     figure = plot(table)

@@ -30,9 +30,7 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                      "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
 OPENAI_KEYS = ("visual.conv1.weight", "token_embedding.weight", "text_projection")
-# OpenAI's CLIP normalisation (open_clip.constants), which CheXzero kept
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_MEAN, OPENAI_STD = hf_clip.DEFAULT_INPUT["clip"]   # OpenAI's CLIP normalisation, which CheXzero kept
 
 
 def open_clip_library():

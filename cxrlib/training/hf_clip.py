@@ -19,6 +19,9 @@ from torch import nn
 from ..errors import UserError
 
 HF_TYPES = ("clip", "siglip")
+# (mean, std) per channel when preprocessor_config.json is silent: OpenAI CLIP's, and SigLIP's [-1, 1]
+DEFAULT_INPUT = {"clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+                 "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -52,17 +55,15 @@ def describe(path) -> dict:
         raise UserError(f"weights: {path / 'config.json'} has no vision_config; is it the model's own config.json?")
     processor = path / "preprocessor_config.json"
     pre = json.loads(processor.read_text()) if processor.is_file() else {}
-    default = [0.5, 0.5, 0.5] if kind == "siglip" else [0.48145466, 0.4578275, 0.40821073]
-    mean = pre.get("image_mean") or default
-    std = pre.get("image_std") or ([0.5, 0.5, 0.5] if kind == "siglip" else [0.26862954, 0.26130258, 0.27577711])
+    mean = pre.get("image_mean") or DEFAULT_INPUT[kind][0]
+    std = pre.get("image_std") or DEFAULT_INPUT[kind][1]
     weight = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
     if weight is None:
         raise UserError(f"weights: {path} has config.json but none of {list(WEIGHT_FILES)}")
-    tower = {"hf_model_type": kind, "vision_config": vision, "embed_dim": int(config.get("projection_dim") or
-                                                                               vision.get("hidden_size", 768)),
-             "mean": list(mean), "std": list(std)}
-    if kind == "siglip":
-        tower["embed_dim"] = int(vision.get("hidden_size", 768))
+    # CLIP projects its pooled output to projection_dim; SigLIP's embedding is the pooled output itself
+    width = int(vision.get("hidden_size", 768))
+    tower = {"hf_model_type": kind, "vision_config": vision, "mean": list(mean), "std": list(std),
+             "embed_dim": int(config.get("projection_dim") or width) if kind == "clip" else width}
     return {"layout": f"huggingface {kind}", "weight_file": str(weight), "arch_kwargs": tower,
             "input": {"mean": sum(mean) / len(mean), "std": sum(std) / len(std)},
             "resolution": int(vision.get("image_size", 224)), **({"source": config["_name_or_path"]}
